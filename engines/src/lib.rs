@@ -1,0 +1,273 @@
+//! # cartwheel-engines: where a node keeps its bytes
+//!
+//! A storage engine maps byte keys to byte values on one node. It never interprets a value:
+//! values are resolver states (see `cartwheel-resolvers`), and the node (`src/`) composes the
+//! two. This crate knows nothing of the network, of resolvers or of the ring.
+//!
+//! ## The map
+//! - [`StorageEngine`]: the object-safe contract every engine keeps, used as
+//!   `Arc<dyn StorageEngine>`. Its doc says when a write is visible, when it is durable, and
+//!   what a crash may lose.
+//! - [`memory`]: the volatile in-memory engine (an ordered map behind a lock). It is the
+//!   in-memory half of the `buffer` engine and, on its own, an engine for tests and for data
+//!   that may be lost (like Riak's memory backend).
+//! - [`EngineError`]: one error type for every engine, classified by what the caller does next.
+//! - [`EngineKind`]: the names by which a bucket's configuration picks an engine.
+//!
+//! The shared conformance suite lives in `engines/tests/conformance.rs`: every engine runs
+//! every behaviour there.
+//!
+//! ## Partitions
+//! Partitions are the unit of transfer and repair. Engines do not know about them: the node
+//! prefixes each key with its partition number (big-endian), and an engine provides
+//! [`StorageEngine::scan_prefix`], so handing off, repairing or dropping one partition reads
+//! only that partition's entries. An ordered engine answers a prefix scan by a range scan;
+//! a hash-indexed engine walks its in-memory index (keys only) and reads only matching values.
+
+pub mod memory;
+
+use std::fmt;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The largest key an engine accepts, in bytes. Node-level limits are smaller (1 KiB by
+/// default); this bound is what on-disk formats are sized for (a 16-bit key length).
+pub const KEY_BYTES_MAX: usize = u16::MAX as usize;
+
+/// The largest value an engine accepts, in bytes. Node-level limits are smaller (1 MiB by
+/// default); this bound is what on-disk formats are sized for.
+pub const VALUE_BYTES_MAX: usize = 64 << 20;
+
+/// The storage contract.
+///
+/// # Visibility
+/// A `put` or `delete` is visible to every later `get` and `scan_prefix` (from any thread) as
+/// soon as it returns. There are no transactions: each call is atomic for its one key.
+///
+/// # Durability
+/// A write is durable only after a [`StorageEngine::sync`] call that *started after* the write
+/// returned has returned `Ok`. Engines group commit: many writes share one sync, and concurrent
+/// `sync` callers share one fsync where the engine can. `sync` may block for milliseconds and
+/// must never be called on the RPC thread. An engine whose [`StorageEngine::is_durable`] is
+/// false keeps nothing across a restart; its `sync` returns at once.
+///
+/// # What a crash may lose
+/// A crash (process kill or power loss) may lose any write that was not followed by a
+/// completed `sync`, and nothing else. After a crash, `open` recovers a prefix of the writes
+/// in the order they returned: a record that fails its CRC marks the end of the log, the tail
+/// after it is truncated, and bad data is never returned.
+///
+/// # Iteration
+/// [`StorageEngine::scan_prefix`] visits every live entry whose key starts with the prefix
+/// (all entries for an empty prefix), each exactly once, in key order for ordered engines and
+/// in unspecified order otherwise. Writes that race with a scan may or may not be seen.
+///
+/// # Errors
+/// Keys over [`KEY_BYTES_MAX`] and values over [`VALUE_BYTES_MAX`] are refused with
+/// [`EngineError::TooLarge`] and change nothing. I/O failures come back as
+/// [`EngineError::Io`]; after one the engine may refuse further writes, but its files stay
+/// recoverable by reopening.
+pub trait StorageEngine: Send + Sync + fmt::Debug {
+    /// The engine's configuration name (`"memory"`, `"log"`, `"buffer"`, `"btree"`).
+    fn kind(&self) -> EngineKind;
+
+    /// The value stored under `key`, or `None`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
+
+    /// Store `value` under `key`, replacing any value. Visible when this returns.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError>;
+
+    /// Remove `key`. Removing an absent key is not an error.
+    fn delete(&self, key: &[u8]) -> Result<(), EngineError>;
+
+    /// Call `visit` with every live entry whose key starts with `prefix` until it returns
+    /// `ControlFlow::Break`.
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), EngineError>;
+
+    /// Make every write that returned before this call durable. Blocks; shared by concurrent
+    /// callers (group commit).
+    fn sync(&self) -> Result<(), EngineError>;
+
+    /// Whether this engine's data survives a restart after a `sync`.
+    fn is_durable(&self) -> bool;
+
+    /// Counters for `status` and benchmarks.
+    fn stats(&self) -> EngineStats;
+}
+
+/// Counters an engine reports. Cheap to read: engines keep them up to date as they go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Live keys.
+    pub entries: u64,
+    /// Bytes of live keys and values (as stored, without per-record overhead).
+    pub live_bytes: u64,
+    /// Bytes on disk held by overwritten or deleted records, waiting for compaction.
+    pub dead_bytes: u64,
+    /// Approximate bytes of memory the engine holds (indexes, caches, in-memory data).
+    pub memory_bytes: u64,
+}
+
+/// The engines a bucket may name in its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    /// Volatile ordered map: nothing survives a restart.
+    Memory,
+    /// Bitcask on the memory log (DESIGN §4).
+    Log,
+    /// In-memory map with the memory log as write-ahead log (DESIGN §4).
+    Buffer,
+    /// Paged copy-on-write B+tree in one file (DESIGN §4).
+    Btree,
+}
+
+impl EngineKind {
+    /// Every engine name, in the order the documentation lists them.
+    pub const ALL: [EngineKind; 4] = [Self::Memory, Self::Log, Self::Buffer, Self::Btree];
+
+    /// The name used in configuration and in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Log => "log",
+            Self::Buffer => "buffer",
+            Self::Btree => "btree",
+        }
+    }
+
+    /// Parse a configuration name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Settings shared by the engines; each engine reads the ones it has. Every field has a
+/// default, so a bucket's configuration names only what it changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineOptions {
+    /// How often the group-commit flusher syncs on its own, in milliseconds, when no caller is
+    /// waiting for durability. Writes younger than this are what a crash may lose.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { flush_interval_ms: 10 }
+    }
+}
+
+/// Open (or create) an engine of `kind` on the data directory `dir`.
+///
+/// Persistent engines create `dir` if needed, take an exclusive lock on it (a second opener
+/// gets [`EngineError::Locked`] and nothing is touched) and recover what is there. The memory
+/// engine ignores `dir`.
+pub fn open(
+    kind: EngineKind,
+    dir: &Path,
+    options: &EngineOptions,
+) -> Result<Arc<dyn StorageEngine>, EngineError> {
+    let _ = (dir, options);
+    match kind {
+        EngineKind::Memory => Ok(Arc::new(memory::MemoryEngine::new())),
+        EngineKind::Log | EngineKind::Buffer | EngineKind::Btree => {
+            Err(EngineError::NotBuilt { kind: kind.name() })
+        }
+    }
+}
+
+/// Everything an engine can fail with, grouped by what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The key or value is over the engine's bound; nothing was written. Fix the request.
+    #[error("{what} of {len} bytes is over the limit of {max} bytes")]
+    TooLarge {
+        /// `"key"` or `"value"`.
+        what: &'static str,
+        /// The offered length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The data directory is in use by another process; nothing was touched. Give up.
+    #[error("data directory {path} is locked by another process")]
+    Locked {
+        /// The directory.
+        path: String,
+    },
+    /// Stored data failed a check that recovery could not repair. Give up and report.
+    #[error("corrupt data in {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What check failed.
+        reason: String,
+    },
+    /// The configuration names an engine this build does not contain. Fix the configuration.
+    #[error("the {kind} engine is not part of this build")]
+    NotBuilt {
+        /// The engine's name.
+        kind: &'static str,
+    },
+    /// The operating system refused an I/O operation (full disk, permissions, device error).
+    /// The write in progress may or may not be visible; files stay recoverable by reopening.
+    #[error("I/O error during {during}: {source}")]
+    Io {
+        /// What the engine was doing.
+        during: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    /// Whether retrying the same call later may succeed (a transient I/O condition).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::StorageFull
+            ),
+            Self::TooLarge { .. }
+            | Self::Locked { .. }
+            | Self::Corrupt { .. }
+            | Self::NotBuilt { .. } => false,
+        }
+    }
+
+    /// Build an [`EngineError::Io`] for `during`.
+    pub fn io(during: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| Self::Io { during, source }
+    }
+}
+
+/// Refuse a key or value over the engine-level bounds. Every engine calls this first in
+/// `put`, so oversized input changes nothing.
+pub fn check_sizes(key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(EngineError::TooLarge { what: "key", len: key.len(), max: KEY_BYTES_MAX });
+    }
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(EngineError::TooLarge {
+            what: "value",
+            len: value.len(),
+            max: VALUE_BYTES_MAX,
+        });
+    }
+    Ok(())
+}

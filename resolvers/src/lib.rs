@@ -1,0 +1,285 @@
+//! # cartwheel-resolvers: what a key's value *is* when replicas disagree
+//!
+//! A cartwheel bucket never refuses a write, so replicas diverge and must be reconciled. A
+//! [`Resolver`] owns the encoding of a key's **state** (the bytes a storage engine stores for
+//! it), turns client writes into new states at the coordinator ([`Resolver::apply`]),
+//! reconciles two replicas' states ([`Resolver::merge`]), and shows a state to a client
+//! ([`Resolver::read`]). This crate knows nothing of the network or of storage engines.
+//!
+//! ## The map
+//! - [`Resolver`]: the object-safe contract, with the merge laws, used as `Arc<dyn Resolver>`.
+//! - [`hlc`]: the hybrid logical clock that stamps writes (physical ms + logical counter).
+//! - [`codec`]: the canonical byte encoding shared by every state: a type tag and a version
+//!   byte in front, then fixed-width big-endian fields and sorted collections.
+//! - [`lww`]: last write wins by HLC timestamp, ties broken by actor id.
+//! - [`ResolverKind`] and [`build`]: the names a bucket's configuration uses, and the factory.
+//!
+//! The shared law suite lives in `resolvers/tests/laws.rs`: every resolver runs it.
+//!
+//! ## Actors and clocks
+//! The coordinator of a write passes a [`Stamp`]: its **actor** id (the node id, never a client
+//! id, so version vectors stay as small as the cluster) and a reading of its hybrid logical
+//! clock. Resolvers are pure functions of their inputs: no resolver reads the time itself.
+
+pub mod codec;
+pub mod hlc;
+pub mod lww;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use hlc::{HybridClock, Timestamp};
+
+/// The coordinator's identity and clock reading for one write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// The coordinating node's id (server-side actor). At most [`codec::ACTOR_BYTES_MAX`] bytes.
+    pub actor: Vec<u8>,
+    /// A reading of the coordinator's hybrid logical clock, taken for this write.
+    pub time: Timestamp,
+}
+
+/// A client write, as it reaches the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Replace the value(s) the context observed with `value`.
+    Put {
+        /// The new value.
+        value: Vec<u8>,
+        /// The opaque context of an earlier read, or empty for a blind write.
+        context: Vec<u8>,
+    },
+    /// Delete what the context observed.
+    Delete {
+        /// The opaque context of an earlier read, or empty.
+        context: Vec<u8>,
+    },
+    /// Apply CRDT operations, in order, as one write.
+    Update {
+        /// The operations.
+        ops: Vec<Op>,
+        /// The opaque context of an earlier read, or empty.
+        context: Vec<u8>,
+    },
+}
+
+impl Write {
+    /// The operation's name in error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Put { .. } => "put",
+            Self::Delete { .. } => "delete",
+            Self::Update { ops, .. } => ops.first().map_or("update", Op::name),
+        }
+    }
+}
+
+/// A CRDT operation carried by [`Write::Update`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Add to a counter (negative = decrement).
+    CounterIncrement(i64),
+    /// Add an element to a set.
+    SetAdd(Vec<u8>),
+    /// Remove an element from a set (only what the context observed).
+    SetRemove(Vec<u8>),
+    /// Add `quantity` (> 0) of `item` to a cart.
+    CartAdd {
+        /// The item id.
+        item: Vec<u8>,
+        /// How many to add.
+        quantity: i64,
+    },
+    /// Remove an item from a cart (only what the context observed).
+    CartRemove(Vec<u8>),
+    /// Set an item's quantity (0 removes it).
+    CartSetQuantity {
+        /// The item id.
+        item: Vec<u8>,
+        /// The new quantity.
+        quantity: i64,
+    },
+}
+
+impl Op {
+    /// The operation's name in error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CounterIncrement(_) => "counter increment",
+            Self::SetAdd(_) => "set add",
+            Self::SetRemove(_) => "set remove",
+            Self::CartAdd { .. } => "cart add",
+            Self::CartRemove(_) => "cart remove",
+            Self::CartSetQuantity { .. } => "cart set quantity",
+        }
+    }
+}
+
+/// What a client sees of a state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The opaque causal context to send back with the next write.
+    pub context: Vec<u8>,
+    /// The value, or `None` when the key is deleted (a tombstone) or empty.
+    pub value: Option<Value>,
+}
+
+/// A visible value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// One value (`lww`), or one per concurrent write (`siblings`), in a canonical order.
+    Siblings(Vec<Vec<u8>>),
+    /// A counter's value.
+    Counter(i64),
+    /// A set's members in byte order.
+    Set(Vec<Vec<u8>>),
+    /// A cart's items in byte order, each with its quantity.
+    Cart(Vec<(Vec<u8>, i64)>),
+}
+
+/// The resolver contract.
+///
+/// # States
+/// A state is the byte string an engine stores for one key. It starts with a one-byte type
+/// tag and a one-byte format version ([`codec::Header`]); decoding an older version migrates
+/// it, decoding an unknown tag, a newer version or garbage returns [`ResolveError::Corrupt`]
+/// and never panics. Encoding is **canonical**: two equal states are equal bytes, so replicas
+/// can compare states (anti-entropy hashes) by their bytes.
+///
+/// # The merge laws
+/// For all states `a`, `b`, `c` this resolver produced, with `⊔` for `merge`:
+/// - commutative: `a ⊔ b = b ⊔ a`
+/// - associative: `(a ⊔ b) ⊔ c = a ⊔ (b ⊔ c)`
+/// - idempotent:  `a ⊔ a = a`
+///
+/// as bytes, for every resolver (not only the CRDTs). Together they make replicas that have
+/// seen the same set of states converge to the same bytes whatever the order and however many
+/// duplicates. Merge never refuses for a limit (sibling counts included): a replica must
+/// always be able to take in what another replica has.
+///
+/// # Apply
+/// `apply(current, write, stamp)` runs at the coordinator. The result must *descend* from
+/// `current` (`current ⊔ result = result`) and carry the write. A write the resolver cannot
+/// take is refused with a typed error and produces no state: an operation of another
+/// resolver ([`ResolveError::WrongOperation`]), a context that does not decode
+/// ([`ResolveError::BadContext`]), a limit reached ([`ResolveError::TooManySiblings`]).
+pub trait Resolver: Send + Sync + fmt::Debug {
+    /// The resolver's configuration name.
+    fn kind(&self) -> ResolverKind;
+
+    /// Apply a client write to the coordinator's current state (`None` if it has none).
+    fn apply(
+        &self,
+        current: Option<&[u8]>,
+        write: &Write,
+        stamp: &Stamp,
+    ) -> Result<Vec<u8>, ResolveError>;
+
+    /// Merge two states into their least upper bound. See the laws above.
+    fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError>;
+
+    /// What a client sees of a state, and the context for its next write.
+    fn read(&self, state: &[u8]) -> Result<Read, ResolveError>;
+}
+
+/// The resolvers a bucket may name in its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResolverKind {
+    /// Dotted version vectors; concurrent writes become siblings.
+    Siblings,
+    /// Last write wins by hybrid logical clock.
+    Lww,
+    /// Add-wins observed-remove set.
+    Orset,
+    /// Positive-negative counter.
+    Pncounter,
+    /// Observed-remove map of item to PN-counter quantity.
+    Cart,
+}
+
+impl ResolverKind {
+    /// Every resolver name, in the order the documentation lists them.
+    pub const ALL: [ResolverKind; 5] =
+        [Self::Siblings, Self::Lww, Self::Orset, Self::Pncounter, Self::Cart];
+
+    /// The name used in configuration and in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Siblings => "siblings",
+            Self::Lww => "lww",
+            Self::Orset => "orset",
+            Self::Pncounter => "pncounter",
+            Self::Cart => "cart",
+        }
+    }
+
+    /// Parse a configuration name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+impl fmt::Display for ResolverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Per-bucket resolver settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// Sibling count at which a warning is logged and counted (siblings resolver).
+    pub siblings_soft_max: usize,
+    /// Sibling count at which a client write that would add a sibling is refused.
+    pub siblings_hard_max: usize,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self { siblings_soft_max: 25, siblings_hard_max: 100 }
+    }
+}
+
+/// The resolver named `kind`, or `None` where this build does not have it yet.
+pub fn build(kind: ResolverKind, _config: ResolverConfig) -> Option<Arc<dyn Resolver>> {
+    match kind {
+        ResolverKind::Lww => Some(Arc::new(lww::Lww)),
+        ResolverKind::Siblings
+        | ResolverKind::Orset
+        | ResolverKind::Pncounter
+        | ResolverKind::Cart => None,
+    }
+}
+
+/// Everything a resolver can refuse, grouped by what the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// The write does not fit this resolver (e.g. a counter increment on `lww`). Fix the
+    /// request.
+    #[error("{operation} is not an operation of a {resolver} bucket")]
+    WrongOperation {
+        /// The bucket's resolver.
+        resolver: &'static str,
+        /// The refused operation.
+        operation: &'static str,
+    },
+    /// The write itself is malformed (e.g. a negative cart quantity). Fix the request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The context sent with the write does not decode. Fix the request (send back a context
+    /// exactly as a read returned it).
+    #[error("bad context: {0}")]
+    BadContext(String),
+    /// The key already has `count` siblings, at the hard limit: the write is refused. Read,
+    /// resolve the siblings, write back with the context.
+    #[error("the key has {count} siblings, at the limit of {max}: read, resolve and write back")]
+    TooManySiblings {
+        /// Siblings the write would leave.
+        count: usize,
+        /// The hard limit.
+        max: usize,
+    },
+    /// A stored or received state does not decode. Give up and report.
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
+}

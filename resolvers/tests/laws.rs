@@ -1,0 +1,205 @@
+//! The shared law suite: every resolver must satisfy the merge laws and converge.
+//!
+//! Each resolver is instantiated with `law_suite!(name, resolver, write_strategy)`. The suite
+//! simulates three replicas (actors `n0`, `n1`, `n2`) that apply random client writes with
+//! increasing HLC readings and now and then merge each other's states, as replication and read
+//! repair would. Every state that arises is collected; then, on those states:
+//!
+//! - merge is commutative, associative and idempotent, as bytes;
+//! - merging every state in any order, with duplicates, gives the same bytes (convergence);
+//! - every state reads without error, and `apply` results descend from their input;
+//! - states re-encode to themselves (merge with self is the identity, byte for byte);
+//! - random garbage never panics in `read` or `merge`.
+//!
+//! A resolver whose merge broke a law (say, kept the left side on a tie) fails here.
+
+use std::sync::Arc;
+
+use cartwheel_resolvers::{HybridClock, Op, Resolver, Stamp, Write};
+use proptest::prelude::*;
+
+/// One simulation step.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Replica `replica` coordinates a client write.
+    Write { replica: usize, write: Write },
+    /// Replica `to` merges in replica `from`'s state.
+    Sync { from: usize, to: usize },
+}
+
+const REPLICAS: usize = 3;
+
+fn steps(writes: BoxedStrategy<Write>) -> impl Strategy<Value = Vec<Step>> {
+    let step = prop_oneof![
+        3 => (0..REPLICAS, writes).prop_map(|(replica, write)| Step::Write { replica, write }),
+        1 => (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Step::Sync { from, to }),
+    ];
+    proptest::collection::vec(step, 1..40)
+}
+
+/// Run the steps; return every state that existed. Writes the resolver refuses are skipped
+/// (refusal is part of the contract, e.g. a sibling limit).
+fn simulate(resolver: &dyn Resolver, steps: &[Step], seed: u64) -> Vec<Vec<u8>> {
+    let wall = Arc::new(std::sync::atomic::AtomicU64::new(1_000 + seed % 1_000));
+    let clocks: Vec<HybridClock> = (0..REPLICAS)
+        .map(|_| {
+            let wall = Arc::clone(&wall);
+            HybridClock::with_wall_clock(move || wall.load(std::sync::atomic::Ordering::SeqCst))
+        })
+        .collect();
+    let mut replicas: Vec<Option<Vec<u8>>> = vec![None; REPLICAS];
+    let mut seen = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        // Time moves on irregularly: sometimes not at all, so logical counters and ties occur.
+        if (seed >> (i % 64)) & 1 == 1 {
+            wall.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        match step {
+            Step::Write { replica, write } => {
+                // A client reads before it writes, half of the time, and sends that context.
+                let write = with_read_context(resolver, replicas[*replica].as_deref(), write, i);
+                let stamp = Stamp {
+                    actor: format!("n{replica}").into_bytes(),
+                    time: clocks[*replica].now(),
+                };
+                let current = replicas[*replica].as_deref();
+                if let Ok(next) = resolver.apply(current, &write, &stamp) {
+                    if let Some(current) = current {
+                        let joined = resolver.merge(current, &next).unwrap();
+                        assert_eq!(joined, next, "apply's result must descend from its input");
+                    }
+                    seen.push(next.clone());
+                    replicas[*replica] = Some(next);
+                }
+            }
+            Step::Sync { from, to } => {
+                if let Some(from_state) = replicas[*from].clone() {
+                    let merged = match &replicas[*to] {
+                        Some(to_state) => resolver.merge(to_state, &from_state).unwrap(),
+                        None => from_state,
+                    };
+                    seen.push(merged.clone());
+                    replicas[*to] = Some(merged);
+                }
+            }
+        }
+    }
+    seen
+}
+
+fn with_read_context(
+    resolver: &dyn Resolver,
+    current: Option<&[u8]>,
+    write: &Write,
+    i: usize,
+) -> Write {
+    let context = match current {
+        Some(state) if i % 2 == 0 => resolver.read(state).unwrap().context,
+        _ => Vec::new(),
+    };
+    match write.clone() {
+        Write::Put { value, .. } => Write::Put { value, context },
+        Write::Delete { .. } => Write::Delete { context },
+        Write::Update { ops, .. } => Write::Update { ops, context },
+    }
+}
+
+fn merge_all(resolver: &dyn Resolver, states: &[Vec<u8>]) -> Vec<u8> {
+    let mut iter = states.iter();
+    let first = iter.next().unwrap().clone();
+    iter.fold(first, |acc, s| resolver.merge(&acc, s).unwrap())
+}
+
+/// Check every law on the states a run produced.
+fn check_laws(
+    resolver: &dyn Resolver,
+    states: &[Vec<u8>],
+    shuffle_seed: u64,
+) -> Result<(), TestCaseError> {
+    for a in states {
+        resolver.read(a).unwrap();
+        prop_assert_eq!(&resolver.merge(a, a).unwrap(), a, "idempotence / canonical encoding");
+    }
+    // Pairs and triples, bounded so that long runs stay fast.
+    let sample: Vec<&Vec<u8>> = states.iter().rev().take(8).collect();
+    for a in &sample {
+        for b in &sample {
+            let ab = resolver.merge(a, b).unwrap();
+            let ba = resolver.merge(b, a).unwrap();
+            prop_assert_eq!(&ab, &ba, "commutativity");
+            for c in &sample {
+                let left = resolver.merge(&ab, c).unwrap();
+                let right = resolver.merge(a, &resolver.merge(b, c).unwrap()).unwrap();
+                prop_assert_eq!(left, right, "associativity");
+            }
+        }
+    }
+    if !states.is_empty() {
+        let in_order = merge_all(resolver, states);
+        // Another order, with duplicates: reverse, rotate by the seed, and repeat some states.
+        let mut shuffled: Vec<Vec<u8>> = states.iter().rev().cloned().collect();
+        let rotate = (shuffle_seed as usize) % shuffled.len();
+        shuffled.rotate_left(rotate);
+        shuffled.extend(states.iter().step_by(2).cloned());
+        prop_assert_eq!(in_order, merge_all(resolver, &shuffled), "convergence");
+    }
+    Ok(())
+}
+
+macro_rules! law_suite {
+    ($name:ident, $resolver:expr, $writes:expr) => {
+        mod $name {
+            use super::*;
+
+            fn resolver() -> Arc<dyn Resolver> {
+                $resolver
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(128))]
+
+                /// Merge laws and convergence over states from random replicated histories.
+                #[test]
+                fn laws(steps in steps($writes.boxed()), seed in any::<u64>()) {
+                    let resolver = resolver();
+                    let states = simulate(&*resolver, &steps, seed);
+                    check_laws(&*resolver, &states, seed)?;
+                }
+
+                /// Arbitrary bytes never panic `read` or `merge`.
+                #[test]
+                fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+                    let resolver = resolver();
+                    let _ = resolver.read(&bytes);
+                    let _ = resolver.merge(&bytes, &bytes);
+                }
+            }
+        }
+    };
+}
+
+/// Puts and deletes with small values, so collisions happen.
+#[allow(dead_code)]
+fn value_writes() -> impl Strategy<Value = Write> {
+    prop_oneof![
+        4 => proptest::collection::vec(0u8..4, 0..3)
+            .prop_map(|value| Write::Put { value, context: Vec::new() }),
+        1 => Just(Write::Delete { context: Vec::new() }),
+    ]
+}
+
+/// Operations of every resolver, for checking refusals do not break anything.
+#[allow(dead_code)]
+fn any_op() -> impl Strategy<Value = Op> {
+    let item = proptest::collection::vec(0u8..3, 1..2);
+    prop_oneof![
+        (-5i64..5).prop_map(Op::CounterIncrement),
+        item.clone().prop_map(Op::SetAdd),
+        item.clone().prop_map(Op::SetRemove),
+        (item.clone(), 1i64..4).prop_map(|(item, quantity)| Op::CartAdd { item, quantity }),
+        item.clone().prop_map(Op::CartRemove),
+        (item, 0i64..4).prop_map(|(item, quantity)| Op::CartSetQuantity { item, quantity }),
+    ]
+}
+
+law_suite!(lww, Arc::new(cartwheel_resolvers::lww::Lww), value_writes());

@@ -1,0 +1,199 @@
+# The cartwheel wire contract: the client API and the node-to-node API.
+#
+# Rules for changing this file (Cap'n Proto's own evolution rules, restated):
+# - never renumber, retype or remove a field, method or enumerant; only add new ones at the end;
+# - a new union member, enumerant or method must be handled by old peers as "unknown" (old
+#   servers answer an unknown method with an RPC "unimplemented" exception; old clients see an
+#   unknown ErrorKind as `badRequest`-like and must treat it as "give up");
+# - the generated Rust code in src/generated/ is committed and checked against this file in CI
+#   (see README, "The wire schema").
+#
+# Conventions:
+# - every call names its bucket as Text and its key as Data (raw bytes, at most the node's
+#   key limit, 1 KiB by default);
+# - numeric options use 0 for "the bucket's default";
+# - failures a client must tell apart come back as a typed `Error` inside the result union, not
+#   as RPC exceptions; an RPC exception means the transport or the peer itself failed, and for a
+#   write the outcome is then unknown.
+
+@0x97ae422df5656ba4;
+
+# ---------------------------------------------------------------------------------------------
+# Shared structures
+
+struct ReadOptions {
+  r @0 :UInt8;            # replicas that must answer; 0 = bucket default
+  timeoutMs @1 :UInt32;   # 0 = node default
+}
+
+struct WriteOptions {
+  w @0 :UInt8;            # replicas that must store the write; 0 = bucket default
+  dw @1 :UInt8;           # of those, replicas that must have synced it; 0 = bucket default
+  timeoutMs @2 :UInt32;   # 0 = node default
+  returnBody @3 :Bool;    # answer with the value(s) after the write
+  dwNone @4 :Bool;        # force dw = 0 for this request (0 in `dw` means "default")
+}
+
+enum ErrorKind {
+  badRequest @0;          # malformed request (empty key, bad context, ...): fix the request
+  unknownBucket @1;       # no bucket of that name: fix the request
+  wrongOperation @2;      # the operation does not fit the bucket's resolver: fix the request
+  keyTooLarge @3;         # key over the node's key limit: fix the request
+  valueTooLarge @4;       # value over the node's value limit: fix the request
+  tooManySiblings @5;     # the key's sibling count is at the hard limit: read, resolve, write back
+  quorumNotMet @6;        # too few replicas answered; a write's outcome is unknown: retry later
+  timeout @7;             # the request timed out; a write's outcome is unknown: retry later
+  overloaded @8;          # too many requests in flight; nothing was done: back off and retry
+  internal @9;            # the node failed (I/O error, corrupt state): give up, report
+}
+
+struct Error {
+  kind @0 :ErrorKind;
+  message @1 :Text;       # one line for a person; never parse it
+}
+
+struct CartItem {
+  item @0 :Data;
+  quantity @1 :Int64;
+}
+
+# What a client sees of a key: the sibling values of a `siblings` or `lww` bucket, or the value
+# of a CRDT bucket, plus the opaque causal context to send back with the next write.
+struct Value {
+  context @0 :Data;
+  union {
+    siblings @1 :List(Data);   # lww: exactly one; siblings: one or more concurrent values
+    counter @2 :Int64;         # pncounter
+    set @3 :List(Data);        # orset: members in byte order
+    cart @4 :List(CartItem);   # cart: items in byte order with their quantities
+  }
+}
+
+# A CRDT operation for `update`.
+struct Op {
+  union {
+    counterIncrement @0 :Int64;   # pncounter; negative = decrement
+    setAdd @1 :Data;              # orset
+    setRemove @2 :Data;           # orset; removes only what the context observed
+    cartAdd @3 :CartItem;         # cart: add quantity (> 0) of an item
+    cartRemove @4 :Data;          # cart: remove an item (observed quantities only)
+    cartSetQuantity @5 :CartItem; # cart: set an item's quantity (0 removes it)
+  }
+}
+
+struct GetResult {
+  union {
+    notFound @0 :Data;     # no value; the Data is the context of a tombstone, if any (may be empty)
+    found @1 :Value;
+    error @2 :Error;
+  }
+}
+
+struct WriteResult {
+  union {
+    ok @0 :WriteOk;
+    error @1 :Error;
+  }
+}
+
+struct WriteOk {
+  context @0 :Data;       # the causal context after the write
+  value @1 :Value;        # set only when `returnBody` was asked and the key is not deleted
+}
+
+# ---------------------------------------------------------------------------------------------
+# Cluster description
+
+enum NodeState {
+  up @0;
+  suspect @1;
+  down @2;
+  joining @3;
+  leaving @4;
+}
+
+struct NodeInfo {
+  id @0 :Text;
+  address @1 :Text;       # host:port of its client API
+  state @2 :NodeState;
+}
+
+struct Ring {
+  partitionCount @0 :UInt32;     # Q, a power of two
+  nodes @1 :List(NodeInfo);
+  owners @2 :List(UInt16);       # owners[p] = index into `nodes` of partition p's owner
+  epoch @3 :UInt64;              # changes whenever ownership changes
+}
+
+struct BucketInfo {
+  name @0 :Text;
+  engine @1 :Text;
+  resolver @2 :Text;
+  n @3 :UInt8;
+  r @4 :UInt8;
+  w @5 :UInt8;
+  dw @6 :UInt8;
+  entries @7 :UInt64;      # entries in this node's engine for the bucket
+  liveBytes @8 :UInt64;
+  deadBytes @9 :UInt64;
+  memoryBytes @10 :UInt64;
+  durable @11 :Bool;       # whether the engine survives a restart
+}
+
+struct Status {
+  nodeId @0 :Text;
+  address @1 :Text;
+  version @2 :Text;
+  members @3 :List(NodeInfo);
+  buckets @4 :List(BucketInfo);
+  uptimeMs @5 :UInt64;
+  requestsServed @6 :UInt64;
+  requestsRefused @7 :UInt64;    # refused as overloaded
+  connections @8 :UInt32;
+  configDigest @9 :Data;         # digest of the bucket configuration, compared by gossip
+}
+
+# ---------------------------------------------------------------------------------------------
+# The client API. This is the bootstrap capability of every node.
+
+interface Cartwheel {
+  get @0 (bucket :Text, key :Data, options :ReadOptions) -> (result :GetResult);
+  put @1 (bucket :Text, key :Data, value :Data, context :Data, options :WriteOptions)
+      -> (result :WriteResult);
+  delete @2 (bucket :Text, key :Data, context :Data, options :WriteOptions)
+      -> (result :WriteResult);
+  update @3 (bucket :Text, key :Data, ops :List(Op), context :Data, options :WriteOptions)
+      -> (result :WriteResult);
+  ring @4 () -> (ring :Ring);
+  status @5 () -> (status :Status);
+
+  # The node-to-node API on the same connection; `from` names the asking node.
+  peer @6 (from :Text) -> (peer :Peer);
+}
+
+# ---------------------------------------------------------------------------------------------
+# The node-to-node API. States are resolver states: opaque bytes that carry their own type tag.
+
+struct ReplicaResult {
+  union {
+    stored @0 :Bool;        # true once stored (and synced, when the request asked)
+    error @1 :Error;
+  }
+}
+
+struct FetchResult {
+  union {
+    notFound @0 :Void;
+    state @1 :Data;
+    error @2 :Error;
+  }
+}
+
+interface Peer {
+  # Merge `state` into the replica's state for the key and store the result.
+  replicate @0 (bucket :Text, key :Data, state :Data, sync :Bool) -> (result :ReplicaResult);
+  # Read the replica's state for the key, as stored.
+  fetch @1 (bucket :Text, key :Data) -> (result :FetchResult);
+  # Ordinals 2.. are reserved, in this order, for: gossip, hint delivery, Merkle tree exchange,
+  # partition transfer.
+}
