@@ -1,1 +1,17 @@
-fn main() {}
+//! The `cartwheel` binary; see [`cartwheel::cli`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cartwheel::cli::Cli::parse();
+    let default_level = match cli.command {
+        cartwheel::cli::Command::Serve { .. } | cartwheel::cli::Command::Up { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    cartwheel::cli::run(cli)
+}

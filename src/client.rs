@@ -1,0 +1,351 @@
+//! # The Rust client library
+//!
+//! [`Client`] holds one Cap'n Proto RPC connection to one node and offers the client API of
+//! schema/cartwheel.capnp with the node's own types: [`Read`] for what a key holds,
+//! [`Op`] for CRDT operations, [`Error`] for typed failures (the same variants the node sends,
+//! plus `Connect` and `Transport` for the connection itself).
+//!
+//! capnp-rpc is single-threaded: a `Client` must be created and used inside a tokio
+//! `LocalSet` on a current-thread runtime, like the node. [`block_on`] runs a future that way
+//! for programs that are not async themselves (the CLI uses it).
+//!
+//! The library checks a value against its own copy of the value limit
+//! ([`Client::set_value_bytes_max`], 1 MiB by default, the node's default) before sending, so
+//! an oversized value fails at once with `ValueTooLarge` and never costs a round trip or,
+//! beyond the node's message limit, the connection.
+//!
+//! Routing: this client talks to the node it connected to, which coordinates. Zero-hop
+//! routing over the ring belongs with the cluster layer.
+
+use std::time::Duration;
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use cartwheel_resolvers::{Op, Read};
+use futures::io::{BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::cartwheel_capnp::{cartwheel, get_result, write_result, NodeState};
+use crate::config::VALUE_BYTES_MAX_DEFAULT;
+use crate::error::Error;
+use crate::wire::{self};
+pub use crate::wire::{ReadOptions, WriteOptions};
+
+/// How long `connect` waits for the TCP handshake.
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+
+/// A connection to one node.
+pub struct Client {
+    api: cartwheel::Client,
+    address: String,
+    value_bytes_max: usize,
+}
+
+/// One member as `status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: String,
+    /// Client API address.
+    pub address: String,
+    /// `up`, `suspect`, `down`, `joining` or `leaving`.
+    pub state: String,
+}
+
+/// One bucket as `status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketStatus {
+    /// Name.
+    pub name: String,
+    /// Engine name.
+    pub engine: String,
+    /// Resolver name.
+    pub resolver: String,
+    /// N, R, W, DW.
+    pub nrw: (u8, u8, u8, u8),
+    /// Entries on this node.
+    pub entries: u64,
+    /// Live bytes on this node.
+    pub live_bytes: u64,
+    /// Approximate memory on this node.
+    pub memory_bytes: u64,
+    /// Whether the engine survives restarts.
+    pub durable: bool,
+}
+
+/// A node's `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node_id: String,
+    /// Its address.
+    pub address: String,
+    /// Its version.
+    pub version: String,
+    /// Members it knows.
+    pub members: Vec<MemberStatus>,
+    /// Its buckets.
+    pub buckets: Vec<BucketStatus>,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// Requests admitted.
+    pub requests_served: u64,
+    /// Requests and connections refused at a limit.
+    pub requests_refused: u64,
+    /// Open connections.
+    pub connections: u32,
+}
+
+/// The ring as a node describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingInfo {
+    /// Q.
+    pub partition_count: u32,
+    /// Node ids and addresses, indexed by `owners`.
+    pub nodes: Vec<MemberStatus>,
+    /// Owner (index into `nodes`) of each partition.
+    pub owners: Vec<u16>,
+}
+
+impl Client {
+    /// Connect to the node at `address` (`host:port`). Must be called inside a `LocalSet`.
+    pub async fn connect(address: &str) -> Result<Self, Error> {
+        let failed = |reason: String| Error::Connect { address: address.to_string(), reason };
+        let connecting = TcpStream::connect(address);
+        let stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
+            .await
+            .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT_MS} ms")))?
+            .map_err(|e| failed(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| failed(e.to_string()))?;
+        let (reader, writer) = stream.into_split();
+        let network = twoparty::VatNetwork::new(
+            BufReader::new(reader.compat()),
+            BufWriter::new(writer.compat_write()),
+            rpc_twoparty_capnp::Side::Client,
+            capnp::message::ReaderOptions::new(),
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let api: cartwheel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        tokio::task::spawn_local(async move {
+            if let Err(e) = rpc.await {
+                tracing::debug!(error = %e, "client connection ended");
+            }
+        });
+        Ok(Self { api, address: address.to_string(), value_bytes_max: VALUE_BYTES_MAX_DEFAULT })
+    }
+
+    /// The address this client connected to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Set the value size this client refuses locally (match the node's `limits.value_bytes_max`).
+    pub fn set_value_bytes_max(&mut self, bytes: usize) {
+        self.value_bytes_max = bytes;
+    }
+
+    /// Read a key with the bucket's default options. `value` is `None` when not found.
+    pub async fn get(&self, bucket: &str, key: &[u8]) -> Result<Read, Error> {
+        self.get_with(bucket, key, &ReadOptions::default()).await
+    }
+
+    /// Read a key with per-request options.
+    pub async fn get_with(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        options: &ReadOptions,
+    ) -> Result<Read, Error> {
+        let mut request = self.api.get_request();
+        {
+            let mut p = request.get();
+            p.set_bucket(bucket);
+            p.set_key(key);
+            wire::set_read_options(p.init_options(), options);
+        }
+        let response = request.send().promise.await?;
+        let result = response.get()?.get_result()?;
+        match result.which().map_err(|e| Error::Transport(e.to_string()))? {
+            get_result::NotFound(context) => Ok(Read { context: context?.to_vec(), value: None }),
+            get_result::Found(value) => wire::get_value(value?),
+            get_result::Error(e) => Err(wire::get_error(e?)),
+        }
+    }
+
+    /// Write a value, with the context of an earlier read (empty for a blind write).
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        value: &[u8],
+        context: &[u8],
+    ) -> Result<Read, Error> {
+        self.put_with(bucket, key, value, context, &WriteOptions::default()).await
+    }
+
+    /// Write a value with per-request options.
+    pub async fn put_with(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        value: &[u8],
+        context: &[u8],
+        options: &WriteOptions,
+    ) -> Result<Read, Error> {
+        if value.len() > self.value_bytes_max {
+            return Err(Error::ValueTooLarge(format!(
+                "value of {} bytes is over the limit of {} bytes",
+                value.len(),
+                self.value_bytes_max
+            )));
+        }
+        let mut request = self.api.put_request();
+        {
+            let mut p = request.get();
+            p.set_bucket(bucket);
+            p.set_key(key);
+            p.set_value(value);
+            p.set_context(context);
+            wire::set_write_options(p.init_options(), options);
+        }
+        let response = request.send().promise.await?;
+        write_outcome(response.get()?.get_result()?)
+    }
+
+    /// Delete what the context observed (everything, with an empty context).
+    pub async fn delete(&self, bucket: &str, key: &[u8], context: &[u8]) -> Result<Read, Error> {
+        self.delete_with(bucket, key, context, &WriteOptions::default()).await
+    }
+
+    /// Delete with per-request options.
+    pub async fn delete_with(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        context: &[u8],
+        options: &WriteOptions,
+    ) -> Result<Read, Error> {
+        let mut request = self.api.delete_request();
+        {
+            let mut p = request.get();
+            p.set_bucket(bucket);
+            p.set_key(key);
+            p.set_context(context);
+            wire::set_write_options(p.init_options(), options);
+        }
+        let response = request.send().promise.await?;
+        write_outcome(response.get()?.get_result()?)
+    }
+
+    /// Apply CRDT operations as one write.
+    pub async fn update(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        ops: &[Op],
+        context: &[u8],
+        options: &WriteOptions,
+    ) -> Result<Read, Error> {
+        let mut request = self.api.update_request();
+        {
+            let mut p = request.get();
+            p.set_bucket(bucket);
+            p.set_key(key);
+            p.set_context(context);
+            let mut list = p.reborrow().init_ops(ops.len() as u32);
+            for (i, op) in ops.iter().enumerate() {
+                wire::set_op(list.reborrow().get(i as u32), op);
+            }
+            wire::set_write_options(p.init_options(), options);
+        }
+        let response = request.send().promise.await?;
+        write_outcome(response.get()?.get_result()?)
+    }
+
+    /// The node's view of the ring.
+    pub async fn ring(&self) -> Result<RingInfo, Error> {
+        let response = self.api.ring_request().send().promise.await?;
+        let ring = response.get()?.get_ring()?;
+        let nodes = ring.get_nodes()?.iter().map(member).collect::<Result<_, _>>()?;
+        Ok(RingInfo {
+            partition_count: ring.get_partition_count(),
+            nodes,
+            owners: ring.get_owners()?.iter().collect(),
+        })
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<NodeStatus, Error> {
+        let response = self.api.status_request().send().promise.await?;
+        let s = response.get()?.get_status()?;
+        let members = s.get_members()?.iter().map(member).collect::<Result<_, _>>()?;
+        let mut buckets = Vec::new();
+        for b in s.get_buckets()?.iter() {
+            buckets.push(BucketStatus {
+                name: text(b.get_name())?,
+                engine: text(b.get_engine())?,
+                resolver: text(b.get_resolver())?,
+                nrw: (b.get_n(), b.get_r(), b.get_w(), b.get_dw()),
+                entries: b.get_entries(),
+                live_bytes: b.get_live_bytes(),
+                memory_bytes: b.get_memory_bytes(),
+                durable: b.get_durable(),
+            });
+        }
+        Ok(NodeStatus {
+            node_id: text(s.get_node_id())?,
+            address: text(s.get_address())?,
+            version: text(s.get_version())?,
+            members,
+            buckets,
+            uptime_ms: s.get_uptime_ms(),
+            requests_served: s.get_requests_served(),
+            requests_refused: s.get_requests_refused(),
+            connections: s.get_connections(),
+        })
+    }
+}
+
+fn write_outcome(result: write_result::Reader<'_>) -> Result<Read, Error> {
+    match result.which().map_err(|e| Error::Transport(e.to_string()))? {
+        write_result::Ok(ok) => {
+            let ok = ok?;
+            if ok.has_value() {
+                wire::get_value(ok.get_value()?)
+            } else {
+                Ok(Read { context: ok.get_context()?.to_vec(), value: None })
+            }
+        }
+        write_result::Error(e) => Err(wire::get_error(e?)),
+    }
+}
+
+fn text(reader: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, Error> {
+    reader?.to_string().map_err(|e| Error::Transport(format!("text is not UTF-8: {e}")))
+}
+
+fn member(node: crate::cartwheel_capnp::node_info::Reader<'_>) -> Result<MemberStatus, Error> {
+    let state = match node.get_state() {
+        Ok(NodeState::Up) => "up",
+        Ok(NodeState::Suspect) => "suspect",
+        Ok(NodeState::Down) => "down",
+        Ok(NodeState::Joining) => "joining",
+        Ok(NodeState::Leaving) => "leaving",
+        Err(_) => "unknown",
+    };
+    Ok(MemberStatus {
+        id: text(node.get_id())?,
+        address: text(node.get_address())?,
+        state: state.to_string(),
+    })
+}
+
+/// Run `future` to completion on a new current-thread runtime inside a `LocalSet`, as the
+/// client requires. For programs that are not async themselves.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime builds on any supported platform");
+    tokio::task::LocalSet::new().block_on(&runtime, future)
+}

@@ -1,0 +1,588 @@
+//! # Node configuration
+//!
+//! One TOML file per node (DESIGN §6). Everything has a default but `node.id` and
+//! `node.listen`; when no file is given at all, [`Config::embedded`] is a development setup
+//! with one ready bucket per resolver this build has. A file without a `[buckets]` table gets
+//! those same buckets.
+//!
+//! Bad configuration is refused at start, never half-applied: [`ConfigError`] names the file,
+//! the key (a dotted path such as `buckets.carts.w`) and the reason. Unknown keys are errors
+//! too, so a typo does not silently fall back to a default.
+//!
+//! ```toml
+//! [node]
+//! id = "n1"
+//! listen = "127.0.0.1:7401"
+//! data_dir = "data/n1"
+//! seeds = ["127.0.0.1:7401"]
+//!
+//! [cluster]
+//! partitions = 64
+//!
+//! [limits]
+//! key_bytes_max = 1024
+//! value_bytes_max = 1048576
+//!
+//! [buckets.carts]
+//! engine = "memory"
+//! resolver = "lww"
+//! n = 3
+//! r = 2
+//! w = 2
+//! dw = 0
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cartwheel_engines::{EngineKind, EngineOptions};
+use cartwheel_resolvers::{ResolverConfig, ResolverKind};
+use serde::Deserialize;
+
+use crate::ring::{PARTITIONS_DEFAULT, PARTITIONS_MAX, PARTITION_PREFIX_BYTES};
+
+/// Where the embedded defaults say a configuration came from.
+pub const EMBEDDED_SOURCE: &str = "<embedded defaults>";
+
+/// The client port of the first local node; `up` numbers the others from here.
+pub const LISTEN_PORT_DEFAULT: u16 = 7401;
+
+/// Largest replication factor a bucket may ask for.
+pub const N_MAX: u8 = 16;
+
+/// Default key limit: 1 KiB.
+pub const KEY_BYTES_MAX_DEFAULT: usize = 1024;
+
+/// Default value limit: 1 MiB.
+pub const VALUE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+
+/// Node-wide limits. Each says what happens at the limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest key, in bytes. A longer key is refused with `keyTooLarge`; nothing is stored.
+    pub key_bytes_max: usize,
+    /// Longest value, in bytes. A longer value is refused with `valueTooLarge`; nothing is
+    /// stored. Incoming messages are bounded at [`Limits::message_bytes_max`], so a value far
+    /// over this limit closes the connection instead.
+    pub value_bytes_max: usize,
+    /// Requests one connection may have in flight. More are answered at once with
+    /// `overloaded` and nothing is done for them.
+    pub inflight_per_connection_max: usize,
+    /// Open client and peer connections. A connection over the limit is closed on accept.
+    pub connections_max: usize,
+    /// Default request timeout, in milliseconds, when a request gives 0.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            key_bytes_max: KEY_BYTES_MAX_DEFAULT,
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            inflight_per_connection_max: 256,
+            connections_max: 1024,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest incoming Cap'n Proto message, in bytes: room for a value twice over the
+    /// value limit (so an oversized value still reaches the node and gets a typed error),
+    /// plus the key and 64 KiB for the rest of the request. Beyond it, the message is not
+    /// read and the connection is closed: capnp's traversal limit is set from this.
+    pub fn message_bytes_max(&self) -> usize {
+        2 * self.value_bytes_max + self.key_bytes_max + (64 << 10)
+    }
+}
+
+/// One bucket's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// The storage engine.
+    pub engine: EngineKind,
+    /// The conflict resolver.
+    pub resolver: ResolverKind,
+    /// Replicas of each key.
+    pub n: u8,
+    /// Replicas a read waits for.
+    pub r: u8,
+    /// Replicas a write waits for.
+    pub w: u8,
+    /// Of those, replicas that must have synced the write before the ack.
+    pub dw: u8,
+    /// Resolver limits (siblings).
+    pub resolver_config: ResolverConfig,
+    /// Engine settings.
+    pub engine_options: EngineOptions,
+}
+
+impl BucketConfig {
+    /// A bucket with the default N/R/W (3/2/2, dw 0) on `engine` with `resolver`.
+    pub fn new(engine: EngineKind, resolver: ResolverKind) -> Self {
+        Self {
+            engine,
+            resolver,
+            n: 3,
+            r: 2,
+            w: 2,
+            dw: 0,
+            resolver_config: ResolverConfig::default(),
+            engine_options: EngineOptions::default(),
+        }
+    }
+}
+
+/// `[node]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The node's id: its actor id in every clock. Stable across restarts.
+    pub id: String,
+    /// Address of the client and peer API.
+    pub listen: SocketAddr,
+    /// Directory of the node's data; each bucket keeps its engine in `buckets/<name>/`.
+    pub data_dir: PathBuf,
+    /// Addresses of nodes to join through.
+    pub seeds: Vec<String>,
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from, or [`EMBEDDED_SOURCE`].
+    pub source: String,
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[cluster] partitions`: Q.
+    pub partitions: u32,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[buckets.NAME]`.
+    pub buckets: BTreeMap<String, BucketConfig>,
+}
+
+/// A configuration refused at start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The file (or [`EMBEDDED_SOURCE`]).
+    pub file: String,
+    /// The dotted key, e.g. `buckets.carts.w`; empty where the file as a whole is bad.
+    pub key: String,
+    /// What is wrong, for a person.
+    pub reason: String,
+}
+
+impl Config {
+    /// The development setup: node `n1` on 127.0.0.1:7401, data under `data/n1`, and the
+    /// embedded buckets ([`embedded_buckets`]).
+    pub fn embedded() -> Self {
+        let listen = SocketAddr::from(([127, 0, 0, 1], LISTEN_PORT_DEFAULT));
+        Self {
+            source: EMBEDDED_SOURCE.to_string(),
+            node: NodeConfig {
+                id: "n1".to_string(),
+                listen,
+                data_dir: PathBuf::from("data/n1"),
+                seeds: vec![listen.to_string()],
+            },
+            partitions: PARTITIONS_DEFAULT,
+            limits: Limits::default(),
+            buckets: embedded_buckets(),
+        }
+    }
+
+    /// Read and validate a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: String::new(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parse and validate TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            ConfigError { file: file.to_string(), key, reason: first_line(&e.inner().to_string()) }
+        })?;
+        raw.validate(file)
+    }
+}
+
+/// The buckets every node has without configuration: `default` (lww), and one per further
+/// resolver this build contains: `siblings`, `sets` (orset), `counters` (pncounter), `carts`
+/// (cart). All on the memory engine with N/R/W 3/2/2.
+pub fn embedded_buckets() -> BTreeMap<String, BucketConfig> {
+    let wanted = [
+        ("default", ResolverKind::Lww),
+        ("siblings", ResolverKind::Siblings),
+        ("sets", ResolverKind::Orset),
+        ("counters", ResolverKind::Pncounter),
+        ("carts", ResolverKind::Cart),
+    ];
+    wanted
+        .into_iter()
+        .filter(|(_, kind)| cartwheel_resolvers::build(*kind, ResolverConfig::default()).is_some())
+        .map(|(name, kind)| (name.to_string(), BucketConfig::new(EngineKind::Memory, kind)))
+        .collect()
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().trim().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file's shape, before validation.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
+    limits: RawLimits,
+    buckets: Option<BTreeMap<String, RawBucket>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    listen: String,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    seeds: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    partitions: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    key_bytes_max: Option<usize>,
+    value_bytes_max: Option<usize>,
+    inflight_per_connection_max: Option<usize>,
+    connections_max: Option<usize>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBucket {
+    engine: Option<String>,
+    resolver: Option<String>,
+    n: Option<u8>,
+    r: Option<u8>,
+    w: Option<u8>,
+    dw: Option<u8>,
+    siblings_soft_max: Option<usize>,
+    siblings_hard_max: Option<usize>,
+    flush_interval_ms: Option<u64>,
+}
+
+/// Builds [`ConfigError`]s for one file.
+struct Refuse<'a>(&'a str);
+
+impl Refuse<'_> {
+    fn at(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.0.to_string(), key: key.into(), reason: reason.into() }
+    }
+}
+
+impl RawConfig {
+    fn validate(self, file: &str) -> Result<Config, ConfigError> {
+        let refuse = Refuse(file);
+        let node = self.node.validate(&refuse)?;
+        let partitions = self.cluster.partitions.unwrap_or(PARTITIONS_DEFAULT);
+        if !partitions.is_power_of_two() || partitions > PARTITIONS_MAX {
+            return Err(refuse.at(
+                "cluster.partitions",
+                format!("{partitions} is not a power of two from 1 to {PARTITIONS_MAX}"),
+            ));
+        }
+        let limits = self.limits.validate(&refuse)?;
+        let buckets = match self.buckets {
+            None => embedded_buckets(),
+            Some(raw) => {
+                let mut buckets = BTreeMap::new();
+                for (name, bucket) in raw {
+                    let validated = bucket.validate(&refuse, &name)?;
+                    buckets.insert(name, validated);
+                }
+                buckets
+            }
+        };
+        Ok(Config { source: file.to_string(), node, partitions, limits, buckets })
+    }
+}
+
+impl RawNode {
+    fn validate(self, refuse: &Refuse<'_>) -> Result<NodeConfig, ConfigError> {
+        if let Err(reason) = check_name(&self.id) {
+            return Err(refuse.at("node.id", reason));
+        }
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            refuse.at("node.listen", format!("{:?} is not an IP address and port", self.listen))
+        })?;
+        for (i, seed) in self.seeds.iter().enumerate() {
+            if seed.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                return Err(
+                    refuse.at(format!("node.seeds[{i}]"), format!("{seed:?} is not HOST:PORT"))
+                );
+            }
+        }
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("data").join(&self.id));
+        let seeds = if self.seeds.is_empty() { vec![listen.to_string()] } else { self.seeds };
+        Ok(NodeConfig { id: self.id, listen, data_dir, seeds })
+    }
+}
+
+impl RawLimits {
+    fn validate(self, refuse: &Refuse<'_>) -> Result<Limits, ConfigError> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            key_bytes_max: self.key_bytes_max.unwrap_or(defaults.key_bytes_max),
+            value_bytes_max: self.value_bytes_max.unwrap_or(defaults.value_bytes_max),
+            inflight_per_connection_max: self
+                .inflight_per_connection_max
+                .unwrap_or(defaults.inflight_per_connection_max),
+            connections_max: self.connections_max.unwrap_or(defaults.connections_max),
+            request_timeout_ms: self.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
+        };
+        let key_ceiling = cartwheel_engines::KEY_BYTES_MAX - PARTITION_PREFIX_BYTES;
+        if limits.key_bytes_max == 0 || limits.key_bytes_max > key_ceiling {
+            return Err(refuse.at("limits.key_bytes_max", format!("must be 1 to {key_ceiling}")));
+        }
+        // A state holds the value plus resolver metadata; leave the engine room for it.
+        let value_ceiling = cartwheel_engines::VALUE_BYTES_MAX / 2;
+        if limits.value_bytes_max == 0 || limits.value_bytes_max > value_ceiling {
+            return Err(
+                refuse.at("limits.value_bytes_max", format!("must be 1 to {value_ceiling}"))
+            );
+        }
+        if limits.inflight_per_connection_max == 0 {
+            return Err(refuse.at("limits.inflight_per_connection_max", "must be at least 1"));
+        }
+        if limits.connections_max == 0 {
+            return Err(refuse.at("limits.connections_max", "must be at least 1"));
+        }
+        if limits.request_timeout_ms == 0 {
+            return Err(refuse.at("limits.request_timeout_ms", "must be at least 1"));
+        }
+        Ok(limits)
+    }
+}
+
+impl RawBucket {
+    fn validate(self, refuse: &Refuse<'_>, name: &str) -> Result<BucketConfig, ConfigError> {
+        let key = |field: &str| format!("buckets.{name}.{field}");
+        if let Err(reason) = check_name(name) {
+            return Err(refuse.at(format!("buckets.{name}"), format!("bad bucket name: {reason}")));
+        }
+        let engine_name = self.engine.as_deref().unwrap_or("memory");
+        let engine = EngineKind::from_name(engine_name).ok_or_else(|| {
+            let names: Vec<_> = EngineKind::ALL.iter().map(|k| k.name()).collect();
+            refuse.at(key("engine"), format!("unknown engine {engine_name:?}; one of {names:?}"))
+        })?;
+        let resolver_name = self.resolver.as_deref().unwrap_or("lww");
+        let resolver = ResolverKind::from_name(resolver_name).ok_or_else(|| {
+            let names: Vec<_> = ResolverKind::ALL.iter().map(|k| k.name()).collect();
+            refuse.at(
+                key("resolver"),
+                format!("unknown resolver {resolver_name:?}; one of {names:?}"),
+            )
+        })?;
+        let mut bucket = BucketConfig::new(engine, resolver);
+        bucket.n = self.n.unwrap_or(bucket.n);
+        bucket.r = self.r.unwrap_or(bucket.r.min(bucket.n));
+        bucket.w = self.w.unwrap_or(bucket.w.min(bucket.n));
+        bucket.dw = self.dw.unwrap_or(bucket.dw);
+        if bucket.n == 0 || bucket.n > N_MAX {
+            return Err(refuse.at(key("n"), format!("must be 1 to {N_MAX}")));
+        }
+        for (field, value) in [("r", bucket.r), ("w", bucket.w)] {
+            if value == 0 || value > bucket.n {
+                return Err(refuse.at(key(field), format!("must be 1 to n ({})", bucket.n)));
+            }
+        }
+        if bucket.dw > bucket.w {
+            return Err(refuse.at(key("dw"), format!("must be 0 to w ({})", bucket.w)));
+        }
+        if bucket.dw > 0 && engine == EngineKind::Memory {
+            return Err(refuse.at(
+                key("dw"),
+                "the memory engine keeps nothing across a restart, so dw must be 0",
+            ));
+        }
+        let soft = self.siblings_soft_max.unwrap_or(bucket.resolver_config.siblings_soft_max);
+        let hard = self.siblings_hard_max.unwrap_or(bucket.resolver_config.siblings_hard_max);
+        if hard == 0 || soft > hard {
+            return Err(refuse.at(
+                key("siblings_hard_max"),
+                format!("must be at least 1 and at least siblings_soft_max ({soft})"),
+            ));
+        }
+        bucket.resolver_config =
+            ResolverConfig { siblings_soft_max: soft, siblings_hard_max: hard };
+        if let Some(ms) = self.flush_interval_ms {
+            if ms == 0 {
+                return Err(refuse.at(key("flush_interval_ms"), "must be at least 1"));
+            }
+            bucket.engine_options.flush_interval_ms = ms;
+        }
+        if cartwheel_resolvers::build(resolver, bucket.resolver_config).is_none() {
+            return Err(refuse.at(
+                key("resolver"),
+                format!("the {resolver} resolver is not part of this build"),
+            ));
+        }
+        Ok(bucket)
+    }
+}
+
+/// Node ids and bucket names: 1 to 255 bytes of ASCII letters, digits, `-`, `_` and `.`.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(format!("{name:?} must be 1 to 255 characters"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c))) {
+        return Err(format!("{name:?} has {c:?}; use letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[node]\nid = \"n1\"\nlisten = \"127.0.0.1:7401\"\n";
+
+    fn refused(text: &str) -> ConfigError {
+        Config::parse(text, "node.toml").unwrap_err()
+    }
+
+    /// A file with only node id and listen gets every default and the embedded buckets.
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = Config::parse(MINIMAL, "node.toml").unwrap();
+        assert_eq!(config.node.data_dir, PathBuf::from("data/n1"));
+        assert_eq!(config.node.seeds, vec!["127.0.0.1:7401".to_string()]);
+        assert_eq!(config.partitions, PARTITIONS_DEFAULT);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.buckets, embedded_buckets());
+        assert!(config.buckets.contains_key("default"));
+    }
+
+    /// A full bucket section is read as written.
+    #[test]
+    fn bucket_settings_are_read() {
+        let text = format!(
+            "{MINIMAL}[cluster]\npartitions = 128\n[buckets.b]\nengine = \"memory\"\n\
+             resolver = \"lww\"\nn = 5\nr = 3\nw = 4\ndw = 0\n"
+        );
+        let config = Config::parse(&text, "node.toml").unwrap();
+        assert_eq!(config.partitions, 128);
+        let b = &config.buckets["b"];
+        assert_eq!((b.n, b.r, b.w, b.dw), (5, 3, 4, 0));
+        assert_eq!(config.buckets.len(), 1, "explicit buckets replace the embedded ones");
+    }
+
+    /// A missing node id names the key.
+    #[test]
+    fn missing_id_is_refused() {
+        let err = refused("[node]\nlisten = \"127.0.0.1:1\"\n");
+        assert_eq!(err.file, "node.toml");
+        assert!(err.reason.contains("id"), "{err}");
+    }
+
+    /// An unknown key is refused with its path, not ignored.
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = refused(&format!("{MINIMAL}[buckets.b]\nengin = \"log\"\n"));
+        assert_eq!(err.key, "buckets.b");
+        assert!(err.reason.contains("engin"), "{err}");
+    }
+
+    /// Each bad value names its key and says why.
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[cluster]\npartitions = 48\n", "cluster.partitions"),
+            ("[buckets.b]\nengine = \"rocks\"\n", "buckets.b.engine"),
+            ("[buckets.b]\nresolver = \"mvcc\"\n", "buckets.b.resolver"),
+            ("[buckets.b]\nn = 0\n", "buckets.b.n"),
+            ("[buckets.b]\nn = 3\nr = 4\n", "buckets.b.r"),
+            ("[buckets.b]\nn = 3\nw = 0\n", "buckets.b.w"),
+            ("[buckets.b]\nw = 2\ndw = 3\n", "buckets.b.dw"),
+            ("[buckets.b]\nengine = \"memory\"\ndw = 1\n", "buckets.b.dw"),
+            (
+                "[buckets.b]\nsiblings_soft_max = 10\nsiblings_hard_max = 5\n",
+                "buckets.b.siblings_hard_max",
+            ),
+            ("[buckets.\"a b\"]\n", "buckets.a b"),
+            ("[limits]\nkey_bytes_max = 0\n", "limits.key_bytes_max"),
+            ("[limits]\nvalue_bytes_max = 999999999999\n", "limits.value_bytes_max"),
+        ];
+        for (section, key) in cases {
+            let err = refused(&format!("{MINIMAL}{section}"));
+            assert_eq!(err.key, key, "for {section:?}: {err}");
+            assert!(!err.reason.is_empty());
+        }
+    }
+
+    /// A bad listen address and a bad node id are refused.
+    #[test]
+    fn bad_node_section() {
+        let err = refused("[node]\nid = \"n1\"\nlisten = \"localhost\"\n");
+        assert_eq!(err.key, "node.listen");
+        let err = refused("[node]\nid = \"n 1\"\nlisten = \"127.0.0.1:1\"\n");
+        assert_eq!(err.key, "node.id");
+        let err = refused("[node]\nid = \"n1\"\nlisten = \"127.0.0.1:1\"\nseeds = [\"nope\"]\n");
+        assert_eq!(err.key, "node.seeds[0]");
+    }
+
+    /// A value of the wrong type is refused with its key.
+    #[test]
+    fn wrong_type_names_key() {
+        let err = refused(&format!("{MINIMAL}[buckets.b]\nn = \"three\"\n"));
+        assert_eq!(err.key, "buckets.b.n");
+    }
+
+    /// TOML syntax errors are refused with the file named.
+    #[test]
+    fn syntax_error() {
+        let err = refused("[node\nid=");
+        assert_eq!(err.file, "node.toml");
+        assert!(err.to_string().starts_with("node.toml: "));
+    }
+
+    /// Loading a missing file says it cannot be read.
+    #[test]
+    fn missing_file() {
+        let err = Config::load(Path::new("/nonexistent/cartwheel.toml")).unwrap_err();
+        assert!(err.reason.contains("cannot read"), "{err}");
+    }
+
+    /// The embedded defaults are themselves valid.
+    #[test]
+    fn embedded_is_consistent() {
+        let config = Config::embedded();
+        assert_eq!(config.node.listen.port(), LISTEN_PORT_DEFAULT);
+        assert!(config.buckets.contains_key("default"));
+        for bucket in config.buckets.values() {
+            assert!(bucket.r <= bucket.n && bucket.w <= bucket.n && bucket.dw <= bucket.w);
+        }
+    }
+}

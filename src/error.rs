@@ -1,0 +1,157 @@
+//! # The node's errors, as a client sees them
+//!
+//! One enum for everything a request can end in, grouped by what the caller does next: fix the
+//! request, retry later, or give up. The first ten variants are exactly the wire's `ErrorKind`
+//! (schema/cartwheel.capnp), so a server error crosses the wire and comes out of the client
+//! library as the same variant. The last two exist only on the client side: the node could
+//! not be reached, or the connection failed mid-request.
+//!
+//! For writes, [`Error::outcome_unknown`] tells whether the write may have been stored anyway
+//! (a timeout or a lost connection after sending): retrying such a write is safe for CRDT
+//! updates that are idempotent per context, and for puts that carry the read context.
+
+use crate::cartwheel_capnp::ErrorKind;
+
+/// What a request can end in, other than success.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Malformed request. Fix the request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No bucket of that name. Fix the request.
+    #[error("unknown bucket {0:?}")]
+    UnknownBucket(String),
+    /// The operation does not fit the bucket's resolver. Fix the request.
+    #[error("wrong operation: {0}")]
+    WrongOperation(String),
+    /// The key is over the node's limit. Fix the request.
+    #[error("key too large: {0}")]
+    KeyTooLarge(String),
+    /// The value is over the node's limit. Fix the request.
+    #[error("value too large: {0}")]
+    ValueTooLarge(String),
+    /// The key has too many siblings. Read, resolve, write back.
+    #[error("too many siblings: {0}")]
+    TooManySiblings(String),
+    /// Too few replicas answered. A write's outcome is unknown. Retry later.
+    #[error("quorum not met (outcome unknown): {0}")]
+    QuorumNotMet(String),
+    /// The request timed out. A write's outcome is unknown. Retry later.
+    #[error("timed out (outcome unknown): {0}")]
+    Timeout(String),
+    /// Too many requests in flight; nothing was done. Back off and retry.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The node failed (I/O error, corrupt state). Give up and report.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The node could not be reached (client side). Retry later or try another node.
+    #[error("cannot connect to {address}: {reason}")]
+    Connect {
+        /// The address tried.
+        address: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The connection failed during the request (client side). A write's outcome is unknown.
+    #[error("connection failed (outcome unknown): {0}")]
+    Transport(String),
+}
+
+impl Error {
+    /// Whether the same request may succeed if retried later, unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::QuorumNotMet(_)
+                | Self::Timeout(_)
+                | Self::Overloaded(_)
+                | Self::Connect { .. }
+                | Self::Transport(_)
+        )
+    }
+
+    /// Whether a write that failed with this error may have been stored anyway.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::QuorumNotMet(_) | Self::Timeout(_) | Self::Transport(_))
+    }
+
+    /// The wire kind; client-side errors have none and map to `internal`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadRequest(_) => ErrorKind::BadRequest,
+            Self::UnknownBucket(_) => ErrorKind::UnknownBucket,
+            Self::WrongOperation(_) => ErrorKind::WrongOperation,
+            Self::KeyTooLarge(_) => ErrorKind::KeyTooLarge,
+            Self::ValueTooLarge(_) => ErrorKind::ValueTooLarge,
+            Self::TooManySiblings(_) => ErrorKind::TooManySiblings,
+            Self::QuorumNotMet(_) => ErrorKind::QuorumNotMet,
+            Self::Timeout(_) => ErrorKind::Timeout,
+            Self::Overloaded(_) => ErrorKind::Overloaded,
+            Self::Internal(_) | Self::Connect { .. } | Self::Transport(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The message without the kind's prefix, as sent on the wire.
+    pub fn message(&self) -> String {
+        match self {
+            Self::BadRequest(m)
+            | Self::WrongOperation(m)
+            | Self::KeyTooLarge(m)
+            | Self::ValueTooLarge(m)
+            | Self::TooManySiblings(m)
+            | Self::QuorumNotMet(m)
+            | Self::Timeout(m)
+            | Self::Overloaded(m)
+            | Self::Internal(m)
+            | Self::Transport(m)
+            | Self::UnknownBucket(m) => m.clone(),
+            Self::Connect { .. } => self.to_string(),
+        }
+    }
+
+    /// Rebuild an error from its wire kind and message.
+    pub fn from_wire(kind: ErrorKind, message: String) -> Self {
+        match kind {
+            ErrorKind::BadRequest => Self::BadRequest(message),
+            ErrorKind::UnknownBucket => Self::UnknownBucket(message),
+            ErrorKind::WrongOperation => Self::WrongOperation(message),
+            ErrorKind::KeyTooLarge => Self::KeyTooLarge(message),
+            ErrorKind::ValueTooLarge => Self::ValueTooLarge(message),
+            ErrorKind::TooManySiblings => Self::TooManySiblings(message),
+            ErrorKind::QuorumNotMet => Self::QuorumNotMet(message),
+            ErrorKind::Timeout => Self::Timeout(message),
+            ErrorKind::Overloaded => Self::Overloaded(message),
+            ErrorKind::Internal => Self::Internal(message),
+        }
+    }
+}
+
+impl From<cartwheel_resolvers::ResolveError> for Error {
+    fn from(e: cartwheel_resolvers::ResolveError) -> Self {
+        use cartwheel_resolvers::ResolveError as R;
+        match e {
+            R::WrongOperation { .. } => Self::WrongOperation(e.to_string()),
+            R::BadRequest(_) | R::BadContext(_) => Self::BadRequest(e.to_string()),
+            R::TooManySiblings { .. } => Self::TooManySiblings(e.to_string()),
+            R::Corrupt(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<cartwheel_engines::EngineError> for Error {
+    fn from(e: cartwheel_engines::EngineError) -> Self {
+        use cartwheel_engines::EngineError as E;
+        match e {
+            E::TooLarge { what: "key", .. } => Self::KeyTooLarge(e.to_string()),
+            E::TooLarge { .. } => Self::ValueTooLarge(e.to_string()),
+            _ => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<capnp::Error> for Error {
+    fn from(e: capnp::Error) -> Self {
+        Self::Transport(e.to_string())
+    }
+}

@@ -1,0 +1,225 @@
+//! # The local store: buckets = engine + resolver
+//!
+//! A node keeps one [`Bucket`] per configured bucket: its storage engine (opened in
+//! `data_dir/buckets/<name>/`) and its resolver, both used as trait objects. The store does
+//! the node-local half of every request of DESIGN §2: check the request against the limits,
+//! read the key's state, let the resolver apply the write, store the new state; or merge a
+//! state a peer sent (replication, read repair, handoff).
+//!
+//! ## Atomicity of read-modify-write
+//! `write` and `merge` read a state, compute a new one and put it, with no `.await` in between,
+//! and every call runs on the node's one RPC thread (DESIGN §7). So no two read-modify-writes
+//! of a key interleave on a node, and no concurrent update is lost between the read and the
+//! put. Durability waits (`sync`) happen after the put, off that thread.
+//!
+//! ## Replica count on small clusters
+//! This layer stores on this node only. The coordinator (src/server.rs for now) treats a
+//! cluster smaller than N as storing `min(N, nodes)` replicas, with R and W clamped to that:
+//! a single development node accepts writes to N=3 buckets.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use cartwheel_engines::{EngineError, StorageEngine};
+use cartwheel_resolvers::{HybridClock, Read, Resolver, Stamp, Write};
+
+use crate::config::{BucketConfig, Config, Limits};
+use crate::error::Error;
+use crate::ring::{key_hash, partition_of, storage_key};
+
+/// One bucket on this node.
+#[derive(Debug)]
+pub struct Bucket {
+    /// Its name.
+    pub name: String,
+    /// Its settings.
+    pub config: BucketConfig,
+    /// Where its states live.
+    pub engine: Arc<dyn StorageEngine>,
+    /// What its states mean.
+    pub resolver: Arc<dyn Resolver>,
+}
+
+/// The node's buckets, clock and limits.
+#[derive(Debug)]
+pub struct Store {
+    node_id: String,
+    partitions: u32,
+    limits: Limits,
+    clock: HybridClock,
+    buckets: BTreeMap<String, Bucket>,
+}
+
+/// A store that could not open.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open bucket {bucket:?} in {dir}: {source}")]
+pub struct OpenError {
+    /// The bucket.
+    pub bucket: String,
+    /// Its data directory.
+    pub dir: String,
+    /// Why.
+    #[source]
+    pub source: EngineError,
+}
+
+impl Store {
+    /// Open every configured bucket's engine under `config.node.data_dir`.
+    pub fn open(config: &Config) -> Result<Self, OpenError> {
+        let mut buckets = BTreeMap::new();
+        for (name, bucket_config) in &config.buckets {
+            let dir = config.node.data_dir.join("buckets").join(name);
+            let bucket = open_bucket(name, bucket_config, &dir)?;
+            buckets.insert(name.clone(), bucket);
+        }
+        Ok(Self {
+            node_id: config.node.id.clone(),
+            partitions: config.partitions,
+            limits: config.limits.clone(),
+            clock: HybridClock::new(),
+            buckets,
+        })
+    }
+
+    /// This node's id (its actor id).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The partition count Q.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The node's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Every bucket, by name.
+    pub fn buckets(&self) -> impl Iterator<Item = &Bucket> {
+        self.buckets.values()
+    }
+
+    /// The bucket named `name`, or [`Error::UnknownBucket`].
+    pub fn bucket(&self, name: &str) -> Result<&Bucket, Error> {
+        self.buckets.get(name).ok_or_else(|| Error::UnknownBucket(name.to_string()))
+    }
+
+    /// Refuse empty and oversized keys.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), Error> {
+        if key.is_empty() {
+            return Err(Error::BadRequest("the key is empty".to_string()));
+        }
+        if key.len() > self.limits.key_bytes_max {
+            return Err(Error::KeyTooLarge(format!(
+                "key of {} bytes is over the limit of {} bytes",
+                key.len(),
+                self.limits.key_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuse oversized values.
+    pub fn check_value(&self, value: &[u8]) -> Result<(), Error> {
+        if value.len() > self.limits.value_bytes_max {
+            return Err(Error::ValueTooLarge(format!(
+                "value of {} bytes is over the limit of {} bytes",
+                value.len(),
+                self.limits.value_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// The stored state of a key, as bytes.
+    pub fn fetch(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let bucket = self.bucket(bucket)?;
+        self.check_key(key)?;
+        Ok(bucket.engine.get(&self.storage_key(&bucket.name, key))?)
+    }
+
+    /// Read a key as a client sees it; `None` when it has no state at all.
+    pub fn read(&self, bucket_name: &str, key: &[u8]) -> Result<Option<Read>, Error> {
+        let bucket = self.bucket(bucket_name)?;
+        match self.fetch(bucket_name, key)? {
+            Some(state) => Ok(Some(bucket.resolver.read(&state)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Apply a client write at this node as coordinator; returns the new state and what a
+    /// client reading it would see. The write is visible when this returns; durable after a
+    /// sync of the bucket's engine.
+    pub fn write(
+        &self,
+        bucket_name: &str,
+        key: &[u8],
+        write: &Write,
+    ) -> Result<(Vec<u8>, Read), Error> {
+        let bucket = self.bucket(bucket_name)?;
+        self.check_key(key)?;
+        check_write_sizes(self, write)?;
+        let storage_key = self.storage_key(bucket_name, key);
+        let current = bucket.engine.get(&storage_key)?;
+        let stamp = Stamp { actor: self.node_id.as_bytes().to_vec(), time: self.clock.now() };
+        let state = bucket.resolver.apply(current.as_deref(), write, &stamp)?;
+        let read = bucket.resolver.read(&state)?;
+        bucket.engine.put(&storage_key, &state)?;
+        Ok((state, read))
+    }
+
+    /// Merge a state received from a peer into this node's state for the key, and store it.
+    /// Never refused for a resolver limit: replicas must always take in each other's states.
+    pub fn merge(&self, bucket_name: &str, key: &[u8], incoming: &[u8]) -> Result<Vec<u8>, Error> {
+        let bucket = self.bucket(bucket_name)?;
+        self.check_key(key)?;
+        let storage_key = self.storage_key(bucket_name, key);
+        let merged = match bucket.engine.get(&storage_key)? {
+            Some(current) => bucket.resolver.merge(&current, incoming)?,
+            None => {
+                // Decoding checks the incoming state before it is stored.
+                bucket.resolver.read(incoming)?;
+                incoming.to_vec()
+            }
+        };
+        bucket.engine.put(&storage_key, &merged)?;
+        Ok(merged)
+    }
+
+    fn storage_key(&self, bucket: &str, key: &[u8]) -> Vec<u8> {
+        storage_key(partition_of(key_hash(bucket, key), self.partitions), key)
+    }
+}
+
+fn check_write_sizes(store: &Store, write: &Write) -> Result<(), Error> {
+    use cartwheel_resolvers::Op;
+    match write {
+        Write::Put { value, .. } => store.check_value(value),
+        Write::Delete { .. } => Ok(()),
+        Write::Update { ops, .. } => {
+            for op in ops {
+                let element = match op {
+                    Op::CounterIncrement(_) => continue,
+                    Op::SetAdd(e) | Op::SetRemove(e) | Op::CartRemove(e) => e,
+                    Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } => item,
+                };
+                store.check_value(element)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn open_bucket(name: &str, config: &BucketConfig, dir: &Path) -> Result<Bucket, OpenError> {
+    let failed =
+        |source| OpenError { bucket: name.to_string(), dir: dir.display().to_string(), source };
+    let engine =
+        cartwheel_engines::open(config.engine, dir, &config.engine_options).map_err(failed)?;
+    // Config validation refused resolvers this build lacks, so this cannot fail here.
+    let resolver = cartwheel_resolvers::build(config.resolver, config.resolver_config)
+        .expect("config validation admits only resolvers of this build");
+    Ok(Bucket { name: name.to_string(), config: config.clone(), engine, resolver })
+}

@@ -1,0 +1,176 @@
+//! # Between Cap'n Proto messages and the node's own types
+//!
+//! Both the server and the client library build and read the same structures (values,
+//! operations, errors), so the conversions live here once. Readers return [`Error`] for
+//! anything malformed (a missing field, an unknown union member): a bad message gets a typed
+//! `badRequest`, never a panic.
+
+use cartwheel_resolvers::{Op, Read, Value};
+
+use crate::cartwheel_capnp::{cart_item, error, op, read_options, value, write_options, ErrorKind};
+use crate::error::Error;
+
+/// Per-request read options; 0 means "the bucket's default".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Replicas that must answer.
+    pub r: u8,
+    /// Timeout in milliseconds.
+    pub timeout_ms: u32,
+}
+
+/// Per-request write options; 0 and `None` mean "the bucket's default".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Replicas that must store the write.
+    pub w: u8,
+    /// Replicas that must have synced it; `Some(0)` asks for no sync even where the bucket's
+    /// default is higher.
+    pub dw: Option<u8>,
+    /// Timeout in milliseconds.
+    pub timeout_ms: u32,
+    /// Answer with the value(s) after the write.
+    pub return_body: bool,
+}
+
+/// Fill a `ReadOptions` structure.
+pub fn set_read_options(mut builder: read_options::Builder<'_>, options: &ReadOptions) {
+    builder.set_r(options.r);
+    builder.set_timeout_ms(options.timeout_ms);
+}
+
+/// Fill a `WriteOptions` structure.
+pub fn set_write_options(mut builder: write_options::Builder<'_>, options: &WriteOptions) {
+    builder.set_w(options.w);
+    match options.dw {
+        Some(0) => builder.set_dw_none(true),
+        Some(dw) => builder.set_dw(dw),
+        None => {}
+    }
+    builder.set_timeout_ms(options.timeout_ms);
+    builder.set_return_body(options.return_body);
+}
+
+/// Read a `WriteOptions` structure (absent = all defaults).
+pub fn get_write_options(
+    reader: capnp::Result<write_options::Reader<'_>>,
+) -> Result<WriteOptions, Error> {
+    let o = reader.map_err(bad)?;
+    let dw = if o.get_dw_none() { Some(0) } else { Some(o.get_dw()).filter(|dw| *dw > 0) };
+    Ok(WriteOptions {
+        w: o.get_w(),
+        dw,
+        timeout_ms: o.get_timeout_ms(),
+        return_body: o.get_return_body(),
+    })
+}
+
+/// Fill an `Error` structure.
+pub fn set_error(mut builder: error::Builder<'_>, e: &Error) {
+    builder.set_kind(e.kind());
+    builder.set_message(e.message());
+}
+
+/// Read an `Error` structure. An unknown kind (from a newer peer) reads as `internal`.
+pub fn get_error(reader: error::Reader<'_>) -> Error {
+    let kind = reader.get_kind().unwrap_or(ErrorKind::Internal);
+    let message = reader
+        .get_message()
+        .ok()
+        .and_then(|m| m.to_string().ok())
+        .unwrap_or_else(|| "(no message)".to_string());
+    Error::from_wire(kind, message)
+}
+
+/// Fill a `Value` structure from what a read shows. `read.value` must be `Some`.
+pub fn set_value(mut builder: value::Builder<'_>, context: &[u8], shown: &Value) {
+    builder.set_context(context);
+    match shown {
+        Value::Siblings(values) => {
+            set_data_list(builder.init_siblings(values.len() as u32), values)
+        }
+        Value::Set(members) => set_data_list(builder.init_set(members.len() as u32), members),
+        Value::Counter(n) => builder.set_counter(*n),
+        Value::Cart(items) => {
+            let mut list = builder.init_cart(items.len() as u32);
+            for (i, (item, quantity)) in items.iter().enumerate() {
+                let mut entry = list.reborrow().get(i as u32);
+                entry.set_item(item);
+                entry.set_quantity(*quantity);
+            }
+        }
+    }
+}
+
+fn set_data_list(mut list: capnp::data_list::Builder<'_>, values: &[Vec<u8>]) {
+    for (i, v) in values.iter().enumerate() {
+        list.set(i as u32, v);
+    }
+}
+
+/// Read a `Value` structure into a [`Read`].
+pub fn get_value(reader: value::Reader<'_>) -> Result<Read, Error> {
+    let context = reader.get_context().map_err(bad)?.to_vec();
+    let shown = match reader.which().map_err(|e| bad(e.into()))? {
+        value::Siblings(list) => Value::Siblings(get_data_list(list.map_err(bad)?)?),
+        value::Set(list) => Value::Set(get_data_list(list.map_err(bad)?)?),
+        value::Counter(n) => Value::Counter(n),
+        value::Cart(list) => {
+            let list = list.map_err(bad)?;
+            let mut items = Vec::with_capacity(list.len() as usize);
+            for entry in list.iter() {
+                items.push((entry.get_item().map_err(bad)?.to_vec(), entry.get_quantity()));
+            }
+            Value::Cart(items)
+        }
+    };
+    Ok(Read { context, value: Some(shown) })
+}
+
+fn get_data_list(list: capnp::data_list::Reader<'_>) -> Result<Vec<Vec<u8>>, Error> {
+    list.iter().map(|v| v.map(<[u8]>::to_vec).map_err(bad)).collect()
+}
+
+/// Fill an `Op` structure.
+pub fn set_op(mut builder: op::Builder<'_>, operation: &Op) {
+    fn item(mut b: cart_item::Builder<'_>, item: &[u8], quantity: i64) {
+        b.set_item(item);
+        b.set_quantity(quantity);
+    }
+    match operation {
+        Op::CounterIncrement(n) => builder.set_counter_increment(*n),
+        Op::SetAdd(e) => builder.set_set_add(e),
+        Op::SetRemove(e) => builder.set_set_remove(e),
+        Op::CartAdd { item: i, quantity } => item(builder.init_cart_add(), i, *quantity),
+        Op::CartRemove(i) => builder.set_cart_remove(i),
+        Op::CartSetQuantity { item: i, quantity } => {
+            item(builder.init_cart_set_quantity(), i, *quantity)
+        }
+    }
+}
+
+/// Read an `Op` structure.
+pub fn get_op(reader: op::Reader<'_>) -> Result<Op, Error> {
+    Ok(match reader.which().map_err(|e| bad(e.into()))? {
+        op::CounterIncrement(n) => Op::CounterIncrement(n),
+        op::SetAdd(e) => Op::SetAdd(e.map_err(bad)?.to_vec()),
+        op::SetRemove(e) => Op::SetRemove(e.map_err(bad)?.to_vec()),
+        op::CartAdd(i) => {
+            let i = i.map_err(bad)?;
+            Op::CartAdd { item: i.get_item().map_err(bad)?.to_vec(), quantity: i.get_quantity() }
+        }
+        op::CartRemove(e) => Op::CartRemove(e.map_err(bad)?.to_vec()),
+        op::CartSetQuantity(i) => {
+            let i = i.map_err(bad)?;
+            Op::CartSetQuantity {
+                item: i.get_item().map_err(bad)?.to_vec(),
+                quantity: i.get_quantity(),
+            }
+        }
+    })
+}
+
+/// A malformed message part: `badRequest` naming the decoding failure.
+pub fn bad(e: capnp::Error) -> Error {
+    Error::BadRequest(format!("malformed message: {e}"))
+}

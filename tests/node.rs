@@ -1,0 +1,281 @@
+//! A real node on an ephemeral loopback port, driven through the real client library.
+//!
+//! Each test starts its own node (`NodeHandle::start` with `listen = 127.0.0.1:0` and a
+//! temporary data directory) so tests run in parallel and leave nothing behind.
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use cartwheel::client::{block_on, Client, WriteOptions};
+use cartwheel::config::{BucketConfig, Config};
+use cartwheel::server::NodeHandle;
+use cartwheel::Error;
+use cartwheel_engines::EngineKind;
+use cartwheel_resolvers::{Op, ResolverKind, Value};
+
+struct TestNode {
+    node: NodeHandle,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    fn start(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::embedded();
+        config.node.listen = "127.0.0.1:0".parse().unwrap();
+        config.node.data_dir = dir.path().join("n1");
+        adjust(&mut config);
+        let node = NodeHandle::start(config).expect("node starts");
+        Self { node, _dir: dir }
+    }
+
+    fn address(&self) -> String {
+        self.node.address().to_string()
+    }
+}
+
+fn one_value(v: &str) -> Option<Value> {
+    Some(Value::Siblings(vec![v.as_bytes().to_vec()]))
+}
+
+/// put, get, overwrite, delete and not-found through the client, on the `default` bucket.
+#[test]
+fn put_get_overwrite_delete() {
+    let node = TestNode::start(|_| {});
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        assert_eq!(
+            client.get("default", b"k").await.unwrap().value,
+            None,
+            "fresh key is not found"
+        );
+
+        client.put("default", b"k", b"v1", &[]).await.unwrap();
+        assert_eq!(client.get("default", b"k").await.unwrap().value, one_value("v1"));
+
+        let read = client.get("default", b"k").await.unwrap();
+        client.put("default", b"k", b"v2", &read.context).await.unwrap();
+        assert_eq!(client.get("default", b"k").await.unwrap().value, one_value("v2"));
+
+        let read = client.get("default", b"k").await.unwrap();
+        client.delete("default", b"k", &read.context).await.unwrap();
+        let after = client.get("default", b"k").await.unwrap();
+        assert_eq!(after.value, None, "deleted key reads as not found");
+        assert!(!after.context.is_empty(), "a tombstone still has a context");
+
+        // Other keys are untouched, and binary keys and values work.
+        client.put("default", &[0, 255, 7], &[1, 0, 2], &[]).await.unwrap();
+        let read = client.get("default", &[0, 255, 7]).await.unwrap();
+        assert_eq!(read.value, Some(Value::Siblings(vec![vec![1, 0, 2]])));
+    });
+}
+
+/// A put asked for its body returns the stored value.
+#[test]
+fn put_returns_body_when_asked() {
+    let node = TestNode::start(|_| {});
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        let options = WriteOptions { return_body: true, ..WriteOptions::default() };
+        let written = client.put_with("default", b"k", b"body", &[], &options).await.unwrap();
+        assert_eq!(written.value, one_value("body"));
+        let quiet = client.put("default", b"k", b"other", &[]).await.unwrap();
+        assert_eq!(quiet.value, None, "no body unless asked");
+        assert!(!quiet.context.is_empty());
+    });
+}
+
+/// Unknown buckets, empty keys, bad per-request options and wrong operations are typed errors.
+#[test]
+fn typed_request_errors() {
+    let node = TestNode::start(|_| {});
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        let err = client.get("nope", b"k").await.unwrap_err();
+        assert!(matches!(err, Error::UnknownBucket(ref b) if b == "nope"), "{err:?}");
+        let err = client.put("nope", b"k", b"v", &[]).await.unwrap_err();
+        assert!(matches!(err, Error::UnknownBucket(_)), "{err:?}");
+
+        let err = client.put("default", b"", b"v", &[]).await.unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+
+        let options = WriteOptions { w: 9, ..WriteOptions::default() };
+        let err = client.put_with("default", b"k", b"v", &[], &options).await.unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+
+        let options = WriteOptions { dw: Some(1), ..WriteOptions::default() };
+        let err = client.put_with("default", b"k", b"v", &[], &options).await.unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "dw on a memory bucket: {err:?}");
+
+        let ops = [Op::CounterIncrement(1)];
+        let err =
+            client.update("default", b"k", &ops, &[], &WriteOptions::default()).await.unwrap_err();
+        assert!(matches!(err, Error::WrongOperation(_)), "{err:?}");
+        let err =
+            client.update("default", b"k", &[], &[], &WriteOptions::default()).await.unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+
+        assert!(!err.is_retryable());
+        assert_eq!(client.get("default", b"k").await.unwrap().value, None, "nothing was stored");
+    });
+}
+
+/// Oversized keys and values get their typed errors, store nothing, and the node (and the
+/// same connection) keeps serving.
+#[test]
+fn oversized_key_and_value() {
+    let node = TestNode::start(|c| {
+        c.limits.key_bytes_max = 64;
+        c.limits.value_bytes_max = 4096;
+    });
+    block_on(async {
+        let mut client = Client::connect(&node.address()).await.unwrap();
+        // Send everything to the node so its own checks are what is tested.
+        client.set_value_bytes_max(usize::MAX);
+
+        let err = client.put("default", &[b'k'; 65], b"v", &[]).await.unwrap_err();
+        assert!(matches!(err, Error::KeyTooLarge(_)), "{err:?}");
+        let err = client.get("default", &[b'k'; 65]).await.unwrap_err();
+        assert!(matches!(err, Error::KeyTooLarge(_)), "{err:?}");
+        client.put("default", &[b'k'; 64], b"at the limit", &[]).await.unwrap();
+
+        let err = client.put("default", b"big", &[0u8; 4097], &[]).await.unwrap_err();
+        assert!(matches!(err, Error::ValueTooLarge(_)), "{err:?}");
+        assert_eq!(client.get("default", b"big").await.unwrap().value, None);
+        client.put("default", b"big", &[0u8; 4096], &[]).await.unwrap();
+
+        let ops = [Op::SetAdd(vec![0u8; 4097])];
+        let err =
+            client.update("default", b"k", &ops, &[], &WriteOptions::default()).await.unwrap_err();
+        assert!(matches!(err, Error::ValueTooLarge(_)), "{err:?}");
+
+        // Far over the message limit: the node does not read the message and drops this
+        // connection; a new connection is served.
+        let err = client.put("default", b"huge", &vec![0u8; 1 << 20], &[]).await.unwrap_err();
+        assert!(matches!(err, Error::Transport(_)), "{err:?}");
+        let client = Client::connect(&node.address()).await.unwrap();
+        assert_eq!(client.get("default", b"big").await.unwrap().value.map(|_| ()), Some(()));
+        assert_eq!(client.get("default", b"huge").await.unwrap().value, None);
+    });
+}
+
+/// The client library refuses a value over its limit before sending anything.
+#[test]
+fn client_refuses_oversized_value_locally() {
+    let node = TestNode::start(|_| {});
+    block_on(async {
+        let mut client = Client::connect(&node.address()).await.unwrap();
+        client.set_value_bytes_max(10);
+        let err = client.put("default", b"k", &[1u8; 11], &[]).await.unwrap_err();
+        assert!(matches!(err, Error::ValueTooLarge(_)), "{err:?}");
+        assert_eq!(client.status().await.unwrap().requests_served, 0, "nothing reached the node");
+    });
+}
+
+/// A socket that sends garbage (HTTP, noise, a well-framed message with a bad root pointer)
+/// is dropped, and the node keeps serving others.
+#[test]
+fn garbage_bytes_drop_only_that_connection() {
+    let node = TestNode::start(|_| {});
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        client.put("default", b"k", b"before", &[]).await.unwrap();
+    });
+
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0xff; 64][..],
+        &[0, 0, 0, 0, 1, 0, 0, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+    ] {
+        let mut socket = std::net::TcpStream::connect(node.node.address()).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket.write_all(garbage).unwrap();
+        let mut buf = [0u8; 1024];
+        // The node closes the connection: read returns 0 (EOF) or a reset, never times out.
+        loop {
+            match socket.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue, // an abort message may come first
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("connection was not closed after garbage {garbage:?}: {e}"),
+            }
+        }
+    }
+
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        assert_eq!(client.get("default", b"k").await.unwrap().value, one_value("before"));
+    });
+}
+
+/// `status` reports the node, its buckets and counters; `ring` gives every partition an owner.
+#[test]
+fn status_and_ring() {
+    let node = TestNode::start(|c| {
+        c.partitions = 16;
+        c.buckets.insert("extra".into(), BucketConfig::new(EngineKind::Memory, ResolverKind::Lww));
+    });
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        client.put("extra", b"a", b"1", &[]).await.unwrap();
+        client.put("extra", b"b", b"22", &[]).await.unwrap();
+        let status = client.status().await.unwrap();
+        assert_eq!(status.node_id, "n1");
+        assert_eq!(status.address, node.address());
+        assert_eq!(status.members.len(), 1);
+        assert_eq!(status.members[0].state, "up");
+        assert_eq!(status.requests_served, 2);
+        assert!(status.connections >= 1);
+        let extra = status.buckets.iter().find(|b| b.name == "extra").unwrap();
+        assert_eq!((extra.engine.as_str(), extra.resolver.as_str()), ("memory", "lww"));
+        assert_eq!(extra.entries, 2);
+        assert!(status.buckets.iter().any(|b| b.name == "default"));
+
+        let ring = client.ring().await.unwrap();
+        assert_eq!(ring.partition_count, 16);
+        assert_eq!(ring.owners, vec![0u16; 16]);
+        assert_eq!(ring.nodes[0].address, node.address());
+    });
+}
+
+/// Connections over the limit are closed at once; the admitted one keeps working.
+#[test]
+fn connection_limit() {
+    let node = TestNode::start(|c| c.limits.connections_max = 1);
+    block_on(async {
+        let first = Client::connect(&node.address()).await.unwrap();
+        first.put("default", b"k", b"v", &[]).await.unwrap();
+        let second = Client::connect(&node.address()).await.unwrap();
+        let err = second.get("default", b"k").await.unwrap_err();
+        assert!(matches!(err, Error::Transport(_)), "{err:?}");
+        assert_eq!(first.get("default", b"k").await.unwrap().value, one_value("v"));
+        assert_eq!(first.status().await.unwrap().requests_refused, 1);
+    });
+}
+
+/// A node that cannot open its data (a file where its directory should be) fails to start
+/// with an error naming the bucket, instead of serving half its buckets.
+#[test]
+fn start_failure_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::embedded();
+    config.node.listen = "127.0.0.1:0".parse().unwrap();
+    config.node.data_dir = dir.path().join("n1");
+    config
+        .buckets
+        .insert("durable".into(), BucketConfig::new(EngineKind::Btree, ResolverKind::Lww));
+    std::fs::create_dir_all(dir.path().join("n1/buckets")).unwrap();
+    std::fs::write(dir.path().join("n1/buckets/durable"), b"not a directory").unwrap();
+    let err = NodeHandle::start(config).unwrap_err();
+    assert!(err.to_string().contains("durable"), "{err}");
+}
+
+/// Listening on a port already taken is a clear start error.
+#[test]
+fn port_in_use() {
+    let node = TestNode::start(|_| {});
+    let mut config = Config::embedded();
+    config.node.listen = node.node.address();
+    let err = NodeHandle::start(config).unwrap_err();
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+}
