@@ -104,6 +104,8 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT)]
         node: String,
     },
+    /// Open-loop latency benchmark (p99.9 at a fixed offered rate).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Run a parsed command line; returns the process exit code.
@@ -139,6 +141,7 @@ pub fn run(cli: Cli) -> ExitCode {
             print_status(&client.status().await?);
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Bench(args) => crate::bench::run(args),
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`cartwheel_capnp`]: code generated from `schema/cartwheel.capnp` (committed; see the
 //!   README's "The wire schema").
 //! - [`cli`]: the `cartwheel` command line.
+//! - [`bench`]: `cartwheel bench`, the open-loop latency benchmark.
 //!
 //! ## The path of a request
 //! A client calls `put(bucket, key, value, context, options)` on a node's `Cartwheel`
@@ -30,6 +31,7 @@
 #[path = "generated/cartwheel_capnp.rs"]
 pub mod cartwheel_capnp;
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
