@@ -24,6 +24,7 @@
 //! only that partition's entries. An ordered engine answers a prefix scan by a range scan;
 //! a hash-indexed engine walks its in-memory index (keys only) and reads only matching values.
 
+pub mod memlog;
 pub mod memory;
 
 use std::fmt;
@@ -83,6 +84,7 @@ pub trait StorageEngine: Send + Sync + fmt::Debug {
 
     /// Call `visit` with every live entry whose key starts with `prefix` until it returns
     /// `ControlFlow::Break`.
+    #[allow(clippy::type_complexity)] // the visitor type is part of the object-safe contract
     fn scan_prefix(
         &self,
         prefix: &[u8],
