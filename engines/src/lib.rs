@@ -11,6 +11,8 @@
 //! - [`memory`]: the volatile in-memory engine (an ordered map behind a lock). It is the
 //!   in-memory half of the `buffer` engine and, on its own, an engine for tests and for data
 //!   that may be lost (like Riak's memory backend).
+//! - [`btree`]: a paged copy-on-write B+tree in one file (like LMDB): a page cache, overflow
+//!   pages for large values, a free list, two alternating meta pages, one commit per `sync`.
 //! - [`EngineError`]: one error type for every engine, classified by what the caller does next.
 //! - [`EngineKind`]: the names by which a bucket's configuration picks an engine.
 //!
@@ -24,6 +26,7 @@
 //! only that partition's entries. An ordered engine answers a prefix scan by a range scan;
 //! a hash-indexed engine walks its in-memory index (keys only) and reads only matching values.
 
+pub mod btree;
 pub mod memlog;
 pub mod memory;
 
@@ -162,11 +165,15 @@ pub struct EngineOptions {
     /// How often the group-commit flusher syncs on its own, in milliseconds, when no caller is
     /// waiting for durability. Writes younger than this are what a crash may lose.
     pub flush_interval_ms: u64,
+    /// `btree`: the memory the page cache and the dirty pages of the open transaction may
+    /// hold together, in bytes. Past half of it, dirty pages are written early (still
+    /// uncommitted); past all of it, clean pages are evicted and re-read on demand.
+    pub btree_cache_bytes_max: u64,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { flush_interval_ms: 10 }
+        Self { flush_interval_ms: 10, btree_cache_bytes_max: btree::CACHE_BYTES_MAX_DEFAULT }
     }
 }
 
@@ -183,9 +190,8 @@ pub fn open(
     let _ = (dir, options);
     match kind {
         EngineKind::Memory => Ok(Arc::new(memory::MemoryEngine::new())),
-        EngineKind::Log | EngineKind::Buffer | EngineKind::Btree => {
-            Err(EngineError::NotBuilt { kind: kind.name() })
-        }
+        EngineKind::Btree => Ok(Arc::new(btree::BtreeEngine::open(dir, options)?)),
+        EngineKind::Log | EngineKind::Buffer => Err(EngineError::NotBuilt { kind: kind.name() }),
     }
 }
 

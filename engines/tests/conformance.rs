@@ -244,3 +244,9 @@ macro_rules! conformance_suite {
 }
 
 conformance_suite!(memory, |_dir| Arc::new(cartwheel_engines::memory::MemoryEngine::new()));
+conformance_suite!(btree, |dir| cartwheel_engines::open(
+    cartwheel_engines::EngineKind::Btree,
+    dir,
+    &cartwheel_engines::EngineOptions::default()
+)
+.unwrap());
