@@ -27,6 +27,7 @@
 //! a hash-indexed engine walks its in-memory index (keys only) and reads only matching values.
 
 pub mod btree;
+pub mod log;
 pub mod memlog;
 pub mod memory;
 
@@ -165,6 +166,23 @@ pub struct EngineOptions {
     /// How often the group-commit flusher syncs on its own, in milliseconds, when no caller is
     /// waiting for durability. Writes younger than this are what a crash may lose.
     pub flush_interval_ms: u64,
+    /// Size of one memory-log segment file (`log` and `buffer`), preallocated when the segment
+    /// is created. When the next record would not fit, the segment is sealed (one fdatasync)
+    /// and a new one started; a record larger than this gets a segment of its own.
+    pub segment_bytes_max: u64,
+    /// `log`: a sealed segment is merged (its live records copied forward, the file deleted)
+    /// once at least this percentage of its bytes is dead. 100 turns merging off.
+    pub merge_dead_percent: u8,
+    /// `log`: merging copies at most this many bytes per second, sleeping when ahead, so that
+    /// it never takes the disk from foreground writes. Dead space is reclaimed more slowly.
+    pub merge_bytes_per_sec: u64,
+    /// `log` and `buffer`: how often, in milliseconds, the background thread looks for work
+    /// (hint files and merges for `log`, snapshots for `buffer`).
+    pub background_interval_ms: u64,
+    /// `buffer`: a snapshot is taken once the write-ahead log since the last one holds at
+    /// least this many bytes and more than the live data. Restart replays at most about this
+    /// much log; a larger value means fewer snapshots and a longer restart.
+    pub snapshot_log_bytes: u64,
     /// `btree`: the memory the page cache and the dirty pages of the open transaction may
     /// hold together, in bytes. Past half of it, dirty pages are written early (still
     /// uncommitted); past all of it, clean pages are evicted and re-read on demand.
@@ -173,7 +191,15 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { flush_interval_ms: 10, btree_cache_bytes_max: btree::CACHE_BYTES_MAX_DEFAULT }
+        Self {
+            flush_interval_ms: 10,
+            segment_bytes_max: 64 << 20,
+            merge_dead_percent: 50,
+            merge_bytes_per_sec: 32 << 20,
+            background_interval_ms: 1000,
+            snapshot_log_bytes: 64 << 20,
+            btree_cache_bytes_max: btree::CACHE_BYTES_MAX_DEFAULT,
+        }
     }
 }
 
@@ -191,7 +217,8 @@ pub fn open(
     match kind {
         EngineKind::Memory => Ok(Arc::new(memory::MemoryEngine::new())),
         EngineKind::Btree => Ok(Arc::new(btree::BtreeEngine::open(dir, options)?)),
-        EngineKind::Log | EngineKind::Buffer => Err(EngineError::NotBuilt { kind: kind.name() }),
+        EngineKind::Log => Ok(Arc::new(log::LogEngine::open(dir, options)?)),
+        EngineKind::Buffer => Err(EngineError::NotBuilt { kind: kind.name() }),
     }
 }
 

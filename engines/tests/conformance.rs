@@ -250,3 +250,9 @@ conformance_suite!(btree, |dir| cartwheel_engines::open(
     &cartwheel_engines::EngineOptions::default()
 )
 .unwrap());
+conformance_suite!(log, |dir| cartwheel_engines::open(
+    cartwheel_engines::EngineKind::Log,
+    dir,
+    &cartwheel_engines::EngineOptions::default()
+)
+.unwrap());
