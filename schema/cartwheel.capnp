@@ -189,11 +189,32 @@ struct FetchResult {
   }
 }
 
+# One member in a gossiped view.
+struct Member {
+  id @0 :Text;
+  address @1 :Text;
+  incarnation @2 :UInt64;    # bumped by the node itself at each start
+  heartbeat @3 :UInt64;      # bumped by the node itself every gossip round
+  leaving @4 :Bool;          # the member asked to leave the ring
+  configDigest @5 :Data;     # digest of the member's bucket configuration
+}
+
+# What a node knows of the cluster, exchanged by gossip.
+struct View {
+  members @0 :List(Member);
+  ring @1 :Ring;             # the ownership with the highest epoch the sender knows
+}
+
 interface Peer {
-  # Merge `state` into the replica's state for the key and store the result.
-  replicate @0 (bucket :Text, key :Data, state :Data, sync :Bool) -> (result :ReplicaResult);
-  # Read the replica's state for the key, as stored.
+  # Merge `state` into the replica's state for the key and store the result. With `hintFor`
+  # set, the receiver is a fallback: it keeps the state as a hint for that node (sloppy
+  # quorum) and delivers it when the node is back.
+  replicate @0 (bucket :Text, key :Data, state :Data, sync :Bool, hintFor :Text)
+      -> (result :ReplicaResult);
+  # Read the replica's state for the key, as stored (merged with any hint it holds for it).
   fetch @1 (bucket :Text, key :Data) -> (result :FetchResult);
-  # Ordinals 2.. are reserved, in this order, for: gossip, hint delivery, Merkle tree exchange,
-  # partition transfer.
+  # Exchange views: the receiver merges the sender's view and answers with its own.
+  gossip @2 (view :View) -> (view :View);
+  # Ordinals 3.. are reserved, in this order, for: hint delivery batches, Merkle tree
+  # exchange, partition transfer.
 }

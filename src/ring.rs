@@ -12,7 +12,22 @@
 //! partition's values. The cost: two bytes per stored key, and engines without ordered keys
 //! (the log engine's hash keydir) walk their in-memory index to find a prefix.
 //!
-//! Partition ownership and preference lists belong to the cluster layer and build on this.
+//! ## Ownership
+//! [`Ownership`] says which node owns each partition; it changes only when members join or
+//! leave, carries an epoch, and is gossiped (the highest epoch wins). One node, the claimant
+//! (the lowest id among the members that are up), computes a new ownership with
+//! [`Ownership::rebalance`] when the member set changes. The rebalance starts from the current
+//! ownership and moves as few partitions as it can: every member ends with Q/S or Q/S + 1
+//! partitions, a new member takes about Q/(S+1) partitions from the others, and no partition
+//! moves between two members that stay.
+//!
+//! It also tries to keep every window of `target_n` consecutive partitions on distinct nodes,
+//! so that a key's N replicas are its partition's owner and the next owners on the ring. That
+//! is not always possible (Q = 64 on 3 nodes with N = 3 leaves a wrap-around window with a
+//! repeat, since 64 is not a multiple of 3), so [`Ownership::violations`] counts the windows
+//! that repeat a node; rebalance keeps the better of the incremental result and a fresh
+//! layout. Preference lists skip repeated nodes anyway: a key's N replicas are always N
+//! distinct nodes when the cluster has N nodes.
 
 use md5::{Digest, Md5};
 
@@ -60,6 +75,211 @@ pub fn storage_key(partition: u16, key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Which node owns each partition, with the epoch of the change that made it so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    /// Bumped by the claimant at every change; the highest epoch wins in gossip.
+    pub epoch: u64,
+    /// `owners[p]` is the id of partition `p`'s owner. The length is Q.
+    pub owners: Vec<String>,
+}
+
+impl Ownership {
+    /// Every partition on `node` (a cluster of one), at epoch 0.
+    pub fn single(node: &str, partitions: u32) -> Self {
+        Self { epoch: 0, owners: vec![node.to_string(); partitions as usize] }
+    }
+
+    /// The partition count Q.
+    pub fn partitions(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    /// Distinct nodes in ring order starting at `partition`'s owner: the preference list.
+    /// Its first N entries are the key's primary replicas; the rest are fallbacks.
+    pub fn preference_list(&self, partition: u16) -> Vec<&str> {
+        let q = self.owners.len();
+        let mut list: Vec<&str> = Vec::new();
+        for step in 0..q {
+            let owner = self.owners[(partition as usize + step) % q].as_str();
+            if !list.contains(&owner) {
+                list.push(owner);
+            }
+        }
+        list
+    }
+
+    /// Partitions owned by `node`.
+    pub fn owned_by(&self, node: &str) -> usize {
+        self.owners.iter().filter(|o| *o == node).count()
+    }
+
+    /// Windows of `target_n` consecutive partitions (wrapping) whose owners are not all
+    /// distinct, for clusters of at least `target_n` distinct owners.
+    pub fn violations(&self, target_n: usize) -> usize {
+        let indexes = index_owners(&self.owners);
+        count_violations(&indexes, window(target_n, distinct(&self.owners)))
+    }
+
+    /// The ownership for `members` (sorted, distinct ids), starting from this one and moving
+    /// as few partitions as it can. See the module documentation for the guarantees.
+    pub fn rebalance(&self, members: &[String], target_n: usize) -> Ownership {
+        assert!(!members.is_empty(), "a ring needs at least one member");
+        debug_assert!(
+            members.windows(2).all(|w| w[0] < w[1]),
+            "members must be sorted and distinct"
+        );
+        let w = window(target_n, members.len());
+        let incremental = incremental_layout(&self.owners, members, w);
+        let fresh = fresh_layout(self.owners.len(), members);
+        // A fresh layout moves most partitions: take it only when it repairs many windows.
+        let margin = self.owners.len() / 16;
+        let chosen = if count_violations(&fresh, w) + margin < count_violations(&incremental, w) {
+            fresh
+        } else {
+            incremental
+        };
+        Ownership {
+            epoch: self.epoch + 1,
+            owners: chosen.into_iter().map(|m| members[m].clone()).collect(),
+        }
+    }
+}
+
+fn window(target_n: usize, members: usize) -> usize {
+    target_n.min(members).max(1)
+}
+
+fn distinct(owners: &[String]) -> usize {
+    let mut seen: Vec<&String> = owners.iter().collect();
+    seen.sort();
+    seen.dedup();
+    seen.len()
+}
+
+fn index_owners(owners: &[String]) -> Vec<usize> {
+    let mut ids: Vec<&String> = owners.iter().collect();
+    ids.sort();
+    ids.dedup();
+    owners.iter().map(|o| ids.binary_search(&o).unwrap_or(0)).collect()
+}
+
+/// Whether partition `p` shares a window of `w` with another partition of the same owner.
+fn conflicts(owners: &[Option<usize>], p: usize, member: usize, w: usize) -> bool {
+    let q = owners.len();
+    (1..w.min(q))
+        .any(|d| owners[(p + d) % q] == Some(member) || owners[(p + q - d) % q] == Some(member))
+}
+
+fn count_violations(owners: &[usize], w: usize) -> usize {
+    let q = owners.len();
+    if w <= 1 || q < w {
+        return 0;
+    }
+    (0..q)
+        .filter(|&p| {
+            let mut seen: Vec<usize> = (0..w).map(|d| owners[(p + d) % q]).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            seen.len() < w
+        })
+        .count()
+}
+
+/// How many partitions each member should own: Q/S, plus one for the first Q mod S members
+/// in order of how many they own now (so the extra ones stay where they are).
+fn targets(current: &[usize], q: usize) -> Vec<usize> {
+    let s = current.len();
+    let mut order: Vec<usize> = (0..s).collect();
+    order.sort_by_key(|&m| (std::cmp::Reverse(current[m]), m));
+    let mut targets = vec![q / s; s];
+    for &m in order.iter().take(q % s) {
+        targets[m] += 1;
+    }
+    targets
+}
+
+/// Start from `old`: free the partitions of departed members and the excess of over-full
+/// members, spread evenly around the ring (so a newcomer's partitions land far apart), then
+/// give every free partition to the member with the largest deficit that does not conflict
+/// there (or, failing that, the largest deficit).
+fn incremental_layout(old: &[String], members: &[String], w: usize) -> Vec<usize> {
+    let q = old.len();
+    let mut owners: Vec<Option<usize>> =
+        old.iter().map(|o| members.binary_search(o).ok()).collect();
+    let mut counts = vec![0usize; members.len()];
+    for m in owners.iter().flatten() {
+        counts[*m] += 1;
+    }
+    let targets = targets(&counts, q);
+    let mut excess: Vec<usize> =
+        (0..members.len()).map(|m| counts[m].saturating_sub(targets[m])).collect();
+    let to_free: usize = excess.iter().sum();
+    for i in 0..to_free {
+        let ideal = i * q / to_free;
+        // The nearest partition to the ideal spot whose owner still has excess.
+        let found = (0..q)
+            .flat_map(|d| [(ideal + d) % q, (ideal + q - d) % q])
+            .find(|&p| owners[p].is_some_and(|m| excess[m] > 0));
+        let p = found.expect("excess partitions exist while to_free is not reached");
+        let m = owners[p].take().expect("found an owned partition");
+        excess[m] -= 1;
+        counts[m] -= 1;
+    }
+    for p in 0..q {
+        if owners[p].is_some() {
+            continue;
+        }
+        let needy = (0..members.len()).filter(|&m| counts[m] < targets[m]);
+        let best = needy
+            .map(|m| (conflicts(&owners, p, m, w), std::cmp::Reverse(targets[m] - counts[m]), m))
+            .min()
+            .map(|(_, _, m)| m)
+            .expect("free partitions never outnumber the members' deficits");
+        owners[p] = Some(best);
+        counts[best] += 1;
+    }
+    let mut owners: Vec<usize> =
+        owners.into_iter().map(|o| o.expect("every partition assigned")).collect();
+    repair(&mut owners, w);
+    owners
+}
+
+/// Swap owners of two partitions where that removes a repeated node from a window and adds
+/// none; counts stay as they are. One pass over the ring, Q candidates each; skipped above
+/// Q = 256, where its cubic cost would stall a claimant.
+fn repair(owners: &mut [usize], w: usize) {
+    let q = owners.len();
+    if w <= 1 || q > 256 {
+        return;
+    }
+    let clashes = |owners: &[usize], p: usize| {
+        let as_options: Vec<Option<usize>> = owners.iter().map(|&o| Some(o)).collect();
+        conflicts(&as_options, p, owners[p], w)
+    };
+    for p in 0..q {
+        if !clashes(owners, p) {
+            continue;
+        }
+        let before = count_violations(owners, w);
+        for other in 0..q {
+            if owners[other] == owners[p] {
+                continue;
+            }
+            owners.swap(p, other);
+            if count_violations(owners, w) < before {
+                break;
+            }
+            owners.swap(p, other);
+        }
+    }
+}
+
+/// A layout from scratch: the members in order, repeated around the ring.
+fn fresh_layout(q: usize, members: &[String]) -> Vec<usize> {
+    (0..q).map(|p| p % members.len()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +316,102 @@ mod tests {
     #[test]
     fn storage_key_layout() {
         assert_eq!(storage_key(0x0102, b"k"), vec![1, 2, b'k']);
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("n{i:02}")).collect()
+    }
+
+    fn grow(q: u32, nodes: usize) -> Ownership {
+        let members = names(nodes);
+        let mut ring = Ownership::single(&members[0], q);
+        for s in 2..=nodes {
+            ring = ring.rebalance(&members[..s], 3);
+        }
+        ring
+    }
+
+    /// Every node owns Q/S or Q/S + 1 partitions, for many cluster sizes.
+    #[test]
+    fn balanced_within_one() {
+        for q in [8u32, 64, 256] {
+            for s in 1..=9usize {
+                if s > q as usize {
+                    continue;
+                }
+                let ring = grow(q, s);
+                for node in names(s) {
+                    let owned = ring.owned_by(&node);
+                    let low = q as usize / s;
+                    assert!(owned == low || owned == low + 1, "Q={q} S={s}: {node} owns {owned}");
+                }
+            }
+        }
+    }
+
+    /// Adding a node moves about Q/(S+1) partitions, nearly all of them to the new node.
+    /// (Growing from fewer than N nodes to N may lay the ring out afresh instead: a ring of
+    /// two nodes cannot be turned into one whose windows of three are distinct by moving a
+    /// third of it.)
+    #[test]
+    fn adding_a_node_moves_little() {
+        for s in 3..=8usize {
+            let before = grow(64, s);
+            let members = names(s + 1);
+            let after = before.rebalance(&members, 3);
+            let moved: Vec<usize> =
+                (0..64).filter(|&p| before.owners[p] != after.owners[p]).collect();
+            let ideal = 64 / (s + 1);
+            assert!(
+                moved.len() <= ideal + 1 + 64 / 16,
+                "S={s}: moved {} (ideal {ideal})",
+                moved.len()
+            );
+            let newcomer = &members[s];
+            let to_others = moved.iter().filter(|&&p| &after.owners[p] != newcomer).count();
+            assert!(
+                to_others <= 64 / 16,
+                "S={s}: {to_others} partitions moved between old members"
+            );
+            assert_eq!(after.epoch, before.epoch + 1);
+        }
+    }
+
+    /// Where Q allows it, every N consecutive partitions sit on N distinct nodes.
+    #[test]
+    fn consecutive_partitions_on_distinct_nodes() {
+        for (q, s) in [(64u32, 4usize), (64, 5), (64, 8), (256, 5), (64, 6), (64, 7)] {
+            let ring = grow(q, s);
+            assert_eq!(ring.violations(3), 0, "Q={q} S={s}: {:?}", ring.owners);
+        }
+        // 64 partitions cannot be split over 3 nodes without one repeat across the wrap.
+        assert!(grow(64, 3).violations(3) <= 2);
+    }
+
+    /// A preference list starts at the partition's owner and names each node once.
+    #[test]
+    fn preference_list_is_distinct_and_complete() {
+        let ring = grow(64, 5);
+        for p in 0..64u16 {
+            let list = ring.preference_list(p);
+            assert_eq!(list[0], ring.owners[p as usize]);
+            assert_eq!(list.len(), 5);
+            let mut sorted = list.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 5);
+        }
+    }
+
+    /// A departed member's partitions go to the others, balanced again.
+    #[test]
+    fn removing_a_node_rebalances() {
+        let ring = grow(64, 5);
+        let members = names(5);
+        let after = ring.rebalance(&members[..4], 3);
+        assert_eq!(after.owned_by(&members[4]), 0);
+        for node in &members[..4] {
+            assert_eq!(after.owned_by(node), 16);
+        }
     }
 }
