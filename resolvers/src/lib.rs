@@ -11,7 +11,17 @@
 //! - [`hlc`]: the hybrid logical clock that stamps writes (physical ms + logical counter).
 //! - [`codec`]: the canonical byte encoding shared by every state: a type tag and a version
 //!   byte in front, then fixed-width big-endian fields and sorted collections.
+//! - [`causal`]: dots, version vectors and the dot map shared by the causal resolvers, with
+//!   client contexts and deferred removes.
+//! - [`siblings`]: Dynamo versioning with dotted version vectors; concurrent puts become
+//!   siblings, a put with a read's context supersedes exactly what was read, deletes leave a
+//!   tombstone with a clock, and a sibling hard limit refuses puts (never merges).
 //! - [`lww`]: last write wins by HLC timestamp, ties broken by actor id.
+//! - [`orset`]: add-wins observed-remove set without tombstones (dots + version vector).
+//! - [`pncounter`]: per-actor increment and decrement totals; saturating arithmetic.
+//! - [`cart`]: the shopping cart, an observed-remove map from item to a per-actor quantity;
+//!   a concurrent add and remove keeps the item, quantities from replicas add up, and the
+//!   size is bounded by items × actors.
 //! - [`ResolverKind`] and [`build`]: the names a bucket's configuration uses, and the factory.
 //!
 //! The shared law suite lives in `resolvers/tests/laws.rs`: every resolver runs it.
@@ -21,9 +31,14 @@
 //! id, so version vectors stay as small as the cluster) and a reading of its hybrid logical
 //! clock. Resolvers are pure functions of their inputs: no resolver reads the time itself.
 
+pub mod cart;
+pub mod causal;
 pub mod codec;
 pub mod hlc;
 pub mod lww;
+pub mod orset;
+pub mod pncounter;
+pub mod siblings;
 
 use std::fmt;
 use std::sync::Arc;
@@ -141,7 +156,7 @@ pub enum Value {
 ///
 /// # States
 /// A state is the byte string an engine stores for one key. It starts with a one-byte type
-/// tag and a one-byte format version ([`codec::Header`]); decoding an older version migrates
+/// tag and a one-byte format version (see [`codec`]); decoding an older version migrates
 /// it, decoding an unknown tag, a newer version or garbage returns [`ResolveError::Corrupt`]
 /// and never panics. Encoding is **canonical**: two equal states are equal bytes, so replicas
 /// can compare states (anti-entropy hashes) by their bytes.
@@ -241,14 +256,17 @@ impl Default for ResolverConfig {
 }
 
 /// The resolver named `kind`, or `None` where this build does not have it yet.
-pub fn build(kind: ResolverKind, _config: ResolverConfig) -> Option<Arc<dyn Resolver>> {
-    match kind {
-        ResolverKind::Lww => Some(Arc::new(lww::Lww)),
-        ResolverKind::Siblings
-        | ResolverKind::Orset
-        | ResolverKind::Pncounter
-        | ResolverKind::Cart => None,
-    }
+///
+/// Every resolver is built: the `Option` stays so that the contract others code against does
+/// not change when a resolver is added or withdrawn.
+pub fn build(kind: ResolverKind, config: ResolverConfig) -> Option<Arc<dyn Resolver>> {
+    Some(match kind {
+        ResolverKind::Siblings => Arc::new(siblings::Siblings::new(config)),
+        ResolverKind::Lww => Arc::new(lww::Lww),
+        ResolverKind::Orset => Arc::new(orset::OrSet),
+        ResolverKind::Pncounter => Arc::new(pncounter::PnCounter),
+        ResolverKind::Cart => Arc::new(cart::Cart),
+    })
 }
 
 /// Everything a resolver can refuse, grouped by what the caller does next.

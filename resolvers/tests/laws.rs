@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use cartwheel_resolvers::{HybridClock, Op, Resolver, Stamp, Write};
+use cartwheel_resolvers::{HybridClock, Op, Resolver, ResolverConfig, ResolverKind, Stamp, Write};
 use proptest::prelude::*;
 
 /// One simulation step.
@@ -56,8 +56,9 @@ fn simulate(resolver: &dyn Resolver, steps: &[Step], seed: u64) -> Vec<Vec<u8>> 
         }
         match step {
             Step::Write { replica, write } => {
-                // A client reads before it writes, half of the time, and sends that context.
-                let write = with_read_context(resolver, replicas[*replica].as_deref(), write, i);
+                let other = replicas[(*replica + 1 + i % 2) % REPLICAS].as_deref();
+                let write =
+                    with_read_context(resolver, replicas[*replica].as_deref(), other, write, i);
                 let stamp = Stamp {
                     actor: format!("n{replica}").into_bytes(),
                     time: clocks[*replica].now(),
@@ -87,14 +88,19 @@ fn simulate(resolver: &dyn Resolver, steps: &[Step], seed: u64) -> Vec<Vec<u8>> 
     seen
 }
 
+/// The client reads before it writes, most of the time: from the coordinator (steps 0 and 1
+/// of every 4), or from another replica that may be ahead of or behind the coordinator (step
+/// 2), and sends that context; otherwise it writes blind.
 fn with_read_context(
     resolver: &dyn Resolver,
     current: Option<&[u8]>,
+    other: Option<&[u8]>,
     write: &Write,
     i: usize,
 ) -> Write {
-    let context = match current {
-        Some(state) if i % 2 == 0 => resolver.read(state).unwrap().context,
+    let context = match (i % 4, current, other) {
+        (0 | 1, Some(state), _) => resolver.read(state).unwrap().context,
+        (2, _, Some(state)) => resolver.read(state).unwrap().context,
         _ => Vec::new(),
     };
     match write.clone() {
@@ -179,7 +185,6 @@ macro_rules! law_suite {
 }
 
 /// Puts and deletes with small values, so collisions happen.
-#[allow(dead_code)]
 fn value_writes() -> impl Strategy<Value = Write> {
     prop_oneof![
         4 => proptest::collection::vec(0u8..4, 0..3)
@@ -189,7 +194,6 @@ fn value_writes() -> impl Strategy<Value = Write> {
 }
 
 /// Operations of every resolver, for checking refusals do not break anything.
-#[allow(dead_code)]
 fn any_op() -> impl Strategy<Value = Op> {
     let item = proptest::collection::vec(0u8..3, 1..2);
     prop_oneof![
@@ -202,4 +206,86 @@ fn any_op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Updates of one to three operations, mostly from `ops` and now and then any operation (so
+/// refusals are exercised too), and now and then a put or delete.
+fn update_writes(ops: BoxedStrategy<Op>) -> impl Strategy<Value = Write> {
+    let op = prop_oneof![8 => ops, 1 => any_op()];
+    prop_oneof![
+        10 => proptest::collection::vec(op, 1..4)
+            .prop_map(|ops| Write::Update { ops, context: Vec::new() }),
+        1 => value_writes(),
+    ]
+}
+
+/// Counter increments, including the extremes.
+fn counter_ops() -> BoxedStrategy<Op> {
+    prop_oneof![
+        8 => (-5i64..5).prop_map(Op::CounterIncrement),
+        1 => prop_oneof![Just(i64::MIN), Just(i64::MAX)].prop_map(Op::CounterIncrement),
+    ]
+    .boxed()
+}
+
+/// Set adds and removes over three elements.
+fn set_ops() -> BoxedStrategy<Op> {
+    let element = proptest::collection::vec(0u8..3, 1..2);
+    prop_oneof![
+        3 => element.clone().prop_map(Op::SetAdd),
+        2 => element.prop_map(Op::SetRemove),
+    ]
+    .boxed()
+}
+
+/// Cart adds, removes and set-quantities over three items, with some bad quantities.
+fn cart_ops() -> BoxedStrategy<Op> {
+    let item = proptest::collection::vec(0u8..3, 1..2);
+    prop_oneof![
+        4 => (item.clone(), 1i64..4).prop_map(|(item, quantity)| Op::CartAdd { item, quantity }),
+        2 => item.clone().prop_map(Op::CartRemove),
+        2 => (item.clone(), 0i64..4)
+            .prop_map(|(item, quantity)| Op::CartSetQuantity { item, quantity }),
+        1 => (item, -2i64..1).prop_map(|(item, quantity)| Op::CartAdd { item, quantity }),
+    ]
+    .boxed()
+}
+
+/// Puts (mostly) and deletes, and now and then an update, which `siblings` refuses.
+fn sibling_writes() -> impl Strategy<Value = Write> {
+    prop_oneof![
+        8 => value_writes(),
+        1 => any_op().prop_map(|op| Write::Update { ops: vec![op], context: Vec::new() }),
+    ]
+}
+
 law_suite!(lww, Arc::new(cartwheel_resolvers::lww::Lww), value_writes());
+law_suite!(
+    siblings,
+    cartwheel_resolvers::build(ResolverKind::Siblings, ResolverConfig::default()).unwrap(),
+    sibling_writes()
+);
+// A hard limit of 2, so that refused puts happen between merges that go past it.
+law_suite!(
+    siblings_at_the_limit,
+    Arc::new(cartwheel_resolvers::siblings::Siblings::new(ResolverConfig {
+        siblings_soft_max: 1,
+        siblings_hard_max: 2,
+    })),
+    sibling_writes()
+);
+law_suite!(orset, Arc::new(cartwheel_resolvers::orset::OrSet), update_writes(set_ops()));
+law_suite!(
+    pncounter,
+    Arc::new(cartwheel_resolvers::pncounter::PnCounter),
+    update_writes(counter_ops())
+);
+law_suite!(cart, Arc::new(cartwheel_resolvers::cart::Cart), update_writes(cart_ops()));
+
+/// Every resolver name builds, and builds the resolver of that kind.
+#[test]
+fn build_covers_every_kind() {
+    for kind in ResolverKind::ALL {
+        let resolver = cartwheel_resolvers::build(kind, ResolverConfig::default())
+            .unwrap_or_else(|| panic!("{kind} is not built"));
+        assert_eq!(resolver.kind(), kind);
+    }
+}

@@ -1,0 +1,332 @@
+//! # orset: add-wins observed-remove set, without tombstones
+//!
+//! The optimized OR-set (Bieniusa et al., "An optimized conflict-free replicated set",
+//! 2012; Riak's `riak_dt_orswot`): each element carries the **dots** of the adds that put it
+//! there, at most one per actor, and the whole set carries one **version vector** of every
+//! add it has seen. A remove drops the element's dots; nothing else is kept, because the
+//! clock alone says "this replica has seen that add, and it is gone" and the merge drops a
+//! dot the other side has seen but no longer holds. See [`crate::causal`] for the machinery
+//! (the [`DotMap`] with a `()` payload), including deferred removes.
+//!
+//! ## Semantics
+//! - **add(e)** at actor `A` gives `e` a fresh dot `(A, n)` that replaces `A`'s earlier dot
+//!   of `e`, if any (so an element holds at most one dot per actor). Nobody has observed that dot yet, so an add concurrent with a
+//!   remove of the same element survives the remove: **add wins**.
+//! - **remove(e)** drops the dots of `e` that the write's **context** observed. An element
+//!   added concurrently (a dot the context does not cover) stays; removing an element the
+//!   context never saw removes nothing. A context ahead of the coordinator becomes a deferred
+//!   remove, applied once the coordinator catches up.
+//! - **No context** (empty bytes: the client did not read) on a remove stands for the
+//!   coordinator's state *at that point of the write*: it removes every dot of `e` the coordinator holds, including one added by an
+//!   earlier operation of the same write. This is what a client that never read expects
+//!   ("remove it"), and it still loses against adds the coordinator has not seen. A client
+//!   that wants the precise observed-remove semantics sends the context of its read (the
+//!   context of a read that found nothing is not "no context": it observed nothing and
+//!   removes nothing).
+//! - Operations of one write apply in order. A context is the same for all of them, so `[add e, remove e]` with a context keeps `e` (the add was not observed).
+//! - **read** returns the members in byte order, or `None` for the empty set, and the clock
+//!   as the context (header with the `orset` tag, version 1, then the version vector).
+//!
+//! Only [`Op::SetAdd`] and [`Op::SetRemove`] are taken; puts, deletes and other resolvers'
+//! operations are [`ResolveError::WrongOperation`].
+//!
+//! The size is bounded by elements × actors plus the clock (one entry per actor), never by
+//! the number of operations; removed elements leave nothing behind.
+//!
+//! Body layout, version 1: the [`DotMap`] body of [`crate::causal`] with an empty payload:
+//!
+//! | size   | field                                                             |
+//! |--------|-------------------------------------------------------------------|
+//! | ..     | clock (version vector)                                            |
+//! | 4 + .. | element count, then per element: bytes (u32 length), dot count, dots (actor index u32, counter u64) |
+//! | 4 + .. | deferred remove count, then the deferred removes                  |
+
+use crate::causal::{check_actor, decode_context, encode_context, DotMap};
+use crate::codec::{Decoder, Encoder, Tag};
+use crate::{Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
+
+/// Current body format version.
+pub const VERSION: u8 = 1;
+
+/// The observed-remove set resolver. See the module documentation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OrSet;
+
+fn decode(bytes: &[u8]) -> Result<DotMap<'_, ()>, ResolveError> {
+    let (mut d, version) = Decoder::new(bytes, Tag::Orset)?;
+    if version != VERSION {
+        return Err(ResolveError::Corrupt(format!("orset state version {version} is unknown")));
+    }
+    let map = DotMap::decode(&mut d)?;
+    d.finish()?;
+    Ok(map)
+}
+
+fn encode(map: &DotMap<'_, ()>) -> Vec<u8> {
+    let mut e = Encoder::new(Tag::Orset, VERSION);
+    map.encode(&mut e);
+    e.finish()
+}
+
+/// The members of a set, in byte order.
+fn members<'a>(map: &DotMap<'a, ()>) -> Vec<&'a [u8]> {
+    let mut out: Vec<&'a [u8]> = map.entries.iter().map(|e| e.key).collect();
+    out.dedup();
+    out
+}
+
+impl OrSet {
+    /// The number of members of `state` (for stats and limits).
+    pub fn member_count(&self, state: &[u8]) -> Result<usize, ResolveError> {
+        Ok(members(&decode(state)?).len())
+    }
+}
+
+impl Resolver for OrSet {
+    fn kind(&self) -> ResolverKind {
+        ResolverKind::Orset
+    }
+
+    fn apply(
+        &self,
+        current: Option<&[u8]>,
+        write: &Write,
+        stamp: &Stamp,
+    ) -> Result<Vec<u8>, ResolveError> {
+        check_actor(&stamp.actor)?;
+        let wrong = |operation| ResolveError::WrongOperation { resolver: "orset", operation };
+        let Write::Update { ops, context } = write else {
+            return Err(wrong(write.name()));
+        };
+        if let Some(op) = ops.iter().find(|op| !matches!(op, Op::SetAdd(_) | Op::SetRemove(_))) {
+            return Err(wrong(op.name()));
+        }
+        let context = decode_context(Tag::Orset, VERSION, context)?;
+        let mut map = match current {
+            Some(bytes) => decode(bytes)?,
+            None => DotMap::default(),
+        };
+        for op in ops {
+            match op {
+                Op::SetAdd(element) => map.write(element, &stamp.actor, |_| ())?,
+                Op::SetRemove(element) => map.remove(element, context.as_ref())?,
+                _ => unreachable!("operations were checked above"),
+            }
+        }
+        map.normalize();
+        Ok(encode(&map))
+    }
+
+    fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {
+        let (ma, mb) = (decode(a)?, decode(b)?);
+        Ok(encode(&ma.join(&mb)))
+    }
+
+    fn read(&self, state: &[u8]) -> Result<Read, ResolveError> {
+        let map = decode(state)?;
+        let members = members(&map);
+        let value = (!members.is_empty())
+            .then(|| Value::Set(members.into_iter().map(<[u8]>::to_vec).collect()));
+        Ok(Read { context: encode_context(Tag::Orset, VERSION, &map.clock), value })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Timestamp;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn stamp(actor: &str) -> Stamp {
+        Stamp { actor: actor.as_bytes().to_vec(), time: Timestamp::default() }
+    }
+
+    fn update(ops: Vec<Op>, context: &[u8]) -> Write {
+        Write::Update { ops, context: context.to_vec() }
+    }
+
+    fn add(e: &str) -> Op {
+        Op::SetAdd(e.as_bytes().to_vec())
+    }
+
+    fn remove(e: &str) -> Op {
+        Op::SetRemove(e.as_bytes().to_vec())
+    }
+
+    fn set(state: &[u8]) -> Vec<String> {
+        match OrSet.read(state).unwrap().value {
+            Some(Value::Set(v)) => v.into_iter().map(|v| String::from_utf8(v).unwrap()).collect(),
+            None => Vec::new(),
+            other => panic!("unexpected value {other:?}"),
+        }
+    }
+
+    fn ctx(state: &[u8]) -> Vec<u8> {
+        OrSet.read(state).unwrap().context
+    }
+
+    /// A remove concurrent with an add of the same element keeps the element (add wins).
+    #[test]
+    fn add_wins_over_concurrent_remove() {
+        let base = OrSet.apply(None, &update(vec![add("x")], b""), &stamp("n1")).unwrap();
+        let removed = OrSet
+            .apply(Some(&base), &update(vec![remove("x")], &ctx(&base)), &stamp("n1"))
+            .unwrap();
+        let re_added =
+            OrSet.apply(Some(&base), &update(vec![add("x")], b""), &stamp("n2")).unwrap();
+        assert_eq!(set(&removed), Vec::<String>::new());
+        assert_eq!(set(&OrSet.merge(&removed, &re_added).unwrap()), ["x"]);
+        assert_eq!(set(&OrSet.merge(&re_added, &removed).unwrap()), ["x"]);
+    }
+
+    /// A remove with a context that never saw the element removes nothing, even after merge.
+    #[test]
+    fn remove_of_unobserved_element_removes_nothing() {
+        let empty = OrSet.apply(None, &update(vec![add("y")], b""), &stamp("n1")).unwrap();
+        let stale = ctx(&empty);
+        let other = OrSet.apply(None, &update(vec![add("x")], b""), &stamp("n2")).unwrap();
+        let here = OrSet.merge(&empty, &other).unwrap();
+        let after =
+            OrSet.apply(Some(&here), &update(vec![remove("x")], &stale), &stamp("n1")).unwrap();
+        assert_eq!(set(&after), ["x", "y"]);
+    }
+
+    /// No context removes what the coordinator holds, including an add earlier in the
+    /// same write; with a context, that add is not observed and survives.
+    #[test]
+    fn empty_context_removes_what_the_coordinator_holds() {
+        let s = OrSet.apply(None, &update(vec![add("x"), add("y")], b""), &stamp("n1")).unwrap();
+        let s2 = OrSet.apply(Some(&s), &update(vec![remove("x")], b""), &stamp("n2")).unwrap();
+        assert_eq!(set(&s2), ["y"]);
+        let s3 = OrSet
+            .apply(Some(&s2), &update(vec![add("z"), remove("z")], b""), &stamp("n2"))
+            .unwrap();
+        assert_eq!(set(&s3), ["y"]);
+        let s4 = OrSet
+            .apply(Some(&s2), &update(vec![add("z"), remove("z")], &ctx(&s2)), &stamp("n2"))
+            .unwrap();
+        assert_eq!(set(&s4), ["y", "z"]);
+    }
+
+    /// A remove whose context is ahead of the coordinator takes effect once the coordinator
+    /// merges what the client had read, and does not take other elements with it.
+    #[test]
+    fn remove_with_a_context_ahead_is_deferred() {
+        let behind = OrSet.apply(None, &update(vec![add("a")], b""), &stamp("n1")).unwrap();
+        let ahead = OrSet
+            .apply(Some(&behind), &update(vec![add("b"), add("c")], b""), &stamp("n2"))
+            .unwrap();
+        let removed = OrSet
+            .apply(Some(&behind), &update(vec![remove("b")], &ctx(&ahead)), &stamp("n1"))
+            .unwrap();
+        assert_eq!(decode(&removed).unwrap().deferred_count(), 1);
+        let merged = OrSet.merge(&removed, &ahead).unwrap();
+        assert_eq!(set(&merged), ["a", "c"]);
+        assert_eq!(decode(&merged).unwrap().deferred_count(), 0);
+    }
+
+    /// Other resolvers' operations, puts and deletes are WrongOperation; bad contexts are
+    /// BadContext.
+    #[test]
+    fn refusals() {
+        for write in [
+            update(vec![Op::CounterIncrement(1)], b""),
+            update(vec![add("x"), Op::CartRemove(b"x".to_vec())], b""),
+            Write::Put { value: b"v".to_vec(), context: Vec::new() },
+            Write::Delete { context: Vec::new() },
+        ] {
+            assert!(matches!(
+                OrSet.apply(None, &write, &stamp("n1")),
+                Err(ResolveError::WrongOperation { resolver: "orset", .. })
+            ));
+        }
+        assert!(matches!(
+            OrSet.apply(None, &update(vec![remove("x")], b"\x03\x01\xff"), &stamp("n1")),
+            Err(ResolveError::BadContext(_))
+        ));
+    }
+
+    /// Encoding round-trips; every truncation is Corrupt.
+    #[test]
+    fn encoding() {
+        let a = OrSet.apply(None, &update(vec![add("x"), add("y")], b""), &stamp("n1")).unwrap();
+        let b = OrSet.apply(None, &update(vec![add("x")], b""), &stamp("n2")).unwrap();
+        let s = OrSet.merge(&a, &b).unwrap();
+        assert_eq!(encode(&decode(&s).unwrap()), s);
+        for cut in 0..s.len() {
+            assert!(matches!(OrSet.read(&s[..cut]), Err(ResolveError::Corrupt(_))));
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum ModelOp {
+        Add(usize, u8),
+        /// Remove with the context of a read of `from`'s replica.
+        Remove(usize, u8, usize),
+        Sync(usize, usize),
+    }
+
+    fn model_op() -> impl Strategy<Value = ModelOp> {
+        prop_oneof![
+            (0usize..3, 0u8..4).prop_map(|(r, e)| ModelOp::Add(r, e)),
+            (0usize..3, 0u8..4, 0usize..3).prop_map(|(r, e, f)| ModelOp::Remove(r, e, f)),
+            (0usize..3, 0usize..3).prop_map(|(f, t)| ModelOp::Sync(f, t)),
+        ]
+    }
+
+    proptest! {
+        /// Against a model that tracks every add by a unique id: after all replicas merge,
+        /// the set is exactly the elements with an add that no remove observed.
+        #[test]
+        fn set_is_adds_not_observed_removed(ops in proptest::collection::vec(model_op(), 1..60)) {
+            let mut replicas: Vec<Option<Vec<u8>>> = vec![None; 3];
+            // Model: each replica's set of seen add ids; the global set of removed add ids.
+            let mut seen: Vec<BTreeSet<(u8, usize)>> = vec![BTreeSet::new(); 3];
+            let mut removed: BTreeSet<(u8, usize)> = BTreeSet::new();
+            for (i, op) in ops.iter().enumerate() {
+                match *op {
+                    ModelOp::Add(r, e) => {
+                        let w = update(vec![Op::SetAdd(vec![e])], b"");
+                        replicas[r] = Some(OrSet.apply(replicas[r].as_deref(), &w, &stamp(&format!("n{r}"))).unwrap());
+                        seen[r].insert((e, i));
+                    }
+                    ModelOp::Remove(r, e, from) => {
+                        let context = replicas[from].as_deref().map(ctx).unwrap_or_default();
+                        if context.is_empty() {
+                            continue;
+                        }
+                        let w = update(vec![Op::SetRemove(vec![e])], &context);
+                        replicas[r] = Some(OrSet.apply(replicas[r].as_deref(), &w, &stamp(&format!("n{r}"))).unwrap());
+                        let observed: Vec<_> = seen[from].iter().filter(|(x, _)| *x == e).copied().collect();
+                        // The remover's replica does not learn `from`'s adds from the
+                        // context: a context ahead of it becomes a deferred remove.
+                        removed.extend(observed);
+                    }
+                    ModelOp::Sync(f, t) => {
+                        if let Some(from) = replicas[f].clone() {
+                            replicas[t] = Some(match &replicas[t] {
+                                Some(to) => OrSet.merge(to, &from).unwrap(),
+                                None => from,
+                            });
+                            seen[t] = seen[t].union(&seen[f]).copied().collect();
+                        }
+                    }
+                }
+            }
+            let states: Vec<Vec<u8>> = replicas.into_iter().flatten().collect();
+            if let Some(first) = states.first() {
+                let merged = states[1..].iter().fold(first.clone(), |acc, s| OrSet.merge(&acc, s).unwrap());
+                let all: BTreeSet<(u8, usize)> = seen.iter().flatten().copied().collect();
+                let expected: BTreeSet<u8> = all.difference(&removed).map(|(e, _)| *e).collect();
+                let got: BTreeSet<u8> = match OrSet.read(&merged).unwrap().value {
+                    Some(Value::Set(v)) => v.into_iter().map(|e| e[0]).collect(),
+                    None => BTreeSet::new(),
+                    other => panic!("unexpected {other:?}"),
+                };
+                prop_assert_eq!(got, expected);
+                prop_assert_eq!(decode(&merged).unwrap().deferred_count(), 0);
+            }
+        }
+    }
+}
