@@ -36,6 +36,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod membership;
 pub mod ring;
 pub mod server;
 pub mod store;
