@@ -27,6 +27,7 @@
 //! a hash-indexed engine walks its in-memory index (keys only) and reads only matching values.
 
 pub mod btree;
+pub mod buffer;
 pub mod log;
 pub mod memlog;
 pub mod memory;
@@ -218,7 +219,7 @@ pub fn open(
         EngineKind::Memory => Ok(Arc::new(memory::MemoryEngine::new())),
         EngineKind::Btree => Ok(Arc::new(btree::BtreeEngine::open(dir, options)?)),
         EngineKind::Log => Ok(Arc::new(log::LogEngine::open(dir, options)?)),
-        EngineKind::Buffer => Err(EngineError::NotBuilt { kind: kind.name() }),
+        EngineKind::Buffer => Ok(Arc::new(buffer::BufferEngine::open(dir, options)?)),
     }
 }
 

@@ -49,6 +49,26 @@ impl MemoryEngine {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Visit up to `max` entries in key order, starting just after `after` (at the first key
+    /// when `None`), holding the read lock for this chunk only. Returns the last key visited,
+    /// or `None` when the map has no more entries. The `buffer` engine walks the map this way
+    /// to write a snapshot without stalling writers for the whole walk.
+    pub(crate) fn visit_chunk(
+        &self,
+        after: Option<&[u8]>,
+        max: usize,
+        visit: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Option<Vec<u8>> {
+        let inner = self.read();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut last = None;
+        for (key, value) in inner.map.range::<[u8], _>((start, Bound::Unbounded)).take(max) {
+            visit(key, value);
+            last = Some(key);
+        }
+        last.cloned()
+    }
 }
 
 impl StorageEngine for MemoryEngine {

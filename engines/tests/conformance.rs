@@ -256,3 +256,9 @@ conformance_suite!(log, |dir| cartwheel_engines::open(
     &cartwheel_engines::EngineOptions::default()
 )
 .unwrap());
+conformance_suite!(buffer, |dir| cartwheel_engines::open(
+    cartwheel_engines::EngineKind::Buffer,
+    dir,
+    &cartwheel_engines::EngineOptions::default()
+)
+.unwrap());

@@ -1,0 +1,432 @@
+//! # The buffer engine: the whole data set in memory, the memory log as write-ahead log
+//!
+//! Reads never touch the disk: every entry lives in the ordered map of a
+//! [`MemoryEngine`], reused as is. Every write is first appended to the
+//! [memory log](crate::memlog) and then applied to the map, both under one `write_order`
+//! mutex, so that the order of records in the log is the order in which the map changed;
+//! `sync` is the log's group commit (one `fdatasync` for every waiting writer, and one on its
+//! own every `flush_interval_ms`).
+//!
+//! ## Snapshots
+//! The log would grow without end, so a background thread takes a *snapshot* once the log
+//! since the last one holds `snapshot_log_bytes` and more than the live data (so snapshots
+//! cost at most about as much I/O as the writes they absorb):
+//!
+//! 1. Under `write_order`, the log is rolled: every record in a segment before the new
+//!    active segment `s` has been applied to the map. This costs writers one `fdatasync`.
+//! 2. The map is walked in chunks of [`SNAPSHOT_CHUNK_ENTRIES`], taking its read lock per
+//!    chunk only, into `snapshot-<s>.tmp`; the file is fsynced, renamed to
+//!    `snapshot-<s>.snap`, and the directory fsynced.
+//! 3. Segments before `s` and older snapshots are deleted.
+//!
+//! The walk is not a point-in-time copy: writes that land during it may or may not be in it.
+//! That is fine because every record is absolute (a put carries the whole value, a delete
+//! removes the key): restart loads the snapshot and replays every record from segment `s` on,
+//! in order, so each key ends with its last write, whether or not the snapshot saw it.
+//!
+//! ## Restart
+//! Latest valid snapshot, then replay of the log from its segment on. A snapshot is valid
+//! when its header checks, every record passes its CRC and the end record's entry count
+//! matches. If snapshot files exist but none is valid, the log before them is gone, so open
+//! fails with [`EngineError::Corrupt`] rather than come back with silently lost data.
+//!
+//! ## Snapshot file layout
+//!
+//! | offset | size | field                                              |
+//! |-------:|-----:|----------------------------------------------------|
+//! |      0 |    6 | magic `b"CWSNAP"`                                  |
+//! |      6 |    1 | format version ([`SNAPSHOT_VERSION`])              |
+//! |      7 |    1 | reserved, zero                                     |
+//! |      8 |    4 | first log segment to replay, u32 LE                |
+//! |     12 |    4 | CRC32 of bytes 0..12                               |
+//! |     16 |    … | one put record per entry (memory-log record format) |
+//! |      … |   19 | end record, value: entry count, u64 LE             |
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::memlog::{
+    self, decode_record, encode_record, record_bytes, Location, MemLog, MemLogOptions, Record,
+    RecordKind, Replay, ReplayMode, RECORD_HEADER_BYTES,
+};
+use crate::memory::MemoryEngine;
+use crate::{check_sizes, EngineError, EngineKind, EngineOptions, EngineStats, StorageEngine};
+
+/// Version byte of snapshot files.
+pub const SNAPSHOT_VERSION: u8 = 1;
+/// Entries copied per hold of the map's read lock while writing a snapshot: writers wait at
+/// most for one chunk.
+pub const SNAPSHOT_CHUNK_ENTRIES: usize = 1024;
+
+const SNAPSHOT_MAGIC: &[u8; 6] = b"CWSNAP";
+const SNAPSHOT_VERSION_AT: usize = SNAPSHOT_MAGIC.len();
+const SNAPSHOT_SEGMENT_AT: usize = SNAPSHOT_VERSION_AT + 2;
+const SNAPSHOT_CRC_AT: usize = SNAPSHOT_SEGMENT_AT + 4;
+const SNAPSHOT_HEADER_BYTES: usize = SNAPSHOT_CRC_AT + 4;
+const SNAPSHOT_PREFIX: &str = "snapshot-";
+const SNAPSHOT_SUFFIX: &str = ".snap";
+const SNAPSHOT_TEMP_SUFFIX: &str = ".tmp";
+
+const _: () = assert!(SNAPSHOT_HEADER_BYTES == 16, "snapshot header is 16 bytes");
+
+fn snapshot_header(segment: u32) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    header[..SNAPSHOT_VERSION_AT].copy_from_slice(SNAPSHOT_MAGIC);
+    header[SNAPSHOT_VERSION_AT] = SNAPSHOT_VERSION;
+    header[SNAPSHOT_SEGMENT_AT..SNAPSHOT_CRC_AT].copy_from_slice(&segment.to_le_bytes());
+    let crc = crc32fast::hash(&header[..SNAPSHOT_CRC_AT]);
+    header[SNAPSHOT_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+fn snapshot_path(dir: &Path, segment: u32) -> PathBuf {
+    dir.join(format!("{SNAPSHOT_PREFIX}{segment:010}{SNAPSHOT_SUFFIX}"))
+}
+
+/// Snapshot files in `dir` as `(segment, path)`, newest first; unfinished ones are removed.
+fn list_snapshots(dir: &Path) -> Result<Vec<(u32, PathBuf)>, EngineError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(EngineError::io("list data directory"))? {
+        let entry = entry.map_err(EngineError::io("list data directory"))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(SNAPSHOT_PREFIX) else { continue };
+        if rest.ends_with(SNAPSHOT_TEMP_SUFFIX) {
+            fs::remove_file(entry.path()).map_err(EngineError::io("remove temporary snapshot"))?;
+        } else if let Some(Ok(segment)) = rest.strip_suffix(SNAPSHOT_SUFFIX).map(str::parse::<u32>)
+        {
+            found.push((segment, entry.path()));
+        }
+    }
+    found.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+    Ok(found)
+}
+
+/// Load a snapshot into `map`. `Ok(false)` when the file fails a check (the map may then
+/// hold part of it and must be dropped).
+fn load_snapshot(path: &Path, segment: u32, map: &MemoryEngine) -> Result<bool, EngineError> {
+    let file = File::open(path).map_err(EngineError::io("open snapshot"))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    if !read_exact_or_eof(&mut reader, &mut header)? || header != snapshot_header(segment) {
+        return Ok(false);
+    }
+    let mut buf = Vec::new();
+    let mut count = 0u64;
+    loop {
+        buf.resize(RECORD_HEADER_BYTES, 0);
+        if !read_exact_or_eof(&mut reader, &mut buf)? {
+            return Ok(false);
+        }
+        let key_len = u16::from_le_bytes([buf[5], buf[6]]) as usize;
+        let value_len = u32::from_le_bytes(buf[7..11].try_into().expect("4 bytes")) as usize;
+        if value_len > crate::VALUE_BYTES_MAX {
+            return Ok(false);
+        }
+        buf.resize(RECORD_HEADER_BYTES + key_len + value_len, 0);
+        if !read_exact_or_eof(&mut reader, &mut buf[RECORD_HEADER_BYTES..])? {
+            return Ok(false);
+        }
+        let Some((record, _)) = decode_record(&buf) else { return Ok(false) };
+        match record.kind {
+            RecordKind::Put => {
+                map.put(record.key, record.value)?;
+                count += 1;
+            }
+            RecordKind::End => {
+                let stated = record.value.try_into().map(u64::from_le_bytes);
+                let mut trailing = [0u8; 1];
+                let at_eof = !read_exact_or_eof(&mut reader, &mut trailing)?;
+                return Ok(stated.ok() == Some(count) && at_eof);
+            }
+            RecordKind::Tombstone | RecordKind::Seal => return Ok(false),
+        }
+    }
+}
+
+/// `read_exact`, but `Ok(false)` at a clean or torn end of file.
+fn read_exact_or_eof(reader: &mut impl Read, buf: &mut [u8]) -> Result<bool, EngineError> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(EngineError::io("read snapshot")(e)),
+    }
+}
+
+/// Recovery: replay the log from the snapshot's segment on.
+struct BufferReplay<'a> {
+    map: &'a MemoryEngine,
+    first_segment: u32,
+    bytes: u64,
+}
+
+impl Replay for BufferReplay<'_> {
+    fn segment(&mut self, segment: u32, _last: bool) -> Result<ReplayMode, EngineError> {
+        Ok(if segment < self.first_segment { ReplayMode::Skip } else { ReplayMode::Scan })
+    }
+
+    fn record(&mut self, at: Location, record: Record<'_>) -> Result<(), EngineError> {
+        if at.segment < self.first_segment {
+            // Already in the snapshot; replaying it would undo later writes.
+            return Ok(());
+        }
+        self.bytes += record_bytes(record.key.len(), record.value.len());
+        match record.kind {
+            RecordKind::Put => self.map.put(record.key, record.value),
+            RecordKind::Tombstone => self.map.delete(record.key),
+            RecordKind::Seal | RecordKind::End => Ok(()),
+        }
+    }
+}
+
+struct Shared {
+    log: MemLog,
+    map: MemoryEngine,
+    /// Held across "append to the log, apply to the map" so both see writes in one order.
+    write_order: Mutex<()>,
+    /// Log bytes written since the last snapshot's roll.
+    log_bytes: AtomicU64,
+    options: EngineOptions,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("buffer::Shared").field("dir", &self.log.dir()).finish_non_exhaustive()
+    }
+}
+
+/// The `buffer` engine. See the module documentation.
+#[derive(Debug)]
+pub struct BufferEngine {
+    shared: Arc<Shared>,
+    background: Option<JoinHandle<()>>,
+}
+
+impl BufferEngine {
+    /// Open (or create) the engine in `dir`: lock it, load the latest snapshot, replay the
+    /// log, and start the snapshot thread.
+    pub fn open(dir: &Path, options: &EngineOptions) -> Result<BufferEngine, EngineError> {
+        let lock = memlog::lock_dir(dir)?;
+        let snapshots = list_snapshots(dir)?;
+        let mut map = MemoryEngine::new();
+        let mut first_segment = 0;
+        let mut loaded = snapshots.is_empty();
+        for (segment, path) in &snapshots {
+            if load_snapshot(path, *segment, &map)? {
+                first_segment = *segment;
+                loaded = true;
+                break;
+            }
+            map = MemoryEngine::new();
+        }
+        if !loaded {
+            return Err(EngineError::Corrupt {
+                path: dir.display().to_string(),
+                reason: "no snapshot passes its checks".into(),
+            });
+        }
+        let mut replay = BufferReplay { map: &map, first_segment, bytes: 0 };
+        let log_options = MemLogOptions {
+            segment_bytes_max: options.segment_bytes_max,
+            flush_interval_ms: options.flush_interval_ms,
+        };
+        let log = MemLog::open(dir, lock, log_options, &mut replay)?;
+        let replayed = replay.bytes;
+        let shared = Arc::new(Shared {
+            log,
+            map,
+            write_order: Mutex::new(()),
+            log_bytes: AtomicU64::new(replayed),
+            options: options.clone(),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        shared.remove_before(first_segment)?;
+        let background = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("buffer-snapshot".into())
+                .spawn(move || shared.run_background())
+                .map_err(EngineError::io("start snapshot thread"))?
+        };
+        Ok(BufferEngine { shared, background: Some(background) })
+    }
+
+    /// Take a snapshot now and wait for it; for tests.
+    pub fn for_testing_snapshot(&self) -> Result<(), EngineError> {
+        self.shared.snapshot()
+    }
+}
+
+impl Shared {
+    fn write_order(&self) -> MutexGuard<'_, ()> {
+        self.write_order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sleep up to `duration`; returns true if the engine is stopping.
+    fn sleep(&self, duration: Duration) -> bool {
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
+        let (stop, _) = self
+            .wake
+            .wait_timeout_while(stop, duration, |stop| !*stop)
+            .unwrap_or_else(|p| p.into_inner());
+        *stop
+    }
+
+    fn run_background(&self) {
+        let interval = Duration::from_millis(self.options.background_interval_ms.max(1));
+        while !self.sleep(interval) {
+            let log_bytes = self.log_bytes.load(Ordering::Relaxed);
+            let live = self.map.stats().live_bytes;
+            if log_bytes >= self.options.snapshot_log_bytes && log_bytes > live {
+                // A failed snapshot leaves the previous one and the whole log in place; the
+                // next round tries again.
+                let _ = self.snapshot();
+            }
+        }
+    }
+
+    /// Take a snapshot (see the module documentation for the steps and why they are safe).
+    fn snapshot(&self) -> Result<(), EngineError> {
+        let segment = {
+            let _order = self.write_order();
+            let segment = self.log.roll()?;
+            self.log_bytes.store(0, Ordering::Relaxed);
+            segment
+        };
+        let dir = self.log.dir();
+        let path = snapshot_path(dir, segment);
+        let temp = path.with_extension("snap.tmp");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(EngineError::io("create snapshot"))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let write = EngineError::io("write snapshot");
+        out.write_all(&snapshot_header(segment)).map_err(write)?;
+        let mut count = 0u64;
+        let mut record = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        let mut failure = None;
+        loop {
+            after = self.map.visit_chunk(after.as_deref(), SNAPSHOT_CHUNK_ENTRIES, &mut |k, v| {
+                record.clear();
+                encode_record(RecordKind::Put, k, v, &mut record);
+                if failure.is_none() {
+                    failure = out.write_all(&record).err();
+                }
+                count += 1;
+            });
+            if after.is_none() || failure.is_some() {
+                break;
+            }
+        }
+        if let Some(e) = failure {
+            return Err(EngineError::io("write snapshot")(e));
+        }
+        record.clear();
+        encode_record(RecordKind::End, &[], &count.to_le_bytes(), &mut record);
+        out.write_all(&record).map_err(EngineError::io("write snapshot"))?;
+        let file =
+            out.into_inner().map_err(|e| EngineError::io("write snapshot")(e.into_error()))?;
+        file.sync_all().map_err(EngineError::io("fsync snapshot"))?;
+        fs::rename(&temp, &path).map_err(EngineError::io("rename snapshot"))?;
+        memlog::sync_dir(dir)?;
+        self.remove_before(segment)
+    }
+
+    /// Delete the log segments and snapshots that the snapshot of `segment` replaces.
+    fn remove_before(&self, segment: u32) -> Result<(), EngineError> {
+        let old: Vec<u32> = self
+            .log
+            .sealed_segments()
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|&id| id < segment)
+            .collect();
+        self.log.remove_segments(&old)?;
+        let dir = self.log.dir();
+        let mut removed = false;
+        for (older, path) in list_snapshots(dir)? {
+            if older < segment {
+                fs::remove_file(path).map_err(EngineError::io("remove old snapshot"))?;
+                removed = true;
+            }
+        }
+        if removed {
+            memlog::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BufferEngine {
+    fn drop(&mut self) {
+        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.wake.notify_all();
+        if let Some(background) = self.background.take() {
+            let _ = background.join();
+        }
+    }
+}
+
+impl StorageEngine for BufferEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Buffer
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.shared.map.get(key)
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+        check_sizes(key, value)?;
+        let _order = self.shared.write_order();
+        self.shared.log.append(RecordKind::Put, key, value)?;
+        self.shared.log_bytes.fetch_add(record_bytes(key.len(), value.len()), Ordering::Relaxed);
+        self.shared.map.put(key, value)
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
+        let _order = self.shared.write_order();
+        if self.shared.map.get(key)?.is_none() {
+            return Ok(());
+        }
+        self.shared.log.append(RecordKind::Tombstone, key, &[])?;
+        self.shared.log_bytes.fetch_add(record_bytes(key.len(), 0), Ordering::Relaxed);
+        self.shared.map.delete(key)
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), EngineError> {
+        self.shared.map.scan_prefix(prefix, visit)
+    }
+
+    fn sync(&self) -> Result<(), EngineError> {
+        self.shared.log.sync()
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineStats {
+            dead_bytes: self.shared.log_bytes.load(Ordering::Relaxed),
+            ..self.shared.map.stats()
+        }
+    }
+}
