@@ -256,6 +256,8 @@ impl Resolver for Siblings {
 mod tests {
     use super::*;
     use crate::{Op, Timestamp};
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     const R: Siblings =
         Siblings { config: ResolverConfig { siblings_soft_max: 2, siblings_hard_max: 3 } };
@@ -392,6 +394,94 @@ mod tests {
         assert_eq!(R.sibling_count(&merged).unwrap(), 4);
         let resolved = R.apply(Some(&merged), &put("r", &context(&merged)), &stamp("n1")).unwrap();
         assert_eq!(values(&resolved), ["r"]);
+    }
+
+    #[derive(Clone, Debug)]
+    enum ModelStep {
+        /// A put at `replica` with the context of a read of `read_from` (or blind).
+        Put {
+            replica: usize,
+            read_from: Option<usize>,
+        },
+        /// A delete at `replica` with the context of a read of `read_from` (or none).
+        Delete {
+            replica: usize,
+            read_from: Option<usize>,
+        },
+        Sync {
+            from: usize,
+            to: usize,
+        },
+    }
+
+    fn model_step() -> impl Strategy<Value = ModelStep> {
+        let from = proptest::option::weighted(0.8, 0usize..3);
+        prop_oneof![
+            4 => (0usize..3, from.clone()).prop_map(|(replica, read_from)| ModelStep::Put { replica, read_from }),
+            1 => (0usize..3, from).prop_map(|(replica, read_from)| ModelStep::Delete { replica, read_from }),
+            3 => (0usize..3, 0usize..3).prop_map(|(from, to)| ModelStep::Sync { from, to }),
+        ]
+    }
+
+    proptest! {
+        /// Against a model that names every write: after all replicas merge, the siblings
+        /// are exactly the writes that no later write's context (or no-context delete at a
+        /// replica that had seen them) observed. No false siblings, no lost writes.
+        #[test]
+        fn siblings_are_the_writes_nobody_superseded(
+            steps in proptest::collection::vec(model_step(), 1..60),
+        ) {
+            let r = Siblings::new(ResolverConfig { siblings_soft_max: 1_000, siblings_hard_max: 1_000 });
+            let mut replicas: Vec<Option<Vec<u8>>> = vec![None; 3];
+            let mut seen: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); 3];
+            let mut writes: BTreeSet<usize> = BTreeSet::new();
+            let mut superseded: BTreeSet<usize> = BTreeSet::new();
+            for (id, step) in steps.iter().enumerate() {
+                match *step {
+                    ModelStep::Put { replica, read_from } | ModelStep::Delete { replica, read_from } => {
+                        let context = read_from
+                            .and_then(|f| replicas[f].as_deref())
+                            .map(|s| r.read(s).unwrap().context)
+                            .unwrap_or_default();
+                        let observed = match (read_from, context.is_empty()) {
+                            (Some(f), false) => seen[f].clone(),
+                            _ => BTreeSet::new(),
+                        };
+                        let write = match step {
+                            ModelStep::Put { .. } => Write::Put { value: id.to_string().into_bytes(), context: context.clone() },
+                            _ => Write::Delete { context: context.clone() },
+                        };
+                        let next = r.apply(replicas[replica].as_deref(), &write, &stamp(&format!("n{replica}"))).unwrap();
+                        replicas[replica] = Some(next);
+                        if matches!(step, ModelStep::Delete { .. }) && context.is_empty() {
+                            superseded.extend(seen[replica].iter().copied());
+                        }
+                        superseded.extend(observed.iter().copied());
+                        seen[replica].extend(observed);
+                        if matches!(step, ModelStep::Put { .. }) {
+                            writes.insert(id);
+                            seen[replica].insert(id);
+                        }
+                    }
+                    ModelStep::Sync { from, to } => {
+                        if let Some(f) = replicas[from].clone() {
+                            replicas[to] = Some(match &replicas[to] {
+                                Some(t) => r.merge(t, &f).unwrap(),
+                                None => f,
+                            });
+                            let from_seen = seen[from].clone();
+                            seen[to].extend(from_seen);
+                        }
+                    }
+                }
+            }
+            let states: Vec<Vec<u8>> = replicas.into_iter().flatten().collect();
+            let Some(first) = states.first() else { return Ok(()) };
+            let merged = states[1..].iter().fold(first.clone(), |acc, s| r.merge(&acc, s).unwrap());
+            let got: BTreeSet<usize> = values(&merged).iter().map(|v| v.parse().unwrap()).collect();
+            let expected: BTreeSet<usize> = writes.difference(&superseded).copied().collect();
+            prop_assert_eq!(got, expected);
+        }
     }
 
     /// CRDT operations are refused, and so are contexts that do not decode.
