@@ -89,8 +89,9 @@ fn snapshot_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{SNAPSHOT_PREFIX}{segment:010}{SNAPSHOT_SUFFIX}"))
 }
 
-/// Snapshot files in `dir` as `(segment, path)`, newest first; unfinished ones are removed.
-fn list_snapshots(dir: &Path) -> Result<Vec<(u32, PathBuf)>, EngineError> {
+/// Snapshot files in `dir` as `(segment, path)`, newest first. With `remove_unfinished`
+/// (at open, when no snapshot can be in progress) unfinished ones are removed.
+fn list_snapshots(dir: &Path, remove_unfinished: bool) -> Result<Vec<(u32, PathBuf)>, EngineError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(EngineError::io("list data directory"))? {
         let entry = entry.map_err(EngineError::io("list data directory"))?;
@@ -98,6 +99,9 @@ fn list_snapshots(dir: &Path) -> Result<Vec<(u32, PathBuf)>, EngineError> {
         let Some(name) = name.to_str() else { continue };
         let Some(rest) = name.strip_prefix(SNAPSHOT_PREFIX) else { continue };
         if rest.ends_with(SNAPSHOT_TEMP_SUFFIX) {
+            if !remove_unfinished {
+                continue;
+            }
             fs::remove_file(entry.path()).map_err(EngineError::io("remove temporary snapshot"))?;
         } else if let Some(Ok(segment)) = rest.strip_suffix(SNAPSHOT_SUFFIX).map(str::parse::<u32>)
         {
@@ -192,6 +196,8 @@ struct Shared {
     write_order: Mutex<()>,
     /// Log bytes written since the last snapshot's roll.
     log_bytes: AtomicU64,
+    /// Held while a snapshot is taken, so that two never overlap.
+    snapshotting: Mutex<()>,
     options: EngineOptions,
     stop: Mutex<bool>,
     wake: Condvar,
@@ -215,7 +221,7 @@ impl BufferEngine {
     /// log, and start the snapshot thread.
     pub fn open(dir: &Path, options: &EngineOptions) -> Result<BufferEngine, EngineError> {
         let lock = memlog::lock_dir(dir)?;
-        let snapshots = list_snapshots(dir)?;
+        let snapshots = list_snapshots(dir, true)?;
         let mut map = MemoryEngine::new();
         let mut first_segment = 0;
         let mut loaded = snapshots.is_empty();
@@ -245,6 +251,7 @@ impl BufferEngine {
             map,
             write_order: Mutex::new(()),
             log_bytes: AtomicU64::new(replayed),
+            snapshotting: Mutex::new(()),
             options: options.clone(),
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -296,6 +303,7 @@ impl Shared {
 
     /// Take a snapshot (see the module documentation for the steps and why they are safe).
     fn snapshot(&self) -> Result<(), EngineError> {
+        let _snapshotting = self.snapshotting.lock().unwrap_or_else(|p| p.into_inner());
         let segment = {
             let _order = self.write_order();
             let segment = self.log.roll()?;
@@ -357,7 +365,7 @@ impl Shared {
         self.log.remove_segments(&old)?;
         let dir = self.log.dir();
         let mut removed = false;
-        for (older, path) in list_snapshots(dir)? {
+        for (older, path) in list_snapshots(dir, false)? {
             if older < segment {
                 fs::remove_file(path).map_err(EngineError::io("remove old snapshot"))?;
                 removed = true;

@@ -386,6 +386,9 @@ struct Shared {
     options: EngineOptions,
     stop: Mutex<bool>,
     wake: Condvar,
+    /// Held for a round of background work, so that rounds (the thread's and a test's) never
+    /// overlap.
+    round: Mutex<()>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -422,6 +425,7 @@ impl LogEngine {
             options: options.clone(),
             stop: Mutex::new(false),
             wake: Condvar::new(),
+            round: Mutex::new(()),
         });
         let background = {
             let shared = Arc::clone(&shared);
@@ -510,6 +514,7 @@ impl Shared {
     }
 
     fn background_round(&self, hinted: &mut HashSet<u32>) -> Result<(), EngineError> {
+        let _round = self.round.lock().unwrap_or_else(|p| p.into_inner());
         let sealed = self.log.sealed_segments();
         let candidates: Vec<u32> = {
             let state = self.read();
