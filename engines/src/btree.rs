@@ -16,8 +16,11 @@
 //! `txn % 2` and `fdatasync`s again. The meta slot overwritten is the older of the two, so a torn
 //! meta write leaves the previous commit's meta, whose pages were never touched. On open the
 //! valid meta (CRC, magic, bounds, readable free list and root) with the higher transaction id
-//! wins. A page freed by transaction `T` is still reachable from `T - 1`'s meta, so it is reused
-//! only after `T` is durable.
+//! wins. A page freed by transaction `T` is still reachable from `T - 1`'s meta, which stays on
+//! disk until commit `T + 1` overwrites it; so the page is *held* and reused only once `T + 1`
+//! is durable. Both meta pages therefore always name intact trees: if the newest meta is later
+//! damaged (a bad sector, a flipped bit), open falls back to the other one and finds every page
+//! of its tree as that commit left it.
 //!
 //! The first `fdatasync` of a commit is the barrier that orders the tree before the meta that
 //! names it; the engine makes one commit, and so one such pair, per batch of writes however many
@@ -100,8 +103,9 @@
 //! bytes fills `ceil(v / 4072)` consecutive pages.
 //!
 //! **Free list** (count = extents in this page): extents of free pages from offset 24, each a
-//! first page (8) and a length in pages (8). The run holds every page free once its commit is
-//! durable.
+//! first page (8) and a length in pages (8) whose top bit marks the extent *held* (still reached
+//! by the older meta's tree: reusable only after the next commit). The run lists every page
+//! that is neither in the tree nor in the run itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -189,6 +193,8 @@ const OVERFLOW_DATA_BYTES: usize = BODY_BYTES;
 /// Bytes per free-list extent, and extents per free-list page.
 const EXTENT_BYTES: usize = 16;
 const EXTENTS_PER_PAGE: usize = BODY_BYTES / EXTENT_BYTES;
+/// The top bit of an extent's length marks it held: free only after the next commit.
+const EXTENT_HELD: u64 = 1 << 63;
 
 /// A node smaller than this (body bytes) after a delete is merged with a sibling if both fit in
 /// one page.
@@ -796,7 +802,12 @@ struct Tree {
     /// Pages the open transaction stopped using, still reachable from the last commit.
     pending: Vec<(PageId, u64)>,
     pending_pages: u64,
-    /// Pages of a commit in flight waiting for it to be durable before reuse.
+    /// Pages the last durable commit stopped using. The older meta page still names a tree
+    /// that reaches them, so they are reused only once the next commit (which overwrites that
+    /// meta) is durable.
+    held: Vec<(PageId, u64)>,
+    held_pages: u64,
+    /// Pages a commit in flight stopped using; they become `held` when it is durable.
     releasing_pages: u64,
     /// The run holding the last commit's free list.
     freelist_run: (PageId, u64),
@@ -840,6 +851,9 @@ impl Tree {
         }
     }
 }
+
+/// A free list as loaded: the free extents, and the held ones.
+type FreeList = (BTreeMap<PageId, u64>, Vec<(PageId, u64)>);
 
 /// A commit whose pages are written and whose fsyncs are still to come.
 struct Frozen {
@@ -952,7 +966,7 @@ impl BtreeEngine {
             durable_txn: Mutex::new(0),
             failed: AtomicBool::new(false),
         };
-        let (meta, free) = engine.recover()?;
+        let (meta, (free, held)) = engine.recover()?;
         let tree = engine.tree.get_mut().unwrap_or_else(|p| p.into_inner());
         tree.root = meta.root;
         tree.page_count = meta.page_count;
@@ -961,13 +975,15 @@ impl BtreeEngine {
         tree.txn = meta.txn + 1;
         tree.free_pages = free.values().sum();
         tree.free = free;
+        tree.held_pages = held.iter().map(|e| e.1).sum();
+        tree.held = held;
         tree.freelist_run = (meta.freelist_first, meta.freelist_pages);
         *engine.durable_txn.get_mut().unwrap_or_else(|p| p.into_inner()) = meta.txn;
         Ok(engine)
     }
 
     /// Pick the newest meta whose free list and root read back, and load that free list.
-    fn recover(&self) -> Result<(Meta, BTreeMap<PageId, u64>), EngineError> {
+    fn recover(&self) -> Result<(Meta, FreeList), EngineError> {
         let mut metas = Vec::new();
         let mut reasons = Vec::new();
         for slot in 0..META_PAGES {
@@ -998,10 +1014,13 @@ impl BtreeEngine {
         Err(self.corrupt(format!("no usable meta page ({})", reasons.join("; "))))
     }
 
-    fn load_freelist(&self, meta: &Meta) -> Result<BTreeMap<PageId, u64>, EngineError> {
+    /// Load a meta's free list: the free extents, and the held ones.
+    fn load_freelist(&self, meta: &Meta) -> Result<FreeList, EngineError> {
         let mut free = BTreeMap::new();
+        let mut held = Vec::new();
+        let mut all = BTreeMap::new();
         if meta.freelist_pages == 0 {
-            return Ok(free);
+            return Ok((free, held));
         }
         let buf = self.read_pages(meta.freelist_first, meta.freelist_pages)?;
         for (i, page) in buf.chunks_exact(PAGE_SIZE).enumerate() {
@@ -1013,19 +1032,28 @@ impl BtreeEngine {
             for e in 0..count {
                 let at = PAGE_HEADER_BYTES + e * EXTENT_BYTES;
                 let (first, len) = (get_u64(page, at), get_u64(page, at + 8));
+                let is_held = len & EXTENT_HELD != 0;
+                let len = len & !EXTENT_HELD;
                 let fits = first >= META_PAGES
                     && len > 0
                     && first.checked_add(len).is_some_and(|end| end <= meta.page_count);
-                let overlaps = free.range(..first + len).next_back().is_some_and(
-                    |(&before, &before_len): (&u64, &u64)| before + before_len > first,
-                );
-                if !fits || overlaps {
+                let overlaps = || {
+                    all.range(..first + len).next_back().is_some_and(
+                        |(&before, &before_len): (&u64, &u64)| before + before_len > first,
+                    )
+                };
+                if !fits || overlaps() {
                     return Err(self.corrupt(format!("free-list page {id} has a bad extent")));
                 }
-                insert_extent(&mut free, first, len);
+                insert_extent(&mut all, first, len);
+                if is_held {
+                    held.push((first, len));
+                } else {
+                    insert_extent(&mut free, first, len);
+                }
             }
         }
-        Ok(free)
+        Ok((free, held))
     }
 
     fn corrupt(&self, reason: String) -> EngineError {
@@ -1431,11 +1459,12 @@ impl BtreeEngine {
         }
         *durable = frozen.meta.txn;
         let mut tree = self.write_tree();
-        for &(first, n) in &frozen.released {
+        // The meta just written replaced the one whose tree reached the held pages.
+        for (first, n) in std::mem::replace(&mut tree.held, frozen.released) {
             insert_extent(&mut tree.free, first, n);
             tree.free_pages += n;
         }
-        tree.releasing_pages = 0;
+        tree.held_pages = std::mem::take(&mut tree.releasing_pages);
         Ok(())
     }
 
@@ -1449,23 +1478,32 @@ impl BtreeEngine {
         if tree.freelist_run.1 > 0 {
             released.push(tree.freelist_run);
         }
-        // The persisted free list holds what is free now and what this commit releases; its
-        // run is taken from what is free now (taking can only join or keep extents, so the
-        // count before taking bounds the pages needed).
-        let extents_max = tree.free.len() + released.len();
+        // The persisted free list holds what is free once this commit is durable (the free
+        // pages and the held ones), and, marked held, what this commit releases (the previous
+        // meta's tree still reaches it). Its run is taken from what is free now: taking can
+        // only join or keep extents, so the count before taking bounds the pages needed.
+        let extents_max = tree.free.len() + tree.held.len() + released.len();
         let run_pages = extents_max.div_ceil(EXTENTS_PER_PAGE) as u64;
         let run_first = if run_pages > 0 { tree.alloc(run_pages) } else { 0 };
         let mut persisted = tree.free.clone();
-        for &(first, n) in &released {
+        for &(first, n) in &tree.held {
             insert_extent(&mut persisted, first, n);
         }
-        assert!(persisted.len() <= extents_max, "free list outgrew its run");
+        let mut persisted_held = BTreeMap::new();
+        for &(first, n) in &released {
+            insert_extent(&mut persisted_held, first, n);
+        }
+        let extents: Vec<(PageId, u64)> = persisted
+            .into_iter()
+            .chain(persisted_held.into_iter().map(|(first, n)| (first, n | EXTENT_HELD)))
+            .collect();
+        assert!(extents.len() <= extents_max, "free list outgrew its run");
         if run_pages > 0 {
             let mut buf = vec![0u8; run_pages as usize * PAGE_SIZE];
-            let mut extents = persisted.iter();
+            let mut extents = extents.iter();
             for (i, page) in buf.chunks_exact_mut(PAGE_SIZE).enumerate() {
                 let mut count = 0;
-                for (&first, &len) in extents.by_ref().take(EXTENTS_PER_PAGE) {
+                for &(first, len) in extents.by_ref().take(EXTENTS_PER_PAGE) {
                     let at = PAGE_HEADER_BYTES + count * EXTENT_BYTES;
                     put_u64(page, at, first);
                     put_u64(page, at + 8, len);
@@ -1651,6 +1689,7 @@ impl BtreeEngine {
         let mut free_extents: Vec<(PageId, u64)> =
             tree.free.iter().map(|(&f, &n)| (f, n)).collect();
         free_extents.extend(tree.pending.iter().copied());
+        free_extents.extend(tree.held.iter().copied());
         free_extents.push(tree.freelist_run);
         for (first, n) in free_extents {
             for id in first..first + n {
@@ -1845,7 +1884,8 @@ impl StorageEngine for BtreeEngine {
     fn stats(&self) -> EngineStats {
         let tree = self.read_tree();
         let cached = self.cache().bytes;
-        let dead_pages = tree.free_pages + tree.pending_pages + tree.releasing_pages;
+        let dead_pages =
+            tree.free_pages + tree.pending_pages + tree.held_pages + tree.releasing_pages;
         EngineStats {
             entries: tree.entries,
             live_bytes: tree.live_bytes,
