@@ -32,6 +32,7 @@ struct WriteOptions {
   timeoutMs @2 :UInt32;   # 0 = node default
   returnBody @3 :Bool;    # answer with the value(s) after the write
   dwNone @4 :Bool;        # force dw = 0 for this request (0 in `dw` means "default")
+  forwarded @5 :Bool;     # set by a node that forwards the write to a replica: never forward again
 }
 
 enum ErrorKind {
@@ -115,7 +116,9 @@ enum NodeState {
 struct NodeInfo {
   id @0 :Text;
   address @1 :Text;       # host:port of its client API
-  state @2 :NodeState;
+  state @2 :NodeState;    # as the answering node sees it
+  partitionsOwned @3 :UInt32;
+  hintsQueued @4 :UInt64; # hints the answering node holds for this member
 }
 
 struct Ring {
@@ -151,6 +154,9 @@ struct Status {
   requestsRefused @7 :UInt64;    # refused as overloaded
   connections @8 :UInt32;
   configDigest @9 :Data;         # digest of the bucket configuration, compared by gossip
+  ringEpoch @10 :UInt64;
+  configMismatches @11 :List(Text);  # members whose bucket configuration differs
+  hintsRefused @12 :UInt64;      # hinted writes refused at the hint store's bounds
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -134,6 +134,11 @@ impl Client {
         Ok(Self { api, address: address.to_string(), value_bytes_max: VALUE_BYTES_MAX_DEFAULT })
     }
 
+    /// A client over an existing capability (a node forwarding to another uses this).
+    pub fn from_capability(api: cartwheel::Client, address: String) -> Self {
+        Self { api, address, value_bytes_max: usize::MAX }
+    }
+
     /// The address this client connected to.
     pub fn address(&self) -> &str {
         &self.address

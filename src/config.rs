@@ -97,6 +97,31 @@ impl Limits {
     }
 }
 
+/// `[cluster]` settings beyond the partition count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// Milliseconds between gossip rounds (and hint delivery rounds). Failure detection
+    /// scales with it: suspect after 3 silent rounds, down after 8.
+    pub gossip_interval_ms: u64,
+    /// Hints a node holds at most; a hinted write past it is refused and counted.
+    pub hint_count_max: u64,
+    /// Bytes of hints a node holds at most; a hinted write past it is refused and counted.
+    pub hint_bytes_max: u64,
+    /// Hints delivered per owner per round: the replay rate limit.
+    pub hint_replay_per_round: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            gossip_interval_ms: 1_000,
+            hint_count_max: crate::hints::HINT_COUNT_MAX_DEFAULT,
+            hint_bytes_max: crate::hints::HINT_BYTES_MAX_DEFAULT,
+            hint_replay_per_round: 512,
+        }
+    }
+}
+
 /// One bucket's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BucketConfig {
@@ -156,6 +181,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// `[cluster] partitions`: Q.
     pub partitions: u32,
+    /// The rest of `[cluster]`.
+    pub cluster: ClusterSettings,
     /// `[limits]`.
     pub limits: Limits,
     /// `[buckets.NAME]`.
@@ -188,6 +215,7 @@ impl Config {
                 seeds: vec![listen.to_string()],
             },
             partitions: PARTITIONS_DEFAULT,
+            cluster: ClusterSettings::default(),
             limits: Limits::default(),
             buckets: embedded_buckets(),
         }
@@ -210,7 +238,14 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
-            ConfigError { file: file.to_string(), key, reason: first_line(&e.inner().to_string()) }
+            let inner = e.inner();
+            let line =
+                inner.span().map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            let reason = match line {
+                Some(line) => format!("{} (line {line})", inner.message().trim()),
+                None => inner.message().trim().to_string(),
+            };
+            ConfigError { file: file.to_string(), key, reason }
         })?;
         raw.validate(file)
     }
@@ -232,10 +267,6 @@ pub fn embedded_buckets() -> BTreeMap<String, BucketConfig> {
         .filter(|(_, kind)| cartwheel_resolvers::build(*kind, ResolverConfig::default()).is_some())
         .map(|(name, kind)| (name.to_string(), BucketConfig::new(EngineKind::Memory, kind)))
         .collect()
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().trim().to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,6 +297,10 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawCluster {
     partitions: Option<u32>,
+    gossip_interval_ms: Option<u64>,
+    hint_count_max: Option<u64>,
+    hint_bytes_max: Option<u64>,
+    hint_replay_per_round: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -312,6 +347,25 @@ impl RawConfig {
                 format!("{partitions} is not a power of two from 1 to {PARTITIONS_MAX}"),
             ));
         }
+        let defaults = ClusterSettings::default();
+        let cluster = ClusterSettings {
+            gossip_interval_ms: self
+                .cluster
+                .gossip_interval_ms
+                .unwrap_or(defaults.gossip_interval_ms),
+            hint_count_max: self.cluster.hint_count_max.unwrap_or(defaults.hint_count_max),
+            hint_bytes_max: self.cluster.hint_bytes_max.unwrap_or(defaults.hint_bytes_max),
+            hint_replay_per_round: self
+                .cluster
+                .hint_replay_per_round
+                .unwrap_or(defaults.hint_replay_per_round),
+        };
+        if !(10..=60_000).contains(&cluster.gossip_interval_ms) {
+            return Err(refuse.at("cluster.gossip_interval_ms", "must be 10 to 60000"));
+        }
+        if cluster.hint_replay_per_round == 0 {
+            return Err(refuse.at("cluster.hint_replay_per_round", "must be at least 1"));
+        }
         let limits = self.limits.validate(&refuse)?;
         let buckets = match self.buckets {
             None => embedded_buckets(),
@@ -324,7 +378,7 @@ impl RawConfig {
                 buckets
             }
         };
-        Ok(Config { source: file.to_string(), node, partitions, limits, buckets })
+        Ok(Config { source: file.to_string(), node, partitions, cluster, limits, buckets })
     }
 }
 
@@ -504,14 +558,15 @@ mod tests {
     fn missing_id_is_refused() {
         let err = refused("[node]\nlisten = \"127.0.0.1:1\"\n");
         assert_eq!(err.file, "node.toml");
-        assert!(err.reason.contains("id"), "{err}");
+        assert_eq!(err.key, "node");
+        assert!(err.reason.contains("missing field `id`"), "{err}");
     }
 
     /// An unknown key is refused with its path, not ignored.
     #[test]
     fn unknown_key_is_refused() {
         let err = refused(&format!("{MINIMAL}[buckets.b]\nengin = \"log\"\n"));
-        assert_eq!(err.key, "buckets.b");
+        assert_eq!(err.key, "buckets.b.engin");
         assert!(err.reason.contains("engin"), "{err}");
     }
 
@@ -520,6 +575,7 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             ("[cluster]\npartitions = 48\n", "cluster.partitions"),
+            ("[cluster]\ngossip_interval_ms = 1\n", "cluster.gossip_interval_ms"),
             ("[buckets.b]\nengine = \"rocks\"\n", "buckets.b.engine"),
             ("[buckets.b]\nresolver = \"mvcc\"\n", "buckets.b.resolver"),
             ("[buckets.b]\nn = 0\n", "buckets.b.n"),

@@ -7,6 +7,11 @@
 //! - [`config`]: the TOML node configuration, its defaults and its validation.
 //! - [`ring`]: keys to partitions (MD5, Q partitions) and the partition-prefixed storage key.
 //! - [`store`]: the local store; each bucket is an engine plus a resolver.
+//! - [`membership`]: gossip, failure detection and the claimant (a pure state machine).
+//! - [`quorum`]: when a request has met R, W and DW (pure state machines).
+//! - [`cluster`]: the coordinator over RPC: preference lists, sloppy quorum, forwarding,
+//!   read repair, gossip and hint delivery rounds.
+//! - [`hints`]: the durable, bounded store of hinted writes.
 //! - [`server`]: the node: accept loop, per-connection limits, the client and peer APIs.
 //! - [`client`]: the Rust client library.
 //! - [`wire`]: conversions between Cap'n Proto messages and the node's types.
@@ -34,9 +39,12 @@ pub mod cartwheel_capnp;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod hints;
 pub mod membership;
+pub mod quorum;
 pub mod ring;
 pub mod server;
 pub mod store;

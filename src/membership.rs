@@ -122,7 +122,13 @@ pub struct Membership {
 
 impl Membership {
     /// A node alone, owning every partition, at `now_ms`.
-    pub fn new(me: MemberInfo, partitions: u32, target_n: usize, timing: Timing, now_ms: u64) -> Self {
+    pub fn new(
+        me: MemberInfo,
+        partitions: u32,
+        target_n: usize,
+        timing: Timing,
+        now_ms: u64,
+    ) -> Self {
         let ring = Ownership::single(&me.id, partitions);
         let id = me.id.clone();
         let mut members = BTreeMap::new();
@@ -153,7 +159,11 @@ impl Membership {
     /// Ids of members whose bucket configuration differs from this node's.
     pub fn config_mismatches(&self) -> Vec<String> {
         let mine = &self.members[&self.me].info.config_digest;
-        self.members.values().filter(|k| &k.info.config_digest != mine).map(|k| k.info.id.clone()).collect()
+        self.members
+            .values()
+            .filter(|k| &k.info.config_digest != mine)
+            .map(|k| k.info.id.clone())
+            .collect()
     }
 
     /// How this node sees `id` now. Unknown members are down; this node is always up.
@@ -192,7 +202,10 @@ impl Membership {
         let mine = self.members[&self.me].info.address.clone();
         let others: Vec<&Known> = self.members.values().filter(|k| k.info.id != self.me).collect();
         let seeds: Vec<&String> = seeds.iter().filter(|s| **s != mine).collect();
-        if others.len() < SEED_GOSSIP_BELOW && !seeds.is_empty() && (others.is_empty() || random % 2 == 0) {
+        if others.len() < SEED_GOSSIP_BELOW
+            && !seeds.is_empty()
+            && (others.is_empty() || random % 2 == 0)
+        {
             return Some(seeds[(random / 2) as usize % seeds.len()].clone());
         }
         if others.is_empty() {
@@ -203,7 +216,10 @@ impl Membership {
 
     /// This node's view, to send.
     pub fn view(&self) -> View {
-        View { members: self.members.values().map(|k| k.info.clone()).collect(), ring: self.ring.clone() }
+        View {
+            members: self.members.values().map(|k| k.info.clone()).collect(),
+            ring: self.ring.clone(),
+        }
     }
 
     /// Merge a view received from a peer.
@@ -222,11 +238,16 @@ impl Membership {
                         notices.push(Notice::ConfigMismatch(info.id.clone()));
                     }
                     let id = info.id.clone();
-                    self.members.insert(id, Known { info, advanced_at_ms: now_ms, rpc_failures: 0 });
+                    self.members
+                        .insert(id, Known { info, advanced_at_ms: now_ms, rpc_failures: 0 });
                 }
                 Some(known) => {
-                    if (info.incarnation, info.heartbeat) > (known.info.incarnation, known.info.heartbeat) {
-                        if info.config_digest != known.info.config_digest && info.config_digest != my_digest {
+                    if (info.incarnation, info.heartbeat)
+                        > (known.info.incarnation, known.info.heartbeat)
+                    {
+                        if info.config_digest != known.info.config_digest
+                            && info.config_digest != my_digest
+                        {
                             notices.push(Notice::ConfigMismatch(info.id.clone()));
                         }
                         known.info = info;
@@ -237,7 +258,8 @@ impl Membership {
             }
         }
         let theirs = view.ring;
-        let newer = (theirs.epoch, std::cmp::Reverse(&theirs.owners)) > (self.ring.epoch, std::cmp::Reverse(&self.ring.owners));
+        let newer = (theirs.epoch, std::cmp::Reverse(&theirs.owners))
+            > (self.ring.epoch, std::cmp::Reverse(&self.ring.owners));
         if theirs.owners.len() == self.ring.owners.len() && newer {
             notices.push(Notice::RingChanged(theirs.epoch));
             self.ring = theirs;

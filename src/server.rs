@@ -17,11 +17,10 @@
 //!   ends that connection only; the node keeps serving everyone else.
 //! - Keys and values over the limits get `keyTooLarge` / `valueTooLarge` and store nothing.
 //!
-//! ## Requests, single node
-//! This module is the coordinator for a node alone: a write is applied locally (see
-//! [`crate::store`]) and, when the effective DW is at least one, acknowledged only after the
-//! bucket's engine synced it. R and W are checked against N and clamped to the replicas that
-//! exist. The cluster layer replaces the local-only path with the preference list and quorum.
+//! ## Requests
+//! This module is the Cap'n Proto glue: it admits a request, decodes it, hands it to
+//! [`crate::cluster::Cluster`] (which coordinates it over the replicas) and encodes the
+//! answer. The node-to-node `Peer` interface is served here too: replicate, fetch, gossip.
 //!
 //! Every TCP connection has `TCP_NODELAY` set: requests are small and latency-bound.
 
@@ -39,10 +38,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::cartwheel_capnp::{cartwheel, peer, write_result, NodeState};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::Error;
+use crate::hints::Hints;
 use crate::store::{OpenError, Store};
-use crate::wire::{self, WriteOptions};
+use crate::wire::{self, ReadOptions};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -66,13 +67,19 @@ pub enum ServeError {
 
 /// State shared by every connection of one node (one thread).
 struct Shared {
-    store: Store,
+    cluster: Rc<Cluster>,
     address: SocketAddr,
     started: Instant,
     connections: Cell<u32>,
     requests_served: Cell<u64>,
     requests_refused: Cell<u64>,
     config_digest: Vec<u8>,
+}
+
+impl Shared {
+    fn store(&self) -> &Store {
+        &self.cluster.store
+    }
 }
 
 /// Bind `config.node.listen`. Separate from [`serve`] so a caller learns the bound address
@@ -96,14 +103,26 @@ pub async fn serve(
     let listener =
         TcpListener::from_std(listener).map_err(|source| ServeError::Bind { address, source })?;
     let store = Store::open(&config)?;
+    let hints_dir = config.node.data_dir.join("hints");
+    let hints =
+        Hints::open(&hints_dir, config.cluster.hint_count_max, config.cluster.hint_bytes_max)
+            .map_err(|source| OpenError {
+                bucket: "(hints)".into(),
+                dir: hints_dir.display().to_string(),
+                source,
+            })?;
+    let digest = config_digest(&config);
+    let cluster =
+        Rc::new(Cluster::new(&config, store, hints, &address.to_string(), digest.clone()));
+    let rounds = tokio::task::spawn_local(Rc::clone(&cluster).run_rounds());
     let shared = Rc::new(Shared {
-        store,
+        cluster,
         address,
         started: Instant::now(),
         connections: Cell::new(0),
         requests_served: Cell::new(0),
         requests_refused: Cell::new(0),
-        config_digest: config_digest(&config),
+        config_digest: digest,
     });
     tracing::info!(node = %config.node.id, %address, buckets = config.buckets.len(), "serving");
     tokio::pin!(shutdown);
@@ -120,17 +139,21 @@ pub async fn serve(
             },
         }
     }
-    tracing::info!(node = %config.node.id, "stopping: syncing buckets");
-    for bucket in shared.store.buckets() {
+    rounds.abort();
+    tracing::info!(node = %config.node.id, "stopping: syncing buckets and hints");
+    for bucket in shared.store().buckets() {
         if let Err(e) = bucket.engine.sync() {
             tracing::error!(bucket = %bucket.name, error = %e, "final sync failed");
         }
+    }
+    if let Err(e) = shared.cluster.hints.engine().sync() {
+        tracing::error!(error = %e, "final sync of hints failed");
     }
     Ok(())
 }
 
 fn accept(shared: &Rc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let limits = shared.store.limits();
+    let limits = shared.store().limits();
     if shared.connections.get() as usize >= limits.connections_max {
         shared.requests_refused.set(shared.requests_refused.get() + 1);
         tracing::warn!(%peer, max = limits.connections_max, "connection refused: at the limit");
@@ -187,7 +210,7 @@ impl Drop for Admitted {
 
 impl Api {
     fn admit(&self) -> Result<Admitted, Error> {
-        let max = self.shared.store.limits().inflight_per_connection_max;
+        let max = self.shared.store().limits().inflight_per_connection_max;
         if self.inflight.get() >= max {
             self.shared.requests_refused.set(self.shared.requests_refused.get() + 1);
             return Err(Error::Overloaded(format!("{max} requests in flight on this connection")));
@@ -195,57 +218,6 @@ impl Api {
         self.inflight.set(self.inflight.get() + 1);
         self.shared.requests_served.set(self.shared.requests_served.get() + 1);
         Ok(Admitted(Rc::clone(&self.inflight)))
-    }
-
-    /// Coordinate a write on this node: check options, apply, store, wait for DW.
-    async fn write(
-        &self,
-        bucket: &str,
-        key: &[u8],
-        write: Write,
-        options: WriteOptions,
-    ) -> Result<Read, Error> {
-        let store = &self.shared.store;
-        let config = &store.bucket(bucket)?.config;
-        if options.w > config.n {
-            return Err(Error::BadRequest(format!(
-                "w = {} is over the bucket's n = {}",
-                options.w, config.n
-            )));
-        }
-        let dw = options.dw.unwrap_or(config.dw);
-        let w = if options.w == 0 { config.w } else { options.w };
-        if dw > w {
-            return Err(Error::BadRequest(format!("dw = {dw} is over w = {w}")));
-        }
-        let engine = std::sync::Arc::clone(&store.bucket(bucket)?.engine);
-        if dw > 0 && !engine.is_durable() {
-            return Err(Error::BadRequest(format!(
-                "dw = {dw} on bucket {bucket:?}, whose {} engine keeps nothing across restarts",
-                engine.kind()
-            )));
-        }
-        let (_state, read) = store.write(bucket, key, &write)?;
-        // One replica exists here: the effective DW is min(dw, 1).
-        if dw > 0 {
-            let timeout = self.timeout(options.timeout_ms);
-            let sync = tokio::task::spawn_blocking(move || engine.sync());
-            match tokio::time::timeout(timeout, sync).await {
-                Err(_) => {
-                    return Err(Error::Timeout(format!("sync did not finish within {timeout:?}")))
-                }
-                Ok(Err(join)) => return Err(Error::Internal(format!("sync task failed: {join}"))),
-                Ok(Ok(result)) => result?,
-            }
-        }
-        Ok(read)
-    }
-
-    fn timeout(&self, timeout_ms: u32) -> Duration {
-        match timeout_ms {
-            0 => Duration::from_millis(self.shared.store.limits().request_timeout_ms),
-            ms => Duration::from_millis(ms.into()),
-        }
     }
 }
 
@@ -279,21 +251,16 @@ impl cartwheel::Server for Api {
         params: cartwheel::GetParams,
         mut results: cartwheel::GetResults,
     ) -> Result<(), capnp::Error> {
-        let outcome = (|| {
+        let outcome = async {
             let _admitted = self.admit()?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
-            let key = p.get_key().map_err(wire::bad)?;
-            let config = &self.shared.store.bucket(&bucket)?.config;
-            let r = p.get_options().map_err(wire::bad)?.get_r();
-            if r > config.n {
-                return Err(Error::BadRequest(format!(
-                    "r = {r} is over the bucket's n = {}",
-                    config.n
-                )));
-            }
-            self.shared.store.read(&bucket, key)
-        })();
+            let key = p.get_key().map_err(wire::bad)?.to_vec();
+            let o = p.get_options().map_err(wire::bad)?;
+            let options = ReadOptions { r: o.get_r(), timeout_ms: o.get_timeout_ms() };
+            self.shared.cluster.read(&bucket, &key, options).await
+        }
+        .await;
         let mut result = results.get().init_result();
         match outcome {
             Ok(None) => result.set_not_found(&[]),
@@ -319,14 +286,12 @@ impl cartwheel::Server for Api {
             let key = p.get_key().map_err(wire::bad)?.to_vec();
             let value = p.get_value().map_err(wire::bad)?;
             // Check before copying: an oversized value is refused without a second copy.
-            self.shared.store.check_value(value)?;
-            let write = Write::Put {
-                value: value.to_vec(),
-                context: p.get_context().map_err(wire::bad)?.to_vec(),
-            };
+            self.shared.store().check_value(value)?;
+            let context = p.get_context().map_err(wire::bad)?.to_vec();
+            let write = Write::Put { value: value.to_vec(), context };
             let options = wire::get_write_options(p.get_options())?;
             return_body = options.return_body;
-            self.write(&bucket, &key, write, options).await
+            self.shared.cluster.write(&bucket, &key, write, options).await
         }
         .await;
         fill_write_result(results.get().init_result(), outcome, return_body);
@@ -347,7 +312,7 @@ impl cartwheel::Server for Api {
             let write = Write::Delete { context: p.get_context().map_err(wire::bad)?.to_vec() };
             let options = wire::get_write_options(p.get_options())?;
             return_body = options.return_body;
-            self.write(&bucket, &key, write, options).await
+            self.shared.cluster.write(&bucket, &key, write, options).await
         }
         .await;
         fill_write_result(results.get().init_result(), outcome, return_body);
@@ -370,11 +335,11 @@ impl cartwheel::Server for Api {
                 return Err(Error::BadRequest("update carries no operations".to_string()));
             }
             let ops = ops.iter().map(wire::get_op).collect::<Result<Vec<Op>, Error>>()?;
-            let write =
-                Write::Update { ops, context: p.get_context().map_err(wire::bad)?.to_vec() };
+            let context = p.get_context().map_err(wire::bad)?.to_vec();
+            let write = Write::Update { ops, context };
             let options = wire::get_write_options(p.get_options())?;
             return_body = options.return_body;
-            self.write(&bucket, &key, write, options).await
+            self.shared.cluster.write(&bucket, &key, write, options).await
         }
         .await;
         fill_write_result(results.get().init_result(), outcome, return_body);
@@ -386,16 +351,27 @@ impl cartwheel::Server for Api {
         _: cartwheel::RingParams,
         mut results: cartwheel::RingResults,
     ) -> Result<(), capnp::Error> {
-        let store = &self.shared.store;
+        let cluster = &self.shared.cluster;
+        let members = cluster.members();
+        let addresses = |id: &str| {
+            members
+                .iter()
+                .find(|(m, _)| m.id == id)
+                .map(|(m, _)| m.address.clone())
+                .unwrap_or_default()
+        };
         let mut ring = results.get().init_ring();
-        ring.set_partition_count(store.partitions());
-        ring.set_epoch(1);
-        let mut node = ring.reborrow().init_nodes(1).get(0);
-        node.set_id(store.node_id());
-        node.set_address(self.shared.address.to_string());
-        node.set_state(NodeState::Up);
-        // A node alone owns every partition.
-        ring.init_owners(store.partitions());
+        wire::set_ring(ring.reborrow(), &cluster.ring(), &addresses);
+        let mut nodes = ring.get_nodes()?;
+        for i in 0..nodes.len() {
+            let mut node = nodes.reborrow().get(i);
+            let id = node.reborrow_as_reader().get_id()?.to_string().unwrap_or_default();
+            let state = members
+                .iter()
+                .find(|(m, _)| m.id == id)
+                .map_or(NodeState::Down, |(m, health)| Cluster::node_state(*health, m.leaving));
+            node.set_state(state);
+        }
         Ok(())
     }
 
@@ -405,7 +381,10 @@ impl cartwheel::Server for Api {
         mut results: cartwheel::StatusResults,
     ) -> Result<(), capnp::Error> {
         let shared = &self.shared;
-        let store = &shared.store;
+        let cluster = &shared.cluster;
+        let store = shared.store();
+        let ring = cluster.ring();
+        let hint_counts = cluster.hints.counts();
         let mut status = results.get().init_status();
         status.set_node_id(store.node_id());
         status.set_address(shared.address.to_string());
@@ -415,10 +394,23 @@ impl cartwheel::Server for Api {
         status.set_requests_refused(shared.requests_refused.get());
         status.set_connections(shared.connections.get());
         status.set_config_digest(&shared.config_digest);
-        let mut member = status.reborrow().init_members(1).get(0);
-        member.set_id(store.node_id());
-        member.set_address(shared.address.to_string());
-        member.set_state(NodeState::Up);
+        status.set_ring_epoch(ring.epoch);
+        status.set_hints_refused(cluster.hints.refused());
+        let mismatches = cluster.config_mismatches();
+        let mut list = status.reborrow().init_config_mismatches(mismatches.len() as u32);
+        for (i, id) in mismatches.iter().enumerate() {
+            list.set(i as u32, id.as_str());
+        }
+        let members = cluster.members();
+        let mut list = status.reborrow().init_members(members.len() as u32);
+        for (i, (member, health)) in members.iter().enumerate() {
+            let mut info = list.reborrow().get(i as u32);
+            info.set_id(member.id.as_str());
+            info.set_address(member.address.as_str());
+            info.set_state(Cluster::node_state(*health, member.leaving));
+            info.set_partitions_owned(ring.owned_by(&member.id) as u32);
+            info.set_hints_queued(hint_counts.get(&member.id).copied().unwrap_or(0));
+        }
         let buckets: Vec<_> = store.buckets().collect();
         let mut list = status.init_buckets(buckets.len() as u32);
         for (i, bucket) in buckets.iter().enumerate() {
@@ -448,8 +440,7 @@ impl cartwheel::Server for Api {
         let from = text(params.get()?.get_from(), "from").unwrap_or_default();
         tracing::debug!(%from, "peer session opened");
         let peer: peer::Client = capnp_rpc::new_client(PeerApi {
-            shared: Rc::clone(&self.shared),
-            inflight: Rc::clone(&self.inflight),
+            api: Api { shared: Rc::clone(&self.shared), inflight: Rc::clone(&self.inflight) },
         });
         results.get().set_peer(peer);
         Ok(())
@@ -458,8 +449,7 @@ impl cartwheel::Server for Api {
 
 /// The node-to-node API of one connection; shares the connection's in-flight bound.
 struct PeerApi {
-    shared: Rc<Shared>,
-    inflight: Rc<Cell<usize>>,
+    api: Api,
 }
 
 impl peer::Server for PeerApi {
@@ -468,32 +458,33 @@ impl peer::Server for PeerApi {
         params: peer::ReplicateParams,
         mut results: peer::ReplicateResults,
     ) -> Result<(), capnp::Error> {
-        {
-            let api = Api { shared: Rc::clone(&self.shared), inflight: Rc::clone(&self.inflight) };
-            let outcome = async {
-                let _admitted = api.admit()?;
-                let p = params.get().map_err(wire::bad)?;
-                let bucket = text(p.get_bucket(), "bucket")?;
-                let key = p.get_key().map_err(wire::bad)?;
-                let state = p.get_state().map_err(wire::bad)?;
-                let store = &self.shared.store;
-                store.merge(&bucket, key, state)?;
-                if p.get_sync() {
-                    let engine = std::sync::Arc::clone(&store.bucket(&bucket)?.engine);
-                    tokio::task::spawn_blocking(move || engine.sync())
-                        .await
-                        .map_err(|e| Error::Internal(format!("sync task failed: {e}")))??;
-                }
-                Ok::<(), Error>(())
+        let cluster = Rc::clone(&self.api.shared.cluster);
+        let outcome = async {
+            let _admitted = self.api.admit()?;
+            let p = params.get().map_err(wire::bad)?;
+            let bucket = text(p.get_bucket(), "bucket")?;
+            let hint_for = text(p.get_hint_for(), "hintFor")?;
+            let key = p.get_key().map_err(wire::bad)?;
+            cluster.receive_replica(&bucket, key, p.get_state().map_err(wire::bad)?, &hint_for)?;
+            if p.get_sync() {
+                let engine = if hint_for.is_empty() {
+                    std::sync::Arc::clone(&cluster.store.bucket(&bucket)?.engine)
+                } else {
+                    std::sync::Arc::clone(cluster.hints.engine())
+                };
+                tokio::task::spawn_blocking(move || engine.sync())
+                    .await
+                    .map_err(|e| Error::Internal(format!("sync task failed: {e}")))??;
             }
-            .await;
-            let mut result = results.get().init_result();
-            match outcome {
-                Ok(()) => result.set_stored(true),
-                Err(e) => wire::set_error(result.init_error(), &e),
-            }
-            Ok(())
+            Ok::<(), Error>(())
         }
+        .await;
+        let mut result = results.get().init_result();
+        match outcome {
+            Ok(()) => result.set_stored(true),
+            Err(e) => wire::set_error(result.init_error(), &e),
+        }
+        Ok(())
     }
 
     async fn fetch(
@@ -502,9 +493,10 @@ impl peer::Server for PeerApi {
         mut results: peer::FetchResults,
     ) -> Result<(), capnp::Error> {
         let outcome = (|| {
+            let _admitted = self.api.admit()?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
-            self.shared.store.fetch(&bucket, p.get_key().map_err(wire::bad)?)
+            self.api.shared.cluster.fetch_for_peer(&bucket, p.get_key().map_err(wire::bad)?)
         })();
         let mut result = results.get().init_result();
         match outcome {
@@ -512,6 +504,18 @@ impl peer::Server for PeerApi {
             Ok(Some(state)) => result.set_state(&state),
             Err(e) => wire::set_error(result.init_error(), &e),
         }
+        Ok(())
+    }
+
+    async fn gossip(
+        self: Rc<Self>,
+        params: peer::GossipParams,
+        mut results: peer::GossipResults,
+    ) -> Result<(), capnp::Error> {
+        let theirs = wire::get_view(params.get()?.get_view()?)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let ours = self.api.shared.cluster.receive_gossip(theirs);
+        wire::set_view(results.get().init_view(), &ours);
         Ok(())
     }
 }

@@ -7,8 +7,12 @@
 
 use cartwheel_resolvers::{Op, Read, Value};
 
-use crate::cartwheel_capnp::{cart_item, error, op, read_options, value, write_options, ErrorKind};
+use crate::cartwheel_capnp::{
+    cart_item, error, op, read_options, ring, value, view, write_options, ErrorKind,
+};
 use crate::error::Error;
+use crate::membership::{MemberInfo, View};
+use crate::ring::Ownership;
 
 /// Per-request read options; 0 means "the bucket's default".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,6 +35,8 @@ pub struct WriteOptions {
     pub timeout_ms: u32,
     /// Answer with the value(s) after the write.
     pub return_body: bool,
+    /// Set by a node that forwarded the write: the receiver coordinates it, never forwards.
+    pub forwarded: bool,
 }
 
 /// Fill a `ReadOptions` structure.
@@ -49,6 +55,7 @@ pub fn set_write_options(mut builder: write_options::Builder<'_>, options: &Writ
     }
     builder.set_timeout_ms(options.timeout_ms);
     builder.set_return_body(options.return_body);
+    builder.set_forwarded(options.forwarded);
 }
 
 /// Read a `WriteOptions` structure (absent = all defaults).
@@ -62,6 +69,7 @@ pub fn get_write_options(
         dw,
         timeout_ms: o.get_timeout_ms(),
         return_body: o.get_return_body(),
+        forwarded: o.get_forwarded(),
     })
 }
 
@@ -173,4 +181,89 @@ pub fn get_op(reader: op::Reader<'_>) -> Result<Op, Error> {
 /// A malformed message part: `badRequest` naming the decoding failure.
 pub fn bad(e: capnp::Error) -> Error {
     Error::BadRequest(format!("malformed message: {e}"))
+}
+
+/// Fill a `Ring` structure from an ownership (node states are left `up`; `status` and `ring`
+/// set them from the failure detector).
+pub fn set_ring(
+    mut builder: ring::Builder<'_>,
+    ownership: &Ownership,
+    addresses: &dyn Fn(&str) -> String,
+) {
+    let mut nodes: Vec<&String> = ownership.owners.iter().collect();
+    nodes.sort();
+    nodes.dedup();
+    builder.set_partition_count(ownership.partitions());
+    builder.set_epoch(ownership.epoch);
+    let mut list = builder.reborrow().init_nodes(nodes.len() as u32);
+    for (i, id) in nodes.iter().enumerate() {
+        let mut node = list.reborrow().get(i as u32);
+        node.set_id(id.as_str());
+        node.set_address(addresses(id));
+        node.set_partitions_owned(ownership.owned_by(id) as u32);
+    }
+    let mut owners = builder.init_owners(ownership.partitions());
+    for (p, owner) in ownership.owners.iter().enumerate() {
+        let index = nodes.binary_search(&owner).expect("every owner is in the node list");
+        owners.set(p as u32, index as u16);
+    }
+}
+
+/// Read a `Ring` structure into an ownership.
+pub fn get_ring(reader: ring::Reader<'_>) -> Result<Ownership, Error> {
+    let nodes = reader.get_nodes().map_err(bad)?;
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| n.get_id().map_err(bad)?.to_string().map_err(|e| bad(e.into())))
+        .collect::<Result<_, _>>()?;
+    let owners = reader.get_owners().map_err(bad)?;
+    if owners.len() != reader.get_partition_count() {
+        return Err(Error::BadRequest("ring owners do not match the partition count".into()));
+    }
+    let owners = owners
+        .iter()
+        .map(|i| {
+            ids.get(i as usize)
+                .cloned()
+                .ok_or_else(|| Error::BadRequest(format!("ring owner index {i} out of range")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Ownership { epoch: reader.get_epoch(), owners })
+}
+
+/// Fill a gossip `View`.
+pub fn set_view(mut builder: view::Builder<'_>, v: &View) {
+    let mut members = builder.reborrow().init_members(v.members.len() as u32);
+    for (i, m) in v.members.iter().enumerate() {
+        let mut b = members.reborrow().get(i as u32);
+        b.set_id(m.id.as_str());
+        b.set_address(m.address.as_str());
+        b.set_incarnation(m.incarnation);
+        b.set_heartbeat(m.heartbeat);
+        b.set_leaving(m.leaving);
+        b.set_config_digest(&m.config_digest);
+    }
+    let addresses = |id: &str| {
+        v.members.iter().find(|m| m.id == id).map(|m| m.address.clone()).unwrap_or_default()
+    };
+    set_ring(builder.init_ring(), &v.ring, &addresses);
+}
+
+/// Read a gossip `View`.
+pub fn get_view(reader: view::Reader<'_>) -> Result<View, Error> {
+    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, Error> {
+        t.map_err(bad)?.to_string().map_err(|e| bad(e.into()))
+    };
+    let mut members = Vec::new();
+    for m in reader.get_members().map_err(bad)?.iter() {
+        members.push(MemberInfo {
+            id: text(m.get_id())?,
+            address: text(m.get_address())?,
+            incarnation: m.get_incarnation(),
+            heartbeat: m.get_heartbeat(),
+            leaving: m.get_leaving(),
+            config_digest: m.get_config_digest().map_err(bad)?.to_vec(),
+        });
+    }
+    Ok(View { members, ring: get_ring(reader.get_ring().map_err(bad)?)? })
 }

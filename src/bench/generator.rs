@@ -1,0 +1,616 @@
+//! # The open-loop generator
+//!
+//! Requests arrive on a fixed schedule, whatever the server does: request `i` has the
+//! **intended start** `start + i / rate`. The generator sleeps until that instant, issues the
+//! request and goes on to the next one without waiting for the answer. A request's
+//! **latency** is measured from its intended start to its answer. A server that stalls for
+//! 100 ms therefore shows up in every request that *should* have started during the stall,
+//! which is what a user arriving at that moment would see. A closed-loop tool (send, wait,
+//! send) stops sending while the server stalls and records one slow request instead of a
+//! hundred: the error called coordinated omission.
+//!
+//! Both clocks are kept, so the difference can be seen and tested:
+//! - `latency`: answer − intended start. The figure that matters.
+//! - `service`: answer − actual send. What a closed-loop tool reports; it hides stalls.
+//!
+//! In-flight requests are bounded (`inflight_max`), because capnp-rpc has no back-pressure of
+//! its own and an unbounded generator would only measure its own queue. A request whose
+//! turn comes while the bound is reached waits for a slot; it is counted as **late** and still
+//! measured from its intended start. Nothing is dropped silently: a request still unanswered
+//! when the run's time is up is recorded as `unfinished` (with the latency it had reached),
+//! and one that could not even be issued by then as `not_issued`.
+//!
+//! Warm-up: requests whose intended start falls in the first `warmup` are issued like the
+//! others, but their results are discarded.
+//!
+//! Timing precision: tokio's timer works in whole milliseconds, which at 10 000 requests per
+//! second would issue requests in bursts and add up to a millisecond to their latency. On
+//! Linux the [`Pacer`] sleeps on a `timerfd` registered with the runtime instead, which wakes
+//! within microseconds without spinning a core; elsewhere it falls back to tokio's timer.
+//! How late the generator itself issued each request is recorded too (`send_lag`), so a
+//! generator that cannot keep up is visible in the results rather than hidden in them.
+//!
+//! The generator is generic over the request: `issue(i)` returns a future that performs
+//! request `i` and says which operation it was and how it ended. The store workloads, the
+//! TCP echo floor and the tests all drive the same loop.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Most requests one run may issue (warm-up included). A larger schedule is refused.
+pub const REQUESTS_MAX: u64 = 100_000_000;
+
+/// Highest latency the histograms hold, in nanoseconds (10 minutes). Longer ones are
+/// recorded as this value.
+pub const LATENCY_NS_MAX: u64 = 600_000_000_000;
+
+/// Significant decimal digits of every histogram (0.1% value resolution).
+pub const SIGNIFICANT_DIGITS: u8 = 3;
+
+/// How often the progress callback is called.
+pub const TICK_MS: u64 = 250;
+
+/// The name under which `unfinished` requests are counted among errors.
+pub const UNFINISHED: &str = "unfinished";
+
+/// The name under which `not_issued` requests are counted among errors.
+pub const NOT_ISSUED: &str = "not_issued";
+
+/// When and how many requests a run issues.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    /// Arrival rate, requests per second. Must be positive.
+    pub rate_per_s: f64,
+    /// Time at the start whose results are discarded.
+    pub warmup: Duration,
+    /// Measured time after the warm-up.
+    pub duration: Duration,
+    /// Requests in flight at most; a request due while this many are in flight is late.
+    pub inflight_max: usize,
+    /// How long after the last intended start the run waits for answers before counting
+    /// the rest as `unfinished`.
+    pub drain: Duration,
+}
+
+impl Schedule {
+    /// A schedule with a 5 s drain.
+    pub fn new(rate_per_s: f64, warmup: Duration, duration: Duration, inflight_max: usize) -> Self {
+        Self { rate_per_s, warmup, duration, inflight_max, drain: Duration::from_secs(5) }
+    }
+
+    /// Requests issued in all, warm-up included.
+    pub fn requests(&self) -> u64 {
+        ((self.warmup + self.duration).as_secs_f64() * self.rate_per_s).ceil() as u64
+    }
+
+    /// Requests whose results are discarded.
+    pub fn warmup_requests(&self) -> u64 {
+        (self.warmup.as_secs_f64() * self.rate_per_s).ceil() as u64
+    }
+
+    /// The intended start of request `i`, as an offset from the run's start.
+    pub fn offset(&self, i: u64) -> Duration {
+        Duration::from_nanos((i as f64 * 1e9 / self.rate_per_s) as u64)
+    }
+
+    /// Why the schedule cannot run, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.rate_per_s.is_finite() && self.rate_per_s > 0.0) {
+            return Err(format!("rate must be a positive number, not {}", self.rate_per_s));
+        }
+        if self.duration.is_zero() {
+            return Err("duration must be more than 0".into());
+        }
+        if self.inflight_max == 0 {
+            return Err("inflight-max must be at least 1".into());
+        }
+        if self.requests() > REQUESTS_MAX {
+            return Err(format!(
+                "{} requests is over the limit of {REQUESTS_MAX} per run; lower the rate or \
+                 the duration",
+                self.requests()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How one request ended: its operation's name and, if it failed, the error kind's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Operation name (`read`, `update`, `echo`, …).
+    pub op: &'static str,
+    /// `None` on success, else the error kind (`timeout`, `overloaded`, …).
+    pub error: Option<&'static str>,
+}
+
+/// One operation's histograms and error count.
+#[derive(Clone, Debug)]
+pub struct OpResult {
+    /// Successful requests: answer − intended start, in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// Successful requests: answer − actual send, in nanoseconds.
+    pub service: Histogram<u64>,
+    /// Failed requests.
+    pub errors: u64,
+}
+
+impl OpResult {
+    fn new() -> Self {
+        Self { latency: new_histogram(), service: new_histogram(), errors: 0 }
+    }
+}
+
+/// Everything a run measured (warm-up excluded).
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// The schedule it ran.
+    pub schedule: Schedule,
+    /// Per operation.
+    pub ops: BTreeMap<&'static str, OpResult>,
+    /// All operations together.
+    pub all: OpResult,
+    /// Actual send − intended start of every measured request: how late the generator was.
+    pub send_lag: Histogram<u64>,
+    /// Errors by kind, `unfinished` and `not_issued` included.
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Measured requests (issued or not).
+    pub requests: u64,
+    /// Measured requests answered, successfully or with an error.
+    pub answered: u64,
+    /// Measured requests that had to wait for an in-flight slot.
+    pub late: u64,
+    /// Measured requests still unanswered when the run ended.
+    pub unfinished: u64,
+    /// Measured requests never issued because the run's time was up.
+    pub not_issued: u64,
+    /// Seconds from the end of the warm-up to the last measured answer.
+    pub measured_s: f64,
+}
+
+impl RunResult {
+    /// Measured requests that were answered (successfully or with an error) per second.
+    pub fn achieved_rate_per_s(&self) -> f64 {
+        if self.measured_s > 0.0 {
+            self.answered as f64 / self.measured_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Measured requests that failed, in all.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// What the progress callback sees every [`TICK_MS`].
+#[derive(Clone, Copy, Debug)]
+pub struct Tick {
+    /// Time since the run started (warm-up included).
+    pub elapsed: Duration,
+    /// The run's planned length (warm-up included, drain excluded).
+    pub planned: Duration,
+    /// Answers per second since the last tick.
+    pub rate_per_s: f64,
+    /// p99.9 latency of the answers since the last tick, in nanoseconds (0 if none).
+    pub p999_ns: u64,
+    /// Whether the run is still in its warm-up.
+    pub warming_up: bool,
+}
+
+/// A latency histogram in nanoseconds from 1 ns to [`LATENCY_NS_MAX`].
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_NS_MAX, SIGNIFICANT_DIGITS)
+        .expect("the histogram bounds are constants that hdrhistogram accepts")
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).clamp(1, LATENCY_NS_MAX)
+}
+
+/// The run's shared bookkeeping, owned by the generator loop and the request tasks.
+struct Recorder {
+    measure_from: Instant,
+    result: RunResult,
+    /// Intended starts of measured requests in flight, by sequence number.
+    inflight: HashMap<u64, Instant>,
+    last_answer: Option<Instant>,
+    window: Histogram<u64>,
+    window_answers: u64,
+}
+
+impl Recorder {
+    fn record(&mut self, i: u64, intended: Instant, sent: Instant, done: Instant, out: Outcome) {
+        if intended < self.measure_from {
+            self.window_answers += 1;
+            return;
+        }
+        self.inflight.remove(&i);
+        self.last_answer = Some(self.last_answer.map_or(done, |t| t.max(done)));
+        self.window_answers += 1;
+        self.result.answered += 1;
+        let op = self.result.ops.entry(out.op).or_insert_with(OpResult::new);
+        match out.error {
+            None => {
+                let latency = nanos(done - intended);
+                let service = nanos(done - sent);
+                op.latency.saturating_record(latency);
+                op.service.saturating_record(service);
+                self.result.all.latency.saturating_record(latency);
+                self.result.all.service.saturating_record(service);
+                self.window.saturating_record(latency);
+            }
+            Some(kind) => {
+                op.errors += 1;
+                self.result.all.errors += 1;
+                *self.result.errors.entry(kind).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Count what is left when time is up: unanswered and never-issued requests.
+    fn close(&mut self, now: Instant, never_issued: impl Iterator<Item = Instant>) {
+        for (_, intended) in self.inflight.drain() {
+            self.result.unfinished += 1;
+            self.result.all.errors += 1;
+            self.result.all.latency.saturating_record(nanos(now - intended));
+        }
+        for intended in never_issued {
+            if intended >= self.measure_from {
+                self.result.not_issued += 1;
+                self.result.all.errors += 1;
+                self.result
+                    .all
+                    .latency
+                    .saturating_record(nanos(now.saturating_duration_since(intended)));
+            }
+        }
+        if self.result.unfinished > 0 {
+            self.result.errors.insert(UNFINISHED, self.result.unfinished);
+            self.last_answer = Some(now);
+        }
+        if self.result.not_issued > 0 {
+            self.result.errors.insert(NOT_ISSUED, self.result.not_issued);
+            self.last_answer = Some(now);
+        }
+        let end = self.last_answer.unwrap_or(self.measure_from);
+        self.result.measured_s = end.saturating_duration_since(self.measure_from).as_secs_f64();
+    }
+}
+
+/// Sleeps until an instant with microsecond precision (see the module doc).
+pub struct Pacer {
+    #[cfg(target_os = "linux")]
+    timer: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+}
+
+impl Pacer {
+    /// A pacer on a `timerfd` where the platform has one, else on tokio's timer. Must be
+    /// called inside a tokio runtime.
+    pub fn new() -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
+            let flags = TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC;
+            let timer = timerfd_create(TimerfdClockId::Monotonic, flags)
+                .ok()
+                .and_then(|fd| tokio::io::unix::AsyncFd::new(fd).ok());
+            if timer.is_none() {
+                tracing::warn!("no timerfd: pacing on tokio's millisecond timer");
+            }
+            Self { timer }
+        }
+        #[cfg(not(target_os = "linux"))]
+        Self {}
+    }
+
+    /// Whether this pacer has microsecond precision.
+    pub fn is_precise(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.timer.is_some();
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
+    /// Return at `deadline` (at once if it passed).
+    pub async fn sleep_until(&mut self, deadline: Instant) {
+        let now = Instant::now();
+        if deadline <= now {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(timer) = &self.timer {
+            if precise_sleep(timer, deadline - now).await.is_ok() {
+                return;
+            }
+            tracing::warn!("timerfd failed: pacing on tokio's millisecond timer");
+            self.timer = None;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(target_os = "linux")]
+async fn precise_sleep(
+    timer: &tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    wait: Duration,
+) -> std::io::Result<()> {
+    use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
+    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+    // An all-zero value would disarm the timer instead of firing it.
+    let wait = wait.max(Duration::from_nanos(1));
+    let value = Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
+    let spec = Itimerspec { it_interval: zero, it_value: value };
+    timerfd_settime(timer.get_ref(), TimerfdTimerFlags::empty(), &spec)?;
+    loop {
+        let mut ready = timer.readable().await?;
+        let mut expirations = [0u8; 8];
+        match rustix::io::read(timer.get_ref(), &mut expirations) {
+            Ok(_) => return Ok(()),
+            // Readiness left over from an earlier expiration: wait for this one.
+            Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Run `schedule`, issuing request `i` with `issue(i)` at its intended start, and call
+/// `on_tick` every [`TICK_MS`]. Must run inside a tokio `LocalSet`.
+///
+/// Returns once every measured request was answered, or when the run's time is up (the
+/// planned length plus `schedule.drain`), whichever comes first.
+pub async fn run<F, Fut>(
+    schedule: &Schedule,
+    pacer: &mut Pacer,
+    mut issue: F,
+    on_tick: impl FnMut(Tick) + 'static,
+) -> RunResult
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Outcome> + 'static,
+{
+    assert!(schedule.check().is_ok(), "bad schedule: {:?}", schedule.check());
+    let total = schedule.requests();
+    // A short lead so that the first request is not late by the setup below.
+    let start = Instant::now() + Duration::from_millis(2);
+    let measure_from = start + schedule.warmup;
+    let planned = schedule.warmup + schedule.duration;
+    let time_up = start + planned + schedule.drain;
+    let recorder = Rc::new(RefCell::new(Recorder {
+        measure_from,
+        result: RunResult {
+            schedule: schedule.clone(),
+            ops: BTreeMap::new(),
+            all: OpResult::new(),
+            send_lag: new_histogram(),
+            errors: BTreeMap::new(),
+            requests: total - schedule.warmup_requests().min(total),
+            answered: 0,
+            late: 0,
+            unfinished: 0,
+            not_issued: 0,
+            measured_s: 0.0,
+        },
+        inflight: HashMap::new(),
+        last_answer: None,
+        window: new_histogram(),
+        window_answers: 0,
+    }));
+    let inflight = Rc::new(Cell::new(0usize));
+    let slot_freed = Rc::new(tokio::sync::Notify::new());
+    let ticker = tokio::task::spawn_local(tick_loop(Rc::clone(&recorder), start, planned, on_tick));
+
+    let mut issued = 0;
+    'schedule: while issued < total {
+        let i = issued;
+        let intended = start + schedule.offset(i);
+        pacer.sleep_until(intended).await;
+        if inflight.get() >= schedule.inflight_max {
+            if intended >= measure_from {
+                recorder.borrow_mut().result.late += 1;
+            }
+            while inflight.get() >= schedule.inflight_max {
+                tokio::select! {
+                    () = slot_freed.notified() => {}
+                    () = tokio::time::sleep_until(time_up.into()) => break 'schedule,
+                }
+            }
+        }
+        let sent = Instant::now();
+        if sent >= time_up {
+            break;
+        }
+        if intended >= measure_from {
+            let mut r = recorder.borrow_mut();
+            r.inflight.insert(i, intended);
+            r.result.send_lag.saturating_record(nanos(sent - intended));
+        }
+        inflight.set(inflight.get() + 1);
+        let request = issue(i);
+        let (recorder, inflight, slot_freed) =
+            (Rc::clone(&recorder), Rc::clone(&inflight), Rc::clone(&slot_freed));
+        tokio::task::spawn_local(async move {
+            let outcome = request.await;
+            let done = Instant::now();
+            inflight.set(inflight.get() - 1);
+            slot_freed.notify_one();
+            recorder.borrow_mut().record(i, intended, sent, done, outcome);
+        });
+        issued += 1;
+    }
+    // Wait for the answers still due, up to the run's end.
+    while inflight.get() > 0 && Instant::now() < time_up {
+        tokio::select! {
+            () = slot_freed.notified() => {}
+            () = tokio::time::sleep_until(time_up.into()) => {}
+        }
+    }
+    ticker.abort();
+    let now = Instant::now();
+    let mut r = recorder.borrow_mut();
+    r.close(now, (issued..total).map(|i| start + schedule.offset(i)));
+    let result = r.result.clone();
+    // Requests still running record into a recorder nobody reads any more.
+    r.inflight.clear();
+    r.measure_from = now + Duration::from_secs(3600 * 24 * 365);
+    result
+}
+
+async fn tick_loop(
+    recorder: Rc<RefCell<Recorder>>,
+    start: Instant,
+    planned: Duration,
+    mut on_tick: impl FnMut(Tick),
+) {
+    let period = Duration::from_millis(TICK_MS);
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(period).await;
+        let now = Instant::now();
+        let (answers, p999_ns, warming_up) = {
+            let mut r = recorder.borrow_mut();
+            let p999 = if r.window.is_empty() { 0 } else { r.window.value_at_quantile(0.999) };
+            let answers = std::mem::take(&mut r.window_answers);
+            r.window.reset();
+            (answers, p999, now < r.measure_from)
+        };
+        let seconds = (now - last).as_secs_f64().max(1e-6);
+        last = now;
+        on_tick(Tick {
+            elapsed: now.saturating_duration_since(start),
+            planned,
+            rate_per_s: answers as f64 / seconds,
+            p999_ns,
+            warming_up,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local<F: Future>(future: F) -> F::Output {
+        crate::client::block_on(future)
+    }
+
+    /// Every scheduled request is issued once; warm-up answers are not counted.
+    #[test]
+    fn issues_every_request_and_discards_warmup() {
+        let schedule =
+            Schedule::new(1000.0, Duration::from_millis(200), Duration::from_millis(300), 64);
+        let seen = Rc::new(Cell::new(0u64));
+        let counter = Rc::clone(&seen);
+        let result = local(async move {
+            let mut pacer = Pacer::new();
+            run(
+                &schedule,
+                &mut pacer,
+                move |_| {
+                    counter.set(counter.get() + 1);
+                    async { Outcome { op: "noop", error: None } }
+                },
+                |_| {},
+            )
+            .await
+        });
+        assert_eq!(seen.get(), 500, "every request issued exactly once");
+        assert_eq!(result.requests, 300);
+        assert_eq!(result.all.latency.len(), 300, "warm-up answers are discarded");
+        assert_eq!(result.error_count(), 0);
+        assert_eq!(result.late, 0);
+    }
+
+    /// A request that finds the in-flight bound reached waits, is counted as late, and its
+    /// wait is part of its latency but not of its service time.
+    #[test]
+    fn bound_makes_requests_late_not_dropped() {
+        let schedule = Schedule::new(500.0, Duration::ZERO, Duration::from_millis(200), 1);
+        let result = local(async move {
+            let mut pacer = Pacer::new();
+            run(
+                &schedule,
+                &mut pacer,
+                |_| async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Outcome { op: "slow", error: None }
+                },
+                |_| {},
+            )
+            .await
+        });
+        assert_eq!(result.requests, 100);
+        assert!(result.late >= 50, "most requests waited for the one slot: {}", result.late);
+        let answered = result.all.latency.len();
+        assert_eq!(answered + result.unfinished + result.not_issued, 100, "none dropped");
+        let latency_max = result.all.latency.max();
+        let service_p50 = result.all.service.value_at_quantile(0.5);
+        assert!(latency_max > 5 * service_p50, "{latency_max} vs {service_p50}");
+    }
+
+    /// Errors are counted by kind and per operation, and not mixed into latencies.
+    #[test]
+    fn errors_are_counted_by_kind() {
+        let schedule = Schedule::new(1000.0, Duration::ZERO, Duration::from_millis(100), 16);
+        let result = local(async move {
+            let mut pacer = Pacer::new();
+            run(
+                &schedule,
+                &mut pacer,
+                |i| async move {
+                    let error = (i % 4 == 0).then_some("overloaded");
+                    Outcome { op: if i % 2 == 0 { "even" } else { "odd" }, error }
+                },
+                |_| {},
+            )
+            .await
+        });
+        assert_eq!(result.errors.get("overloaded"), Some(&25));
+        assert_eq!(result.ops["even"].errors, 25);
+        assert_eq!(result.ops["odd"].errors, 0);
+        assert_eq!(result.all.latency.len(), 75);
+    }
+
+    /// Answers that never come are counted as unfinished when the drain time is up.
+    #[test]
+    fn unanswered_requests_are_unfinished() {
+        let mut schedule = Schedule::new(100.0, Duration::ZERO, Duration::from_millis(100), 4);
+        schedule.drain = Duration::from_millis(100);
+        let result = local(async move {
+            let mut pacer = Pacer::new();
+            run(&schedule, &mut pacer, |_| futures::future::pending(), |_| {}).await
+        });
+        assert_eq!(result.requests, 10);
+        assert_eq!(result.unfinished, 4, "the bound let four in flight");
+        assert_eq!(result.not_issued, 6);
+        assert_eq!(result.errors[UNFINISHED], 4);
+        assert_eq!(result.all.latency.len(), 10, "each with the latency it reached");
+        assert!(result.all.latency.min() >= 100_000_000);
+    }
+
+    /// The schedule refuses what it cannot run.
+    #[test]
+    fn schedule_checks() {
+        let ok = Schedule::new(10.0, Duration::ZERO, Duration::from_secs(1), 1);
+        assert!(ok.check().is_ok());
+        assert_eq!(ok.requests(), 10);
+        assert_eq!(ok.offset(5), Duration::from_millis(500));
+        assert!(Schedule { rate_per_s: 0.0, ..ok.clone() }.check().is_err());
+        assert!(Schedule { inflight_max: 0, ..ok.clone() }.check().is_err());
+        assert!(Schedule { rate_per_s: 1e9, duration: Duration::from_secs(1000), ..ok }
+            .check()
+            .is_err());
+    }
+}

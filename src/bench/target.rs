@@ -1,0 +1,263 @@
+//! # What the benchmark talks to: embedded nodes or a running cluster
+//!
+//! By default `bench` starts its own nodes, `n1` … `nN`, each with [`NodeHandle::start`] on
+//! 127.0.0.1 with an ephemeral port and its data in a temporary directory that is removed at
+//! the end. Each node gets the embedded buckets plus the bucket under test, named
+//! [`BUCKET`], configured from the command line. `n1` starts first; the others get its
+//! address as their seed.
+//!
+//! Routing: until nodes replicate to each other, a key must always go to the same node, or a
+//! read would miss the write before it. [`route`] sends a key to the node its ring hash
+//! selects modulo the node count; it is the one place to switch to the ring's preference
+//! list once the cluster layer gives clients one. `--routing round-robin` spreads requests
+//! over every connection instead, for clusters that coordinate (or when reads may miss).
+//!
+//! [`Store`] turns a workload [`Request`] into a client call on the chosen connection. Writes
+//! that need a causal context (cart removes and quantity changes, and puts in `siblings`
+//! buckets) use the last context this benchmark saw for the key, like a client that shows a
+//! cart before changing it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use cartwheel_resolvers::{Op, ResolverKind};
+
+use super::generator::Outcome;
+use super::workload::{error_kind, item_name, Request};
+use crate::client::{Client, ReadOptions, WriteOptions};
+use crate::config::{BucketConfig, Config};
+use crate::server::NodeHandle;
+
+/// The bucket under test on embedded nodes, and the default on a `--cluster`.
+pub const BUCKET: &str = "bench";
+
+/// Most embedded nodes `bench` starts.
+pub const NODES_MAX: usize = 16;
+
+/// Most connections `bench` opens to one node.
+pub const CONNECTIONS_PER_NODE_MAX: usize = 64;
+
+/// Requests in flight while preloading keys.
+pub const PRELOAD_INFLIGHT: usize = 64;
+
+/// The node a key goes to, out of `nodes`, for per-key routing.
+pub fn route(bucket: &str, key: &[u8], nodes: usize) -> usize {
+    debug_assert!(nodes > 0);
+    (crate::ring::key_hash(bucket, key) % nodes as u128) as usize
+}
+
+/// How requests are spread over connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Routing {
+    /// Each key to one node ([`route`]), round-robin over that node's connections.
+    PerKey,
+    /// Every request to the next connection, whatever its key.
+    RoundRobin,
+}
+
+impl Routing {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PerKey => "per-key",
+            Self::RoundRobin => "round-robin",
+        }
+    }
+}
+
+/// Embedded nodes, stopped and their data removed on drop.
+pub struct EmbeddedCluster {
+    nodes: Vec<NodeHandle>,
+    _data: tempfile::TempDir,
+}
+
+impl EmbeddedCluster {
+    /// Start `count` nodes with `bucket` as [`BUCKET`].
+    pub fn start(count: usize, bucket: &BucketConfig) -> Result<Self, String> {
+        if count == 0 || count > NODES_MAX {
+            return Err(format!("nodes must be 1 to {NODES_MAX}"));
+        }
+        let data = tempfile::Builder::new()
+            .prefix("cartwheel-bench-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary data directory: {e}"))?;
+        let mut nodes: Vec<NodeHandle> = Vec::with_capacity(count);
+        for i in 1..=count {
+            let mut config = Config::embedded();
+            config.node.id = format!("n{i}");
+            config.node.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            config.node.data_dir = data.path().join(&config.node.id);
+            config.node.seeds =
+                nodes.first().map(|n| vec![n.address().to_string()]).unwrap_or_default();
+            config.buckets.insert(BUCKET.to_string(), bucket.clone());
+            let node =
+                NodeHandle::start(config).map_err(|e| format!("node n{i} cannot start: {e}"))?;
+            nodes.push(node);
+        }
+        Ok(Self { nodes, _data: data })
+    }
+
+    /// The nodes' client addresses, in node order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.address().to_string()).collect()
+    }
+
+    /// Stop every node (also done on drop) and report the first error.
+    pub fn stop(self) -> Result<(), String> {
+        let mut first = Ok(());
+        for node in self.nodes {
+            if let Err(e) = node.stop() {
+                first = first.and(Err(e.to_string()));
+            }
+        }
+        first
+    }
+}
+
+/// Connections to every node and the state the workload keeps between requests.
+pub struct Store {
+    bucket: String,
+    per_node: Vec<Vec<Rc<Client>>>,
+    routing: Routing,
+    next: Cell<usize>,
+    value: Rc<[u8]>,
+    /// Last context seen per key, for writes that need one.
+    contexts: Option<Rc<RefCell<HashMap<u64, Vec<u8>>>>>,
+    read_options: ReadOptions,
+    write_options: WriteOptions,
+}
+
+impl Store {
+    /// Open `connections` connections to each address. Must run inside a `LocalSet`.
+    pub async fn connect(
+        addresses: &[String],
+        connections: usize,
+        bucket: &str,
+        resolver: ResolverKind,
+        routing: Routing,
+        value_bytes: usize,
+    ) -> Result<Self, crate::Error> {
+        let mut per_node = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            let mut clients = Vec::with_capacity(connections);
+            for _ in 0..connections {
+                clients.push(Rc::new(Client::connect(address).await?));
+            }
+            per_node.push(clients);
+        }
+        // A recognisable, incompressible-looking value.
+        let value: Vec<u8> =
+            (0..value_bytes).map(|i| (i as u64 * 2_654_435_761 >> 13) as u8).collect();
+        let needs_context = matches!(resolver, ResolverKind::Siblings | ResolverKind::Cart);
+        Ok(Self {
+            bucket: bucket.to_string(),
+            per_node,
+            routing,
+            next: Cell::new(0),
+            value: value.into(),
+            contexts: needs_context.then(Rc::default),
+            read_options: ReadOptions::default(),
+            write_options: WriteOptions::default(),
+        })
+    }
+
+    /// The connection a request for `key` goes to.
+    fn client(&self, key: &[u8]) -> Rc<Client> {
+        let turn = self.next.get();
+        self.next.set(turn.wrapping_add(1));
+        let clients = match self.routing {
+            Routing::PerKey => &self.per_node[route(&self.bucket, key, self.per_node.len())],
+            Routing::RoundRobin => {
+                let nodes = self.per_node.len();
+                &self.per_node[turn % nodes]
+            }
+        };
+        let index = match self.routing {
+            Routing::PerKey => turn,
+            Routing::RoundRobin => turn / self.per_node.len(),
+        };
+        Rc::clone(&clients[index % clients.len()])
+    }
+
+    /// Perform `request`; the future owns everything it needs.
+    pub fn execute(
+        &self,
+        request: Request,
+    ) -> impl std::future::Future<Output = Outcome> + 'static {
+        let key = request.key();
+        let client = self.client(&key);
+        let bucket = self.bucket.clone();
+        let value = Rc::clone(&self.value);
+        let contexts = self.contexts.clone();
+        let (read_options, write_options) = (self.read_options, self.write_options);
+        let index = request.key_index();
+        async move {
+            let context =
+                contexts.as_ref().and_then(|c| c.borrow().get(&index).cloned()).unwrap_or_default();
+            let result = match request {
+                Request::Read { .. } | Request::CartShow { .. } => {
+                    client.get_with(&bucket, &key, &read_options).await
+                }
+                Request::Update { .. } => {
+                    client.put_with(&bucket, &key, &value, &context, &write_options).await
+                }
+                Request::CartAdd { item, quantity, .. } => {
+                    let ops = [Op::CartAdd { item: item_name(item), quantity }];
+                    client.update(&bucket, &key, &ops, &[], &write_options).await
+                }
+                Request::CartSetQuantity { item, quantity, .. } => {
+                    let ops = [Op::CartSetQuantity { item: item_name(item), quantity }];
+                    client.update(&bucket, &key, &ops, &context, &write_options).await
+                }
+                Request::CartRemove { item, .. } => {
+                    let ops = [Op::CartRemove(item_name(item))];
+                    client.update(&bucket, &key, &ops, &context, &write_options).await
+                }
+            };
+            match result {
+                Ok(read) => {
+                    if let Some(contexts) = contexts {
+                        contexts.borrow_mut().insert(index, read.context);
+                    }
+                    Outcome { op: request.op(), error: None }
+                }
+                Err(e) => Outcome { op: request.op(), error: Some(error_kind(&e)) },
+            }
+        }
+    }
+
+    /// Write every key once (a cart: one item added) so that reads find values. Returns the
+    /// number of failed writes and the first error.
+    pub async fn preload(&self, keys: u64, carts: bool) -> (u64, Option<crate::Error>) {
+        use futures::StreamExt;
+        let writes = (0..keys).map(|i| {
+            let (key, ops) = if carts {
+                let item = item_name(i % super::workload::CART_ITEMS);
+                (super::workload::cart_name(i), vec![Op::CartAdd { item, quantity: 1 }])
+            } else {
+                (super::workload::key_name(i), Vec::new())
+            };
+            let client = self.client(&key);
+            let (bucket, value, options) =
+                (self.bucket.clone(), Rc::clone(&self.value), self.write_options);
+            let contexts = self.contexts.clone();
+            async move {
+                let read = if ops.is_empty() {
+                    client.put_with(&bucket, &key, &value, &[], &options).await?
+                } else {
+                    client.update(&bucket, &key, &ops, &[], &options).await?
+                };
+                if let Some(contexts) = contexts {
+                    contexts.borrow_mut().insert(i, read.context);
+                }
+                Ok::<(), crate::Error>(())
+            }
+        });
+        let results: Vec<Result<(), crate::Error>> =
+            futures::stream::iter(writes).buffer_unordered(PRELOAD_INFLIGHT).collect().await;
+        let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+        (failed, results.into_iter().find_map(Result::err))
+    }
+}

@@ -1,0 +1,771 @@
+//! # The cluster shell: replicas, quorum, gossip and hints over RPC
+//!
+//! This module is the I/O around the pure parts: [`crate::membership`] decides who is up and
+//! who owns what, [`crate::quorum`] decides when a request is done, [`crate::store`] does the
+//! local half. Everything here runs on the node's one RPC thread.
+//!
+//! ## A write (DESIGN §2)
+//! 1. The key's preference list comes from the ring; its first N nodes are the primaries.
+//!    A primary this node sees down is replaced by the next healthy node past the first N,
+//!    which gets the write with a hint naming the primary (sloppy quorum).
+//! 2. A node that is not one of the primaries forwards the write to the first healthy one
+//!    (once: the forwarded request is marked and never forwarded again).
+//! 3. The coordinator applies the write locally (resolver + engine), sends the new state to
+//!    the other targets (`replicate`), and answers once W stored it and DW synced it, or with
+//!    `quorumNotMet` as soon as that can no longer happen, or `timeout`. The replication RPCs
+//!    go on after the answer, so every reachable target gets the write.
+//!
+//! ## A read
+//! Any node coordinates a read: it fetches the state from the N targets, answers once R have
+//! answered with the merge of what they sent, and then, in the background, waits for the
+//! rest (up to the timeout) and sends the merge of everything to each replica that answered
+//! with something else or nothing (read repair).
+//!
+//! ## Background rounds
+//! Every `gossip_interval_ms`: exchange views with one peer; deliver up to
+//! `hint_replay_per_round` hints to each owner that is up again.
+//!
+//! ## Peer connections
+//! One Cap'n Proto connection per peer address, opened on first use and dropped on the first
+//! failure (the next use reconnects). Each RPC outcome feeds the failure detector.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use cartwheel_resolvers::{Read, Write};
+use futures::io::{BufReader, BufWriter};
+use futures::StreamExt;
+use tokio::net::TcpStream;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::cartwheel_capnp::{cartwheel, fetch_result, peer, replica_result, NodeState};
+use crate::config::Config;
+use crate::error::Error;
+use crate::hints::Hints;
+use crate::membership::{Health, MemberInfo, Membership, Notice, Timing, View};
+use crate::quorum::{Outcome, ReadQuorum, WriteQuorum};
+use crate::ring::{key_hash, partition_of, Ownership};
+use crate::store::Store;
+use crate::wire::{self, ReadOptions, WriteOptions};
+
+/// How long a peer connection attempt may take.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// One replica a request goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The node's id.
+    pub id: String,
+    /// The primary this node stands in for, when it is a fallback.
+    pub hint_for: Option<String>,
+}
+
+/// Choose the targets for a key: the first `n` nodes of the preference list, each one this
+/// node sees down replaced by the next healthy node past them, with a hint. Pure.
+pub fn plan_targets(preference: &[&str], n: usize, health: impl Fn(&str) -> Health) -> Vec<Target> {
+    let n = n.min(preference.len());
+    let mut fallbacks = preference[n..].iter().filter(|id| health(id) != Health::Down);
+    preference[..n]
+        .iter()
+        .map(|primary| match health(primary) {
+            Health::Down => match fallbacks.next() {
+                Some(fallback) => {
+                    Target { id: fallback.to_string(), hint_for: Some(primary.to_string()) }
+                }
+                None => Target { id: primary.to_string(), hint_for: None },
+            },
+            Health::Up | Health::Suspect => Target { id: primary.to_string(), hint_for: None },
+        })
+        .collect()
+}
+
+/// A connection to one peer: its client API (for forwarding) and its peer API.
+#[derive(Clone)]
+struct PeerConnection {
+    api: cartwheel::Client,
+    peer: peer::Client,
+}
+
+/// The node's cluster state, shared by every connection on the RPC thread.
+pub struct Cluster {
+    /// The local store.
+    pub store: Store,
+    /// The hint store.
+    pub hints: Hints,
+    membership: RefCell<Membership>,
+    connections: RefCell<HashMap<String, PeerConnection>>,
+    seeds: Vec<String>,
+    started: Instant,
+    gossip_interval: Duration,
+    hint_replay_per_round: usize,
+}
+
+impl Cluster {
+    /// Build the cluster state for a node whose store is open, listening at `address`.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        hints: Hints,
+        address: &str,
+        config_digest: Vec<u8>,
+    ) -> Self {
+        let me = MemberInfo {
+            id: config.node.id.clone(),
+            address: address.to_string(),
+            incarnation: incarnation(),
+            heartbeat: 0,
+            leaving: false,
+            config_digest,
+        };
+        let target_n = config.buckets.values().map(|b| b.n as usize).max().unwrap_or(3);
+        let timing = Timing::for_interval(config.cluster.gossip_interval_ms);
+        let membership = Membership::new(me, config.partitions, target_n, timing, 0);
+        Self {
+            store,
+            hints,
+            membership: RefCell::new(membership),
+            connections: RefCell::new(HashMap::new()),
+            seeds: config.node.seeds.clone(),
+            started: Instant::now(),
+            gossip_interval: Duration::from_millis(config.cluster.gossip_interval_ms),
+            hint_replay_per_round: config.cluster.hint_replay_per_round,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> String {
+        self.membership.borrow().me().to_string()
+    }
+
+    /// The current ring.
+    pub fn ring(&self) -> Ownership {
+        self.membership.borrow().ring().clone()
+    }
+
+    /// Members with their health, as this node sees them.
+    pub fn members(&self) -> Vec<(MemberInfo, Health)> {
+        self.membership.borrow().members(self.now_ms())
+    }
+
+    /// Members whose bucket configuration differs from this node's.
+    pub fn config_mismatches(&self) -> Vec<String> {
+        self.membership.borrow().config_mismatches()
+    }
+
+    /// Merge a view a peer sent; answer with ours.
+    pub fn receive_gossip(&self, view: View) -> View {
+        let notices = self.membership.borrow_mut().merge(view, self.now_ms());
+        self.log_notices(&notices);
+        self.membership.borrow().view()
+    }
+
+    fn log_notices(&self, notices: &[Notice]) {
+        for notice in notices {
+            match notice {
+                Notice::Joined(id) => tracing::info!(member = %id, "member joined"),
+                Notice::RingChanged(epoch) => tracing::info!(epoch, "ring changed"),
+                Notice::ConfigMismatch(id) => tracing::error!(
+                    member = %id,
+                    "BUCKET CONFIGURATION DIFFERS between this node and {id}: fix the config files"
+                ),
+            }
+        }
+    }
+
+    fn targets(&self, bucket: &str, key: &[u8], n: usize) -> Vec<Target> {
+        let membership = self.membership.borrow();
+        let ring = membership.ring();
+        let partition = partition_of(key_hash(bucket, key), ring.partitions());
+        let preference = ring.preference_list(partition);
+        let now = self.now_ms();
+        plan_targets(&preference, n, |id| membership.health(id, now))
+    }
+
+    fn health(&self, id: &str) -> Health {
+        self.membership.borrow().health(id, self.now_ms())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Writes
+
+    /// Coordinate (or forward) a client write. See the module documentation.
+    pub async fn write(
+        self: &Rc<Self>,
+        bucket: &str,
+        key: &[u8],
+        write: Write,
+        options: WriteOptions,
+    ) -> Result<Read, Error> {
+        let config = self.store.bucket(bucket)?.config.clone();
+        self.store.check_key(key)?;
+        let n = config.n as usize;
+        let w = if options.w == 0 { config.w } else { options.w } as usize;
+        let dw = options.dw.unwrap_or(config.dw) as usize;
+        if w > n {
+            return Err(Error::BadRequest(format!("w = {w} is over the bucket's n = {n}")));
+        }
+        if dw > w {
+            return Err(Error::BadRequest(format!("dw = {dw} is over w = {w}")));
+        }
+        let engine = std::sync::Arc::clone(&self.store.bucket(bucket)?.engine);
+        if dw > 0 && !engine.is_durable() {
+            return Err(Error::BadRequest(format!(
+                "dw = {dw} on bucket {bucket:?}, whose {} engine keeps nothing across restarts",
+                engine.kind()
+            )));
+        }
+        let me = self.me();
+        let targets = self.targets(bucket, key, n);
+        // A small cluster has fewer replicas than N: W and DW count what exists.
+        let (w, dw) = (w.min(targets.len()), dw.min(targets.len()));
+        let local_is_primary = targets.iter().any(|t| t.id == me && t.hint_for.is_none());
+        if !local_is_primary && !options.forwarded {
+            if let Some(primary) =
+                targets.iter().find(|t| t.hint_for.is_none() && self.health(&t.id) == Health::Up)
+            {
+                return self.forward(&primary.id, bucket, key, &write, options).await;
+            }
+        }
+        let timeout = self.timeout(options.timeout_ms);
+        let (state, read) = self.store.write(bucket, key, &write)?;
+        let mut quorum = WriteQuorum::new(targets.len().max(1), w, dw);
+        let (events, mut answers) = futures::channel::mpsc::unbounded::<bool>();
+        // The local replica (or, when this node coordinates a forwarded write it does not
+        // own, the copy it keeps in its own engine, which counts for nothing).
+        if local_is_primary {
+            if dw > 0 {
+                let events = events.clone();
+                let engine = std::sync::Arc::clone(&engine);
+                tokio::task::spawn_local(async move {
+                    let synced = tokio::task::spawn_blocking(move || engine.sync()).await;
+                    let _ = events.unbounded_send(matches!(synced, Ok(Ok(()))));
+                });
+            } else {
+                quorum.stored(false);
+            }
+        }
+        for target in targets.into_iter().filter(|t| t.id != me) {
+            let cluster = Rc::clone(self);
+            let events = events.clone();
+            let (bucket, key, state) = (bucket.to_string(), key.to_vec(), state.clone());
+            tokio::task::spawn_local(async move {
+                let stored = cluster.replicate(&target, &bucket, &key, &state, dw > 0).await;
+                let _ = events.unbounded_send(stored);
+            });
+        }
+        drop(events);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match quorum.outcome() {
+                Outcome::Succeeded => return Ok(read),
+                Outcome::Failed => {
+                    return Err(Error::QuorumNotMet(format!(
+                        "{} of w = {w} (dw = {dw}) replicas stored the write",
+                        quorum.stored_count()
+                    )))
+                }
+                Outcome::Pending => {}
+            }
+            match tokio::time::timeout_at(deadline, answers.next()).await {
+                Err(_) => return Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
+                Ok(None) => {
+                    return Err(Error::QuorumNotMet(
+                        "every replica answered; too few stored".into(),
+                    ))
+                }
+                Ok(Some(true)) => {
+                    quorum.stored(dw > 0);
+                }
+                Ok(Some(false)) => {
+                    quorum.failed();
+                }
+            }
+        }
+    }
+
+    /// Send a state to one target; true once it stored it. Feeds the failure detector.
+    async fn replicate(
+        &self,
+        target: &Target,
+        bucket: &str,
+        key: &[u8],
+        state: &[u8],
+        sync: bool,
+    ) -> bool {
+        let Some(address) = self.membership.borrow().address_of(&target.id).map(str::to_string)
+        else {
+            return false;
+        };
+        let outcome = async {
+            let connection = self.connect(&address).await?;
+            let mut request = connection.peer.replicate_request();
+            {
+                let mut p = request.get();
+                p.set_bucket(bucket);
+                p.set_key(key);
+                p.set_state(state);
+                p.set_sync(sync);
+                p.set_hint_for(target.hint_for.as_deref().unwrap_or(""));
+            }
+            let response = request.send().promise.await?;
+            match response
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| Error::Transport(e.to_string()))?
+            {
+                replica_result::Stored(stored) => Ok(stored),
+                replica_result::Error(e) => Err(wire::get_error(e?)),
+            }
+        }
+        .await;
+        self.record(&target.id, &address, &outcome);
+        matches!(outcome, Ok(true))
+    }
+
+    /// Forward a write to `primary`, marked so it is not forwarded again.
+    async fn forward(
+        &self,
+        primary: &str,
+        bucket: &str,
+        key: &[u8],
+        write: &Write,
+        options: WriteOptions,
+    ) -> Result<Read, Error> {
+        let address = self.membership.borrow().address_of(primary).map(str::to_string);
+        let address =
+            address.ok_or_else(|| Error::Internal(format!("no address for {primary}")))?;
+        let connection = self.connect(&address).await;
+        let outcome = match connection {
+            Ok(connection) => {
+                let client =
+                    crate::client::Client::from_capability(connection.api, address.clone());
+                let options = WriteOptions { forwarded: true, ..options };
+                match write {
+                    Write::Put { value, context } => {
+                        client.put_with(bucket, key, value, context, &options).await
+                    }
+                    Write::Delete { context } => {
+                        client.delete_with(bucket, key, context, &options).await
+                    }
+                    Write::Update { ops, context } => {
+                        client.update(bucket, key, ops, context, &options).await
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e @ (Error::Transport(_) | Error::Connect { .. })) = &outcome {
+            self.record::<()>(primary, &address, &Err(e.clone()));
+        }
+        outcome
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reads
+
+    /// Coordinate a read: R answers, merged; then read repair in the background.
+    pub async fn read(
+        self: &Rc<Self>,
+        bucket: &str,
+        key: &[u8],
+        options: ReadOptions,
+    ) -> Result<Option<Read>, Error> {
+        let bucket_ref = self.store.bucket(bucket)?;
+        let (n, resolver) =
+            (bucket_ref.config.n as usize, std::sync::Arc::clone(&bucket_ref.resolver));
+        let r = if options.r == 0 { bucket_ref.config.r } else { options.r } as usize;
+        if r > n {
+            return Err(Error::BadRequest(format!("r = {r} is over the bucket's n = {n}")));
+        }
+        self.store.check_key(key)?;
+        let targets = self.targets(bucket, key, n);
+        let r = r.min(targets.len());
+        let timeout = self.timeout(options.timeout_ms);
+        let (reply, replied) =
+            futures::channel::oneshot::channel::<Result<Option<Vec<u8>>, Error>>();
+        let cluster = Rc::clone(self);
+        let (bucket_name, key) = (bucket.to_string(), key.to_vec());
+        tokio::task::spawn_local(async move {
+            cluster.read_and_repair(targets, r, &bucket_name, &key, timeout, reply).await;
+        });
+        let merged = match replied.await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Internal("read task ended without an answer".into())),
+        };
+        match merged {
+            None => Ok(None),
+            Some(state) => Ok(Some(resolver.read(&state)?)),
+        }
+    }
+
+    async fn read_and_repair(
+        self: Rc<Self>,
+        targets: Vec<Target>,
+        r: usize,
+        bucket: &str,
+        key: &[u8],
+        timeout: Duration,
+        reply: futures::channel::oneshot::Sender<Result<Option<Vec<u8>>, Error>>,
+    ) {
+        let Ok(resolver) = self.store.bucket(bucket).map(|b| std::sync::Arc::clone(&b.resolver))
+        else {
+            let _ = reply.send(Err(Error::UnknownBucket(bucket.to_string())));
+            return;
+        };
+        let me = self.me();
+        let mut quorum: ReadQuorum<Target> = ReadQuorum::new(targets.len(), r);
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for target in targets {
+            let cluster = Rc::clone(&self);
+            let me = me.clone();
+            pending.push(async move {
+                let answer = if target.id == me {
+                    cluster.fetch_local(&target, bucket, key)
+                } else {
+                    cluster.fetch_remote(&target, bucket, key).await
+                };
+                (target, answer)
+            });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut reply = Some(reply);
+        let merge = |a: &[u8], b: &[u8]| resolver.merge(a, b);
+        while !quorum.complete() {
+            let Ok(Some((target, answer))) =
+                tokio::time::timeout_at(deadline, pending.next()).await
+            else {
+                break;
+            };
+            match answer {
+                Ok(state) => quorum.answered(target, state),
+                Err(_) => quorum.failed(),
+            };
+            if reply.is_some() {
+                let decided = match quorum.outcome() {
+                    Outcome::Pending => None,
+                    Outcome::Succeeded => Some(quorum.merged(merge).map_err(Error::from)),
+                    Outcome::Failed => Some(Err(Error::QuorumNotMet(format!(
+                        "fewer than r = {r} replicas answered"
+                    )))),
+                };
+                if let Some(result) = decided {
+                    let _ = reply.take().expect("checked").send(result);
+                }
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(Error::Timeout(format!(
+                "fewer than r = {r} replicas answered within {timeout:?}"
+            ))));
+        }
+        // Read repair: everyone who answered with something other than the merge gets it.
+        let Ok(Some(merged)) = quorum.merged(merge) else { return };
+        for target in quorum.stale(&merged) {
+            if target.id == me {
+                if let Err(e) = self.store.merge(bucket, key, &merged) {
+                    tracing::warn!(error = %e, "local read repair failed");
+                }
+            } else {
+                tracing::debug!(replica = %target.id, "read repair");
+                self.replicate(&target, bucket, key, &merged, false).await;
+            }
+        }
+    }
+
+    /// The local state for a key (merged with any hint this node holds for it when it stands
+    /// in for `target.hint_for`).
+    fn fetch_local(
+        &self,
+        target: &Target,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let stored = self.store.fetch(bucket, key)?;
+        match &target.hint_for {
+            None => Ok(stored),
+            Some(owner) => {
+                let hinted = self.hints.get(owner, bucket, key)?;
+                let resolver = &self.store.bucket(bucket)?.resolver;
+                Ok(match (stored, hinted) {
+                    (Some(a), Some(b)) => Some(resolver.merge(&a, &b)?),
+                    (a, b) => a.or(b),
+                })
+            }
+        }
+    }
+
+    async fn fetch_remote(
+        &self,
+        target: &Target,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let address = self.membership.borrow().address_of(&target.id).map(str::to_string);
+        let address =
+            address.ok_or_else(|| Error::Internal(format!("no address for {}", target.id)))?;
+        let outcome = async {
+            let connection = self.connect(&address).await?;
+            let mut request = connection.peer.fetch_request();
+            request.get().set_bucket(bucket);
+            request.get().set_key(key);
+            let response = request.send().promise.await?;
+            match response
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| Error::Transport(e.to_string()))?
+            {
+                fetch_result::NotFound(()) => Ok(None),
+                fetch_result::State(state) => Ok(Some(state?.to_vec())),
+                fetch_result::Error(e) => Err(wire::get_error(e?)),
+            }
+        }
+        .await;
+        self.record(&target.id, &address, &outcome);
+        outcome
+    }
+
+    /// Take in a state from a peer: as a replica, or as a hint for `hint_for`.
+    pub fn receive_replica(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        state: &[u8],
+        hint_for: &str,
+    ) -> Result<(), Error> {
+        if hint_for.is_empty() || hint_for == self.me() {
+            self.store.merge(bucket, key, state)?;
+        } else {
+            self.store.check_key(key)?;
+            let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
+            resolver.read(state)?;
+            self.hints.add(hint_for, bucket, key, state, &*resolver)?;
+        }
+        Ok(())
+    }
+
+    /// The node's own state for a key as a peer asks for it: stored, merged with hints this
+    /// node holds for the key for any owner.
+    pub fn fetch_for_peer(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let mut state = self.store.fetch(bucket, key)?;
+        let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
+        for owner in self.hints.counts().keys() {
+            if let Some(hinted) = self.hints.get(owner, bucket, key)? {
+                state = Some(match state {
+                    Some(current) => resolver.merge(&current, &hinted)?,
+                    None => hinted,
+                });
+            }
+        }
+        Ok(state)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Background rounds
+
+    /// Run gossip and hint delivery rounds forever (until the task is dropped).
+    pub async fn run_rounds(self: Rc<Self>) {
+        let mut interval = tokio::time::interval(self.gossip_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round: u64 = 0;
+        loop {
+            interval.tick().await;
+            round += 1;
+            self.gossip_round(round).await;
+            self.deliver_hints().await;
+        }
+    }
+
+    async fn gossip_round(&self, round: u64) {
+        let (view, notices) = self.membership.borrow_mut().tick(self.now_ms());
+        self.log_notices(&notices);
+        let random = splitmix(round ^ (self.started.elapsed().as_nanos() as u64));
+        let Some(address) = self.membership.borrow().gossip_peer(&self.seeds, random) else {
+            return;
+        };
+        let outcome = async {
+            let connection = self.connect(&address).await?;
+            let mut request = connection.peer.gossip_request();
+            wire::set_view(request.get().init_view(), &view);
+            let response = request.send().promise.await?;
+            wire::get_view(response.get()?.get_view()?)
+        }
+        .await;
+        let id = self.membership.borrow().id_at(&address).map(str::to_string);
+        match outcome {
+            Ok(theirs) => {
+                let notices = self.membership.borrow_mut().merge(theirs, self.now_ms());
+                self.log_notices(&notices);
+                if let Some(id) = id {
+                    self.membership.borrow_mut().rpc_succeeded(&id);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%address, error = %e, "gossip failed");
+                self.connections.borrow_mut().remove(&address);
+                if let Some(id) = id {
+                    self.membership.borrow_mut().rpc_failed(&id);
+                }
+            }
+        }
+    }
+
+    async fn deliver_hints(&self) {
+        let owners: Vec<String> = self.hints.counts().into_keys().collect();
+        for owner in owners {
+            if self.health(&owner) != Health::Up {
+                continue;
+            }
+            let hints = match self.hints.pending(&owner, self.hint_replay_per_round) {
+                Ok(hints) => hints,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read hints");
+                    continue;
+                }
+            };
+            let target = Target { id: owner.clone(), hint_for: None };
+            let mut delivered = 0usize;
+            for hint in hints {
+                if !self.replicate(&target, &hint.bucket, &hint.key, &hint.state, true).await {
+                    break;
+                }
+                if let Err(e) = self.hints.delivered(&hint) {
+                    tracing::warn!(error = %e, "cannot delete a delivered hint");
+                }
+                delivered += 1;
+            }
+            if delivered > 0 {
+                tracing::info!(owner = %owner, delivered, "hints delivered");
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Connections
+
+    async fn connect(&self, address: &str) -> Result<PeerConnection, Error> {
+        if let Some(connection) = self.connections.borrow().get(address) {
+            return Ok(connection.clone());
+        }
+        let failed = |reason: String| Error::Connect { address: address.to_string(), reason };
+        let stream = tokio::time::timeout(
+            Duration::from_millis(PEER_CONNECT_TIMEOUT_MS),
+            TcpStream::connect(address),
+        )
+        .await
+        .map_err(|_| failed("timed out".into()))?
+        .map_err(|e| failed(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| failed(e.to_string()))?;
+        let (reader, writer) = stream.into_split();
+        let mut options = capnp::message::ReaderOptions::new();
+        options.traversal_limit_in_words(Some(self.store.limits().message_bytes_max() / 8));
+        let network = twoparty::VatNetwork::new(
+            BufReader::new(reader.compat()),
+            BufWriter::new(writer.compat_write()),
+            rpc_twoparty_capnp::Side::Client,
+            options,
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let api: cartwheel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        tokio::task::spawn_local(async move {
+            let _ = rpc.await;
+        });
+        let mut request = api.peer_request();
+        request.get().set_from(self.me());
+        let peer = request.send().pipeline.get_peer();
+        let connection = PeerConnection { api, peer };
+        self.connections.borrow_mut().insert(address.to_string(), connection.clone());
+        Ok(connection)
+    }
+
+    fn record<T>(&self, id: &str, address: &str, outcome: &Result<T, Error>) {
+        match outcome {
+            Ok(_) => self.membership.borrow_mut().rpc_succeeded(id),
+            Err(Error::Connect { .. } | Error::Transport(_)) => {
+                self.connections.borrow_mut().remove(address);
+                self.membership.borrow_mut().rpc_failed(id);
+            }
+            // The peer answered: it is up, whatever it said.
+            Err(_) => self.membership.borrow_mut().rpc_succeeded(id),
+        }
+    }
+
+    /// The request timeout: the request's own, or the node's default.
+    pub fn timeout(&self, timeout_ms: u32) -> Duration {
+        match timeout_ms {
+            0 => Duration::from_millis(self.store.limits().request_timeout_ms),
+            ms => Duration::from_millis(ms.into()),
+        }
+    }
+
+    /// A member's state as the wire names it.
+    pub fn node_state(health: Health, leaving: bool) -> NodeState {
+        match (health, leaving) {
+            (_, true) => NodeState::Leaving,
+            (Health::Up, false) => NodeState::Up,
+            (Health::Suspect, false) => NodeState::Suspect,
+            (Health::Down, false) => NodeState::Down,
+        }
+    }
+}
+
+/// A new incarnation at each start: wall-clock milliseconds, so a restarted node's gossip
+/// beats what its previous run said.
+fn incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
+
+/// A well-mixed 64-bit value from a seed (SplitMix64), for choosing gossip peers.
+fn splitmix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Down primaries are replaced by the next healthy fallbacks, each with a hint; suspect
+    /// ones are still tried.
+    #[test]
+    fn sloppy_quorum_targets() {
+        let preference = ["a", "b", "c", "d", "e"];
+        let health = |id: &str| match id {
+            "b" => Health::Down,
+            "c" => Health::Suspect,
+            "d" => Health::Down,
+            _ => Health::Up,
+        };
+        let targets = plan_targets(&preference, 3, health);
+        assert_eq!(
+            targets,
+            vec![
+                Target { id: "a".into(), hint_for: None },
+                Target { id: "e".into(), hint_for: Some("b".into()) },
+                Target { id: "c".into(), hint_for: None },
+            ]
+        );
+    }
+
+    /// With no healthy fallback, the down primary stays (and will fail); small clusters get
+    /// fewer than N targets.
+    #[test]
+    fn no_fallback_left() {
+        let targets =
+            plan_targets(&["a", "b"], 3, |id| if id == "b" { Health::Down } else { Health::Up });
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[1], Target { id: "b".into(), hint_for: None });
+    }
+}

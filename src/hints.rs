@@ -1,0 +1,257 @@
+//! # Hints: writes held for a replica that was down
+//!
+//! With sloppy quorum, a write whose primary replica is down goes to a fallback node with a
+//! **hint** naming the intended owner. The fallback keeps the state here, in a `log` engine of
+//! its own (`data_dir/hints/`), and delivers it when the owner is seen up again (hinted
+//! handoff); a hint is deleted only after the owner acknowledged it, and only if it did not
+//! change meanwhile.
+//!
+//! Key layout (one engine for all hints; owner first so one owner's hints are one prefix):
+//!
+//! | size | field                 |
+//! |------|-----------------------|
+//! | 1    | owner id length O     |
+//! | O    | owner id              |
+//! | 1    | bucket name length B  |
+//! | B    | bucket name           |
+//! | ..   | key                   |
+//!
+//! The value is the resolver state. A second hint for the same owner and key is merged into
+//! the first, so a burst of writes to one key while its owner is down costs one hint.
+//!
+//! ## Bounds
+//! At most `hint_count_max` hints and `hint_bytes_max` bytes of hints. A hinted write that
+//! would pass either bound is refused (the coordinator counts it as a failed replica, so the
+//! write may still meet W elsewhere) and counted in `hints_refused`, shown by `status`. Hints
+//! are durable once the hint engine's flusher synced them (or at once for `dw` writes).
+//!
+//! Only the RPC thread touches a `Hints`, so its read-merge-write of a hint is atomic in the
+//! same way the store's is.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+
+use cartwheel_engines::{EngineKind, EngineOptions, StorageEngine};
+use cartwheel_resolvers::Resolver;
+
+use crate::error::Error;
+
+/// Default bound on the number of hints a node holds.
+pub const HINT_COUNT_MAX_DEFAULT: u64 = 1_000_000;
+
+/// Default bound on the bytes of hints a node holds: 1 GiB.
+pub const HINT_BYTES_MAX_DEFAULT: u64 = 1 << 30;
+
+/// One hint to deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hint {
+    /// The intended owner.
+    pub owner: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The state to deliver.
+    pub state: Vec<u8>,
+}
+
+/// The hint store of one node.
+#[derive(Debug)]
+pub struct Hints {
+    engine: Arc<dyn StorageEngine>,
+    count_max: u64,
+    bytes_max: u64,
+    refused: Cell<u64>,
+}
+
+fn hint_key(owner: &str, bucket: &str, key: &[u8]) -> Vec<u8> {
+    debug_assert!(
+        owner.len() <= 255 && bucket.len() <= 255,
+        "ids and bucket names are at most 255 bytes"
+    );
+    let mut out = Vec::with_capacity(2 + owner.len() + bucket.len() + key.len());
+    out.push(owner.len() as u8);
+    out.extend_from_slice(owner.as_bytes());
+    out.push(bucket.len() as u8);
+    out.extend_from_slice(bucket.as_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+fn owner_prefix(owner: &str) -> Vec<u8> {
+    let mut out = vec![owner.len() as u8];
+    out.extend_from_slice(owner.as_bytes());
+    out
+}
+
+fn parse_hint_key(stored: &[u8]) -> Option<(String, String, Vec<u8>)> {
+    let (&owner_len, rest) = stored.split_first()?;
+    let owner = rest.get(..owner_len as usize)?;
+    let rest = &rest[owner_len as usize..];
+    let (&bucket_len, rest) = rest.split_first()?;
+    let bucket = rest.get(..bucket_len as usize)?;
+    let key = &rest[bucket_len as usize..];
+    Some((
+        String::from_utf8(owner.to_vec()).ok()?,
+        String::from_utf8(bucket.to_vec()).ok()?,
+        key.to_vec(),
+    ))
+}
+
+impl Hints {
+    /// Open the hint store in `dir`.
+    pub fn open(
+        dir: &Path,
+        count_max: u64,
+        bytes_max: u64,
+    ) -> Result<Self, cartwheel_engines::EngineError> {
+        let engine = cartwheel_engines::open(EngineKind::Log, dir, &EngineOptions::default())?;
+        Ok(Self { engine, count_max, bytes_max, refused: Cell::new(0) })
+    }
+
+    /// Keep `state` for `owner`, merged with any hint already held for the same key.
+    pub fn add(
+        &self,
+        owner: &str,
+        bucket: &str,
+        key: &[u8],
+        state: &[u8],
+        resolver: &dyn Resolver,
+    ) -> Result<(), Error> {
+        let stored_key = hint_key(owner, bucket, key);
+        let merged = match self.engine.get(&stored_key)? {
+            Some(current) => resolver.merge(&current, state)?,
+            None => {
+                let stats = self.engine.stats();
+                let bytes = (stored_key.len() + state.len()) as u64;
+                if stats.entries >= self.count_max || stats.live_bytes + bytes > self.bytes_max {
+                    self.refused.set(self.refused.get() + 1);
+                    return Err(Error::Overloaded(format!(
+                        "hint store full ({} hints, {} bytes): not keeping a hint for {owner}",
+                        stats.entries, stats.live_bytes
+                    )));
+                }
+                state.to_vec()
+            }
+        };
+        self.engine.put(&stored_key, &merged)?;
+        Ok(())
+    }
+
+    /// The hint held for `owner` and key, if any.
+    pub fn get(&self, owner: &str, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.engine.get(&hint_key(owner, bucket, key))?)
+    }
+
+    /// Up to `max` hints for `owner`.
+    pub fn pending(&self, owner: &str, max: usize) -> Result<Vec<Hint>, Error> {
+        let mut out = Vec::new();
+        self.engine.scan_prefix(&owner_prefix(owner), &mut |stored, state| {
+            if let Some((owner, bucket, key)) = parse_hint_key(stored) {
+                out.push(Hint { owner, bucket, key, state: state.to_vec() });
+            }
+            if out.len() >= max {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Delete a delivered hint, unless it changed since it was read (then the newer state
+    /// is delivered next round).
+    pub fn delivered(&self, hint: &Hint) -> Result<bool, Error> {
+        let stored_key = hint_key(&hint.owner, &hint.bucket, &hint.key);
+        if self.engine.get(&stored_key)?.as_deref() == Some(hint.state.as_slice()) {
+            self.engine.delete(&stored_key)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Hints held, per owner.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        let _ = self.engine.scan_prefix(&[], &mut |stored, _| {
+            if let Some((owner, _, _)) = parse_hint_key(stored) {
+                *counts.entry(owner).or_insert(0) += 1;
+            }
+            ControlFlow::Continue(())
+        });
+        counts
+    }
+
+    /// Hinted writes refused at the bounds since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+
+    /// The engine, for syncing.
+    pub fn engine(&self) -> &Arc<dyn StorageEngine> {
+        &self.engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cartwheel_resolvers::lww::Lww;
+    use cartwheel_resolvers::{Stamp, Timestamp, Write};
+
+    fn state(value: &str, ms: u64) -> Vec<u8> {
+        let stamp =
+            Stamp { actor: b"n1".to_vec(), time: Timestamp { physical_ms: ms, logical: 0 } };
+        Lww.apply(None, &Write::Put { value: value.into(), context: vec![] }, &stamp).unwrap()
+    }
+
+    /// Hints are kept per owner, merged per key, listed and deleted once delivered.
+    #[test]
+    fn add_merge_deliver() {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = Hints::open(dir.path(), 10, 1 << 20).unwrap();
+        hints.add("n2", "b", b"k", &state("old", 1), &Lww).unwrap();
+        hints.add("n2", "b", b"k", &state("new", 2), &Lww).unwrap();
+        hints.add("n3", "b", b"k", &state("other", 1), &Lww).unwrap();
+        let pending = hints.pending("n2", 10).unwrap();
+        assert_eq!(pending.len(), 1, "two hints for one key merge into one");
+        assert_eq!(pending[0].state, state("new", 2));
+        assert_eq!(hints.counts().get("n3"), Some(&1));
+
+        // A hint that changed after it was read is not deleted.
+        let stale = Hint { state: state("old", 1), ..pending[0].clone() };
+        assert!(!hints.delivered(&stale).unwrap());
+        assert!(hints.delivered(&pending[0]).unwrap());
+        assert!(hints.pending("n2", 10).unwrap().is_empty());
+    }
+
+    /// At the count bound a new hint is refused and counted; merges into existing hints
+    /// still work.
+    #[test]
+    fn bound_refuses_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = Hints::open(dir.path(), 2, 1 << 20).unwrap();
+        hints.add("n2", "b", b"a", &state("1", 1), &Lww).unwrap();
+        hints.add("n2", "b", b"b", &state("1", 1), &Lww).unwrap();
+        let err = hints.add("n2", "b", b"c", &state("1", 1), &Lww).unwrap_err();
+        assert!(matches!(err, Error::Overloaded(_)), "{err:?}");
+        assert_eq!(hints.refused(), 1);
+        hints.add("n2", "b", b"a", &state("2", 2), &Lww).unwrap();
+    }
+
+    /// Hints survive a restart.
+    #[test]
+    fn hints_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let hints = Hints::open(dir.path(), 10, 1 << 20).unwrap();
+            hints.add("n2", "b", b"k", &state("v", 1), &Lww).unwrap();
+            hints.engine().sync().unwrap();
+        }
+        let hints = Hints::open(dir.path(), 10, 1 << 20).unwrap();
+        assert_eq!(hints.get("n2", "b", b"k").unwrap(), Some(state("v", 1)));
+    }
+}
