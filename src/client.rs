@@ -48,8 +48,12 @@ pub struct MemberStatus {
     pub id: String,
     /// Client API address.
     pub address: String,
-    /// `up`, `suspect`, `down`, `joining` or `leaving`.
+    /// `up`, `suspect`, `down`, `joining` or `leaving`, as the answering node sees it.
     pub state: String,
+    /// Partitions it owns.
+    pub partitions_owned: u32,
+    /// Hints the answering node holds for it.
+    pub hints_queued: u64,
 }
 
 /// One bucket as `status` reports it.
@@ -94,6 +98,12 @@ pub struct NodeStatus {
     pub requests_refused: u64,
     /// Open connections.
     pub connections: u32,
+    /// The ring's epoch.
+    pub ring_epoch: u64,
+    /// Members whose bucket configuration differs from the answering node's.
+    pub config_mismatches: Vec<String>,
+    /// Hinted writes refused at the hint store's bounds.
+    pub hints_refused: u64,
 }
 
 /// The ring as a node describes it.
@@ -105,6 +115,28 @@ pub struct RingInfo {
     pub nodes: Vec<MemberStatus>,
     /// Owner (index into `nodes`) of each partition.
     pub owners: Vec<u16>,
+    /// The ownership epoch.
+    pub epoch: u64,
+}
+
+impl RingInfo {
+    /// The key's preference list: node addresses in ring order from its partition's owner,
+    /// each node once.
+    pub fn preference_addresses(&self, bucket: &str, key: &[u8]) -> Vec<String> {
+        let partition =
+            crate::ring::partition_of(crate::ring::key_hash(bucket, key), self.partition_count);
+        let q = self.owners.len();
+        let mut out: Vec<String> = Vec::new();
+        for step in 0..q {
+            let owner = self.owners[(partition as usize + step) % q] as usize;
+            if let Some(node) = self.nodes.get(owner) {
+                if !out.contains(&node.address) {
+                    out.push(node.address.clone());
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Client {
@@ -276,6 +308,7 @@ impl Client {
             partition_count: ring.get_partition_count(),
             nodes,
             owners: ring.get_owners()?.iter().collect(),
+            epoch: ring.get_epoch(),
         })
     }
 
@@ -307,7 +340,31 @@ impl Client {
             requests_served: s.get_requests_served(),
             requests_refused: s.get_requests_refused(),
             connections: s.get_connections(),
+            ring_epoch: s.get_ring_epoch(),
+            config_mismatches: s
+                .get_config_mismatches()?
+                .iter()
+                .map(|t| text(t))
+                .collect::<Result<_, _>>()?,
+            hints_refused: s.get_hints_refused(),
         })
+    }
+
+    /// The state this node itself stores for a key (merged with hints it holds for it), as
+    /// resolver bytes: the node-to-node `fetch`, for tools and tests that look at one replica.
+    pub async fn replica_state(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let mut request = self.api.peer_request();
+        request.get().set_from("client");
+        let peer = request.send().pipeline.get_peer();
+        let mut request = peer.fetch_request();
+        request.get().set_bucket(bucket);
+        request.get().set_key(key);
+        let response = request.send().promise.await?;
+        match response.get()?.get_result()?.which().map_err(|e| Error::Transport(e.to_string()))? {
+            crate::cartwheel_capnp::fetch_result::NotFound(()) => Ok(None),
+            crate::cartwheel_capnp::fetch_result::State(state) => Ok(Some(state?.to_vec())),
+            crate::cartwheel_capnp::fetch_result::Error(e) => Err(wire::get_error(e?)),
+        }
     }
 }
 
@@ -342,6 +399,8 @@ fn member(node: crate::cartwheel_capnp::node_info::Reader<'_>) -> Result<MemberS
         id: text(node.get_id())?,
         address: text(node.get_address())?,
         state: state.to_string(),
+        partitions_owned: node.get_partitions_owned(),
+        hints_queued: node.get_hints_queued(),
     })
 }
 

@@ -265,7 +265,7 @@ pub fn embedded_buckets() -> BTreeMap<String, BucketConfig> {
     wanted
         .into_iter()
         .filter(|(_, kind)| cartwheel_resolvers::build(*kind, ResolverConfig::default()).is_some())
-        .map(|(name, kind)| (name.to_string(), BucketConfig::new(EngineKind::Memory, kind)))
+        .map(|(name, kind)| (name.to_string(), BucketConfig::new(EngineKind::Log, kind)))
         .collect()
 }
 

@@ -13,7 +13,8 @@
 //!   read repair, gossip and hint delivery rounds.
 //! - [`hints`]: the durable, bounded store of hinted writes.
 //! - [`server`]: the node: accept loop, per-connection limits, the client and peer APIs.
-//! - [`client`]: the Rust client library.
+//! - [`client`]: the Rust client library (one node).
+//! - [`router`]: the zero-hop cluster client: routes each key to its preference list.
 //! - [`wire`]: conversions between Cap'n Proto messages and the node's types.
 //! - [`error`]: the typed errors a client can tell apart.
 //! - [`cartwheel_capnp`]: code generated from `schema/cartwheel.capnp` (committed; see the
@@ -46,6 +47,7 @@ pub mod hints;
 pub mod membership;
 pub mod quorum;
 pub mod ring;
+pub mod router;
 pub mod server;
 pub mod store;
 pub mod wire;

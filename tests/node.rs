@@ -88,7 +88,10 @@ fn put_returns_body_when_asked() {
 /// Unknown buckets, empty keys, bad per-request options and wrong operations are typed errors.
 #[test]
 fn typed_request_errors() {
-    let node = TestNode::start(|_| {});
+    let node = TestNode::start(|c| {
+        c.buckets
+            .insert("volatile".into(), BucketConfig::new(EngineKind::Memory, ResolverKind::Lww));
+    });
     block_on(async {
         let client = Client::connect(&node.address()).await.unwrap();
         let err = client.get("nope", b"k").await.unwrap_err();
@@ -104,7 +107,7 @@ fn typed_request_errors() {
         assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
 
         let options = WriteOptions { dw: Some(1), ..WriteOptions::default() };
-        let err = client.put_with("default", b"k", b"v", &[], &options).await.unwrap_err();
+        let err = client.put_with("volatile", b"k", b"v", &[], &options).await.unwrap_err();
         assert!(matches!(err, Error::BadRequest(_)), "dw on a memory bucket: {err:?}");
 
         let ops = [Op::CounterIncrement(1)];

@@ -298,6 +298,10 @@ impl Pacer {
         {
             use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
             let flags = TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC;
+            // `AsyncFd::new` is deprecated because a borrowed descriptor could be closed
+            // while registered; here the AsyncFd owns the `OwnedFd` for its whole life, so
+            // nothing else can close or reuse it.
+            #[allow(deprecated)]
             let timer = timerfd_create(TimerfdClockId::Monotonic, flags)
                 .ok()
                 .and_then(|fd| tokio::io::unix::AsyncFd::new(fd).ok());

@@ -1,0 +1,311 @@
+//! Real clusters on loopback: several nodes in one process, each on its own thread, runtime
+//! and ephemeral port, gossiping every 50 ms, driven through the real client libraries.
+//!
+//! Every wait is bounded (`wait_until`, 20 s at most) so a broken cluster fails the test
+//! instead of hanging it.
+
+use std::time::{Duration, Instant};
+
+use cartwheel::client::{block_on, Client, ReadOptions, WriteOptions};
+use cartwheel::config::{BucketConfig, Config};
+use cartwheel::router::ClusterClient;
+use cartwheel::server::NodeHandle;
+use cartwheel::Error;
+use cartwheel_engines::EngineKind;
+use cartwheel_resolvers::{ResolverKind, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct TestCluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<Option<NodeHandle>>,
+    addresses: Vec<String>,
+}
+
+fn node_config(dir: &std::path::Path, i: usize, listen: &str, seed: Option<&str>) -> Config {
+    let mut config = Config::embedded();
+    config.node.id = format!("n{}", i + 1);
+    config.node.listen = listen.parse().unwrap();
+    config.node.data_dir = dir.join(format!("n{}", i + 1));
+    config.node.seeds = seed.map(|s| vec![s.to_string()]).unwrap_or_default();
+    config.cluster.gossip_interval_ms = 50;
+    config.limits.request_timeout_ms = 2_000;
+    config.partitions = 64;
+    let mut bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Lww);
+    bucket.dw = 0;
+    config.buckets.insert("b".into(), bucket);
+    config
+}
+
+impl TestCluster {
+    /// Start `size` nodes, the first one the seed of the others, and wait until every node
+    /// sees every member up and one ring spread over all of them.
+    fn start(size: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let first = NodeHandle::start(node_config(dir.path(), 0, "127.0.0.1:0", None)).unwrap();
+        let seed = first.address().to_string();
+        let mut nodes = vec![Some(first)];
+        let mut addresses = vec![seed.clone()];
+        for i in 1..size {
+            let node =
+                NodeHandle::start(node_config(dir.path(), i, "127.0.0.1:0", Some(&seed))).unwrap();
+            addresses.push(node.address().to_string());
+            nodes.push(Some(node));
+        }
+        let cluster = Self { dir, nodes, addresses };
+        cluster.wait_converged();
+        cluster
+    }
+
+    fn wait_converged(&self) {
+        let size = self.addresses.len();
+        wait_until("the cluster converges", || {
+            let up: Vec<_> = (0..size).filter(|&i| self.nodes[i].is_some()).collect();
+            let statuses: Vec<_> = up.iter().map(|&i| status(&self.addresses[i])).collect();
+            statuses.iter().all(|s| {
+                s.members.len() == size
+                    && s.members.iter().filter(|m| m.state == "up").count() == up.len()
+                    && s.members.iter().all(|m| m.partitions_owned > 0)
+                    && s.ring_epoch == statuses[0].ring_epoch
+            })
+        });
+    }
+
+    fn stop(&mut self, i: usize) {
+        self.nodes[i].take().unwrap().stop().unwrap();
+    }
+
+    fn restart(&mut self, i: usize) {
+        let seed = if i == 0 { None } else { Some(self.addresses[0].clone()) };
+        let config = node_config(self.dir.path(), i, &self.addresses[i], seed.as_deref());
+        self.nodes[i] = Some(NodeHandle::start(config).unwrap());
+    }
+
+    /// Wait until every running node sees node `i` as `state`.
+    fn wait_state(&self, i: usize, state: &str) {
+        let id = format!("n{}", i + 1);
+        wait_until(&format!("{id} is {state} everywhere"), || {
+            (0..self.addresses.len()).filter(|&j| j != i && self.nodes[j].is_some()).all(|j| {
+                status(&self.addresses[j]).members.iter().any(|m| m.id == id && m.state == state)
+            })
+        });
+    }
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status(address: &str) -> cartwheel::client::NodeStatus {
+    block_on(async { Client::connect(address).await.unwrap().status().await.unwrap() })
+}
+
+fn put(address: &str, key: &[u8], value: &[u8], options: WriteOptions) -> Result<(), Error> {
+    block_on(async {
+        let client = Client::connect(address).await?;
+        client.put_with("b", key, value, &[], &options).await.map(|_| ())
+    })
+}
+
+fn get(address: &str, key: &[u8], r: u8) -> Result<Option<Value>, Error> {
+    block_on(async {
+        let client = Client::connect(address).await?;
+        Ok(client.get_with("b", key, &ReadOptions { r, timeout_ms: 0 }).await?.value)
+    })
+}
+
+fn replica(address: &str, key: &[u8]) -> Option<Vec<u8>> {
+    block_on(async {
+        Client::connect(address).await.unwrap().replica_state("b", key).await.unwrap()
+    })
+}
+
+fn value(v: &str) -> Option<Value> {
+    Some(Value::Siblings(vec![v.as_bytes().to_vec()]))
+}
+
+/// The addresses of a key's N = 3 primaries, in preference order.
+fn primaries(address: &str, key: &[u8]) -> Vec<String> {
+    let ring = block_on(async { Client::connect(address).await.unwrap().ring().await.unwrap() });
+    ring.preference_addresses("b", key)[..3].to_vec()
+}
+
+/// Three nodes: a put on one node is read from every node, and stored on exactly the N = 3
+/// replicas.
+#[test]
+fn three_nodes_put_here_get_everywhere() {
+    let cluster = TestCluster::start(3);
+    for k in 0..20u32 {
+        let key = format!("key-{k}");
+        put(&cluster.addresses[k as usize % 3], key.as_bytes(), b"v", WriteOptions::default())
+            .unwrap();
+    }
+    for address in &cluster.addresses {
+        for k in 0..20u32 {
+            assert_eq!(get(address, format!("key-{k}").as_bytes(), 2).unwrap(), value("v"));
+        }
+    }
+    for address in &cluster.addresses {
+        assert!(replica(address, b"key-0").is_some(), "every node of three is a replica");
+    }
+    let s = status(&cluster.addresses[0]);
+    assert_eq!(s.members.iter().map(|m| m.partitions_owned).sum::<u32>(), 64);
+}
+
+/// Five nodes: each key lives on its three primaries only; a put sent to a node that is not
+/// a replica is forwarded and leaves nothing on that node.
+#[test]
+fn five_nodes_forward_to_replicas() {
+    let cluster = TestCluster::start(5);
+    let key = b"forwarded-key";
+    let owners = primaries(&cluster.addresses[0], key);
+    let outsider = cluster.addresses.iter().find(|a| !owners.contains(a)).unwrap().clone();
+    put(&outsider, key, b"via-outsider", WriteOptions::default()).unwrap();
+    wait_until("all three replicas store the write", || {
+        owners.iter().all(|o| replica(o, key).is_some())
+    });
+    assert_eq!(replica(&outsider, key), None, "the non-replica stored nothing");
+    for address in &cluster.addresses {
+        assert_eq!(get(address, key, 2).unwrap(), value("via-outsider"));
+    }
+}
+
+/// R/W combinations from 1 to N all work with every node up.
+#[test]
+fn read_and_write_quorum_combinations() {
+    let cluster = TestCluster::start(3);
+    for (r, w) in [(1u8, 1u8), (1, 3), (3, 1), (2, 2), (3, 3)] {
+        let key = format!("rw-{r}-{w}");
+        let options = WriteOptions { w, ..WriteOptions::default() };
+        put(&cluster.addresses[0], key.as_bytes(), b"x", options).unwrap();
+        // W = 1 answers before the others store: R = 3 may race it, so wait for them.
+        wait_until("the write reaches every replica", || {
+            cluster.addresses.iter().all(|a| replica(a, key.as_bytes()).is_some())
+        });
+        assert_eq!(
+            get(&cluster.addresses[2], key.as_bytes(), r).unwrap(),
+            value("x"),
+            "r={r} w={w}"
+        );
+    }
+    let durable = WriteOptions { w: 3, dw: Some(3), ..WriteOptions::default() };
+    put(&cluster.addresses[1], b"durable", b"synced", durable).unwrap();
+    assert_eq!(get(&cluster.addresses[0], b"durable", 3).unwrap(), value("synced"));
+}
+
+/// With one of three nodes down there is no fallback: W = 2 still succeeds, W = 3 fails
+/// with quorumNotMet, R = 3 fails, R = 2 succeeds.
+#[test]
+fn quorum_with_a_node_down() {
+    let mut cluster = TestCluster::start(3);
+    cluster.stop(2);
+    cluster.wait_state(2, "down");
+    let a = cluster.addresses[0].clone();
+    put(&a, b"k", b"two-of-three", WriteOptions { w: 2, ..WriteOptions::default() }).unwrap();
+    let err =
+        put(&a, b"k", b"three", WriteOptions { w: 3, ..WriteOptions::default() }).unwrap_err();
+    assert!(matches!(err, Error::QuorumNotMet(_)), "{err:?}");
+    assert!(err.outcome_unknown());
+    let err = get(&a, b"k", 3).unwrap_err();
+    assert!(matches!(err, Error::QuorumNotMet(_) | Error::Timeout(_)), "{err:?}");
+    assert!(get(&a, b"k", 2).unwrap().is_some());
+}
+
+/// Four nodes, N = 3: with one replica down, W = 2 writes land on a fallback as hints;
+/// when the node is back the hints are delivered, and the node alone has every write.
+#[test]
+fn hinted_handoff_after_restart() {
+    let mut cluster = TestCluster::start(4);
+    let victim = 3;
+    let victim_address = cluster.addresses[victim].clone();
+    let keys: Vec<String> = (0..200)
+        .map(|k| format!("hinted-{k}"))
+        .filter(|k| primaries(&cluster.addresses[0], k.as_bytes()).contains(&victim_address))
+        .take(10)
+        .collect();
+    assert!(keys.len() >= 5, "enough keys live on the victim");
+    cluster.stop(victim);
+    cluster.wait_state(victim, "down");
+    for key in &keys {
+        put(
+            &cluster.addresses[0],
+            key.as_bytes(),
+            b"while-down",
+            WriteOptions { w: 2, ..WriteOptions::default() },
+        )
+        .unwrap();
+    }
+    let queued: u64 = (0..3)
+        .map(|i| {
+            status(&cluster.addresses[i])
+                .members
+                .iter()
+                .filter(|m| m.id == "n4")
+                .map(|m| m.hints_queued)
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(queued, keys.len() as u64, "one hint per write, on a fallback");
+
+    cluster.restart(victim);
+    cluster.wait_state(victim, "up");
+    wait_until("hints are delivered", || {
+        keys.iter().all(|k| replica(&victim_address, k.as_bytes()).is_some())
+    });
+    for key in &keys {
+        assert_eq!(get(&victim_address, key.as_bytes(), 1).unwrap(), value("while-down"));
+    }
+    wait_until("hint queues drain", || {
+        (0..3).all(|i| status(&cluster.addresses[i]).members.iter().all(|m| m.hints_queued == 0))
+    });
+}
+
+/// A replica that missed a write (down, no fallback to hold a hint) is repaired by a read
+/// that sees its stale answer.
+#[test]
+fn read_repair_fixes_a_stale_replica() {
+    let mut cluster = TestCluster::start(3);
+    cluster.stop(2);
+    cluster.wait_state(2, "down");
+    put(
+        &cluster.addresses[0],
+        b"repair-me",
+        b"new",
+        WriteOptions { w: 2, ..WriteOptions::default() },
+    )
+    .unwrap();
+    cluster.restart(2);
+    cluster.wait_state(2, "up");
+    let c = cluster.addresses[2].clone();
+    assert_eq!(replica(&c, b"repair-me"), None, "the restarted node missed the write");
+    assert_eq!(get(&cluster.addresses[0], b"repair-me", 3).unwrap(), value("new"));
+    wait_until("read repair reaches the stale replica", || replica(&c, b"repair-me").is_some());
+    assert_eq!(get(&c, b"repair-me", 1).unwrap(), value("new"));
+}
+
+/// The zero-hop client routes to the key's replicas and goes on through the next node when
+/// the first one is down.
+#[test]
+fn cluster_client_survives_a_down_node() {
+    let mut cluster = TestCluster::start(3);
+    let seeds = cluster.addresses.clone();
+    cluster.stop(0);
+    cluster.wait_state(0, "down");
+    block_on(async {
+        let client = ClusterClient::connect(&seeds).await.unwrap();
+        let options = WriteOptions { w: 2, ..WriteOptions::default() };
+        for k in 0..10u32 {
+            let key = format!("routed-{k}");
+            client.put_with("b", key.as_bytes(), b"ok", &[], &options).await.unwrap();
+            let read = client
+                .get_with("b", key.as_bytes(), &ReadOptions { r: 2, timeout_ms: 0 })
+                .await
+                .unwrap();
+            assert_eq!(read.value, value("ok"));
+        }
+    });
+}
