@@ -100,7 +100,7 @@ fn encode(map: &DotMap<'_, Quantity>) -> Vec<u8> {
 /// Items in byte order with their summed quantities.
 fn items(map: &DotMap<'_, Quantity>) -> Vec<(Vec<u8>, i64)> {
     let mut out: Vec<(Vec<u8>, u64)> = Vec::new();
-    for entry in &map.entries {
+    for entry in map.entries() {
         match out.last_mut() {
             Some((item, total)) if item.as_slice() == entry.key => {
                 *total = total.saturating_add(entry.payload.0)
@@ -203,7 +203,7 @@ impl Resolver for Cart {
         let map = decode(state)?;
         let items = items(&map);
         let value = (!items.is_empty()).then_some(Value::Cart(items));
-        Ok(Read { context: encode_context(Tag::Cart, VERSION, &map.clock), value })
+        Ok(Read { context: encode_context(Tag::Cart, VERSION, map.clock()), value })
     }
 }
 

@@ -245,13 +245,17 @@ impl Payload for () {
     }
 }
 
-/// One live dot of a [`DotMap`]: `key` was written by `actor` at `counter`, with `payload`.
+/// One live dot of a [`DotMap`]: `key` was written by the actor at index `actor` of the
+/// map's clock, at `counter`, with `payload`.
+///
+/// Actors are indexes rather than byte strings so that the hot loops (decode, merge, encode)
+/// compare and look up integers; the clock is sorted, so index order is actor byte order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DotEntry<'a, P> {
     /// The key (set element, cart item).
     pub key: &'a [u8],
-    /// The actor of the dot.
-    pub actor: &'a [u8],
+    /// The actor of the dot, as an index into the map's clock.
+    pub actor: u32,
     /// The counter of the dot.
     pub counter: u64,
     /// What the dot carries.
@@ -265,9 +269,9 @@ type Deferred<'a> = (VersionVector<'a>, Vec<&'a [u8]>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DotMap<'a, P> {
     /// The causal context: every dot seen.
-    pub clock: VersionVector<'a>,
+    clock: VersionVector<'a>,
     /// Live dots, sorted by `(key, actor)`, at most one per pair, each covered by `clock`.
-    pub entries: Vec<DotEntry<'a, P>>,
+    entries: Vec<DotEntry<'a, P>>,
     /// Deferred removes, sorted by context, keys sorted; no context covered by `clock`.
     deferred: Vec<Deferred<'a>>,
 }
@@ -278,7 +282,36 @@ impl<P> Default for DotMap<'_, P> {
     }
 }
 
+/// For each actor of `clock`, the counter `other` has for it.
+fn counters_in<'a>(clock: &VersionVector<'a>, other: &VersionVector<'_>) -> Vec<u64> {
+    clock.iter().map(|(actor, _)| other.get(actor)).collect()
+}
+
+/// For each actor of `from`, its index in `into` (which holds every actor of `from`).
+fn reindex(from: &VersionVector<'_>, into: &VersionVector<'_>) -> Vec<u32> {
+    // Both are sorted: one merge-like pass.
+    let mut out = Vec::with_capacity(from.len());
+    let mut j = 0;
+    for (actor, _) in from.iter() {
+        while into.entries[j].0 != actor {
+            j += 1;
+        }
+        out.push(j as u32);
+    }
+    out
+}
+
 impl<'a, P: Payload> DotMap<'a, P> {
+    /// The causal context: every dot this map has seen.
+    pub fn clock(&self) -> &VersionVector<'a> {
+        &self.clock
+    }
+
+    /// Live dots, sorted by key then actor.
+    pub fn entries(&self) -> &[DotEntry<'a, P>] {
+        &self.entries
+    }
+
     /// The entries of `key`, one per actor.
     pub fn key_entries(&self, key: &[u8]) -> &[DotEntry<'a, P>] {
         let start = self.entries.partition_point(|e| e.key < key);
@@ -293,11 +326,30 @@ impl<'a, P: Payload> DotMap<'a, P> {
 
     /// A new dot for `actor`, greater than anything the clock or a pending deferred remove
     /// covers (so no deferred remove can ever take a write made after it).
-    pub fn next_counter(&self, actor: &[u8]) -> Result<u64, ResolveError> {
+    fn next_counter(&self, actor: &[u8]) -> Result<u64, ResolveError> {
         let deferred_max = self.deferred.iter().map(|(ctx, _)| ctx.get(actor)).max().unwrap_or(0);
         self.clock.get(actor).max(deferred_max).checked_add(1).ok_or_else(|| {
             ResolveError::BadContext("a version vector counter is at its maximum".into())
         })
+    }
+
+    /// The index of `actor` in the clock, adding it (and shifting the indexes of the dots
+    /// of later actors) if it is new.
+    fn actor_index(&mut self, actor: &'a [u8]) -> u32 {
+        match self.clock.entries.binary_search_by(|(a, _)| (*a).cmp(actor)) {
+            Ok(i) => i as u32,
+            Err(i) => {
+                // The counter is raised by the caller right after; 0 never survives.
+                self.clock.entries.insert(i, (actor, 0));
+                let i = i as u32;
+                for e in &mut self.entries {
+                    if e.actor >= i {
+                        e.actor += 1;
+                    }
+                }
+                i
+            }
+        }
     }
 
     /// Write `key` at `actor`: a fresh dot replaces that actor's dot for the key, carrying
@@ -309,12 +361,13 @@ impl<'a, P: Payload> DotMap<'a, P> {
         payload: impl FnOnce(Option<P>) -> P,
     ) -> Result<(), ResolveError> {
         let counter = self.next_counter(actor)?;
-        let entry = |payload| DotEntry { key, actor, counter, payload };
-        match self.entries.binary_search_by(|e| (e.key, e.actor).cmp(&(key, actor))) {
+        let index = self.actor_index(actor);
+        self.clock.entries[index as usize].1 = counter;
+        let entry = |payload| DotEntry { key, actor: index, counter, payload };
+        match self.entries.binary_search_by(|e| (e.key, e.actor).cmp(&(key, index))) {
             Ok(i) => self.entries[i] = entry(payload(Some(self.entries[i].payload))),
             Err(i) => self.entries.insert(i, entry(payload(None))),
         }
-        self.clock.raise(actor, counter);
         Ok(())
     }
 
@@ -330,7 +383,8 @@ impl<'a, P: Payload> DotMap<'a, P> {
             self.entries.retain(|e| e.key != key);
             return Ok(());
         };
-        self.entries.retain(|e| e.key != key || !context.covers(e.actor, e.counter));
+        let seen = counters_in(&self.clock, context);
+        self.entries.retain(|e| e.key != key || e.counter > seen[e.actor as usize]);
         if self.clock.descends(context) {
             return Ok(());
         }
@@ -357,46 +411,83 @@ impl<'a, P: Payload> DotMap<'a, P> {
     /// The least upper bound of two dot maps.
     pub fn join(&self, other: &DotMap<'a, P>) -> DotMap<'a, P> {
         let clock = self.clock.join(&other.clock);
-        let mut entries = Vec::with_capacity(self.entries.len().max(other.entries.len()));
+        // Per-actor tables, so the loop below compares and looks up integers only: each
+        // side's actor index in the joined clock, and what the other side has seen of it.
+        let (a_index, b_index) = (reindex(&self.clock, &clock), reindex(&other.clock, &clock));
+        let (a_seen_by_b, b_seen_by_a) =
+            (counters_in(&self.clock, &other.clock), counters_in(&other.clock, &self.clock));
         let (a, b) = (&self.entries, &other.entries);
-        let (mut i, mut j) = (0, 0);
+        let mut entries = Vec::with_capacity(a.len().max(b.len()));
+        let from_a = |e: &DotEntry<'a, P>| DotEntry { actor: a_index[e.actor as usize], ..*e };
+        let from_b = |e: &DotEntry<'a, P>| DotEntry { actor: b_index[e.actor as usize], ..*e };
         // A dot present on one side only survives unless the other side has seen it (its
         // clock covers it), which means the other side removed or replaced it.
+        let a_keeps = |e: &DotEntry<'a, P>| e.counter > a_seen_by_b[e.actor as usize];
+        let b_keeps = |e: &DotEntry<'a, P>| e.counter > b_seen_by_a[e.actor as usize];
+        // Walk both sides key by key (one byte comparison per key, not per dot), and within
+        // a key actor by actor (integers in the joined clock's order).
+        let (mut i, mut j) = (0, 0);
         while i < a.len() && j < b.len() {
-            match (a[i].key, a[i].actor).cmp(&(b[j].key, b[j].actor)) {
+            let (a_end, b_end) = (key_group_end(a, i), key_group_end(b, j));
+            match a[i].key.cmp(b[j].key) {
                 Ordering::Less => {
-                    if !other.clock.covers(a[i].actor, a[i].counter) {
-                        entries.push(a[i]);
-                    }
-                    i += 1;
+                    entries.extend(a[i..a_end].iter().filter(|e| a_keeps(e)).map(from_a));
+                    i = a_end;
                 }
                 Ordering::Greater => {
-                    if !self.clock.covers(b[j].actor, b[j].counter) {
-                        entries.push(b[j]);
-                    }
-                    j += 1;
+                    entries.extend(b[j..b_end].iter().filter(|e| b_keeps(e)).map(from_b));
+                    j = b_end;
                 }
                 Ordering::Equal => {
-                    let (x, y) = (a[i], b[j]);
-                    if x.counter == y.counter {
-                        entries.push(if x.payload >= y.payload { x } else { y });
-                    } else {
-                        // The older dot is covered by the side holding the newer one; the
-                        // newer survives unless the other side saw it and removed it.
-                        let newer = if x.counter > y.counter { x } else { y };
-                        let other_clock =
-                            if x.counter > y.counter { &other.clock } else { &self.clock };
-                        if !other_clock.covers(newer.actor, newer.counter) {
-                            entries.push(newer);
+                    // Both sides' dots of the key share one key slice from here on, so that
+                    // encoding groups them without comparing bytes.
+                    let key = a[i].key;
+                    while i < a_end || j < b_end {
+                        let x = (i < a_end).then(|| from_a(&a[i]));
+                        let y = (j < b_end).then(|| DotEntry { key, ..from_b(&b[j]) });
+                        match (x, y) {
+                            (Some(x), Some(y)) if x.actor == y.actor => {
+                                if x.counter == y.counter {
+                                    entries.push(if x.payload >= y.payload { x } else { y });
+                                } else if x.counter > y.counter {
+                                    // The older dot is covered by the side holding the newer
+                                    // one; the newer survives unless the other side saw it
+                                    // and removed it.
+                                    if a_keeps(&a[i]) {
+                                        entries.push(x);
+                                    }
+                                } else if b_keeps(&b[j]) {
+                                    entries.push(y);
+                                }
+                                i += 1;
+                                j += 1;
+                            }
+                            (Some(x), Some(y)) if x.actor > y.actor => {
+                                if b_keeps(&b[j]) {
+                                    entries.push(y);
+                                }
+                                j += 1;
+                            }
+                            (Some(x), _) => {
+                                if a_keeps(&a[i]) {
+                                    entries.push(x);
+                                }
+                                i += 1;
+                            }
+                            (None, Some(y)) => {
+                                if b_keeps(&b[j]) {
+                                    entries.push(y);
+                                }
+                                j += 1;
+                            }
+                            (None, None) => unreachable!("loop condition"),
                         }
                     }
-                    i += 1;
-                    j += 1;
                 }
             }
         }
-        entries.extend(a[i..].iter().filter(|e| !other.clock.covers(e.actor, e.counter)));
-        entries.extend(b[j..].iter().filter(|e| !self.clock.covers(e.actor, e.counter)));
+        entries.extend(a[i..].iter().filter(|e| a_keeps(e)).map(from_a));
+        entries.extend(b[j..].iter().filter(|e| b_keeps(e)).map(from_b));
         let deferred = join_deferred(&self.deferred, &other.deferred);
         let mut out = DotMap { clock, entries, deferred };
         out.normalize();
@@ -413,8 +504,10 @@ impl<'a, P: Payload> DotMap<'a, P> {
             .partition(|(ctx, _)| self.clock.descends(ctx));
         self.deferred = pending;
         for (ctx, keys) in ready {
-            self.entries
-                .retain(|e| keys.binary_search(&e.key).is_err() || !ctx.covers(e.actor, e.counter));
+            let seen = counters_in(&self.clock, &ctx);
+            self.entries.retain(|e| {
+                keys.binary_search(&e.key).is_err() || e.counter > seen[e.actor as usize]
+            });
         }
     }
 
@@ -425,12 +518,10 @@ impl<'a, P: Payload> DotMap<'a, P> {
         e.u32(keys as u32);
         let mut rest = &self.entries[..];
         while let Some(first) = rest.first() {
-            let n = rest.iter().take_while(|x| x.key == first.key).count();
+            let n = key_group_end(rest, 0);
             e.bytes(first.key).u32(n as u32);
             for entry in &rest[..n] {
-                // Every live dot is covered by the clock, so its actor is in it.
-                let index = self.clock.index_of(entry.actor).expect("dot actor missing from clock");
-                e.u32(index as u32).u64(entry.counter);
+                e.u32(entry.actor).u64(entry.counter);
                 entry.payload.encode(e);
             }
             rest = &rest[n..];
@@ -448,9 +539,8 @@ impl<'a, P: Payload> DotMap<'a, P> {
     /// Decode a body and check every invariant (order, coverage, normal form).
     pub fn decode(d: &mut Decoder<'a>) -> Result<Self, ResolveError> {
         let clock = VersionVector::decode(d)?;
-        let actors: Vec<&'a [u8]> = clock.iter().map(|(a, _)| a).collect();
         let key_count = d.count("keys", 4 + 4)?;
-        let mut entries: Vec<DotEntry<'a, P>> = Vec::with_capacity(key_count);
+        let mut entries: Vec<DotEntry<'a, P>> = Vec::with_capacity(key_count * clock.len().max(1));
         let mut last_key: Option<&[u8]> = None;
         for _ in 0..key_count {
             let key = d.bytes("key")?;
@@ -464,17 +554,19 @@ impl<'a, P: Payload> DotMap<'a, P> {
             }
             let mut last_index = None;
             for _ in 0..n {
-                let index = d.u32("actor index")? as usize;
+                let actor = d.u32("actor index")?;
                 let counter = d.u64("counter")?;
                 let payload = P::decode(d)?;
-                let actor = *actors.get(index).ok_or_else(|| {
-                    ResolveError::Corrupt(format!("actor index {index} outside the clock"))
-                })?;
-                if last_index.is_some_and(|last| last >= index) {
+                let Some(&(_, seen)) = clock.entries.get(actor as usize) else {
+                    return Err(ResolveError::Corrupt(format!(
+                        "actor index {actor} outside the clock"
+                    )));
+                };
+                if last_index.is_some_and(|last| last >= actor) {
                     return Err(ResolveError::Corrupt("dots of a key out of order".into()));
                 }
-                last_index = Some(index);
-                if counter == 0 || !clock.covers(actor, counter) {
+                last_index = Some(actor);
+                if counter == 0 || counter > seen {
                     return Err(ResolveError::Corrupt("a dot the clock does not cover".into()));
                 }
                 entries.push(DotEntry { key, actor, counter, payload });
@@ -508,9 +600,25 @@ impl<'a, P: Payload> DotMap<'a, P> {
     }
 }
 
+/// The end of the run of entries that share `entries[start]`'s key.
+fn key_group_end<P>(entries: &[DotEntry<'_, P>], start: usize) -> usize {
+    let key = entries[start].key;
+    start + entries[start..].iter().take_while(|e| same_key(e.key, key)).count()
+}
+
+/// Key equality with a pointer fast path: entries decoded from one state share the very
+/// slice of their key, so most tests need no byte comparison.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
 /// Number of distinct keys in entries sorted by key.
 fn count_keys<P>(entries: &[DotEntry<'_, P>]) -> usize {
-    entries.iter().enumerate().filter(|(i, e)| *i == 0 || entries[i - 1].key != e.key).count()
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| *i == 0 || !same_key(entries[i - 1].key, e.key))
+        .count()
 }
 
 /// Union of two sorted deferred lists; equal contexts get the union of their keys.
@@ -599,12 +707,12 @@ mod tests {
         b.write(b"x", b"n1", |_| ()).unwrap(); // n1:2 for x
         b.write(b"y", b"n1", |_| ()).unwrap(); // n1:3 for y
                                                // A client read b and removes x through a, which has not seen b's writes.
-        let ctx = b.clock.clone();
+        let ctx = b.clock().clone();
         a.remove(b"x", Some(&ctx)).unwrap();
         assert_eq!(a.deferred_count(), 1);
         let joined = a.join(&b);
         assert_eq!(joined.deferred_count(), 0);
-        let keys: Vec<&[u8]> = joined.entries.iter().map(|e| e.key).collect();
+        let keys: Vec<&[u8]> = joined.entries().iter().map(|e| e.key).collect();
         assert_eq!(keys, vec![b"y".as_slice()], "x removed, y kept");
     }
 }

@@ -70,7 +70,7 @@ fn encode(map: &DotMap<'_, ()>) -> Vec<u8> {
 
 /// The members of a set, in byte order.
 fn members<'a>(map: &DotMap<'a, ()>) -> Vec<&'a [u8]> {
-    let mut out: Vec<&'a [u8]> = map.entries.iter().map(|e| e.key).collect();
+    let mut out: Vec<&'a [u8]> = map.entries().iter().map(|e| e.key).collect();
     out.dedup();
     out
 }
@@ -127,7 +127,7 @@ impl Resolver for OrSet {
         let members = members(&map);
         let value = (!members.is_empty())
             .then(|| Value::Set(members.into_iter().map(<[u8]>::to_vec).collect()));
-        Ok(Read { context: encode_context(Tag::Orset, VERSION, &map.clock), value })
+        Ok(Read { context: encode_context(Tag::Orset, VERSION, map.clock()), value })
     }
 }
 
