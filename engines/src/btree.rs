@@ -302,11 +302,22 @@ struct Displaced {
     overflow: Option<(PageId, u64)>,
 }
 
-/// A leaf: its cells packed exactly as on disk, with the offset of each cell.
+/// The first eight bytes of a key, zero-padded, as a big-endian number. If
+/// `key_prefix(a) < key_prefix(b)` then `a < b`, so a search compares these (one small array,
+/// few cache lines) and reads the keys themselves only on a tie.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
+}
+
+/// A leaf: its cells packed exactly as on disk, with the offset and key prefix of each cell.
 #[derive(Clone, Debug, Default)]
 struct Leaf {
     buf: Vec<u8>,
     offsets: Vec<u32>,
+    prefixes: Vec<u64>,
 }
 
 impl Leaf {
@@ -353,12 +364,21 @@ impl Leaf {
 
     /// `Ok(i)` if cell `i` has `key`, `Err(i)` for where it would go.
     fn search(&self, key: &[u8]) -> Result<usize, usize> {
-        let buf = &self.buf;
-        self.offsets.binary_search_by(|&at| {
-            let at = at as usize;
-            let key_len = get_u16(buf, at + CELL_KEY_LEN) as usize;
-            buf[at + CELL_HEADER_BYTES..at + CELL_HEADER_BYTES + key_len].cmp(key)
-        })
+        let prefix = key_prefix(key);
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let order = match self.prefixes[mid].cmp(&prefix) {
+                std::cmp::Ordering::Equal => self.key(mid).cmp(key),
+                order => order,
+            };
+            match order {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(low)
     }
 
     /// Make room for growth once, up to a page and a cell, instead of doubling.
@@ -374,6 +394,8 @@ impl Leaf {
         self.reserve_for(cell.len());
         self.buf.splice(at..at, cell.iter().copied());
         self.offsets.insert(i, at as u32);
+        let key_len = get_u16(cell, CELL_KEY_LEN) as usize;
+        self.prefixes.insert(i, key_prefix(&cell[CELL_HEADER_BYTES..CELL_HEADER_BYTES + key_len]));
         for offset in &mut self.offsets[i + 1..] {
             *offset += cell.len() as u32;
         }
@@ -394,6 +416,7 @@ impl Leaf {
         let removed = range.len() as u32;
         self.buf.drain(range);
         self.offsets.remove(i);
+        self.prefixes.remove(i);
         for offset in &mut self.offsets[i..] {
             *offset -= removed;
         }
@@ -403,6 +426,7 @@ impl Leaf {
         let base = self.buf.len() as u32;
         self.buf.extend_from_slice(&other.buf);
         self.offsets.extend(other.offsets.iter().map(|o| o + base));
+        self.prefixes.extend_from_slice(&other.prefixes);
     }
 
     /// Split an over-full leaf into two halves that each fit in a page; returns the right half.
@@ -418,6 +442,7 @@ impl Leaf {
         let right = Leaf {
             buf: self.buf[cut..].to_vec(),
             offsets: self.offsets[m..].iter().map(|o| o - cut as u32).collect(),
+            prefixes: self.prefixes.split_off(m),
         };
         self.buf.truncate(cut);
         self.offsets.truncate(m);
@@ -428,6 +453,7 @@ impl Leaf {
     fn shrink(&mut self) {
         self.buf.shrink_to_fit();
         self.offsets.shrink_to_fit();
+        self.prefixes.shrink_to_fit();
     }
 
     fn decode(body: &[u8], count: usize) -> Result<Leaf, String> {
@@ -451,7 +477,8 @@ impl Leaf {
             offsets.push(at as u32);
             at = end;
         }
-        let leaf = Leaf { buf: body[..at].to_vec(), offsets };
+        let mut leaf = Leaf { buf: body[..at].to_vec(), offsets, prefixes: Vec::new() };
+        leaf.prefixes = (0..count).map(|i| key_prefix(leaf.key(i))).collect();
         for i in 1..leaf.len() {
             if leaf.key(i - 1) >= leaf.key(i) {
                 return Err(format!("leaf keys out of order at cell {i}"));
@@ -480,21 +507,53 @@ fn leaf_cell(key: &[u8], value: ValueRef<'_>) -> Vec<u8> {
     cell
 }
 
-/// A branch: `keys.len() + 1` children; child `i + 1` holds keys `>= keys[i]`.
+/// A branch: `keys.len() + 1` children; child `i + 1` holds keys `>= keys[i]`. `prefixes`
+/// mirrors `keys` (see [`key_prefix`]); whoever changes `keys` calls [`Branch::refresh`].
 #[derive(Clone, Debug)]
 struct Branch {
     keys: Vec<Vec<u8>>,
     children: Vec<PageId>,
+    prefixes: Vec<u64>,
 }
 
 impl Branch {
+    fn new(keys: Vec<Vec<u8>>, children: Vec<PageId>) -> Branch {
+        let mut branch = Branch { keys, children, prefixes: Vec::new() };
+        branch.refresh();
+        branch
+    }
+
+    /// Recompute the key prefixes after a change to `keys`.
+    fn refresh(&mut self) {
+        debug_assert_eq!(self.keys.len() + 1, self.children.len(), "a child per key and one");
+        self.prefixes.clear();
+        self.prefixes.extend(self.keys.iter().map(|k| key_prefix(k)));
+    }
+
     fn body_bytes(&self) -> usize {
         BRANCH_FIRST_CHILD_BYTES
             + self.keys.iter().map(|k| BRANCH_CELL_OVERHEAD + k.len()).sum::<usize>()
     }
 
+    /// The child whose range holds `key`: the number of keys `<= key`.
     fn child_index(&self, key: &[u8]) -> usize {
-        self.keys.partition_point(|k| k.as_slice() <= key)
+        debug_assert_eq!(self.prefixes.len(), self.keys.len(), "prefixes refreshed");
+        let prefix = key_prefix(key);
+        let (mut low, mut high) = (0, self.keys.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let at_or_below = match self.prefixes[mid].cmp(&prefix) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => self.keys[mid].as_slice() <= key,
+            };
+            if at_or_below {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        low
     }
 
     /// Split an over-full branch; returns the promoted key and the right half.
@@ -510,7 +569,8 @@ impl Branch {
         let right_keys = self.keys.split_off(m + 1);
         let promoted = self.keys.pop().expect("a split branch has keys");
         let right_children = self.children.split_off(m + 1);
-        (promoted, Branch { keys: right_keys, children: right_children })
+        self.refresh();
+        (promoted, Branch::new(right_keys, right_children))
     }
 
     fn decode(body: &[u8], count: usize) -> Result<Branch, String> {
@@ -537,7 +597,7 @@ impl Branch {
         if keys.windows(2).any(|w| w[0] >= w[1]) {
             return Err("branch keys out of order".into());
         }
-        Ok(Branch { keys, children })
+        Ok(Branch::new(keys, children))
     }
 }
 
@@ -558,10 +618,13 @@ impl Node {
     /// Estimated memory this node holds.
     fn memory_bytes(&self) -> u64 {
         let content = match self {
-            Node::Leaf(leaf) => leaf.buf.capacity() + leaf.offsets.capacity() * 4,
+            Node::Leaf(leaf) => {
+                leaf.buf.capacity() + leaf.offsets.capacity() * 4 + leaf.prefixes.capacity() * 8
+            }
             Node::Branch(branch) => {
                 branch.keys.iter().map(|k| k.capacity() + 24).sum::<usize>()
                     + branch.children.capacity() * 8
+                    + branch.prefixes.capacity() * 8
             }
         };
         content as u64 + NODE_OVERHEAD_BYTES
@@ -573,6 +636,7 @@ impl Node {
             Node::Branch(branch) => {
                 branch.keys.shrink_to_fit();
                 branch.children.shrink_to_fit();
+                branch.prefixes.shrink_to_fit();
             }
         }
     }
@@ -1308,6 +1372,7 @@ impl BtreeEngine {
                 branch.children[i] = left;
                 branch.keys.insert(i, separator);
                 branch.children.insert(i + 1, right);
+                branch.refresh();
             }
         }
         Ok((self.store(tree, id, node), displaced))
@@ -1390,6 +1455,7 @@ impl BtreeEngine {
                 l.keys.push(separator.clone());
                 l.keys.extend(r.keys.iter().cloned());
                 l.children.extend_from_slice(&r.children);
+                l.refresh();
             }
             _ => unreachable!("kinds checked above"),
         }
@@ -1399,6 +1465,7 @@ impl BtreeEngine {
         branch.keys.remove(left_index);
         branch.children.remove(left_index + 1);
         branch.children[left_index] = merged_id;
+        branch.refresh();
     }
 
     /// Shorten the tree while its root is an empty leaf or a branch with one child.
@@ -1646,6 +1713,9 @@ impl BtreeEngine {
                     if leaf.len() == 0 {
                         return Err(format!("leaf {id} is empty"));
                     }
+                    if (0..leaf.len()).any(|i| leaf.prefixes[i] != key_prefix(leaf.key(i))) {
+                        return Err(format!("leaf {id} has stale key prefixes"));
+                    }
                     for i in 0..leaf.len() {
                         let key = leaf.key(i);
                         if !in_bounds(key) || (i > 0 && leaf.key(i - 1) >= key) {
@@ -1667,6 +1737,10 @@ impl BtreeEngine {
                 }
                 Node::Branch(branch) => {
                     shape.branch_pages += 1;
+                    if branch.keys.iter().map(|k| key_prefix(k)).ne(branch.prefixes.iter().copied())
+                    {
+                        return Err(format!("branch {id} has stale key prefixes"));
+                    }
                     if branch.keys.iter().any(|k| !in_bounds(k)) {
                         return Err(format!("branch {id} has a key out of bounds"));
                     }
@@ -1795,7 +1869,7 @@ impl StorageEngine for BtreeEngine {
                     Change::Same(id) => tree.root = id,
                     Change::Split(left, separator, right) => {
                         let id = tree.alloc(1);
-                        let root = Branch { keys: vec![separator], children: vec![left, right] };
+                        let root = Branch::new(vec![separator], vec![left, right]);
                         self.put_dirty(tree, id, Node::Branch(root));
                         tree.root = id;
                     }
