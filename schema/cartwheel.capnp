@@ -141,6 +141,7 @@ struct BucketInfo {
   deadBytes @9 :UInt64;
   memoryBytes @10 :UInt64;
   durable @11 :Bool;       # whether the engine survives a restart
+  siblingWarnings @12 :UInt64;  # client writes that left a key at the soft sibling limit
 }
 
 struct Status {

@@ -1,8 +1,9 @@
 //! # The `cartwheel` command line
 //!
-//! `serve` runs one node from a configuration file; `up` runs a local node on the embedded
-//! defaults for trying things out; `put`, `get`, `del` and `status` talk to a node through
-//! the client library (`--node HOST:PORT`, by default 127.0.0.1:7401, where `up` listens).
+//! `serve` runs one node from a configuration file; `up` runs a local cluster (3 nodes) on the
+//! embedded defaults for trying things out; `put`, `get`, `del`, `status`, `cart`, `counter`
+//! and `set` talk to a node through the client library (`--node HOST:PORT`, by default
+//! 127.0.0.1:7401, where `up`'s first node listens). `bench` runs the latency benchmark.
 //!
 //! Output is for scripts and people at once: `get` prints the value alone on stdout (one line
 //! per sibling); errors are one line on stderr, and the exit code says what happened:
@@ -19,10 +20,10 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cartwheel_resolvers::Value;
+use cartwheel_resolvers::{Op, Value};
 use clap::{Parser, Subcommand};
 
-use crate::client::{block_on, Client};
+use crate::client::{block_on, Client, WriteOptions};
 use crate::config::{Config, LISTEN_PORT_DEFAULT};
 use crate::error::Error;
 use crate::server::NodeHandle;
@@ -54,12 +55,15 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Run a local node on the embedded defaults, data under ./data; Ctrl-C stops it.
+    /// Run a local cluster on the embedded defaults, data under ./data; Ctrl-C stops it.
     Up {
-        /// Client port of the node.
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        /// Client port of the first node; the others take the next ones.
         #[arg(long, default_value_t = LISTEN_PORT_DEFAULT)]
         port: u16,
-        /// Data directory (the node's data goes in DIR/n1).
+        /// Data directory (node N keeps its data in DIR/nN).
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
     },
@@ -104,15 +108,162 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT)]
         node: String,
     },
+    /// Shopping carts (a `cart` bucket): add, remove, set quantities, show.
+    Cart {
+        /// What to do.
+        #[command(subcommand)]
+        action: CartAction,
+        /// The cart bucket.
+        #[arg(long, default_value = "carts", global = true)]
+        bucket: String,
+        /// Node to talk to.
+        #[arg(long, default_value = NODE_DEFAULT, global = true)]
+        node: String,
+    },
+    /// Counters (a `pncounter` bucket): increment, decrement, show.
+    Counter {
+        /// What to do.
+        #[command(subcommand)]
+        action: CounterAction,
+        /// The counter bucket.
+        #[arg(long, default_value = "counters", global = true)]
+        bucket: String,
+        /// Node to talk to.
+        #[arg(long, default_value = NODE_DEFAULT, global = true)]
+        node: String,
+    },
+    /// Sets (an `orset` bucket): add, remove, show.
+    Set {
+        /// What to do.
+        #[command(subcommand)]
+        action: SetAction,
+        /// The set bucket.
+        #[arg(long, default_value = "sets", global = true)]
+        bucket: String,
+        /// Node to talk to.
+        #[arg(long, default_value = NODE_DEFAULT, global = true)]
+        node: String,
+    },
     /// Open-loop latency benchmark (p99.9 at a fixed offered rate).
     Bench(crate::bench::BenchArgs),
+}
+
+/// `cartwheel cart ...`.
+#[derive(Debug, Subcommand)]
+pub enum CartAction {
+    /// Add QUANTITY (default 1) of ITEM to CART.
+    Add {
+        /// The cart's key.
+        cart: String,
+        /// The item id.
+        item: String,
+        /// How many.
+        #[arg(default_value_t = 1)]
+        quantity: i64,
+    },
+    /// Remove ITEM from CART.
+    Remove {
+        /// The cart's key.
+        cart: String,
+        /// The item id.
+        item: String,
+    },
+    /// Set ITEM's quantity in CART (0 removes it).
+    Set {
+        /// The cart's key.
+        cart: String,
+        /// The item id.
+        item: String,
+        /// The new quantity.
+        quantity: i64,
+    },
+    /// Print CART's items, one `item<TAB>quantity` per line.
+    Show {
+        /// The cart's key.
+        cart: String,
+    },
+}
+
+/// `cartwheel counter ...`.
+#[derive(Debug, Subcommand)]
+pub enum CounterAction {
+    /// Add BY (default 1) to KEY.
+    Incr {
+        /// The counter's key.
+        key: String,
+        /// How much.
+        #[arg(default_value_t = 1)]
+        by: i64,
+    },
+    /// Subtract BY (default 1) from KEY.
+    Decr {
+        /// The counter's key.
+        key: String,
+        /// How much.
+        #[arg(default_value_t = 1)]
+        by: i64,
+    },
+    /// Print KEY's value.
+    Show {
+        /// The counter's key.
+        key: String,
+    },
+}
+
+/// `cartwheel set ...`.
+#[derive(Debug, Subcommand)]
+pub enum SetAction {
+    /// Add ELEMENT to KEY.
+    Add {
+        /// The set's key.
+        key: String,
+        /// The element.
+        element: String,
+    },
+    /// Remove ELEMENT from KEY.
+    Remove {
+        /// The set's key.
+        key: String,
+        /// The element.
+        element: String,
+    },
+    /// Print KEY's members, one per line.
+    Show {
+        /// The set's key.
+        key: String,
+    },
+}
+
+/// Read a key and apply `ops` with that read's context (so removes see what was read).
+async fn update_after_read(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    ops: Vec<Op>,
+) -> Result<ExitCode, Error> {
+    let context = client.get(bucket, key.as_bytes()).await?.context;
+    client.update(bucket, key.as_bytes(), &ops, &context, &WriteOptions::default()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print a CRDT value; an empty or absent one prints nothing (a counter prints 0).
+async fn show(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    empty: Option<Value>,
+) -> Result<ExitCode, Error> {
+    if let Some(value) = client.get(bucket, key.as_bytes()).await?.value.or(empty) {
+        print_value(&value);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Up { port, data_dir } => up(port, data_dir),
+        Command::Up { nodes, port, data_dir } => up(nodes, port, data_dir),
         Command::Put { bucket, key, value, blind, node } => request(&node, |client| async move {
             let context =
                 if blind { Vec::new() } else { client.get(&bucket, key.as_bytes()).await?.context };
@@ -140,6 +291,67 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status { node } => request(&node, |client| async move {
             print_status(&client.status().await?);
             Ok(ExitCode::SUCCESS)
+        }),
+        Command::Cart { action, bucket, node } => request(&node, |client| async move {
+            match action {
+                CartAction::Add { cart, item, quantity } => {
+                    let op = Op::CartAdd { item: item.into_bytes(), quantity };
+                    update_after_read(&client, &bucket, &cart, vec![op]).await
+                }
+                CartAction::Remove { cart, item } => {
+                    update_after_read(
+                        &client,
+                        &bucket,
+                        &cart,
+                        vec![Op::CartRemove(item.into_bytes())],
+                    )
+                    .await
+                }
+                CartAction::Set { cart, item, quantity } => {
+                    let op = Op::CartSetQuantity { item: item.into_bytes(), quantity };
+                    update_after_read(&client, &bucket, &cart, vec![op]).await
+                }
+                CartAction::Show { cart } => show(&client, &bucket, &cart, None).await,
+            }
+        }),
+        Command::Counter { action, bucket, node } => request(&node, |client| async move {
+            match action {
+                CounterAction::Incr { key, by } => {
+                    update_after_read(&client, &bucket, &key, vec![Op::CounterIncrement(by)]).await
+                }
+                CounterAction::Decr { key, by } => {
+                    let by = by
+                        .checked_neg()
+                        .ok_or_else(|| Error::BadRequest(format!("cannot negate {by}")))?;
+                    update_after_read(&client, &bucket, &key, vec![Op::CounterIncrement(by)]).await
+                }
+                CounterAction::Show { key } => {
+                    show(&client, &bucket, &key, Some(Value::Counter(0))).await
+                }
+            }
+        }),
+        Command::Set { action, bucket, node } => request(&node, |client| async move {
+            match action {
+                SetAction::Add { key, element } => {
+                    update_after_read(
+                        &client,
+                        &bucket,
+                        &key,
+                        vec![Op::SetAdd(element.into_bytes())],
+                    )
+                    .await
+                }
+                SetAction::Remove { key, element } => {
+                    update_after_read(
+                        &client,
+                        &bucket,
+                        &key,
+                        vec![Op::SetRemove(element.into_bytes())],
+                    )
+                    .await
+                }
+                SetAction::Show { key } => show(&client, &bucket, &key, None).await,
+            }
         }),
         Command::Bench(args) => crate::bench::run(args),
     }
@@ -196,10 +408,23 @@ fn print_status(status: &crate::client::NodeStatus) {
         status.requests_served,
         status.requests_refused
     );
+    println!("ring epoch {}, {} hinted writes refused", status.ring_epoch, status.hints_refused);
+    if !status.config_mismatches.is_empty() {
+        println!(
+            "WARNING: bucket configuration differs on: {}",
+            status.config_mismatches.join(", ")
+        );
+    }
     println!();
-    println!("{:<12} {:<24} {:<8}", "MEMBER", "ADDRESS", "STATE");
+    println!(
+        "{:<12} {:<24} {:<8} {:>10} {:>12}",
+        "MEMBER", "ADDRESS", "STATE", "PARTITIONS", "HINTS HERE"
+    );
     for m in &status.members {
-        println!("{:<12} {:<24} {:<8}", m.id, m.address, m.state);
+        println!(
+            "{:<12} {:<24} {:<8} {:>10} {:>12}",
+            m.id, m.address, m.state, m.partitions_owned, m.hints_queued
+        );
     }
     println!();
     println!(
@@ -236,12 +461,22 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     run_until_ctrl_c(vec![config])
 }
 
-fn up(port: u16, data_dir: PathBuf) -> ExitCode {
-    let mut config = Config::embedded();
-    config.node.listen.set_port(port);
-    config.node.seeds = vec![config.node.listen.to_string()];
-    config.node.data_dir = data_dir.join(&config.node.id);
-    run_until_ctrl_c(vec![config])
+fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
+    if nodes == 0 || u32::from(port) + u32::from(nodes) > 65_536 {
+        eprintln!("cartwheel: --nodes must be at least 1 and the ports must fit below 65536");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    let configs = (0..nodes)
+        .map(|i| {
+            let mut config = Config::embedded();
+            config.node.id = format!("n{}", i + 1);
+            config.node.listen.set_port(port + i);
+            config.node.seeds = vec![format!("127.0.0.1:{port}")];
+            config.node.data_dir = data_dir.join(&config.node.id);
+            config
+        })
+        .collect();
+    run_until_ctrl_c(configs)
 }
 
 /// Start every node, print where they listen, wait for Ctrl-C, stop them all cleanly.

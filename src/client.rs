@@ -75,6 +75,8 @@ pub struct BucketStatus {
     pub memory_bytes: u64,
     /// Whether the engine survives restarts.
     pub durable: bool,
+    /// Client writes that left a key at or over the soft sibling limit.
+    pub sibling_warnings: u64,
 }
 
 /// A node's `status`.
@@ -328,6 +330,7 @@ impl Client {
                 live_bytes: b.get_live_bytes(),
                 memory_bytes: b.get_memory_bytes(),
                 durable: b.get_durable(),
+                sibling_warnings: b.get_sibling_warnings(),
             });
         }
         Ok(NodeStatus {

@@ -428,6 +428,9 @@ impl cartwheel::Server for Api {
             info.set_dead_bytes(stats.dead_bytes);
             info.set_memory_bytes(stats.memory_bytes);
             info.set_durable(bucket.engine.is_durable());
+            info.set_sibling_warnings(
+                bucket.sibling_warnings.load(std::sync::atomic::Ordering::Relaxed),
+            );
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cartwheel_engines::{EngineError, StorageEngine};
-use cartwheel_resolvers::{HybridClock, Read, Resolver, Stamp, Write};
+use cartwheel_resolvers::{HybridClock, Read, Resolver, ResolverKind, Stamp, Value, Write};
 
 use crate::config::{BucketConfig, Config, Limits};
 use crate::error::Error;
@@ -37,6 +37,8 @@ pub struct Bucket {
     pub config: BucketConfig,
     /// Where its states live.
     pub engine: Arc<dyn StorageEngine>,
+    /// Client writes that left a key at or over the soft sibling limit.
+    pub sibling_warnings: std::sync::atomic::AtomicU64,
     /// What its states mean.
     pub resolver: Arc<dyn Resolver>,
 }
@@ -168,6 +170,18 @@ impl Store {
         let state = bucket.resolver.apply(current.as_deref(), write, &stamp)?;
         let read = bucket.resolver.read(&state)?;
         bucket.engine.put(&storage_key, &state)?;
+        if let Some(Value::Siblings(siblings)) = &read.value {
+            let soft = bucket.config.resolver_config.siblings_soft_max;
+            if siblings.len() >= soft && bucket.config.resolver == ResolverKind::Siblings {
+                bucket.sibling_warnings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    bucket = %bucket_name,
+                    siblings = siblings.len(),
+                    soft_max = soft,
+                    "key has many siblings: clients should read, resolve and write back"
+                );
+            }
+        }
         Ok((state, read))
     }
 
@@ -221,5 +235,11 @@ fn open_bucket(name: &str, config: &BucketConfig, dir: &Path) -> Result<Bucket, 
     // Config validation refused resolvers this build lacks, so this cannot fail here.
     let resolver = cartwheel_resolvers::build(config.resolver, config.resolver_config)
         .expect("config validation admits only resolvers of this build");
-    Ok(Bucket { name: name.to_string(), config: config.clone(), engine, resolver })
+    Ok(Bucket {
+        name: name.to_string(),
+        config: config.clone(),
+        engine,
+        resolver,
+        sibling_warnings: std::sync::atomic::AtomicU64::new(0),
+    })
 }

@@ -282,3 +282,84 @@ fn port_in_use() {
     let err = NodeHandle::start(config).unwrap_err();
     assert!(err.to_string().contains("cannot listen"), "{err}");
 }
+
+/// Every resolver is reachable through its embedded bucket: counters count, sets add and
+/// remove, carts keep quantities, and a plain put on a CRDT bucket is a wrong operation.
+#[test]
+fn crdt_buckets_through_the_node() {
+    let node = TestNode::start(|_| {});
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        let options = WriteOptions::default();
+        client.update("counters", b"c", &[Op::CounterIncrement(5)], &[], &options).await.unwrap();
+        client.update("counters", b"c", &[Op::CounterIncrement(-2)], &[], &options).await.unwrap();
+        assert_eq!(client.get("counters", b"c").await.unwrap().value, Some(Value::Counter(3)));
+
+        client
+            .update(
+                "sets",
+                b"s",
+                &[Op::SetAdd(b"x".to_vec()), Op::SetAdd(b"y".to_vec())],
+                &[],
+                &options,
+            )
+            .await
+            .unwrap();
+        let context = client.get("sets", b"s").await.unwrap().context;
+        client
+            .update("sets", b"s", &[Op::SetRemove(b"x".to_vec())], &context, &options)
+            .await
+            .unwrap();
+        assert_eq!(
+            client.get("sets", b"s").await.unwrap().value,
+            Some(Value::Set(vec![b"y".to_vec()]))
+        );
+
+        let add = |item: &str, quantity| Op::CartAdd { item: item.as_bytes().to_vec(), quantity };
+        client
+            .update("carts", b"alice", &[add("apple", 2), add("pear", 1)], &[], &options)
+            .await
+            .unwrap();
+        client.update("carts", b"alice", &[add("apple", 1)], &[], &options).await.unwrap();
+        let cart = client.get("carts", b"alice").await.unwrap().value;
+        assert_eq!(cart, Some(Value::Cart(vec![(b"apple".to_vec(), 3), (b"pear".to_vec(), 1)])));
+
+        let err = client.put("carts", b"alice", b"v", &[]).await.unwrap_err();
+        assert!(matches!(err, Error::WrongOperation(_)), "{err:?}");
+        let err =
+            client.update("carts", b"alice", &[add("apple", -1)], &[], &options).await.unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+    });
+}
+
+/// Blind writes to a `siblings` bucket become siblings; at the soft limit the node counts a
+/// warning, at the hard limit it refuses the put with tooManySiblings, and a write with the
+/// read's context resolves them.
+#[test]
+fn sibling_limits_through_the_node() {
+    let node = TestNode::start(|c| {
+        let mut bucket = BucketConfig::new(EngineKind::Memory, ResolverKind::Siblings);
+        bucket.resolver_config.siblings_soft_max = 2;
+        bucket.resolver_config.siblings_hard_max = 3;
+        c.buckets.insert("sib".into(), bucket);
+    });
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        for v in ["a", "b", "c"] {
+            client.put("sib", b"k", v.as_bytes(), &[]).await.unwrap();
+        }
+        let read = client.get("sib", b"k").await.unwrap();
+        assert_eq!(
+            read.value,
+            Some(Value::Siblings(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]))
+        );
+        let err = client.put("sib", b"k", b"d", &[]).await.unwrap_err();
+        assert!(matches!(err, Error::TooManySiblings(_)), "{err:?}");
+        let status = client.status().await.unwrap();
+        let sib = status.buckets.iter().find(|b| b.name == "sib").unwrap();
+        assert_eq!(sib.sibling_warnings, 2, "the 2nd and 3rd sibling warned");
+
+        client.put("sib", b"k", b"resolved", &read.context).await.unwrap();
+        assert_eq!(client.get("sib", b"k").await.unwrap().value, one_value("resolved"));
+    });
+}
