@@ -11,13 +11,22 @@
 //! - [`memory`]: the volatile in-memory engine (an ordered map behind a lock). It is the
 //!   in-memory half of the `buffer` engine and, on its own, an engine for tests and for data
 //!   that may be lost (like Riak's memory backend).
+//! - [`memlog`]: the memory log, the substrate of the durable engines: append-only segment
+//!   files of CRC-checked records, read through memory maps, made durable by a group-commit
+//!   flusher thread, recovered by cutting at the first bad record. The crate's only `unsafe`
+//!   code (mappings, `flock`, preallocation) lives in its private `sys` module.
+//! - [`log`]: Bitcask on the memory log: an in-memory hash keydir, hint files for a fast
+//!   start, tombstones, background merge of sealed segments.
+//! - [`buffer`]: the whole data set in a [`memory`] map, the memory log as its write-ahead
+//!   log, periodic snapshots that let the log be dropped.
 //! - [`btree`]: a paged copy-on-write B+tree in one file (like LMDB): a page cache, overflow
 //!   pages for large values, a free list, two alternating meta pages, one commit per `sync`.
 //! - [`EngineError`]: one error type for every engine, classified by what the caller does next.
 //! - [`EngineKind`]: the names by which a bucket's configuration picks an engine.
 //!
 //! The shared conformance suite lives in `engines/tests/conformance.rs`: every engine runs
-//! every behaviour there.
+//! every behaviour there. `engines/tests/crash.rs` cuts and corrupts files at every offset of
+//! their tail and `engines/tests/kill.rs` SIGKILLs a writing process, for every durable engine.
 //!
 //! ## Partitions
 //! Partitions are the unit of transfer and repair. Engines do not know about them: the node
