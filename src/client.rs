@@ -347,7 +347,7 @@ impl Client {
             config_mismatches: s
                 .get_config_mismatches()?
                 .iter()
-                .map(|t| text(t))
+                .map(text)
                 .collect::<Result<_, _>>()?,
             hints_refused: s.get_hints_refused(),
         })
