@@ -152,3 +152,49 @@ fn no_acknowledged_cart_add_is_lost_when_a_node_is_killed() {
         states[0].is_some() && states.iter().all(|s| s == &states[0])
     });
 }
+
+/// A single node acknowledges dw = 1 puts only after fsync: after SIGKILL and a restart,
+/// every acknowledged put is there, on each durable engine.
+#[test]
+fn dw_one_puts_survive_sigkill() {
+    for engine in ["log", "buffer", "btree"] {
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("n1.toml");
+        let text = format!(
+            "[node]\nid = \"n1\"\nlisten = \"{address}\"\ndata_dir = \"{data}\"\n\
+             [buckets.d]\nengine = \"{engine}\"\nresolver = \"lww\"\nn = 1\nr = 1\nw = 1\ndw = 1\n",
+            data = dir.path().join("n1").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut process = Process { config, child: None };
+        process.start();
+        wait_until("the node is up", || members_up(&address) == 1);
+        let acknowledged: Vec<u32> = block_on(async {
+            let client = Client::connect(&address).await.unwrap();
+            let mut acknowledged = Vec::new();
+            for i in 0..200u32 {
+                if client
+                    .put("d", &i.to_be_bytes(), format!("value-{i}").as_bytes(), &[])
+                    .await
+                    .is_ok()
+                {
+                    acknowledged.push(i);
+                }
+            }
+            acknowledged
+        });
+        assert_eq!(acknowledged.len(), 200, "{engine}: every put is acknowledged");
+        process.kill();
+        process.start();
+        wait_until("the node is back", || members_up(&address) == 1);
+        block_on(async {
+            let client = Client::connect(&address).await.unwrap();
+            for i in acknowledged {
+                let read = client.get("d", &i.to_be_bytes()).await.unwrap();
+                let expected = Some(Value::Siblings(vec![format!("value-{i}").into_bytes()]));
+                assert_eq!(read.value, expected, "{engine}: acknowledged put {i} lost");
+            }
+        });
+    }
+}

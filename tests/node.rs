@@ -363,3 +363,32 @@ fn sibling_limits_through_the_node() {
         assert_eq!(client.get("sib", b"k").await.unwrap().value, one_value("resolved"));
     });
 }
+
+/// Requests over the per-connection in-flight bound are answered at once with `overloaded`
+/// and change nothing; the admitted ones complete.
+#[test]
+fn inflight_bound_per_connection() {
+    let node = TestNode::start(|c| {
+        c.limits.inflight_per_connection_max = 1;
+        let mut bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Lww);
+        bucket.dw = 1;
+        c.buckets.insert("durable".into(), bucket);
+    });
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        // A durable put waits for fdatasync off the RPC thread, so the next requests on the
+        // same connection arrive while it is in flight.
+        let keys: Vec<String> = (0..16).map(|i| format!("k{i}")).collect();
+        let puts = keys.iter().map(|k| client.put("durable", k.as_bytes(), b"v", &[]));
+        let results = futures::future::join_all(puts).await;
+        let refused = results.iter().filter(|r| matches!(r, Err(Error::Overloaded(_)))).count();
+        let stored = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(refused + stored, keys.len(), "only overloaded or stored: {results:?}");
+        assert!(refused >= 1 && stored >= 1, "refused {refused}, stored {stored}");
+        for (key, result) in keys.iter().zip(&results) {
+            let value = client.get("durable", key.as_bytes()).await.unwrap().value;
+            assert_eq!(value.is_some(), result.is_ok(), "{key}: a refused put stored nothing");
+        }
+        assert_eq!(client.status().await.unwrap().requests_refused, refused as u64);
+    });
+}
