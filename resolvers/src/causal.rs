@@ -46,7 +46,7 @@
 //! | 4      | key count K (u32)                                            |
 //! | K × .. | per key, ascending: key (u32 length + bytes), dot count E (u32, ≥ 1), then E × (actor index u32, counter u64, payload), actor indexes ascending |
 //! | 4      | deferred remove count D (u32)                                |
-//! | D × .. | per deferred remove, contexts ascending: context (version vector), key count M (u32, ≥ 1), M × key (u32 length + bytes), ascending |
+//! | D × .. | per deferred remove, contexts ascending (entry by entry: actor, then counter): context (version vector), key count M (u32, ≥ 1), M × key (u32 length + bytes), ascending |
 //!
 //! Decoding checks every ordering and that every dot is covered by the clock, so a state that
 //! decodes is canonical and re-encodes to the same bytes.
