@@ -6,26 +6,33 @@
 //! values inline, large ones in a run of overflow pages); branches hold separator keys and child
 //! page numbers. Everything is ordered by key, so a partition (a key prefix) is a range scan.
 //!
-//! ## Crash safety: copy-on-write and two meta pages
+//! ## Crash safety: copy-on-write, two meta pages, one fsync per commit
 //! A committed page is never written again while a committed tree can still reach it. The first
 //! change to a page in a transaction copies it to a fresh page number (and so its parent, up to
-//! the root: path copying); the old number goes on the free list only once a later commit no
-//! longer needs it. A commit ([`StorageEngine::sync`]) writes the transaction's dirty pages and
-//! its free list to fresh pages, `fdatasync`s, then writes the meta page (the root, the page
-//! count, the free list's place, the counters, a transaction id and a CRC) into the slot
-//! `txn % 2` and `fdatasync`s again. The meta slot overwritten is the older of the two, so a torn
-//! meta write leaves the previous commit's meta, whose pages were never touched. On open the
-//! valid meta (CRC, magic, bounds, readable free list and root) with the higher transaction id
-//! wins. A page freed by transaction `T` is still reachable from `T - 1`'s meta, which stays on
-//! disk until commit `T + 1` overwrites it; so the page is *held* and reused only once `T + 1`
-//! is durable. Both meta pages therefore always name intact trees: if the newest meta is later
+//! the root: path copying); the old number goes on the free list only once no meta on disk
+//! names a tree that reaches it. A commit ([`StorageEngine::sync`]) writes the transaction's
+//! dirty pages and its free list to fresh pages, then the meta page (the root, the page count,
+//! the free list's place, the counters, a transaction id and a CRC) into the slot `txn % 2`,
+//! and makes all of it durable with **one `fdatasync`**. Many writes share a commit, and many
+//! concurrent `sync` callers share one too (group commit: callers queue on one commit lock and
+//! find their writes already durable when their turn comes).
+//!
+//! One `fdatasync` does not order the meta after the pages, so after a crash the new meta may
+//! be on disk without some of its pages. Every reference to a page (a branch's child, the
+//! meta's root, a leaf's overflow run) therefore carries the id of the transaction that wrote
+//! the page, and every page carries that id in its header. On open the newest meta's commit is
+//! read back: the pages it wrote are exactly those reachable through references with its id
+//! (path copying), so only they are read. If one is missing, stale or fails its CRC, the commit
+//! was never acknowledged and open uses the other meta, which the commit never touched: the
+//! meta slot overwritten is the older one, and the commit wrote only pages that neither meta's
+//! tree reaches. The check on every reference also means a stale page is never taken for the
+//! page a tree names.
+//!
+//! A page freed by transaction `T` is still reachable from `T - 1`'s meta, which stays on disk
+//! until commit `T + 1` overwrites it; so the page is *held* and reused only once `T + 1` is
+//! durable. Both meta pages therefore always name intact trees: if the newest meta is later
 //! damaged (a bad sector, a flipped bit), open falls back to the other one and finds every page
 //! of its tree as that commit left it.
-//!
-//! The first `fdatasync` of a commit is the barrier that orders the tree before the meta that
-//! names it; the engine makes one commit, and so one such pair, per batch of writes however many
-//! writes the batch holds and however many threads call `sync` at once (group commit: callers
-//! queue on one commit lock and find their writes already durable when their turn comes).
 //!
 //! ## Visibility and the page cache
 //! Writes change the tree in memory at once: a `put` is visible to the next `get` when it
@@ -36,7 +43,7 @@
 //! pages are never cached: a large value is read with one `pread` of its run.
 //!
 //! Reads and writes share one reader-writer lock over the tree: gets and scans take it shared,
-//! puts, deletes and the start of a commit take it exclusively (the `fdatasync`s run outside it,
+//! puts, deletes and the start of a commit take it exclusively (the `fdatasync` runs outside it,
 //! so reads and writes go on while a commit waits on the disk). A scan copies batches of entries
 //! under the lock and calls the visitor outside it, so a slow visitor never stalls writers.
 //!
@@ -44,7 +51,7 @@
 //! Every page carries a CRC32 of its whole content, its own page number and its kind, checked
 //! each time it is read. A page that fails is never returned: the read that needed it fails with
 //! [`EngineError::Corrupt`], and open falls back to the other meta page if the newest one (or
-//! its free list or root) fails. Damage deeper in a committed tree is not repaired: reads that
+//! its free list or the pages of its commit) fails. Damage deeper in a committed tree is not repaired: reads that
 //! need a damaged page fail with `Corrupt`, every other read is answered exactly.
 //!
 //! ## Limits
@@ -79,11 +86,12 @@
 //! | 32     | 4     | page size                                          |
 //! | 36     | 4     | zero                                               |
 //! | 40     | 8     | root page (0: the tree is empty)                   |
-//! | 48     | 8     | page count (the file's pages in use, metas included) |
-//! | 56     | 8     | first page of the free-list run (0: none)          |
-//! | 64     | 8     | pages in the free-list run                         |
-//! | 72     | 8     | entries                                            |
-//! | 80     | 8     | live bytes (keys plus values)                      |
+//! | 48     | 8     | transaction that wrote the root page               |
+//! | 56     | 8     | page count (the file's pages in use, metas included) |
+//! | 64     | 8     | first page of the free-list run (0: none)          |
+//! | 72     | 8     | pages in the free-list run (written by this commit) |
+//! | 80     | 8     | entries                                            |
+//! | 88     | 8     | live bytes (keys plus values)                      |
 //!
 //! **Leaf** (count = cells, in strictly increasing key order, packed from offset 24):
 //!
@@ -93,11 +101,12 @@
 //! | 2      | 1     | 0: value inline, 1: value in overflow pages        |
 //! | 3      | 4     | value length `v`                                   |
 //! | 7      | k     | key                                                |
-//! | 7 + k  | v / 8 | the value, or the first page of its overflow run   |
+//! | 7 + k  | v / 16 | the value, or the first page of its overflow run (8) and the transaction that wrote the run (8) |
 //!
-//! **Branch** (count = keys `n`; `n + 1` children): the first child's page number (8 bytes) at
-//! offset 24, then `n` cells of key length (2), key (`k`), child page number (8). Child `i + 1`
-//! holds the keys `>= key i` and `< key i + 1`.
+//! **Branch** (count = keys `n`; `n + 1` children): the first child's page number (8) and the
+//! transaction that wrote it (8) at offset 24, then `n` cells of key length (2), key (`k`),
+//! child page number (8), child's transaction (8). Child `i + 1` holds the keys `>= key i` and
+//! `< key i + 1`.
 //!
 //! **Overflow** (count = data bytes in this page): value bytes from offset 24. A value of `v`
 //! bytes fills `ceil(v / 4072)` consecutive pages.
@@ -156,7 +165,8 @@ const META_MAGIC: usize = PAGE_HEADER_BYTES;
 const META_PAGE_SIZE: usize = META_MAGIC + 8;
 const META_ZERO: usize = META_PAGE_SIZE + 4;
 const META_ROOT: usize = META_ZERO + 4;
-const META_PAGE_COUNT: usize = META_ROOT + 8;
+const META_ROOT_TXN: usize = META_ROOT + 8;
+const META_PAGE_COUNT: usize = META_ROOT_TXN + 8;
 const META_FREELIST_FIRST: usize = META_PAGE_COUNT + 8;
 const META_FREELIST_PAGES: usize = META_FREELIST_FIRST + 8;
 const META_ENTRIES: usize = META_FREELIST_PAGES + 8;
@@ -172,7 +182,7 @@ const CELL_VALUE_LEN: usize = CELL_FLAGS + 1;
 const CELL_HEADER_BYTES: usize = CELL_VALUE_LEN + 4;
 const FLAG_INLINE: u8 = 0;
 const FLAG_OVERFLOW: u8 = 1;
-const OVERFLOW_REF_BYTES: usize = 8;
+const OVERFLOW_REF_BYTES: usize = 8 + 8;
 
 /// The longest key the btree accepts, in bytes. Longer keys are refused with
 /// [`EngineError::TooLarge`]: a page must hold several keys for the tree to split.
@@ -185,8 +195,8 @@ pub const INLINE_BYTES_MAX: usize = BTREE_KEY_BYTES_MAX;
 const CELL_BYTES_MAX: usize = CELL_HEADER_BYTES + BTREE_KEY_BYTES_MAX + OVERFLOW_REF_BYTES;
 
 // A branch: the first child, then cells of key length, key, child.
-const BRANCH_FIRST_CHILD_BYTES: usize = 8;
-const BRANCH_CELL_OVERHEAD: usize = 2 + 8;
+const BRANCH_FIRST_CHILD_BYTES: usize = 8 + 8;
+const BRANCH_CELL_OVERHEAD: usize = 2 + 8 + 8;
 
 /// Value bytes per overflow page.
 const OVERFLOW_DATA_BYTES: usize = BODY_BYTES;
@@ -223,6 +233,15 @@ const _: () = assert!(BTREE_KEY_BYTES_MAX <= crate::KEY_BYTES_MAX);
 const _: () = assert!(crate::VALUE_BYTES_MAX <= u32::MAX as usize);
 
 type PageId = u64;
+
+/// A reference to a page: its number and the transaction that wrote it. A page read through a
+/// reference must carry that transaction id, so a page that never reached the disk (or that a
+/// lost commit overwrote) is told apart from the one the reference means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Ptr {
+    id: PageId,
+    txn: u64,
+}
 
 fn get_u16(buf: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([buf[at], buf[at + 1]])
@@ -292,7 +311,7 @@ fn overflow_pages(len: usize) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ValueRef<'a> {
     Inline(&'a [u8]),
-    Overflow { first: PageId, len: usize },
+    Overflow { first: PageId, len: usize, txn: u64 },
 }
 
 /// What a put or delete displaced, for the counters and the free list.
@@ -347,7 +366,11 @@ impl Leaf {
         let value_len = get_u32(&self.buf, at + CELL_VALUE_LEN) as usize;
         let body = at + CELL_HEADER_BYTES + key_len;
         if self.buf[at + CELL_FLAGS] == FLAG_OVERFLOW {
-            ValueRef::Overflow { first: get_u64(&self.buf, body), len: value_len }
+            ValueRef::Overflow {
+                first: get_u64(&self.buf, body),
+                len: value_len,
+                txn: get_u64(&self.buf, body + 8),
+            }
         } else {
             ValueRef::Inline(&self.buf[body..body + value_len])
         }
@@ -356,7 +379,7 @@ impl Leaf {
     fn displaced(&self, i: usize) -> Displaced {
         match self.value(i) {
             ValueRef::Inline(value) => Displaced { value_len: value.len(), overflow: None },
-            ValueRef::Overflow { first, len } => {
+            ValueRef::Overflow { first, len, .. } => {
                 Displaced { value_len: len, overflow: Some((first, overflow_pages(len))) }
             }
         }
@@ -502,7 +525,10 @@ fn leaf_cell(key: &[u8], value: ValueRef<'_>) -> Vec<u8> {
     let body = CELL_HEADER_BYTES + key.len();
     match value {
         ValueRef::Inline(bytes) => cell[body..].copy_from_slice(bytes),
-        ValueRef::Overflow { first, .. } => put_u64(&mut cell, body, first),
+        ValueRef::Overflow { first, txn, .. } => {
+            put_u64(&mut cell, body, first);
+            put_u64(&mut cell, body + 8, txn);
+        }
     }
     cell
 }
@@ -512,12 +538,12 @@ fn leaf_cell(key: &[u8], value: ValueRef<'_>) -> Vec<u8> {
 #[derive(Clone, Debug)]
 struct Branch {
     keys: Vec<Vec<u8>>,
-    children: Vec<PageId>,
+    children: Vec<Ptr>,
     prefixes: Vec<u64>,
 }
 
 impl Branch {
-    fn new(keys: Vec<Vec<u8>>, children: Vec<PageId>) -> Branch {
+    fn new(keys: Vec<Vec<u8>>, children: Vec<Ptr>) -> Branch {
         let mut branch = Branch { keys, children, prefixes: Vec::new() };
         branch.refresh();
         branch
@@ -576,7 +602,7 @@ impl Branch {
     fn decode(body: &[u8], count: usize) -> Result<Branch, String> {
         let mut children = Vec::with_capacity(count + 1);
         let mut keys = Vec::with_capacity(count);
-        children.push(get_u64(body, 0));
+        children.push(Ptr { id: get_u64(body, 0), txn: get_u64(body, 8) });
         let mut at = BRANCH_FIRST_CHILD_BYTES;
         for i in 0..count {
             if at + 2 > body.len() {
@@ -588,10 +614,11 @@ impl Branch {
                 return Err(format!("branch cell {i} runs past the page"));
             }
             keys.push(body[at + 2..at + 2 + key_len].to_vec());
-            children.push(get_u64(body, at + 2 + key_len));
+            let child = at + 2 + key_len;
+            children.push(Ptr { id: get_u64(body, child), txn: get_u64(body, child + 8) });
             at = end;
         }
-        if children.iter().any(|&c| c < META_PAGES) {
+        if children.iter().any(|c| c.id < META_PAGES) {
             return Err("branch points at a meta page".into());
         }
         if keys.windows(2).any(|w| w[0] >= w[1]) {
@@ -623,7 +650,7 @@ impl Node {
             }
             Node::Branch(branch) => {
                 branch.keys.iter().map(|k| k.capacity() + 24).sum::<usize>()
-                    + branch.children.capacity() * 8
+                    + branch.children.capacity() * 16
                     + branch.prefixes.capacity() * 8
             }
         };
@@ -651,12 +678,14 @@ impl Node {
                 seal_page(page, KIND_LEAF, leaf.len(), id, txn);
             }
             Node::Branch(branch) => {
-                put_u64(body, 0, branch.children[0]);
+                put_u64(body, 0, branch.children[0].id);
+                put_u64(body, 8, branch.children[0].txn);
                 let mut at = BRANCH_FIRST_CHILD_BYTES;
-                for (key, &child) in branch.keys.iter().zip(&branch.children[1..]) {
+                for (key, child) in branch.keys.iter().zip(&branch.children[1..]) {
                     put_u16(body, at, key.len() as u16);
                     body[at + 2..at + 2 + key.len()].copy_from_slice(key);
-                    put_u64(body, at + 2 + key.len(), child);
+                    put_u64(body, at + 2 + key.len(), child.id);
+                    put_u64(body, at + 10 + key.len(), child.txn);
                     at += BRANCH_CELL_OVERHEAD + key.len();
                 }
                 seal_page(page, KIND_BRANCH, branch.keys.len(), id, txn);
@@ -767,7 +796,7 @@ impl PageCache {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Meta {
     txn: u64,
-    root: PageId,
+    root: Ptr,
     page_count: u64,
     freelist_first: PageId,
     freelist_pages: u64,
@@ -780,7 +809,8 @@ impl Meta {
         let mut page = vec![0u8; PAGE_SIZE];
         page[META_MAGIC..META_MAGIC + 8].copy_from_slice(&MAGIC);
         put_u32(&mut page, META_PAGE_SIZE, PAGE_SIZE as u32);
-        put_u64(&mut page, META_ROOT, self.root);
+        put_u64(&mut page, META_ROOT, self.root.id);
+        put_u64(&mut page, META_ROOT_TXN, self.root.txn);
         put_u64(&mut page, META_PAGE_COUNT, self.page_count);
         put_u64(&mut page, META_FREELIST_FIRST, self.freelist_first);
         put_u64(&mut page, META_FREELIST_PAGES, self.freelist_pages);
@@ -800,7 +830,7 @@ impl Meta {
         }
         let meta = Meta {
             txn: get_u64(page, HEADER_TXN),
-            root: get_u64(page, META_ROOT),
+            root: Ptr { id: get_u64(page, META_ROOT), txn: get_u64(page, META_ROOT_TXN) },
             page_count: get_u64(page, META_PAGE_COUNT),
             freelist_first: get_u64(page, META_FREELIST_FIRST),
             freelist_pages: get_u64(page, META_FREELIST_PAGES),
@@ -808,7 +838,7 @@ impl Meta {
             live_bytes: get_u64(page, META_LIVE_BYTES),
         };
         let in_file = |id: u64| (META_PAGES..meta.page_count).contains(&id);
-        let root_ok = meta.root == 0 || in_file(meta.root);
+        let root_ok = meta.root.id == 0 || (in_file(meta.root.id) && meta.root.txn <= meta.txn);
         let freelist_ok = meta.freelist_pages == 0
             || (in_file(meta.freelist_first)
                 && meta
@@ -844,8 +874,8 @@ fn insert_extent(set: &mut BTreeMap<PageId, u64>, mut first: PageId, mut len: u6
 /// The mutable state of the tree, behind the engine's reader-writer lock.
 #[derive(Default)]
 struct Tree {
-    /// The root page, 0 when the tree is empty.
-    root: PageId,
+    /// The root page, number 0 when the tree is empty.
+    root: Ptr,
     /// Pages the file holds, metas included; new pages are numbered from here.
     page_count: u64,
     entries: u64,
@@ -919,7 +949,7 @@ impl Tree {
 /// A free list as loaded: the free extents, and the held ones.
 type FreeList = (BTreeMap<PageId, u64>, Vec<(PageId, u64)>);
 
-/// A commit whose pages are written and whose fsyncs are still to come.
+/// A commit whose pages are written and whose meta and `fdatasync` are still to come.
 struct Frozen {
     meta: Meta,
     /// Extents free once the commit is durable.
@@ -1046,7 +1076,8 @@ impl BtreeEngine {
         Ok(engine)
     }
 
-    /// Pick the newest meta whose free list and root read back, and load that free list.
+    /// Pick the newest meta whose free list and pages written by its commit read back, and load
+    /// that free list.
     fn recover(&self) -> Result<(Meta, FreeList), EngineError> {
         let mut metas = Vec::new();
         let mut reasons = Vec::new();
@@ -1063,9 +1094,7 @@ impl BtreeEngine {
         metas.sort_by_key(|meta| std::cmp::Reverse(meta.txn));
         for meta in metas {
             match self.load_freelist(&meta).and_then(|free| {
-                if meta.root != 0 {
-                    self.read_node(meta.root)?;
-                }
+                self.verify_commit(&meta)?;
                 Ok(free)
             }) {
                 Ok(free) => return Ok((meta, free)),
@@ -1076,6 +1105,41 @@ impl BtreeEngine {
             }
         }
         Err(self.corrupt(format!("no usable meta page ({})", reasons.join("; "))))
+    }
+
+    /// Read back every page the commit of `meta` wrote. One `fdatasync` covers a commit's pages
+    /// and its meta, so after a crash the meta may be on disk while some of its pages are not;
+    /// such a commit was never acknowledged, and open must fall back to the previous one. The
+    /// pages a commit wrote are exactly those reachable from the root through references that
+    /// carry the commit's transaction id (copy-on-write rewrites every page on the path to a
+    /// change), so this reads only what the last commit wrote.
+    fn verify_commit(&self, meta: &Meta) -> Result<(), EngineError> {
+        if meta.root.id == 0 {
+            return Ok(());
+        }
+        let mut stack = vec![meta.root];
+        let mut visited = 0u64;
+        while let Some(ptr) = stack.pop() {
+            visited += 1;
+            if visited > meta.page_count {
+                return Err(self.corrupt("the tree reaches a page twice".into()));
+            }
+            match self.read_node(ptr)? {
+                Node::Branch(branch) => {
+                    stack.extend(branch.children.iter().filter(|c| c.txn == meta.txn));
+                }
+                Node::Leaf(leaf) => {
+                    for i in 0..leaf.len() {
+                        if let value @ ValueRef::Overflow { txn, .. } = leaf.value(i) {
+                            if txn == meta.txn {
+                                self.read_value(value)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Load a meta's free list: the free extents, and the held ones.
@@ -1090,6 +1154,9 @@ impl BtreeEngine {
         for (i, page) in buf.chunks_exact(PAGE_SIZE).enumerate() {
             let id = meta.freelist_first + i as u64;
             let count = check_page(page, id, KIND_FREELIST).map_err(|r| self.corrupt(r))?;
+            if get_u64(page, HEADER_TXN) != meta.txn {
+                return Err(self.corrupt(format!("free-list page {id} is from another commit")));
+            }
             if count > EXTENTS_PER_PAGE {
                 return Err(self.corrupt(format!("free-list page {id} claims {count} extents")));
             }
@@ -1168,13 +1235,24 @@ impl BtreeEngine {
         }
     }
 
-    fn read_node(&self, id: PageId) -> Result<Node, EngineError> {
-        let page = self.read_pages(id, 1)?;
-        Node::decode(&page, id).map_err(|reason| self.corrupt(reason))
+    /// Read and check the node `ptr` names: CRC, page number, kind, and the transaction.
+    fn read_node(&self, ptr: Ptr) -> Result<Node, EngineError> {
+        let page = self.read_pages(ptr.id, 1)?;
+        let node = Node::decode(&page, ptr.id).map_err(|reason| self.corrupt(reason))?;
+        let txn = get_u64(&page, HEADER_TXN);
+        if txn != ptr.txn {
+            let id = ptr.id;
+            return Err(self.corrupt(format!(
+                "page {id} was written by transaction {txn}, its parent names {}",
+                ptr.txn
+            )));
+        }
+        Ok(node)
     }
 
     /// The node at `id`: dirty, cached, or read from disk (and then cached).
-    fn node(&self, tree: &Tree, id: PageId) -> Result<Arc<Node>, EngineError> {
+    fn node(&self, tree: &Tree, ptr: Ptr) -> Result<Arc<Node>, EngineError> {
+        let id = ptr.id;
         if let Some(node) = tree.dirty.get(&id) {
             return Ok(Arc::clone(node));
         }
@@ -1184,16 +1262,16 @@ impl BtreeEngine {
         if id < META_PAGES || id >= tree.page_count {
             return Err(self.corrupt(format!("a branch points at page {id}, outside the tree")));
         }
-        let node = Arc::new(self.read_node(id)?);
+        let node = Arc::new(self.read_node(ptr)?);
         let budget = self.cache_bytes_max.saturating_sub(tree.dirty_bytes);
         self.cache().insert(id, Arc::clone(&node), budget);
         Ok(node)
     }
 
     fn read_value(&self, value: ValueRef<'_>) -> Result<Vec<u8>, EngineError> {
-        let (first, len) = match value {
+        let (first, len, txn) = match value {
             ValueRef::Inline(bytes) => return Ok(bytes.to_vec()),
-            ValueRef::Overflow { first, len } => (first, len),
+            ValueRef::Overflow { first, len, txn } => (first, len, txn),
         };
         let buf = self.read_pages(first, overflow_pages(len))?;
         let mut out = Vec::with_capacity(len);
@@ -1201,8 +1279,8 @@ impl BtreeEngine {
             let id = first + i as u64;
             let count = check_page(page, id, KIND_OVERFLOW).map_err(|r| self.corrupt(r))?;
             let want = (len - out.len()).min(OVERFLOW_DATA_BYTES);
-            if count != want {
-                return Err(self.corrupt(format!("overflow page {id} holds {count} bytes")));
+            if count != want || get_u64(page, HEADER_TXN) != txn {
+                return Err(self.corrupt(format!("overflow page {id} is not the one named")));
             }
             out.extend_from_slice(&page[PAGE_HEADER_BYTES..PAGE_HEADER_BYTES + count]);
         }
@@ -1323,11 +1401,11 @@ impl BtreeEngine {
         Change::Split(id, separator, right_id)
     }
 
-    /// Insert `cell` (for `key`) below the node at `id`.
+    /// Insert `cell` (for `key`) below the node `ptr` names.
     fn insert(
         &self,
         tree: &mut Tree,
-        id: PageId,
+        ptr: Ptr,
         key: &[u8],
         cell: &[u8],
         depth: usize,
@@ -1335,7 +1413,8 @@ impl BtreeEngine {
         if depth > DEPTH_MAX {
             return Err(self.corrupt("the tree is deeper than any real tree".into()));
         }
-        let node = self.node(tree, id)?;
+        let id = ptr.id;
+        let node = self.node(tree, ptr)?;
         let step = match &*node {
             Node::Leaf(_) => None,
             Node::Branch(branch) => {
@@ -1360,18 +1439,20 @@ impl BtreeEngine {
             return Ok((self.store(tree, id, node), displaced));
         };
         let (change, displaced) = self.insert(tree, child, key, cell, depth + 1)?;
-        if matches!(change, Change::Same(new) if new == child) {
+        if matches!(change, Change::Same(new) if new == child.id) {
             // The child was changed in place, so this node is unchanged.
             return Ok((Change::Same(id), displaced));
         }
         let (id, mut node) = self.writable(tree, id, node);
         let Node::Branch(branch) = &mut node else { unreachable!("checked to be a branch") };
+        // Pages changed in this transaction carry its id.
+        let txn = tree.txn;
         match change {
-            Change::Same(new) => branch.children[i] = new,
+            Change::Same(new) => branch.children[i] = Ptr { id: new, txn },
             Change::Split(left, separator, right) => {
-                branch.children[i] = left;
+                branch.children[i] = Ptr { id: left, txn };
                 branch.keys.insert(i, separator);
-                branch.children.insert(i + 1, right);
+                branch.children.insert(i + 1, Ptr { id: right, txn });
                 branch.refresh();
             }
         }
@@ -1383,14 +1464,15 @@ impl BtreeEngine {
     fn remove(
         &self,
         tree: &mut Tree,
-        id: PageId,
+        ptr: Ptr,
         key: &[u8],
         depth: usize,
     ) -> Result<Option<(PageId, Displaced)>, EngineError> {
         if depth > DEPTH_MAX {
             return Err(self.corrupt("the tree is deeper than any real tree".into()));
         }
-        let node = self.node(tree, id)?;
+        let id = ptr.id;
+        let node = self.node(tree, ptr)?;
         let (i, child) = match &*node {
             Node::Leaf(leaf) => {
                 let Ok(at) = leaf.search(key) else { return Ok(None) };
@@ -1410,12 +1492,12 @@ impl BtreeEngine {
             return Ok(None);
         };
         let small = tree.dirty.get(&new_child).is_some_and(|n| n.body_bytes() < MERGE_BELOW_BYTES);
-        if new_child == child && !small {
+        if new_child == child.id && !small {
             return Ok(Some((id, displaced)));
         }
         let (id, mut node) = self.writable(tree, id, node);
         let Node::Branch(branch) = &mut node else { unreachable!("checked to be a branch") };
-        branch.children[i] = new_child;
+        branch.children[i] = Ptr { id: new_child, txn: tree.txn };
         if small {
             self.merge_child(tree, branch, i);
         }
@@ -1431,8 +1513,8 @@ impl BtreeEngine {
             return;
         }
         let left_index = if i + 1 < branch.children.len() { i } else { i - 1 };
-        let (left_id, right_id) = (branch.children[left_index], branch.children[left_index + 1]);
-        let (Ok(left), Ok(right)) = (self.node(tree, left_id), self.node(tree, right_id)) else {
+        let (left_ptr, right_ptr) = (branch.children[left_index], branch.children[left_index + 1]);
+        let (Ok(left), Ok(right)) = (self.node(tree, left_ptr), self.node(tree, right_ptr)) else {
             return;
         };
         let separator = &branch.keys[left_index];
@@ -1448,7 +1530,7 @@ impl BtreeEngine {
         if merged_bytes > BODY_BYTES {
             return;
         }
-        let (merged_id, mut merged) = self.writable(tree, left_id, left);
+        let (merged_id, mut merged) = self.writable(tree, left_ptr.id, left);
         match (&mut merged, &*right) {
             (Node::Leaf(l), Node::Leaf(r)) => l.append(r),
             (Node::Branch(l), Node::Branch(r)) => {
@@ -1460,24 +1542,24 @@ impl BtreeEngine {
             _ => unreachable!("kinds checked above"),
         }
         drop(right);
-        self.forget(tree, right_id);
+        self.forget(tree, right_ptr.id);
         self.put_dirty(tree, merged_id, merged);
         branch.keys.remove(left_index);
         branch.children.remove(left_index + 1);
-        branch.children[left_index] = merged_id;
+        branch.children[left_index] = Ptr { id: merged_id, txn: tree.txn };
         branch.refresh();
     }
 
     /// Shorten the tree while its root is an empty leaf or a branch with one child.
     fn collapse_root(&self, tree: &mut Tree) -> Result<(), EngineError> {
-        while tree.root != 0 {
+        while tree.root.id != 0 {
             let node = self.node(tree, tree.root)?;
             let next = match &*node {
-                Node::Leaf(leaf) if leaf.len() == 0 => 0,
+                Node::Leaf(leaf) if leaf.len() == 0 => Ptr::default(),
                 Node::Branch(branch) if branch.keys.is_empty() => branch.children[0],
                 _ => return Ok(()),
             };
-            let old = tree.root;
+            let old = tree.root.id;
             self.forget(tree, old);
             tree.root = next;
         }
@@ -1600,14 +1682,15 @@ impl BtreeEngine {
         Ok(Some(Frozen { meta, released }))
     }
 
-    /// Outside the tree lock: make the pages durable, then the meta that names them.
+    /// Outside the tree lock: write the meta after the pages it names, and make both durable
+    /// with one `fdatasync`. A crash before it returns may leave the meta without some pages;
+    /// open finds that out ([`BtreeEngine::verify_commit`]) and uses the other meta.
     fn write_meta(&self, meta: &Meta) -> Result<(), EngineError> {
-        self.file.sync_data().map_err(EngineError::io("syncing pages"))?;
         let slot = meta.txn % META_PAGES;
         self.file
             .write_all_at(&meta.encode(slot), slot * PAGE_SIZE as u64)
             .map_err(EngineError::io("writing the meta page"))?;
-        self.file.sync_data().map_err(EngineError::io("syncing the meta page"))
+        self.file.sync_data().map_err(EngineError::io("syncing a commit"))
     }
 
     // --- Scans --------------------------------------------------------------------------------
@@ -1622,7 +1705,7 @@ impl BtreeEngine {
         out: &mut Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<bool, EngineError> {
         let tree = self.read_tree();
-        if tree.root == 0 {
+        if tree.root.id == 0 {
             return Ok(true);
         }
         let mut cursor = ScanCursor { start, include_start, prefix, out, bytes: 0 };
@@ -1633,14 +1716,14 @@ impl BtreeEngine {
     fn scan_node(
         &self,
         tree: &Tree,
-        id: PageId,
+        ptr: Ptr,
         cursor: &mut ScanCursor<'_>,
         depth: usize,
     ) -> Result<ScanStep, EngineError> {
         if depth > DEPTH_MAX {
             return Err(self.corrupt("the tree is deeper than any real tree".into()));
         }
-        let node = self.node(tree, id)?;
+        let node = self.node(tree, ptr)?;
         match &*node {
             Node::Leaf(leaf) => {
                 let first = match leaf.search(cursor.start) {
@@ -1688,7 +1771,7 @@ impl BtreeEngine {
         let mut entries = 0;
         let mut live_bytes = 0;
         let mut stack = vec![(tree.root, None::<Vec<u8>>, None::<Vec<u8>>, 1usize)];
-        if tree.root == 0 {
+        if tree.root.id == 0 {
             stack.clear();
         }
         let claim = |id: PageId, used: &mut HashSet<PageId>| -> Result<(), String> {
@@ -1697,9 +1780,13 @@ impl BtreeEngine {
             }
             Ok(())
         };
-        while let Some((id, low, high, depth)) = stack.pop() {
+        while let Some((ptr, low, high, depth)) = stack.pop() {
+            let id = ptr.id;
             claim(id, &mut used)?;
-            let node = self.node(&tree, id).map_err(|e| e.to_string())?;
+            if ptr.txn > tree.txn {
+                return Err(format!("page {id} is named with a future transaction"));
+            }
+            let node = self.node(&tree, ptr).map_err(|e| e.to_string())?;
             let in_bounds = |key: &[u8]| {
                 low.as_deref().is_none_or(|low| key >= low)
                     && high.as_deref().is_none_or(|high| key < high)
@@ -1724,7 +1811,7 @@ impl BtreeEngine {
                         entries += 1;
                         let value_len = match leaf.value(i) {
                             ValueRef::Inline(value) => value.len(),
-                            ValueRef::Overflow { first, len } => {
+                            ValueRef::Overflow { first, len, .. } => {
                                 for page in first..first + overflow_pages(len) {
                                     claim(page, &mut used)?;
                                     shape.overflow_pages += 1;
@@ -1793,7 +1880,7 @@ fn create_file(dir: &Path, path: &Path) -> Result<(), EngineError> {
         .map_err(EngineError::io("creating the btree file"))?;
     let meta = Meta {
         txn: 0,
-        root: 0,
+        root: Ptr::default(),
         page_count: META_PAGES,
         freelist_first: 0,
         freelist_pages: 0,
@@ -1818,14 +1905,14 @@ impl StorageEngine for BtreeEngine {
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         let tree = self.read_tree();
-        let mut id = tree.root;
-        if id == 0 {
+        let mut ptr = tree.root;
+        if ptr.id == 0 {
             return Ok(None);
         }
         for _ in 0..DEPTH_MAX {
-            let node = self.node(&tree, id)?;
+            let node = self.node(&tree, ptr)?;
             match &*node {
-                Node::Branch(branch) => id = branch.children[branch.child_index(key)],
+                Node::Branch(branch) => ptr = branch.children[branch.child_index(key)],
                 Node::Leaf(leaf) => {
                     return match leaf.search(key) {
                         Ok(i) => self.read_value(leaf.value(i)).map(Some),
@@ -1853,25 +1940,28 @@ impl StorageEngine for BtreeEngine {
             (leaf_cell(key, ValueRef::Inline(value)), None)
         } else {
             let first = self.write_overflow(tree, value)?;
-            let cell = leaf_cell(key, ValueRef::Overflow { first, len: value.len() });
+            let overflow = ValueRef::Overflow { first, len: value.len(), txn: tree.txn };
+            let cell = leaf_cell(key, overflow);
             (cell, Some((first, overflow_pages(value.len()))))
         };
-        let result = if tree.root == 0 {
+        let txn = tree.txn;
+        let result = if tree.root.id == 0 {
             let id = tree.alloc(1);
             let mut leaf = Leaf::default();
             leaf.insert_cell(0, &cell);
             self.put_dirty(tree, id, Node::Leaf(leaf));
-            tree.root = id;
+            tree.root = Ptr { id, txn };
             Ok(None)
         } else {
             self.insert(tree, tree.root, key, &cell, 0).map(|(change, displaced)| {
                 match change {
-                    Change::Same(id) => tree.root = id,
+                    Change::Same(id) => tree.root = Ptr { id, txn },
                     Change::Split(left, separator, right) => {
                         let id = tree.alloc(1);
-                        let root = Branch::new(vec![separator], vec![left, right]);
+                        let children = vec![Ptr { id: left, txn }, Ptr { id: right, txn }];
+                        let root = Branch::new(vec![separator], children);
                         self.put_dirty(tree, id, Node::Branch(root));
-                        tree.root = id;
+                        tree.root = Ptr { id, txn };
                     }
                 }
                 displaced
@@ -1904,13 +1994,13 @@ impl StorageEngine for BtreeEngine {
         self.check_failed()?;
         let mut tree = self.write_tree();
         let tree = &mut *tree;
-        if tree.root == 0 {
+        if tree.root.id == 0 {
             return Ok(());
         }
         let Some((root, old)) = self.remove(tree, tree.root, key, 0)? else {
             return Ok(());
         };
-        tree.root = root;
+        tree.root = Ptr { id: root, txn: tree.txn };
         tree.changed = true;
         tree.entries -= 1;
         tree.live_bytes -= (key.len() + old.value_len) as u64;
