@@ -183,7 +183,7 @@ impl Cluster {
         let membership = self.membership.borrow();
         let ring = membership.ring();
         let partition = partition_of(key_hash(bucket, key), ring.partitions());
-        let preference = ring.preference_list(partition);
+        let preference = ring.preference_list(partition, membership.member_count());
         let now = self.now_ms();
         plan_targets(&preference, n, |id| membership.health(id, now))
     }
@@ -556,8 +556,12 @@ impl Cluster {
     /// node holds for the key for any owner.
     pub fn fetch_for_peer(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let mut state = self.store.fetch(bucket, key)?;
+        let owners = self.hints.counts();
+        if owners.is_empty() {
+            return Ok(state);
+        }
         let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
-        for owner in self.hints.counts().keys() {
+        for owner in owners.keys() {
             if let Some(hinted) = self.hints.get(owner, bucket, key)? {
                 state = Some(match state {
                     Some(current) => resolver.merge(&current, &hinted)?,

@@ -25,10 +25,10 @@
 //! write may still meet W elsewhere) and counted in `hints_refused`, shown by `status`. Hints
 //! are durable once the hint engine's flusher synced them (or at once for `dw` writes).
 //!
-//! Only the RPC thread touches a `Hints`, so its read-merge-write of a hint is atomic in the
-//! same way the store's is.
+//! Only the RPC thread touches a `Hints` (it is `!Sync`), so its read-merge-write of a hint is
+//! atomic in the same way the store's is.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -65,6 +65,9 @@ pub struct Hints {
     count_max: u64,
     bytes_max: u64,
     refused: Cell<u64>,
+    /// Hints held per owner, kept in step with the engine (counted once at open), so the
+    /// read path can skip owners without hints without scanning.
+    counts: RefCell<BTreeMap<String, u64>>,
 }
 
 fn hint_key(owner: &str, bucket: &str, key: &[u8]) -> Vec<u8> {
@@ -109,7 +112,20 @@ impl Hints {
         bytes_max: u64,
     ) -> Result<Self, cartwheel_engines::EngineError> {
         let engine = cartwheel_engines::open(EngineKind::Log, dir, &EngineOptions::default())?;
-        Ok(Self { engine, count_max, bytes_max, refused: Cell::new(0) })
+        let mut counts = BTreeMap::new();
+        engine.scan_prefix(&[], &mut |stored, _| {
+            if let Some((owner, _, _)) = parse_hint_key(stored) {
+                *counts.entry(owner).or_insert(0) += 1;
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(Self {
+            engine,
+            count_max,
+            bytes_max,
+            refused: Cell::new(0),
+            counts: RefCell::new(counts),
+        })
     }
 
     /// Keep `state` for `owner`, merged with any hint already held for the same key.
@@ -134,6 +150,7 @@ impl Hints {
                         stats.entries, stats.live_bytes
                     )));
                 }
+                *self.counts.borrow_mut().entry(owner.to_string()).or_insert(0) += 1;
                 state.to_vec()
             }
         };
@@ -168,21 +185,21 @@ impl Hints {
         let stored_key = hint_key(&hint.owner, &hint.bucket, &hint.key);
         if self.engine.get(&stored_key)?.as_deref() == Some(hint.state.as_slice()) {
             self.engine.delete(&stored_key)?;
+            let mut counts = self.counts.borrow_mut();
+            if let Some(count) = counts.get_mut(&hint.owner) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(&hint.owner);
+                }
+            }
             return Ok(true);
         }
         Ok(false)
     }
 
-    /// Hints held, per owner.
+    /// Hints held, per owner (owners without hints are absent).
     pub fn counts(&self) -> BTreeMap<String, u64> {
-        let mut counts = BTreeMap::new();
-        let _ = self.engine.scan_prefix(&[], &mut |stored, _| {
-            if let Some((owner, _, _)) = parse_hint_key(stored) {
-                *counts.entry(owner).or_insert(0) += 1;
-            }
-            ControlFlow::Continue(())
-        });
-        counts
+        self.counts.borrow().clone()
     }
 
     /// Hinted writes refused at the bounds since start.
@@ -226,6 +243,7 @@ mod tests {
         assert!(!hints.delivered(&stale).unwrap());
         assert!(hints.delivered(&pending[0]).unwrap());
         assert!(hints.pending("n2", 10).unwrap().is_empty());
+        assert_eq!(hints.counts().get("n2"), None, "an owner without hints is dropped");
     }
 
     /// At the count bound a new hint is refused and counted; merges into existing hints
@@ -253,5 +271,6 @@ mod tests {
         }
         let hints = Hints::open(dir.path(), 10, 1 << 20).unwrap();
         assert_eq!(hints.get("n2", "b", b"k").unwrap(), Some(state("v", 1)));
+        assert_eq!(hints.counts().get("n2"), Some(&1), "counts are rebuilt at open");
     }
 }

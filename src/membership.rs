@@ -146,6 +146,11 @@ impl Membership {
         &self.ring
     }
 
+    /// How many members this node knows, itself included.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
     /// A member's address.
     pub fn address_of(&self, id: &str) -> Option<&str> {
         self.members.get(id).map(|k| k.info.address.as_str())

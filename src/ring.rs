@@ -95,12 +95,16 @@ impl Ownership {
         self.owners.len() as u32
     }
 
-    /// Distinct nodes in ring order starting at `partition`'s owner: the preference list.
+    /// Distinct nodes in ring order starting at `partition`'s owner: the preference list,
+    /// at most `limit` long (pass the member count to stop the walk once all are found).
     /// Its first N entries are the key's primary replicas; the rest are fallbacks.
-    pub fn preference_list(&self, partition: u16) -> Vec<&str> {
+    pub fn preference_list(&self, partition: u16, limit: usize) -> Vec<&str> {
         let q = self.owners.len();
         let mut list: Vec<&str> = Vec::new();
         for step in 0..q {
+            if list.len() >= limit {
+                break;
+            }
             let owner = self.owners[(partition as usize + step) % q].as_str();
             if !list.contains(&owner) {
                 list.push(owner);
@@ -393,7 +397,8 @@ mod tests {
     fn preference_list_is_distinct_and_complete() {
         let ring = grow(64, 5);
         for p in 0..64u16 {
-            let list = ring.preference_list(p);
+            let list = ring.preference_list(p, usize::MAX);
+            assert_eq!(ring.preference_list(p, 2), list[..2].to_vec());
             assert_eq!(list[0], ring.owners[p as usize]);
             assert_eq!(list.len(), 5);
             let mut sorted = list.clone();

@@ -411,6 +411,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
             inflight_max: plan.schedule.inflight_max,
             connections_per_node: args.connections,
             routing: args.routing.name().to_string(),
+            zero_hop: measured.zero_hop,
         },
         runs: measured.runs.iter().map(|(name, r)| RunReport::from_result(name, r)).collect(),
         sweep: measured.sweep,
@@ -422,6 +423,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
 struct Measured {
     runs: Vec<(String, RunResult)>,
     sweep: Option<SweepReport>,
+    zero_hop: bool,
 }
 
 async fn measure(
@@ -483,7 +485,7 @@ async fn measure(
             floor_run(&plan.schedule, connections, frame_bytes, &mut pacer, progress).await?;
         runs.push(("floor".to_string(), result));
     }
-    Ok(Measured { runs, sweep })
+    Ok(Measured { runs, sweep, zero_hop: store.zero_hop() })
 }
 
 async fn store_run(
@@ -646,12 +648,18 @@ fn write_outputs(
         report.bucket.w,
         report.bucket.dw
     );
+    let routing = match (report.schedule.routing.as_str(), report.schedule.zero_hop) {
+        ("per-key", true) => "per-key routing to each key's coordinator (zero-hop)",
+        ("per-key", false) => "per-key routing by hash (no ring: nodes may forward)",
+        _ => "round-robin routing (nodes forward)",
+    };
     println!(
-        "{} keys, {} B values, {}; {:.1} s measured after {:.1} s warm-up; latency from each \
-         request's intended start\n",
+        "{} keys, {} B values, {}; {} connection(s) per node, {routing}; {:.1} s measured \
+         after {:.1} s warm-up; latency from each request's intended start\n",
         report.workload.keys,
         report.workload.value_bytes,
         report.workload.distribution,
+        report.schedule.connections_per_node,
         report.schedule.duration_s,
         report.schedule.warmup_s
     );

@@ -13,7 +13,7 @@
 //!   "bucket": { "name", "engine", "resolver", "n", "r", "w", "dw" },
 //!   "workload": { "name", "keys", "value_bytes", "distribution", "zipf_theta" },
 //!   "schedule": { "rate_per_s", "warmup_s", "duration_s", "inflight_max",
-//!                 "connections_per_node", "routing" },
+//!                 "connections_per_node", "routing", "zero_hop" },
 //!   "runs": [ {                       // "store", then "floor" with --floor
 //!     "name", "offered_rate_per_s", "achieved_rate_per_s", "measured_s",
 //!     "requests", "answered", "late", "unfinished", "not_issued",
@@ -258,6 +258,8 @@ pub struct ScheduleReport {
     pub connections_per_node: usize,
     /// `per-key` or `round-robin`.
     pub routing: String,
+    /// Whether per-key routing followed the ring's preference lists (no forwarding hop).
+    pub zero_hop: bool,
 }
 
 /// One step of a sweep.

@@ -4,13 +4,16 @@
 //! 127.0.0.1 with an ephemeral port and its data in a temporary directory that is removed at
 //! the end. Each node gets the embedded buckets plus the bucket under test, named
 //! [`BUCKET`], configured from the command line. `n1` starts first; the others get its
-//! address as their seed.
+//! address as their seed. Gossip runs every [`GOSSIP_INTERVAL_MS`] so the cluster forms
+//! quickly, and the run starts only once every node sees every member up and one ring
+//! spread over all of them (at most [`CONVERGE_MS`]).
 //!
-//! Routing: until nodes replicate to each other, a key must always go to the same node, or a
-//! read would miss the write before it. [`route`] sends a key to the node its ring hash
-//! selects modulo the node count; it is the one place to switch to the ring's preference
-//! list once the cluster layer gives clients one. `--routing round-robin` spreads requests
-//! over every connection instead, for clusters that coordinate (or when reads may miss).
+//! Routing is zero-hop, as a Dynamo client does it: the benchmark fetches the ring once and
+//! [`Routes`] sends each key to the first node of its preference list (its coordinator), so
+//! no request pays a forwarding hop. Where the ring cannot be had, or names a node the
+//! benchmark has no connection to, the key goes to a node chosen by its hash modulo the node
+//! count, which forwards it. `--routing round-robin` spreads requests over every connection
+//! whatever the key, to measure the forwarding path.
 //!
 //! [`Store`] turns a workload [`Request`] into a client call on the chosen connection. Writes
 //! that need a causal context (cart removes and quantity changes, and puts in `siblings`
@@ -26,7 +29,7 @@ use cartwheel_resolvers::{Op, ResolverKind};
 
 use super::generator::Outcome;
 use super::workload::{error_kind, item_name, Request};
-use crate::client::{Client, ReadOptions, WriteOptions};
+use crate::client::{Client, ReadOptions, RingInfo, WriteOptions};
 use crate::config::{BucketConfig, Config};
 use crate::server::NodeHandle;
 
@@ -42,16 +45,58 @@ pub const CONNECTIONS_PER_NODE_MAX: usize = 64;
 /// Requests in flight while preloading keys.
 pub const PRELOAD_INFLIGHT: usize = 64;
 
-/// The node a key goes to, out of `nodes`, for per-key routing.
-pub fn route(bucket: &str, key: &[u8], nodes: usize) -> usize {
-    debug_assert!(nodes > 0);
-    (crate::ring::key_hash(bucket, key) % nodes as u128) as usize
+/// Gossip interval of embedded nodes, in milliseconds.
+pub const GOSSIP_INTERVAL_MS: u64 = 100;
+
+/// How long embedded nodes may take to form one cluster, in milliseconds.
+pub const CONVERGE_MS: u64 = 30_000;
+
+/// Which node each key goes to for per-key routing: the coordinator of its preference list.
+#[derive(Clone, Debug)]
+pub struct Routes {
+    /// Q, when the ring is known (1 otherwise).
+    partitions: u32,
+    /// Per partition, the index (into the benchmark's node list) of its first owner.
+    owner: Vec<Option<usize>>,
+    nodes: usize,
+}
+
+impl Routes {
+    /// Routes from `ring`, for connections to `addresses` (in that order).
+    pub fn new(ring: Option<&RingInfo>, addresses: &[String]) -> Self {
+        let nodes = addresses.len();
+        let Some(ring) = ring.filter(|r| r.partition_count > 0 && !r.owners.is_empty()) else {
+            return Self { partitions: 1, owner: vec![None], nodes };
+        };
+        let index_of = |owner: u16| {
+            let address = &ring.nodes.get(owner as usize)?.address;
+            addresses.iter().position(|a| a == address)
+        };
+        let owner = ring.owners.iter().map(|&o| index_of(o)).collect();
+        Self { partitions: ring.partition_count, owner, nodes }
+    }
+
+    /// The node index for `key`.
+    pub fn route(&self, bucket: &str, key: &[u8]) -> usize {
+        debug_assert!(self.nodes > 0);
+        let hash = crate::ring::key_hash(bucket, key);
+        let partition = crate::ring::partition_of(hash, self.partitions) as usize;
+        match self.owner.get(partition).copied().flatten() {
+            Some(node) => node,
+            None => (hash % self.nodes as u128) as usize,
+        }
+    }
+
+    /// Whether the ring was known (zero-hop routing).
+    pub fn from_ring(&self) -> bool {
+        self.owner.iter().any(Option::is_some)
+    }
 }
 
 /// How requests are spread over connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Routing {
-    /// Each key to one node ([`route`]), round-robin over that node's connections.
+    /// Each key to its coordinator ([`Routes`]), round-robin over that node's connections.
     PerKey,
     /// Every request to the next connection, whatever its key.
     RoundRobin,
@@ -91,12 +136,41 @@ impl EmbeddedCluster {
             config.node.data_dir = data.path().join(&config.node.id);
             config.node.seeds =
                 nodes.first().map(|n| vec![n.address().to_string()]).unwrap_or_default();
+            config.cluster.gossip_interval_ms = GOSSIP_INTERVAL_MS;
             config.buckets.insert(BUCKET.to_string(), bucket.clone());
             let node =
                 NodeHandle::start(config).map_err(|e| format!("node n{i} cannot start: {e}"))?;
             nodes.push(node);
         }
-        Ok(Self { nodes, _data: data })
+        let cluster = Self { nodes, _data: data };
+        crate::client::block_on(cluster.converged())?;
+        Ok(cluster)
+    }
+
+    /// Wait until every node sees every member up and the same ring over all of them.
+    async fn converged(&self) -> Result<(), String> {
+        let addresses = self.addresses();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(CONVERGE_MS);
+        loop {
+            let mut epochs = Vec::new();
+            for address in &addresses {
+                let Ok(client) = Client::connect(address).await else { break };
+                let Ok(status) = client.status().await else { break };
+                let formed = status.members.len() == addresses.len()
+                    && status.members.iter().all(|m| m.state == "up" && m.partitions_owned > 0);
+                if !formed {
+                    break;
+                }
+                epochs.push(status.ring_epoch);
+            }
+            if epochs.len() == addresses.len() && epochs.iter().all(|e| *e == epochs[0]) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the nodes did not form one cluster within {CONVERGE_MS} ms"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(GOSSIP_INTERVAL_MS)).await;
+        }
     }
 
     /// The nodes' client addresses, in node order.
@@ -121,6 +195,7 @@ pub struct Store {
     bucket: String,
     per_node: Vec<Vec<Rc<Client>>>,
     routing: Routing,
+    routes: Routes,
     next: Cell<usize>,
     value: Rc<[u8]>,
     /// Last context seen per key, for writes that need one.
@@ -147,6 +222,8 @@ impl Store {
             }
             per_node.push(clients);
         }
+        let ring = per_node[0][0].ring().await.ok();
+        let routes = Routes::new(ring.as_ref(), addresses);
         // A recognisable, incompressible-looking value.
         let value: Vec<u8> =
             (0..value_bytes).map(|i| (i as u64 * 2_654_435_761 >> 13) as u8).collect();
@@ -155,6 +232,7 @@ impl Store {
             bucket: bucket.to_string(),
             per_node,
             routing,
+            routes,
             next: Cell::new(0),
             value: value.into(),
             contexts: needs_context.then(Rc::default),
@@ -163,12 +241,17 @@ impl Store {
         })
     }
 
+    /// Whether per-key routing follows the ring (zero-hop).
+    pub fn zero_hop(&self) -> bool {
+        self.routing == Routing::PerKey && self.routes.from_ring()
+    }
+
     /// The connection a request for `key` goes to.
     fn client(&self, key: &[u8]) -> Rc<Client> {
         let turn = self.next.get();
         self.next.set(turn.wrapping_add(1));
         let clients = match self.routing {
-            Routing::PerKey => &self.per_node[route(&self.bucket, key, self.per_node.len())],
+            Routing::PerKey => &self.per_node[self.routes.route(&self.bucket, key)],
             Routing::RoundRobin => {
                 let nodes = self.per_node.len();
                 &self.per_node[turn % nodes]
@@ -259,5 +342,45 @@ impl Store {
             futures::stream::iter(writes).buffer_unordered(PRELOAD_INFLIGHT).collect().await;
         let failed = results.iter().filter(|r| r.is_err()).count() as u64;
         (failed, results.into_iter().find_map(Result::err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::MemberStatus;
+
+    fn member(address: &str) -> MemberStatus {
+        MemberStatus {
+            id: address.to_string(),
+            address: address.to_string(),
+            state: "up".into(),
+            partitions_owned: 0,
+            hints_queued: 0,
+        }
+    }
+
+    /// With a ring, a key goes to its partition's owner; without one, to a stable node.
+    #[test]
+    fn routes_follow_the_ring() {
+        let addresses: Vec<String> = vec!["a:1".into(), "b:1".into(), "c:1".into()];
+        let ring = RingInfo {
+            partition_count: 4,
+            nodes: vec![member("c:1"), member("a:1"), member("b:1")],
+            owners: vec![0, 1, 2, 0],
+            epoch: 1,
+        };
+        let routes = Routes::new(Some(&ring), &addresses);
+        assert!(routes.from_ring());
+        for i in 0..200u64 {
+            let key = crate::bench::workload::key_name(i);
+            let first = ring.preference_addresses(BUCKET, &key)[0].clone();
+            assert_eq!(addresses[routes.route(BUCKET, &key)], first, "key {i}");
+        }
+        let blind = Routes::new(None, &addresses);
+        assert!(!blind.from_ring());
+        let key = crate::bench::workload::key_name(7);
+        assert_eq!(blind.route(BUCKET, &key), blind.route(BUCKET, &key));
+        assert!(blind.route(BUCKET, &key) < 3);
     }
 }
