@@ -55,6 +55,9 @@ fn unit(max_us: f64) -> (f64, &'static str) {
     }
 }
 
+/// Reads one latency out of a sweep step.
+type StepValue = fn(&super::report::SweepStep) -> f64;
+
 fn failed(e: impl std::fmt::Display) -> String {
     format!("cannot draw the plot: {e}")
 }
@@ -133,7 +136,7 @@ pub fn sweep(title: &str, sweep: &SweepReport) -> Result<String, String> {
             .draw()
             .map_err(failed)?;
         let clip = |us: f64| (us / divisor).min(max_us / divisor * 1.07);
-        let lines: [(&str, fn(&super::report::SweepStep) -> f64); 3] =
+        let lines: [(&str, StepValue); 3] =
             [("p50", |s| s.p50_us), ("p99", |s| s.p99_us), ("p99.9", |s| s.p999_us)];
         for (i, (name, value)) in lines.into_iter().enumerate() {
             let color = COLORS[i % COLORS.len()];

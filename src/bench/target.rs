@@ -190,6 +190,9 @@ impl EmbeddedCluster {
     }
 }
 
+/// The last context seen per key index.
+type Contexts = Rc<RefCell<HashMap<u64, Vec<u8>>>>;
+
 /// Connections to every node and the state the workload keeps between requests.
 pub struct Store {
     bucket: String,
@@ -199,7 +202,7 @@ pub struct Store {
     next: Cell<usize>,
     value: Rc<[u8]>,
     /// Last context seen per key, for writes that need one.
-    contexts: Option<Rc<RefCell<HashMap<u64, Vec<u8>>>>>,
+    contexts: Option<Contexts>,
     read_options: ReadOptions,
     write_options: WriteOptions,
 }
@@ -226,7 +229,7 @@ impl Store {
         let routes = Routes::new(ring.as_ref(), addresses);
         // A recognisable, incompressible-looking value.
         let value: Vec<u8> =
-            (0..value_bytes).map(|i| (i as u64 * 2_654_435_761 >> 13) as u8).collect();
+            (0..value_bytes).map(|i| ((i as u64 * 2_654_435_761) >> 13) as u8).collect();
         let needs_context = matches!(resolver, ResolverKind::Siblings | ResolverKind::Cart);
         Ok(Self {
             bucket: bucket.to_string(),
