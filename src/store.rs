@@ -203,6 +203,39 @@ impl Store {
         Ok(merged)
     }
 
+    /// Every (key, state) of one partition of a bucket: a prefix scan that reads no other
+    /// partition's values.
+    pub fn partition_entries(
+        &self,
+        bucket: &str,
+        partition: u16,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let bucket = self.bucket(bucket)?;
+        let mut out = Vec::new();
+        bucket.engine.scan_prefix(&partition.to_be_bytes(), &mut |stored, state| {
+            out.push((stored[crate::ring::PARTITION_PREFIX_BYTES..].to_vec(), state.to_vec()));
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    /// Delete a key's state if it is still `state` (a handed-off copy that no write touched
+    /// since it was sent). Returns whether it was deleted.
+    pub fn delete_if_unchanged(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        state: &[u8],
+    ) -> Result<bool, Error> {
+        let engine = &self.bucket(bucket)?.engine;
+        let storage_key = self.storage_key(bucket, key);
+        if engine.get(&storage_key)?.as_deref() == Some(state) {
+            engine.delete(&storage_key)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn storage_key(&self, bucket: &str, key: &[u8]) -> Vec<u8> {
         storage_key(partition_of(key_hash(bucket, key), self.partitions), key)
     }

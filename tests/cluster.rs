@@ -71,6 +71,16 @@ impl TestCluster {
         });
     }
 
+    /// Start one more node, seeded by the first, and wait for the cluster to converge.
+    fn add_node(&mut self) {
+        let i = self.addresses.len();
+        let config = node_config(self.dir.path(), i, "127.0.0.1:0", Some(&self.addresses[0]));
+        let node = NodeHandle::start(config).unwrap();
+        self.addresses.push(node.address().to_string());
+        self.nodes.push(Some(node));
+        self.wait_converged();
+    }
+
     fn stop(&mut self, i: usize) {
         self.nodes[i].take().unwrap().stop().unwrap();
     }
@@ -308,4 +318,40 @@ fn cluster_client_survives_a_down_node() {
             assert_eq!(read.value, value("ok"));
         }
     });
+}
+
+/// A node joins a cluster that holds data: partitions move to it, their data follows, and
+/// nodes that are no longer replicas of a key drop their copy once the new replicas have it.
+#[test]
+fn joining_node_receives_its_partitions() {
+    let mut cluster = TestCluster::start(3);
+    let keys: Vec<String> = (0..100).map(|k| format!("moving-{k}")).collect();
+    for key in &keys {
+        put(
+            &cluster.addresses[0],
+            key.as_bytes(),
+            b"payload",
+            WriteOptions { w: 3, ..WriteOptions::default() },
+        )
+        .unwrap();
+    }
+    cluster.add_node();
+    let newcomer = cluster.addresses[3].clone();
+    let mine: Vec<&String> = keys
+        .iter()
+        .filter(|k| primaries(&cluster.addresses[0], k.as_bytes()).contains(&newcomer))
+        .collect();
+    assert!(mine.len() >= 30, "the newcomer is a replica of about 3/4 of the keys: {}", mine.len());
+    wait_until("every key is on exactly its three primaries", || {
+        keys.iter().all(|k| {
+            let owners = primaries(&cluster.addresses[0], k.as_bytes());
+            cluster
+                .addresses
+                .iter()
+                .all(|a| replica(a, k.as_bytes()).is_some() == owners.contains(a))
+        })
+    });
+    for key in &mine {
+        assert_eq!(get(&newcomer, key.as_bytes(), 1).unwrap(), value("payload"));
+    }
 }
