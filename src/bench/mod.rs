@@ -356,6 +356,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
         return Ok(Written { json: None, hgrm: Vec::new(), plots: vec![plot], report: None });
     }
     let plan = Plan::new(args, unix_time_s)?;
+    let machine = Machine::now();
 
     let progress = progress_bar();
     let (cluster, addresses) = if args.cluster.is_empty() {
@@ -379,10 +380,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
         label: plan.label.clone(),
         command,
         unix_time_s,
-        machine: Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            os: std::env::consts::OS.to_string(),
-        },
+        machine,
         target: TargetReport {
             kind: if args.cluster.is_empty() { "embedded" } else { "cluster" }.to_string(),
             nodes: addresses.len(),
@@ -663,6 +661,12 @@ fn write_outputs(
         report.schedule.duration_s,
         report.schedule.warmup_s
     );
+    if let Some(load) = report.machine.load_average_1m {
+        let cpus = report.machine.cpus;
+        let busy =
+            if load > 0.5 * cpus as f64 { " (busy: other work shares the CPUs)" } else { "" };
+        println!("machine: {cpus} CPUs, load average {load:.2} at the start{busy}\n");
+    }
     match &report.sweep {
         Some(sweep) => {
             print!("{}", report::sweep_table(sweep));

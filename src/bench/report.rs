@@ -8,7 +8,7 @@
 //! {
 //!   "format": "cartwheel-bench", "version": 1,
 //!   "label": "...", "command": ["cartwheel", "bench", ...], "unix_time_s": 1790000000,
-//!   "machine": { "cpus": 2, "os": "linux" },
+//!   "machine": { "cpus": 2, "os": "linux", "load_average_1m": 0.4 },
 //!   "target": { "kind": "embedded" | "cluster", "nodes": 3, "addresses": [...] },
 //!   "bucket": { "name", "engine", "resolver", "n", "r", "w", "dw" },
 //!   "workload": { "name", "keys", "value_bytes", "distribution", "zipf_theta" },
@@ -196,6 +196,23 @@ pub struct Machine {
     pub cpus: usize,
     /// `std::env::consts::OS`.
     pub os: String,
+    /// The 1-minute load average when the run started (Linux), to tell a quiet machine from
+    /// a busy one.
+    pub load_average_1m: Option<f64>,
+}
+
+impl Machine {
+    /// This machine, now.
+    pub fn now() -> Self {
+        let load_average_1m = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok());
+        Self {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            os: std::env::consts::OS.to_string(),
+            load_average_1m,
+        }
+    }
 }
 
 /// What was benchmarked.
