@@ -36,6 +36,10 @@
 //! - a partition it still is a primary of is sent to the primaries that are new since the
 //!   ring this node had before (known only for changes seen since it started).
 //!
+//! Anti-entropy (see [`crate::antientropy`]) compares `anti_entropy_partitions_per_round`
+//! partitions per round, each with one other up primary, and merges the segments that differ
+//! on both sides.
+//!
 //! A partition whose targets are not all up waits for a later round. Until a partition is
 //! handed off, reads still find its data: the old holders answer the coordinators that ask
 //! them, and read repair copies what a new primary lacks.
@@ -56,6 +60,7 @@ use futures::StreamExt;
 use tokio::net::TcpStream;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
+use crate::antientropy::{self, Leaves};
 use crate::cartwheel_capnp::{cartwheel, fetch_result, peer, replica_result, NodeState};
 use crate::config::Config;
 use crate::error::Error;
@@ -117,6 +122,9 @@ pub struct Cluster {
     gossip_interval: Duration,
     hint_replay_per_round: usize,
     handoff: RefCell<Handoff>,
+    anti_entropy_per_round: usize,
+    /// Index into the (bucket, partition) pairs of the next anti-entropy exchange.
+    anti_entropy_cursor: std::cell::Cell<usize>,
 }
 
 /// Progress of ownership handoff after a ring change.
@@ -160,6 +168,8 @@ impl Cluster {
             gossip_interval: Duration::from_millis(config.cluster.gossip_interval_ms),
             hint_replay_per_round: config.cluster.hint_replay_per_round,
             handoff: RefCell::new(Handoff::default()),
+            anti_entropy_per_round: config.cluster.anti_entropy_partitions_per_round,
+            anti_entropy_cursor: std::cell::Cell::new(0),
         }
     }
 
@@ -614,7 +624,114 @@ impl Cluster {
             self.gossip_round(round).await;
             self.deliver_hints().await;
             self.handoff_round().await;
+            self.anti_entropy_round(round).await;
         }
+    }
+
+    /// The anti-entropy leaves of one partition of a bucket on this node.
+    pub fn tree_leaves(&self, bucket: &str, partition: u16) -> Result<Leaves, Error> {
+        let entries = self.store.partition_entries(bucket, partition)?;
+        Ok(antientropy::leaves(entries.iter().map(|(k, s)| (k.as_slice(), s.as_slice()))))
+    }
+
+    /// This node's (key, state) pairs in some segments of a partition.
+    pub fn segment_entries(
+        &self,
+        bucket: &str,
+        partition: u16,
+        segments: &[u16],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let mut entries = self.store.partition_entries(bucket, partition)?;
+        entries.retain(|(key, _)| segments.contains(&antientropy::segment_of(key)));
+        Ok(entries)
+    }
+
+    /// Compare a few partitions with another primary and merge what differs, both ways.
+    async fn anti_entropy_round(&self, round: u64) {
+        let ring = self.ring();
+        let buckets: Vec<(String, usize)> =
+            self.store.buckets().map(|b| (b.name.clone(), b.config.n as usize)).collect();
+        let pairs = buckets.len() * ring.partitions() as usize;
+        if pairs == 0 {
+            return;
+        }
+        let me = self.me();
+        let limit = self.membership.borrow().member_count();
+        let mut compared = 0;
+        for _ in 0..pairs {
+            if compared >= self.anti_entropy_per_round {
+                break;
+            }
+            let at = self.anti_entropy_cursor.get() % pairs;
+            self.anti_entropy_cursor.set(at + 1);
+            let (bucket, n) = &buckets[at / ring.partitions() as usize];
+            let partition = (at % ring.partitions() as usize) as u16;
+            let primaries: Vec<&str> =
+                ring.preference_list(partition, limit).into_iter().take(*n).collect();
+            if !primaries.contains(&me.as_str()) {
+                continue;
+            }
+            let peers: Vec<&str> = primaries
+                .into_iter()
+                .filter(|p| *p != me && self.health(p) == Health::Up)
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            let peer = peers[(round as usize) % peers.len()].to_string();
+            compared += 1;
+            if let Err(e) = self.exchange_partition(&peer, bucket, partition).await {
+                tracing::debug!(%peer, %bucket, partition, error = %e, "anti-entropy exchange failed");
+            }
+        }
+    }
+
+    async fn exchange_partition(
+        &self,
+        peer: &str,
+        bucket: &str,
+        partition: u16,
+    ) -> Result<(), Error> {
+        let address = self.membership.borrow().address_of(peer).map(str::to_string);
+        let address = address.ok_or_else(|| Error::Internal(format!("no address for {peer}")))?;
+        let connection = self.connect(&address).await?;
+        let mut request = connection.peer.tree_leaves_request();
+        request.get().set_bucket(bucket);
+        request.get().set_partition(partition);
+        let response = request.send().promise.await?;
+        let theirs: Vec<u64> = response.get()?.get_leaves()?.iter().collect();
+        let ours = self.tree_leaves(bucket, partition)?;
+        let segments = antientropy::differing(&ours, &theirs);
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let mut request = connection.peer.segment_entries_request();
+        request.get().set_bucket(bucket);
+        request.get().set_partition(partition);
+        {
+            let mut list = request.get().init_segments(segments.len() as u32);
+            for (i, segment) in segments.iter().enumerate() {
+                list.set(i as u32, *segment);
+            }
+        }
+        let response = request.send().promise.await?;
+        let mut remote: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for entry in response.get()?.get_entries()?.iter() {
+            remote.insert(entry.get_key()?.to_vec(), entry.get_state()?.to_vec());
+        }
+        for (key, state) in &remote {
+            self.store.merge(bucket, key, state)?;
+        }
+        let target = Target { id: peer.to_string(), hint_for: None };
+        let mut repaired = 0usize;
+        for (key, state) in self.segment_entries(bucket, partition, &segments)? {
+            if remote.get(&key) != Some(&state) {
+                self.replicate(&target, bucket, &key, &state, false).await;
+                repaired += 1;
+            }
+        }
+        tracing::info!(%peer, %bucket, partition, segments = segments.len(), received = remote.len(), sent = repaired, "anti-entropy repaired a partition");
+        Ok(())
     }
 
     /// Walk pending (bucket, partition) pairs after a ring change; see the module docs.

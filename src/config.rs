@@ -107,8 +107,12 @@ pub struct ClusterSettings {
     pub hint_count_max: u64,
     /// Bytes of hints a node holds at most; a hinted write past it is refused and counted.
     pub hint_bytes_max: u64,
-    /// Hints delivered per owner per round: the replay rate limit.
+    /// Hints delivered per owner per round: the replay rate limit. Also the handoff budget
+    /// (keys per round).
     pub hint_replay_per_round: usize,
+    /// Partitions compared with a peer's per round by anti-entropy (each costs one scan of
+    /// that partition on both sides); 0 turns anti-entropy off.
+    pub anti_entropy_partitions_per_round: usize,
 }
 
 impl Default for ClusterSettings {
@@ -118,6 +122,7 @@ impl Default for ClusterSettings {
             hint_count_max: crate::hints::HINT_COUNT_MAX_DEFAULT,
             hint_bytes_max: crate::hints::HINT_BYTES_MAX_DEFAULT,
             hint_replay_per_round: 512,
+            anti_entropy_partitions_per_round: 1,
         }
     }
 }
@@ -301,6 +306,7 @@ struct RawCluster {
     hint_count_max: Option<u64>,
     hint_bytes_max: Option<u64>,
     hint_replay_per_round: Option<usize>,
+    anti_entropy_partitions_per_round: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -359,6 +365,10 @@ impl RawConfig {
                 .cluster
                 .hint_replay_per_round
                 .unwrap_or(defaults.hint_replay_per_round),
+            anti_entropy_partitions_per_round: self
+                .cluster
+                .anti_entropy_partitions_per_round
+                .unwrap_or(defaults.anti_entropy_partitions_per_round),
         };
         if !(10..=60_000).contains(&cluster.gossip_interval_ms) {
             return Err(refuse.at("cluster.gossip_interval_ms", "must be 10 to 60000"));

@@ -12,6 +12,7 @@
 //! - [`cluster`]: the coordinator over RPC: preference lists, sloppy quorum, forwarding,
 //!   read repair, gossip and hint delivery rounds.
 //! - [`hints`]: the durable, bounded store of hinted writes.
+//! - [`antientropy`]: hash-tree leaves per partition, compared between replicas.
 //! - [`server`]: the node: accept loop, per-connection limits, the client and peer APIs.
 //! - [`client`]: the Rust client library (one node).
 //! - [`router`]: the zero-hop cluster client: routes each key to its preference list.
@@ -37,6 +38,7 @@
 #[path = "generated/cartwheel_capnp.rs"]
 pub mod cartwheel_capnp;
 
+pub mod antientropy;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -510,6 +510,51 @@ impl peer::Server for PeerApi {
         Ok(())
     }
 
+    async fn tree_leaves(
+        self: Rc<Self>,
+        params: peer::TreeLeavesParams,
+        mut results: peer::TreeLeavesResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let bucket =
+            text(p.get_bucket(), "bucket").map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let leaves = self
+            .api
+            .shared
+            .cluster
+            .tree_leaves(&bucket, p.get_partition())
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let mut list = results.get().init_leaves(leaves.len() as u32);
+        for (i, leaf) in leaves.iter().enumerate() {
+            list.set(i as u32, *leaf);
+        }
+        Ok(())
+    }
+
+    async fn segment_entries(
+        self: Rc<Self>,
+        params: peer::SegmentEntriesParams,
+        mut results: peer::SegmentEntriesResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let bucket =
+            text(p.get_bucket(), "bucket").map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let segments: Vec<u16> = p.get_segments()?.iter().collect();
+        let entries = self
+            .api
+            .shared
+            .cluster
+            .segment_entries(&bucket, p.get_partition(), &segments)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let mut list = results.get().init_entries(entries.len() as u32);
+        for (i, (key, state)) in entries.iter().enumerate() {
+            let mut entry = list.reborrow().get(i as u32);
+            entry.set_key(key);
+            entry.set_state(state);
+        }
+        Ok(())
+    }
+
     async fn gossip(
         self: Rc<Self>,
         params: peer::GossipParams,
