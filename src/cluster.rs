@@ -68,7 +68,7 @@ use crate::hints::Hints;
 use crate::membership::{Health, MemberInfo, Membership, Notice, Timing, View};
 use crate::quorum::{Outcome, ReadQuorum, WriteQuorum};
 use crate::ring::{key_hash, partition_of, Ownership};
-use crate::store::Store;
+use crate::store::{Entry, Store};
 use crate::wire::{self, ReadOptions, WriteOptions};
 
 /// How long a peer connection attempt may take.
@@ -640,7 +640,7 @@ impl Cluster {
         bucket: &str,
         partition: u16,
         segments: &[u16],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<Vec<Entry>, Error> {
         let mut entries = self.store.partition_entries(bucket, partition)?;
         entries.retain(|(key, _)| segments.contains(&antientropy::segment_of(key)));
         Ok(entries)

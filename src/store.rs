@@ -28,6 +28,9 @@ use crate::config::{BucketConfig, Config, Limits};
 use crate::error::Error;
 use crate::ring::{key_hash, partition_of, storage_key};
 
+/// A key and its stored state.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// One bucket on this node.
 #[derive(Debug)]
 pub struct Bucket {
@@ -209,7 +212,7 @@ impl Store {
         &self,
         bucket: &str,
         partition: u16,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<Vec<Entry>, Error> {
         let bucket = self.bucket(bucket)?;
         let mut out = Vec::new();
         bucket.engine.scan_prefix(&partition.to_be_bytes(), &mut |stored, state| {
