@@ -21,7 +21,7 @@
 //! - [`cartwheel_capnp`]: code generated from `schema/cartwheel.capnp` (committed; see the
 //!   README's "The wire schema").
 //! - [`cli`]: the `cartwheel` command line.
-//! - [`bench`]: `cartwheel bench`, the open-loop latency benchmark.
+//! - [`bench`](mod@bench): `cartwheel bench`, the open-loop latency benchmark.
 //!
 //! ## The path of a request
 //! A client calls `put(bucket, key, value, context, options)` on a node's `Cartwheel`
