@@ -67,14 +67,16 @@ pub struct Cart;
 struct Quantity(u64);
 
 impl Payload for Quantity {
-    const BYTES_MIN: usize = 8;
+    const BYTES: usize = 8;
 
     fn encode(&self, e: &mut Encoder) {
         e.u64(self.0);
     }
 
-    fn decode(d: &mut Decoder<'_>) -> Result<Self, ResolveError> {
-        match d.u64("quantity")? {
+    fn parse(bytes: &[u8]) -> Result<Self, ResolveError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bytes);
+        match u64::from_be_bytes(b) {
             0 => Err(ResolveError::Corrupt("cart dot with quantity 0".into())),
             q => Ok(Quantity(q)),
         }

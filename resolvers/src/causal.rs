@@ -62,6 +62,9 @@ use crate::ResolveError;
 /// are never refused, so a state may hold more after merging several replicas.
 pub const DEFERRED_REMOVES_MAX: usize = 64;
 
+/// Encoded dot inside a dot map: actor index (u32) and counter (u64).
+const DOT_BYTES: usize = 4 + 8;
+
 /// Smallest encoded version vector entry: length byte, empty actor, counter.
 const VV_ENTRY_BYTES_MIN: usize = 1 + 8;
 
@@ -227,20 +230,21 @@ pub fn decode_context<'a>(
     Ok(Some(clock))
 }
 
-/// A dot's payload in a [`DotMap`]: `()` for a set, a quantity for a cart.
+/// A dot's payload in a [`DotMap`]: `()` for a set, a quantity for a cart. Fixed-width, so
+/// a dot and its payload are read with one bounds check.
 pub trait Payload: Copy + Ord + std::fmt::Debug {
-    /// Smallest encoded size, for [`Decoder::count`].
-    const BYTES_MIN: usize;
-    /// Append the encoding.
+    /// Encoded size in bytes.
+    const BYTES: usize;
+    /// Append the encoding ([`Self::BYTES`] bytes).
     fn encode(&self, e: &mut Encoder);
-    /// Decode and validate.
-    fn decode(d: &mut Decoder<'_>) -> Result<Self, ResolveError>;
+    /// Parse and validate exactly [`Self::BYTES`] bytes.
+    fn parse(bytes: &[u8]) -> Result<Self, ResolveError>;
 }
 
 impl Payload for () {
-    const BYTES_MIN: usize = 0;
+    const BYTES: usize = 0;
     fn encode(&self, _: &mut Encoder) {}
-    fn decode(_: &mut Decoder<'_>) -> Result<Self, ResolveError> {
+    fn parse(_: &[u8]) -> Result<Self, ResolveError> {
         Ok(())
     }
 }
@@ -548,15 +552,19 @@ impl<'a, P: Payload> DotMap<'a, P> {
                 return Err(ResolveError::Corrupt("keys out of order".into()));
             }
             last_key = Some(key);
-            let n = d.count("dots", 4 + 8 + P::BYTES_MIN)?;
+            let n = d.count("dots", DOT_BYTES + P::BYTES)?;
             if n == 0 {
                 return Err(ResolveError::Corrupt("a key without dots".into()));
             }
             let mut last_index = None;
             for _ in 0..n {
-                let actor = d.u32("actor index")?;
-                let counter = d.u64("counter")?;
-                let payload = P::decode(d)?;
+                // Actor index (u32), counter (u64) and payload, read with one bounds check.
+                let dot = d.take_exact(DOT_BYTES + P::BYTES, "dot")?;
+                let actor = u32::from_be_bytes([dot[0], dot[1], dot[2], dot[3]]);
+                let counter = u64::from_be_bytes([
+                    dot[4], dot[5], dot[6], dot[7], dot[8], dot[9], dot[10], dot[11],
+                ]);
+                let payload = P::parse(&dot[DOT_BYTES..])?;
                 let Some(&(_, seen)) = clock.entries.get(actor as usize) else {
                     return Err(ResolveError::Corrupt(format!(
                         "actor index {actor} outside the clock"
