@@ -14,8 +14,9 @@
 //! from a large positive to a negative value.
 //!
 //! Writes take only [`Op::CounterIncrement`] (negative = decrement); the context is ignored
-//! (counter operations commute, there is nothing to supersede) and a read returns an empty
-//! context. An increment of 0 changes nothing.
+//! (counter operations commute, there is nothing to supersede). A read always returns a
+//! counter value (0 for a counter nobody changed) and an empty context. An increment of 0
+//! changes nothing.
 //!
 //! Body layout, version 1:
 //!

@@ -39,8 +39,8 @@
 //! refused with [`ResolveError::TooManySiblings`] and stores nothing; the client must read,
 //! resolve and write back with the context (which shrinks the set). Deletes are never
 //! refused (they only shrink it), and neither are merges: a replica must always take in what
-//! another has, so a merged state may exceed the limit. [`Siblings::sibling_count`] lets the
-//! node warn at [`ResolverConfig::siblings_soft_max`].
+//! another has, so a merged state may exceed the limit. [`sibling_count`] lets the node warn
+//! at [`ResolverConfig::siblings_soft_max`].
 //!
 //! Body layout, version 1 (a version vector is encoded as in [`crate::causal`]):
 //!
@@ -180,15 +180,33 @@ impl Siblings {
         Self { config }
     }
 
-    /// How many siblings `state` holds (0 for a tombstone), for the soft-limit warning.
-    pub fn sibling_count(&self, state: &[u8]) -> Result<usize, ResolveError> {
-        Ok(State::decode(state)?.siblings.len())
+    /// The bucket's limits.
+    pub fn config(&self) -> ResolverConfig {
+        self.config
     }
 
-    /// Whether `state` is a tombstone: no sibling left, only the clock of what was deleted.
-    pub fn is_tombstone(&self, state: &[u8]) -> Result<bool, ResolveError> {
-        Ok(State::decode(state)?.siblings.is_empty())
+    /// How many siblings `state` holds; see [`sibling_count`].
+    pub fn sibling_count(&self, state: &[u8]) -> Result<usize, ResolveError> {
+        sibling_count(state)
     }
+
+    /// Whether `state` is a tombstone; see [`is_tombstone`].
+    pub fn is_tombstone(&self, state: &[u8]) -> Result<bool, ResolveError> {
+        is_tombstone(state)
+    }
+}
+
+/// How many siblings a `siblings` state holds (0 for a tombstone). The node calls this on
+/// the states it stores for a `siblings` bucket (it holds the resolver as `dyn Resolver`, so
+/// this is a free function) and warns at [`ResolverConfig::siblings_soft_max`].
+pub fn sibling_count(state: &[u8]) -> Result<usize, ResolveError> {
+    Ok(State::decode(state)?.siblings.len())
+}
+
+/// Whether a `siblings` state is a tombstone: no sibling left, only the clock of what was
+/// deleted.
+pub fn is_tombstone(state: &[u8]) -> Result<bool, ResolveError> {
+    Ok(State::decode(state)?.siblings.is_empty())
 }
 
 impl Resolver for Siblings {
