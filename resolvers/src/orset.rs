@@ -10,20 +10,22 @@
 //!
 //! ## Semantics
 //! - **add(e)** at actor `A` gives `e` a fresh dot `(A, n)` that replaces `A`'s earlier dot
-//!   of `e`, if any (so an element holds at most one dot per actor). Nobody has observed that dot yet, so an add concurrent with a
-//!   remove of the same element survives the remove: **add wins**.
+//!   of `e`, if any (so an element holds at most one dot per actor). Nobody has observed
+//!   that dot yet, so an add concurrent with a remove of the same element survives the
+//!   remove: **add wins**.
 //! - **remove(e)** drops the dots of `e` that the write's **context** observed. An element
 //!   added concurrently (a dot the context does not cover) stays; removing an element the
 //!   context never saw removes nothing. A context ahead of the coordinator becomes a deferred
 //!   remove, applied once the coordinator catches up.
 //! - **No context** (empty bytes: the client did not read) on a remove stands for the
-//!   coordinator's state *at that point of the write*: it removes every dot of `e` the coordinator holds, including one added by an
-//!   earlier operation of the same write. This is what a client that never read expects
-//!   ("remove it"), and it still loses against adds the coordinator has not seen. A client
-//!   that wants the precise observed-remove semantics sends the context of its read (the
-//!   context of a read that found nothing is not "no context": it observed nothing and
-//!   removes nothing).
-//! - Operations of one write apply in order. A context is the same for all of them, so `[add e, remove e]` with a context keeps `e` (the add was not observed).
+//!   coordinator's state *at that point of the write*: it removes every dot of `e` the
+//!   coordinator holds, including one added by an earlier operation of the same write. This
+//!   is what a client that never read expects ("remove it"), and it still loses against adds
+//!   the coordinator has not seen. A client that wants the precise observed-remove semantics
+//!   sends the context of its read (the context of a read that found nothing is not "no
+//!   context": it observed nothing and removes nothing).
+//! - Operations of one write apply in order. A context is the same for all of them, so
+//!   `[add e, remove e]` with a context keeps `e` (the add was not observed).
 //! - **read** returns the members in byte order, or `None` for the empty set, and the clock
 //!   as the context (header with the `orset` tag, version 1, then the version vector).
 //!
