@@ -134,7 +134,8 @@ pub struct BenchArgs {
     /// Bucket to use on a --cluster (embedded nodes always use `bench`).
     #[arg(long, default_value = target::BUCKET)]
     pub bucket: String,
-    /// Also measure the floor: a raw TCP echo at the same rate and request size.
+    /// Also measure the floor: a raw TCP echo at the same rate (--rate, also with --sweep)
+    /// and request size, over as many connections.
     #[arg(long)]
     pub floor: bool,
     /// Raise the rate step by step; report the highest with p99.9 under --p999-target.
@@ -386,7 +387,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
             nodes: addresses.len(),
             addresses,
         },
-        bucket: BucketReport {
+        bucket: measured.bucket.clone().unwrap_or_else(|| BucketReport {
             name: plan.bucket_name.clone(),
             engine: plan.bucket.engine.name().to_string(),
             resolver: plan.bucket.resolver.name().to_string(),
@@ -394,7 +395,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
             r: plan.bucket.r,
             w: plan.bucket.w,
             dw: plan.bucket.dw,
-        },
+        }),
         workload: WorkloadReport {
             name: args.workload.name().to_string(),
             keys: args.keys,
@@ -422,6 +423,8 @@ struct Measured {
     runs: Vec<(String, RunResult)>,
     sweep: Option<SweepReport>,
     zero_hop: bool,
+    /// The bucket as the first node reports it (on a `--cluster`, its settings rule).
+    bucket: Option<BucketReport>,
 }
 
 async fn measure(
@@ -445,6 +448,15 @@ async fn measure(
     if let Some(e) = first {
         return Err(format!("preloading failed for {failed} of {} keys: {e}", args.keys));
     }
+    let bucket = store.bucket_status().await.map(|b| BucketReport {
+        name: b.name,
+        engine: b.engine,
+        resolver: b.resolver,
+        n: b.nrw.0,
+        r: b.nrw.1,
+        w: b.nrw.2,
+        dw: b.nrw.3,
+    });
     let store = Rc::new(store);
     let mut pacer = Pacer::new();
     if !pacer.is_precise() {
@@ -483,7 +495,7 @@ async fn measure(
             floor_run(&plan.schedule, connections, frame_bytes, &mut pacer, progress).await?;
         runs.push(("floor".to_string(), result));
     }
-    Ok(Measured { runs, sweep, zero_hop: store.zero_hop() })
+    Ok(Measured { runs, sweep, zero_hop: store.zero_hop(), bucket })
 }
 
 async fn store_run(

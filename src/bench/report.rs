@@ -226,7 +226,7 @@ pub struct TargetReport {
     pub addresses: Vec<String>,
 }
 
-/// The bucket under test (on a `--cluster`, as requested; the cluster's own settings rule).
+/// The bucket under test, as the first node reports it (as requested, where it does not).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BucketReport {
     /// Bucket name.

@@ -244,6 +244,12 @@ impl Store {
         })
     }
 
+    /// The bucket under test as the first node reports it, if it does.
+    pub async fn bucket_status(&self) -> Option<crate::client::BucketStatus> {
+        let status = self.per_node[0][0].status().await.ok()?;
+        status.buckets.into_iter().find(|b| b.name == self.bucket)
+    }
+
     /// Whether per-key routing follows the ring (zero-hop).
     pub fn zero_hop(&self) -> bool {
         self.routing == Routing::PerKey && self.routes.from_ring()
