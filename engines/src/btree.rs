@@ -15,7 +15,9 @@
 //! the free list's place, the counters, a transaction id and a CRC) into the slot `txn % 2`,
 //! and makes all of it durable with **one `fdatasync`**. Many writes share a commit, and many
 //! concurrent `sync` callers share one too (group commit: callers queue on one commit lock and
-//! find their writes already durable when their turn comes).
+//! find their writes already durable when their turn comes). A background thread also commits
+//! every [`EngineOptions::flush_interval_ms`] when there are writes, so what a crash loses
+//! without any `sync` is at most that much.
 //!
 //! One `fdatasync` does not order the meta after the pages, so after a crash the new meta may
 //! be on disk without some of its pages. Every reference to a page (a branch's child, the
@@ -124,7 +126,9 @@ use std::ops::{ControlFlow, Range};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::{check_sizes, EngineError, EngineKind, EngineOptions, EngineStats, StorageEngine};
 
@@ -1003,8 +1007,8 @@ pub struct TreeShape {
 // ---------------------------------------------------------------------------------------------
 // The engine.
 
-/// The paged copy-on-write B+tree engine. See the module documentation.
-pub struct BtreeEngine {
+/// The engine's state, shared with the commit thread.
+struct Shared {
     path: PathBuf,
     file: File,
     /// The open data directory, holding the exclusive `flock` for the engine's lifetime.
@@ -1019,7 +1023,7 @@ pub struct BtreeEngine {
     failed: AtomicBool,
 }
 
-impl std::fmt::Debug for BtreeEngine {
+impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BtreeEngine")
             .field("path", &self.path)
@@ -1028,9 +1032,9 @@ impl std::fmt::Debug for BtreeEngine {
     }
 }
 
-impl BtreeEngine {
+impl Shared {
     /// Open (or create) the btree in `dir`, taking an exclusive lock on the directory.
-    pub fn open(dir: &Path, options: &EngineOptions) -> Result<BtreeEngine, EngineError> {
+    fn open(dir: &Path, options: &EngineOptions) -> Result<Shared, EngineError> {
         fs::create_dir_all(dir).map_err(EngineError::io("creating the data directory"))?;
         let dir_lock = File::open(dir).map_err(EngineError::io("opening the data directory"))?;
         let locked = match fs4::fs_std::FileExt::try_lock_exclusive(&dir_lock) {
@@ -1050,7 +1054,7 @@ impl BtreeEngine {
             .write(true)
             .open(&path)
             .map_err(EngineError::io("opening the btree file"))?;
-        let mut engine = BtreeEngine {
+        let mut engine = Shared {
             path,
             file,
             _dir_lock: dir_lock,
@@ -1684,7 +1688,7 @@ impl BtreeEngine {
 
     /// Outside the tree lock: write the meta after the pages it names, and make both durable
     /// with one `fdatasync`. A crash before it returns may leave the meta without some pages;
-    /// open finds that out ([`BtreeEngine::verify_commit`]) and uses the other meta.
+    /// open finds that out ([`Shared::verify_commit`]) and uses the other meta.
     fn write_meta(&self, meta: &Meta) -> Result<(), EngineError> {
         let slot = meta.txn % META_PAGES;
         self.file
@@ -1762,7 +1766,7 @@ impl BtreeEngine {
     /// Walk the whole tree and check its invariants: keys ordered within and across pages and
     /// bounded by their separators, leaves all at one depth, every page used once, no used page
     /// on the free list, and every page of the file either used or free. Returns the shape.
-    pub fn for_testing_check(&self) -> Result<TreeShape, String> {
+    fn for_testing_check(&self) -> Result<TreeShape, String> {
         let _no_commit_in_flight = self.durable_txn.lock().unwrap_or_else(|p| p.into_inner());
         let tree = self.read_tree();
         let mut used: HashSet<PageId> = HashSet::new();
@@ -1866,6 +1870,127 @@ impl BtreeEngine {
     }
 }
 
+/// The paged copy-on-write B+tree engine. See the module documentation.
+///
+/// A background thread commits on its own every [`EngineOptions::flush_interval_ms`] when
+/// there are writes, so unsynced writes are lost in a crash only if they are younger than that.
+/// Dropping the engine stops the thread and releases the directory lock; it does not commit.
+pub struct BtreeEngine {
+    shared: Arc<Shared>,
+    committer: Option<Committer>,
+}
+
+/// The background commit thread and the flag that stops it.
+struct Committer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+impl BtreeEngine {
+    /// Open (or create) the btree in `dir`, taking an exclusive lock on the directory: a
+    /// second opener gets [`EngineError::Locked`] and nothing is touched.
+    pub fn open(dir: &Path, options: &EngineOptions) -> Result<BtreeEngine, EngineError> {
+        let shared = Arc::new(Shared::open(dir, options)?);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let interval = Duration::from_millis(options.flush_interval_ms.max(1));
+        let thread = {
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("btree-commit".into())
+                .spawn(move || commit_periodically(&shared, &stop, interval))
+                .map_err(EngineError::io("starting the commit thread"))?
+        };
+        Ok(BtreeEngine { shared, committer: Some(Committer { stop, thread }) })
+    }
+
+    /// Walk the whole tree and check its invariants: keys ordered within and across pages and
+    /// bounded by their separators, leaves all at one depth, every page used once, no used
+    /// page on the free list, and every page of the file either used or free. Returns the
+    /// shape.
+    pub fn for_testing_check(&self) -> Result<TreeShape, String> {
+        self.shared.for_testing_check()
+    }
+}
+
+/// The commit thread: every `interval`, commit if anything changed, until told to stop. A
+/// failed commit marks the engine failed; later `put`s and `sync`s report it.
+fn commit_periodically(shared: &Shared, stop: &(Mutex<bool>, Condvar), interval: Duration) {
+    let (stopped, wake) = stop;
+    loop {
+        {
+            // The flag is read under the mutex before waiting: a stop requested while this
+            // thread was committing (or starting) is seen here, not lost until the timeout.
+            let guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
+            if *guard {
+                return;
+            }
+            let (guard, _) = wake.wait_timeout(guard, interval).unwrap_or_else(|p| p.into_inner());
+            if *guard {
+                return;
+            }
+        }
+        let changed = shared.read_tree().changed;
+        if changed && shared.commit().is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for BtreeEngine {
+    fn drop(&mut self) {
+        if let Some(committer) = self.committer.take() {
+            *committer.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            committer.stop.1.notify_all();
+            // A panic in the thread has already been reported; nothing more to do here.
+            let _ = committer.thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for BtreeEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+impl StorageEngine for BtreeEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Btree
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.shared.get(key)
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+        self.shared.put(key, value)
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
+        self.shared.delete(key)
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), EngineError> {
+        self.shared.scan_prefix(prefix, visit)
+    }
+
+    fn sync(&self) -> Result<(), EngineError> {
+        self.shared.commit()
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.shared.stats()
+    }
+}
+
 /// Create an empty btree file: both metas name an empty tree. The file is written under a
 /// temporary name, synced, renamed into place, and the directory synced, so a crash leaves
 /// either no file or a complete one.
@@ -1898,7 +2023,7 @@ fn create_file(dir: &Path, path: &Path) -> Result<(), EngineError> {
         .map_err(EngineError::io("syncing the data directory"))
 }
 
-impl StorageEngine for BtreeEngine {
+impl StorageEngine for Shared {
     fn kind(&self) -> EngineKind {
         EngineKind::Btree
     }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::time::Duration;
 
 use cartwheel_engines::btree::{BtreeEngine, BTREE_KEY_BYTES_MAX, FILE_NAME, PAGE_SIZE};
 use cartwheel_engines::{EngineError, EngineOptions, StorageEngine, VALUE_BYTES_MAX};
@@ -34,9 +35,12 @@ impl Rng {
     }
 }
 
+/// Options with the given cache bound, and the commit thread slowed to once an hour so that
+/// what a test does not sync is lost in its crashes.
 fn options(cache_bytes_max: u64) -> EngineOptions {
     let mut options = EngineOptions::default();
     options.btree_cache_bytes_max = cache_bytes_max;
+    options.flush_interval_ms = 3_600_000;
     options
 }
 
@@ -272,6 +276,56 @@ fn page_cache_respects_its_bound() {
         }
     }
     assert_holds(&engine, &model);
+}
+
+/// Writes nobody syncs are committed by the engine's own thread within the flush interval.
+#[test]
+fn unsynced_writes_commit_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(1 << 20);
+    options.flush_interval_ms = 20;
+    let engine = BtreeEngine::open(dir.path(), &options).unwrap();
+    engine.put(b"never", b"synced").unwrap();
+    let mut committed = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(20));
+        // A second reader of the file sees the commit once its meta is written.
+        let bytes = fs::read(dir.path().join(FILE_NAME)).unwrap();
+        if page_txn(&bytes, 0).max(page_txn(&bytes, 1)) > 0 {
+            committed = true;
+            break;
+        }
+    }
+    assert!(committed, "no commit within two seconds");
+    drop(engine);
+    let engine = open(dir.path(), 1 << 20);
+    assert_eq!(engine.get(b"never").unwrap(), Some(b"synced".to_vec()));
+}
+
+/// Closing an engine is prompt even with an hour-long commit interval: the commit thread sees
+/// the stop request whenever it comes (just after start, or during a commit).
+#[test]
+fn close_never_waits_for_the_commit_interval() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = options(1 << 20);
+        for _ in 0..200 {
+            let engine = BtreeEngine::open(dir.path(), &options).unwrap();
+            engine.put(b"k", b"v").unwrap();
+            drop(engine);
+        }
+        // And with a short interval, a stop that arrives during a commit.
+        options.flush_interval_ms = 1;
+        for i in 0..50u64 {
+            let engine = BtreeEngine::open(dir.path(), &options).unwrap();
+            engine.put(&key(i), &value(i, 0, 100)).unwrap();
+            std::thread::sleep(Duration::from_millis(i % 3));
+            drop(engine);
+        }
+        done.send(()).unwrap();
+    });
+    finished.recv_timeout(Duration::from_secs(60)).expect("open and close 250 times in a minute");
 }
 
 /// Keys longer than the btree's key limit are refused and change nothing; a key at the limit
