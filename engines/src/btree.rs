@@ -456,15 +456,21 @@ impl Leaf {
         self.prefixes.extend_from_slice(&other.prefixes);
     }
 
-    /// Split an over-full leaf into two halves that each fit in a page; returns the right half.
-    fn split_off(&mut self) -> Leaf {
-        let half = self.buf.len() / 2;
-        // The last cell that starts at or before the middle begins the right half, so the
-        // left half is at most half and the right at most half plus one cell.
-        let mut m = self.offsets.partition_point(|&o| (o as usize) <= half).max(1);
-        if m >= self.len() {
-            m = self.len() - 1;
-        }
+    /// Split an over-full leaf into two parts that each fit in a page; returns the right one.
+    /// After an append (keys arriving in order) the left part is left as full as it can be,
+    /// otherwise the split is in the middle.
+    fn split_off(&mut self, append: bool) -> Leaf {
+        let m = if append {
+            // The last cell that starts within a page begins the right part: the left part
+            // fits, and the right holds at most two cells.
+            self.offsets.partition_point(|&o| (o as usize) <= BODY_BYTES) - 1
+        } else {
+            // The first cell that starts past the middle begins the right part: it holds less
+            // than half, and the left at most half and one cell.
+            let half = self.buf.len() / 2;
+            self.offsets.partition_point(|&o| (o as usize) <= half)
+        };
+        let m = m.clamp(1, self.len() - 1);
         let cut = self.offsets[m] as usize;
         let right = Leaf {
             buf: self.buf[cut..].to_vec(),
@@ -586,12 +592,13 @@ impl Branch {
         low
     }
 
-    /// Split an over-full branch; returns the promoted key and the right half.
-    fn split_off(&mut self) -> (Vec<u8>, Branch) {
-        let half = self.body_bytes() / 2;
+    /// Split an over-full branch; returns the promoted key and the right part. After an
+    /// append the left part is left as full as it can be, otherwise the split is in the middle.
+    fn split_off(&mut self, append: bool) -> (Vec<u8>, Branch) {
+        let limit = if append { BODY_BYTES } else { self.body_bytes() / 2 };
         let mut size = BRANCH_FIRST_CHILD_BYTES;
         let mut m = 0;
-        while m < self.keys.len() && size + BRANCH_CELL_OVERHEAD + self.keys[m].len() <= half {
+        while m < self.keys.len() && size + BRANCH_CELL_OVERHEAD + self.keys[m].len() <= limit {
             size += BRANCH_CELL_OVERHEAD + self.keys[m].len();
             m += 1;
         }
@@ -1382,19 +1389,20 @@ impl Shared {
         }
     }
 
-    /// Store a changed node at `id`, splitting it if it outgrew a page.
-    fn store(&self, tree: &mut Tree, id: PageId, mut node: Node) -> Change {
+    /// Store a changed node at `id`, splitting it if it outgrew a page (see `split_off` for
+    /// what `append` changes).
+    fn store(&self, tree: &mut Tree, id: PageId, mut node: Node, append: bool) -> Change {
         if node.body_bytes() <= BODY_BYTES {
             self.put_dirty(tree, id, node);
             return Change::Same(id);
         }
         let (separator, right) = match &mut node {
             Node::Leaf(leaf) => {
-                let right = leaf.split_off();
+                let right = leaf.split_off(append);
                 (right.key(0).to_vec(), Node::Leaf(right))
             }
             Node::Branch(branch) => {
-                let (promoted, right) = branch.split_off();
+                let (promoted, right) = branch.split_off(append);
                 (promoted, Node::Branch(right))
             }
         };
@@ -1429,6 +1437,7 @@ impl Shared {
         let Some((i, child)) = step else {
             let (id, mut node) = self.writable(tree, id, node);
             let Node::Leaf(leaf) = &mut node else { unreachable!("checked to be a leaf") };
+            let mut append = false;
             let displaced = match leaf.search(key) {
                 Ok(at) => {
                     let displaced = leaf.displaced(at);
@@ -1436,11 +1445,12 @@ impl Shared {
                     Some(displaced)
                 }
                 Err(at) => {
+                    append = at == leaf.len();
                     leaf.insert_cell(at, cell);
                     None
                 }
             };
-            return Ok((self.store(tree, id, node), displaced));
+            return Ok((self.store(tree, id, node, append), displaced));
         };
         let (change, displaced) = self.insert(tree, child, key, cell, depth + 1)?;
         if matches!(change, Change::Same(new) if new == child.id) {
@@ -1451,6 +1461,7 @@ impl Shared {
         let Node::Branch(branch) = &mut node else { unreachable!("checked to be a branch") };
         // Pages changed in this transaction carry its id.
         let txn = tree.txn;
+        let append = i == branch.keys.len() && matches!(change, Change::Split(..));
         match change {
             Change::Same(new) => branch.children[i] = Ptr { id: new, txn },
             Change::Split(left, separator, right) => {
@@ -1460,7 +1471,7 @@ impl Shared {
                 branch.refresh();
             }
         }
-        Ok((self.store(tree, id, node), displaced))
+        Ok((self.store(tree, id, node, append), displaced))
     }
 
     /// Remove `key` below the node at `id`. `None` when the key is absent (nothing changed);

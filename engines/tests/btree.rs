@@ -137,6 +137,25 @@ fn splits_and_merges_keep_the_tree_valid() {
     assert_eq!(engine.get(&key(order[0])).unwrap(), None);
 }
 
+/// Keys written in order (a bulk load) leave full pages behind, not half-full ones.
+#[test]
+fn keys_in_order_fill_their_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), 64 << 20);
+    let mut cell_bytes = 0;
+    for i in 0..20_000u64 {
+        let (k, v) = (key(i), value(i, 0, 150));
+        cell_bytes += 7 + k.len() + v.len();
+        engine.put(&k, &v).unwrap();
+    }
+    let shape = engine.for_testing_check().unwrap();
+    let full_pages = cell_bytes.div_ceil(PAGE_SIZE - 24) as u64;
+    assert!(shape.leaf_pages <= full_pages + full_pages / 20, "{shape:?} for {full_pages} pages");
+    engine.sync().unwrap();
+    let model: Model = (0..20_000).map(|i| (key(i), value(i, 0, 150))).collect();
+    assert_holds(&engine, &model);
+}
+
 /// Values of every size class, up to `VALUE_BYTES_MAX`, round-trip through overflow pages,
 /// survive reopen, and give their pages back when overwritten or deleted.
 #[test]
