@@ -195,7 +195,8 @@ pub struct EngineOptions {
     pub snapshot_log_bytes: u64,
     /// `btree`: the memory the page cache and the dirty pages of the open transaction may
     /// hold together, in bytes. Past half of it, dirty pages are written early (still
-    /// uncommitted); past all of it, clean pages are evicted and re-read on demand.
+    /// uncommitted); past all of it, clean pages are evicted and re-read on demand. Default
+    /// 256 MiB ([`btree::CACHE_BYTES_MAX_DEFAULT`]).
     pub btree_cache_bytes_max: u64,
 }
 
