@@ -9,7 +9,7 @@
 //! - merging every state in any order, with duplicates, gives the same bytes (convergence);
 //! - every state reads without error, and `apply` results descend from their input;
 //! - states re-encode to themselves (merge with self is the identity, byte for byte);
-//! - random garbage never panics in `read` or `merge`.
+//! - random garbage, and real states with a flipped byte or cut short, never panic.
 //!
 //! A resolver whose merge broke a law (say, kept the left side on a tie) fails here.
 
@@ -170,6 +170,37 @@ macro_rules! law_suite {
                     let resolver = resolver();
                     let states = simulate(&*resolver, &steps, seed);
                     check_laws(&*resolver, &states, seed)?;
+                }
+
+                /// Real states with a flipped byte or cut short never panic `read`, `merge`
+                /// or `apply`: they decode to a state or fail with a typed error.
+                #[test]
+                fn damaged_states_never_panic(
+                    steps in steps($writes.boxed()),
+                    seed in any::<u64>(),
+                    flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..8),
+                ) {
+                    let resolver = resolver();
+                    let states = simulate(&*resolver, &steps, seed);
+                    for state in states.iter().rev().take(4) {
+                        for (at, mask) in &flips {
+                            let mut damaged = state.clone();
+                            damaged[at % state.len()] ^= mask;
+                            let cut = &state[..at % state.len()];
+                            for bad in [damaged.as_slice(), cut] {
+                                let _ = resolver.read(bad);
+                                let _ = resolver.merge(state, bad);
+                                let _ = resolver.merge(bad, state);
+                                if let Some(Step::Write { write, .. }) = steps.first() {
+                                    let stamp = Stamp {
+                                        actor: b"n0".to_vec(),
+                                        time: HybridClock::with_wall_clock(|| 1).now(),
+                                    };
+                                    let _ = resolver.apply(Some(bad), write, &stamp);
+                                }
+                            }
+                        }
+                    }
                 }
 
                 /// Arbitrary bytes never panic `read` or `merge`.
