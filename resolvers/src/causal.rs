@@ -65,6 +65,9 @@ pub const DEFERRED_REMOVES_MAX: usize = 64;
 /// Encoded dot inside a dot map: actor index (u32) and counter (u64).
 const DOT_BYTES: usize = 4 + 8;
 
+// Actor ids are length-prefixed with one byte.
+const _: () = assert!(ACTOR_BYTES_MAX <= u8::MAX as usize);
+
 /// Smallest encoded version vector entry: length byte, empty actor, counter.
 const VV_ENTRY_BYTES_MIN: usize = 1 + 8;
 
@@ -544,7 +547,10 @@ impl<'a, P: Payload> DotMap<'a, P> {
     pub fn decode(d: &mut Decoder<'a>) -> Result<Self, ResolveError> {
         let clock = VersionVector::decode(d)?;
         let key_count = d.count("keys", 4 + 4)?;
-        let mut entries: Vec<DotEntry<'a, P>> = Vec::with_capacity(key_count * clock.len().max(1));
+        // A guess of a few dots per key; not keys × actors, which a corrupt state could make
+        // huge (both counts are only bounded by the input length, their product is not).
+        let mut entries: Vec<DotEntry<'a, P>> =
+            Vec::with_capacity(key_count.saturating_mul(clock.len().clamp(1, 4)));
         let mut last_key: Option<&[u8]> = None;
         for _ in 0..key_count {
             let key = d.bytes("key")?;
