@@ -197,7 +197,7 @@ mod tests {
     /// No context removes what the coordinator holds, including an add earlier in the
     /// same write; with a context, that add is not observed and survives.
     #[test]
-    fn empty_context_removes_what_the_coordinator_holds() {
+    fn no_context_removes_what_the_coordinator_holds() {
         let s = OrSet.apply(None, &update(vec![add("x"), add("y")], b""), &stamp("n1")).unwrap();
         let s2 = OrSet.apply(Some(&s), &update(vec![remove("x")], b""), &stamp("n2")).unwrap();
         assert_eq!(set(&s2), ["y"]);
