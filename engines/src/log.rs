@@ -529,15 +529,6 @@ impl Shared {
                 .map(|(id, _)| *id)
                 .collect()
         };
-        for &(id, _) in &sealed {
-            if self.stopped() {
-                return Ok(());
-            }
-            if !hinted.contains(&id) && !candidates.contains(&id) {
-                self.write_hint(id)?;
-                hinted.insert(id);
-            }
-        }
         for id in candidates {
             if self.stopped() {
                 return Ok(());
@@ -545,6 +536,16 @@ impl Shared {
             let older_exists = self.log.sealed_segments().iter().any(|&(other, _)| other < id);
             if self.merge_segment(id, older_exists)? {
                 hinted.remove(&id);
+            }
+        }
+        // Hints last, so that segments sealed by the merges' own copies get theirs too.
+        for (id, _) in self.log.sealed_segments() {
+            if self.stopped() {
+                return Ok(());
+            }
+            if !hinted.contains(&id) {
+                self.write_hint(id)?;
+                hinted.insert(id);
             }
         }
         Ok(())
@@ -735,30 +736,45 @@ impl StorageEngine for LogEngine {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Result<(), EngineError> {
-        // Keys first, under the lock; values after, without it, so `visit` may write.
+        // Keys and locations first, under the lock; values after, without it, so that
+        // `visit` may write. Values are read in log order (sequential on disk).
         let mut keys = Vec::new();
-        let mut ends = Vec::new();
+        let mut entries = Vec::new();
         {
             let state = self.shared.read();
             let arena = &state.keydir.arena;
             for slot in state.keydir.table.iter() {
                 let key = arena_key(arena, slot);
                 if key.starts_with(prefix) {
+                    entries.push((slot.location(), keys.len(), key.len()));
                     keys.extend_from_slice(key);
-                    ends.push(keys.len());
                 }
             }
         }
-        let mut start = 0;
-        for end in ends {
-            let key = &keys[start..end];
-            start = end;
-            // A key deleted since the pass above is skipped: racing writes may or may not be
-            // seen.
-            if let Some(value) = self.get(key)? {
-                if visit(key, &value).is_break() {
-                    break;
-                }
+        entries.sort_unstable_by_key(|&(at, _, _)| at);
+        let mut value = Vec::new();
+        for (at, key_at, key_len) in entries {
+            let key = &keys[key_at..key_at + key_len];
+            // Records never change once written, so a location read later still holds this
+            // key's value as of the pass above (a write racing with the scan may or may not
+            // be seen). If a merge removed the segment since, look the key up again.
+            let read = self.shared.log.read(at, |record| {
+                value.clear();
+                value.extend_from_slice(record.value);
+                record.kind == RecordKind::Put && record.key == key
+            });
+            let found = match read {
+                Ok(true) => true,
+                _ => match self.get(key)? {
+                    Some(latest) => {
+                        value = latest;
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if found && visit(key, &value).is_break() {
+                break;
             }
         }
         Ok(())
