@@ -43,6 +43,8 @@ const DURABLE_SINGLE_OPS: usize = 2000;
 const DURABLE_WRITERS: usize = 64;
 const DURABLE_WRITERS_SECONDS: u64 = 3;
 const OPEN_CHILD_ENV: &str = "CARTWHEEL_BENCH_OPEN_CHILD";
+/// Pause after loading a store, before measuring it.
+const SETTLE: Duration = Duration::from_secs(5);
 
 fn key_count() -> u64 {
     std::env::var("CARTWHEEL_BENCH_KEYS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000)
@@ -289,6 +291,9 @@ fn bench_store(c: &mut Criterion, store: &dyn Store, n: u64, summary: &mut Summa
         "| {name} | load {n} keys | {:.0} puts/s (one batch, then one sync) |",
         n as f64 / load.as_secs_f64()
     ));
+    // Let the background work the load started (hint files, a snapshot) finish, so that the
+    // measurements below see the engine in its steady state.
+    std::thread::sleep(SETTLE);
 
     let mut group = c.benchmark_group("engines");
     group.throughput(Throughput::Elements(1));
