@@ -25,7 +25,7 @@
 //!   } ],
 //!   "sweep": null | { "p999_target_ms", "best_rate_per_s", "steps": [ {
 //!     "offered_rate_per_s", "achieved_rate_per_s", "p50_us", "p99_us", "p999_us",
-//!     "max_us", "errors", "late", "passed" } ] }
+//!     "max_us", "errors", "late", "overloaded", "passed" } ] }
 //! }
 //! Percentiles = { "count", "mean_us", "p50_us", "p90_us", "p99_us", "p999_us",
 //!                 "p9999_us", "max_us", "spectrum": [[percentile, latency_us], ...] }
@@ -187,6 +187,29 @@ impl RunReport {
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
+
+    /// What a reader should know before trusting the figures, in sentences.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let refused = ["overloaded", "unfinished", "not_issued", "timeout"]
+            .iter()
+            .any(|kind| self.errors.contains_key(*kind));
+        if refused || self.achieved_rate_per_s < 0.95 * self.offered_rate_per_s {
+            out.push(
+                "overload: the target did not keep up with the offered rate, so these latencies \
+                 measure a growing queue; lower --rate, or find the limit with --sweep"
+                    .to_string(),
+            );
+        }
+        if self.send_lag.p999_us > 1000.0 {
+            out.push(format!(
+                "the generator itself sent up to {} late (p99.9): the machine is busy, and \
+                 tails shorter than that are not resolved",
+                latency_text(self.send_lag.p999_us)
+            ));
+        }
+        out
+    }
 }
 
 /// The machine the run was on.
@@ -298,6 +321,8 @@ pub struct SweepStep {
     pub errors: u64,
     /// Late requests.
     pub late: u64,
+    /// Whether the step had errors or achieved less than 95% of the offered rate.
+    pub overloaded: bool,
     /// Whether p99.9 stayed under the target, without errors, at ≥ 95% of the offered rate.
     pub passed: bool,
 }
@@ -434,6 +459,9 @@ pub fn table(runs: &[RunReport]) -> String {
             latency_text(run.send_lag.p999_us),
             errors
         );
+        for warning in run.warnings() {
+            let _ = writeln!(out, "{:<7} note: {warning}", "");
+        }
     }
     out
 }
