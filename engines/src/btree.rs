@@ -325,9 +325,11 @@ struct Displaced {
     overflow: Option<(PageId, u64)>,
 }
 
-/// The first eight bytes of a key, zero-padded, as a big-endian number. If
-/// `key_prefix(a) < key_prefix(b)` then `a < b`, so a search compares these (one small array,
-/// few cache lines) and reads the keys themselves only on a tie.
+/// The first eight bytes of a key (after the bytes all keys of its node share), zero-padded,
+/// as a big-endian number. If `key_prefix(a) < key_prefix(b)` then `a < b`, so a search
+/// compares these (one small array, few cache lines) and reads the keys only on a tie. Taking
+/// them after the node's common prefix keeps them telling keys apart when keys share long
+/// beginnings (a partition number, a bucket name, zero-padded counters).
 fn key_prefix(key: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
     let n = key.len().min(8);
@@ -335,11 +337,28 @@ fn key_prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
-/// A leaf: its cells packed exactly as on disk, with the offset and key prefix of each cell.
+/// Bytes at the start of `a` and `b` that are equal.
+fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Where `key` falls against a node whose keys all start with `head`: `Ok(rest)` (the part of
+/// `key` after `head`) if it starts with it too, else `Err(true)` if it sorts before every key
+/// of the node and `Err(false)` if after.
+fn after_head<'k>(key: &'k [u8], head: &[u8]) -> Result<&'k [u8], bool> {
+    match key.strip_prefix(head) {
+        Some(rest) => Ok(rest),
+        None => Err(key < head),
+    }
+}
+
+/// A leaf: its cells packed exactly as on disk, with the offset of each cell, the length of a
+/// prefix all its keys share, and each key's [`key_prefix`] after that.
 #[derive(Clone, Debug, Default)]
 struct Leaf {
     buf: Vec<u8>,
     offsets: Vec<u32>,
+    common: usize,
     prefixes: Vec<u64>,
 }
 
@@ -389,14 +408,31 @@ impl Leaf {
         }
     }
 
+    /// Recompute the common prefix and the key prefixes.
+    fn refresh(&mut self) {
+        self.common = match self.len() {
+            0 => 0,
+            n => common_prefix_len(self.key(0), self.key(n - 1)),
+        };
+        self.prefixes = (0..self.len()).map(|i| key_prefix(&self.key(i)[self.common..])).collect();
+    }
+
     /// `Ok(i)` if cell `i` has `key`, `Err(i)` for where it would go.
     fn search(&self, key: &[u8]) -> Result<usize, usize> {
-        let prefix = key_prefix(key);
+        if self.len() == 0 {
+            return Err(0);
+        }
+        let common = self.common;
+        let rest = match after_head(key, &self.key(0)[..common]) {
+            Ok(rest) => rest,
+            Err(before) => return Err(if before { 0 } else { self.len() }),
+        };
+        let prefix = key_prefix(rest);
         let (mut low, mut high) = (0, self.len());
         while low < high {
             let mid = low + (high - low) / 2;
             let order = match self.prefixes[mid].cmp(&prefix) {
-                std::cmp::Ordering::Equal => self.key(mid).cmp(key),
+                std::cmp::Ordering::Equal => self.key(mid)[common..].cmp(rest),
                 order => order,
             };
             match order {
@@ -421,10 +457,18 @@ impl Leaf {
         self.reserve_for(cell.len());
         self.buf.splice(at..at, cell.iter().copied());
         self.offsets.insert(i, at as u32);
-        let key_len = get_u16(cell, CELL_KEY_LEN) as usize;
-        self.prefixes.insert(i, key_prefix(&cell[CELL_HEADER_BYTES..CELL_HEADER_BYTES + key_len]));
         for offset in &mut self.offsets[i + 1..] {
             *offset += cell.len() as u32;
+        }
+        // A key between two others shares their common prefix; a new first or last key may
+        // share less, and then every key prefix is taken again.
+        let neighbour = if i == 0 { 1 } else { 0 };
+        // Every key is at least `common` bytes long: they all start with the same `common`.
+        if self.len() > 1 && self.key(i).starts_with(&self.key(neighbour)[..self.common]) {
+            let prefix = key_prefix(&self.key(i)[self.common..]);
+            self.prefixes.insert(i, prefix);
+        } else {
+            self.refresh();
         }
     }
 
@@ -453,7 +497,7 @@ impl Leaf {
         let base = self.buf.len() as u32;
         self.buf.extend_from_slice(&other.buf);
         self.offsets.extend(other.offsets.iter().map(|o| o + base));
-        self.prefixes.extend_from_slice(&other.prefixes);
+        self.refresh();
     }
 
     /// Split an over-full leaf into two parts that each fit in a page; returns the right one.
@@ -475,10 +519,14 @@ impl Leaf {
         let right = Leaf {
             buf: self.buf[cut..].to_vec(),
             offsets: self.offsets[m..].iter().map(|o| o - cut as u32).collect(),
-            prefixes: self.prefixes.split_off(m),
+            common: 0,
+            prefixes: Vec::new(),
         };
+        let mut right = right;
+        right.refresh();
         self.buf.truncate(cut);
         self.offsets.truncate(m);
+        self.refresh();
         self.shrink();
         right
     }
@@ -510,8 +558,8 @@ impl Leaf {
             offsets.push(at as u32);
             at = end;
         }
-        let mut leaf = Leaf { buf: body[..at].to_vec(), offsets, prefixes: Vec::new() };
-        leaf.prefixes = (0..count).map(|i| key_prefix(leaf.key(i))).collect();
+        let mut leaf = Leaf { buf: body[..at].to_vec(), offsets, common: 0, prefixes: Vec::new() };
+        leaf.refresh();
         for i in 1..leaf.len() {
             if leaf.key(i - 1) >= leaf.key(i) {
                 return Err(format!("leaf keys out of order at cell {i}"));
@@ -543,27 +591,33 @@ fn leaf_cell(key: &[u8], value: ValueRef<'_>) -> Vec<u8> {
     cell
 }
 
-/// A branch: `keys.len() + 1` children; child `i + 1` holds keys `>= keys[i]`. `prefixes`
-/// mirrors `keys` (see [`key_prefix`]); whoever changes `keys` calls [`Branch::refresh`].
+/// A branch: `keys.len() + 1` children; child `i + 1` holds keys `>= keys[i]`. `common` and
+/// `prefixes` index `keys` as in a [`Leaf`]; whoever changes `keys` calls [`Branch::refresh`].
 #[derive(Clone, Debug)]
 struct Branch {
     keys: Vec<Vec<u8>>,
     children: Vec<Ptr>,
+    common: usize,
     prefixes: Vec<u64>,
 }
 
 impl Branch {
     fn new(keys: Vec<Vec<u8>>, children: Vec<Ptr>) -> Branch {
-        let mut branch = Branch { keys, children, prefixes: Vec::new() };
+        let mut branch = Branch { keys, children, common: 0, prefixes: Vec::new() };
         branch.refresh();
         branch
     }
 
-    /// Recompute the key prefixes after a change to `keys`.
+    /// Recompute the common prefix and the key prefixes after a change to `keys`.
     fn refresh(&mut self) {
         debug_assert_eq!(self.keys.len() + 1, self.children.len(), "a child per key and one");
+        self.common = match (self.keys.first(), self.keys.last()) {
+            (Some(first), Some(last)) => common_prefix_len(first, last),
+            _ => 0,
+        };
+        let common = self.common;
         self.prefixes.clear();
-        self.prefixes.extend(self.keys.iter().map(|k| key_prefix(k)));
+        self.prefixes.extend(self.keys.iter().map(|k| key_prefix(&k[common..])));
     }
 
     fn body_bytes(&self) -> usize {
@@ -574,14 +628,20 @@ impl Branch {
     /// The child whose range holds `key`: the number of keys `<= key`.
     fn child_index(&self, key: &[u8]) -> usize {
         debug_assert_eq!(self.prefixes.len(), self.keys.len(), "prefixes refreshed");
-        let prefix = key_prefix(key);
+        let Some(first) = self.keys.first() else { return 0 };
+        let common = self.common;
+        let rest = match after_head(key, &first[..common]) {
+            Ok(rest) => rest,
+            Err(before) => return if before { 0 } else { self.keys.len() },
+        };
+        let prefix = key_prefix(rest);
         let (mut low, mut high) = (0, self.keys.len());
         while low < high {
             let mid = low + (high - low) / 2;
             let at_or_below = match self.prefixes[mid].cmp(&prefix) {
                 std::cmp::Ordering::Less => true,
                 std::cmp::Ordering::Greater => false,
-                std::cmp::Ordering::Equal => self.keys[mid].as_slice() <= key,
+                std::cmp::Ordering::Equal => &self.keys[mid][common..] <= rest,
             };
             if at_or_below {
                 low = mid + 1;
@@ -759,6 +819,12 @@ struct PageCache {
 }
 
 impl PageCache {
+    fn get_ref(&mut self, id: PageId) -> Option<&Node> {
+        let slot = self.slots.get_mut(&id)?;
+        slot.referenced = true;
+        Some(&slot.node)
+    }
+
     fn get(&mut self, id: PageId) -> Option<Arc<Node>> {
         let slot = self.slots.get_mut(&id)?;
         slot.referenced = true;
@@ -992,6 +1058,61 @@ enum ScanStep {
     Full,
     /// A key past the prefix was reached: the scan is over.
     End,
+}
+
+/// Where a `get` stands after walking down as far as it could.
+enum Descent {
+    /// The key's value, copied out.
+    Found(Vec<u8>),
+    /// The key is not in the tree.
+    Absent,
+    /// The key's value is in this overflow run.
+    Overflow { first: PageId, len: usize, txn: u64 },
+    /// This page is needed and not in memory.
+    Missing(Ptr),
+    /// The walk went deeper than any real tree.
+    TooDeep,
+}
+
+/// One step of a `get` at `node`: the child to go to, or where the walk ends.
+fn descend_one(node: &Node, key: &[u8]) -> Result<Ptr, Descent> {
+    match node {
+        Node::Branch(branch) => Ok(branch.children[branch.child_index(key)]),
+        Node::Leaf(leaf) => Err(match leaf.search(key) {
+            Err(_) => Descent::Absent,
+            Ok(i) => match leaf.value(i) {
+                ValueRef::Inline(value) => Descent::Found(value.to_vec()),
+                ValueRef::Overflow { first, len, txn } => Descent::Overflow { first, len, txn },
+            },
+        }),
+    }
+}
+
+/// Walk down from `ptr` through pages that are dirty or cached, as far as they go.
+fn descend_in_memory(
+    tree: &Tree,
+    cache: &mut PageCache,
+    mut ptr: Ptr,
+    key: &[u8],
+    depth: &mut usize,
+) -> Descent {
+    loop {
+        if *depth > DEPTH_MAX {
+            return Descent::TooDeep;
+        }
+        let node = match tree.dirty.get(&ptr.id) {
+            Some(node) => &**node,
+            None => match cache.get_ref(ptr.id) {
+                Some(node) => node,
+                None => return Descent::Missing(ptr),
+            },
+        };
+        *depth += 1;
+        match descend_one(node, key) {
+            Ok(child) => ptr = child,
+            Err(done) => return done,
+        }
+    }
 }
 
 /// The shape of a tree, as [`BtreeEngine::for_testing_check`] finds it.
@@ -1815,7 +1936,12 @@ impl Shared {
                     if leaf.len() == 0 {
                         return Err(format!("leaf {id} is empty"));
                     }
-                    if (0..leaf.len()).any(|i| leaf.prefixes[i] != key_prefix(leaf.key(i))) {
+                    let head = &leaf.key(0)[..leaf.common];
+                    let stale = (0..leaf.len()).any(|i| {
+                        !leaf.key(i).starts_with(head)
+                            || leaf.prefixes[i] != key_prefix(&leaf.key(i)[leaf.common..])
+                    });
+                    if stale || leaf.prefixes.len() != leaf.len() {
                         return Err(format!("leaf {id} has stale key prefixes"));
                     }
                     for i in 0..leaf.len() {
@@ -1839,8 +1965,14 @@ impl Shared {
                 }
                 Node::Branch(branch) => {
                     shape.branch_pages += 1;
-                    if branch.keys.iter().map(|k| key_prefix(k)).ne(branch.prefixes.iter().copied())
-                    {
+                    let head = branch.keys.first().map_or(&[][..], |k| &k[..branch.common]);
+                    let stale = branch.keys.iter().any(|k| !k.starts_with(head))
+                        || branch
+                            .keys
+                            .iter()
+                            .map(|k| key_prefix(&k[branch.common..]))
+                            .ne(branch.prefixes.iter().copied());
+                    if stale {
                         return Err(format!("branch {id} has stale key prefixes"));
                     }
                     if branch.keys.iter().any(|k| !in_bounds(k)) {
@@ -2041,23 +2173,39 @@ impl StorageEngine for Shared {
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         let tree = self.read_tree();
-        let mut ptr = tree.root;
-        if ptr.id == 0 {
+        if tree.root.id == 0 {
             return Ok(None);
         }
-        for _ in 0..DEPTH_MAX {
-            let node = self.node(&tree, ptr)?;
-            match &*node {
-                Node::Branch(branch) => ptr = branch.children[branch.child_index(key)],
-                Node::Leaf(leaf) => {
-                    return match leaf.search(key) {
-                        Ok(i) => self.read_value(leaf.value(i)).map(Some),
-                        Err(_) => Ok(None),
-                    };
+        let (mut ptr, mut depth) = (tree.root, 0);
+        loop {
+            // Walk down through pages in memory under one cache lock; give it up only to read
+            // a missing page from disk, then go on below that page.
+            let outcome = descend_in_memory(&tree, &mut self.cache(), ptr, key, &mut depth);
+            let done = match outcome {
+                Descent::Missing(missing) => {
+                    let node = self.node(&tree, missing)?;
+                    depth += 1;
+                    match descend_one(&node, key) {
+                        Ok(child) => {
+                            ptr = child;
+                            continue;
+                        }
+                        Err(done) => done,
+                    }
                 }
-            }
+                done => done,
+            };
+            return match done {
+                Descent::Found(value) => Ok(Some(value)),
+                Descent::Absent => Ok(None),
+                Descent::Overflow { first, len, txn } => {
+                    self.read_value(ValueRef::Overflow { first, len, txn }).map(Some)
+                }
+                Descent::TooDeep | Descent::Missing(_) => {
+                    Err(self.corrupt("the tree is deeper than any real tree".into()))
+                }
+            };
         }
-        Err(self.corrupt("the tree is deeper than any real tree".into()))
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
