@@ -48,13 +48,20 @@
 //! puts, deletes and the start of a commit take it exclusively (the `fdatasync` runs outside it,
 //! so reads and writes go on while a commit waits on the disk). A scan copies batches of entries
 //! under the lock and calls the visitor outside it, so a slow visitor never stalls writers.
+//! A get walks the cached pages under one short cache lock; each cached node keeps an array of
+//! eight-byte key prefixes (taken after the bytes all its keys share), so a binary search
+//! touches one small array and reads a whole key only to confirm a match.
 //!
 //! ## Integrity
-//! Every page carries a CRC32 of its whole content, its own page number and its kind, checked
-//! each time it is read. A page that fails is never returned: the read that needed it fails with
-//! [`EngineError::Corrupt`], and open falls back to the other meta page if the newest one (or
-//! its free list or the pages of its commit) fails. Damage deeper in a committed tree is not repaired: reads that
-//! need a damaged page fail with `Corrupt`, every other read is answered exactly.
+//! Every page carries a CRC32 of its whole content, its own page number, its kind and the
+//! transaction that wrote it, all checked each time it is read from disk. A page that fails is
+//! never returned: open falls back to the other meta page if the newest one (or its free list,
+//! or a page its commit wrote) fails, and otherwise the read that needs a damaged page fails
+//! with [`EngineError::Corrupt`] while every other read is answered exactly. Damage deeper in
+//! a committed tree is not repaired. A file cut short reads as damage past the cut. Nothing on
+//! disk makes the engine panic; I/O failures come back as [`EngineError::Io`], after which
+//! writes are refused until the engine is reopened.
+
 //!
 //! ## Limits
 //! - Keys up to [`BTREE_KEY_BYTES_MAX`] (1 KiB, the node's default key limit). A B+tree needs
@@ -65,7 +72,8 @@
 //! - The file grows by whole pages and shrinks never: freed pages are reused first.
 //!
 //! Deliberately left out: multi-key transactions, readers that see a snapshot across commits,
-//! shrinking the file, and prefix compression of keys.
+//! shrinking the file, prefix compression of keys on disk, and rebalancing (an underfull page
+//! is merged with a neighbour when both fit in one page, never refilled from it).
 //!
 //! ## Page layouts (all integers little-endian)
 //! Every page starts with the same header:
