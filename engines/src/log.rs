@@ -414,6 +414,7 @@ impl LogEngine {
         let log_options = MemLogOptions {
             segment_bytes_max: options.segment_bytes_max,
             flush_interval_ms: options.flush_interval_ms,
+            ..MemLogOptions::default()
         };
         let log = MemLog::open(dir, lock, log_options, &mut replay)?;
         let hinted = std::mem::take(&mut replay.hinted);
@@ -454,10 +455,11 @@ impl LogEngine {
     }
 }
 
-/// Remove hint files (finished or not) whose segment is gone.
+/// Remove hint files (finished or not) whose segment is gone or is the active one (a hint is
+/// only ever written for a sealed segment; one named like the active segment is left over
+/// from a segment that recovery removed, and must not be trusted once this one is sealed).
 fn remove_stale_hints(log: &MemLog) -> Result<(), EngineError> {
-    let mut live: HashSet<u32> = log.sealed_segments().into_iter().map(|(id, _)| id).collect();
-    live.insert(log.active_segment());
+    let live: HashSet<u32> = log.sealed_segments().into_iter().map(|(id, _)| id).collect();
     let mut removed = false;
     for entry in fs::read_dir(log.dir()).map_err(EngineError::io("list data directory"))? {
         let entry = entry.map_err(EngineError::io("list data directory"))?;

@@ -241,11 +241,15 @@ pub struct MemLogOptions {
     /// How often the flusher writes and syncs on its own when no caller waits, in
     /// milliseconds. Writes younger than this are what a crash may lose without a `sync`.
     pub flush_interval_ms: u64,
+    /// Appends after open go to a segment with at least this id. A caller that ignores the
+    /// segments before some id (the `buffer` engine, whose snapshot covers them) sets it, so
+    /// that a log cut short by recovery never resumes in a segment it would ignore.
+    pub segment_id_min: u32,
 }
 
 impl Default for MemLogOptions {
     fn default() -> Self {
-        Self { segment_bytes_max: 64 << 20, flush_interval_ms: 10 }
+        Self { segment_bytes_max: 64 << 20, flush_interval_ms: 10, segment_id_min: 1 }
     }
 }
 
@@ -557,10 +561,14 @@ impl MemLog {
                 ScanEnd::Stopped => unreachable!("recovery never stops a scan early"),
             }
         }
+        if let Some((segment, _)) = resume.take_if(|(s, _)| s.id < options.segment_id_min) {
+            // Left as it is (it is never read again) until its owner deletes it.
+            segments.push(Arc::new(segment));
+        }
         let active = match resume {
             Some((segment, end)) => resume_segment(dir, segment, end, &options)?,
             None => {
-                let id = segments.last().map_or(1, |s| s.id + 1);
+                let id = segments.last().map_or(1, |s| s.id + 1).max(options.segment_id_min);
                 let capacity = options.segment_bytes_max;
                 (create_segment(dir, id, capacity)?, capacity)
             }
@@ -1145,7 +1153,8 @@ mod tests {
 
     fn open(dir: &Path, segment_bytes_max: u64) -> (MemLog, Collect) {
         let mut collect = Collect(Vec::new());
-        let options = MemLogOptions { segment_bytes_max, flush_interval_ms: 5 };
+        let options =
+            MemLogOptions { segment_bytes_max, flush_interval_ms: 5, ..MemLogOptions::default() };
         let log = MemLog::open(dir, lock_dir(dir).unwrap(), options, &mut collect).unwrap();
         (log, collect)
     }
