@@ -131,7 +131,7 @@ pub fn sweep(title: &str, sweep: &SweepReport) -> Result<String, String> {
         chart
             .configure_mesh()
             .x_desc("achieved throughput (ops/s)")
-            .y_desc(format!("latency ({unit_name})"))
+            .y_desc(format!("latency ({unit_name}; cut at 5 × the target)"))
             .x_label_formatter(&|x| format!("{x:.0}"))
             .draw()
             .map_err(failed)?;
