@@ -956,6 +956,66 @@ fn insert_extent(set: &mut BTreeMap<PageId, u64>, mut first: PageId, mut len: u6
     set.insert(first, len);
 }
 
+/// Free pages as disjoint, maximal extents, indexed by first page and by length, so that an
+/// allocation takes the smallest extent that fits (best fit). Best fit uses up the holes that
+/// single freed pages leave before it cuts into long runs, which keeps the number of extents,
+/// and so the free list each commit writes, small.
+#[derive(Clone, Debug, Default)]
+struct FreeSet {
+    by_first: BTreeMap<PageId, u64>,
+    by_len: std::collections::BTreeSet<(u64, PageId)>,
+    pages: u64,
+}
+
+impl FreeSet {
+    fn extents(&self) -> usize {
+        self.by_first.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (PageId, u64)> + '_ {
+        self.by_first.iter().map(|(&first, &len)| (first, len))
+    }
+
+    fn remove_extent(&mut self, first: PageId) -> Option<u64> {
+        let len = self.by_first.remove(&first)?;
+        self.by_len.remove(&(len, first));
+        Some(len)
+    }
+
+    /// Add `first..first + len`, joining the neighbouring extents.
+    fn insert(&mut self, mut first: PageId, mut len: u64) {
+        if len == 0 {
+            return;
+        }
+        self.pages += len;
+        if let Some((&before, &before_len)) = self.by_first.range(..first).next_back() {
+            debug_assert!(before + before_len <= first, "free extents overlap at {first}");
+            if before + before_len == first {
+                self.remove_extent(before);
+                first = before;
+                len += before_len;
+            }
+        }
+        if let Some(after_len) = self.remove_extent(first + len) {
+            len += after_len;
+        }
+        self.by_first.insert(first, len);
+        self.by_len.insert((len, first));
+    }
+
+    /// Take `n` consecutive pages from the smallest extent that has them.
+    fn take(&mut self, n: u64) -> Option<PageId> {
+        let &(len, first) = self.by_len.range((n, 0)..).next()?;
+        self.remove_extent(first);
+        if len > n {
+            self.by_first.insert(first + n, len - n);
+            self.by_len.insert((len - n, first + n));
+        }
+        self.pages -= n;
+        Some(first)
+    }
+}
+
 /// The mutable state of the tree, behind the engine's reader-writer lock.
 #[derive(Default)]
 struct Tree {
@@ -976,8 +1036,7 @@ struct Tree {
     /// changed in place and freed at once.
     fresh: HashSet<PageId, PageIdBuild>,
     /// Pages free for reuse now.
-    free: BTreeMap<PageId, u64>,
-    free_pages: u64,
+    free: FreeSet,
     /// Pages the open transaction stopped using, still reachable from the last commit.
     pending: Vec<(PageId, u64)>,
     pending_pages: u64,
@@ -993,24 +1052,14 @@ struct Tree {
 }
 
 impl Tree {
-    /// Take `n` consecutive pages: the first free extent that fits, else the end of the file.
+    /// Take `n` consecutive pages: the smallest free extent that fits, else the end of the
+    /// file.
     fn alloc(&mut self, n: u64) -> PageId {
-        let found = self.free.iter().find(|(_, &len)| len >= n).map(|(&first, &len)| (first, len));
-        let first = match found {
-            Some((first, len)) => {
-                self.free.remove(&first);
-                if len > n {
-                    self.free.insert(first + n, len - n);
-                }
-                self.free_pages -= n;
-                first
-            }
-            None => {
-                let first = self.page_count;
-                self.page_count += n;
-                first
-            }
-        };
+        let first = self.free.take(n).unwrap_or_else(|| {
+            let first = self.page_count;
+            self.page_count += n;
+            first
+        });
         self.fresh.extend(first..first + n);
         first
     }
@@ -1022,8 +1071,7 @@ impl Tree {
             for id in first + 1..first + n {
                 self.fresh.remove(&id);
             }
-            insert_extent(&mut self.free, first, n);
-            self.free_pages += n;
+            self.free.insert(first, n);
         } else {
             self.pending.push((first, n));
             self.pending_pages += n;
@@ -1207,8 +1255,9 @@ impl Shared {
         tree.entries = meta.entries;
         tree.live_bytes = meta.live_bytes;
         tree.txn = meta.txn + 1;
-        tree.free_pages = free.values().sum();
-        tree.free = free;
+        for (first, n) in free {
+            tree.free.insert(first, n);
+        }
         tree.held_pages = held.iter().map(|e| e.1).sum();
         tree.held = held;
         tree.freelist_run = (meta.freelist_first, meta.freelist_pages);
@@ -1754,8 +1803,7 @@ impl Shared {
         let mut tree = self.write_tree();
         // The meta just written replaced the one whose tree reached the held pages.
         for (first, n) in std::mem::replace(&mut tree.held, frozen.released) {
-            insert_extent(&mut tree.free, first, n);
-            tree.free_pages += n;
+            tree.free.insert(first, n);
         }
         tree.held_pages = std::mem::take(&mut tree.releasing_pages);
         Ok(())
@@ -1775,10 +1823,10 @@ impl Shared {
         // pages and the held ones), and, marked held, what this commit releases (the previous
         // meta's tree still reaches it). Its run is taken from what is free now: taking can
         // only join or keep extents, so the count before taking bounds the pages needed.
-        let extents_max = tree.free.len() + tree.held.len() + released.len();
+        let extents_max = tree.free.extents() + tree.held.len() + released.len();
         let run_pages = extents_max.div_ceil(EXTENTS_PER_PAGE) as u64;
         let run_first = if run_pages > 0 { tree.alloc(run_pages) } else { 0 };
-        let mut persisted = tree.free.clone();
+        let mut persisted = tree.free.by_first.clone();
         for &(first, n) in &tree.held {
             insert_extent(&mut persisted, first, n);
         }
@@ -2002,8 +2050,7 @@ impl Shared {
                 tree.entries, tree.live_bytes
             ));
         }
-        let mut free_extents: Vec<(PageId, u64)> =
-            tree.free.iter().map(|(&f, &n)| (f, n)).collect();
+        let mut free_extents: Vec<(PageId, u64)> = tree.free.iter().collect();
         free_extents.extend(tree.pending.iter().copied());
         free_extents.extend(tree.held.iter().copied());
         free_extents.push(tree.freelist_run);
@@ -2341,7 +2388,7 @@ impl StorageEngine for Shared {
         let tree = self.read_tree();
         let cached = self.cache().bytes;
         let dead_pages =
-            tree.free_pages + tree.pending_pages + tree.held_pages + tree.releasing_pages;
+            tree.free.pages + tree.pending_pages + tree.held_pages + tree.releasing_pages;
         EngineStats {
             entries: tree.entries,
             live_bytes: tree.live_bytes,
