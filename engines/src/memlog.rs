@@ -72,7 +72,7 @@ use std::io::{self, Read};
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -312,6 +312,9 @@ struct SyncState {
     shutdown: bool,
     /// Set when a write or fdatasync failed; every later `sync` fails with it.
     failed: Option<(io::ErrorKind, String)>,
+    /// `sync` callers asleep until the append count they wait for is durable. Each is woken
+    /// on its own (`unpark`), so a group commit does not wake them all onto one mutex.
+    waiters: Vec<(u64, std::thread::Thread)>,
 }
 
 #[derive(Debug)]
@@ -327,7 +330,10 @@ struct Shared {
     appended: AtomicU64,
     sync: Mutex<SyncState>,
     flush_wanted: Condvar,
-    flushed: Condvar,
+    /// `SyncState::synced`, readable without the lock (a woken or lucky caller checks it).
+    synced: AtomicU64,
+    /// Set with `SyncState::failed`, readable without the lock.
+    sync_failed: AtomicBool,
     /// The next segment, zero-filled ahead of time by a helper thread (see [`Spare`]).
     spare: Mutex<Option<Spare>>,
     /// The helper thread filling the spare, if one runs.
@@ -592,7 +598,8 @@ impl MemLog {
             appended: AtomicU64::new(0),
             sync: Mutex::new(SyncState::default()),
             flush_wanted: Condvar::new(),
-            flushed: Condvar::new(),
+            synced: AtomicU64::new(0),
+            sync_failed: AtomicBool::new(false),
             spare: Mutex::new(None),
             preparer: Mutex::new(None),
             spare_started: AtomicU32::new(0),
@@ -645,22 +652,34 @@ impl MemLog {
     /// `fdatasync` (group commit).
     pub fn sync(&self) -> Result<(), EngineError> {
         let target = self.shared.appended.load(Ordering::Acquire);
-        let mut state = lock(&self.shared.sync);
-        loop {
-            if let Some((kind, message)) = &state.failed {
-                return Err(EngineError::Io {
-                    during: "group commit",
-                    source: io::Error::new(*kind, message.clone()),
-                });
+        if self.shared.synced.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        {
+            let mut state = lock(&self.shared.sync);
+            if state.failed.is_none() && state.synced < target {
+                if state.wanted < target {
+                    state.wanted = target;
+                    self.shared.flush_wanted.notify_one();
+                }
+                state.waiters.push((target, std::thread::current()));
             }
-            if state.synced >= target {
+        }
+        loop {
+            if self.shared.synced.load(Ordering::Acquire) >= target {
                 return Ok(());
             }
-            if state.wanted < target {
-                state.wanted = target;
-                self.shared.flush_wanted.notify_one();
+            if self.shared.sync_failed.load(Ordering::Acquire) {
+                let state = lock(&self.shared.sync);
+                let (kind, message) = state.failed.clone().expect("failure recorded");
+                return Err(EngineError::Io {
+                    during: "group commit",
+                    source: io::Error::new(kind, message),
+                });
             }
-            state = self.shared.flushed.wait(state).unwrap_or_else(|p| p.into_inner());
+            // Woken by the flusher once `synced` covers `target` or the log failed; a
+            // spurious wake-up just goes round again.
+            std::thread::park();
         }
     }
 
@@ -968,7 +987,9 @@ impl Shared {
             }
             if state.failed.is_some() {
                 // Nothing more can be made durable; wake waiters so they see the failure.
-                self.flushed.notify_all();
+                for (_, waiter) in state.waiters.drain(..) {
+                    waiter.unpark();
+                }
                 state = self.flush_wanted.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
@@ -977,15 +998,33 @@ impl Shared {
             let result = self.flush(synced);
             state = lock(&self.sync);
             match result {
-                Ok(target) => state.synced = state.synced.max(target),
+                Ok(target) => {
+                    state.synced = state.synced.max(target);
+                    self.synced.store(state.synced, Ordering::Release);
+                }
                 Err(e) => {
                     let source = std::error::Error::source(&e)
                         .and_then(|s| s.downcast_ref::<io::Error>())
                         .map_or(io::ErrorKind::Other, io::Error::kind);
                     state.failed = Some((source, e.to_string()));
+                    self.sync_failed.store(true, Ordering::Release);
                 }
             }
-            self.flushed.notify_all();
+            let synced = state.synced;
+            let failed = state.failed.is_some();
+            let mut ready = Vec::new();
+            state.waiters.retain(|(target, waiter)| {
+                let done = failed || *target <= synced;
+                if done {
+                    ready.push(waiter.clone());
+                }
+                !done
+            });
+            drop(state);
+            for waiter in ready {
+                waiter.unpark();
+            }
+            state = lock(&self.sync);
         }
     }
 }
