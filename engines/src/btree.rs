@@ -121,10 +121,18 @@
 //! **Overflow** (count = data bytes in this page): value bytes from offset 24. A value of `v`
 //! bytes fills `ceil(v / 4072)` consecutive pages.
 //!
-//! **Free list** (count = extents in this page): extents of free pages from offset 24, each a
-//! first page (8) and a length in pages (8) whose top bit marks the extent *held* (still reached
-//! by the older meta's tree: reusable only after the next commit). The run lists every page
-//! that is neither in the tree nor in the run itself.
+//! **Free list** (kind 5; count = extents in this page): extents of free pages from offset 24,
+//! each a first page (8) and a length in pages (8) whose top bit marks the extent *held* (still
+//! reached by the older meta's tree: reusable only after the next commit).
+//!
+//! **Free map** (kind 6; count is 0): a bitmap of free pages from offset 24, bit `b` of byte
+//! `i` (least significant first) standing for page `(j * 4072 + i) * 8 + b` in the `j`-th map
+//! page of the run.
+//!
+//! A commit's run is its free-list pages, then its free-map pages. The held extents are always
+//! in the list; the other free pages are in the list or, when that would take more pages, in the
+//! map (which then covers every page of the file at the commit, rounded up to whole map pages).
+//! Together they name every page that is neither in the tree nor in the run itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -170,6 +178,7 @@ const KIND_LEAF: u8 = 2;
 const KIND_BRANCH: u8 = 3;
 const KIND_OVERFLOW: u8 = 4;
 const KIND_FREELIST: u8 = 5;
+const KIND_FREEMAP: u8 = 6;
 
 // The meta body.
 const MAGIC: [u8; 8] = *b"CWBTREE\0";
@@ -217,6 +226,8 @@ const EXTENT_BYTES: usize = 16;
 const EXTENTS_PER_PAGE: usize = BODY_BYTES / EXTENT_BYTES;
 /// The top bit of an extent's length marks it held: free only after the next commit.
 const EXTENT_HELD: u64 = 1 << 63;
+/// File pages one free-map page covers, a bit each.
+const MAP_BITS_PER_PAGE: usize = BODY_BYTES * 8;
 
 /// A node smaller than this (body bytes) after a delete is merged with a sibling if both fit in
 /// one page.
@@ -937,6 +948,26 @@ impl Meta {
     }
 }
 
+/// Set the bits for pages `first..end` in `map`, a run of free-map pages.
+fn set_map_bits(map: &mut [u8], mut first: usize, end: usize) {
+    while first < end {
+        let (page, bit) = (first / MAP_BITS_PER_PAGE, first % MAP_BITS_PER_PAGE);
+        let bits = &mut map[page * PAGE_SIZE + PAGE_HEADER_BYTES..(page + 1) * PAGE_SIZE];
+        let stop = (end - page * MAP_BITS_PER_PAGE).min(MAP_BITS_PER_PAGE);
+        let mut b = bit;
+        while b < stop {
+            if b % 8 == 0 && b + 8 <= stop {
+                bits[b / 8] = 0xff;
+                b += 8;
+            } else {
+                bits[b / 8] |= 1 << (b % 8);
+                b += 1;
+            }
+        }
+        first = page * MAP_BITS_PER_PAGE + stop;
+    }
+}
+
 /// Add the extent `first..first + len` to a set of disjoint extents, joining neighbours.
 fn insert_extent(set: &mut BTreeMap<PageId, u64>, mut first: PageId, mut len: u64) {
     if len == 0 {
@@ -1029,6 +1060,8 @@ struct Tree {
     txn: u64,
     /// Whether the open transaction changed anything.
     changed: bool,
+    /// Whether the open transaction wrote dirty pages early (see `spill_if_needed`).
+    spilled: bool,
     /// Nodes changed in the open transaction and not yet written.
     dirty: HashMap<PageId, Arc<Node>, PageIdBuild>,
     dirty_bytes: u64,
@@ -1081,6 +1114,41 @@ impl Tree {
 
 /// A free list as loaded: the free extents, and the held ones.
 type FreeList = (BTreeMap<PageId, u64>, Vec<(PageId, u64)>);
+
+/// A free list being read back, with every extent checked against the file and the others.
+#[derive(Default)]
+struct LoadedFreeList {
+    free: BTreeMap<PageId, u64>,
+    held: Vec<(PageId, u64)>,
+    all: BTreeMap<PageId, u64>,
+}
+
+impl LoadedFreeList {
+    /// Add an extent; `Err` if it is empty, outside the tree's pages, or overlaps another.
+    fn add(&mut self, first: PageId, len: u64, is_held: bool, page_count: u64) -> Result<(), ()> {
+        let fits = first >= META_PAGES
+            && len > 0
+            && first.checked_add(len).is_some_and(|end| end <= page_count);
+        if !fits {
+            return Err(());
+        }
+        let overlaps = self
+            .all
+            .range(..first + len)
+            .next_back()
+            .is_some_and(|(&before, &before_len)| before + before_len > first);
+        if overlaps {
+            return Err(());
+        }
+        insert_extent(&mut self.all, first, len);
+        if is_held {
+            self.held.push((first, len));
+        } else {
+            insert_extent(&mut self.free, first, len);
+        }
+        Ok(())
+    }
+}
 
 /// A commit whose pages are written and whose meta and `fdatasync` are still to come.
 struct Frozen {
@@ -1333,47 +1401,58 @@ impl Shared {
 
     /// Load a meta's free list: the free extents, and the held ones.
     fn load_freelist(&self, meta: &Meta) -> Result<FreeList, EngineError> {
-        let mut free = BTreeMap::new();
-        let mut held = Vec::new();
-        let mut all = BTreeMap::new();
+        let mut loaded = LoadedFreeList::default();
         if meta.freelist_pages == 0 {
-            return Ok((free, held));
+            return Ok((loaded.free, loaded.held));
         }
         let buf = self.read_pages(meta.freelist_first, meta.freelist_pages)?;
+        let mut map_pages = 0;
         for (i, page) in buf.chunks_exact(PAGE_SIZE).enumerate() {
             let id = meta.freelist_first + i as u64;
-            let count = check_page(page, id, KIND_FREELIST).map_err(|r| self.corrupt(r))?;
+            let kind = if page[HEADER_KIND] == KIND_FREEMAP { KIND_FREEMAP } else { KIND_FREELIST };
+            let count = check_page(page, id, kind).map_err(|r| self.corrupt(r))?;
             if get_u64(page, HEADER_TXN) != meta.txn {
                 return Err(self.corrupt(format!("free-list page {id} is from another commit")));
             }
-            if count > EXTENTS_PER_PAGE {
-                return Err(self.corrupt(format!("free-list page {id} claims {count} extents")));
+            let bad = |what: &str| self.corrupt(format!("free-list page {id} has {what}"));
+            if kind == KIND_FREEMAP {
+                // Runs of set bits are extents of free pages.
+                let base = (map_pages * MAP_BITS_PER_PAGE) as u64;
+                map_pages += 1;
+                let bits = &page[PAGE_HEADER_BYTES..];
+                let is_set = |bit: usize| bits[bit / 8] & (1 << (bit % 8)) != 0;
+                let mut bit = 0;
+                while bit < MAP_BITS_PER_PAGE {
+                    if bits[bit / 8] == 0 && bit % 8 == 0 {
+                        bit += 8;
+                        continue;
+                    }
+                    if !is_set(bit) {
+                        bit += 1;
+                        continue;
+                    }
+                    let start = bit;
+                    while bit < MAP_BITS_PER_PAGE && is_set(bit) {
+                        bit += 1;
+                    }
+                    let (first, len) = (base + start as u64, (bit - start) as u64);
+                    loaded.add(first, len, false, meta.page_count).map_err(|_| bad("a bad bit"))?;
+                }
+                continue;
+            }
+            if count > EXTENTS_PER_PAGE || map_pages > 0 {
+                return Err(bad("a bad count or place"));
             }
             for e in 0..count {
                 let at = PAGE_HEADER_BYTES + e * EXTENT_BYTES;
                 let (first, len) = (get_u64(page, at), get_u64(page, at + 8));
                 let is_held = len & EXTENT_HELD != 0;
-                let len = len & !EXTENT_HELD;
-                let fits = first >= META_PAGES
-                    && len > 0
-                    && first.checked_add(len).is_some_and(|end| end <= meta.page_count);
-                let overlaps = || {
-                    all.range(..first + len).next_back().is_some_and(
-                        |(&before, &before_len): (&u64, &u64)| before + before_len > first,
-                    )
-                };
-                if !fits || overlaps() {
-                    return Err(self.corrupt(format!("free-list page {id} has a bad extent")));
-                }
-                insert_extent(&mut all, first, len);
-                if is_held {
-                    held.push((first, len));
-                } else {
-                    insert_extent(&mut free, first, len);
-                }
+                loaded
+                    .add(first, len & !EXTENT_HELD, is_held, meta.page_count)
+                    .map_err(|_| bad("a bad extent"))?;
             }
         }
-        Ok((free, held))
+        Ok((loaded.free, loaded.held))
     }
 
     fn corrupt(&self, reason: String) -> EngineError {
@@ -1762,6 +1841,7 @@ impl Shared {
     /// Write dirty pages early when they outgrow half the cache budget.
     fn spill_if_needed(&self, tree: &mut Tree) -> Result<(), EngineError> {
         if tree.dirty_bytes > self.cache_bytes_max / 2 {
+            tree.spilled = true;
             if let Err(err) = self.write_dirty(tree) {
                 return self.fail(err);
             }
@@ -1809,11 +1889,54 @@ impl Shared {
         Ok(())
     }
 
+    /// Move the dirty pages into one free hole that holds them all, so the commit writes them
+    /// with one `pwrite` instead of one per scattered page (which a disk pays for at the
+    /// `fdatasync`). Safe because no page on disk names a page that was never written: every
+    /// parent of a dirty page is dirty too, unless the transaction wrote pages early, and then
+    /// nothing moves. Without a hole big enough nothing moves either, so the file never grows
+    /// for this.
+    fn pack_dirty(&self, tree: &mut Tree) {
+        let mut ids: Vec<PageId> = tree.dirty.keys().copied().collect();
+        ids.sort_unstable();
+        let scattered = ids.windows(2).any(|w| w[1] != w[0] + 1);
+        if tree.spilled || !scattered {
+            return;
+        }
+        let Some(first) = tree.free.take(ids.len() as u64) else { return };
+        let moved: HashMap<PageId, PageId, PageIdBuild> =
+            ids.iter().enumerate().map(|(i, &id)| (id, first + i as u64)).collect();
+        let mut nodes = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let node = tree.dirty.remove(&id).expect("a dirty page");
+            tree.dirty_bytes -= node.memory_bytes();
+            nodes.push((moved[&id], node));
+            tree.release(id, 1);
+        }
+        let mut cache = self.cache();
+        for (id, mut node) in nodes {
+            if let Node::Branch(branch) = Arc::make_mut(&mut node) {
+                for child in &mut branch.children {
+                    if let Some(&to) = moved.get(&child.id) {
+                        child.id = to;
+                    }
+                }
+            }
+            cache.remove(id);
+            tree.fresh.insert(id);
+            tree.dirty_bytes += node.memory_bytes();
+            tree.dirty.insert(id, node);
+        }
+        if let Some(&to) = moved.get(&tree.root.id) {
+            tree.root.id = to;
+        }
+    }
+
     /// Under the write lock: write the open transaction's pages and free list, and close it.
     fn freeze(&self, tree: &mut Tree) -> Result<Option<Frozen>, EngineError> {
         if !tree.changed {
             return Ok(None);
         }
+        self.pack_dirty(tree);
         self.write_dirty(tree)?;
         let mut released = std::mem::take(&mut tree.pending);
         if tree.freelist_run.1 > 0 {
@@ -1821,28 +1944,35 @@ impl Shared {
         }
         // The persisted free list holds what is free once this commit is durable (the free
         // pages and the held ones), and, marked held, what this commit releases (the previous
-        // meta's tree still reaches it). Its run is taken from what is free now: taking can
-        // only join or keep extents, so the count before taking bounds the pages needed.
-        let extents_max = tree.free.extents() + tree.held.len() + released.len();
-        let run_pages = extents_max.div_ceil(EXTENTS_PER_PAGE) as u64;
+        // meta's tree still reaches it). The free part is written as extents or, when that
+        // takes more pages, as a bitmap of the file's pages so far: a fragmented free list
+        // costs at most a bit per page. The run is taken from what is free now: taking can
+        // only join or keep extents, so the counts before taking bound the pages needed, and
+        // the pages it takes past the end of the file are not free, so the bitmap need not
+        // cover them.
+        let free_extents_max = tree.free.extents() + tree.held.len();
+        let covered = tree.page_count as usize;
+        let list_pages = (free_extents_max + released.len()).div_ceil(EXTENTS_PER_PAGE);
+        let held_pages = released.len().div_ceil(EXTENTS_PER_PAGE);
+        let map_pages = covered.div_ceil(MAP_BITS_PER_PAGE);
+        let use_map = free_extents_max > 0 && held_pages + map_pages < list_pages;
+        let (extent_pages, map_pages) =
+            if use_map { (held_pages, map_pages) } else { (list_pages, 0) };
+        let run_pages = (extent_pages + map_pages) as u64;
         let run_first = if run_pages > 0 { tree.alloc(run_pages) } else { 0 };
-        let mut persisted = tree.free.by_first.clone();
-        for &(first, n) in &tree.held {
-            insert_extent(&mut persisted, first, n);
+        // Free and held extents are disjoint; the reader joins neighbours again.
+        let persisted = || tree.free.iter().chain(tree.held.iter().copied());
+        let mut extents: Vec<(PageId, u64)> =
+            released.iter().map(|&(first, n)| (first, n | EXTENT_HELD)).collect();
+        if !use_map {
+            extents.extend(persisted());
         }
-        let mut persisted_held = BTreeMap::new();
-        for &(first, n) in &released {
-            insert_extent(&mut persisted_held, first, n);
-        }
-        let extents: Vec<(PageId, u64)> = persisted
-            .into_iter()
-            .chain(persisted_held.into_iter().map(|(first, n)| (first, n | EXTENT_HELD)))
-            .collect();
-        assert!(extents.len() <= extents_max, "free list outgrew its run");
+        assert!(extents.len() <= extent_pages * EXTENTS_PER_PAGE, "free list outgrew its run");
         if run_pages > 0 {
             let mut buf = vec![0u8; run_pages as usize * PAGE_SIZE];
+            let (list, map) = buf.split_at_mut(extent_pages * PAGE_SIZE);
             let mut extents = extents.iter();
-            for (i, page) in buf.chunks_exact_mut(PAGE_SIZE).enumerate() {
+            for (i, page) in list.chunks_exact_mut(PAGE_SIZE).enumerate() {
                 let mut count = 0;
                 for &(first, len) in extents.by_ref().take(EXTENTS_PER_PAGE) {
                     let at = PAGE_HEADER_BYTES + count * EXTENT_BYTES;
@@ -1851,6 +1981,17 @@ impl Shared {
                     count += 1;
                 }
                 seal_page(page, KIND_FREELIST, count, run_first + i as u64, tree.txn);
+            }
+            if use_map {
+                for (first, n) in persisted() {
+                    let end = (first + n) as usize;
+                    assert!(end <= covered, "free pages up to {end} past the map's {covered}");
+                    set_map_bits(map, first as usize, end);
+                }
+                for (j, page) in map.chunks_exact_mut(PAGE_SIZE).enumerate() {
+                    let id = run_first + (extent_pages + j) as u64;
+                    seal_page(page, KIND_FREEMAP, 0, id, tree.txn);
+                }
             }
             self.file
                 .write_all_at(&buf, run_first * PAGE_SIZE as u64)
@@ -1868,6 +2009,7 @@ impl Shared {
         tree.freelist_run = (run_first, run_pages);
         tree.txn += 1;
         tree.fresh.clear();
+        tree.spilled = false;
         tree.changed = false;
         tree.releasing_pages = released.iter().map(|e| e.1).sum();
         tree.pending_pages = 0;

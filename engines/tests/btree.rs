@@ -122,10 +122,24 @@ fn splits_and_merges_keep_the_tree_valid() {
     );
     assert_holds(&engine, &model);
     engine.sync().unwrap();
+    // One more small commit: its free list holds the pages the deletes freed, all over the file.
+    engine.put(b"one more", b"commit").unwrap();
+    model.insert(b"one more".to_vec(), b"commit".to_vec());
+    engine.sync().unwrap();
     drop(engine);
+    // So it went to disk as a bitmap.
+    let bytes = fs::read(dir.path().join(FILE_NAME)).unwrap();
+    let slot = if page_txn(&bytes, 0) > page_txn(&bytes, 1) { 0 } else { 1 };
+    let meta_u64 =
+        |at: usize| u64::from_le_bytes(bytes[slot * PAGE_SIZE + at..][..8].try_into().unwrap());
+    let (run_first, run_pages) = (meta_u64(64) as usize, meta_u64(72) as usize);
+    let kinds: Vec<u8> =
+        (run_first..run_first + run_pages).map(|p| bytes[p * PAGE_SIZE + 4]).collect();
+    assert!(kinds.contains(&6), "free-list run kinds {kinds:?}");
 
     let engine = open(dir.path(), 64 << 20);
     assert_holds(&engine, &model);
+    engine.delete(b"one more").unwrap();
     for &i in &order[19_000..] {
         engine.delete(&key(i)).unwrap();
     }
