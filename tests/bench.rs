@@ -69,8 +69,8 @@ fn offered_rate_is_kept() {
 /// A server that stalls for 100 ms shows the stall in the tail: about a hundred requests
 /// were due during it, so p99 and above see tens of milliseconds. Latency from the actual
 /// send (`service`, what a closed-loop tool reports) hides it, with only the two requests in
-/// flight catching the stall: the same p99 assertion on it fails. That is coordinated
-/// omission, and this test fails if latency is measured from the send.
+/// flight catching the stall, so its p99 stays far below. That is coordinated omission, and
+/// this test fails if latency is measured from the send.
 #[test]
 fn stall_shows_in_the_tail() {
     let schedule = Schedule::new(1000.0, Duration::from_millis(200), Duration::from_secs(3), 2);
@@ -89,9 +89,13 @@ fn stall_shows_in_the_tail() {
     assert!(latency_p99 >= 50.0, "p99 {latency_p99} ms hides the 100 ms stall");
     assert!(latency_p999 >= 80.0, "p99.9 {latency_p999} ms hides the 100 ms stall");
     assert!(latency_max >= 90.0, "max {latency_max} ms");
+    // The same stall, measured from the send, nearly vanishes: well under half the p99.
+    // (A ratio rather than a bound, so that a busy machine, which slows both, does not fail
+    // it.)
     assert!(
-        service_p99 < 50.0,
-        "measured from the send, p99 is {service_p99} ms: the stall should hide there"
+        service_p99 < latency_p99 / 2.0,
+        "measured from the send, p99 is {service_p99} ms against {latency_p99} ms: the stall \
+         should hide there"
     );
     assert!(result.late >= 50, "requests due during the stall waited: {}", result.late);
 }
