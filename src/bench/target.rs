@@ -119,7 +119,8 @@ pub struct EmbeddedCluster {
 }
 
 impl EmbeddedCluster {
-    /// Start `count` nodes with `bucket` as [`BUCKET`].
+    /// Start `count` nodes with `bucket` as [`BUCKET`] and wait until they form one cluster.
+    /// Not from inside a tokio runtime: the wait runs its own (see [`crate::client::block_on`]).
     pub fn start(count: usize, bucket: &BucketConfig) -> Result<Self, String> {
         if count == 0 || count > NODES_MAX {
             return Err(format!("nodes must be 1 to {NODES_MAX}"));
