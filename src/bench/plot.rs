@@ -154,15 +154,14 @@ pub fn sweep(title: &str, sweep: &SweepReport) -> Result<String, String> {
                 .map_err(failed)?;
         }
         let target = sweep.p999_target_ms * 1000.0 / divisor;
-        let grey = COLORS[7];
         chart
             .draw_series(LineSeries::new(
                 [(0.0, target), (max_rate * 1.05, target)],
-                grey.stroke_width(1),
+                BLACK.stroke_width(3),
             ))
             .map_err(failed)?
             .label(format!("p99.9 target {} ms", sweep.p999_target_ms))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
