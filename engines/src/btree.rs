@@ -1150,6 +1150,13 @@ impl LoadedFreeList {
     }
 }
 
+/// Where commits stand: the last durable transaction, and whether one is being committed.
+#[derive(Debug, Default)]
+struct CommitState {
+    durable_txn: u64,
+    committing: bool,
+}
+
 /// A commit whose pages are written and whose meta and `fdatasync` are still to come.
 struct Frozen {
     meta: Meta,
@@ -1268,9 +1275,10 @@ struct Shared {
     cache_bytes_max: u64,
     tree: RwLock<Tree>,
     cache: Mutex<PageCache>,
-    /// The last durable transaction; held for the whole of a commit, so concurrent `sync`
-    /// callers queue here and share one commit.
-    durable_txn: Mutex<u64>,
+    /// The last durable transaction and whether a commit is running; concurrent `sync`
+    /// callers wait on `commit_done` and share commits.
+    commit_state: Mutex<CommitState>,
+    commit_done: Condvar,
     /// Set after an I/O failure while writing: later writes and syncs are refused.
     failed: AtomicBool,
 }
@@ -1313,7 +1321,8 @@ impl Shared {
             cache_bytes_max: options.btree_cache_bytes_max.max(PAGE_SIZE as u64),
             tree: RwLock::new(Tree::default()),
             cache: Mutex::new(PageCache::default()),
-            durable_txn: Mutex::new(0),
+            commit_state: Mutex::new(CommitState::default()),
+            commit_done: Condvar::new(),
             failed: AtomicBool::new(false),
         };
         let (meta, (free, held)) = engine.recover()?;
@@ -1329,7 +1338,7 @@ impl Shared {
         tree.held_pages = held.iter().map(|e| e.1).sum();
         tree.held = held;
         tree.freelist_run = (meta.freelist_first, meta.freelist_pages);
-        *engine.durable_txn.get_mut().unwrap_or_else(|p| p.into_inner()) = meta.txn;
+        engine.commit_state.get_mut().unwrap_or_else(|p| p.into_inner()).durable_txn = meta.txn;
         Ok(engine)
     }
 
@@ -1862,31 +1871,60 @@ impl Shared {
                 tree.txn - 1
             }
         };
-        let mut durable = self.durable_txn.lock().unwrap_or_else(|p| p.into_inner());
-        if *durable >= target {
-            // A commit that started after our writes returned has made them durable.
-            return Ok(());
+        // One caller at a time commits; the others wait until a commit covers their target.
+        // Whoever finds no commit running starts the next one, and it carries every write
+        // made while the previous one was on disk: the lock is held only to look and to
+        // hand over, never across the I/O, so a caller that just committed cannot keep the
+        // others out.
+        let mut state = self.commit_state();
+        loop {
+            if state.durable_txn >= target {
+                return Ok(());
+            }
+            self.check_failed()?;
+            if !state.committing {
+                break;
+            }
+            state = self.commit_done.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        self.check_failed()?;
+        state.committing = true;
+        drop(state);
+        let committed = self.commit_open_txn();
+        let mut state = self.commit_state();
+        state.committing = false;
+        if let Ok(Some(txn)) = committed {
+            state.durable_txn = txn;
+        }
+        self.commit_done.notify_all();
+        // The open transaction at the freeze held every write of the target, or had no
+        // changes because earlier commits (all finished: one runs at a time) held them.
+        committed.map(|_| ())
+    }
+
+    fn commit_state(&self) -> MutexGuard<'_, CommitState> {
+        self.commit_state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commit the open transaction, if it changed anything; returns its id once durable.
+    fn commit_open_txn(&self) -> Result<Option<u64>, EngineError> {
         let frozen = {
             let mut tree = self.write_tree();
             match self.freeze(&mut tree) {
                 Ok(Some(frozen)) => frozen,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(None),
                 Err(err) => return self.fail(err),
             }
         };
         if let Err(err) = self.write_meta(&frozen.meta) {
             return self.fail(err);
         }
-        *durable = frozen.meta.txn;
         let mut tree = self.write_tree();
         // The meta just written replaced the one whose tree reached the held pages.
         for (first, n) in std::mem::replace(&mut tree.held, frozen.released) {
             tree.free.insert(first, n);
         }
         tree.held_pages = std::mem::take(&mut tree.releasing_pages);
-        Ok(())
+        Ok(Some(frozen.meta.txn))
     }
 
     /// Move the dirty pages into one free hole that holds them all, so the commit writes them
@@ -2097,7 +2135,11 @@ impl Shared {
     /// bounded by their separators, leaves all at one depth, every page used once, no used page
     /// on the free list, and every page of the file either used or free. Returns the shape.
     fn for_testing_check(&self) -> Result<TreeShape, String> {
-        let _no_commit_in_flight = self.durable_txn.lock().unwrap_or_else(|p| p.into_inner());
+        // Hold the commit state with no commit running, so none starts during the walk.
+        let mut _no_commit = self.commit_state();
+        while _no_commit.committing {
+            _no_commit = self.commit_done.wait(_no_commit).unwrap_or_else(|p| p.into_inner());
+        }
         let tree = self.read_tree();
         let mut used: HashSet<PageId> = HashSet::new();
         let mut shape = TreeShape { page_count: tree.page_count, ..TreeShape::default() };

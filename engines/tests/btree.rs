@@ -361,6 +361,36 @@ fn close_never_waits_for_the_commit_interval() {
     finished.recv_timeout(Duration::from_secs(60)).expect("open and close 250 times in a minute");
 }
 
+/// Threads that each put and sync share commits (group commit), and every write is durable.
+#[test]
+fn concurrent_syncs_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = std::sync::Arc::new(open(dir.path(), 1 << 20));
+    let (threads, puts) = (16u64, 50u64);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let engine = &engine;
+            scope.spawn(move || {
+                for n in 0..puts {
+                    let i = t * 1_000 + n;
+                    engine.put(&key(i), &value(i, 0, 100)).unwrap();
+                    engine.sync().unwrap();
+                }
+            });
+        }
+    });
+    let bytes = fs::read(dir.path().join(FILE_NAME)).unwrap();
+    let commits = page_txn(&bytes, 0).max(page_txn(&bytes, 1));
+    assert!(commits < threads * puts, "{commits} commits for {} synced puts", threads * puts);
+    drop(engine);
+    let engine = open(dir.path(), 1 << 20);
+    let model: Model = (0..threads)
+        .flat_map(|t| (0..puts).map(move |n| t * 1_000 + n))
+        .map(|i| (key(i), value(i, 0, 100)))
+        .collect();
+    assert_holds(&engine, &model);
+}
+
 /// Keys longer than the btree's key limit are refused and change nothing; a key at the limit
 /// with a large value works.
 #[test]
