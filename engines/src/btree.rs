@@ -14,8 +14,9 @@
 //! dirty pages and its free list to fresh pages, then the meta page (the root, the page count,
 //! the free list's place, the counters, a transaction id and a CRC) into the slot `txn % 2`,
 //! and makes all of it durable with **one `fdatasync`**. Many writes share a commit, and many
-//! concurrent `sync` callers share one too (group commit: callers queue on one commit lock and
-//! find their writes already durable when their turn comes). A background thread also commits
+//! concurrent `sync` callers share one too (group commit: one caller commits at a time, the
+//! others wait until a commit covers their writes, and the next commit carries every write
+//! made while the previous one was on disk). A background thread also commits
 //! every [`EngineOptions::flush_interval_ms`] when there are writes, so what a crash loses
 //! without any `sync` is at most that much.
 //!
