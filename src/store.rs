@@ -208,11 +208,7 @@ impl Store {
 
     /// Every (key, state) of one partition of a bucket: a prefix scan that reads no other
     /// partition's values.
-    pub fn partition_entries(
-        &self,
-        bucket: &str,
-        partition: u16,
-    ) -> Result<Vec<Entry>, Error> {
+    pub fn partition_entries(&self, bucket: &str, partition: u16) -> Result<Vec<Entry>, Error> {
         let bucket = self.bucket(bucket)?;
         let mut out = Vec::new();
         bucket.engine.scan_prefix(&partition.to_be_bytes(), &mut |stored, state| {
