@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc: the node allocates and frees a message buffer per request; glibc's malloc spent a
+/// fifth of the CPU of a 3-node benchmark on that (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cartwheel::cli::Cli::parse();
     let default_level = match cli.command {
