@@ -9,7 +9,10 @@
 //!    A primary this node sees down is replaced by the next healthy node past the first N,
 //!    which gets the write with a hint naming the primary (sloppy quorum).
 //! 2. A node that is not one of the primaries forwards the write to the first healthy one
-//!    (once: the forwarded request is marked and never forwarded again).
+//!    (once: the forwarded request is marked and never forwarded again). When every primary
+//!    is down it coordinates the write itself: a fallback it is keeps the write as a hint,
+//!    which counts toward W like any other fallback's, so the cluster stays writeable while
+//!    W nodes are up.
 //! 3. The coordinator applies the write locally (resolver + engine), sends the new state to
 //!    the other targets (`replicate`), and answers once W stored it and DW synced it, or with
 //!    `quorumNotMet` as soon as that can no longer happen, or `timeout`. The replication RPCs
@@ -289,6 +292,19 @@ impl Cluster {
                 quorum.stored(false);
             }
         }
+        // This node may itself stand in for a down primary: it keeps the write as a hint,
+        // which counts like any other fallback's (so a write whose primaries are all down is
+        // still taken when enough other nodes are up).
+        if let Some(owner) = targets.iter().find(|t| t.id == me).and_then(|t| t.hint_for.clone()) {
+            let cluster = Rc::clone(self);
+            let events = events.clone();
+            let (bucket, key, state) = (bucket.to_string(), key.to_vec(), state.clone());
+            tokio::task::spawn_local(async move {
+                let stored =
+                    cluster.receive_replica_synced(&bucket, &key, &state, &owner, dw > 0).await;
+                let _ = events.unbounded_send(stored.is_ok());
+            });
+        }
         for target in targets.into_iter().filter(|t| t.id != me) {
             let cluster = Rc::clone(self);
             let events = events.clone();
@@ -326,6 +342,30 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Take in a state as [`Cluster::receive_replica`] does, then, when `sync`, wait until
+    /// the engine that took it (the bucket's, or the hint store's) has synced it.
+    pub async fn receive_replica_synced(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        state: &[u8],
+        hint_for: &str,
+        sync: bool,
+    ) -> Result<(), Error> {
+        self.receive_replica(bucket, key, state, hint_for)?;
+        if sync {
+            let engine = if hint_for.is_empty() || hint_for == self.me() {
+                std::sync::Arc::clone(&self.store.bucket(bucket)?.engine)
+            } else {
+                std::sync::Arc::clone(self.hints.engine())
+            };
+            tokio::task::spawn_blocking(move || engine.sync())
+                .await
+                .map_err(|e| Error::Internal(format!("sync task failed: {e}")))??;
+        }
+        Ok(())
     }
 
     /// Send a state to one target; true once it stored it. Feeds the failure detector.

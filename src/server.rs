@@ -468,17 +468,8 @@ impl peer::Server for PeerApi {
             let bucket = text(p.get_bucket(), "bucket")?;
             let hint_for = text(p.get_hint_for(), "hintFor")?;
             let key = p.get_key().map_err(wire::bad)?;
-            cluster.receive_replica(&bucket, key, p.get_state().map_err(wire::bad)?, &hint_for)?;
-            if p.get_sync() {
-                let engine = if hint_for.is_empty() {
-                    std::sync::Arc::clone(&cluster.store.bucket(&bucket)?.engine)
-                } else {
-                    std::sync::Arc::clone(cluster.hints.engine())
-                };
-                tokio::task::spawn_blocking(move || engine.sync())
-                    .await
-                    .map_err(|e| Error::Internal(format!("sync task failed: {e}")))??;
-            }
+            let state = p.get_state().map_err(wire::bad)?;
+            cluster.receive_replica_synced(&bucket, key, state, &hint_for, p.get_sync()).await?;
             Ok::<(), Error>(())
         }
         .await;

@@ -114,7 +114,10 @@ impl TestCluster {
     }
 
     fn restart(&mut self, i: usize) {
-        let seed = if i == 0 { None } else { Some(self.addresses[0].clone()) };
+        // Membership is not kept on disk: a restarted node joins again through a running one.
+        let seed = (0..self.addresses.len())
+            .find(|&j| j != i && self.nodes[j].is_some())
+            .map(|j| self.addresses[j].clone());
         let config =
             node_config(self.dir.path(), i, &self.addresses[i], seed.as_deref(), self.anti_entropy);
         self.nodes[i] = Some(NodeHandle::start(config).unwrap());
@@ -301,6 +304,49 @@ fn hinted_handoff_after_restart() {
     wait_until("hint queues drain", || {
         (0..3).all(|i| status(&cluster.addresses[i]).members.iter().all(|m| m.hints_queued == 0))
     });
+}
+
+/// Five nodes, N = 3, every primary of a key down: the two nodes left still take a W = 2
+/// write (always writeable), the coordinator keeping one hint itself, and serve it with
+/// R = 2; once the primaries are back, the hints reach them and each one alone has it.
+#[test]
+fn write_with_every_primary_down() {
+    let mut cluster = TestCluster::start(5);
+    let key = b"orphaned-key";
+    let owners = primaries(&cluster.addresses[0], key);
+    let down: Vec<usize> = (0..5).filter(|&i| owners.contains(&cluster.addresses[i])).collect();
+    let up: Vec<usize> = (0..5).filter(|i| !down.contains(i)).collect();
+    assert_eq!((down.len(), up.len()), (3, 2));
+    for &i in &down {
+        cluster.stop(i);
+    }
+    for &i in &down {
+        cluster.wait_state(i, "down");
+    }
+    let coordinator = cluster.addresses[up[0]].clone();
+    put(&coordinator, key, b"no-primary", WriteOptions { w: 2, ..WriteOptions::default() })
+        .unwrap();
+    let hints: Vec<u64> = up
+        .iter()
+        .map(|&i| status(&cluster.addresses[i]).members.iter().map(|m| m.hints_queued).sum())
+        .collect();
+    assert_eq!(hints, vec![1, 1], "each node left holds one hint");
+    assert_eq!(get(&cluster.addresses[up[1]], key, 2).unwrap(), value("no-primary"));
+
+    for &i in &down {
+        cluster.restart(i);
+    }
+    for &i in &down {
+        cluster.wait_state(i, "up");
+    }
+    wait_until("hints reach the primaries", || {
+        down.iter().filter(|&&i| replica(&cluster.addresses[i], key).is_some()).count() >= 2
+    });
+    for &i in &down {
+        if replica(&cluster.addresses[i], key).is_some() {
+            assert_eq!(get(&cluster.addresses[i], key, 1).unwrap(), value("no-primary"));
+        }
+    }
 }
 
 /// A replica that missed a write (down, no fallback to hold a hint) is repaired by a read
