@@ -7,6 +7,8 @@
 //!   put + sync at once (throughput; the engines group-commit, LMDB and redb serialize their
 //!   write transactions);
 //! - a full iteration;
+//! - the durable puts of `log` and `buffer` again with each flusher backend (plain thread,
+//!   io_uring), side by side; `CARTWHEEL_BENCH_FLUSHERS_ONLY=1` runs only these and the floor;
 //! - the floor: a raw 4 KiB append + fdatasync on the same file system;
 //! - the `log` engine's open time with hint files, and its keydir memory per key, measured in
 //!   a fresh child process (anonymous resident memory before and after the open).
@@ -34,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cartwheel_engines::log::LogEngine;
-use cartwheel_engines::{EngineError, EngineKind, EngineOptions, StorageEngine};
+use cartwheel_engines::{EngineError, EngineKind, EngineOptions, FlusherBackend, StorageEngine};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 const KEY_BYTES: usize = 24;
@@ -43,6 +45,10 @@ const DURABLE_SINGLE_OPS: usize = 2000;
 const DURABLE_WRITERS: usize = 64;
 const DURABLE_WRITERS_SECONDS: u64 = 3;
 const OPEN_CHILD_ENV: &str = "CARTWHEEL_BENCH_OPEN_CHILD";
+/// Set to run only the floor and the flusher-backend comparison.
+const FLUSHERS_ONLY_ENV: &str = "CARTWHEEL_BENCH_FLUSHERS_ONLY";
+/// Keys loaded before the flusher-backend comparison.
+const FLUSHER_KEYS: u64 = 100_000;
 /// Pause after loading a store, before measuring it.
 const SETTLE: Duration = Duration::from_secs(5);
 
@@ -95,11 +101,15 @@ trait Store: Send + Sync {
     fn count_all(&self) -> u64;
 }
 
-struct Engine(Arc<dyn StorageEngine>);
+/// An engine, named by its kind and, when it is not the default, its flusher backend.
+struct Engine(Arc<dyn StorageEngine>, Option<FlusherBackend>);
 
 impl Store for Engine {
     fn name(&self) -> String {
-        self.0.kind().name().to_owned()
+        match self.1 {
+            Some(backend) => format!("{} ({} flusher)", self.0.kind().name(), backend.name()),
+            None => self.0.kind().name().to_owned(),
+        }
     }
     fn durable(&self) -> bool {
         self.0.is_durable()
@@ -333,6 +343,12 @@ fn bench_store(c: &mut Criterion, store: &dyn Store, n: u64, summary: &mut Summa
     }
     summary.line(format!("| {name} | full iteration | {:.0} entries/s |", n as f64 / best));
 
+    bench_durable(store, n, summary);
+}
+
+/// Durable puts: one writer's latency percentiles, then the throughput of 64 writers.
+fn bench_durable(store: &dyn Store, n: u64, summary: &mut Summary) {
+    let name = store.name();
     if !store.durable() {
         summary.line(format!("| {name} | durable put | n/a (volatile) |"));
         return;
@@ -463,9 +479,38 @@ fn open_engine(kind: EngineKind, dir: &Path) -> Option<Arc<dyn StorageEngine>> {
     }
 }
 
+/// The memory-log engines' durable puts with each flusher backend, side by side, on
+/// `FLUSHER_KEYS` keys (durable puts do not depend on the key count).
+fn compare_flushers(summary: &mut Summary) {
+    for kind in [EngineKind::Log, EngineKind::Buffer] {
+        for backend in FlusherBackend::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let mut options = EngineOptions::default();
+            options.flusher = backend;
+            let engine = cartwheel_engines::open(kind, dir.path(), &options).unwrap();
+            let store = Engine(engine, Some(backend));
+            store.load(FLUSHER_KEYS);
+            bench_durable(&store, FLUSHER_KEYS, summary);
+        }
+    }
+}
+
 fn main() {
     if let Ok(dir) = std::env::var(OPEN_CHILD_ENV) {
         open_child(&dir);
+        return;
+    }
+    if std::env::var_os(FLUSHERS_ONLY_ENV).is_some() {
+        let mut summary = Summary::default();
+        summary.line("| store | workload | result |".into());
+        summary.line("|---|---|---|".into());
+        let scratch = tempfile::tempdir().unwrap();
+        raw_append_floor(scratch.path(), &mut summary);
+        compare_flushers(&mut summary);
+        println!("\n## summary\n");
+        for line in &summary.0 {
+            println!("{line}");
+        }
         return;
     }
     let n = key_count();
@@ -484,7 +529,7 @@ fn main() {
     for kind in EngineKind::ALL {
         let dir = tempfile::tempdir().unwrap();
         if let Some(engine) = open_engine(kind, dir.path()) {
-            bench_store(&mut c, &Engine(engine), n, &mut summary);
+            bench_store(&mut c, &Engine(engine, None), n, &mut summary);
         }
     }
     {
@@ -495,6 +540,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         bench_store(&mut c, &Redb::open(dir.path()), n, &mut summary);
     }
+    compare_flushers(&mut summary);
     log_open_and_keydir(n, &mut summary);
     c.final_summary();
     println!("\n## summary\n");

@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use cartwheel_engines::{EngineKind, EngineOptions};
+use cartwheel_engines::{EngineKind, EngineOptions, FlusherBackend};
 use cartwheel_resolvers::{ResolverConfig, ResolverKind};
 use serde::Deserialize;
 
@@ -331,6 +331,7 @@ struct RawBucket {
     siblings_soft_max: Option<usize>,
     siblings_hard_max: Option<usize>,
     flush_interval_ms: Option<u64>,
+    flusher: Option<String>,
 }
 
 /// Builds [`ConfigError`]s for one file.
@@ -506,6 +507,12 @@ impl RawBucket {
             }
             bucket.engine_options.flush_interval_ms = ms;
         }
+        if let Some(name) = &self.flusher {
+            bucket.engine_options.flusher = FlusherBackend::from_name(name).ok_or_else(|| {
+                let names: Vec<_> = FlusherBackend::ALL.iter().map(|b| b.name()).collect();
+                refuse.at(key("flusher"), format!("unknown flusher {name:?}; one of {names:?}"))
+            })?;
+        }
         if cartwheel_resolvers::build(resolver, bucket.resolver_config).is_none() {
             return Err(refuse.at(
                 key("resolver"),
@@ -554,12 +561,15 @@ mod tests {
     fn bucket_settings_are_read() {
         let text = format!(
             "{MINIMAL}[cluster]\npartitions = 128\n[buckets.b]\nengine = \"memory\"\n\
-             resolver = \"lww\"\nn = 5\nr = 3\nw = 4\ndw = 0\n"
+             resolver = \"lww\"\nn = 5\nr = 3\nw = 4\ndw = 0\nflush_interval_ms = 3\n\
+             flusher = \"io_uring\"\n"
         );
         let config = Config::parse(&text, "node.toml").unwrap();
         assert_eq!(config.partitions, 128);
         let b = &config.buckets["b"];
         assert_eq!((b.n, b.r, b.w, b.dw), (5, 3, 4, 0));
+        assert_eq!(b.engine_options.flush_interval_ms, 3);
+        assert_eq!(b.engine_options.flusher, FlusherBackend::IoUring);
         assert_eq!(config.buckets.len(), 1, "explicit buckets replace the embedded ones");
     }
 
@@ -589,6 +599,7 @@ mod tests {
             ("[buckets.b]\nengine = \"rocks\"\n", "buckets.b.engine"),
             ("[buckets.b]\nresolver = \"mvcc\"\n", "buckets.b.resolver"),
             ("[buckets.b]\nn = 0\n", "buckets.b.n"),
+            ("[buckets.b]\nflusher = \"aio\"\n", "buckets.b.flusher"),
             ("[buckets.b]\nn = 3\nr = 4\n", "buckets.b.r"),
             ("[buckets.b]\nn = 3\nw = 0\n", "buckets.b.w"),
             ("[buckets.b]\nw = 2\ndw = 3\n", "buckets.b.dw"),

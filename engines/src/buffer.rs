@@ -243,6 +243,7 @@ impl BufferEngine {
         let log_options = MemLogOptions {
             segment_bytes_max: options.segment_bytes_max,
             flush_interval_ms: options.flush_interval_ms,
+            flusher: options.flusher,
             segment_id_min: first_segment.max(1),
         };
         let log = MemLog::open(dir, lock, log_options, &mut replay)?;

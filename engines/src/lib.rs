@@ -168,6 +168,38 @@ impl fmt::Display for EngineKind {
     }
 }
 
+/// How the memory log's flusher thread (`log`, `buffer`) writes and syncs a group commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FlusherBackend {
+    /// `pwrite` and `fdatasync` system calls. The default: measured at least as fast as
+    /// io_uring on the durable-put benchmarks (docs/BENCHMARKS.md).
+    #[default]
+    Thread,
+    /// The same write and `fdatasync` submitted through an io_uring owned by the flusher
+    /// thread. Where the kernel refuses io_uring (disabled by sysctl, seccomp, too old), the
+    /// log falls back to [`FlusherBackend::Thread`] and reports it in
+    /// [`memlog::MemLog::flusher_backend`].
+    IoUring,
+}
+
+impl FlusherBackend {
+    /// Every backend, in the order the documentation lists them.
+    pub const ALL: [FlusherBackend; 2] = [Self::Thread, Self::IoUring];
+
+    /// The name used in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Thread => "thread",
+            Self::IoUring => "io_uring",
+        }
+    }
+
+    /// The backend a configuration names, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|backend| backend.name() == name)
+    }
+}
+
 /// Settings shared by the engines; each engine reads the ones it has. Every field has a
 /// default, so a bucket's configuration names only what it changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,6 +230,9 @@ pub struct EngineOptions {
     /// uncommitted); past all of it, clean pages are evicted and re-read on demand. Default
     /// 256 MiB ([`btree::CACHE_BYTES_MAX_DEFAULT`]).
     pub btree_cache_bytes_max: u64,
+    /// `log` and `buffer`: how the flusher thread writes and syncs (see [`FlusherBackend`]).
+    /// `btree` syncs on the committing caller's thread with `fdatasync`.
+    pub flusher: FlusherBackend,
 }
 
 impl Default for EngineOptions {
@@ -210,6 +245,7 @@ impl Default for EngineOptions {
             background_interval_ms: 1000,
             snapshot_log_bytes: 64 << 20,
             btree_cache_bytes_max: btree::CACHE_BYTES_MAX_DEFAULT,
+            flusher: FlusherBackend::default(),
         }
     }
 }

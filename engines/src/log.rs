@@ -414,6 +414,7 @@ impl LogEngine {
         let log_options = MemLogOptions {
             segment_bytes_max: options.segment_bytes_max,
             flush_interval_ms: options.flush_interval_ms,
+            flusher: options.flusher,
             ..MemLogOptions::default()
         };
         let log = MemLog::open(dir, lock, log_options, &mut replay)?;

@@ -262,3 +262,23 @@ conformance_suite!(buffer, |dir| cartwheel_engines::open(
     &cartwheel_engines::EngineOptions::default()
 )
 .unwrap());
+
+/// The engines on the memory log again, with the flusher writing and syncing through io_uring
+/// (or, where the kernel refuses it, through the plain calls it falls back to).
+fn with_io_uring() -> cartwheel_engines::EngineOptions {
+    let mut options = cartwheel_engines::EngineOptions::default();
+    options.flusher = cartwheel_engines::FlusherBackend::IoUring;
+    options
+}
+conformance_suite!(log_io_uring, |dir| cartwheel_engines::open(
+    cartwheel_engines::EngineKind::Log,
+    dir,
+    &with_io_uring()
+)
+.unwrap());
+conformance_suite!(buffer_io_uring, |dir| cartwheel_engines::open(
+    cartwheel_engines::EngineKind::Buffer,
+    dir,
+    &with_io_uring()
+)
+.unwrap());

@@ -37,6 +37,19 @@ fn options() -> EngineOptions {
     options
 }
 
+/// An engine name, optionally with `+io_uring` for the io_uring flusher backend.
+fn engine_spec(spec: &str) -> (EngineKind, EngineOptions) {
+    let mut options = options();
+    let name = match spec.strip_suffix("+io_uring") {
+        Some(name) => {
+            options.flusher = cartwheel_engines::FlusherBackend::IoUring;
+            name
+        }
+        None => spec,
+    };
+    (EngineKind::from_name(name).unwrap(), options)
+}
+
 /// The value written with sequence number `seq`: the number, then filler derived from it.
 fn value(seq: u64) -> Vec<u8> {
     let mut value = seq.to_le_bytes().to_vec();
@@ -55,10 +68,10 @@ fn key(seq: u64) -> Vec<u8> {
 fn kill_child() {
     let Ok(spec) = std::env::var(CHILD_ENV) else { return };
     let mut parts = spec.split(' ');
-    let kind = EngineKind::from_name(parts.next().unwrap()).unwrap();
+    let (kind, options) = engine_spec(parts.next().unwrap());
     let dir = parts.next().unwrap().to_owned();
     let mut seq: u64 = parts.next().unwrap().parse().unwrap();
-    let engine = cartwheel_engines::open(kind, Path::new(&dir), &options()).unwrap();
+    let engine = cartwheel_engines::open(kind, Path::new(&dir), &options).unwrap();
     let stdout = std::io::stdout();
     let mut batch = 1;
     loop {
@@ -88,7 +101,7 @@ impl Rng {
 
 /// Run the kill cycles for one engine.
 fn kill_cycles(engine_name: &str) {
-    let kind = EngineKind::from_name(engine_name).unwrap();
+    let (kind, _) = engine_spec(engine_name);
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ engine_name.len() as u64);
     // For every key, the highest acknowledged sequence number written to it.
@@ -160,3 +173,5 @@ macro_rules! kill_suite {
 kill_suite!(log_survives_kill_9, "log");
 kill_suite!(buffer_survives_kill_9, "buffer");
 kill_suite!(btree_survives_kill_9, "btree");
+kill_suite!(log_io_uring_survives_kill_9, "log+io_uring");
+kill_suite!(buffer_io_uring_survives_kill_9, "buffer+io_uring");
