@@ -19,11 +19,9 @@
 
 use std::time::Duration;
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use capnp_rpc::{rpc_twoparty_capnp, RpcSystem};
 use cartwheel_resolvers::{Op, Read};
-use futures::io::{BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::cartwheel_capnp::{cartwheel, get_result, write_result, NodeState};
 use crate::config::VALUE_BYTES_MAX_DEFAULT;
@@ -150,14 +148,12 @@ impl Client {
             .await
             .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT_MS} ms")))?
             .map_err(|e| failed(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| failed(e.to_string()))?;
-        let (reader, writer) = stream.into_split();
-        let network = twoparty::VatNetwork::new(
-            BufReader::new(reader.compat()),
-            BufWriter::new(writer.compat_write()),
+        let network = crate::transport::network(
+            stream,
             rpc_twoparty_capnp::Side::Client,
             capnp::message::ReaderOptions::new(),
-        );
+        )
+        .map_err(|e| failed(e.to_string()))?;
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let api: cartwheel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
         tokio::task::spawn_local(async move {

@@ -56,12 +56,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use capnp_rpc::{rpc_twoparty_capnp, RpcSystem};
 use cartwheel_resolvers::{Read, Write};
-use futures::io::{BufReader, BufWriter};
 use futures::StreamExt;
 use tokio::net::TcpStream;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::antientropy::{self, Leaves};
 use crate::cartwheel_capnp::{cartwheel, fetch_result, peer, replica_result, NodeState};
@@ -944,16 +942,10 @@ impl Cluster {
         .await
         .map_err(|_| failed("timed out".into()))?
         .map_err(|e| failed(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| failed(e.to_string()))?;
-        let (reader, writer) = stream.into_split();
         let mut options = capnp::message::ReaderOptions::new();
         options.traversal_limit_in_words(Some(self.store.limits().message_bytes_max() / 8));
-        let network = twoparty::VatNetwork::new(
-            BufReader::new(reader.compat()),
-            BufWriter::new(writer.compat_write()),
-            rpc_twoparty_capnp::Side::Client,
-            options,
-        );
+        let network = crate::transport::network(stream, rpc_twoparty_capnp::Side::Client, options)
+            .map_err(|e| failed(e.to_string()))?;
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let api: cartwheel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
         tokio::task::spawn_local(async move {

@@ -30,12 +30,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use capnp_rpc::{rpc_twoparty_capnp, twoparty, RpcSystem};
+use capnp_rpc::{rpc_twoparty_capnp, RpcSystem};
 use cartwheel_resolvers::{Op, Read, Write};
-use futures::io::{BufReader, BufWriter};
 use md5::{Digest, Md5};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::cartwheel_capnp::{cartwheel, peer, write_result, NodeState};
 use crate::cluster::Cluster;
@@ -159,18 +157,16 @@ fn accept(shared: &Rc<Shared>, stream: TcpStream, peer: SocketAddr) {
         tracing::warn!(%peer, max = limits.connections_max, "connection refused: at the limit");
         return;
     }
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
-    }
     let mut options = capnp::message::ReaderOptions::new();
     options.traversal_limit_in_words(Some(limits.message_bytes_max() / 8));
-    let (reader, writer) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        BufReader::new(reader.compat()),
-        BufWriter::new(writer.compat_write()),
-        rpc_twoparty_capnp::Side::Server,
-        options,
-    );
+    let network = match crate::transport::network(stream, rpc_twoparty_capnp::Side::Server, options)
+    {
+        Ok(network) => network,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot set up the connection");
+            return;
+        }
+    };
     let api: cartwheel::Client =
         capnp_rpc::new_client(Api { shared: Rc::clone(shared), inflight: Rc::new(Cell::new(0)) });
     let rpc = RpcSystem::new(Box::new(network), Some(api.client));
