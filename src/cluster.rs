@@ -126,6 +126,8 @@ pub struct Cluster {
     anti_entropy_per_round: usize,
     /// Index into the (bucket, partition) pairs of the next anti-entropy exchange.
     anti_entropy_cursor: std::cell::Cell<usize>,
+    /// dw > 0 waits: one blocking sync at a time per engine.
+    syncs: crate::sync_group::SyncGroups,
 }
 
 /// Progress of ownership handoff after a ring change.
@@ -171,6 +173,7 @@ impl Cluster {
             handoff: RefCell::new(Handoff::default()),
             anti_entropy_per_round: config.cluster.anti_entropy_partitions_per_round,
             anti_entropy_cursor: std::cell::Cell::new(0),
+            syncs: crate::sync_group::SyncGroups::default(),
         }
     }
 
@@ -281,10 +284,11 @@ impl Cluster {
         if local_is_primary {
             if dw > 0 {
                 let events = events.clone();
+                let cluster = Rc::clone(self);
                 let engine = std::sync::Arc::clone(&engine);
                 tokio::task::spawn_local(async move {
-                    let synced = tokio::task::spawn_blocking(move || engine.sync()).await;
-                    let _ = events.unbounded_send(matches!(synced, Ok(Ok(()))));
+                    let synced = cluster.syncs.sync(&engine).await;
+                    let _ = events.unbounded_send(synced.is_ok());
                 });
             } else {
                 quorum.stored(false);
@@ -359,9 +363,7 @@ impl Cluster {
             } else {
                 std::sync::Arc::clone(self.hints.engine())
             };
-            tokio::task::spawn_blocking(move || engine.sync())
-                .await
-                .map_err(|e| Error::Internal(format!("sync task failed: {e}")))??;
+            self.syncs.sync(&engine).await?;
         }
         Ok(())
     }

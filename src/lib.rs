@@ -52,6 +52,7 @@ pub mod ring;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod sync_group;
 pub mod transport;
 pub mod wire;
 
