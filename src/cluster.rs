@@ -67,6 +67,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::hints::Hints;
 use crate::membership::{Health, MemberInfo, Membership, Notice, Timing, View};
+use crate::membership_file;
 use crate::quorum::{Outcome, ReadQuorum, WriteQuorum};
 use crate::ring::{key_hash, partition_of, Ownership};
 use crate::store::{Entry, Store};
@@ -128,6 +129,10 @@ pub struct Cluster {
     anti_entropy_cursor: std::cell::Cell<usize>,
     /// dw > 0 waits: one blocking sync at a time per engine.
     syncs: crate::sync_group::SyncGroups,
+    /// Where the view is kept across restarts ([`crate::membership_file`]).
+    membership_file: std::path::PathBuf,
+    /// The shape of the view last written there.
+    saved_shape: RefCell<Option<membership_file::Shape>>,
 }
 
 /// Progress of ownership handoff after a ring change.
@@ -160,7 +165,19 @@ impl Cluster {
         };
         let target_n = config.buckets.values().map(|b| b.n as usize).max().unwrap_or(3);
         let timing = Timing::for_interval(config.cluster.gossip_interval_ms);
-        let membership = Membership::new(me, config.partitions, target_n, timing, 0);
+        let mut membership = Membership::new(me, config.partitions, target_n, timing, 0);
+        let membership_file = membership_file::path(&config.node.data_dir);
+        let mut saved_shape = None;
+        match membership_file::load(&membership_file) {
+            Ok(Some(view)) => {
+                saved_shape = Some(membership_file::shape(&view));
+                let members = view.members.len();
+                membership.merge(view, 0);
+                tracing::info!(members, epoch = membership.ring().epoch, "membership restored");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "membership file ignored; starting as a new node"),
+        }
         Self {
             store,
             hints,
@@ -174,6 +191,8 @@ impl Cluster {
             anti_entropy_per_round: config.cluster.anti_entropy_partitions_per_round,
             anti_entropy_cursor: std::cell::Cell::new(0),
             syncs: crate::sync_group::SyncGroups::default(),
+            membership_file,
+            saved_shape: RefCell::new(saved_shape),
         }
     }
 
@@ -865,7 +884,24 @@ impl Cluster {
         }
     }
 
+    /// Write the view to the membership file when its shape changed since the last write.
+    /// Called every gossip round and at a clean stop.
+    pub async fn save_membership(&self) {
+        let view = self.membership.borrow().view();
+        let shape = membership_file::shape(&view);
+        if self.saved_shape.borrow().as_ref() == Some(&shape) {
+            return;
+        }
+        let path = self.membership_file.clone();
+        match tokio::task::spawn_blocking(move || membership_file::save(&path, &view)).await {
+            Ok(Ok(())) => *self.saved_shape.borrow_mut() = Some(shape),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the membership file"),
+            Err(e) => tracing::warn!(error = %e, "membership file task failed"),
+        }
+    }
+
     async fn gossip_round(&self, round: u64) {
+        self.save_membership().await;
         let (view, notices) = self.membership.borrow_mut().tick(self.now_ms());
         self.log_notices(&notices);
         let random = splitmix(round ^ (self.started.elapsed().as_nanos() as u64));

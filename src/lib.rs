@@ -47,6 +47,7 @@ pub mod config;
 pub mod error;
 pub mod hints;
 pub mod membership;
+pub mod membership_file;
 pub mod quorum;
 pub mod ring;
 pub mod router;

@@ -147,6 +147,7 @@ pub async fn serve(
     if let Err(e) = shared.cluster.hints.engine().sync() {
         tracing::error!(error = %e, "final sync of hints failed");
     }
+    shared.cluster.save_membership().await;
     Ok(())
 }
 

@@ -113,13 +113,16 @@ impl TestCluster {
         self.nodes[i].take().unwrap().stop().unwrap();
     }
 
+    /// Restart node `i` with a running node as its seed.
     fn restart(&mut self, i: usize) {
-        // Membership is not kept on disk: a restarted node joins again through a running one.
         let seed = (0..self.addresses.len())
             .find(|&j| j != i && self.nodes[j].is_some())
             .map(|j| self.addresses[j].clone());
-        let config =
-            node_config(self.dir.path(), i, &self.addresses[i], seed.as_deref(), self.anti_entropy);
+        self.restart_with_seed(i, seed.as_deref());
+    }
+
+    fn restart_with_seed(&mut self, i: usize, seed: Option<&str>) {
+        let config = node_config(self.dir.path(), i, &self.addresses[i], seed, self.anti_entropy);
         self.nodes[i] = Some(NodeHandle::start(config).unwrap());
     }
 
@@ -347,6 +350,37 @@ fn write_with_every_primary_down() {
             assert_eq!(get(&cluster.addresses[i], key, 1).unwrap(), value("no-primary"));
         }
     }
+}
+
+/// A node keeps its view of the cluster across a restart: the whole cluster stops, the
+/// first node comes back alone with no seed, and it still knows every member, their
+/// addresses and the ring; the others, restarted with it as seed, converge on that ring.
+#[test]
+fn membership_survives_a_restart() {
+    let mut cluster = TestCluster::start(3);
+    let before = status(&cluster.addresses[0]);
+    let owners = primaries(&cluster.addresses[0], b"kept");
+    put(&cluster.addresses[0], b"kept", b"value", WriteOptions { w: 3, ..Default::default() })
+        .unwrap();
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    cluster.restart_with_seed(0, None);
+    let alone = status(&cluster.addresses[0]);
+    assert_eq!(alone.ring_epoch, before.ring_epoch, "the saved ring, not a fresh one");
+    let mut ids: Vec<_> = alone.members.iter().map(|m| m.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["n1", "n2", "n3"]);
+    for m in &alone.members {
+        let was = before.members.iter().find(|b| b.id == m.id).unwrap();
+        assert_eq!(m.partitions_owned, was.partitions_owned, "{}", m.id);
+    }
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_converged();
+    assert_eq!(primaries(&cluster.addresses[2], b"kept"), owners);
+    assert_eq!(status(&cluster.addresses[2]).ring_epoch, before.ring_epoch);
+    assert_eq!(get(&cluster.addresses[1], b"kept", 3).unwrap(), value("value"));
 }
 
 /// A replica that missed a write (down, no fallback to hold a hint) is repaired by a read
