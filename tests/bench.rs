@@ -225,8 +225,21 @@ fn sweep_reports_steps() {
     let sweep = report.sweep.unwrap();
     let offered: Vec<_> = sweep.steps.iter().map(|s| s.offered_rate_per_s).collect();
     assert_eq!(offered, [200.0, 400.0]);
-    assert!(sweep.steps.iter().all(|s| s.passed), "{:?}", sweep.steps);
-    assert_eq!(sweep.best_rate_per_s, Some(400.0));
+    // Whether a step passes depends on the machine (a busy one may fall behind even these
+    // rates); what must hold is that each verdict follows from the step's own figures and
+    // that the best rate is the highest passing one.
+    for step in &sweep.steps {
+        let overloaded =
+            step.errors > 0 || step.achieved_rate_per_s < 0.95 * step.offered_rate_per_s;
+        assert_eq!(step.overloaded, overloaded, "{step:?}");
+        assert_eq!(step.passed, !overloaded && step.p999_us <= 1_000_000.0, "{step:?}");
+        assert!(step.p50_us <= step.p99_us && step.p99_us <= step.p999_us, "{step:?}");
+        assert!(step.p999_us <= step.max_us, "{step:?}");
+    }
+    let best =
+        sweep.steps.iter().filter(|s| s.passed).map(|s| s.offered_rate_per_s).reduce(f64::max);
+    assert_eq!(sweep.best_rate_per_s, best);
+    assert!(sweep.steps[0].achieved_rate_per_s > 0.0, "the first step ran");
     assert_eq!(written.plots.len(), 2);
     assert!(out.path().join("s-sweep.svg").exists());
 }
