@@ -152,6 +152,7 @@ impl Client {
             stream,
             rpc_twoparty_capnp::Side::Client,
             capnp::message::ReaderOptions::new(),
+            crate::transport::MESSAGE_READ_TIMEOUT_DEFAULT,
         )
         .map_err(|e| failed(e.to_string()))?;
         let mut rpc = RpcSystem::new(Box::new(network), None);

@@ -982,8 +982,11 @@ impl Cluster {
         .map_err(|e| failed(e.to_string()))?;
         let mut options = capnp::message::ReaderOptions::new();
         options.traversal_limit_in_words(Some(self.store.limits().message_bytes_max() / 8));
-        let network = crate::transport::network(stream, rpc_twoparty_capnp::Side::Client, options)
-            .map_err(|e| failed(e.to_string()))?;
+        let limits = self.store.limits();
+        let timeout = Duration::from_millis(limits.message_read_timeout_ms);
+        let network =
+            crate::transport::network(stream, rpc_twoparty_capnp::Side::Client, options, timeout)
+                .map_err(|e| failed(e.to_string()))?;
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let api: cartwheel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
         tokio::task::spawn_local(async move {

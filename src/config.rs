@@ -73,6 +73,11 @@ pub struct Limits {
     pub connections_max: usize,
     /// Default request timeout, in milliseconds, when a request gives 0.
     pub request_timeout_ms: u64,
+    /// A message whose first byte has arrived must arrive whole within this many
+    /// milliseconds, or the node closes the connection (a peer that stalls or died half-way
+    /// through a message does not hold a connection forever). Idle connections are not
+    /// affected.
+    pub message_read_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -83,6 +88,7 @@ impl Default for Limits {
             inflight_per_connection_max: 256,
             connections_max: 1024,
             request_timeout_ms: 5_000,
+            message_read_timeout_ms: 30_000,
         }
     }
 }
@@ -317,6 +323,7 @@ struct RawLimits {
     inflight_per_connection_max: Option<usize>,
     connections_max: Option<usize>,
     request_timeout_ms: Option<u64>,
+    message_read_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +432,9 @@ impl RawLimits {
                 .unwrap_or(defaults.inflight_per_connection_max),
             connections_max: self.connections_max.unwrap_or(defaults.connections_max),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
+            message_read_timeout_ms: self
+                .message_read_timeout_ms
+                .unwrap_or(defaults.message_read_timeout_ms),
         };
         let key_ceiling = cartwheel_engines::KEY_BYTES_MAX - PARTITION_PREFIX_BYTES;
         if limits.key_bytes_max == 0 || limits.key_bytes_max > key_ceiling {
@@ -445,6 +455,9 @@ impl RawLimits {
         }
         if limits.request_timeout_ms == 0 {
             return Err(refuse.at("limits.request_timeout_ms", "must be at least 1"));
+        }
+        if limits.message_read_timeout_ms == 0 {
+            return Err(refuse.at("limits.message_read_timeout_ms", "must be at least 1"));
         }
         Ok(limits)
     }
@@ -600,6 +613,7 @@ mod tests {
             ("[buckets.b]\nresolver = \"mvcc\"\n", "buckets.b.resolver"),
             ("[buckets.b]\nn = 0\n", "buckets.b.n"),
             ("[buckets.b]\nflusher = \"aio\"\n", "buckets.b.flusher"),
+            ("[limits]\nmessage_read_timeout_ms = 0\n", "limits.message_read_timeout_ms"),
             ("[buckets.b]\nn = 3\nr = 4\n", "buckets.b.r"),
             ("[buckets.b]\nn = 3\nw = 0\n", "buckets.b.w"),
             ("[buckets.b]\nw = 2\ndw = 3\n", "buckets.b.dw"),

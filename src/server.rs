@@ -160,8 +160,9 @@ fn accept(shared: &Rc<Shared>, stream: TcpStream, peer: SocketAddr) {
     }
     let mut options = capnp::message::ReaderOptions::new();
     options.traversal_limit_in_words(Some(limits.message_bytes_max() / 8));
-    let network = match crate::transport::network(stream, rpc_twoparty_capnp::Side::Server, options)
-    {
+    let timeout = Duration::from_millis(limits.message_read_timeout_ms);
+    let side = rpc_twoparty_capnp::Side::Server;
+    let network = match crate::transport::network(stream, side, options, timeout) {
         Ok(network) => network,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot set up the connection");

@@ -1,7 +1,17 @@
 //! # Transport: a TCP connection as a capnp-rpc two-party network
 //!
 //! Every connection of the node (clients in, peers out) and of the Rust client is built
-//! here, the same way: TCP_NODELAY, a buffered reader, and a *coalescing writer*.
+//! here, the same way: TCP_NODELAY, a buffered reader that enforces a *message deadline*,
+//! and a *coalescing writer*.
+//!
+//! ## The message deadline
+//! capnp-rpc reads a message and waits as long as it takes for the rest of it. A peer that
+//! sends part of a message and stalls, or dies half-way without the connection being reset,
+//! would hold the connection (and its slot under `limits.connections_max`) forever. The
+//! reader follows the stream's framing (segment table, then segments) as bytes pass, and
+//! once a message has begun, the whole of it must arrive within the deadline
+//! (`limits.message_read_timeout_ms`), or the read fails with `TimedOut` and the connection
+//! closes. Between messages there is no deadline: idle connections stay open.
 //!
 //! ## Why a coalescing writer
 //! capnp-rpc's write queue writes one message and flushes it before it takes the next, so
@@ -26,10 +36,12 @@
 //! Everything runs on one thread (`spawn_local`), so the shared state is an `Rc<RefCell>`.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty};
 use futures::io::BufReader;
@@ -41,20 +53,144 @@ use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 /// Bytes a connection's writer holds for the socket before the write queue waits.
 pub const WRITE_BUFFER_BYTES_MAX: usize = 4 << 20;
 
-/// The two-party network over one TCP connection, as every connection here uses it.
-pub type Network = twoparty::VatNetwork<BufReader<Compat<OwnedReadHalf>>>;
+/// The message deadline of connections that are not told another (the client's).
+pub const MESSAGE_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
-/// Build the network of `stream` for `side`, with the reader's `options`. Sets TCP_NODELAY
-/// and spawns the connection's writer task; must be called inside a `LocalSet`.
+/// The two-party network over one TCP connection, as every connection here uses it.
+pub type Network = twoparty::VatNetwork<BufReader<DeadlineReader<Compat<OwnedReadHalf>>>>;
+
+/// Build the network of `stream` for `side`, with the reader's `options` and message
+/// deadline. Sets TCP_NODELAY and spawns the connection's writer task; must be called inside
+/// a `LocalSet`.
 pub fn network(
     stream: TcpStream,
     side: rpc_twoparty_capnp::Side,
     options: capnp::message::ReaderOptions,
+    message_read_timeout: Duration,
 ) -> io::Result<Network> {
     stream.set_nodelay(true)?;
     let (reader, writer) = stream.into_split();
+    let reader = DeadlineReader::new(reader.compat(), message_read_timeout);
     let writer = CoalescingWriter::spawn(writer);
-    Ok(twoparty::VatNetwork::new(BufReader::new(reader.compat()), writer, side, options))
+    Ok(twoparty::VatNetwork::new(BufReader::new(reader), writer, side, options))
+}
+
+/// Where a byte stream of capnp messages is: between messages, in a segment table, or in
+/// the segments. Fed every byte in order.
+#[derive(Debug, Default)]
+struct Framing {
+    state: FrameState,
+    /// Messages begun so far.
+    started: u64,
+}
+
+#[derive(Debug, Default)]
+enum FrameState {
+    #[default]
+    Idle,
+    /// In the segment table: `seen` of its `len` bytes, the u32 being read, the segment
+    /// count (known after the first u32) and the body bytes announced so far.
+    Table { seen: u64, len: u64, word: [u8; 4], count: u64, body: u64 },
+    /// In the segments: bytes still to come.
+    Body(u64),
+}
+
+impl Framing {
+    fn in_message(&self) -> bool {
+        !matches!(self.state, FrameState::Idle)
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some(&byte) = bytes.first() {
+            match &mut self.state {
+                FrameState::Idle => {
+                    self.started += 1;
+                    // The table is at least one word; its length is known after 4 bytes.
+                    self.state =
+                        FrameState::Table { seen: 0, len: 8, word: [0; 4], count: 1, body: 0 };
+                }
+                FrameState::Table { seen, len, word, count, body } => {
+                    word[(*seen % 4) as usize] = byte;
+                    *seen += 1;
+                    bytes = &bytes[1..];
+                    if *seen % 4 == 0 {
+                        let value = u64::from(u32::from_le_bytes(*word));
+                        let index = *seen / 4 - 1;
+                        if index == 0 {
+                            // Segment count minus one, then one u32 size per segment,
+                            // padded to a whole number of words.
+                            *count = value + 1;
+                            *len = (4 + 4 * *count).div_ceil(8) * 8;
+                        } else if index <= *count {
+                            *body += value * 8;
+                        }
+                    }
+                    if *seen == *len {
+                        self.state =
+                            if *body == 0 { FrameState::Idle } else { FrameState::Body(*body) };
+                    }
+                }
+                FrameState::Body(remaining) => {
+                    let take = (*remaining).min(bytes.len() as u64);
+                    *remaining -= take;
+                    bytes = &bytes[take as usize..];
+                    if *remaining == 0 {
+                        self.state = FrameState::Idle;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A reader that fails with `TimedOut` when a message it has begun does not arrive whole
+/// within its deadline (see the module doc).
+pub struct DeadlineReader<R> {
+    inner: R,
+    framing: Framing,
+    timeout: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<R> DeadlineReader<R> {
+    fn new(inner: R, timeout: Duration) -> Self {
+        Self { inner, framing: Framing::default(), timeout, deadline: None }
+    }
+}
+
+impl<R: futures::io::AsyncRead + Unpin> futures::io::AsyncRead for DeadlineReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                let started = this.framing.started;
+                this.framing.feed(&buf[..n]);
+                if !this.framing.in_message() {
+                    this.deadline = None;
+                } else if this.framing.started != started || this.deadline.is_none() {
+                    // A message began in these bytes: its deadline starts now.
+                    this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("a message was not completed within {:?}", this.timeout),
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -217,6 +353,71 @@ mod tests {
             writer.close().await.unwrap();
             drop(writer);
             assert_eq!(reading.await.unwrap(), expected);
+        });
+    }
+
+    /// Real capnp messages of one and of several segments, fed in pieces of every size: the
+    /// framing is inside a message exactly until its last byte.
+    #[test]
+    fn framing_follows_real_messages() {
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        for words in [1usize, 3000] {
+            // A small first segment forces a second (and third) for the larger data.
+            let mut message = capnp::message::Builder::new(
+                capnp::message::HeapAllocator::new().first_segment_words(16),
+            );
+            let mut list: capnp::data_list::Builder<'_> = message.initn_root(10);
+            let chunk: Vec<u8> = (0..words * 8 / 10).map(|j| j as u8).collect();
+            for i in 0..10 {
+                list.set(i, &chunk);
+            }
+            let segments = message.get_segments_for_output().len();
+            assert!(words == 1 || segments >= 3, "{segments} segments");
+            capnp::serialize::write_message(&mut stream, &message).unwrap();
+            ends.push(stream.len());
+        }
+        assert!(ends[1] - ends[0] > 2900 * 8);
+        for piece in [1usize, 3, 8, 1000, stream.len()] {
+            let mut framing = Framing::default();
+            let mut at = 0;
+            while at < stream.len() {
+                let next = (at + piece).min(stream.len());
+                framing.feed(&stream[at..next]);
+                at = next;
+                let boundary = ends.contains(&at);
+                assert_eq!(framing.in_message(), !boundary, "piece {piece}, at {at}");
+            }
+            assert_eq!(framing.started, 2);
+        }
+    }
+
+    /// Half a message then silence fails the read after the deadline; an idle connection
+    /// (no message begun) does not.
+    #[test]
+    fn a_stalled_message_times_out_and_idle_does_not() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            use futures::io::AsyncReadExt as _;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let mut sender = TcpStream::connect(address).await.unwrap();
+            let (receiver, _) = listener.accept().await.unwrap();
+            let mut reader = DeadlineReader::new(receiver.compat(), Duration::from_millis(100));
+            let mut buf = [0u8; 64];
+            let idle = tokio::time::timeout(Duration::from_millis(300), reader.read(&mut buf));
+            assert!(idle.await.is_err(), "an idle connection is left alone");
+            // A one-segment table announcing 4 words, and only 1 of them.
+            sender.write_all(&[0, 0, 0, 0, 4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]).await.unwrap();
+            let mut got = 0;
+            let error = loop {
+                match reader.read(&mut buf).await {
+                    Ok(n) => got += n,
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(got, 16);
+            assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         });
     }
 

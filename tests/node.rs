@@ -211,6 +211,40 @@ fn garbage_bytes_drop_only_that_connection() {
     });
 }
 
+/// A connection that begins a message and stalls is closed after
+/// `limits.message_read_timeout_ms`; an idle connection (no message begun) stays open.
+#[test]
+fn a_stalled_message_closes_the_connection() {
+    let node = TestNode::start(|c| c.limits.message_read_timeout_ms = 300);
+    let mut idle = std::net::TcpStream::connect(node.node.address()).unwrap();
+    let mut stalled = std::net::TcpStream::connect(node.node.address()).unwrap();
+    // A segment table announcing 4 words, and one word of them.
+    stalled.write_all(&[0, 0, 0, 0, 4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stalled.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the stalled connection was not closed: {e}"),
+        }
+    }
+    idle.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    match idle.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the idle connection was closed or answered: {other:?}"),
+    }
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        client.put("default", b"k", b"still serving", &[]).await.unwrap();
+    });
+}
+
 /// `status` reports the node, its buckets and counters; `ring` gives every partition an owner.
 #[test]
 fn status_and_ring() {
