@@ -264,7 +264,7 @@ impl Config {
 
 /// The buckets every node has without configuration: `default` (lww), and one per further
 /// resolver this build contains: `siblings`, `sets` (orset), `counters` (pncounter), `carts`
-/// (cart). All on the memory engine with N/R/W 3/2/2.
+/// (cart). All on the `log` engine with N/R/W 3/2/2 and dw 0.
 pub fn embedded_buckets() -> BTreeMap<String, BucketConfig> {
     let wanted = [
         ("default", ResolverKind::Lww),
@@ -469,7 +469,8 @@ impl RawBucket {
         if let Err(reason) = check_name(name) {
             return Err(refuse.at(format!("buckets.{name}"), format!("bad bucket name: {reason}")));
         }
-        let engine_name = self.engine.as_deref().unwrap_or("memory");
+        // Durable unless asked otherwise: `memory` must be named.
+        let engine_name = self.engine.as_deref().unwrap_or("log");
         let engine = EngineKind::from_name(engine_name).ok_or_else(|| {
             let names: Vec<_> = EngineKind::ALL.iter().map(|k| k.name()).collect();
             refuse.at(key("engine"), format!("unknown engine {engine_name:?}; one of {names:?}"))
@@ -593,6 +594,13 @@ mod tests {
         assert_eq!(err.file, "node.toml");
         assert_eq!(err.key, "node");
         assert!(err.reason.contains("missing field `id`"), "{err}");
+    }
+
+    /// A bucket that names no engine gets the durable `log` engine, never `memory`.
+    #[test]
+    fn engine_defaults_to_log() {
+        let config = Config::parse(&format!("{MINIMAL}[buckets.b]\n"), "node.toml").unwrap();
+        assert_eq!(config.buckets["b"].engine, EngineKind::Log);
     }
 
     /// An unknown key is refused with its path, not ignored.

@@ -182,9 +182,11 @@ fn accept(shared: &Rc<Shared>, stream: TcpStream, peer: SocketAddr) {
     });
 }
 
-/// A digest of the bucket configuration, for gossip to compare between nodes.
+/// A digest of the bucket configuration and the partition count, for gossip to compare
+/// between nodes (a node with another Q would place every key elsewhere).
 fn config_digest(config: &Config) -> Vec<u8> {
     let mut md5 = Md5::new();
+    md5.update(format!("partitions={};", config.partitions).as_bytes());
     for (name, bucket) in &config.buckets {
         md5.update(format!("{name}={bucket:?};").as_bytes());
     }
