@@ -62,6 +62,19 @@ fn failed(e: impl std::fmt::Display) -> String {
     format!("cannot draw the plot: {e}")
 }
 
+/// The legend, in the upper left corner, the same on every plot.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(failed)
+}
+
 /// The percentile spectra of `series` (a name and its percentiles each), as SVG text.
 pub fn spectrum(title: &str, series: &[(String, &Percentiles)]) -> Result<String, String> {
     let max_us = series.iter().map(|(_, p)| p.max_us).fold(1.0, f64::max);
@@ -97,13 +110,7 @@ pub fn spectrum(title: &str, series: &[(String, &Percentiles)]) -> Result<String
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(failed)?;
+        draw_legend(&mut chart)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)
@@ -162,13 +169,7 @@ pub fn sweep(title: &str, sweep: &SweepReport) -> Result<String, String> {
             .map_err(failed)?
             .label(format!("p99.9 target {} ms", sweep.p999_target_ms))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(3)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(failed)?;
+        draw_legend(&mut chart)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)
