@@ -365,6 +365,12 @@ impl Cluster {
         }
     }
 
+    /// Whether a state sent with `hint_for` is this node's own replica (not a hint it keeps
+    /// for another node).
+    fn is_own_replica(&self, hint_for: &str) -> bool {
+        hint_for.is_empty() || hint_for == self.me()
+    }
+
     /// Take in a state as [`Cluster::receive_replica`] does, then, when `sync`, wait until
     /// the engine that took it (the bucket's, or the hint store's) has synced it.
     pub async fn receive_replica_synced(
@@ -377,7 +383,7 @@ impl Cluster {
     ) -> Result<(), Error> {
         self.receive_replica(bucket, key, state, hint_for)?;
         if sync {
-            let engine = if hint_for.is_empty() || hint_for == self.me() {
+            let engine = if self.is_own_replica(hint_for) {
                 std::sync::Arc::clone(&self.store.bucket(bucket)?.engine)
             } else {
                 std::sync::Arc::clone(self.hints.engine())
@@ -638,7 +644,7 @@ impl Cluster {
         state: &[u8],
         hint_for: &str,
     ) -> Result<(), Error> {
-        if hint_for.is_empty() || hint_for == self.me() {
+        if self.is_own_replica(hint_for) {
             self.store.merge(bucket, key, state)?;
         } else {
             self.store.check_key(key)?;
