@@ -125,6 +125,12 @@ impl RingInfo {
     pub fn preference_addresses(&self, bucket: &str, key: &[u8]) -> Vec<String> {
         let partition =
             crate::ring::partition_of(crate::ring::key_hash(bucket, key), self.partition_count);
+        self.partition_preference(partition)
+    }
+
+    /// A partition's preference list: node addresses in ring order from its owner, each
+    /// node once.
+    pub fn partition_preference(&self, partition: u16) -> Vec<String> {
         let q = self.owners.len();
         let mut out: Vec<String> = Vec::new();
         for step in 0..q {

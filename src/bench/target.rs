@@ -13,7 +13,8 @@
 //! no request pays a forwarding hop. Where the ring cannot be had, or names a node the
 //! benchmark has no connection to, the key goes to a node chosen by its hash modulo the node
 //! count, which forwards it. `--routing round-robin` spreads requests over every connection
-//! whatever the key, to measure the forwarding path.
+//! whatever the key; `--routing non-primary` sends each key to the last node of its
+//! preference list, so that with more nodes than N every write is forwarded to a primary.
 //!
 //! [`Store`] turns a workload [`Request`] into a client call on the chosen connection. Writes
 //! that need a causal context (cart removes and quantity changes, and puts in `siblings`
@@ -58,6 +59,9 @@ pub struct Routes {
     partitions: u32,
     /// Per partition, the index (into the benchmark's node list) of its first owner.
     owner: Vec<Option<usize>>,
+    /// Per partition, the index of the last node of its preference list: not a primary of
+    /// the partition's keys when the cluster has more nodes than N.
+    last: Vec<Option<usize>>,
     nodes: usize,
 }
 
@@ -66,22 +70,25 @@ impl Routes {
     pub fn new(ring: Option<&RingInfo>, addresses: &[String]) -> Self {
         let nodes = addresses.len();
         let Some(ring) = ring.filter(|r| r.partition_count > 0 && !r.owners.is_empty()) else {
-            return Self { partitions: 1, owner: vec![None], nodes };
+            return Self { partitions: 1, owner: vec![None], last: vec![None], nodes };
         };
-        let index_of = |owner: u16| {
-            let address = &ring.nodes.get(owner as usize)?.address;
-            addresses.iter().position(|a| a == address)
-        };
-        let owner = ring.owners.iter().map(|&o| index_of(o)).collect();
-        Self { partitions: ring.partition_count, owner, nodes }
+        let index_of = |address: &str| addresses.iter().position(|a| a == address);
+        let owner =
+            ring.owners.iter().map(|&o| index_of(&ring.nodes.get(o as usize)?.address)).collect();
+        let last = (0..ring.partition_count)
+            .map(|partition| index_of(ring.partition_preference(partition as u16).last()?))
+            .collect();
+        Self { partitions: ring.partition_count, owner, last, nodes }
     }
 
-    /// The node index for `key`.
-    pub fn route(&self, bucket: &str, key: &[u8]) -> usize {
+    /// The node index for `key`: its coordinator, or with `last`, the last node of its
+    /// preference list.
+    pub fn route(&self, bucket: &str, key: &[u8], last: bool) -> usize {
         debug_assert!(self.nodes > 0);
         let hash = crate::ring::key_hash(bucket, key);
         let partition = crate::ring::partition_of(hash, self.partitions) as usize;
-        match self.owner.get(partition).copied().flatten() {
+        let table = if last { &self.last } else { &self.owner };
+        match table.get(partition).copied().flatten() {
             Some(node) => node,
             None => (hash % self.nodes as u128) as usize,
         }
@@ -100,6 +107,9 @@ pub enum Routing {
     PerKey,
     /// Every request to the next connection, whatever its key.
     RoundRobin,
+    /// Each key to the last node of its preference list, which is not one of its primaries
+    /// when there are more nodes than N: every write pays the forwarding hop to a primary.
+    NonPrimary,
 }
 
 impl Routing {
@@ -108,6 +118,7 @@ impl Routing {
         match self {
             Self::PerKey => "per-key",
             Self::RoundRobin => "round-robin",
+            Self::NonPrimary => "non-primary",
         }
     }
 }
@@ -261,14 +272,15 @@ impl Store {
         let turn = self.next.get();
         self.next.set(turn.wrapping_add(1));
         let clients = match self.routing {
-            Routing::PerKey => &self.per_node[self.routes.route(&self.bucket, key)],
+            Routing::PerKey => &self.per_node[self.routes.route(&self.bucket, key, false)],
+            Routing::NonPrimary => &self.per_node[self.routes.route(&self.bucket, key, true)],
             Routing::RoundRobin => {
                 let nodes = self.per_node.len();
                 &self.per_node[turn % nodes]
             }
         };
         let index = match self.routing {
-            Routing::PerKey => turn,
+            Routing::PerKey | Routing::NonPrimary => turn,
             Routing::RoundRobin => turn / self.per_node.len(),
         };
         Rc::clone(&clients[index % clients.len()])
@@ -384,13 +396,15 @@ mod tests {
         assert!(routes.from_ring());
         for i in 0..200u64 {
             let key = crate::bench::workload::key_name(i);
-            let first = ring.preference_addresses(BUCKET, &key)[0].clone();
-            assert_eq!(addresses[routes.route(BUCKET, &key)], first, "key {i}");
+            let preference = ring.preference_addresses(BUCKET, &key);
+            assert_eq!(addresses[routes.route(BUCKET, &key, false)], preference[0], "key {i}");
+            let last = preference.last().unwrap();
+            assert_eq!(&addresses[routes.route(BUCKET, &key, true)], last, "key {i}");
         }
         let blind = Routes::new(None, &addresses);
         assert!(!blind.from_ring());
         let key = crate::bench::workload::key_name(7);
-        assert_eq!(blind.route(BUCKET, &key), blind.route(BUCKET, &key));
-        assert!(blind.route(BUCKET, &key) < 3);
+        assert_eq!(blind.route(BUCKET, &key, false), blind.route(BUCKET, &key, false));
+        assert!(blind.route(BUCKET, &key, true) < 3);
     }
 }
