@@ -8,15 +8,19 @@
 //! 1. The key's preference list comes from the ring; its first N nodes are the primaries.
 //!    A primary this node sees down is replaced by the next healthy node past the first N,
 //!    which gets the write with a hint naming the primary (sloppy quorum).
-//! 2. A node that is not one of the primaries forwards the write to the first healthy one
-//!    (once: the forwarded request is marked and never forwarded again). When every primary
-//!    is down it coordinates the write itself: a fallback it is keeps the write as a hint,
-//!    which counts toward W like any other fallback's, so the cluster stays writeable while
-//!    W nodes are up.
-//! 3. The coordinator applies the write locally (resolver + engine), sends the new state to
-//!    the other targets (`replicate`), and answers once W stored it and DW synced it, or with
-//!    `quorumNotMet` as soon as that can no longer happen, or `timeout`. The replication RPCs
-//!    go on after the answer, so every reachable target gets the write.
+//! 2. [`plan_write`] decides who coordinates. A primary coordinates on its own copy, with its
+//!    replica actor. A node that is not one of the primaries forwards the write to the first
+//!    one it sees up (once: the forwarded request is marked and never forwarded again).
+//!    When no primary is up, or a forwarded write reached a node that no longer is a primary,
+//!    the node coordinates with its hint actor on the hints it holds for the key, and keeps
+//!    the new state only as a hint, never as a stray copy in the bucket's engine; when it is
+//!    itself a fallback target that hint counts toward W like any other fallback's, so the
+//!    cluster stays writeable while W nodes are up. Why this never issues a dot twice:
+//!    [`crate::actors`].
+//! 3. The coordinator applies the write and keeps the new state before it yields, sends the
+//!    state to the other targets (`replicate`), and answers once W stored it and DW synced
+//!    it, or with `quorumNotMet` as soon as that can no longer happen, or `timeout`. The
+//!    replication RPCs go on after the answer, so every reachable target gets the write.
 //!
 //! ## A read
 //! Any node coordinates a read: it fetches the state from the N targets, answers once R have
@@ -35,7 +39,8 @@
 //! holds data for, about `hint_replay_per_round` keys per round:
 //! - a partition this node no longer is a primary of is sent, key by key, to all its new
 //!   primaries; once every one of them stored a key, the local copy is deleted, unless a
-//!   write changed it meanwhile (then it goes again next pass);
+//!   write changed it meanwhile (then it goes again next pass); a deleted copy that holds
+//!   writes of this node's current replica actor makes it take a new epoch;
 //! - a partition it still is a primary of is sent to the primaries that are new since the
 //!   ring this node had before (known only for changes seen since it started).
 //!
@@ -102,6 +107,54 @@ pub fn plan_targets(preference: &[&str], n: usize, health: impl Fn(&str) -> Heal
             Health::Up | Health::Suspect => Target { id: primary.to_string(), hint_for: None },
         })
         .collect()
+}
+
+/// How this node takes a client write, decided from the key's targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WritePlan {
+    /// This node is one of the key's primaries: it coordinates, with its replica actor, on
+    /// its own copy.
+    Coordinate,
+    /// Forward the write to this primary, which coordinates it.
+    Forward(String),
+    /// No primary can take it here (none is up, or the write was forwarded once already):
+    /// coordinate with the hint actor on the hints this node holds for the key, and keep the
+    /// new state as a hint for `owner`, never in the bucket's engine. It counts toward W when
+    /// this node is one of the targets (a fallback standing in for `owner`).
+    CoordinateAsHint {
+        /// The primary the hint is kept for.
+        owner: String,
+        /// Whether this node is a target, so its hint counts toward W.
+        counts: bool,
+    },
+}
+
+/// Decide how `me` takes a write whose targets are `targets` ([`plan_targets`]). Pure.
+///
+/// Dot-issuing writes must be coordinated where the actor's history of the key is complete
+/// ([`crate::actors`]): a primary, on its own copy, or any node on its own hints with its hint
+/// actor. A node that is neither forwards to the first primary it sees up.
+pub fn plan_write(
+    me: &str,
+    targets: &[Target],
+    forwarded: bool,
+    health: impl Fn(&str) -> Health,
+) -> Option<WritePlan> {
+    if targets.iter().any(|t| t.id == me && t.hint_for.is_none()) {
+        return Some(WritePlan::Coordinate);
+    }
+    if !forwarded {
+        let up = targets.iter().find(|t| t.hint_for.is_none() && health(&t.id) == Health::Up);
+        if let Some(primary) = up {
+            return Some(WritePlan::Forward(primary.id.clone()));
+        }
+    }
+    if let Some(owner) = targets.iter().find(|t| t.id == me).and_then(|t| t.hint_for.clone()) {
+        return Some(WritePlan::CoordinateAsHint { owner, counts: true });
+    }
+    let first = targets.first()?;
+    let owner = first.hint_for.clone().unwrap_or_else(|| first.id.clone());
+    Some(WritePlan::CoordinateAsHint { owner, counts: false })
 }
 
 /// A connection to one peer: its client API (for forwarding) and its peer API.
@@ -286,46 +339,40 @@ impl Cluster {
         let targets = self.targets(bucket, key, n);
         // A small cluster has fewer replicas than N: W and DW count what exists.
         let (w, dw) = (w.min(targets.len()), dw.min(targets.len()));
-        let local_is_primary = targets.iter().any(|t| t.id == me && t.hint_for.is_none());
-        if !local_is_primary && !options.forwarded {
-            if let Some(primary) =
-                targets.iter().find(|t| t.hint_for.is_none() && self.health(&t.id) == Health::Up)
-            {
-                return self.forward(&primary.id, bucket, key, &write, options).await;
-            }
-        }
+        let plan = plan_write(&me, &targets, options.forwarded, |id| self.health(id))
+            .ok_or_else(|| Error::QuorumNotMet("no member is known to own the key".into()))?;
         let timeout = self.timeout(options.timeout_ms);
-        let (state, read) = self.store.write(bucket, key, &write)?;
         let mut quorum = WriteQuorum::new(targets.len().max(1), w, dw);
         let (events, mut answers) = futures::channel::mpsc::unbounded::<bool>();
-        // The local replica (or, when this node coordinates a forwarded write it does not
-        // own, the copy it keeps in its own engine, which counts for nothing).
-        if local_is_primary {
-            if dw > 0 {
-                let events = events.clone();
-                let cluster = Rc::clone(self);
-                let engine = std::sync::Arc::clone(&engine);
-                tokio::task::spawn_local(async move {
-                    let synced = cluster.syncs.sync(&engine).await;
-                    let _ = events.unbounded_send(synced.is_ok());
-                });
-            } else {
-                quorum.stored(false);
+        // Apply the write and keep the new state on this node before anything yields, so no
+        // other write to the key reads the state in between (crate::actors).
+        let (state, read) = match plan {
+            WritePlan::Forward(primary) => {
+                return self.forward(&primary, bucket, key, &write, options).await
             }
-        }
-        // This node may itself stand in for a down primary: it keeps the write as a hint,
-        // which counts like any other fallback's (so a write whose primaries are all down is
-        // still taken when enough other nodes are up).
-        if let Some(owner) = targets.iter().find(|t| t.id == me).and_then(|t| t.hint_for.clone()) {
-            let cluster = Rc::clone(self);
-            let events = events.clone();
-            let (bucket, key, state) = (bucket.to_string(), key.to_vec(), state.clone());
-            tokio::task::spawn_local(async move {
-                let stored =
-                    cluster.receive_replica_synced(&bucket, &key, &state, &owner, dw > 0).await;
-                let _ = events.unbounded_send(stored.is_ok());
-            });
-        }
+            WritePlan::Coordinate => {
+                let (state, read) = self.store.write(bucket, key, &write)?;
+                if dw > 0 {
+                    self.sync_then_answer(&engine, &events);
+                } else {
+                    quorum.stored(false);
+                }
+                (state, read)
+            }
+            WritePlan::CoordinateAsHint { owner, counts } => {
+                let hinted = self.hinted_state(bucket, key)?;
+                let (state, read) =
+                    self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
+                let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
+                self.hints.add(&owner, bucket, key, &state, &*resolver)?;
+                if counts && dw > 0 {
+                    self.sync_then_answer(self.hints.engine(), &events);
+                } else if counts {
+                    quorum.stored(false);
+                }
+                (state, read)
+            }
+        };
         for target in targets.into_iter().filter(|t| t.id != me) {
             let cluster = Rc::clone(self);
             let events = events.clone();
@@ -363,6 +410,39 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Sync `engine` (shared with other waiting writes), then report the outcome on `events`.
+    fn sync_then_answer(
+        self: &Rc<Self>,
+        engine: &std::sync::Arc<dyn cartwheel_engines::StorageEngine>,
+        events: &futures::channel::mpsc::UnboundedSender<bool>,
+    ) {
+        let (cluster, engine, events) =
+            (Rc::clone(self), std::sync::Arc::clone(engine), events.clone());
+        tokio::task::spawn_local(async move {
+            let synced = cluster.syncs.sync(&engine).await;
+            let _ = events.unbounded_send(synced.is_ok());
+        });
+    }
+
+    /// The merge of every hint this node holds for a key, whatever its owner.
+    fn hinted_state(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let owners = self.hints.counts();
+        if owners.is_empty() {
+            return Ok(None);
+        }
+        let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
+        let mut state: Option<Vec<u8>> = None;
+        for owner in owners.keys() {
+            if let Some(hinted) = self.hints.get(owner, bucket, key)? {
+                state = Some(match state {
+                    Some(current) => resolver.merge(&current, &hinted)?,
+                    None => hinted,
+                });
+            }
+        }
+        Ok(state)
     }
 
     /// Whether a state sent with `hint_for` is this node's own replica (not a hint it keeps
@@ -573,7 +653,9 @@ impl Cluster {
         let Ok(Some(merged)) = quorum.merged(merge) else { return };
         for target in quorum.stale(&merged) {
             if target.id == me {
-                if let Err(e) = self.store.merge(bucket, key, &merged) {
+                // A fallback's repair goes to its hint, never into a stray copy.
+                let hint_for = target.hint_for.as_deref().unwrap_or("");
+                if let Err(e) = self.receive_replica(bucket, key, &merged, hint_for) {
                     tracing::warn!(error = %e, "local read repair failed");
                 }
             } else {
@@ -658,21 +740,11 @@ impl Cluster {
     /// The node's own state for a key as a peer asks for it: stored, merged with hints this
     /// node holds for the key for any owner.
     pub fn fetch_for_peer(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let mut state = self.store.fetch(bucket, key)?;
-        let owners = self.hints.counts();
-        if owners.is_empty() {
-            return Ok(state);
-        }
-        let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
-        for owner in owners.keys() {
-            if let Some(hinted) = self.hints.get(owner, bucket, key)? {
-                state = Some(match state {
-                    Some(current) => resolver.merge(&current, &hinted)?,
-                    None => hinted,
-                });
-            }
-        }
-        Ok(state)
+        let stored = self.store.fetch(bucket, key)?;
+        Ok(match (stored, self.hinted_state(bucket, key)?) {
+            (Some(a), Some(b)) => Some(self.store.bucket(bucket)?.resolver.merge(&a, &b)?),
+            (a, b) => a.or(b),
+        })
     }
 
     // -----------------------------------------------------------------------------------------
@@ -960,8 +1032,15 @@ impl Cluster {
                 if !self.replicate(&target, &hint.bucket, &hint.key, &hint.state, true).await {
                     break;
                 }
-                if let Err(e) = self.hints.delivered(&hint) {
-                    tracing::warn!(error = %e, "cannot delete a delivered hint");
+                match self.hints.delivered(&hint) {
+                    Ok(true) => {
+                        if let Err(e) = self.store.hint_dropped(&hint.bucket, &hint.state) {
+                            tracing::warn!(error = %e, "cannot check a delivered hint");
+                            self.store.actors().renew(crate::actors::Role::Hint);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot delete a delivered hint"),
                 }
                 delivered += 1;
             }
@@ -1077,6 +1156,50 @@ mod tests {
                 Target { id: "c".into(), hint_for: None },
             ]
         );
+    }
+
+    fn target(id: &str, hint_for: Option<&str>) -> Target {
+        Target { id: id.into(), hint_for: hint_for.map(str::to_string) }
+    }
+
+    /// A primary coordinates; a node that is not one forwards to the first primary it sees
+    /// up, never to a suspect or down one, and never a write that was forwarded already.
+    #[test]
+    fn writes_are_coordinated_at_a_primary() {
+        let targets = [target("a", None), target("b", None), target("c", None)];
+        let up = |_: &str| Health::Up;
+        assert_eq!(plan_write("b", &targets, false, up), Some(WritePlan::Coordinate));
+        assert_eq!(plan_write("b", &targets, true, up), Some(WritePlan::Coordinate));
+        assert_eq!(plan_write("x", &targets, false, up), Some(WritePlan::Forward("a".into())));
+        let a_suspect = |id: &str| if id == "a" { Health::Suspect } else { Health::Up };
+        assert_eq!(
+            plan_write("x", &targets, false, a_suspect),
+            Some(WritePlan::Forward("b".into()))
+        );
+    }
+
+    /// A node that no primary can take the write from keeps it as a hint: counting toward W
+    /// when it is a fallback target itself, for the first primary otherwise.
+    #[test]
+    fn a_write_no_primary_takes_is_kept_as_a_hint() {
+        let targets = [target("d", Some("a")), target("e", Some("b")), target("c", None)];
+        let only_fallbacks_up =
+            |id: &str| if "de".contains(id) { Health::Up } else { Health::Down };
+        assert_eq!(
+            plan_write("e", &targets, false, only_fallbacks_up),
+            Some(WritePlan::CoordinateAsHint { owner: "b".into(), counts: true })
+        );
+        assert_eq!(
+            plan_write("x", &targets, false, only_fallbacks_up),
+            Some(WritePlan::CoordinateAsHint { owner: "a".into(), counts: false })
+        );
+        // Forwarded here although this node is no primary (the views differ): no second hop.
+        let up = |_: &str| Health::Up;
+        assert_eq!(
+            plan_write("x", &targets, true, up),
+            Some(WritePlan::CoordinateAsHint { owner: "a".into(), counts: false })
+        );
+        assert_eq!(plan_write("x", &[], false, up), None);
     }
 
     /// With no healthy fallback, the down primary stays (and will fail); small clusters get

@@ -405,6 +405,10 @@ impl RawNode {
         if let Err(reason) = check_name(&self.id) {
             return Err(refuse.at("node.id", reason));
         }
+        if self.id.len() > crate::actors::NODE_ID_BYTES_MAX {
+            let max = crate::actors::NODE_ID_BYTES_MAX;
+            return Err(refuse.at("node.id", format!("{:?} is over {max} characters", self.id)));
+        }
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             refuse.at("node.listen", format!("{:?} is not an IP address and port", self.listen))
         })?;

@@ -5,6 +5,7 @@
 //!
 //! ## The map
 //! - [`config`]: the TOML node configuration, its defaults and its validation.
+//! - [`actors`]: the node's actor ids and epochs, which make sure no dot is issued twice.
 //! - [`ring`]: keys to partitions (MD5, Q partitions) and the partition-prefixed storage key.
 //! - [`store`]: the local store; each bucket is an engine plus a resolver.
 //! - [`membership`]: gossip, failure detection and the claimant (a pure state machine).
@@ -38,6 +39,7 @@
 #[path = "generated/cartwheel_capnp.rs"]
 pub mod cartwheel_capnp;
 
+pub mod actors;
 pub mod antientropy;
 pub mod bench;
 pub mod cli;

@@ -12,8 +12,16 @@
 //! of a key interleave on a node, and no concurrent update is lost between the read and the
 //! put. Durability waits (`sync`) happen after the put, off that thread.
 //!
+//! ## Which actor writes
+//! [`Store::write`] applies a write as one of the key's primaries, to the state in the
+//! bucket's engine, with the node's replica actor; [`Store::write_as_hint`] applies one for
+//! a key this node does not replicate, to the state the caller passes (the merge of its hints
+//! for the key), with its hint actor, and stores nothing. [`crate::actors`] says why that
+//! never issues a dot twice; [`Store::delete_if_unchanged`] and [`Store::hint_dropped`] take
+//! a new epoch when a deleted copy held dots of the current one.
+//!
 //! ## Replica count on small clusters
-//! This layer stores on this node only. The coordinator (src/server.rs for now) treats a
+//! This layer stores on this node only. The coordinator ([`crate::cluster`]) treats a
 //! cluster smaller than N as storing `min(N, nodes)` replicas, with R and W clamped to that:
 //! a single development node accepts writes to N=3 buckets.
 
@@ -24,6 +32,7 @@ use std::sync::Arc;
 use cartwheel_engines::{EngineError, StorageEngine};
 use cartwheel_resolvers::{HybridClock, Read, Resolver, ResolverKind, Stamp, Value, Write};
 
+use crate::actors::{Actors, Role};
 use crate::config::{BucketConfig, Config, Limits};
 use crate::error::Error;
 use crate::ring::{key_hash, partition_of, storage_key};
@@ -53,6 +62,7 @@ pub struct Store {
     partitions: u32,
     limits: Limits,
     clock: HybridClock,
+    actors: Actors,
     buckets: BTreeMap<String, Bucket>,
 }
 
@@ -70,8 +80,14 @@ pub struct OpenError {
 }
 
 impl Store {
-    /// Open every configured bucket's engine under `config.node.data_dir`.
+    /// Open every configured bucket's engine under `config.node.data_dir`, with actors whose
+    /// epochs are new (see [`crate::actors`]).
     pub fn open(config: &Config) -> Result<Self, OpenError> {
+        Self::open_with(config, Actors::new(&config.node.id))
+    }
+
+    /// [`Store::open`] with the given actors (a seeded simulation, a test).
+    pub fn open_with(config: &Config, actors: Actors) -> Result<Self, OpenError> {
         let mut buckets = BTreeMap::new();
         for (name, bucket_config) in &config.buckets {
             let dir = config.node.data_dir.join("buckets").join(name);
@@ -83,6 +99,7 @@ impl Store {
             partitions: config.partitions,
             limits: config.limits.clone(),
             clock: HybridClock::new(),
+            actors,
             buckets,
         })
     }
@@ -90,6 +107,11 @@ impl Store {
     /// This node's id (its actor id).
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The node's actors.
+    pub fn actors(&self) -> &Actors {
+        &self.actors
     }
 
     /// The partition count Q.
@@ -155,7 +177,8 @@ impl Store {
         }
     }
 
-    /// Apply a client write at this node as coordinator; returns the new state and what a
+    /// Apply a client write at this node as one of the key's primaries, to its state in the
+    /// bucket's engine, with the replica actor; store the new state and return it with what a
     /// client reading it would see. The write is visible when this returns; durable after a
     /// sync of the bucket's engine.
     pub fn write(
@@ -166,19 +189,46 @@ impl Store {
     ) -> Result<(Vec<u8>, Read), Error> {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
-        check_write_sizes(self, write)?;
         let storage_key = self.storage_key(bucket_name, key);
         let current = bucket.engine.get(&storage_key)?;
-        let stamp = Stamp { actor: self.node_id.as_bytes().to_vec(), time: self.clock.now() };
-        let state = bucket.resolver.apply(current.as_deref(), write, &stamp)?;
-        let read = bucket.resolver.read(&state)?;
+        let (state, read) = self.apply(bucket, current.as_deref(), write, Role::Replica)?;
         bucket.engine.put(&storage_key, &state)?;
+        Ok((state, read))
+    }
+
+    /// Apply a client write for a key this node does not replicate, with the hint actor, to
+    /// `current`: the merge of every hint this node holds for the key. Stores nothing: the
+    /// caller keeps the result as a hint before it yields, or the hint actor's history of the
+    /// key is incomplete.
+    pub fn write_as_hint(
+        &self,
+        bucket_name: &str,
+        key: &[u8],
+        current: Option<&[u8]>,
+        write: &Write,
+    ) -> Result<(Vec<u8>, Read), Error> {
+        let bucket = self.bucket(bucket_name)?;
+        self.check_key(key)?;
+        self.apply(bucket, current, write, Role::Hint)
+    }
+
+    fn apply(
+        &self,
+        bucket: &Bucket,
+        current: Option<&[u8]>,
+        write: &Write,
+        role: Role,
+    ) -> Result<(Vec<u8>, Read), Error> {
+        check_write_sizes(self, write)?;
+        let stamp = Stamp { actor: self.actors.actor(role), time: self.clock.now() };
+        let state = bucket.resolver.apply(current, write, &stamp)?;
+        let read = bucket.resolver.read(&state)?;
         if let Some(Value::Siblings(siblings)) = &read.value {
             let soft = bucket.config.resolver_config.siblings_soft_max;
             if siblings.len() >= soft && bucket.config.resolver == ResolverKind::Siblings {
                 bucket.sibling_warnings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
-                    bucket = %bucket_name,
+                    bucket = %bucket.name,
                     siblings = siblings.len(),
                     soft_max = soft,
                     "key has many siblings: clients should read, resolve and write back"
@@ -219,20 +269,34 @@ impl Store {
     }
 
     /// Delete a key's state if it is still `state` (a handed-off copy that no write touched
-    /// since it was sent). Returns whether it was deleted.
+    /// since it was sent). Returns whether it was deleted. A deleted copy that held writes of
+    /// the current replica actor makes the node take a new replica epoch.
     pub fn delete_if_unchanged(
         &self,
-        bucket: &str,
+        bucket_name: &str,
         key: &[u8],
         state: &[u8],
     ) -> Result<bool, Error> {
-        let engine = &self.bucket(bucket)?.engine;
-        let storage_key = self.storage_key(bucket, key);
-        if engine.get(&storage_key)?.as_deref() == Some(state) {
-            engine.delete(&storage_key)?;
-            return Ok(true);
+        let bucket = self.bucket(bucket_name)?;
+        let storage_key = self.storage_key(bucket_name, key);
+        if bucket.engine.get(&storage_key)?.as_deref() != Some(state) {
+            return Ok(false);
         }
-        Ok(false)
+        bucket.engine.delete(&storage_key)?;
+        let recorded = bucket.resolver.issued(state, &self.actors.actor(Role::Replica))?;
+        if self.actors.dropped(Role::Replica, recorded) {
+            tracing::info!(bucket = %bucket_name, "handed off a copy with this node's writes: new replica epoch");
+        }
+        Ok(true)
+    }
+
+    /// A hint for a key of `bucket_name` holding `state` was delivered and deleted: take a new
+    /// hint epoch if it held writes of the current hint actor.
+    pub fn hint_dropped(&self, bucket_name: &str, state: &[u8]) -> Result<(), Error> {
+        let bucket = self.bucket(bucket_name)?;
+        let recorded = bucket.resolver.issued(state, &self.actors.actor(Role::Hint))?;
+        self.actors.dropped(Role::Hint, recorded);
+        Ok(())
     }
 
     fn storage_key(&self, bucket: &str, key: &[u8]) -> Vec<u8> {

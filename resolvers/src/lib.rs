@@ -178,6 +178,17 @@ pub enum Value {
 /// take is refused with a typed error and produces no state: an operation of another
 /// resolver ([`ResolveError::WrongOperation`]), a context that does not decode
 /// ([`ResolveError::BadContext`]), a limit reached ([`ResolveError::TooManySiblings`]).
+///
+/// # A dot is never issued twice
+/// `apply` issues the next dot of `stamp.actor` (or, for `pncounter`, raises that actor's
+/// totals) from what `current` records of that actor. So the **caller** guarantees that
+/// `current` holds every write `stamp.actor` ever made to this key, or that `stamp.actor` has
+/// never written to this key. A `current` that lost some of its actor's writes (an unsynced
+/// tail dropped by a crash, a copy handed away and back, a restored backup, a coordinator
+/// without a copy) makes `apply` reissue a dot that another replica already holds for a
+/// different write, and `merge` then keeps only one of the two (or neither, for the causal
+/// resolvers, whose clocks say both were seen). In the node, `src/actors.rs` keeps this
+/// promise; [`Resolver::issued`] lets it check what a state records of an actor.
 pub trait Resolver: Send + Sync + fmt::Debug {
     /// The resolver's configuration name.
     fn kind(&self) -> ResolverKind;
@@ -195,6 +206,12 @@ pub trait Resolver: Send + Sync + fmt::Debug {
 
     /// What a client sees of a state, and the context for its next write.
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError>;
+
+    /// How much of `actor`'s history of writes `state` records: the highest counter of its
+    /// dots in the clock (`siblings`, `orset`, `cart`), the sum of its totals (`pncounter`),
+    /// 0 where it has none, and always 0 for `lww`, which issues no dots. A state that records
+    /// more than another of one actor has seen writes of that actor the other has not.
+    fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError>;
 }
 
 /// The resolvers a bucket may name in its configuration.

@@ -130,6 +130,12 @@ impl Resolver for Lww {
         })
     }
 
+    fn issued(&self, state: &[u8], _actor: &[u8]) -> Result<u64, ResolveError> {
+        // Checked, so that a corrupt state is reported as it is everywhere else.
+        State::decode(state)?;
+        Ok(0)
+    }
+
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError> {
         let state = State::decode(state)?;
         Ok(Read {

@@ -124,6 +124,10 @@ impl Resolver for OrSet {
         Ok(encode(&ma.join(&mb)))
     }
 
+    fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {
+        Ok(decode(state)?.clock().get(actor))
+    }
+
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError> {
         let map = decode(state)?;
         let members = members(&map);

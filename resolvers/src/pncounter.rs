@@ -167,6 +167,15 @@ impl Resolver for PnCounter {
         Ok(sa.join(&sb).encode())
     }
 
+    fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {
+        let state = State::decode(state)?;
+        Ok(state
+            .entries
+            .iter()
+            .find(|e| e.actor == actor)
+            .map_or(0, |e| e.increments.saturating_add(e.decrements)))
+    }
+
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError> {
         let state = State::decode(state)?;
         Ok(Read { context: Vec::new(), value: Some(Value::Counter(state.value())) })

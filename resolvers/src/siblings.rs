@@ -262,6 +262,10 @@ impl Resolver for Siblings {
         Ok(sa.join(&sb).encode())
     }
 
+    fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {
+        Ok(State::decode(state)?.clock.get(actor))
+    }
+
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError> {
         let state = State::decode(state)?;
         let value = (!state.siblings.is_empty())

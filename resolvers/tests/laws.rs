@@ -9,6 +9,8 @@
 //! - merging every state in any order, with duplicates, gives the same bytes (convergence);
 //! - every state reads without error, and `apply` results descend from their input;
 //! - states re-encode to themselves (merge with self is the identity, byte for byte);
+//! - `issued` never goes back: an apply or a merge records at least as much of every actor
+//!   as its inputs did (the node relies on it to tell which copies hold its own dots);
 //! - random garbage, and real states with a flipped byte or cut short, never panic.
 //!
 //! A resolver whose merge broke a law (say, kept the left side on a tie) fails here.
@@ -68,6 +70,7 @@ fn simulate(resolver: &dyn Resolver, steps: &[Step], seed: u64) -> Vec<Vec<u8>> 
                     if let Some(current) = current {
                         let joined = resolver.merge(current, &next).unwrap();
                         assert_eq!(joined, next, "apply's result must descend from its input");
+                        check_issued_grows(resolver, &[current], &next);
                     }
                     seen.push(next.clone());
                     replicas[*replica] = Some(next);
@@ -76,7 +79,11 @@ fn simulate(resolver: &dyn Resolver, steps: &[Step], seed: u64) -> Vec<Vec<u8>> 
             Step::Sync { from, to } => {
                 if let Some(from_state) = replicas[*from].clone() {
                     let merged = match &replicas[*to] {
-                        Some(to_state) => resolver.merge(to_state, &from_state).unwrap(),
+                        Some(to_state) => {
+                            let merged = resolver.merge(to_state, &from_state).unwrap();
+                            check_issued_grows(resolver, &[to_state, &from_state], &merged);
+                            merged
+                        }
                         None => from_state,
                     };
                     seen.push(merged.clone());
@@ -86,6 +93,18 @@ fn simulate(resolver: &dyn Resolver, steps: &[Step], seed: u64) -> Vec<Vec<u8>> 
         }
     }
     seen
+}
+
+/// `result` records at least as much of every replica's actor as each of `inputs` does.
+fn check_issued_grows(resolver: &dyn Resolver, inputs: &[&[u8]], result: &[u8]) {
+    for replica in 0..REPLICAS {
+        let actor = format!("n{replica}").into_bytes();
+        let after = resolver.issued(result, &actor).unwrap();
+        for input in inputs {
+            let before = resolver.issued(input, &actor).unwrap();
+            assert!(after >= before, "issued of n{replica} went back from {before} to {after}");
+        }
+    }
 }
 
 /// The client reads before it writes, most of the time: from the coordinator (steps 0 and 1
