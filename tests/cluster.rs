@@ -284,17 +284,21 @@ fn hinted_handoff_after_restart() {
         )
         .unwrap();
     }
-    let queued: u64 = (0..3)
-        .map(|i| {
-            status(&cluster.addresses[i])
-                .members
-                .iter()
-                .filter(|m| m.id == "n4")
-                .map(|m| m.hints_queued)
-                .sum::<u64>()
-        })
-        .sum();
-    assert_eq!(queued, keys.len() as u64, "one hint per write, on a fallback");
+    // W = 2 answers before the third replica (the fallback) has stored its hint.
+    let queued = || -> u64 {
+        (0..3)
+            .map(|i| {
+                status(&cluster.addresses[i])
+                    .members
+                    .iter()
+                    .filter(|m| m.id == "n4")
+                    .map(|m| m.hints_queued)
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    wait_until("every write left a hint", || queued() >= keys.len() as u64);
+    assert_eq!(queued(), keys.len() as u64, "one hint per write, on a fallback");
 
     cluster.restart(victim);
     cluster.wait_state(victim, "up");
