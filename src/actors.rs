@@ -17,7 +17,9 @@
 //!   write is applied to the key's state in the bucket's engine and stored there before any
 //!   replica sees it. So every dot of the replica actor is in the local engine, as long as
 //!   (a) the engine loses nothing while the node runs, and (b) the node deletes no copy that
-//!   holds one of them. (a) holds for every engine: a put is visible until a crash; (b) is the
+//!   holds one of them. (a) holds for every engine: a put is visible until a crash, and an
+//!   engine recovers from its files only when it is opened (an engine that learns to recover
+//!   while the node runs must make the node [`Actors::renew`] its replica epoch); (b) is the
 //!   one place that deletes copies, ownership handoff, which takes a new replica epoch when a
 //!   copy it drops records the current one ([`Actors::dropped`]).
 //! - the **hint actor**, for writes it coordinates for a key it does not replicate (every

@@ -249,6 +249,14 @@ impl Store {
             None => {
                 // Decoding checks the incoming state before it is stored.
                 bucket.resolver.read(incoming)?;
+                // No copy here, yet the state names this node's current replica actor: its
+                // history of the key is gone (crate::actors says how that cannot happen; this
+                // is the net below it, as DESIGN §4 asks).
+                let actor = self.actors.actor(Role::Replica);
+                if bucket.resolver.issued(incoming, &actor)? > 0 {
+                    tracing::warn!(bucket = %bucket_name, "a replica names this node's writes to a key it has no copy of: new replica epoch");
+                    self.actors.renew(Role::Replica);
+                }
                 incoming.to_vec()
             }
         };

@@ -166,3 +166,21 @@ fn every_start_takes_new_epochs() {
     assert_ne!(second.actors().actor(Role::Hint), actors.1);
     assert!(String::from_utf8(actors.0).unwrap().starts_with("n1/"));
 }
+
+/// A copy that vanished behind the store's back is noticed when a replica sends a state
+/// naming the current replica actor: the node takes a new epoch before its next write.
+#[test]
+fn a_missing_copy_named_by_a_replica_takes_a_new_epoch() {
+    for bucket in BUCKETS {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(&config(dir.path()), Actors::with_seed("n1", 1)).unwrap();
+        let (replicated, _) = store.write(bucket, KEY, &nth_write(bucket, 0)).unwrap();
+        let storage = storage_key(partition_of(key_hash(bucket, KEY), store.partitions()), KEY);
+        store.bucket(bucket).unwrap().engine.delete(&storage).unwrap();
+        let before = store.actors().actor(Role::Replica);
+        store.merge(bucket, KEY, &replicated).unwrap();
+        assert_ne!(store.actors().actor(Role::Replica), before, "{bucket}: no new epoch");
+        let (new, _) = store.write(bucket, KEY, &nth_write(bucket, 1)).unwrap();
+        assert_eq!(merge_and_count(&store, bucket, &[&replicated, &new], 2), 2, "{bucket}");
+    }
+}
