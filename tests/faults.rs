@@ -2,66 +2,13 @@
 //! them killed with SIGKILL in the middle of a stream of shopping-cart adds, then restarted.
 //! No acknowledged add may be lost, and the replicas must converge to the same state.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
 use cartwheel::client::{block_on, Client, ReadOptions, WriteOptions};
 use cartwheel::router::ClusterClient;
 use cartwheel_resolvers::{Op, Value};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Process {
-    config: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Process {
-    fn start(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_cartwheel"))
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the cartwheel binary starts");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn members_up(address: &str) -> usize {
-    block_on(async {
-        let Ok(client) = Client::connect(address).await else { return 0 };
-        let Ok(status) = client.status().await else { return 0 };
-        status.members.iter().filter(|m| m.state == "up" && m.partitions_owned > 0).count()
-    })
-}
+use common::{free_port, members_up, wait_until, Process};
 
 /// Kill -9 one of three nodes during cart adds with W = 2: every acknowledged add is in the
 /// cart afterwards, and all three replicas hold the same bytes once read repair ran.
@@ -83,7 +30,7 @@ fn no_acknowledged_cart_add_is_lost_when_a_node_is_killed() {
                 seed = addresses[0],
             );
             std::fs::write(&config, text).unwrap();
-            Process { config, child: None }
+            Process::new(config)
         })
         .collect();
     for p in &mut processes {
@@ -167,7 +114,7 @@ fn dw_one_puts_survive_sigkill() {
             data = dir.path().join("n1").display(),
         );
         std::fs::write(&config, text).unwrap();
-        let mut process = Process { config, child: None };
+        let mut process = Process::new(config);
         process.start();
         wait_until("the node is up", || members_up(&address) == 1);
         let acknowledged: Vec<u32> = block_on(async {
