@@ -663,6 +663,7 @@ fn write_outputs(
     let routing = match (report.schedule.routing.as_str(), report.schedule.zero_hop) {
         ("per-key", true) => "per-key routing to each key's coordinator (zero-hop)",
         ("per-key", false) => "per-key routing by hash (no ring: nodes may forward)",
+        ("non-primary", _) => "each key to the last node of its preference list (nodes forward)",
         _ => "round-robin routing (nodes forward)",
     };
     println!(
