@@ -266,6 +266,23 @@ fn primaries_agree(ring: &RingInfo, keys: &[(String, Vec<u8>)]) -> bool {
     })
 }
 
+/// How many actors (node, epoch) each cart's clock names: what the fix for reused dots
+/// costs in state size after this many kills (see `src/actors.rs`).
+fn cart_clock_sizes(cluster: &Cluster, keys: &[(String, Vec<u8>)]) -> Vec<usize> {
+    use cartwheel_resolvers::{cart, causal::decode_context, codec::Tag};
+    block_on(async {
+        let client = Client::connect(&cluster.addresses[0]).await.expect("n1 answers");
+        let mut sizes = Vec::new();
+        for (bucket, key) in keys.iter().filter(|(bucket, _)| bucket == "carts") {
+            let read = client.get_with(bucket, key, &ReadOptions::default()).await;
+            let context = read.expect("a cart reads").context;
+            let clock = decode_context(Tag::Cart, cart::VERSION, &context).expect("decodes");
+            sizes.push(clock.map_or(0, |clock| clock.len()));
+        }
+        sizes
+    })
+}
+
 /// Wait until no node holds hints, the primaries of every key agree and reads at R = 3
 /// through every node agree; return the state read and whether that happened in time.
 fn converge(cluster: &Cluster, ring: &RingInfo, keys: &[(String, Vec<u8>)]) -> (FinalState, bool) {
@@ -343,6 +360,7 @@ fn no_acknowledged_write_is_lost_when_pairs_of_nodes_are_killed() {
         report.lost(),
         started.elapsed().as_secs_f64()
     );
+    eprintln!("actor entries in each cart's clock: {:?}", cart_clock_sizes(&cluster, &keys));
     for (name, bucket) in &report.buckets {
         assert!(
             bucket.acknowledged >= 20,
