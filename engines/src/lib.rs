@@ -260,7 +260,6 @@ pub fn open(
     dir: &Path,
     options: &EngineOptions,
 ) -> Result<Arc<dyn StorageEngine>, EngineError> {
-    let _ = (dir, options);
     match kind {
         EngineKind::Memory => Ok(Arc::new(memory::MemoryEngine::new())),
         EngineKind::Btree => Ok(Arc::new(btree::BtreeEngine::open(dir, options)?)),
@@ -296,12 +295,6 @@ pub enum EngineError {
         /// What check failed.
         reason: String,
     },
-    /// The configuration names an engine this build does not contain. Fix the configuration.
-    #[error("the {kind} engine is not part of this build")]
-    NotBuilt {
-        /// The engine's name.
-        kind: &'static str,
-    },
     /// The operating system refused an I/O operation (full disk, permissions, device error).
     /// The write in progress may or may not be visible; files stay recoverable by reopening.
     #[error("I/O error during {during}: {source}")]
@@ -325,10 +318,7 @@ impl EngineError {
                     | std::io::ErrorKind::TimedOut
                     | std::io::ErrorKind::StorageFull
             ),
-            Self::TooLarge { .. }
-            | Self::Locked { .. }
-            | Self::Corrupt { .. }
-            | Self::NotBuilt { .. } => false,
+            Self::TooLarge { .. } | Self::Locked { .. } | Self::Corrupt { .. } => false,
         }
     }
 
