@@ -1981,6 +1981,33 @@ impl Shared {
         if tree.freelist_run.1 > 0 {
             released.push(tree.freelist_run);
         }
+        let (run_first, run_pages) = self.write_freelist(tree, &released)?;
+        let meta = Meta {
+            txn: tree.txn,
+            root: tree.root,
+            page_count: tree.page_count,
+            freelist_first: run_first,
+            freelist_pages: run_pages,
+            entries: tree.entries,
+            live_bytes: tree.live_bytes,
+        };
+        tree.freelist_run = (run_first, run_pages);
+        tree.txn += 1;
+        tree.fresh.clear();
+        tree.spilled = false;
+        tree.changed = false;
+        tree.releasing_pages = released.iter().map(|e| e.1).sum();
+        tree.pending_pages = 0;
+        Ok(Some(Frozen { meta, released }))
+    }
+
+    /// Write the free list of the transaction being frozen to a fresh run of pages, after
+    /// `released` (the extents its commit releases) was taken; returns the run.
+    fn write_freelist(
+        &self,
+        tree: &mut Tree,
+        released: &[(PageId, u64)],
+    ) -> Result<(PageId, u64), EngineError> {
         // The persisted free list holds what is free once this commit is durable (the free
         // pages and the held ones), and, marked held, what this commit releases (the previous
         // meta's tree still reaches it). The free part is written as extents or, when that
@@ -2036,23 +2063,7 @@ impl Shared {
                 .write_all_at(&buf, run_first * PAGE_SIZE as u64)
                 .map_err(EngineError::io("writing the free list"))?;
         }
-        let meta = Meta {
-            txn: tree.txn,
-            root: tree.root,
-            page_count: tree.page_count,
-            freelist_first: run_first,
-            freelist_pages: run_pages,
-            entries: tree.entries,
-            live_bytes: tree.live_bytes,
-        };
-        tree.freelist_run = (run_first, run_pages);
-        tree.txn += 1;
-        tree.fresh.clear();
-        tree.spilled = false;
-        tree.changed = false;
-        tree.releasing_pages = released.iter().map(|e| e.1).sum();
-        tree.pending_pages = 0;
-        Ok(Some(Frozen { meta, released }))
+        Ok((run_first, run_pages))
     }
 
     /// Outside the tree lock: write the meta after the pages it names, and make both durable
@@ -2406,11 +2417,9 @@ fn create_file(dir: &Path, path: &Path) -> Result<(), EngineError> {
         .map_err(EngineError::io("syncing the data directory"))
 }
 
-impl StorageEngine for Shared {
-    fn kind(&self) -> EngineKind {
-        EngineKind::Btree
-    }
-
+/// The [`StorageEngine`] operations [`BtreeEngine`] hands to its shared state (`sync` is
+/// [`Shared::commit`]).
+impl Shared {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         let tree = self.read_tree();
         if tree.root.id == 0 {
@@ -2535,6 +2544,7 @@ impl StorageEngine for Shared {
         self.spill_if_needed(tree)
     }
 
+    #[allow(clippy::type_complexity)] // the visitor type of `StorageEngine::scan_prefix`
     fn scan_prefix(
         &self,
         prefix: &[u8],
@@ -2559,14 +2569,6 @@ impl StorageEngine for Shared {
                 _ => return Ok(()),
             }
         }
-    }
-
-    fn sync(&self) -> Result<(), EngineError> {
-        self.commit()
-    }
-
-    fn is_durable(&self) -> bool {
-        true
     }
 
     fn stats(&self) -> EngineStats {
