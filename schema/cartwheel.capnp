@@ -223,7 +223,7 @@ interface Peer {
   # Exchange views: the receiver merges the sender's view and answers with its own.
   gossip @2 (view :View) -> (view :View);
   # Anti-entropy: the receiver's hash tree leaves for one partition of a bucket, one 64-bit
-  # hash per key segment (see src/antientropy.rs for how they are computed).
+  # hash per key segment (see src/cluster/anti_entropy.rs for how they are computed).
   treeLeaves @3 (bucket :Text, partition :UInt16) -> (leaves :List(UInt64));
   # Anti-entropy: the receiver's (key, state) pairs in the given segments of a partition.
   segmentEntries @4 (bucket :Text, partition :UInt16, segments :List(UInt16))

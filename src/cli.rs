@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 use crate::client::{block_on, Client, WriteOptions};
 use crate::config::{Config, LISTEN_PORT_DEFAULT};
 use crate::error::Error;
-use crate::server::NodeHandle;
+use crate::node::server::NodeHandle;
 
 /// Exit code: the node refused or failed the request.
 pub const EXIT_FAILED: u8 = 1;

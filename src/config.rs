@@ -125,8 +125,8 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         Self {
             gossip_interval_ms: 1_000,
-            hint_count_max: crate::hints::HINT_COUNT_MAX_DEFAULT,
-            hint_bytes_max: crate::hints::HINT_BYTES_MAX_DEFAULT,
+            hint_count_max: crate::store::hints::HINT_COUNT_MAX_DEFAULT,
+            hint_bytes_max: crate::store::hints::HINT_BYTES_MAX_DEFAULT,
             hint_replay_per_round: 512,
             anti_entropy_partitions_per_round: 1,
         }

@@ -40,24 +40,15 @@
 pub mod cartwheel_capnp;
 
 pub mod actors;
-pub mod antientropy;
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
-pub mod hints;
-pub mod membership;
-pub mod membership_file;
-pub mod quorum;
+pub mod node;
 pub mod ring;
-pub mod router;
-pub mod server;
 pub mod store;
-pub mod sync_group;
-pub mod transport;
-pub mod wire;
 
 pub use client::Client;
 pub use error::Error;

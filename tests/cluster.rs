@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use cartwheel::client::router::ClusterClient;
 use cartwheel::client::{block_on, Client, ReadOptions, WriteOptions};
 use cartwheel::config::{BucketConfig, Config};
-use cartwheel::router::ClusterClient;
-use cartwheel::server::NodeHandle;
+use cartwheel::node::server::NodeHandle;
 use cartwheel::Error;
 use cartwheel_engines::EngineKind;
 use cartwheel_resolvers::{ResolverKind, Value};

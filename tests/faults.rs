@@ -4,8 +4,8 @@
 
 mod common;
 
+use cartwheel::client::router::ClusterClient;
 use cartwheel::client::{block_on, Client, ReadOptions, WriteOptions};
-use cartwheel::router::ClusterClient;
 use cartwheel_resolvers::{Op, Value};
 
 use common::{free_port, members_up, wait_until, Process};

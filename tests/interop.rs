@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use cartwheel::config::Config;
-use cartwheel::server::NodeHandle;
+use cartwheel::node::server::NodeHandle;
 
 fn pycapnp_available() -> bool {
     Command::new("python3").args(["-c", "import capnp"]).output().is_ok_and(|o| o.status.success())

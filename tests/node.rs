@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cartwheel::client::{block_on, Client, WriteOptions};
 use cartwheel::config::{BucketConfig, Config};
-use cartwheel::server::NodeHandle;
+use cartwheel::node::server::NodeHandle;
 use cartwheel::Error;
 use cartwheel_engines::EngineKind;
 use cartwheel_resolvers::{Op, ResolverKind, Value};

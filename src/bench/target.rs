@@ -32,7 +32,7 @@ use super::generator::Outcome;
 use super::workload::{error_kind, item_name, Request};
 use crate::client::{Client, ReadOptions, RingInfo, WriteOptions};
 use crate::config::{BucketConfig, Config};
-use crate::server::NodeHandle;
+use crate::node::server::NodeHandle;
 
 /// The bucket under test on embedded nodes, and the default on a `--cluster`.
 pub const BUCKET: &str = "bench";

@@ -26,10 +26,10 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use crate::cartwheel_capnp::view;
+use crate::cluster::membership::View;
 use crate::error::Error;
-use crate::membership::View;
+use crate::node::wire;
 use crate::ring::Ownership;
-use crate::wire;
 
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "membership";
@@ -92,7 +92,7 @@ pub fn load(path: &Path) -> Result<Option<View>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::MemberInfo;
+    use crate::cluster::membership::MemberInfo;
 
     fn view() -> View {
         let member = |id: &str, port: u16| MemberInfo {

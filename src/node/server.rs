@@ -39,9 +39,9 @@ use crate::cartwheel_capnp::{cartwheel, peer, write_result, NodeState};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::Error;
-use crate::hints::Hints;
+use crate::node::wire::{self, ReadOptions};
+use crate::store::hints::Hints;
 use crate::store::{OpenError, Store};
-use crate::wire::{self, ReadOptions};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +162,7 @@ fn accept(shared: &Rc<Shared>, stream: TcpStream, peer: SocketAddr) {
     options.traversal_limit_in_words(Some(limits.message_bytes_max() / 8));
     let timeout = Duration::from_millis(limits.message_read_timeout_ms);
     let side = rpc_twoparty_capnp::Side::Server;
-    let network = match crate::transport::network(stream, side, options, timeout) {
+    let network = match crate::node::transport::network(stream, side, options, timeout) {
         Ok(network) => network,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot set up the connection");

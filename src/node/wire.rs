@@ -10,8 +10,8 @@ use cartwheel_resolvers::{Op, Read, Value};
 use crate::cartwheel_capnp::{
     cart_item, error, op, read_options, ring, value, view, write_options, ErrorKind,
 };
+use crate::cluster::membership::{MemberInfo, View};
 use crate::error::Error;
-use crate::membership::{MemberInfo, View};
 use crate::ring::Ownership;
 
 /// Per-request read options; 0 means "the bucket's default".

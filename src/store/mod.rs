@@ -25,6 +25,9 @@
 //! cluster smaller than N as storing `min(N, nodes)` replicas, with R and W clamped to that:
 //! a single development node accepts writes to N=3 buckets.
 
+pub mod hints;
+pub mod sync_group;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -17,6 +17,8 @@
 //! Routing: this client talks to the node it connected to, which coordinates. Zero-hop
 //! routing over the ring belongs with the cluster layer.
 
+pub mod router;
+
 use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, RpcSystem};
@@ -26,8 +28,8 @@ use tokio::net::TcpStream;
 use crate::cartwheel_capnp::{cartwheel, get_result, write_result, NodeState};
 use crate::config::VALUE_BYTES_MAX_DEFAULT;
 use crate::error::Error;
-use crate::wire::{self};
-pub use crate::wire::{ReadOptions, WriteOptions};
+use crate::node::wire::{self};
+pub use crate::node::wire::{ReadOptions, WriteOptions};
 
 /// How long `connect` waits for the TCP handshake.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -154,11 +156,11 @@ impl Client {
             .await
             .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT_MS} ms")))?
             .map_err(|e| failed(e.to_string()))?;
-        let network = crate::transport::network(
+        let network = crate::node::transport::network(
             stream,
             rpc_twoparty_capnp::Side::Client,
             capnp::message::ReaderOptions::new(),
-            crate::transport::MESSAGE_READ_TIMEOUT_DEFAULT,
+            crate::node::transport::MESSAGE_READ_TIMEOUT_DEFAULT,
         )
         .map_err(|e| failed(e.to_string()))?;
         let mut rpc = RpcSystem::new(Box::new(network), None);

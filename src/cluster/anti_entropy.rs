@@ -1,0 +1,190 @@
+//! # Anti-entropy: finding what replicas disagree on without sending everything
+//!
+//! Read repair fixes keys that are read; hinted handoff fixes writes a fallback held. Keys
+//! that are never read after a replica missed them (a hint refused at its bound, a node
+//! killed before its flusher ran, a fallback that died) are found by comparing hash trees.
+//!
+//! Per (bucket, partition), a replica builds a two-level tree: each key falls in one of
+//! [`SEGMENTS`] segments by the first byte of the MD5 of the key, and a segment's leaf hash is
+//! the wrapping sum of a 64-bit hash of each (key, state) pair in it. The sum is order
+//! independent, so a leaf is computed in one pass over the partition, in whatever order the
+//! engine scans it. Two replicas exchange leaves (2 KiB), and for each segment whose leaves
+//! differ they exchange that segment's entries, merge them with the resolver, and store the
+//! merge on both sides. Equal states are equal bytes (resolver encodings are canonical), so
+//! converged replicas have equal leaves.
+//!
+//! A sum of hashes can be fooled by crafted data (two changes that cancel); for detecting
+//! divergence between replicas that is an accepted risk, and the next write to either key
+//! changes the sum again.
+//!
+//! Trees are rebuilt for each exchange (one partition scan, reading only that partition), not
+//! kept up to date on every write: the cost is paid in the background, one partition per
+//! round, and nothing is added to the write path.
+//!
+//! Each round compares `anti_entropy_partitions_per_round` (bucket, partition) pairs this
+//! node is a primary of, each with one other primary that is up, and merges the segments
+//! that differ on both sides.
+
+use md5::{Digest, Md5};
+
+use super::coordinator::Target;
+use super::membership::Health;
+use super::Cluster;
+use crate::error::Error;
+use crate::store::Entry;
+
+/// Segments per partition tree.
+pub const SEGMENTS: usize = 256;
+
+/// A partition's tree leaves.
+pub type Leaves = Vec<u64>;
+
+/// The segment a key falls in.
+pub fn segment_of(key: &[u8]) -> u16 {
+    u16::from(Md5::digest(key)[0])
+}
+
+fn entry_hash(key: &[u8], state: &[u8]) -> u64 {
+    let mut md5 = Md5::new();
+    md5.update((key.len() as u32).to_be_bytes());
+    md5.update(key);
+    md5.update(state);
+    let digest = md5.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The leaves of a partition given its (key, state) pairs in any order.
+pub fn leaves<'a>(entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Leaves {
+    let mut leaves = vec![0u64; SEGMENTS];
+    for (key, state) in entries {
+        let segment = segment_of(key) as usize;
+        leaves[segment] = leaves[segment].wrapping_add(entry_hash(key, state));
+    }
+    leaves
+}
+
+/// Segments whose leaves differ. Leaves of the wrong length differ everywhere.
+pub fn differing(ours: &[u64], theirs: &[u64]) -> Vec<u16> {
+    if ours.len() != SEGMENTS || theirs.len() != SEGMENTS {
+        return (0..SEGMENTS as u16).collect();
+    }
+    (0..SEGMENTS).filter(|&s| ours[s] != theirs[s]).map(|s| s as u16).collect()
+}
+
+impl Cluster {
+    /// The anti-entropy leaves of one partition of a bucket on this node.
+    pub fn tree_leaves(&self, bucket: &str, partition: u16) -> Result<Leaves, Error> {
+        let entries = self.store.partition_entries(bucket, partition)?;
+        Ok(leaves(entries.iter().map(|(k, s)| (k.as_slice(), s.as_slice()))))
+    }
+
+    /// This node's (key, state) pairs in some segments of a partition.
+    pub fn segment_entries(
+        &self,
+        bucket: &str,
+        partition: u16,
+        segments: &[u16],
+    ) -> Result<Vec<Entry>, Error> {
+        let mut entries = self.store.partition_entries(bucket, partition)?;
+        entries.retain(|(key, _)| segments.contains(&segment_of(key)));
+        Ok(entries)
+    }
+
+    /// Compare a few partitions with another primary and merge what differs, both ways.
+    pub(super) async fn anti_entropy_round(&self, round: u64) {
+        let ring = self.ring();
+        let buckets: Vec<(String, usize)> =
+            self.store.buckets().map(|b| (b.name.clone(), b.config.n as usize)).collect();
+        let pairs = buckets.len() * ring.partitions() as usize;
+        if pairs == 0 {
+            return;
+        }
+        let me = self.me();
+        let limit = self.membership.borrow().member_count();
+        let mut compared = 0;
+        for _ in 0..pairs {
+            if compared >= self.anti_entropy_per_round {
+                break;
+            }
+            let at = self.anti_entropy_cursor.get() % pairs;
+            self.anti_entropy_cursor.set(at + 1);
+            let (bucket, n) = &buckets[at / ring.partitions() as usize];
+            let partition = (at % ring.partitions() as usize) as u16;
+            let primaries: Vec<&str> =
+                ring.preference_list(partition, limit).into_iter().take(*n).collect();
+            if !primaries.contains(&me.as_str()) {
+                continue;
+            }
+            let peers: Vec<&str> = primaries
+                .into_iter()
+                .filter(|p| *p != me && self.health(p) == Health::Up)
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            let peer = peers[(round as usize) % peers.len()].to_string();
+            compared += 1;
+            if let Err(e) = self.exchange_partition(&peer, bucket, partition).await {
+                tracing::debug!(%peer, %bucket, partition, error = %e, "anti-entropy exchange failed");
+            }
+        }
+    }
+
+    pub(super) async fn exchange_partition(
+        &self,
+        peer: &str,
+        bucket: &str,
+        partition: u16,
+    ) -> Result<(), Error> {
+        let theirs = self.tree_leaves_of(peer, bucket, partition).await?;
+        let ours = self.tree_leaves(bucket, partition)?;
+        let segments = differing(&ours, &theirs);
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let remote = self.segment_entries_of(peer, bucket, partition, &segments).await?;
+        for (key, state) in &remote {
+            self.store.merge(bucket, key, state)?;
+        }
+        let target = Target { id: peer.to_string(), hint_for: None };
+        let mut repaired = 0usize;
+        for (key, state) in self.segment_entries(bucket, partition, &segments)? {
+            if remote.get(&key) != Some(&state) {
+                self.replicate(&target, bucket, &key, &state, false).await;
+                repaired += 1;
+            }
+        }
+        tracing::info!(%peer, %bucket, partition, segments = segments.len(), received = remote.len(), sent = repaired, "anti-entropy repaired a partition");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(pairs: &[(&str, &str)]) -> Leaves {
+        leaves(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+    }
+
+    /// Leaves do not depend on scan order; one changed state changes exactly its segment.
+    #[test]
+    fn leaves_find_the_changed_segment() {
+        let a = entries(&[("k1", "v1"), ("k2", "v2"), ("k3", "v3")]);
+        let b = entries(&[("k3", "v3"), ("k1", "v1"), ("k2", "v2")]);
+        assert_eq!(a, b);
+        let c = entries(&[("k1", "v1"), ("k2", "changed"), ("k3", "v3")]);
+        assert_eq!(differing(&a, &c), vec![segment_of(b"k2")]);
+        let d = entries(&[("k1", "v1"), ("k3", "v3")]);
+        assert_eq!(differing(&a, &d), vec![segment_of(b"k2")], "a missing key shows too");
+        assert!(differing(&a, &a).is_empty());
+    }
+
+    /// Malformed leaves (wrong length) compare as different everywhere.
+    #[test]
+    fn wrong_length_differs_everywhere() {
+        assert_eq!(differing(&[0; SEGMENTS], &[0; 3]).len(), SEGMENTS);
+    }
+}

@@ -1,0 +1,509 @@
+//! # The coordinator: who takes a client request, and when it is done
+//!
+//! The decisions are pure functions at the top of this file, unit-tested below without
+//! sockets: [`plan_targets`] (the key's N targets, a down primary replaced by the next healthy
+//! fallback with a hint: sloppy quorum), [`plan_write`] (coordinate here, forward to a
+//! primary, or keep the write as a hint), [`effective_write_quorum`] and
+//! [`effective_read_quorum`] (R, W and DW as a request and a small cluster bend them). Quorum
+//! progress and read-repair targets are [`super::quorum`]'s state machines. The async methods
+//! below only carry messages: apply the write locally, send it to the targets through
+//! [`super::peers`], count the answers, and repair what a read found stale.
+//!
+//! It may not touch a peer connection directly (that is [`super::peers`]), nor decide what a
+//! replica keeps ([`super::replica`]).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use cartwheel_resolvers::{Read, Write};
+use futures::StreamExt;
+
+use super::membership::Health;
+use super::quorum::{Outcome, ReadQuorum, WriteQuorum};
+use super::Cluster;
+use crate::config::BucketConfig;
+use crate::error::Error;
+use crate::node::wire::{ReadOptions, WriteOptions};
+
+/// One replica a request goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The node's id.
+    pub id: String,
+    /// The primary this node stands in for, when it is a fallback.
+    pub hint_for: Option<String>,
+}
+
+/// Choose the targets for a key: the first `n` nodes of the preference list, each one this
+/// node sees down replaced by the next healthy node past them, with a hint. Pure.
+pub fn plan_targets(preference: &[&str], n: usize, health: impl Fn(&str) -> Health) -> Vec<Target> {
+    let n = n.min(preference.len());
+    let mut fallbacks = preference[n..].iter().filter(|id| health(id) != Health::Down);
+    preference[..n]
+        .iter()
+        .map(|primary| match health(primary) {
+            Health::Down => match fallbacks.next() {
+                Some(fallback) => {
+                    Target { id: fallback.to_string(), hint_for: Some(primary.to_string()) }
+                }
+                None => Target { id: primary.to_string(), hint_for: None },
+            },
+            Health::Up | Health::Suspect => Target { id: primary.to_string(), hint_for: None },
+        })
+        .collect()
+}
+
+/// How this node takes a client write, decided from the key's targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WritePlan {
+    /// This node is one of the key's primaries: it coordinates, with its replica actor, on
+    /// its own copy.
+    Coordinate,
+    /// Forward the write to this primary, which coordinates it.
+    Forward(String),
+    /// No primary can take it here (none is up, or the write was forwarded once already):
+    /// coordinate with the hint actor on the hints this node holds for the key, and keep the
+    /// new state as a hint for `owner`, never in the bucket's engine. It counts toward W when
+    /// this node is one of the targets (a fallback standing in for `owner`).
+    CoordinateAsHint {
+        /// The primary the hint is kept for.
+        owner: String,
+        /// Whether this node is a target, so its hint counts toward W.
+        counts: bool,
+    },
+}
+
+/// Decide how `me` takes a write whose targets are `targets` ([`plan_targets`]). Pure.
+///
+/// Dot-issuing writes must be coordinated where the actor's history of the key is complete
+/// ([`crate::actors`]): a primary, on its own copy, or any node on its own hints with its hint
+/// actor. A node that is neither forwards to the first primary it sees up.
+pub fn plan_write(
+    me: &str,
+    targets: &[Target],
+    forwarded: bool,
+    health: impl Fn(&str) -> Health,
+) -> Option<WritePlan> {
+    if targets.iter().any(|t| t.id == me && t.hint_for.is_none()) {
+        return Some(WritePlan::Coordinate);
+    }
+    if !forwarded {
+        let up = targets.iter().find(|t| t.hint_for.is_none() && health(&t.id) == Health::Up);
+        if let Some(primary) = up {
+            return Some(WritePlan::Forward(primary.id.clone()));
+        }
+    }
+    if let Some(owner) = targets.iter().find(|t| t.id == me).and_then(|t| t.hint_for.clone()) {
+        return Some(WritePlan::CoordinateAsHint { owner, counts: true });
+    }
+    let first = targets.first()?;
+    let owner = first.hint_for.clone().unwrap_or_else(|| first.id.clone());
+    Some(WritePlan::CoordinateAsHint { owner, counts: false })
+}
+
+/// What a write asked of W and DW (0 and `None` mean the bucket's), and whether the
+/// bucket's engine is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteQuorumAsked {
+    /// The request's W, 0 for the bucket's.
+    pub w: u8,
+    /// The request's DW, `None` for the bucket's.
+    pub dw: Option<u8>,
+    /// Whether the bucket's engine keeps anything across restarts.
+    pub durable: bool,
+}
+
+/// The W and DW a write waits for, with `replicas` targets. Pure.
+///
+/// The request's values replace the bucket's; W over N, DW over W, and DW on an engine that
+/// keeps nothing are refused as bad requests. A cluster smaller than N has fewer replicas:
+/// W and DW then count what exists, so a single development node takes N=3 writes.
+pub fn effective_write_quorum(
+    bucket: &BucketConfig,
+    asked: WriteQuorumAsked,
+    replicas: usize,
+) -> Result<(usize, usize), Error> {
+    let n = bucket.n as usize;
+    let w = if asked.w == 0 { bucket.w } else { asked.w } as usize;
+    let dw = asked.dw.unwrap_or(bucket.dw) as usize;
+    if w > n {
+        return Err(Error::BadRequest(format!("w = {w} is over the bucket's n = {n}")));
+    }
+    if dw > w {
+        return Err(Error::BadRequest(format!("dw = {dw} is over w = {w}")));
+    }
+    if dw > 0 && !asked.durable {
+        return Err(Error::BadRequest(format!(
+            "dw = {dw} on a bucket whose {} engine keeps nothing across restarts",
+            bucket.engine.name()
+        )));
+    }
+    Ok((w.min(replicas), dw.min(replicas)))
+}
+
+/// The R a read waits for, with `replicas` targets: the request's (0 for the bucket's), at
+/// most N, and at most the replicas that exist. Pure.
+pub fn effective_read_quorum(
+    bucket: &BucketConfig,
+    r: u8,
+    replicas: usize,
+) -> Result<usize, Error> {
+    let n = bucket.n as usize;
+    let r = if r == 0 { bucket.r } else { r } as usize;
+    if r > n {
+        return Err(Error::BadRequest(format!("r = {r} is over the bucket's n = {n}")));
+    }
+    Ok(r.min(replicas))
+}
+
+impl Cluster {
+    /// Coordinate (or forward) a client write. See the module documentation.
+    pub async fn write(
+        self: &Rc<Self>,
+        bucket: &str,
+        key: &[u8],
+        write: Write,
+        options: WriteOptions,
+    ) -> Result<Read, Error> {
+        let bucket_ref = self.store.bucket(bucket)?;
+        let engine = std::sync::Arc::clone(&bucket_ref.engine);
+        let asked = WriteQuorumAsked { w: options.w, dw: options.dw, durable: engine.is_durable() };
+        let n = bucket_ref.config.n as usize;
+        // Refuse a bad request before the ring is consulted.
+        effective_write_quorum(&bucket_ref.config, asked, n)?;
+        self.store.check_key(key)?;
+        let me = self.me();
+        let targets = self.targets(bucket, key, n);
+        let (w, dw) = effective_write_quorum(&bucket_ref.config, asked, targets.len())?;
+        let plan = plan_write(&me, &targets, options.forwarded, |id| self.health(id))
+            .ok_or_else(|| Error::QuorumNotMet("no member is known to own the key".into()))?;
+        let timeout = self.timeout(options.timeout_ms);
+        let mut quorum = WriteQuorum::new(targets.len().max(1), w, dw);
+        let (events, mut answers) = futures::channel::mpsc::unbounded::<bool>();
+        // Apply the write and keep the new state on this node before anything yields, so no
+        // other write to the key reads the state in between (crate::actors).
+        let (state, read) = match plan {
+            WritePlan::Forward(primary) => {
+                return self.forward(&primary, bucket, key, &write, options).await
+            }
+            WritePlan::Coordinate => {
+                let (state, read) = self.store.write(bucket, key, &write)?;
+                if dw > 0 {
+                    self.sync_then_answer(&engine, &events);
+                } else {
+                    quorum.stored(false);
+                }
+                (state, read)
+            }
+            WritePlan::CoordinateAsHint { owner, counts } => {
+                let hinted = self.hinted_state(bucket, key)?;
+                let (state, read) =
+                    self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
+                let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
+                self.hints.add(&owner, bucket, key, &state, &*resolver)?;
+                if counts && dw > 0 {
+                    self.sync_then_answer(self.hints.engine(), &events);
+                } else if counts {
+                    quorum.stored(false);
+                }
+                (state, read)
+            }
+        };
+        for target in targets.into_iter().filter(|t| t.id != me) {
+            let cluster = Rc::clone(self);
+            let events = events.clone();
+            let (bucket, key, state) = (bucket.to_string(), key.to_vec(), state.clone());
+            tokio::task::spawn_local(async move {
+                let stored = cluster.replicate(&target, &bucket, &key, &state, dw > 0).await;
+                let _ = events.unbounded_send(stored);
+            });
+        }
+        drop(events);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match quorum.outcome() {
+                Outcome::Succeeded => return Ok(read),
+                Outcome::Failed => {
+                    return Err(Error::QuorumNotMet(format!(
+                        "{} of w = {w} (dw = {dw}) replicas stored the write",
+                        quorum.stored_count()
+                    )))
+                }
+                Outcome::Pending => {}
+            }
+            match tokio::time::timeout_at(deadline, answers.next()).await {
+                Err(_) => return Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
+                Ok(None) => {
+                    return Err(Error::QuorumNotMet(
+                        "every replica answered; too few stored".into(),
+                    ))
+                }
+                Ok(Some(true)) => {
+                    quorum.stored(dw > 0);
+                }
+                Ok(Some(false)) => {
+                    quorum.failed();
+                }
+            }
+        }
+    }
+
+    /// Sync `engine` (shared with other waiting writes), then report the outcome on `events`.
+    pub(super) fn sync_then_answer(
+        self: &Rc<Self>,
+        engine: &std::sync::Arc<dyn cartwheel_engines::StorageEngine>,
+        events: &futures::channel::mpsc::UnboundedSender<bool>,
+    ) {
+        let (cluster, engine, events) =
+            (Rc::clone(self), std::sync::Arc::clone(engine), events.clone());
+        tokio::task::spawn_local(async move {
+            let synced = cluster.syncs.sync(&engine).await;
+            let _ = events.unbounded_send(synced.is_ok());
+        });
+    }
+
+    /// Coordinate a read: R answers, merged; then read repair in the background.
+    pub async fn read(
+        self: &Rc<Self>,
+        bucket: &str,
+        key: &[u8],
+        options: ReadOptions,
+    ) -> Result<Option<Read>, Error> {
+        let bucket_ref = self.store.bucket(bucket)?;
+        let (n, resolver) =
+            (bucket_ref.config.n as usize, std::sync::Arc::clone(&bucket_ref.resolver));
+        effective_read_quorum(&bucket_ref.config, options.r, n)?;
+        self.store.check_key(key)?;
+        let targets = self.targets(bucket, key, n);
+        let r = effective_read_quorum(&bucket_ref.config, options.r, targets.len())?;
+        let timeout = self.timeout(options.timeout_ms);
+        let (reply, replied) =
+            futures::channel::oneshot::channel::<Result<Option<Vec<u8>>, Error>>();
+        let cluster = Rc::clone(self);
+        let (bucket_name, key) = (bucket.to_string(), key.to_vec());
+        tokio::task::spawn_local(async move {
+            cluster.read_and_repair(targets, r, &bucket_name, &key, timeout, reply).await;
+        });
+        let merged = match replied.await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Internal("read task ended without an answer".into())),
+        };
+        match merged {
+            None => Ok(None),
+            Some(state) => Ok(Some(resolver.read(&state)?)),
+        }
+    }
+
+    pub(super) async fn read_and_repair(
+        self: Rc<Self>,
+        targets: Vec<Target>,
+        r: usize,
+        bucket: &str,
+        key: &[u8],
+        timeout: Duration,
+        reply: futures::channel::oneshot::Sender<Result<Option<Vec<u8>>, Error>>,
+    ) {
+        let Ok(resolver) = self.store.bucket(bucket).map(|b| std::sync::Arc::clone(&b.resolver))
+        else {
+            let _ = reply.send(Err(Error::UnknownBucket(bucket.to_string())));
+            return;
+        };
+        let me = self.me();
+        let mut quorum: ReadQuorum<Target> = ReadQuorum::new(targets.len(), r);
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for target in targets {
+            let cluster = Rc::clone(&self);
+            let me = me.clone();
+            pending.push(async move {
+                let answer = if target.id == me {
+                    cluster.fetch_local(&target, bucket, key)
+                } else {
+                    cluster.fetch_remote(&target, bucket, key).await
+                };
+                (target, answer)
+            });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut reply = Some(reply);
+        let merge = |a: &[u8], b: &[u8]| resolver.merge(a, b);
+        while !quorum.complete() {
+            let Ok(Some((target, answer))) =
+                tokio::time::timeout_at(deadline, pending.next()).await
+            else {
+                break;
+            };
+            match answer {
+                Ok(state) => quorum.answered(target, state),
+                Err(_) => quorum.failed(),
+            };
+            if reply.is_some() {
+                let decided = match quorum.outcome() {
+                    Outcome::Pending => None,
+                    Outcome::Succeeded => Some(quorum.merged(merge).map_err(Error::from)),
+                    Outcome::Failed => Some(Err(Error::QuorumNotMet(format!(
+                        "fewer than r = {r} replicas answered"
+                    )))),
+                };
+                if let Some(result) = decided {
+                    let _ = reply.take().expect("checked").send(result);
+                }
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(Error::Timeout(format!(
+                "fewer than r = {r} replicas answered within {timeout:?}"
+            ))));
+        }
+        // Read repair: everyone who answered with something other than the merge gets it.
+        let Ok(Some(merged)) = quorum.merged(merge) else { return };
+        for target in quorum.stale(&merged) {
+            if target.id == me {
+                // A fallback's repair goes to its hint, never into a stray copy.
+                let hint_for = target.hint_for.as_deref().unwrap_or("");
+                if let Err(e) = self.receive_replica(bucket, key, &merged, hint_for) {
+                    tracing::warn!(error = %e, "local read repair failed");
+                }
+            } else {
+                tracing::debug!(replica = %target.id, "read repair");
+                self.replicate(&target, bucket, key, &merged, false).await;
+            }
+        }
+    }
+
+    /// The local state for a key (merged with any hint this node holds for it when it stands
+    /// in for `target.hint_for`).
+    pub(super) fn fetch_local(
+        &self,
+        target: &Target,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let stored = self.store.fetch(bucket, key)?;
+        match &target.hint_for {
+            None => Ok(stored),
+            Some(owner) => {
+                let hinted = self.hints.get(owner, bucket, key)?;
+                let resolver = &self.store.bucket(bucket)?.resolver;
+                Ok(match (stored, hinted) {
+                    (Some(a), Some(b)) => Some(resolver.merge(&a, &b)?),
+                    (a, b) => a.or(b),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Down primaries are replaced by the next healthy fallbacks, each with a hint; suspect
+    /// ones are still tried.
+    #[test]
+    fn sloppy_quorum_targets() {
+        let preference = ["a", "b", "c", "d", "e"];
+        let health = |id: &str| match id {
+            "b" => Health::Down,
+            "c" => Health::Suspect,
+            "d" => Health::Down,
+            _ => Health::Up,
+        };
+        let targets = plan_targets(&preference, 3, health);
+        assert_eq!(
+            targets,
+            vec![
+                Target { id: "a".into(), hint_for: None },
+                Target { id: "e".into(), hint_for: Some("b".into()) },
+                Target { id: "c".into(), hint_for: None },
+            ]
+        );
+    }
+
+    fn target(id: &str, hint_for: Option<&str>) -> Target {
+        Target { id: id.into(), hint_for: hint_for.map(str::to_string) }
+    }
+
+    /// A primary coordinates; a node that is not one forwards to the first primary it sees
+    /// up, never to a suspect or down one, and never a write that was forwarded already.
+    #[test]
+    fn writes_are_coordinated_at_a_primary() {
+        let targets = [target("a", None), target("b", None), target("c", None)];
+        let up = |_: &str| Health::Up;
+        assert_eq!(plan_write("b", &targets, false, up), Some(WritePlan::Coordinate));
+        assert_eq!(plan_write("b", &targets, true, up), Some(WritePlan::Coordinate));
+        assert_eq!(plan_write("x", &targets, false, up), Some(WritePlan::Forward("a".into())));
+        let a_suspect = |id: &str| if id == "a" { Health::Suspect } else { Health::Up };
+        assert_eq!(
+            plan_write("x", &targets, false, a_suspect),
+            Some(WritePlan::Forward("b".into()))
+        );
+    }
+
+    /// A node that no primary can take the write from keeps it as a hint: counting toward W
+    /// when it is a fallback target itself, for the first primary otherwise.
+    #[test]
+    fn a_write_no_primary_takes_is_kept_as_a_hint() {
+        let targets = [target("d", Some("a")), target("e", Some("b")), target("c", None)];
+        let only_fallbacks_up =
+            |id: &str| if "de".contains(id) { Health::Up } else { Health::Down };
+        assert_eq!(
+            plan_write("e", &targets, false, only_fallbacks_up),
+            Some(WritePlan::CoordinateAsHint { owner: "b".into(), counts: true })
+        );
+        assert_eq!(
+            plan_write("x", &targets, false, only_fallbacks_up),
+            Some(WritePlan::CoordinateAsHint { owner: "a".into(), counts: false })
+        );
+        // Forwarded here although this node is no primary (the views differ): no second hop.
+        let up = |_: &str| Health::Up;
+        assert_eq!(
+            plan_write("x", &targets, true, up),
+            Some(WritePlan::CoordinateAsHint { owner: "a".into(), counts: false })
+        );
+        assert_eq!(plan_write("x", &[], false, up), None);
+    }
+
+    /// W and DW: the request's replace the bucket's, bad combinations are refused, and a
+    /// small cluster counts the replicas it has.
+    #[test]
+    fn effective_write_quorum_bends_to_the_request_and_the_cluster() {
+        use cartwheel_engines::EngineKind;
+        use cartwheel_resolvers::ResolverKind;
+        let mut bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Cart);
+        (bucket.n, bucket.w, bucket.dw) = (3, 2, 1);
+        let asked = |w, dw| WriteQuorumAsked { w, dw, durable: true };
+        assert_eq!(effective_write_quorum(&bucket, asked(0, None), 3).unwrap(), (2, 1));
+        assert_eq!(effective_write_quorum(&bucket, asked(3, Some(0)), 3).unwrap(), (3, 0));
+        assert_eq!(effective_write_quorum(&bucket, asked(3, Some(3)), 1).unwrap(), (1, 1));
+        for refused in [asked(4, None), asked(1, Some(2))] {
+            let err = effective_write_quorum(&bucket, refused, 3).unwrap_err();
+            assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+        }
+        let volatile = WriteQuorumAsked { w: 0, dw: None, durable: false };
+        assert!(matches!(effective_write_quorum(&bucket, volatile, 3), Err(Error::BadRequest(_))));
+        let volatile = WriteQuorumAsked { dw: Some(0), ..volatile };
+        assert_eq!(effective_write_quorum(&bucket, volatile, 3).unwrap(), (2, 0));
+    }
+
+    /// R: the request's or the bucket's, never over N, clamped to the replicas that exist.
+    #[test]
+    fn effective_read_quorum_bends_to_the_request_and_the_cluster() {
+        use cartwheel_engines::EngineKind;
+        use cartwheel_resolvers::ResolverKind;
+        let mut bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Cart);
+        (bucket.n, bucket.r) = (3, 2);
+        assert_eq!(effective_read_quorum(&bucket, 0, 3).unwrap(), 2);
+        assert_eq!(effective_read_quorum(&bucket, 3, 2).unwrap(), 2);
+        assert!(matches!(effective_read_quorum(&bucket, 4, 3), Err(Error::BadRequest(_))));
+    }
+
+    /// With no healthy fallback, the down primary stays (and will fail); small clusters get
+    /// fewer than N targets.
+    #[test]
+    fn no_fallback_left() {
+        let targets =
+            plan_targets(&["a", "b"], 3, |id| if id == "b" { Health::Down } else { Health::Up });
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[1], Target { id: "b".into(), hint_for: None });
+    }
+}

@@ -1,0 +1,238 @@
+//! # The cluster: replicas, quorum, gossip and handoff
+//!
+//! Everything a node does with other nodes. The decisions are pure functions and state
+//! machines, unit-tested without sockets; the async methods on [`Cluster`] carry messages and
+//! apply those decisions, all on the node's one RPC thread.
+//!
+//! ## The rooms
+//! | room | decides (pure) | carries (async) |
+//! |---|---|---|
+//! | [`coordinator`] | targets and sloppy-quorum fallbacks ([`plan_targets`]), who coordinates a write ([`plan_write`]), effective R/W/DW | client writes and reads, read repair |
+//! | [`quorum`] | when a request has met R, W and DW; which replicas a read repairs | |
+//! | [`replica`] | what this node keeps of a state a peer sends (its copy, or a hint) | |
+//! | [`peers`] | | every call to another node: deadline, in-flight bound, typed errors, failure detector |
+//! | [`membership`] | members, failure detection, the ring and the claimant | |
+//! | [`gossip`] | | the view exchange each round, the membership file ([`membership_file`]) |
+//! | [`handoff`] | which partitions go where after a ring change; which hints to deliver | ownership and hinted handoff |
+//! | [`anti_entropy`] | hash-tree leaves, differing segments, which partition and peer to compare | the exchange |
+//!
+//! The local half of every request is [`crate::store`]'s; which actor issues a dot is
+//! [`crate::actors`]'s.
+//!
+//! ## A write (DESIGN §2)
+//! 1. The key's preference list comes from the ring; its first N nodes are the primaries.
+//!    A primary this node sees down is replaced by the next healthy node past the first N,
+//!    which gets the write with a hint naming the primary (sloppy quorum).
+//! 2. [`plan_write`] decides who coordinates. A primary coordinates on its own copy, with its
+//!    replica actor. A node that is not one of the primaries forwards the write to the first
+//!    one it sees up (once: the forwarded request is marked and never forwarded again).
+//!    When no primary is up, or a forwarded write reached a node that no longer is a primary,
+//!    the node coordinates with its hint actor on the hints it holds for the key, and keeps
+//!    the new state only as a hint, never as a stray copy in the bucket's engine; when it is
+//!    itself a fallback target that hint counts toward W like any other fallback's, so the
+//!    cluster stays writeable while W nodes are up. Why this never issues a dot twice:
+//!    [`crate::actors`].
+//! 3. The coordinator applies the write and keeps the new state before it yields, sends the
+//!    state to the other targets (`replicate`), and answers once W stored it and DW synced
+//!    it, or with `quorumNotMet` as soon as that can no longer happen, or `timeout`. The
+//!    replication RPCs go on after the answer, so every reachable target gets the write.
+//!
+//! ## A read
+//! Any node coordinates a read: it fetches the state from the N targets, answers once R have
+//! answered with the merge of what they sent, and then, in the background, waits for the
+//! rest (up to the timeout) and sends the merge of everything to each replica that answered
+//! with something else or nothing (read repair).
+//!
+//! ## Background rounds
+//! Every `gossip_interval_ms` ([`Cluster::run_rounds`]): exchange views with one peer;
+//! deliver up to `hint_replay_per_round` hints to each owner that is up again; hand off
+//! partitions after a ring change; compare `anti_entropy_partitions_per_round` partitions
+//! with another primary. Each peer call has a deadline ([`peers`]), so an unreachable peer
+//! delays a round by at most that.
+
+pub mod anti_entropy;
+pub mod coordinator;
+pub mod gossip;
+pub mod handoff;
+pub mod membership;
+pub mod membership_file;
+pub mod peers;
+pub mod quorum;
+pub mod replica;
+
+pub use coordinator::{plan_targets, plan_write, Target, WritePlan};
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::cartwheel_capnp::NodeState;
+use crate::config::Config;
+use crate::ring::{key_hash, partition_of, Ownership};
+use crate::store::hints::Hints;
+use crate::store::Store;
+use handoff::Handoff;
+use membership::{Health, MemberInfo, Membership, Timing};
+use peers::PeerConnection;
+
+/// The node's cluster state, shared by every connection on the RPC thread.
+pub struct Cluster {
+    /// The local store.
+    pub store: Store,
+    /// The hint store.
+    pub hints: Hints,
+    membership: RefCell<Membership>,
+    connections: RefCell<HashMap<String, PeerConnection>>,
+    seeds: Vec<String>,
+    started: Instant,
+    gossip_interval: Duration,
+    hint_replay_per_round: usize,
+    handoff: RefCell<Handoff>,
+    anti_entropy_per_round: usize,
+    /// Index into the (bucket, partition) pairs of the next anti-entropy exchange.
+    anti_entropy_cursor: std::cell::Cell<usize>,
+    /// dw > 0 waits: one blocking sync at a time per engine.
+    syncs: crate::store::sync_group::SyncGroups,
+    /// Where the view is kept across restarts ([`crate::cluster::membership_file`]).
+    membership_file: std::path::PathBuf,
+    /// The shape of the view last written there.
+    saved_shape: RefCell<Option<membership_file::Shape>>,
+}
+
+impl Cluster {
+    /// Build the cluster state for a node whose store is open, listening at `address`.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        hints: Hints,
+        address: &str,
+        config_digest: Vec<u8>,
+    ) -> Self {
+        let me = MemberInfo {
+            id: config.node.id.clone(),
+            address: address.to_string(),
+            incarnation: incarnation(),
+            heartbeat: 0,
+            leaving: false,
+            config_digest,
+        };
+        let target_n = config.buckets.values().map(|b| b.n as usize).max().unwrap_or(3);
+        let timing = Timing::for_interval(config.cluster.gossip_interval_ms);
+        let mut membership = Membership::new(me, config.partitions, target_n, timing, 0);
+        let membership_file = membership_file::path(&config.node.data_dir);
+        let mut saved_shape = None;
+        match membership_file::load(&membership_file) {
+            Ok(Some(view)) => {
+                saved_shape = Some(membership_file::shape(&view));
+                let members = view.members.len();
+                membership.merge(view, 0);
+                tracing::info!(members, epoch = membership.ring().epoch, "membership restored");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "membership file ignored; starting as a new node"),
+        }
+        Self {
+            store,
+            hints,
+            membership: RefCell::new(membership),
+            connections: RefCell::new(HashMap::new()),
+            seeds: config.node.seeds.clone(),
+            started: Instant::now(),
+            gossip_interval: Duration::from_millis(config.cluster.gossip_interval_ms),
+            hint_replay_per_round: config.cluster.hint_replay_per_round,
+            handoff: RefCell::new(Handoff::default()),
+            anti_entropy_per_round: config.cluster.anti_entropy_partitions_per_round,
+            anti_entropy_cursor: std::cell::Cell::new(0),
+            syncs: crate::store::sync_group::SyncGroups::default(),
+            membership_file,
+            saved_shape: RefCell::new(saved_shape),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> String {
+        self.membership.borrow().me().to_string()
+    }
+
+    /// The current ring.
+    pub fn ring(&self) -> Ownership {
+        self.membership.borrow().ring().clone()
+    }
+
+    /// Members with their health, as this node sees them.
+    pub fn members(&self) -> Vec<(MemberInfo, Health)> {
+        self.membership.borrow().members(self.now_ms())
+    }
+
+    /// Members whose bucket configuration differs from this node's.
+    pub fn config_mismatches(&self) -> Vec<String> {
+        self.membership.borrow().config_mismatches()
+    }
+
+    fn targets(&self, bucket: &str, key: &[u8], n: usize) -> Vec<Target> {
+        let membership = self.membership.borrow();
+        let ring = membership.ring();
+        let partition = partition_of(key_hash(bucket, key), ring.partitions());
+        let preference = ring.preference_list(partition, membership.member_count());
+        let now = self.now_ms();
+        plan_targets(&preference, n, |id| membership.health(id, now))
+    }
+
+    fn health(&self, id: &str) -> Health {
+        self.membership.borrow().health(id, self.now_ms())
+    }
+
+    /// Run gossip and hint delivery rounds forever (until the task is dropped).
+    pub async fn run_rounds(self: Rc<Self>) {
+        let mut interval = tokio::time::interval(self.gossip_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round: u64 = 0;
+        loop {
+            interval.tick().await;
+            round += 1;
+            self.gossip_round(round).await;
+            self.deliver_hints().await;
+            self.handoff_round().await;
+            self.anti_entropy_round(round).await;
+        }
+    }
+
+    /// The request timeout: the request's own, or the node's default.
+    pub fn timeout(&self, timeout_ms: u32) -> Duration {
+        match timeout_ms {
+            0 => Duration::from_millis(self.store.limits().request_timeout_ms),
+            ms => Duration::from_millis(ms.into()),
+        }
+    }
+
+    /// A member's state as the wire names it.
+    pub fn node_state(health: Health, leaving: bool) -> NodeState {
+        match (health, leaving) {
+            (_, true) => NodeState::Leaving,
+            (Health::Up, false) => NodeState::Up,
+            (Health::Suspect, false) => NodeState::Suspect,
+            (Health::Down, false) => NodeState::Down,
+        }
+    }
+}
+
+/// A new incarnation at each start: wall-clock milliseconds, so a restarted node's gossip
+/// beats what its previous run said.
+fn incarnation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
+
+/// A well-mixed 64-bit value from a seed (SplitMix64), for choosing gossip peers.
+fn splitmix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

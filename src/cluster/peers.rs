@@ -1,0 +1,304 @@
+//! # Peers: the one place that talks to other nodes
+//!
+//! One Cap'n Proto connection per peer address, opened on first use and dropped on the first
+//! transport failure or missed deadline (the next call reconnects). Every outgoing
+//! node-to-node call goes through [`Cluster::call`], so each has the same shape:
+//! - a **deadline** (the request timeout, or the gossip interval for gossip): a peer that
+//!   accepts TCP and never answers costs one deadline, not a stuck round;
+//! - an **in-flight bound** per connection (`limits.inflight_per_connection_max`, what the
+//!   peer itself admits): a call over it fails at once with `overloaded` and sends nothing;
+//! - **typed errors** ([`Error`]), and each outcome feeds the failure detector: a call that
+//!   failed in transport or missed its deadline marks the peer, one the peer answered (even
+//!   with an error) counts as a sign of life.
+//!
+//! The calls: `replicate`, `fetch`, `gossip`, `treeLeaves`, `segmentEntries` on the peer
+//! API, and a forwarded client write on the client API. No other room opens a connection.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use capnp_rpc::{rpc_twoparty_capnp, RpcSystem};
+use cartwheel_resolvers::{Read, Write};
+use tokio::net::TcpStream;
+
+use super::anti_entropy::Leaves;
+use super::coordinator::Target;
+use super::membership::View;
+use super::Cluster;
+use crate::cartwheel_capnp::{cartwheel, fetch_result, peer, replica_result};
+use crate::error::Error;
+use crate::node::wire::{self, WriteOptions};
+
+/// How long a peer connection attempt may take.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// A connection to one peer: its client API (for forwarding), its peer API, and the calls
+/// in flight on it.
+#[derive(Clone)]
+pub(super) struct PeerConnection {
+    api: cartwheel::Client,
+    peer: peer::Client,
+    inflight: Rc<Cell<usize>>,
+}
+
+/// Holds one in-flight slot of a peer connection until dropped.
+struct Slot(Rc<Cell<usize>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+impl Cluster {
+    /// Run one call to the member `id` at `address`: connect (or reuse the connection), take
+    /// an in-flight slot, run `request` within `deadline`, and record the outcome.
+    async fn call<T, F, Fut>(
+        &self,
+        id: &str,
+        address: &str,
+        deadline: Duration,
+        request: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(PeerConnection) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let work = async {
+            let connection = self.connect(address).await?;
+            let max = self.store.limits().inflight_per_connection_max;
+            if connection.inflight.get() >= max {
+                return Err(Error::Overloaded(format!("{max} calls in flight to {id}")));
+            }
+            connection.inflight.set(connection.inflight.get() + 1);
+            let _slot = Slot(Rc::clone(&connection.inflight));
+            request(connection).await
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(outcome) => {
+                self.record(id, address, &outcome);
+                outcome
+            }
+            Err(_) => {
+                self.peer_failed(id, address);
+                Err(Error::Timeout(format!("{id} did not answer within {deadline:?}")))
+            }
+        }
+    }
+
+    /// The address of member `id`.
+    fn address(&self, id: &str) -> Result<String, Error> {
+        let address = self.membership.borrow().address_of(id).map(str::to_string);
+        address.ok_or_else(|| Error::Internal(format!("no address for {id}")))
+    }
+
+    /// Send a state to one target; true once it stored it.
+    pub(super) async fn replicate(
+        &self,
+        target: &Target,
+        bucket: &str,
+        key: &[u8],
+        state: &[u8],
+        sync: bool,
+    ) -> bool {
+        let Ok(address) = self.address(&target.id) else { return false };
+        let outcome = self
+            .call(&target.id, &address, self.timeout(0), |connection| async move {
+                let mut request = connection.peer.replicate_request();
+                {
+                    let mut p = request.get();
+                    p.set_bucket(bucket);
+                    p.set_key(key);
+                    p.set_state(state);
+                    p.set_sync(sync);
+                    p.set_hint_for(target.hint_for.as_deref().unwrap_or(""));
+                }
+                let response = request.send().promise.await?;
+                match response
+                    .get()?
+                    .get_result()?
+                    .which()
+                    .map_err(|e| Error::Transport(e.to_string()))?
+                {
+                    replica_result::Stored(stored) => Ok(stored),
+                    replica_result::Error(e) => Err(wire::get_error(e?)),
+                }
+            })
+            .await;
+        matches!(outcome, Ok(true))
+    }
+
+    /// Forward a write to `primary`, marked so it is not forwarded again.
+    pub(super) async fn forward(
+        &self,
+        primary: &str,
+        bucket: &str,
+        key: &[u8],
+        write: &Write,
+        options: WriteOptions,
+    ) -> Result<Read, Error> {
+        let address = self.address(primary)?;
+        let deadline = self.timeout(options.timeout_ms);
+        self.call(primary, &address, deadline, |connection| async {
+            let client = crate::client::Client::from_capability(connection.api, address.clone());
+            let options = WriteOptions { forwarded: true, ..options };
+            match write {
+                Write::Put { value, context } => {
+                    client.put_with(bucket, key, value, context, &options).await
+                }
+                Write::Delete { context } => {
+                    client.delete_with(bucket, key, context, &options).await
+                }
+                Write::Update { ops, context } => {
+                    client.update(bucket, key, ops, context, &options).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// A target's state for a key (merged with the hints it holds for it).
+    pub(super) async fn fetch_remote(
+        &self,
+        target: &Target,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let address = self.address(&target.id)?;
+        self.call(&target.id, &address, self.timeout(0), |connection| async move {
+            let mut request = connection.peer.fetch_request();
+            request.get().set_bucket(bucket);
+            request.get().set_key(key);
+            let response = request.send().promise.await?;
+            match response
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| Error::Transport(e.to_string()))?
+            {
+                fetch_result::NotFound(()) => Ok(None),
+                fetch_result::State(state) => Ok(Some(state?.to_vec())),
+                fetch_result::Error(e) => Err(wire::get_error(e?)),
+            }
+        })
+        .await
+    }
+
+    /// Exchange views with the node at `address` (a member `id`, or a seed not yet known by
+    /// id); their view.
+    pub(super) async fn gossip_with(
+        &self,
+        id: Option<&str>,
+        address: &str,
+        view: &View,
+    ) -> Result<View, Error> {
+        let exchange = |connection: PeerConnection| async move {
+            let mut request = connection.peer.gossip_request();
+            wire::set_view(request.get().init_view(), view);
+            let response = request.send().promise.await?;
+            wire::get_view(response.get()?.get_view()?)
+        };
+        // A seed not known by id yet still gets a deadline; only members feed the detector.
+        let id = id.map_or_else(|| address.to_string(), str::to_string);
+        self.call(&id, address, self.gossip_interval, exchange).await
+    }
+
+    /// A peer's anti-entropy leaves for one partition of a bucket.
+    pub(super) async fn tree_leaves_of(
+        &self,
+        id: &str,
+        bucket: &str,
+        partition: u16,
+    ) -> Result<Leaves, Error> {
+        let address = self.address(id)?;
+        self.call(id, &address, self.timeout(0), |connection| async move {
+            let mut request = connection.peer.tree_leaves_request();
+            request.get().set_bucket(bucket);
+            request.get().set_partition(partition);
+            let response = request.send().promise.await?;
+            Ok(response.get()?.get_leaves()?.iter().collect())
+        })
+        .await
+    }
+
+    /// A peer's (key, state) pairs in some segments of a partition.
+    pub(super) async fn segment_entries_of(
+        &self,
+        id: &str,
+        bucket: &str,
+        partition: u16,
+        segments: &[u16],
+    ) -> Result<HashMap<Vec<u8>, Vec<u8>>, Error> {
+        let address = self.address(id)?;
+        self.call(id, &address, self.timeout(0), |connection| async move {
+            let mut request = connection.peer.segment_entries_request();
+            request.get().set_bucket(bucket);
+            request.get().set_partition(partition);
+            let mut list = request.get().init_segments(segments.len() as u32);
+            for (i, segment) in segments.iter().enumerate() {
+                list.set(i as u32, *segment);
+            }
+            let response = request.send().promise.await?;
+            let mut entries = HashMap::new();
+            for entry in response.get()?.get_entries()?.iter() {
+                entries.insert(entry.get_key()?.to_vec(), entry.get_state()?.to_vec());
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn connect(&self, address: &str) -> Result<PeerConnection, Error> {
+        if let Some(connection) = self.connections.borrow().get(address) {
+            return Ok(connection.clone());
+        }
+        let failed = |reason: String| Error::Connect { address: address.to_string(), reason };
+        let stream = tokio::time::timeout(
+            Duration::from_millis(PEER_CONNECT_TIMEOUT_MS),
+            TcpStream::connect(address),
+        )
+        .await
+        .map_err(|_| failed("timed out".into()))?
+        .map_err(|e| failed(e.to_string()))?;
+        let limits = self.store.limits();
+        let mut options = capnp::message::ReaderOptions::new();
+        options.traversal_limit_in_words(Some(limits.message_bytes_max() / 8));
+        let timeout = Duration::from_millis(limits.message_read_timeout_ms);
+        let side = rpc_twoparty_capnp::Side::Client;
+        let network = crate::node::transport::network(stream, side, options, timeout)
+            .map_err(|e| failed(e.to_string()))?;
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let api: cartwheel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        tokio::task::spawn_local(async move {
+            let _ = rpc.await;
+        });
+        let mut request = api.peer_request();
+        request.get().set_from(self.me());
+        let peer = request.send().pipeline.get_peer();
+        let connection = PeerConnection { api, peer, inflight: Rc::new(Cell::new(0)) };
+        self.connections.borrow_mut().insert(address.to_string(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Feed a call's outcome to the failure detector.
+    fn record<T>(&self, id: &str, address: &str, outcome: &Result<T, Error>) {
+        match outcome {
+            Ok(_) => self.membership.borrow_mut().rpc_succeeded(id),
+            Err(Error::Connect { .. } | Error::Transport(_)) => self.peer_failed(id, address),
+            // Refused before sending: says nothing about the peer.
+            Err(Error::Overloaded(_)) => {}
+            // The peer answered: it is up, whatever it said.
+            Err(_) => self.membership.borrow_mut().rpc_succeeded(id),
+        }
+    }
+
+    /// A call to `id` failed in transport or missed its deadline: drop the connection (the
+    /// next call reconnects) and tell the failure detector.
+    fn peer_failed(&self, id: &str, address: &str) {
+        self.connections.borrow_mut().remove(address);
+        self.membership.borrow_mut().rpc_failed(id);
+    }
+}

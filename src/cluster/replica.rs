@@ -1,0 +1,87 @@
+//! # The replica side: what this node keeps of what peers send, and what it answers
+//!
+//! A state sent to this node is merged into its own copy ([`Cluster::receive_replica`]), or,
+//! when it comes with a hint for another node, kept in the hint store for that node. A fetch
+//! answers with the node's copy merged with every hint it holds for the key. This room owns
+//! those rules; it sends nothing.
+
+use super::Cluster;
+use crate::error::Error;
+
+impl Cluster {
+    /// The merge of every hint this node holds for a key, whatever its owner.
+    pub(super) fn hinted_state(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let owners = self.hints.counts();
+        if owners.is_empty() {
+            return Ok(None);
+        }
+        let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
+        let mut state: Option<Vec<u8>> = None;
+        for owner in owners.keys() {
+            if let Some(hinted) = self.hints.get(owner, bucket, key)? {
+                state = Some(match state {
+                    Some(current) => resolver.merge(&current, &hinted)?,
+                    None => hinted,
+                });
+            }
+        }
+        Ok(state)
+    }
+
+    /// Whether a state sent with `hint_for` is this node's own replica (not a hint it keeps
+    /// for another node).
+    pub(super) fn is_own_replica(&self, hint_for: &str) -> bool {
+        hint_for.is_empty() || hint_for == self.me()
+    }
+
+    /// Take in a state as [`Cluster::receive_replica`] does, then, when `sync`, wait until
+    /// the engine that took it (the bucket's, or the hint store's) has synced it.
+    pub async fn receive_replica_synced(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        state: &[u8],
+        hint_for: &str,
+        sync: bool,
+    ) -> Result<(), Error> {
+        self.receive_replica(bucket, key, state, hint_for)?;
+        if sync {
+            let engine = if self.is_own_replica(hint_for) {
+                std::sync::Arc::clone(&self.store.bucket(bucket)?.engine)
+            } else {
+                std::sync::Arc::clone(self.hints.engine())
+            };
+            self.syncs.sync(&engine).await?;
+        }
+        Ok(())
+    }
+
+    /// Take in a state from a peer: as a replica, or as a hint for `hint_for`.
+    pub fn receive_replica(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        state: &[u8],
+        hint_for: &str,
+    ) -> Result<(), Error> {
+        if self.is_own_replica(hint_for) {
+            self.store.merge(bucket, key, state)?;
+        } else {
+            self.store.check_key(key)?;
+            let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
+            resolver.read(state)?;
+            self.hints.add(hint_for, bucket, key, state, &*resolver)?;
+        }
+        Ok(())
+    }
+
+    /// The node's own state for a key as a peer asks for it: stored, merged with hints this
+    /// node holds for the key for any owner.
+    pub fn fetch_for_peer(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let stored = self.store.fetch(bucket, key)?;
+        Ok(match (stored, self.hinted_state(bucket, key)?) {
+            (Some(a), Some(b)) => Some(self.store.bucket(bucket)?.resolver.merge(&a, &b)?),
+            (a, b) => a.or(b),
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! # The node: one process's server, its transport and its wire glue
+//!
+//! - [`server`]: the accept loop, per-connection limits, the client and peer APIs, and
+//!   [`NodeHandle`] (a node on a thread of its own).
+//! - [`transport`]: every Cap'n Proto connection, with its message deadline and coalescing
+//!   writer.
+//! - [`wire`]: conversions between Cap'n Proto messages and the node's types.
+//!
+//! What a request *does* lives in [`crate::cluster`] and [`crate::store`]; this folder only
+//! carries it in and out.
+
+pub mod server;
+pub mod transport;
+pub mod wire;
+
+pub use server::{bind, serve, NodeHandle, ServeError};
