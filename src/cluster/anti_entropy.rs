@@ -73,6 +73,74 @@ pub fn differing(ours: &[u64], theirs: &[u64]) -> Vec<u16> {
     (0..SEGMENTS).filter(|&s| ours[s] != theirs[s]).map(|s| s as u16).collect()
 }
 
+/// One anti-entropy comparison: a partition of a bucket, with one other primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// The bucket.
+    pub bucket: String,
+    /// The partition.
+    pub partition: u16,
+    /// The primary to compare with.
+    pub peer: String,
+}
+
+/// What [`plan_exchanges`] chooses from.
+#[derive(Clone, Copy, Debug)]
+pub struct ExchangeInput<'a> {
+    /// The ring.
+    pub ring: &'a crate::ring::Ownership,
+    /// Every bucket with its N.
+    pub buckets: &'a [(String, usize)],
+    /// This node.
+    pub me: &'a str,
+    /// How many members a preference list may name.
+    pub limit: usize,
+    /// The round number (rotates the peer among a partition's primaries).
+    pub round: u64,
+}
+
+/// Choose this round's comparisons. Pure.
+///
+/// Walks the (bucket, partition) pairs from `cursor`, round-robin over rounds, and takes at
+/// most `per_round` pairs this node is a primary of that have another primary up; the peer
+/// rotates with the round. Returns the comparisons and the cursor for the next round.
+pub fn plan_exchanges(
+    input: &ExchangeInput<'_>,
+    cursor: usize,
+    per_round: usize,
+    health: impl Fn(&str) -> Health,
+) -> (Vec<Exchange>, usize) {
+    let partitions = input.ring.partitions() as usize;
+    let pairs = input.buckets.len() * partitions;
+    let mut chosen = Vec::new();
+    let mut cursor = cursor;
+    if pairs == 0 {
+        return (chosen, cursor);
+    }
+    for _ in 0..pairs {
+        if chosen.len() >= per_round {
+            break;
+        }
+        let at = cursor % pairs;
+        cursor = at + 1;
+        let (bucket, n) = &input.buckets[at / partitions];
+        let partition = (at % partitions) as u16;
+        let primaries: Vec<&str> =
+            input.ring.preference_list(partition, input.limit).into_iter().take(*n).collect();
+        if !primaries.contains(&input.me) {
+            continue;
+        }
+        let peers: Vec<&str> =
+            primaries.into_iter().filter(|p| *p != input.me && health(p) == Health::Up).collect();
+        if peers.is_empty() {
+            continue;
+        }
+        let peer = peers[(input.round as usize) % peers.len()].to_string();
+        chosen.push(Exchange { bucket: bucket.clone(), partition, peer });
+    }
+    (chosen, cursor)
+}
+
 impl Cluster {
     /// The anti-entropy leaves of one partition of a bucket on this node.
     pub fn tree_leaves(&self, bucket: &str, partition: u16) -> Result<Leaves, Error> {
@@ -97,36 +165,17 @@ impl Cluster {
         let ring = self.ring();
         let buckets: Vec<(String, usize)> =
             self.store.buckets().map(|b| (b.name.clone(), b.config.n as usize)).collect();
-        let pairs = buckets.len() * ring.partitions() as usize;
-        if pairs == 0 {
-            return;
-        }
         let me = self.me();
         let limit = self.membership.borrow().member_count();
-        let mut compared = 0;
-        for _ in 0..pairs {
-            if compared >= self.anti_entropy_per_round {
-                break;
-            }
-            let at = self.anti_entropy_cursor.get() % pairs;
-            self.anti_entropy_cursor.set(at + 1);
-            let (bucket, n) = &buckets[at / ring.partitions() as usize];
-            let partition = (at % ring.partitions() as usize) as u16;
-            let primaries: Vec<&str> =
-                ring.preference_list(partition, limit).into_iter().take(*n).collect();
-            if !primaries.contains(&me.as_str()) {
-                continue;
-            }
-            let peers: Vec<&str> = primaries
-                .into_iter()
-                .filter(|p| *p != me && self.health(p) == Health::Up)
-                .collect();
-            if peers.is_empty() {
-                continue;
-            }
-            let peer = peers[(round as usize) % peers.len()].to_string();
-            compared += 1;
-            if let Err(e) = self.exchange_partition(&peer, bucket, partition).await {
+        let (exchanges, cursor) = plan_exchanges(
+            &ExchangeInput { ring: &ring, buckets: &buckets, me: &me, limit, round },
+            self.anti_entropy_cursor.get(),
+            self.anti_entropy_per_round,
+            |id| self.health(id),
+        );
+        self.anti_entropy_cursor.set(cursor);
+        for Exchange { bucket, partition, peer } in exchanges {
+            if let Err(e) = self.exchange_partition(&peer, &bucket, partition).await {
                 tracing::debug!(%peer, %bucket, partition, error = %e, "anti-entropy exchange failed");
             }
         }
@@ -186,5 +235,28 @@ mod tests {
     #[test]
     fn wrong_length_differs_everywhere() {
         assert_eq!(differing(&[0; SEGMENTS], &[0; 3]).len(), SEGMENTS);
+    }
+
+    /// A round compares at most `per_round` partitions this node is a primary of, each with
+    /// another primary that is up, and goes on from where the last round stopped.
+    #[test]
+    fn exchanges_walk_the_partitions_this_node_replicates() {
+        let ring = crate::ring::Ownership {
+            epoch: 1,
+            owners: ["a", "b", "c", "d"].iter().map(|o| o.to_string()).collect(),
+        };
+        let buckets = [("k".to_string(), 2)];
+        let input = ExchangeInput { ring: &ring, buckets: &buckets, me: "b", limit: 4, round: 0 };
+        let up = |_: &str| Health::Up;
+        // b is a primary of partition 0 (a, b) and 1 (b, c).
+        let (first, cursor) = plan_exchanges(&input, 0, 1, up);
+        assert_eq!(first, vec![Exchange { bucket: "k".into(), partition: 0, peer: "a".into() }]);
+        let (second, cursor) = plan_exchanges(&input, cursor, 1, up);
+        assert_eq!(second, vec![Exchange { bucket: "k".into(), partition: 1, peer: "c".into() }]);
+        let (third, _) = plan_exchanges(&input, cursor, 1, up);
+        assert_eq!(third[0].partition, 0, "wraps around");
+        let c_down = |id: &str| if id == "c" { Health::Down } else { Health::Up };
+        let (only_a, _) = plan_exchanges(&input, 0, 4, c_down);
+        assert_eq!(only_a.len(), 1, "{only_a:?}");
     }
 }

@@ -32,6 +32,55 @@ pub(super) struct Handoff {
     pending: std::collections::VecDeque<(String, u16)>,
 }
 
+/// What this node does with one partition's data after a ring change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionPlan {
+    /// Whether this node stays a primary of the partition (keeps its copy).
+    pub keep: bool,
+    /// The nodes to send the partition's data to.
+    pub targets: Vec<String>,
+}
+
+/// Plan one partition after a ring change. Pure.
+///
+/// A partition `me` no longer is a primary of goes to all its new primaries (and the copy is
+/// dropped once they have it); one it still is a primary of goes to the primaries that were
+/// not primaries in `previous` (nothing, when this node did not see the ring before). `None`
+/// when there is nothing to send. `limit` is how many members the preference list may name.
+pub fn plan_partition(
+    ring: &Ownership,
+    previous: Option<&Ownership>,
+    me: &str,
+    partition: u16,
+    n: usize,
+    limit: usize,
+) -> Option<PartitionPlan> {
+    let primaries = |ring: &Ownership| -> Vec<String> {
+        ring.preference_list(partition, limit).into_iter().take(n).map(str::to_string).collect()
+    };
+    let now = primaries(ring);
+    let keep = now.iter().any(|p| p == me);
+    let targets: Vec<String> = if keep {
+        let before = primaries(previous?);
+        now.into_iter().filter(|p| p != me && !before.contains(p)).collect()
+    } else {
+        now
+    };
+    (!targets.is_empty()).then_some(PartitionPlan { keep, targets })
+}
+
+/// The owners whose hints to deliver this round: those held for, that this node sees up.
+/// Pure.
+pub fn owners_to_deliver(
+    held: &std::collections::BTreeMap<String, u64>,
+    health: impl Fn(&str) -> Health,
+) -> Vec<String> {
+    held.iter()
+        .filter(|(owner, count)| **count > 0 && health(owner) == Health::Up)
+        .map(|(o, _)| o.clone())
+        .collect()
+}
+
 impl Cluster {
     /// Walk pending (bucket, partition) pairs after a ring change; see the module docs.
     pub(super) async fn handoff_round(&self) {
@@ -56,25 +105,11 @@ impl Cluster {
             };
             let Ok(n) = self.store.bucket(&bucket).map(|b| b.config.n as usize) else { continue };
             let limit = self.membership.borrow().member_count();
-            let primaries: Vec<String> = ring
-                .preference_list(partition, limit)
-                .into_iter()
-                .take(n)
-                .map(str::to_string)
-                .collect();
-            let keep = primaries.contains(&me);
-            let targets: Vec<String> = if keep {
-                let previous = self.handoff.borrow().previous.clone();
-                let Some(previous) = previous else { continue };
-                let before: Vec<String> = previous
-                    .preference_list(partition, limit)
-                    .into_iter()
-                    .take(n)
-                    .map(str::to_string)
-                    .collect();
-                primaries.iter().filter(|p| **p != me && !before.contains(p)).cloned().collect()
-            } else {
-                primaries
+            let previous = self.handoff.borrow().previous.clone();
+            let Some(PartitionPlan { keep, targets }) =
+                plan_partition(&ring, previous.as_ref(), &me, partition, n, limit)
+            else {
+                continue;
             };
             if targets.is_empty() {
                 continue;
@@ -125,11 +160,8 @@ impl Cluster {
     }
 
     pub(super) async fn deliver_hints(&self) {
-        let owners: Vec<String> = self.hints.counts().into_keys().collect();
-        for owner in owners {
-            if self.health(&owner) != Health::Up {
-                continue;
-            }
+        let held = self.hints.counts();
+        for owner in owners_to_deliver(&held, |id| self.health(id)) {
             let hints = match self.hints.pending(&owner, self.hint_replay_per_round) {
                 Ok(hints) => hints,
                 Err(e) => {
@@ -159,5 +191,43 @@ impl Cluster {
                 tracing::info!(owner = %owner, delivered, "hints delivered");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(owners: &[&str]) -> Ownership {
+        Ownership { epoch: 1, owners: owners.iter().map(|o| o.to_string()).collect() }
+    }
+
+    /// A node that lost a partition sends it to every new primary; one that keeps it sends
+    /// it only to primaries that are new; a node that saw no earlier ring sends nothing of
+    /// what it keeps.
+    #[test]
+    fn a_partition_goes_to_its_new_primaries() {
+        let before = ring(&["a", "b", "c", "a", "b", "c", "a", "b"]);
+        let after = ring(&["d", "b", "c", "a", "b", "c", "a", "b"]);
+        // Partition 0: primaries were a, b, c; now d, b, c.
+        let lost = plan_partition(&after, Some(&before), "a", 0, 3, 4).unwrap();
+        assert_eq!(
+            lost,
+            PartitionPlan { keep: false, targets: vec!["d".into(), "b".into(), "c".into()] }
+        );
+        let kept = plan_partition(&after, Some(&before), "b", 0, 3, 4).unwrap();
+        assert_eq!(kept, PartitionPlan { keep: true, targets: vec!["d".into()] });
+        assert_eq!(plan_partition(&after, None, "b", 0, 3, 4), None);
+        // Partition 1 did not change for b: nothing to send.
+        assert_eq!(plan_partition(&after, Some(&before), "b", 1, 3, 4), None);
+    }
+
+    /// Hints go only to owners seen up, and only where some are held.
+    #[test]
+    fn hints_go_to_owners_that_are_up() {
+        let held: std::collections::BTreeMap<String, u64> =
+            [("a".to_string(), 3), ("b".to_string(), 1), ("c".to_string(), 0)].into();
+        let health = |id: &str| if id == "b" { Health::Down } else { Health::Up };
+        assert_eq!(owners_to_deliver(&held, health), vec!["a".to_string()]);
     }
 }
