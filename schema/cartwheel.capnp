@@ -220,14 +220,17 @@ interface Peer {
       -> (result :ReplicaResult);
   # Read the replica's state for the key, as stored (merged with any hint it holds for it).
   fetch @1 (bucket :Text, key :Data) -> (result :FetchResult);
-  # Exchange views: the receiver merges the sender's view and answers with its own.
-  gossip @2 (view :View) -> (view :View);
+  # Exchange views: the receiver merges the sender's view and answers with its own. A refused
+  # call (malformed, over the connection's in-flight bound) answers `error` and no view.
+  gossip @2 (view :View) -> (view :View, error :Error);
   # Anti-entropy: the receiver's hash tree leaves for one partition of a bucket, one 64-bit
   # hash per key segment (see src/cluster/anti_entropy.rs for how they are computed).
-  treeLeaves @3 (bucket :Text, partition :UInt16) -> (leaves :List(UInt64));
+  # On a refusal (unknown bucket, over the in-flight bound) `error` is set and nothing else.
+  treeLeaves @3 (bucket :Text, partition :UInt16) -> (leaves :List(UInt64), error :Error);
   # Anti-entropy: the receiver's (key, state) pairs in the given segments of a partition.
+  # On a refusal `error` is set and nothing else.
   segmentEntries @4 (bucket :Text, partition :UInt16, segments :List(UInt16))
-      -> (entries :List(Entry));
+      -> (entries :List(Entry), error :Error);
 }
 
 struct Entry {

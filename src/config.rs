@@ -275,7 +275,6 @@ pub fn embedded_buckets() -> BTreeMap<String, BucketConfig> {
     ];
     wanted
         .into_iter()
-        .filter(|(_, kind)| cartwheel_resolvers::build(*kind, ResolverConfig::default()).is_some())
         .map(|(name, kind)| (name.to_string(), BucketConfig::new(EngineKind::Log, kind)))
         .collect()
 }
@@ -530,12 +529,6 @@ impl RawBucket {
                 let names: Vec<_> = FlusherBackend::ALL.iter().map(|b| b.name()).collect();
                 refuse.at(key("flusher"), format!("unknown flusher {name:?}; one of {names:?}"))
             })?;
-        }
-        if cartwheel_resolvers::build(resolver, bucket.resolver_config).is_none() {
-            return Err(refuse.at(
-                key("resolver"),
-                format!("the {resolver} resolver is not part of this build"),
-            ));
         }
         Ok(bucket)
     }

@@ -245,14 +245,9 @@ fn sweep_reports_steps() {
 }
 
 /// The cart workload adds, changes, removes and shows items on a `cart` bucket without
-/// errors (skipped where this build has no cart resolver).
+/// errors.
 #[test]
 fn cart_workload_runs() {
-    let cart = cartwheel_resolvers::ResolverKind::Cart;
-    if cartwheel_resolvers::build(cart, Default::default()).is_none() {
-        eprintln!("no cart resolver in this build: skipped");
-        return;
-    }
     let out = tempfile::tempdir().unwrap();
     let args = bench_args(&[
         "--nodes",

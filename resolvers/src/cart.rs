@@ -150,13 +150,6 @@ fn add<'a>(
     map.write(item, actor, |old| Quantity(old.map_or(0, |o| o.0).saturating_add(q)))
 }
 
-impl Cart {
-    /// The number of items in `state` (for stats and limits).
-    pub fn item_count(&self, state: &[u8]) -> Result<usize, ResolveError> {
-        Ok(items(&decode(state)?).len())
-    }
-}
-
 impl Resolver for Cart {
     fn kind(&self) -> ResolverKind {
         ResolverKind::Cart

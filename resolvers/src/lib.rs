@@ -272,18 +272,15 @@ impl Default for ResolverConfig {
     }
 }
 
-/// The resolver named `kind`, or `None` where this build does not have it yet.
-///
-/// Every resolver is built: the `Option` stays so that the contract others code against does
-/// not change when a resolver is added or withdrawn.
-pub fn build(kind: ResolverKind, config: ResolverConfig) -> Option<Arc<dyn Resolver>> {
-    Some(match kind {
+/// The resolver named `kind`, with `config`.
+pub fn build(kind: ResolverKind, config: ResolverConfig) -> Arc<dyn Resolver> {
+    match kind {
         ResolverKind::Siblings => Arc::new(siblings::Siblings::new(config)),
         ResolverKind::Lww => Arc::new(lww::Lww),
         ResolverKind::Orset => Arc::new(orset::OrSet),
         ResolverKind::Pncounter => Arc::new(pncounter::PnCounter),
         ResolverKind::Cart => Arc::new(cart::Cart),
-    })
+    }
 }
 
 /// Everything a resolver can refuse, grouped by what the caller does next.

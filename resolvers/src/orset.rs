@@ -77,13 +77,6 @@ fn members<'a>(map: &DotMap<'a, ()>) -> Vec<&'a [u8]> {
     out
 }
 
-impl OrSet {
-    /// The number of members of `state` (for stats and limits).
-    pub fn member_count(&self, state: &[u8]) -> Result<usize, ResolveError> {
-        Ok(members(&decode(state)?).len())
-    }
-}
-
 impl Resolver for OrSet {
     fn kind(&self) -> ResolverKind {
         ResolverKind::Orset

@@ -199,7 +199,11 @@ impl Cluster {
             let mut request = connection.peer.gossip_request();
             wire::set_view(request.get().init_view(), view);
             let response = request.send().promise.await?;
-            wire::get_view(response.get()?.get_view()?)
+            let response = response.get()?;
+            if response.has_error() {
+                return Err(wire::get_error(response.get_error()?));
+            }
+            wire::get_view(response.get_view()?)
         };
         // A seed not known by id yet still gets a deadline; only members feed the detector.
         let id = id.map_or_else(|| address.to_string(), str::to_string);
@@ -219,7 +223,11 @@ impl Cluster {
             request.get().set_bucket(bucket);
             request.get().set_partition(partition);
             let response = request.send().promise.await?;
-            Ok(response.get()?.get_leaves()?.iter().collect())
+            let response = response.get()?;
+            if response.has_error() {
+                return Err(wire::get_error(response.get_error()?));
+            }
+            Ok(response.get_leaves()?.iter().collect())
         })
         .await
     }
@@ -242,8 +250,12 @@ impl Cluster {
                 list.set(i as u32, *segment);
             }
             let response = request.send().promise.await?;
+            let response = response.get()?;
+            if response.has_error() {
+                return Err(wire::get_error(response.get_error()?));
+            }
             let mut entries = HashMap::new();
-            for entry in response.get()?.get_entries()?.iter() {
+            for entry in response.get_entries()?.iter() {
                 entries.insert(entry.get_key()?.to_vec(), entry.get_state()?.to_vec());
             }
             Ok(entries)

@@ -20,7 +20,9 @@
 //! ## Requests
 //! This module is the Cap'n Proto glue: it admits a request, decodes it, hands it to
 //! [`crate::cluster::Cluster`] (which coordinates it over the replicas) and encodes the
-//! answer. The node-to-node `Peer` interface is served here too: replicate, fetch, gossip.
+//! answer. The node-to-node `Peer` interface is served here too: replicate, fetch, gossip,
+//! tree leaves and segment entries, each under the connection's in-flight bound and each
+//! answering a refusal with a typed error.
 //!
 //! Every TCP connection has `TCP_NODELAY` set: requests are small and latency-bound.
 
@@ -506,18 +508,20 @@ impl peer::Server for PeerApi {
         params: peer::TreeLeavesParams,
         mut results: peer::TreeLeavesResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let bucket =
-            text(p.get_bucket(), "bucket").map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let leaves = self
-            .api
-            .shared
-            .cluster
-            .tree_leaves(&bucket, p.get_partition())
-            .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let mut list = results.get().init_leaves(leaves.len() as u32);
-        for (i, leaf) in leaves.iter().enumerate() {
-            list.set(i as u32, *leaf);
+        let outcome = (|| {
+            let _admitted = self.api.admit()?;
+            let p = params.get().map_err(wire::bad)?;
+            let bucket = text(p.get_bucket(), "bucket")?;
+            self.api.shared.cluster.tree_leaves(&bucket, p.get_partition())
+        })();
+        match outcome {
+            Ok(leaves) => {
+                let mut list = results.get().init_leaves(leaves.len() as u32);
+                for (i, leaf) in leaves.iter().enumerate() {
+                    list.set(i as u32, *leaf);
+                }
+            }
+            Err(e) => wire::set_error(results.get().init_error(), &e),
         }
         Ok(())
     }
@@ -527,21 +531,23 @@ impl peer::Server for PeerApi {
         params: peer::SegmentEntriesParams,
         mut results: peer::SegmentEntriesResults,
     ) -> Result<(), capnp::Error> {
-        let p = params.get()?;
-        let bucket =
-            text(p.get_bucket(), "bucket").map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let segments: Vec<u16> = p.get_segments()?.iter().collect();
-        let entries = self
-            .api
-            .shared
-            .cluster
-            .segment_entries(&bucket, p.get_partition(), &segments)
-            .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let mut list = results.get().init_entries(entries.len() as u32);
-        for (i, (key, state)) in entries.iter().enumerate() {
-            let mut entry = list.reborrow().get(i as u32);
-            entry.set_key(key);
-            entry.set_state(state);
+        let outcome = (|| {
+            let _admitted = self.api.admit()?;
+            let p = params.get().map_err(wire::bad)?;
+            let bucket = text(p.get_bucket(), "bucket")?;
+            let segments: Vec<u16> = p.get_segments().map_err(wire::bad)?.iter().collect();
+            self.api.shared.cluster.segment_entries(&bucket, p.get_partition(), &segments)
+        })();
+        match outcome {
+            Ok(entries) => {
+                let mut list = results.get().init_entries(entries.len() as u32);
+                for (i, (key, state)) in entries.iter().enumerate() {
+                    let mut entry = list.reborrow().get(i as u32);
+                    entry.set_key(key);
+                    entry.set_state(state);
+                }
+            }
+            Err(e) => wire::set_error(results.get().init_error(), &e),
         }
         Ok(())
     }
@@ -551,10 +557,16 @@ impl peer::Server for PeerApi {
         params: peer::GossipParams,
         mut results: peer::GossipResults,
     ) -> Result<(), capnp::Error> {
-        let theirs = wire::get_view(params.get()?.get_view()?)
-            .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let ours = self.api.shared.cluster.receive_gossip(theirs);
-        wire::set_view(results.get().init_view(), &ours);
+        let outcome = (|| {
+            let _admitted = self.api.admit()?;
+            let theirs =
+                wire::get_view(params.get().map_err(wire::bad)?.get_view().map_err(wire::bad)?)?;
+            Ok::<_, Error>(self.api.shared.cluster.receive_gossip(theirs))
+        })();
+        match outcome {
+            Ok(ours) => wire::set_view(results.get().init_view(), &ours),
+            Err(e) => wire::set_error(results.get().init_error(), &e),
+        }
         Ok(())
     }
 }

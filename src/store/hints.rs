@@ -112,6 +112,15 @@ impl Hints {
         bytes_max: u64,
     ) -> Result<Self, cartwheel_engines::EngineError> {
         let engine = cartwheel_engines::open(EngineKind::Log, dir, &EngineOptions::default())?;
+        Self::with_engine(engine, count_max, bytes_max)
+    }
+
+    /// The hint store kept in `engine` (the seeded simulation's disk).
+    pub fn with_engine(
+        engine: Arc<dyn StorageEngine>,
+        count_max: u64,
+        bytes_max: u64,
+    ) -> Result<Self, cartwheel_engines::EngineError> {
         let mut counts = BTreeMap::new();
         engine.scan_prefix(&[], &mut |stored, _| {
             if let Some((owner, _, _)) = parse_hint_key(stored) {

@@ -29,7 +29,6 @@ pub mod hints;
 pub mod sync_group;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use cartwheel_engines::{EngineError, StorageEngine};
@@ -91,17 +90,33 @@ impl Store {
 
     /// [`Store::open`] with the given actors (a seeded simulation, a test).
     pub fn open_with(config: &Config, actors: Actors) -> Result<Self, OpenError> {
+        let open = |name: &str, bucket: &BucketConfig| {
+            let dir = config.node.data_dir.join("buckets").join(name);
+            cartwheel_engines::open(bucket.engine, &dir, &bucket.engine_options).map_err(|source| {
+                OpenError { bucket: name.to_string(), dir: dir.display().to_string(), source }
+            })
+        };
+        Self::with_engines(config, actors, HybridClock::new(), open)
+    }
+
+    /// A store whose engines `open` gives, bucket by bucket, and whose clock is `clock` (the
+    /// seeded simulation's disks and time).
+    pub fn with_engines(
+        config: &Config,
+        actors: Actors,
+        clock: HybridClock,
+        mut open: impl FnMut(&str, &BucketConfig) -> Result<Arc<dyn StorageEngine>, OpenError>,
+    ) -> Result<Self, OpenError> {
         let mut buckets = BTreeMap::new();
         for (name, bucket_config) in &config.buckets {
-            let dir = config.node.data_dir.join("buckets").join(name);
-            let bucket = open_bucket(name, bucket_config, &dir)?;
-            buckets.insert(name.clone(), bucket);
+            let engine = open(name, bucket_config)?;
+            buckets.insert(name.clone(), bucket(name, bucket_config, engine));
         }
         Ok(Self {
             node_id: config.node.id.clone(),
             partitions: config.partitions,
             limits: config.limits.clone(),
-            clock: HybridClock::new(),
+            clock,
             actors,
             buckets,
         })
@@ -169,15 +184,6 @@ impl Store {
         let bucket = self.bucket(bucket)?;
         self.check_key(key)?;
         Ok(bucket.engine.get(&self.storage_key(&bucket.name, key))?)
-    }
-
-    /// Read a key as a client sees it; `None` when it has no state at all.
-    pub fn read(&self, bucket_name: &str, key: &[u8]) -> Result<Option<Read>, Error> {
-        let bucket = self.bucket(bucket_name)?;
-        match self.fetch(bucket_name, key)? {
-            Some(state) => Ok(Some(bucket.resolver.read(&state)?)),
-            None => Ok(None),
-        }
     }
 
     /// Apply a client write at this node as one of the key's primaries, to its state in the
@@ -334,19 +340,12 @@ fn check_write_sizes(store: &Store, write: &Write) -> Result<(), Error> {
     }
 }
 
-fn open_bucket(name: &str, config: &BucketConfig, dir: &Path) -> Result<Bucket, OpenError> {
-    let failed =
-        |source| OpenError { bucket: name.to_string(), dir: dir.display().to_string(), source };
-    let engine =
-        cartwheel_engines::open(config.engine, dir, &config.engine_options).map_err(failed)?;
-    // Config validation refused resolvers this build lacks, so this cannot fail here.
-    let resolver = cartwheel_resolvers::build(config.resolver, config.resolver_config)
-        .expect("config validation admits only resolvers of this build");
-    Ok(Bucket {
+fn bucket(name: &str, config: &BucketConfig, engine: Arc<dyn StorageEngine>) -> Bucket {
+    Bucket {
         name: name.to_string(),
         config: config.clone(),
         engine,
-        resolver,
+        resolver: cartwheel_resolvers::build(config.resolver, config.resolver_config),
         sibling_warnings: std::sync::atomic::AtomicU64::new(0),
-    })
+    }
 }
