@@ -1,0 +1,175 @@
+//! # Segment files
+//!
+//! One segment file: its name in the directory, its creation (header written, preallocated
+//! to its capacity under a temporary name, fsynced, renamed into place, directory fsynced),
+//! the cut of a recovered segment at the end of its valid records, its deletion, and the scan
+//! of its records up to its seal or first bad record. Every segment is mapped read-only once
+//! (`sys::Map`); bytes below its *readable* mark are written and never change again.
+//!
+//! A segment does not know about appends or syncs: the pending buffer, rolls and the flusher
+//! are in `active.rs` and `flusher.rs`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::format::{
+    decode_record, encode_segment_header, Record, RecordKind, SEAL_RECORD_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
+use super::{sync_dir, sys, EngineError, Location, MemLogOptions};
+
+pub(super) const SEGMENT_SUFFIX: &str = ".log";
+pub(super) const TEMP_SUFFIX: &str = ".tmp";
+
+/// One segment file and its read-only mapping.
+#[derive(Debug)]
+pub(super) struct Segment {
+    pub(super) id: u32,
+    pub(super) path: PathBuf,
+    pub(super) file: File,
+    pub(super) map: sys::Map,
+    /// Bytes `[0, readable)` of the file are written and never change while mapped.
+    pub(super) readable: AtomicU64,
+}
+
+impl Segment {
+    /// The bytes from `offset` to the readable mark, if `offset` is below it.
+    pub(super) fn readable_from(&self, offset: u32) -> Option<&[u8]> {
+        let readable = self.readable.load(Ordering::Acquire);
+        self.map.bytes(offset as u64, readable)
+    }
+}
+
+pub(super) fn segment_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:010}{SEGMENT_SUFFIX}"))
+}
+
+/// Segment ids found in `dir`, sorted; leftover temporary segment files are removed.
+pub(super) fn list_segments(dir: &Path) -> Result<Vec<u32>, EngineError> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(EngineError::io("list data directory"))? {
+        let entry = entry.map_err(EngineError::io("list data directory"))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(TEMP_SUFFIX) && name.contains(SEGMENT_SUFFIX) {
+            // A segment whose creation did not finish: never renamed, so never used.
+            fs::remove_file(entry.path()).map_err(EngineError::io("remove temporary file"))?;
+        } else if let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) {
+            if let Ok(id) = stem.parse::<u32>() {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Create a new segment file: header written and the file preallocated to `capacity` under a
+/// temporary name, fsynced, renamed into place, directory fsynced.
+pub(super) fn create_segment(dir: &Path, id: u32, capacity: u64) -> Result<Segment, EngineError> {
+    let path = segment_path(dir, id);
+    let temp = dir.join(format!("{id:010}{SEGMENT_SUFFIX}{TEMP_SUFFIX}"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)
+        .map_err(EngineError::io("create segment"))?;
+    file.write_all_at(&encode_segment_header(id), 0).map_err(EngineError::io("write segment"))?;
+    sys::preallocate(&file, capacity).map_err(EngineError::io("preallocate segment"))?;
+    file.sync_all().map_err(EngineError::io("fsync segment"))?;
+    fs::rename(&temp, &path).map_err(EngineError::io("rename segment"))?;
+    sync_dir(dir)?;
+    let map = sys::Map::new(&file, capacity).map_err(EngineError::io("map segment"))?;
+    Ok(Segment { id, path, file, map, readable: AtomicU64::new(SEGMENT_HEADER_BYTES as u64) })
+}
+
+/// Whether the file starts with a valid header for segment `id`.
+pub(super) fn header_is_valid(file: &File, id: u32) -> Result<bool, EngineError> {
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    let mut reader = file;
+    match reader.read_exact(&mut header) {
+        Ok(()) => Ok(header == encode_segment_header(id)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(EngineError::io("read segment header")(e)),
+    }
+}
+
+/// How a scan of a segment ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// The segment ends with its seal record.
+    Sealed,
+    /// The scan met an invalid record (or the end of the bytes) at this offset before a seal.
+    EndsAt(u64),
+    /// The visitor stopped the scan.
+    Stopped,
+}
+
+/// Visit the valid records of a segment's bytes in order, up to its seal or first invalid
+/// record.
+pub(super) fn scan_bytes(
+    segment: &Segment,
+    visit: &mut dyn FnMut(Location, Record<'_>) -> ControlFlow<()>,
+) -> ScanEnd {
+    let mut offset = SEGMENT_HEADER_BYTES as u64;
+    loop {
+        let Some(bytes) = segment.readable_from(offset as u32) else {
+            return ScanEnd::EndsAt(offset);
+        };
+        let Some((record, len)) = decode_record(bytes) else {
+            return ScanEnd::EndsAt(offset);
+        };
+        if record.kind == RecordKind::Seal {
+            return ScanEnd::Sealed;
+        }
+        let at = Location { segment: segment.id, offset: offset as u32 };
+        if visit(at, record).is_break() {
+            return ScanEnd::Stopped;
+        }
+        offset += len as u64;
+    }
+}
+
+pub(super) fn remove_segment_files(dir: &Path, ids: &[u32]) -> Result<(), EngineError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for &id in ids {
+        match fs::remove_file(segment_path(dir, id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(EngineError::io("remove segment")(e)),
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Make a recovered segment the active one: cut it at `end` (everything after is a torn or
+/// corrupt tail), preallocate it again and map it.
+pub(super) fn resume_segment(
+    dir: &Path,
+    segment: Segment,
+    end: u64,
+    options: &MemLogOptions,
+) -> Result<(Segment, u64), EngineError> {
+    let Segment { id, path, file, map, .. } = segment;
+    let old_len = map.len();
+    // The mapping is dropped before the file is cut: a truncated file is never mapped.
+    drop(map);
+    let capacity = options.segment_bytes_max.max(old_len).max(end + SEAL_RECORD_BYTES as u64);
+    if end < old_len {
+        file.set_len(end).map_err(EngineError::io("truncate segment"))?;
+    }
+    // Preallocation zero-fills everything past `end`, so no stale record can follow it.
+    sys::preallocate(&file, capacity).map_err(EngineError::io("preallocate segment"))?;
+    file.sync_all().map_err(EngineError::io("fsync segment"))?;
+    sync_dir(dir)?;
+    let map = sys::Map::new(&file, capacity).map_err(EngineError::io("map segment"))?;
+    Ok((Segment { id, path, file, map, readable: AtomicU64::new(end) }, capacity))
+}

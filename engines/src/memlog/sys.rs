@@ -1,0 +1,244 @@
+//! # The crate's `unsafe` code
+//!
+//! The only `unsafe` code in the crate: the directory lock, preallocation, the read-only
+//! mappings of segment files and the flusher's io_uring ([`Uring`] has its own argument). Each
+//! function here makes one system call or one view of a mapping and decides nothing; the
+//! callers in the memory log keep the promises the argument below relies on, and no other
+//! module of the crate may hold `unsafe` code.
+//!
+//! # Soundness of the mappings
+//! A [`Map`] hands out `&[u8]` views of a file mapping. Such a slice must not change while it
+//! is borrowed and must not point past the end of the file (a read there is a `SIGBUS`). The
+//! memory log keeps both promises:
+//!
+//! - **Only written, immutable bytes are viewed.** [`Map::bytes`] only returns bytes below a
+//!   `readable` mark that the caller passes in. The mark only grows, and only after the bytes
+//!   below it were written with `pwrite`; the log never writes below the mark again (records
+//!   are appended, never rewritten). Views are made from the raw pointer for exactly the
+//!   requested range, never for the whole mapping, so no reference covers bytes still being
+//!   written.
+//! - **The file is never shorter than its mapping.** An active segment is preallocated to its
+//!   full capacity (`posix_fallocate`) before it is mapped with that length; a recovered
+//!   segment is mapped with its current length. Files are truncated only during recovery, and
+//!   only after their mapping was dropped. Deleting a file (merge, snapshot) unlinks it; the
+//!   inode and the pages stay until the last mapping goes away. Preallocation also means the
+//!   blocks exist, so running out of disk space shows up as a `write` error, never as a fault
+//!   on a mapped page.
+//! - **No other writer.** The data directory is locked with `flock` for the life of the log,
+//!   so another cartwheel process cannot open and change the files. A process that ignores
+//!   the lock (or a failing disk) can still break these promises; that is outside what any
+//!   mmap-based store can defend against.
+
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Try to take an exclusive `flock` on `file` without blocking. `Ok(false)` when another
+/// open file description holds it.
+pub(super) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    loop {
+        // SAFETY: `flock` takes a file descriptor and flags; the descriptor is open for
+        // the duration of the call because `file` is borrowed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Allocate disk blocks for `[0, len)` of `file`, extending it to `len` if shorter; new
+/// bytes read as zero.
+pub(super) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
+    loop {
+        // SAFETY: `posix_fallocate` takes a descriptor (open while `file` is borrowed) and
+        // two integers; it touches no memory of ours.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+        match rc {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            // File systems without fallocate: extend the file instead (sparse).
+            libc::EOPNOTSUPP => {
+                if file.metadata()?.len() < len as u64 {
+                    file.set_len(len as u64)?;
+                }
+                return Ok(());
+            }
+            code => return Err(io::Error::from_raw_os_error(code)),
+        }
+    }
+}
+
+/// An io_uring owned by one flusher thread. Each call submits one operation and waits
+/// for its completion before it returns, so at most one operation is ever in flight.
+///
+/// Soundness: a write hands the kernel a pointer into a buffer. The buffer is moved
+/// into the call and handed back only once the write's completion has been reaped, so
+/// nothing else can touch or free it while the kernel may read it. If waiting fails in a
+/// way that leaves the write's fate unknown, the buffer is leaked (never freed) and the
+/// ring is marked broken: every later call fails without submitting anything.
+pub(super) struct Uring {
+    ring: io_uring::IoUring,
+    broken: bool,
+}
+
+impl std::fmt::Debug for Uring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uring").field("broken", &self.broken).finish_non_exhaustive()
+    }
+}
+
+impl Uring {
+    /// A ring of a few entries; fails where the kernel refuses io_uring.
+    pub(super) fn new() -> io::Result<Uring> {
+        Ok(Uring { ring: io_uring::IoUring::new(4)?, broken: false })
+    }
+
+    /// Write all of `buffer` at `offset` of `file`; hands the buffer back (emptied on
+    /// success) so its allocation is reused.
+    pub(super) fn write_all_at(
+        &mut self,
+        file: &File,
+        mut buffer: Vec<u8>,
+        offset: u64,
+    ) -> (io::Result<()>, Vec<u8>) {
+        let mut done = 0usize;
+        while done < buffer.len() {
+            let len = u32::try_from(buffer.len() - done).unwrap_or(1 << 30);
+            let entry = io_uring::opcode::Write::new(
+                io_uring::types::Fd(file.as_raw_fd()),
+                // In bounds: `done < buffer.len()`.
+                buffer[done..].as_ptr(),
+                len,
+            )
+            .offset(offset + done as u64)
+            .build();
+            // SAFETY: the entry points into `buffer`, which this function owns and
+            // neither moves nor frees until `run` returns with the completion reaped
+            // (`Ok`/`Err(Completed)`); on `Err(Unknown)` the buffer is leaked below.
+            match unsafe { self.run(&entry) } {
+                Ok(0) => {
+                    return (Err(io::ErrorKind::WriteZero.into()), buffer);
+                }
+                Ok(n) => done += n,
+                Err(Failure::Completed(e)) => return (Err(e), buffer),
+                Err(Failure::Unknown(e)) => {
+                    std::mem::forget(buffer);
+                    return (Err(e), Vec::new());
+                }
+            }
+        }
+        buffer.clear();
+        (Ok(()), buffer)
+    }
+
+    /// `fdatasync` of `file`.
+    pub(super) fn sync_data(&mut self, file: &File) -> io::Result<()> {
+        let entry = io_uring::opcode::Fsync::new(io_uring::types::Fd(file.as_raw_fd()))
+            .flags(io_uring::types::FsyncFlags::DATASYNC)
+            .build();
+        // SAFETY: an fsync entry points to no memory of ours.
+        match unsafe { self.run(&entry) } {
+            Ok(_) => Ok(()),
+            Err(Failure::Completed(e) | Failure::Unknown(e)) => Err(e),
+        }
+    }
+
+    /// Submit `entry` and wait for its completion; its result on success.
+    ///
+    /// # Safety
+    /// Memory the entry points to must stay valid and untouched until this returns `Ok`
+    /// or `Err(Failure::Completed)`, and forever after `Err(Failure::Unknown)`.
+    unsafe fn run(&mut self, entry: &io_uring::squeue::Entry) -> Result<usize, Failure> {
+        if self.broken {
+            return Err(Failure::Completed(io::Error::other("the io_uring failed earlier")));
+        }
+        // SAFETY: the caller keeps the entry's memory valid as documented above.
+        if unsafe { self.ring.submission().push(entry) }.is_err() {
+            return Err(Failure::Completed(io::Error::other("io_uring queue full")));
+        }
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(e) => {
+                    self.broken = true;
+                    return Err(Failure::Unknown(e));
+                }
+            }
+            if let Some(completion) = self.ring.completion().next() {
+                let result = completion.result();
+                return if result < 0 {
+                    Err(Failure::Completed(io::Error::from_raw_os_error(-result)))
+                } else {
+                    Ok(result as usize)
+                };
+            }
+        }
+    }
+}
+
+/// Why [`Uring::run`] failed.
+enum Failure {
+    /// The operation completed with this error, or never started.
+    Completed(io::Error),
+    /// Waiting failed; the operation may still be in flight.
+    Unknown(io::Error),
+}
+
+/// A read-only shared mapping of the first `len` bytes of a file.
+#[derive(Debug)]
+pub(super) struct Map {
+    map: Option<memmap2::Mmap>,
+    len: u64,
+}
+
+impl Map {
+    /// Map `[0, len)` of `file`. The caller guarantees the file is at least `len` bytes
+    /// long and stays so while the map lives (see the module soundness argument).
+    pub(super) fn new(file: &File, len: u64) -> io::Result<Map> {
+        if len == 0 {
+            return Ok(Map { map: None, len });
+        }
+        let length = usize::try_from(len).map_err(io::Error::other)?;
+        // SAFETY: the file is at least `len` bytes long and is never truncated while
+        // mapped; the data directory is locked against other writers; we only view
+        // ranges below the readable mark, which never change again (see above).
+        let map = unsafe { memmap2::MmapOptions::new().len(length).map(file)? };
+        Ok(Map { map: Some(map), len })
+    }
+
+    /// The mapped length.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The bytes `[offset, readable)`, or `None` when `offset` is not below `readable`.
+    pub(super) fn bytes(&self, offset: u64, readable: u64) -> Option<&[u8]> {
+        let end = readable.min(self.len);
+        if offset >= end {
+            return None;
+        }
+        let map = self.map.as_ref()?;
+        // SAFETY: `offset < end <= self.len`, so the range lies inside the mapping; bytes
+        // below the readable mark are written and never change while mapped, so a shared
+        // slice of them is never aliased by a writer. The slice borrows `self`, which
+        // keeps the mapping alive.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(map.as_ptr().add(offset as usize), (end - offset) as usize)
+        };
+        Some(bytes)
+    }
+}
