@@ -51,8 +51,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::data_dir::{lock_dir, sync_dir};
 use crate::memlog::{
-    self, decode_record, encode_record, record_bytes, Location, MemLog, MemLogOptions, Record,
+    decode_record, encode_record, record_bytes, Location, MemLog, MemLogOptions, Record,
     RecordKind, Replay, ReplayMode, RECORD_HEADER_BYTES,
 };
 use crate::memory::MemoryEngine;
@@ -220,7 +221,7 @@ impl BufferEngine {
     /// Open (or create) the engine in `dir`: lock it, load the latest snapshot, replay the
     /// log, and start the snapshot thread.
     pub fn open(dir: &Path, options: &EngineOptions) -> Result<BufferEngine, EngineError> {
-        let lock = memlog::lock_dir(dir)?;
+        let lock = lock_dir(dir)?;
         let snapshots = list_snapshots(dir, true)?;
         let mut map = MemoryEngine::new();
         let mut first_segment = 0;
@@ -351,7 +352,7 @@ impl Shared {
             out.into_inner().map_err(|e| EngineError::io("write snapshot")(e.into_error()))?;
         file.sync_all().map_err(EngineError::io("fsync snapshot"))?;
         fs::rename(&temp, &path).map_err(EngineError::io("rename snapshot"))?;
-        memlog::sync_dir(dir)?;
+        sync_dir(dir)?;
         self.remove_before(segment)
     }
 
@@ -374,7 +375,7 @@ impl Shared {
             }
         }
         if removed {
-            memlog::sync_dir(dir)?;
+            sync_dir(dir)?;
         }
         Ok(())
     }

@@ -13,14 +13,20 @@
 //!   that may be lost (like Riak's memory backend).
 //! - [`memlog`]: the memory log, the substrate of the durable engines: append-only segment
 //!   files of CRC-checked records, read through memory maps, made durable by a group-commit
-//!   flusher thread, recovered by cutting at the first bad record. The crate's only `unsafe`
-//!   code (mappings, `flock`, preallocation) lives in its private `sys` module.
+//!   flusher thread, recovered by cutting at the first bad record. Its rooms: `format` (the
+//!   record and segment byte tables), `segment` (one segment file), `active` (appends, rolls,
+//!   spare segments), `flusher` (group commit) and `sys`, which holds the crate's only `unsafe`
+//!   code (mappings, preallocation, the io_uring) with its soundness argument.
 //! - [`log`]: Bitcask on the memory log: an in-memory hash keydir, hint files for a fast
 //!   start, tombstones, background merge of sealed segments.
 //! - [`buffer`]: the whole data set in a [`memory`] map, the memory log as its write-ahead
 //!   log, periodic snapshots that let the log be dropped.
 //! - [`btree`]: a paged copy-on-write B+tree in one file (like LMDB): a page cache, overflow
 //!   pages for large values, a free list, two alternating meta pages, one commit per `sync`.
+//!   Its rooms: `page` (the page byte tables), `node`, `cache`, `freelist`, `tree`, `scan`,
+//!   `commit`, `recovery` and `check`.
+//! - [`data_dir`]: the exclusive lock every durable engine takes on its data directory (a
+//!   second opener gets [`EngineError::Locked`] and touches nothing), and the directory fsync.
 //! - [`EngineError`]: one error type for every engine, classified by what the caller does next.
 //! - [`EngineKind`]: the names by which a bucket's configuration picks an engine.
 //!
@@ -37,6 +43,7 @@
 
 pub mod btree;
 pub mod buffer;
+pub mod data_dir;
 pub mod log;
 pub mod memlog;
 pub mod memory;
@@ -252,9 +259,9 @@ impl Default for EngineOptions {
 
 /// Open (or create) an engine of `kind` on the data directory `dir`.
 ///
-/// Persistent engines create `dir` if needed, take an exclusive lock on it (a second opener
-/// gets [`EngineError::Locked`] and nothing is touched) and recover what is there. The memory
-/// engine ignores `dir`.
+/// Persistent engines create `dir` if needed, take an exclusive lock on it
+/// ([`data_dir::lock_dir`]: a second opener gets [`EngineError::Locked`] and nothing is touched)
+/// and recover what is there. The memory engine ignores `dir`.
 pub fn open(
     kind: EngineKind,
     dir: &Path,

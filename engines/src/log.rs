@@ -54,9 +54,9 @@ use std::time::{Duration, Instant};
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::data_dir::{lock_dir, sync_dir};
 use crate::memlog::{
-    self, record_bytes, Location, MemLog, MemLogOptions, Record, RecordKind, Replay, ReplayMode,
-    ScanEnd,
+    record_bytes, Location, MemLog, MemLogOptions, Record, RecordKind, Replay, ReplayMode, ScanEnd,
 };
 use crate::{check_sizes, EngineError, EngineKind, EngineOptions, EngineStats, StorageEngine};
 
@@ -408,7 +408,7 @@ impl LogEngine {
     /// Open (or create) the engine in `dir`: lock it, recover the log (hints where valid),
     /// and start the background thread that writes hints and merges.
     pub fn open(dir: &Path, options: &EngineOptions) -> Result<LogEngine, EngineError> {
-        let lock = memlog::lock_dir(dir)?;
+        let lock = lock_dir(dir)?;
         let mut state = State::default();
         let mut replay = LogReplay { dir, state: &mut state, hinted: HashSet::new() };
         let log_options = MemLogOptions {
@@ -477,7 +477,7 @@ fn remove_stale_hints(log: &MemLog) -> Result<(), EngineError> {
         }
     }
     if removed {
-        memlog::sync_dir(log.dir())?;
+        sync_dir(log.dir())?;
     }
     Ok(())
 }
@@ -592,7 +592,7 @@ impl Shared {
         file.write_all(&body).map_err(EngineError::io("write hint"))?;
         file.sync_all().map_err(EngineError::io("fsync hint"))?;
         fs::rename(&temp, &path).map_err(EngineError::io("rename hint"))?;
-        memlog::sync_dir(self.log.dir())
+        sync_dir(self.log.dir())
     }
 
     /// Copy the live records of sealed segment `id` to the end of the log, then delete it.

@@ -1,10 +1,11 @@
 //! # The btree engine: a paged copy-on-write B+tree in one file
 //!
-//! The data directory holds one file, `btree.pages`, cut into fixed [`PAGE_SIZE`] pages. Pages 0
-//! and 1 are the two **meta pages**; every other page is a B+tree leaf, a branch, a page of an
-//! overflow value, or a page of the persisted free list. Leaves hold keys with their values (small
-//! values inline, large ones in a run of overflow pages); branches hold separator keys and child
-//! page numbers. Everything is ordered by key, so a partition (a key prefix) is a range scan.
+//! The data directory holds one file, `btree.pages`, cut into fixed [`PAGE_SIZE`] pages (and the
+//! `LOCK` file every engine holds its directory with, [`crate::data_dir`]). Pages 0 and 1 are the
+//! two **meta pages**; every other page is a B+tree leaf, a branch, a page of an overflow value, or
+//! a page of the persisted free list. Leaves hold keys with their values (small values inline,
+//! large ones in a run of overflow pages); branches hold separator keys and child page numbers.
+//! Everything is ordered by key, so a partition (a key prefix) is a range scan.
 //!
 //! ## Crash safety: copy-on-write, two meta pages, one fsync per commit
 //! A committed page is never written again while a committed tree can still reach it. The first
@@ -117,6 +118,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::data_dir::DirLock;
 use crate::{EngineError, EngineKind, EngineOptions, EngineStats, StorageEngine};
 
 use cache::{PageCache, PageIdBuild};
@@ -237,8 +239,8 @@ impl StorageEngine for BtreeEngine {
 struct Shared {
     path: PathBuf,
     file: File,
-    /// The open data directory, holding the exclusive `flock` for the engine's lifetime.
-    _dir_lock: File,
+    /// The exclusive lock on the data directory, held for the engine's lifetime.
+    _dir_lock: DirLock,
     cache_bytes_max: u64,
     tree: RwLock<Tree>,
     cache: Mutex<PageCache>,

@@ -8,8 +8,7 @@
 //!
 //! Recovery only reads: it never repairs or rewrites a page of an existing file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -18,21 +17,15 @@ use std::sync::{Condvar, Mutex, RwLock};
 use super::freelist::FreeList;
 use super::node::ValueRef;
 use super::page::{Meta, Ptr, META_PAGES, PAGE_SIZE};
+use crate::data_dir::{lock_dir, sync_dir};
+
 use super::{CommitState, EngineError, EngineOptions, Node, PageCache, Shared, Tree, FILE_NAME};
 
 impl Shared {
-    /// Open (or create) the btree in `dir`, taking an exclusive lock on the directory.
+    /// Open (or create) the btree in `dir`, taking the exclusive lock on the directory
+    /// ([`lock_dir`]) before anything else.
     pub(super) fn open(dir: &Path, options: &EngineOptions) -> Result<Shared, EngineError> {
-        fs::create_dir_all(dir).map_err(EngineError::io("creating the data directory"))?;
-        let dir_lock = File::open(dir).map_err(EngineError::io("opening the data directory"))?;
-        let locked = match fs4::fs_std::FileExt::try_lock_exclusive(&dir_lock) {
-            Ok(locked) => locked,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => false,
-            Err(err) => return Err(EngineError::io("locking the data directory")(err)),
-        };
-        if !locked {
-            return Err(EngineError::Locked { path: dir.display().to_string() });
-        }
+        let dir_lock = lock_dir(dir)?;
         let path = dir.join(FILE_NAME);
         if !path.exists() {
             create_file(dir, &path)?;
@@ -164,7 +157,5 @@ fn create_file(dir: &Path, path: &Path) -> Result<(), EngineError> {
     }
     file.sync_all().map_err(EngineError::io("syncing the new btree file"))?;
     fs::rename(&temporary, path).map_err(EngineError::io("naming the new btree file"))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(EngineError::io("syncing the data directory"))
+    sync_dir(dir)
 }

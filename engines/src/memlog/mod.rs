@@ -34,14 +34,14 @@
 //! written there.
 //!
 //! ## Recovery
-//! On open the directory is locked (an `flock` on the `LOCK` file, held for the log's life;
-//! a second opener gets [`EngineError::Locked`] before anything is touched). Segments are
-//! visited in id order; the caller ([`Replay`]) may skip a sealed segment it can rebuild from
-//! elsewhere (the `log` engine's hint files), every other segment is scanned record by
-//! record. The first record that fails its length or CRC check, or a sealed-looking segment
-//! that ends without its seal record, ends the log: that segment is truncated there, every
-//! later segment is deleted, and appending resumes at that point. Truncation happens before
-//! the file is mapped. After creating, renaming or deleting a file the directory is fsynced.
+//! On open the directory is locked ([`crate::data_dir`]: an `flock` on the `LOCK` file, held for
+//! the log's life; a second opener gets [`EngineError::Locked`] before anything is touched).
+//! Segments are visited in id order; the caller ([`Replay`]) may skip a sealed segment it can
+//! rebuild from elsewhere (the `log` engine's hint files), every other segment is scanned record by
+//! record. The first record that fails its length or CRC check, or a sealed-looking segment that
+//! ends without its seal record, ends the log: that segment is truncated there, every later segment
+//! is deleted, and appending resumes at that point. Truncation happens before the file is mapped.
+//! After creating, renaming or deleting a file the directory is fsynced.
 //!
 //! ## Not here
 //! No compaction policy (the engines decide what to delete), no index, no compression, no
@@ -68,13 +68,14 @@ mod format;
 mod segment;
 mod sys;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
+use crate::data_dir::{sync_dir, DirLock};
 use crate::{EngineError, FlusherBackend};
 
 pub use active::PENDING_BYTES_MAX;
@@ -89,8 +90,6 @@ use segment::{
     create_segment, header_is_valid, list_segments, remove_segment_files, resume_segment,
     scan_bytes, segment_path, Segment,
 };
-
-const LOCK_FILE: &str = "LOCK";
 
 /// Where a record starts: its segment and its byte offset in that segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -153,7 +152,7 @@ struct Shared {
     dir: PathBuf,
     options: MemLogOptions,
     /// The `LOCK` file; its `flock` is released when this is closed.
-    _lock: File,
+    _lock: DirLock,
     /// Every segment in id order; the last one is the active segment.
     segments: RwLock<Vec<Arc<Segment>>>,
     active: Mutex<Active>,
@@ -191,35 +190,13 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> EngineError {
     EngineError::Corrupt { path: path.display().to_string(), reason: reason.into() }
 }
 
-/// fsync a directory, so that files created, renamed or deleted in it stay so after a crash.
-pub fn sync_dir(dir: &Path) -> Result<(), EngineError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(EngineError::io("fsync of data directory"))
-}
-
-/// Take the exclusive lock of a data directory (creating the directory and its `LOCK` file if
-/// needed). The lock is held as long as the returned file is open.
-pub fn lock_dir(dir: &Path) -> Result<File, EngineError> {
-    fs::create_dir_all(dir).map_err(EngineError::io("create data directory"))?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(LOCK_FILE))
-        .map_err(EngineError::io("open lock file"))?;
-    if !sys::try_lock_exclusive(&file).map_err(EngineError::io("lock data directory"))? {
-        return Err(EngineError::Locked { path: dir.display().to_string() });
-    }
-    Ok(file)
-}
-
 impl MemLog {
-    /// Open (or create) the log in `dir`, which must already be locked by the caller through
-    /// [`lock_dir`] (the lock file is handed over and held for the log's life). Recovery runs
-    /// through `replay` as described in the module documentation.
+    /// Open (or create) the log in `dir`, which the caller has locked with
+    /// [`lock_dir`](crate::data_dir::lock_dir) (the lock is handed over and held for the log's
+    /// life). Recovery runs through `replay` as described in the module documentation.
     pub fn open(
         dir: &Path,
-        lock_file: File,
+        lock: DirLock,
         options: MemLogOptions,
         replay: &mut dyn Replay,
     ) -> Result<MemLog, EngineError> {
@@ -301,7 +278,7 @@ impl MemLog {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             options,
-            _lock: lock_file,
+            _lock: lock,
             segments: RwLock::new(segments),
             active: Mutex::new(Active {
                 segment: active,
@@ -453,6 +430,7 @@ impl Drop for MemLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data_dir::lock_dir;
 
     struct Collect(Vec<(Location, RecordKind, Vec<u8>, Vec<u8>)>);
 
@@ -532,13 +510,5 @@ mod tests {
         drop(log);
         let (_, collected) = open(copy.path(), 4096);
         assert_eq!(collected.0.len(), 100);
-    }
-
-    /// A second open of a locked directory is refused.
-    #[test]
-    fn second_open_is_locked() {
-        let dir = tempfile::tempdir().unwrap();
-        let _held = lock_dir(dir.path()).unwrap();
-        assert!(matches!(lock_dir(dir.path()), Err(EngineError::Locked { .. })));
     }
 }

@@ -1,10 +1,9 @@
 //! # The crate's `unsafe` code
 //!
-//! The only `unsafe` code in the crate: the directory lock, preallocation, the read-only
-//! mappings of segment files and the flusher's io_uring ([`Uring`] has its own argument). Each
-//! function here makes one system call or one view of a mapping and decides nothing; the
-//! callers in the memory log keep the promises the argument below relies on, and no other
-//! module of the crate may hold `unsafe` code.
+//! The only `unsafe` code in the crate: preallocation, the read-only mappings of segment files and
+//! the flusher's io_uring ([`Uring`] has its own argument). Each function here makes one system
+//! call or one view of a mapping and decides nothing; the callers in the memory log keep the
+//! promises the argument below relies on, and no other module of the crate may hold `unsafe` code.
 //!
 //! # Soundness of the mappings
 //! A [`Map`] hands out `&[u8]` views of a file mapping. Such a slice must not change while it
@@ -34,25 +33,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-
-/// Try to take an exclusive `flock` on `file` without blocking. `Ok(false)` when another
-/// open file description holds it.
-pub(super) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
-    loop {
-        // SAFETY: `flock` takes a file descriptor and flags; the descriptor is open for
-        // the duration of the call because `file` is borrowed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            Some(libc::EINTR) => continue,
-            _ => return Err(err),
-        }
-    }
-}
 
 /// Allocate disk blocks for `[0, len)` of `file`, extending it to `len` if shorter; new
 /// bytes read as zero.
