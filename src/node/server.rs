@@ -25,6 +25,29 @@
 //! answering a refusal with a typed error.
 //!
 //! Every TCP connection has `TCP_NODELAY` set: requests are small and latency-bound.
+//!
+//! ## Stopping
+//! A stopped node must leave nothing behind: a node started right after on the same data
+//! directory has to be able to take its engines' directory locks, which go only when the
+//! last reference to the store does. So [`serve`] runs every task of the node (connections,
+//! rounds, replication, read repair, syncs, outgoing peer connections) in a `LocalSet` of
+//! its own, and stops in this order:
+//! 1. stop accepting and cancel the rounds;
+//! 2. disconnect every accepted connection, and drive it until the peer was told and the
+//!    socket shut (at most [`CLOSE_TIMEOUT_MS`]); its calls in flight are cancelled;
+//! 3. drop the `LocalSet`, which cancels every task left;
+//! 4. sync every bucket and the hints, save the membership view, and check that nothing
+//!    holds the cluster any more (a panic says what leaked);
+//! 5. wait for blocking-pool work that still holds an engine (it cannot be cancelled; at most
+//!    [`ENGINE_RELEASE_TIMEOUT_MS`]), then drop the store: the locks are released.
+//!
+//! Step 2 is not only politeness. capnp-rpc keeps each call in flight in its connection's
+//! answer table, and the call holds the connection state back (its results are written
+//! there): a reference cycle. Dropping an `RpcSystem` with calls in flight therefore leaks
+//! the connection state, and with it the `Api` it serves, `Shared`, the [`Cluster`] and the
+//! store. Disconnecting first takes every call out of the tables and breaks the cycle.
+//! Outgoing peer connections serve nothing (no bootstrap capability), so they hold no such
+//! cycle and go with the `LocalSet` and the cluster.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -36,6 +59,7 @@ use capnp_rpc::{rpc_twoparty_capnp, RpcSystem};
 use cartwheel_resolvers::{Op, Read, Write};
 use md5::{Digest, Md5};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::cartwheel_capnp::{cartwheel, peer, write_result, NodeState};
 use crate::cluster::Cluster;
@@ -92,8 +116,19 @@ pub fn bind(config: &Config) -> Result<std::net::TcpListener, ServeError> {
     Ok(listener)
 }
 
-/// Serve `config`'s node on `listener` until `shutdown` completes, then sync every bucket.
-/// Must run inside a `LocalSet` on a current-thread runtime.
+/// How long a stopping node gives each connection to be told (a capnp `abort`) and shut.
+/// At the limit the connection is dropped as it is; its calls are cancelled either way.
+pub const CLOSE_TIMEOUT_MS: u64 = 1_000;
+
+/// How long a stopping node waits for blocking-pool work (a sync, a partition scan) that
+/// still holds one of its engines. At the limit `serve` returns anyway, with an error logged;
+/// the engine (and its directory lock) goes when that work ends.
+pub const ENGINE_RELEASE_TIMEOUT_MS: u64 = 10_000;
+
+/// Serve `config`'s node on `listener` until `shutdown` completes; then stop it (see "Stopping"
+/// in the module doc): every connection closed, every task cancelled, every bucket synced and
+/// the store closed, its directory locks released, before this returns.
+/// Must run on a current-thread runtime, inside a `LocalSet`.
 pub async fn serve(
     config: Config,
     listener: std::net::TcpListener,
@@ -114,7 +149,6 @@ pub async fn serve(
     let digest = config_digest(&config);
     let cluster =
         Rc::new(Cluster::new(&config, store, hints, &address.to_string(), digest.clone()));
-    let rounds = tokio::task::spawn_local(Rc::clone(&cluster).run_rounds());
     let shared = Rc::new(Shared {
         cluster,
         address,
@@ -125,21 +159,10 @@ pub async fn serve(
         config_digest: digest,
     });
     tracing::info!(node = %config.node.id, %address, buckets = config.buckets.len(), "serving");
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => accept(&shared, stream, peer),
-                Err(e) => {
-                    // Usually out of file descriptors: wait instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    rounds.abort();
+    // Every task of the node is spawned in `tasks`: dropping it cancels whatever is left.
+    let tasks = tokio::task::LocalSet::new();
+    tasks.run_until(accept_until(&shared, listener, shutdown)).await;
+    drop(tasks);
     tracing::info!(node = %config.node.id, "stopping: syncing buckets and hints");
     for bucket in shared.store().buckets() {
         if let Err(e) = bucket.engine.sync() {
@@ -150,10 +173,97 @@ pub async fn serve(
         tracing::error!(error = %e, "final sync of hints failed");
     }
     shared.cluster.save_membership().await;
+    let cluster = sole_owner(shared);
+    engines_released(&cluster).await;
+    drop(cluster);
+    tracing::info!(node = %config.node.id, "stopped");
     Ok(())
 }
 
-fn accept(shared: &Rc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// Run the rounds and accept connections until `shutdown`; then close every connection.
+/// Runs inside the node's `LocalSet`.
+async fn accept_until(
+    shared: &Rc<Shared>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let rounds = tokio::task::spawn_local(Rc::clone(&shared.cluster).run_rounds());
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let closing = Closing { stop: CancellationToken::new(), open };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => accept(shared, &closing, stream, peer),
+                Err(e) => {
+                    // Usually out of file descriptors: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    rounds.abort();
+    let Closing { stop, open } = closing;
+    stop.cancel();
+    drop(open);
+    // `recv` answers `None` once every connection task has ended (and dropped its sender).
+    let timeout = Duration::from_millis(CLOSE_TIMEOUT_MS);
+    if tokio::time::timeout(timeout, all_closed.recv()).await.is_err() {
+        tracing::warn!(open = shared.connections.get(), "connections still closing; dropped");
+    }
+}
+
+/// What every connection task gets to be closed at a stop: the signal, and a sender whose
+/// drop tells that the task has ended.
+struct Closing {
+    stop: CancellationToken,
+    open: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Take the cluster out of `shared` once nothing else holds either. Every task that held
+/// one is gone by now, so another owner is a leak (a reference cycle: see "Stopping" in the
+/// module doc) that would keep the store and its directory locks after the node stopped.
+fn sole_owner(shared: Rc<Shared>) -> Cluster {
+    let shared = Rc::try_unwrap(shared).unwrap_or_else(|shared| {
+        panic!(
+            "a stopped node's shared state is still held {} more times (a capnp-rpc connection \
+             not disconnected?): a reference cycle keeps its store and directory locks",
+            Rc::strong_count(&shared) - 1
+        )
+    });
+    Rc::try_unwrap(shared.cluster).unwrap_or_else(|cluster| {
+        panic!(
+            "a stopped node's cluster is still held {} more times: a reference cycle keeps its \
+             store and directory locks",
+            Rc::strong_count(&cluster) - 1
+        )
+    })
+}
+
+/// Wait until the cluster holds the only reference to each of its engines: blocking-pool work
+/// cannot be cancelled, and a scan or a sync still running holds its engine (and with it the
+/// directory lock) until it ends. At most [`ENGINE_RELEASE_TIMEOUT_MS`].
+async fn engines_released(cluster: &Cluster) {
+    let held = || {
+        let engines = cluster.store.buckets().map(|b| &b.engine);
+        engines.chain([cluster.hints.engine()]).any(|e| std::sync::Arc::strong_count(e) > 1)
+    };
+    let deadline = Instant::now() + Duration::from_millis(ENGINE_RELEASE_TIMEOUT_MS);
+    while held() {
+        if Instant::now() >= deadline {
+            tracing::error!(
+                "blocking work still holds an engine: its directory stays locked until it ends"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn accept(shared: &Rc<Shared>, closing: &Closing, stream: TcpStream, peer: SocketAddr) {
     let limits = shared.store().limits();
     if shared.connections.get() as usize >= limits.connections_max {
         shared.requests_refused.set(shared.requests_refused.get() + 1);
@@ -173,15 +283,38 @@ fn accept(shared: &Rc<Shared>, stream: TcpStream, peer: SocketAddr) {
     };
     let api: cartwheel::Client =
         capnp_rpc::new_client(Api { shared: Rc::clone(shared), inflight: Rc::new(Cell::new(0)) });
-    let rpc = RpcSystem::new(Box::new(network), Some(api.client));
-    let shared = Rc::clone(shared);
+    let mut rpc = RpcSystem::new(Box::new(network), Some(api.client));
+    let disconnect = rpc.get_disconnector();
+    let (shared, stop, open) = (Rc::clone(shared), closing.stop.clone(), closing.open.clone());
     shared.connections.set(shared.connections.get() + 1);
     tokio::task::spawn_local(async move {
-        if let Err(e) = rpc.await {
+        let ended = tokio::select! {
+            biased;
+            ended = &mut rpc => ended,
+            () = stop.cancelled() => close(disconnect, &mut rpc).await,
+        };
+        if let Err(e) = ended {
             tracing::debug!(%peer, error = %e, "connection ended");
         }
+        drop(rpc);
         shared.connections.set(shared.connections.get() - 1);
+        drop(open);
     });
+}
+
+/// Close a connection of a stopping node: disconnect it, which takes every call in flight out
+/// of the connection's tables (breaking the cycle that would keep them, and the node, alive),
+/// then drive it until the peer has been sent an `abort` and the socket is shut, for at most
+/// [`CLOSE_TIMEOUT_MS`]. Calls still running are cancelled when `rpc` is dropped.
+async fn close(
+    disconnect: capnp_rpc::Disconnector<rpc_twoparty_capnp::Side>,
+    rpc: &mut RpcSystem<rpc_twoparty_capnp::Side>,
+) -> Result<(), capnp::Error> {
+    let closing = futures::future::join(disconnect, rpc);
+    match tokio::time::timeout(Duration::from_millis(CLOSE_TIMEOUT_MS), closing).await {
+        Ok((disconnected, ended)) => disconnected.and(ended),
+        Err(_) => Err(capnp::Error::failed(format!("not closed within {CLOSE_TIMEOUT_MS} ms"))),
+    }
 }
 
 /// A digest of the bucket configuration and the partition count, for gossip to compare
@@ -627,7 +760,9 @@ impl NodeHandle {
         self.address
     }
 
-    /// Stop accepting, sync every bucket and wait for the node's thread.
+    /// Stop the node (see "Stopping" in the module doc) and wait for its thread: when this
+    /// returns, every connection is closed, every bucket synced and the store closed, so the
+    /// data directory can be opened again at once.
     pub fn stop(mut self) -> Result<(), ServeError> {
         self.join()
     }
