@@ -48,6 +48,7 @@ pub mod config;
 pub mod error;
 pub mod node;
 pub mod ring;
+pub mod sim;
 pub mod store;
 
 pub use client::Client;

@@ -30,15 +30,20 @@ impl Cluster {
         }
     }
 
+    /// This node's view of the membership, as it gossips it.
+    pub fn view(&self) -> View {
+        self.membership.borrow().view()
+    }
+
     /// Write the view to the membership file when its shape changed since the last write.
     /// Called every gossip round and at a clean stop.
     pub async fn save_membership(&self) {
+        let Some(path) = self.membership_file.clone() else { return };
         let view = self.membership.borrow().view();
         let shape = membership_file::shape(&view);
         if self.saved_shape.borrow().as_ref() == Some(&shape) {
             return;
         }
-        let path = self.membership_file.clone();
         match tokio::task::spawn_blocking(move || membership_file::save(&path, &view)).await {
             Ok(Ok(())) => *self.saved_shape.borrow_mut() = Some(shape),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the membership file"),

@@ -44,11 +44,12 @@
 //! with something else or nothing (read repair).
 //!
 //! ## Background rounds
-//! Every `gossip_interval_ms` ([`Cluster::run_rounds`]): exchange views with one peer;
-//! deliver up to `hint_replay_per_round` hints to each owner that is up again; hand off
-//! partitions after a ring change; compare `anti_entropy_partitions_per_round` partitions
-//! with another primary. Each peer call has a deadline ([`peers`]), so an unreachable peer
-//! delays a round by at most that.
+//! Every `gossip_interval_ms` ([`Cluster::run_rounds`]), each on a timer of its own so that
+//! none waits for another: exchange views with one peer; deliver up to
+//! `hint_replay_per_round` hints to each owner that is up again; hand off partitions after a
+//! ring change; compare `anti_entropy_partitions_per_round` partitions with another primary.
+//! Each peer call has a deadline ([`peers`]), so an unreachable peer delays its own kind of
+//! round by at most that, and never the heartbeat.
 
 pub mod anti_entropy;
 pub mod coordinator;
@@ -61,11 +62,14 @@ pub mod quorum;
 pub mod replica;
 
 pub use coordinator::{plan_targets, plan_write, Target, WritePlan};
+pub use peers::Network;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::cartwheel_capnp::NodeState;
 use crate::config::Config;
@@ -83,7 +87,11 @@ pub struct Cluster {
     /// The hint store.
     pub hints: Hints,
     membership: RefCell<Membership>,
+    /// How peers are reached; TCP connections by address when it is [`Network::Tcp`].
+    network: Network,
     connections: RefCell<HashMap<String, PeerConnection>>,
+    /// This run's incarnation (gossiped; a restart's beats the run before).
+    incarnation: u64,
     seeds: Vec<String>,
     started: Instant,
     gossip_interval: Duration,
@@ -94,10 +102,27 @@ pub struct Cluster {
     anti_entropy_cursor: std::cell::Cell<usize>,
     /// dw > 0 waits: one blocking sync at a time per engine.
     syncs: crate::store::sync_group::SyncGroups,
-    /// Where the view is kept across restarts ([`crate::cluster::membership_file`]).
-    membership_file: std::path::PathBuf,
+    /// Where the view is kept across restarts ([`crate::cluster::membership_file`]); none
+    /// in the simulation.
+    membership_file: Option<std::path::PathBuf>,
     /// The shape of the view last written there.
     saved_shape: RefCell<Option<membership_file::Shape>>,
+}
+
+/// What a node runs in: a real process, or the seeded simulation.
+pub struct Environment {
+    /// The address this node listens on (its identity on the network).
+    pub address: String,
+    /// The digest of its bucket configuration, gossiped.
+    pub config_digest: Vec<u8>,
+    /// This run's incarnation: greater than every earlier run's of the same node.
+    pub incarnation: u64,
+    /// How it reaches its peers.
+    pub network: Network,
+    /// Where its view is kept across restarts, if anywhere.
+    pub membership_file: Option<std::path::PathBuf>,
+    /// A view to start from where there is no file (the simulation keeps it in memory).
+    pub restored_view: Option<membership::View>,
 }
 
 impl Cluster {
@@ -109,34 +134,59 @@ impl Cluster {
         address: &str,
         config_digest: Vec<u8>,
     ) -> Self {
+        let environment = Environment {
+            address: address.to_string(),
+            config_digest,
+            incarnation: incarnation(),
+            network: Network::Tcp,
+            membership_file: Some(membership_file::path(&config.node.data_dir)),
+            restored_view: None,
+        };
+        Self::in_environment(config, store, hints, environment)
+    }
+
+    /// Build the cluster state of a node in `environment`.
+    pub fn in_environment(
+        config: &Config,
+        store: Store,
+        hints: Hints,
+        environment: Environment,
+    ) -> Self {
         let me = MemberInfo {
             id: config.node.id.clone(),
-            address: address.to_string(),
-            incarnation: incarnation(),
+            address: environment.address,
+            incarnation: environment.incarnation,
             heartbeat: 0,
             leaving: false,
-            config_digest,
+            config_digest: environment.config_digest,
         };
         let target_n = config.buckets.values().map(|b| b.n as usize).max().unwrap_or(3);
         let timing = Timing::for_interval(config.cluster.gossip_interval_ms);
         let mut membership = Membership::new(me, config.partitions, target_n, timing, 0);
-        let membership_file = membership_file::path(&config.node.data_dir);
         let mut saved_shape = None;
-        match membership_file::load(&membership_file) {
-            Ok(Some(view)) => {
+        let restored = match environment.membership_file.as_deref().map(membership_file::load) {
+            None => Some(Ok(environment.restored_view)),
+            loaded => loaded,
+        };
+        match restored {
+            Some(Ok(Some(view))) => {
                 saved_shape = Some(membership_file::shape(&view));
                 let members = view.members.len();
                 membership.merge(view, 0);
                 tracing::info!(members, epoch = membership.ring().epoch, "membership restored");
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "membership file ignored; starting as a new node"),
+            None | Some(Ok(None)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "membership file ignored; starting as a new node")
+            }
         }
         Self {
             store,
             hints,
             membership: RefCell::new(membership),
+            network: environment.network,
             connections: RefCell::new(HashMap::new()),
+            incarnation: environment.incarnation,
             seeds: config.node.seeds.clone(),
             started: Instant::now(),
             gossip_interval: Duration::from_millis(config.cluster.gossip_interval_ms),
@@ -145,7 +195,7 @@ impl Cluster {
             anti_entropy_per_round: config.cluster.anti_entropy_partitions_per_round,
             anti_entropy_cursor: std::cell::Cell::new(0),
             syncs: crate::store::sync_group::SyncGroups::default(),
-            membership_file,
+            membership_file: environment.membership_file,
             saved_shape: RefCell::new(saved_shape),
         }
     }
@@ -187,18 +237,32 @@ impl Cluster {
         self.membership.borrow().health(id, self.now_ms())
     }
 
-    /// Run gossip and hint delivery rounds forever (until the task is dropped).
+    /// Run the background rounds forever (until the task is dropped): gossip, hint
+    /// delivery, ownership handoff and anti-entropy, each every `gossip_interval_ms` on a
+    /// timer of its own, so that a slow round (a peer that answers only at the deadline)
+    /// never holds up another. Gossip above all: it carries this node's heartbeat, and a
+    /// node whose heartbeat stalls is marked down by the others.
     pub async fn run_rounds(self: Rc<Self>) {
+        futures::join!(
+            self.every_round(|round| self.gossip_round(round)),
+            self.every_round(|_| self.deliver_hints()),
+            self.every_round(|_| self.handoff_round()),
+            self.every_round(|round| self.anti_entropy_round(round)),
+        );
+    }
+
+    /// Run `round` every gossip interval, numbering the rounds from 1; a round that overruns
+    /// delays the next one rather than bunching them.
+    async fn every_round<F, Fut>(&self, mut round: F)
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let mut interval = tokio::time::interval(self.gossip_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut round: u64 = 0;
-        loop {
+        for number in 1.. {
             interval.tick().await;
-            round += 1;
-            self.gossip_round(round).await;
-            self.deliver_hints().await;
-            self.handoff_round().await;
-            self.anti_entropy_round(round).await;
+            round(number).await;
         }
     }
 

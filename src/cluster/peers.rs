@@ -13,10 +13,19 @@
 //!
 //! The calls: `replicate`, `fetch`, `gossip`, `treeLeaves`, `segmentEntries` on the peer
 //! API, and a forwarded client write on the client API. No other room opens a connection.
+//!
+//! ## Other networks
+//! A node reaches its peers over [`Network::Tcp`] (Cap'n Proto), or over a [`Transport`] of
+//! another kind: the seeded simulation ([`crate::sim`]) carries each call as a
+//! [`PeerRequest`] value to the other node's [`Cluster::serve_peer`], with simulated delays,
+//! losses and partitions, so the simulation runs this code, the coordinator and every round
+//! unchanged. Deadlines and the failure detector work the same on both; the in-flight bound
+//! is the TCP connection's.
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -31,6 +40,7 @@ use super::Cluster;
 use crate::cartwheel_capnp::{cartwheel, fetch_result, peer, replica_result};
 use crate::error::Error;
 use crate::node::wire::{self, WriteOptions};
+use crate::store::Entry;
 
 /// How long a peer connection attempt may take.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
@@ -42,6 +52,162 @@ pub(super) struct PeerConnection {
     api: cartwheel::Client,
     peer: peer::Client,
     inflight: Rc<Cell<usize>>,
+}
+
+/// How a node reaches its peers.
+pub enum Network {
+    /// Cap'n Proto over TCP: a real node.
+    Tcp,
+    /// Another transport: the seeded simulation's.
+    Other(Rc<dyn Transport>),
+}
+
+/// A network that carries [`PeerRequest`]s as values (the seeded simulation).
+pub trait Transport {
+    /// Carry `request` from the node `from` (in its `incarnation`) to the node at `address`
+    /// and bring back its answer. A future that never completes is a lost message: the
+    /// caller's deadline ends it.
+    fn send(
+        self: Rc<Self>,
+        from: &str,
+        incarnation: u64,
+        address: &str,
+        request: PeerRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<PeerReply, Error>>>>;
+}
+
+/// One node-to-node call, as a value.
+#[derive(Clone, Debug)]
+pub enum PeerRequest {
+    /// Store (merge) a state, as a replica or as a hint for `hint_for`.
+    Replicate {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: Vec<u8>,
+        /// The state.
+        state: Vec<u8>,
+        /// Whether to sync before answering.
+        sync: bool,
+        /// The owner the receiver stands in for, or empty.
+        hint_for: String,
+    },
+    /// Read a state.
+    Fetch {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Exchange views.
+    Gossip(View),
+    /// Anti-entropy leaves of a partition.
+    TreeLeaves {
+        /// The bucket.
+        bucket: String,
+        /// The partition.
+        partition: u16,
+    },
+    /// Anti-entropy entries of some segments of a partition.
+    SegmentEntries {
+        /// The bucket.
+        bucket: String,
+        /// The partition.
+        partition: u16,
+        /// The segments.
+        segments: Vec<u16>,
+    },
+    /// A client write forwarded to a primary.
+    Forward {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: Vec<u8>,
+        /// The write.
+        write: Write,
+        /// Its options (the receiver marks it forwarded).
+        options: WriteOptions,
+    },
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Clone, Debug)]
+pub enum PeerReply {
+    /// Replicate: whether it was stored.
+    Stored(bool),
+    /// Fetch: the state, if any.
+    State(Option<Vec<u8>>),
+    /// Gossip: the receiver's view.
+    View(View),
+    /// Tree leaves.
+    Leaves(Leaves),
+    /// Segment entries.
+    Entries(Vec<Entry>),
+    /// A forwarded write's outcome.
+    Written(Read),
+}
+
+/// Turning a [`PeerReply`] into what a call returns.
+trait FromReply: Sized {
+    fn from_reply(reply: PeerReply) -> Result<Self, Error>;
+}
+
+fn unexpected(reply: &PeerReply) -> Error {
+    Error::Internal(format!("a peer answered with an unexpected reply: {reply:?}"))
+}
+
+impl FromReply for bool {
+    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
+        match reply {
+            PeerReply::Stored(stored) => Ok(stored),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl FromReply for Option<Vec<u8>> {
+    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
+        match reply {
+            PeerReply::State(state) => Ok(state),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl FromReply for View {
+    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
+        match reply {
+            PeerReply::View(view) => Ok(view),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl FromReply for Leaves {
+    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
+        match reply {
+            PeerReply::Leaves(leaves) => Ok(leaves),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl FromReply for HashMap<Vec<u8>, Vec<u8>> {
+    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
+        match reply {
+            PeerReply::Entries(entries) => Ok(entries.into_iter().collect()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl FromReply for Read {
+    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
+        match reply {
+            PeerReply::Written(read) => Ok(read),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 /// Holds one in-flight slot of a peer connection until dropped.
@@ -56,18 +222,32 @@ impl Drop for Slot {
 impl Cluster {
     /// Run one call to the member `id` at `address`: connect (or reuse the connection), take
     /// an in-flight slot, run `request` within `deadline`, and record the outcome.
+    ///
+    /// `request` makes the Cap'n Proto call on a TCP connection; `value` makes the same call
+    /// as a [`PeerRequest`] for another [`Network`] (only one of them runs).
     async fn call<T, F, Fut>(
         &self,
         id: &str,
         address: &str,
         deadline: Duration,
         request: F,
+        value: impl FnOnce() -> PeerRequest,
     ) -> Result<T, Error>
     where
+        T: FromReply,
         F: FnOnce(PeerConnection) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let work = async {
+            let transport = match &self.network {
+                Network::Tcp => None,
+                Network::Other(transport) => Some(Rc::clone(transport)),
+            };
+            if let Some(transport) = transport {
+                let (me, incarnation) = (self.me(), self.incarnation);
+                let reply = transport.send(&me, incarnation, address, value()).await?;
+                return T::from_reply(reply);
+            }
             let connection = self.connect(address).await?;
             let max = self.store.limits().inflight_per_connection_max;
             if connection.inflight.get() >= max {
@@ -105,29 +285,35 @@ impl Cluster {
         sync: bool,
     ) -> bool {
         let Ok(address) = self.address(&target.id) else { return false };
-        let outcome = self
-            .call(&target.id, &address, self.timeout(0), |connection| async move {
-                let mut request = connection.peer.replicate_request();
-                {
-                    let mut p = request.get();
-                    p.set_bucket(bucket);
-                    p.set_key(key);
-                    p.set_state(state);
-                    p.set_sync(sync);
-                    p.set_hint_for(target.hint_for.as_deref().unwrap_or(""));
-                }
-                let response = request.send().promise.await?;
-                match response
-                    .get()?
-                    .get_result()?
-                    .which()
-                    .map_err(|e| Error::Transport(e.to_string()))?
-                {
-                    replica_result::Stored(stored) => Ok(stored),
-                    replica_result::Error(e) => Err(wire::get_error(e?)),
-                }
-            })
-            .await;
+        let request = |connection: PeerConnection| async move {
+            let mut request = connection.peer.replicate_request();
+            {
+                let mut p = request.get();
+                p.set_bucket(bucket);
+                p.set_key(key);
+                p.set_state(state);
+                p.set_sync(sync);
+                p.set_hint_for(target.hint_for.as_deref().unwrap_or(""));
+            }
+            let response = request.send().promise.await?;
+            match response
+                .get()?
+                .get_result()?
+                .which()
+                .map_err(|e| Error::Transport(e.to_string()))?
+            {
+                replica_result::Stored(stored) => Ok(stored),
+                replica_result::Error(e) => Err(wire::get_error(e?)),
+            }
+        };
+        let value = || PeerRequest::Replicate {
+            bucket: bucket.to_string(),
+            key: key.to_vec(),
+            state: state.to_vec(),
+            sync,
+            hint_for: target.hint_for.clone().unwrap_or_default(),
+        };
+        let outcome = self.call(&target.id, &address, self.timeout(0), request, value).await;
         matches!(outcome, Ok(true))
     }
 
@@ -142,7 +328,13 @@ impl Cluster {
     ) -> Result<Read, Error> {
         let address = self.address(primary)?;
         let deadline = self.timeout(options.timeout_ms);
-        self.call(primary, &address, deadline, |connection| async {
+        let value = || PeerRequest::Forward {
+            bucket: bucket.to_string(),
+            key: key.to_vec(),
+            write: write.clone(),
+            options,
+        };
+        let request = |connection: PeerConnection| async {
             let client = crate::client::Client::from_capability(connection.api, address.clone());
             let options = WriteOptions { forwarded: true, ..options };
             match write {
@@ -156,8 +348,8 @@ impl Cluster {
                     client.update(bucket, key, ops, context, &options).await
                 }
             }
-        })
-        .await
+        };
+        self.call(primary, &address, deadline, request, value).await
     }
 
     /// A target's state for a key (merged with the hints it holds for it).
@@ -168,7 +360,8 @@ impl Cluster {
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, Error> {
         let address = self.address(&target.id)?;
-        self.call(&target.id, &address, self.timeout(0), |connection| async move {
+        let value = || PeerRequest::Fetch { bucket: bucket.to_string(), key: key.to_vec() };
+        let request = |connection: PeerConnection| async move {
             let mut request = connection.peer.fetch_request();
             request.get().set_bucket(bucket);
             request.get().set_key(key);
@@ -183,8 +376,8 @@ impl Cluster {
                 fetch_result::State(state) => Ok(Some(state?.to_vec())),
                 fetch_result::Error(e) => Err(wire::get_error(e?)),
             }
-        })
-        .await
+        };
+        self.call(&target.id, &address, self.timeout(0), request, value).await
     }
 
     /// Exchange views with the node at `address` (a member `id`, or a seed not yet known by
@@ -207,7 +400,8 @@ impl Cluster {
         };
         // A seed not known by id yet still gets a deadline; only members feed the detector.
         let id = id.map_or_else(|| address.to_string(), str::to_string);
-        self.call(&id, address, self.gossip_interval, exchange).await
+        let value = || PeerRequest::Gossip(view.clone());
+        self.call(&id, address, self.gossip_interval, exchange, value).await
     }
 
     /// A peer's anti-entropy leaves for one partition of a bucket.
@@ -218,7 +412,8 @@ impl Cluster {
         partition: u16,
     ) -> Result<Leaves, Error> {
         let address = self.address(id)?;
-        self.call(id, &address, self.timeout(0), |connection| async move {
+        let value = || PeerRequest::TreeLeaves { bucket: bucket.to_string(), partition };
+        let request = |connection: PeerConnection| async move {
             let mut request = connection.peer.tree_leaves_request();
             request.get().set_bucket(bucket);
             request.get().set_partition(partition);
@@ -228,8 +423,8 @@ impl Cluster {
                 return Err(wire::get_error(response.get_error()?));
             }
             Ok(response.get_leaves()?.iter().collect())
-        })
-        .await
+        };
+        self.call(id, &address, self.timeout(0), request, value).await
     }
 
     /// A peer's (key, state) pairs in some segments of a partition.
@@ -241,7 +436,12 @@ impl Cluster {
         segments: &[u16],
     ) -> Result<HashMap<Vec<u8>, Vec<u8>>, Error> {
         let address = self.address(id)?;
-        self.call(id, &address, self.timeout(0), |connection| async move {
+        let value = || PeerRequest::SegmentEntries {
+            bucket: bucket.to_string(),
+            partition,
+            segments: segments.to_vec(),
+        };
+        let request = |connection: PeerConnection| async move {
             let mut request = connection.peer.segment_entries_request();
             request.get().set_bucket(bucket);
             request.get().set_partition(partition);
@@ -259,8 +459,8 @@ impl Cluster {
                 entries.insert(entry.get_key()?.to_vec(), entry.get_state()?.to_vec());
             }
             Ok(entries)
-        })
-        .await
+        };
+        self.call(id, &address, self.timeout(0), request, value).await
     }
 
     async fn connect(&self, address: &str) -> Result<PeerConnection, Error> {

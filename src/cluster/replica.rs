@@ -5,10 +5,39 @@
 //! answers with the node's copy merged with every hint it holds for the key. This room owns
 //! those rules; it sends nothing.
 
+use std::rc::Rc;
+
+use super::peers::{PeerReply, PeerRequest};
 use super::Cluster;
 use crate::error::Error;
+use crate::node::wire::WriteOptions;
 
 impl Cluster {
+    /// Answer a node-to-node call carried as a value (the simulation's network): the same
+    /// methods the Cap'n Proto peer API calls (src/node/server.rs).
+    pub async fn serve_peer(self: &Rc<Self>, request: PeerRequest) -> Result<PeerReply, Error> {
+        Ok(match request {
+            PeerRequest::Replicate { bucket, key, state, sync, hint_for } => {
+                self.receive_replica_synced(&bucket, &key, &state, &hint_for, sync).await?;
+                PeerReply::Stored(true)
+            }
+            PeerRequest::Fetch { bucket, key } => {
+                PeerReply::State(self.fetch_for_peer(&bucket, &key)?)
+            }
+            PeerRequest::Gossip(view) => PeerReply::View(self.receive_gossip(view)),
+            PeerRequest::TreeLeaves { bucket, partition } => {
+                PeerReply::Leaves(self.tree_leaves(&bucket, partition)?)
+            }
+            PeerRequest::SegmentEntries { bucket, partition, segments } => {
+                PeerReply::Entries(self.segment_entries(&bucket, partition, &segments)?)
+            }
+            PeerRequest::Forward { bucket, key, write, options } => {
+                let options = WriteOptions { forwarded: true, ..options };
+                PeerReply::Written(self.write(&bucket, &key, write, options).await?)
+            }
+        })
+    }
+
     /// The merge of every hint this node holds for a key, whatever its owner.
     pub(super) fn hinted_state(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let owners = self.hints.counts();
