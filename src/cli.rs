@@ -28,12 +28,9 @@ use crate::config::{Config, LISTEN_PORT_DEFAULT};
 use crate::error::Error;
 use crate::node::server::NodeHandle;
 
-/// Exit code: the node refused or failed the request.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code: cannot connect, or the node could not start.
-pub const EXIT_UNREACHABLE: u8 = 3;
-/// Exit code: not found.
-pub const EXIT_NOT_FOUND: u8 = 4;
+use crate::exit::{
+    FAILED as EXIT_FAILED, NOT_FOUND as EXIT_NOT_FOUND, UNREACHABLE as EXIT_UNREACHABLE,
+};
 
 const NODE_DEFAULT: &str = "127.0.0.1:7401";
 

@@ -4,35 +4,38 @@
 //! resolver (`cartwheel-resolvers`) per bucket and serves them over Cap'n Proto RPC.
 //!
 //! ## The map
-//! - [`config`]: the TOML node configuration, its defaults and its validation.
-//! - [`actors`]: the node's actor ids and epochs, which make sure no dot is issued twice.
-//! - [`ring`]: keys to partitions (MD5, Q partitions) and the partition-prefixed storage key.
-//! - [`store`]: the local store; each bucket is an engine plus a resolver.
-//! - [`membership`]: gossip, failure detection and the claimant (a pure state machine).
-//! - [`quorum`]: when a request has met R, W and DW (pure state machines).
-//! - [`cluster`]: the coordinator over RPC: preference lists, sloppy quorum, forwarding,
-//!   read repair, gossip and hint delivery rounds.
-//! - [`hints`]: the durable, bounded store of hinted writes.
-//! - [`antientropy`]: hash-tree leaves per partition, compared between replicas.
-//! - [`server`]: the node: accept loop, per-connection limits, the client and peer APIs.
-//! - [`client`]: the Rust client library (one node).
-//! - [`router`]: the zero-hop cluster client: routes each key to its preference list.
-//! - [`wire`]: conversions between Cap'n Proto messages and the node's types.
-//! - [`error`]: the typed errors a client can tell apart.
-//! - [`cartwheel_capnp`]: code generated from `schema/cartwheel.capnp` (committed; see the
-//!   README's "The wire schema").
-//! - [`cli`]: the `cartwheel` command line.
-//! - [`bench`](mod@bench): `cartwheel bench`, the open-loop latency benchmark.
+//! | room | what it owns |
+//! |---|---|
+//! | [`config`] | the TOML node configuration, its defaults and its validation |
+//! | [`ring`] | keys to partitions (MD5, Q partitions), the ring and its rebalancing (pure) |
+//! | [`actors`] | the node's actor ids and epochs: no dot is ever issued twice |
+//! | [`store`] | the local half: buckets (engine + resolver), [`store::hints`], [`store::sync_group`] |
+//! | [`cluster`] | everything between nodes, decisions pure, each in its room: [`cluster::coordinator`] (who coordinates, W/DW/R, quorum), [`cluster::replica`], [`cluster::peers`] (every call to another node), [`cluster::gossip`] and [`cluster::membership`], [`cluster::handoff`], [`cluster::anti_entropy`], [`cluster::quorum`], [`cluster::membership_file`] |
+//! | [`node`] | one process: [`node::server`] (accept loop, limits, client and peer APIs, [`node::NodeHandle`]), [`node::transport`], [`node::wire`] |
+//! | [`client`] | the Rust client library (one node), and [`client::router`] (zero-hop routing over the ring) |
+//! | [`sim`] | the seeded cluster simulation: many nodes, simulated network, disks and time |
+//! | [`error`] | the typed errors a client can tell apart |
+//! | [`exit`] | the binary's exit codes |
+//! | [`cli`] | the `cartwheel` command line |
+//! | [`bench`](mod@bench) | `cartwheel bench`, the open-loop latency benchmark |
+//! | [`cartwheel_capnp`] | code generated from `schema/cartwheel.capnp` (committed; see the README's "The wire schema") |
+//!
+//! Imports go down this table's layers: `node` and `sim` use `cluster`, which uses `store`,
+//! `actors` and `ring`; `client` uses only `node`'s transport and wire glue; nothing imports `cli`
+//! or `bench`.
 //!
 //! ## The path of a request
 //! A client calls `put(bucket, key, value, context, options)` on a node's `Cartwheel`
-//! capability. The node's RPC thread ([`server`]) admits it under the connection's in-flight
-//! bound, checks key and value sizes ([`store::Store::check_key`]), finds the bucket, reads the
-//! key's current state from the bucket's engine, lets the bucket's resolver apply the write
-//! with this node's actor id and a hybrid-logical-clock reading, and stores the new state. When
-//! the effective DW is at least one, a blocking-pool task syncs the engine before the answer;
-//! the answer carries the new causal context (and the value, if asked). A `get` reads the state
-//! and lets the resolver show it: siblings or a CRDT value, plus the context for the next write.
+//! capability. The node's RPC thread ([`node::server`]) admits it under the connection's
+//! in-flight bound, decodes it and hands it to [`cluster::Cluster::write`]. The coordinator
+//! room plans it: a node that is not one of the key's primaries forwards it to one
+//! ([`cluster::plan_write`]); a primary checks key and value sizes, reads the key's state from
+//! the bucket's engine, lets the bucket's resolver apply the write with this node's replica
+//! actor ([`actors`]) and a hybrid-logical-clock reading, stores the new state, and sends it
+//! to the other replicas through [`cluster::peers`]; it answers once W stored it (and DW
+//! synced it, on the blocking pool). A `get` asks the replicas, merges R answers, lets the
+//! resolver show the result (siblings or a CRDT value, plus the context for the next write),
+//! and repairs stale replicas afterwards.
 
 #[allow(missing_docs, clippy::all, clippy::pedantic, unused_qualifications, dead_code)]
 #[rustfmt::skip]
@@ -46,6 +49,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod exit;
 pub mod node;
 pub mod ring;
 pub mod sim;

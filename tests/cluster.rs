@@ -4,7 +4,9 @@
 //! Every wait is bounded (`wait_until`, 20 s at most) so a broken cluster fails the test
 //! instead of hanging it.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use cartwheel::client::router::ClusterClient;
 use cartwheel::client::{block_on, Client, ReadOptions, WriteOptions};
@@ -137,12 +139,8 @@ impl TestCluster {
     }
 }
 
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    common::wait_until_within(WAIT, what, condition);
 }
 
 fn status(address: &str) -> cartwheel::client::NodeStatus {

@@ -196,13 +196,13 @@ pub fn run(args: BenchArgs) -> ExitCode {
             });
             if all_failed {
                 eprintln!("cartwheel bench: every request of a run failed; see the errors above");
-                return ExitCode::from(crate::cli::EXIT_FAILED);
+                return ExitCode::from(crate::exit::FAILED);
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("cartwheel bench: {e}");
-            ExitCode::from(crate::cli::EXIT_FAILED)
+            ExitCode::from(crate::exit::FAILED)
         }
     }
 }

@@ -17,9 +17,10 @@
 //! divergence between replicas that is an accepted risk, and the next write to either key
 //! changes the sum again.
 //!
-//! Trees are rebuilt for each exchange (one partition scan, reading only that partition), not
-//! kept up to date on every write: the cost is paid in the background, one partition per
-//! round, and nothing is added to the write path.
+//! Trees are rebuilt for each exchange (one partition scan, reading only that partition, on
+//! the blocking pool: [`crate::store::Store::fold_partition`]), not kept up to date on every
+//! write: the cost is paid in the background, one partition per round, off the RPC thread,
+//! and nothing is added to the write path.
 //!
 //! Each round compares `anti_entropy_partitions_per_round` (bucket, partition) pairs this
 //! node is a primary of, each with one other primary that is up, and merges the segments
@@ -59,10 +60,15 @@ fn entry_hash(key: &[u8], state: &[u8]) -> u64 {
 pub fn leaves<'a>(entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Leaves {
     let mut leaves = vec![0u64; SEGMENTS];
     for (key, state) in entries {
-        let segment = segment_of(key) as usize;
-        leaves[segment] = leaves[segment].wrapping_add(entry_hash(key, state));
+        add_to_leaves(&mut leaves, key, state);
     }
     leaves
+}
+
+/// Add one (key, state) pair to a partition's leaves.
+fn add_to_leaves(leaves: &mut Leaves, key: &[u8], state: &[u8]) {
+    let segment = segment_of(key) as usize;
+    leaves[segment] = leaves[segment].wrapping_add(entry_hash(key, state));
 }
 
 /// Segments whose leaves differ. Leaves of the wrong length differ everywhere.
@@ -142,22 +148,33 @@ pub fn plan_exchanges(
 }
 
 impl Cluster {
-    /// The anti-entropy leaves of one partition of a bucket on this node.
-    pub fn tree_leaves(&self, bucket: &str, partition: u16) -> Result<Leaves, Error> {
-        let entries = self.store.partition_entries(bucket, partition)?;
-        Ok(leaves(entries.iter().map(|(k, s)| (k.as_slice(), s.as_slice()))))
+    /// The anti-entropy leaves of one partition of a bucket on this node, hashed as the
+    /// partition is scanned, off the RPC thread ([`crate::store::Store::fold_partition`]).
+    pub async fn tree_leaves(&self, bucket: &str, partition: u16) -> Result<Leaves, Error> {
+        let empty = vec![0u64; SEGMENTS];
+        self.store.fold_partition(bucket, partition, empty, add_to_leaves).await
     }
 
-    /// This node's (key, state) pairs in some segments of a partition.
-    pub fn segment_entries(
+    /// This node's (key, state) pairs in some segments of a partition, picked as the
+    /// partition is scanned, off the RPC thread.
+    pub async fn segment_entries(
         &self,
         bucket: &str,
         partition: u16,
         segments: &[u16],
     ) -> Result<Vec<Entry>, Error> {
-        let mut entries = self.store.partition_entries(bucket, partition)?;
-        entries.retain(|(key, _)| segments.contains(&segment_of(key)));
-        Ok(entries)
+        let mut wanted = [false; SEGMENTS];
+        for &segment in segments {
+            if let Some(slot) = wanted.get_mut(segment as usize) {
+                *slot = true;
+            }
+        }
+        let pick = move |out: &mut Vec<Entry>, key: &[u8], state: &[u8]| {
+            if wanted[segment_of(key) as usize] {
+                out.push((key.to_vec(), state.to_vec()));
+            }
+        };
+        self.store.fold_partition(bucket, partition, Vec::new(), pick).await
     }
 
     /// Compare a few partitions with another primary and merge what differs, both ways.
@@ -188,7 +205,7 @@ impl Cluster {
         partition: u16,
     ) -> Result<(), Error> {
         let theirs = self.tree_leaves_of(peer, bucket, partition).await?;
-        let ours = self.tree_leaves(bucket, partition)?;
+        let ours = self.tree_leaves(bucket, partition).await?;
         let segments = differing(&ours, &theirs);
         if segments.is_empty() {
             return Ok(());
@@ -199,7 +216,7 @@ impl Cluster {
         }
         let target = Target { id: peer.to_string(), hint_for: None };
         let mut repaired = 0usize;
-        for (key, state) in self.segment_entries(bucket, partition, &segments)? {
+        for (key, state) in self.segment_entries(bucket, partition, &segments).await? {
             if remote.get(&key) != Some(&state) {
                 self.replicate(&target, bucket, &key, &state, false).await;
                 repaired += 1;

@@ -114,7 +114,7 @@ impl Cluster {
             if targets.is_empty() {
                 continue;
             }
-            let entries = match self.store.partition_entries(&bucket, partition) {
+            let entries = match self.store.partition_entries(&bucket, partition).await {
                 Ok(entries) => entries,
                 Err(e) => {
                     tracing::warn!(%bucket, partition, error = %e, "handoff cannot read a partition");

@@ -2,7 +2,7 @@
 //!
 //! One Cap'n Proto connection per peer address, opened on first use and dropped on the first
 //! transport failure or missed deadline (the next call reconnects). Every outgoing
-//! node-to-node call goes through [`Cluster::call`], so each has the same shape:
+//! node-to-node call goes through one function (`Cluster::call`), so each has the same shape:
 //! - a **deadline** (the request timeout, or the gossip interval for gossip): a peer that
 //!   accepts TCP and never answers costs one deadline, not a stuck round;
 //! - an **in-flight bound** per connection (`limits.inflight_per_connection_max`, what the

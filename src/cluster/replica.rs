@@ -26,10 +26,10 @@ impl Cluster {
             }
             PeerRequest::Gossip(view) => PeerReply::View(self.receive_gossip(view)),
             PeerRequest::TreeLeaves { bucket, partition } => {
-                PeerReply::Leaves(self.tree_leaves(&bucket, partition)?)
+                PeerReply::Leaves(self.tree_leaves(&bucket, partition).await?)
             }
             PeerRequest::SegmentEntries { bucket, partition, segments } => {
-                PeerReply::Entries(self.segment_entries(&bucket, partition, &segments)?)
+                PeerReply::Entries(self.segment_entries(&bucket, partition, &segments).await?)
             }
             PeerRequest::Forward { bucket, key, write, options } => {
                 let options = WriteOptions { forwarded: true, ..options };

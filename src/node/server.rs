@@ -3,8 +3,9 @@
 //! A node serves the `Cartwheel` interface of schema/cartwheel.capnp to clients and peers.
 //! capnp-rpc is single-threaded (`!Send`), so each node runs its accept loop, every connection
 //! and every request on one current-thread tokio runtime inside a `LocalSet` (DESIGN §7).
-//! Blocking work leaves that thread: a durable write waits for its engine's `sync` on tokio's
-//! blocking pool, so other requests go on meanwhile.
+//! Blocking work leaves that thread: a durable write waits for its engine's `sync`, and a
+//! peer's `treeLeaves` or `segmentEntries` for its partition scan, on tokio's blocking pool,
+//! so other requests go on meanwhile.
 //!
 //! ## Limits, and what happens at them
 //! - Connections over `limits.connections_max` are closed on accept (counted as refused).
@@ -641,12 +642,13 @@ impl peer::Server for PeerApi {
         params: peer::TreeLeavesParams,
         mut results: peer::TreeLeavesResults,
     ) -> Result<(), capnp::Error> {
-        let outcome = (|| {
+        let outcome = async {
             let _admitted = self.api.admit()?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
-            self.api.shared.cluster.tree_leaves(&bucket, p.get_partition())
-        })();
+            self.api.shared.cluster.tree_leaves(&bucket, p.get_partition()).await
+        }
+        .await;
         match outcome {
             Ok(leaves) => {
                 let mut list = results.get().init_leaves(leaves.len() as u32);
@@ -664,13 +666,14 @@ impl peer::Server for PeerApi {
         params: peer::SegmentEntriesParams,
         mut results: peer::SegmentEntriesResults,
     ) -> Result<(), capnp::Error> {
-        let outcome = (|| {
+        let outcome = async {
             let _admitted = self.api.admit()?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
             let segments: Vec<u16> = p.get_segments().map_err(wire::bad)?.iter().collect();
-            self.api.shared.cluster.segment_entries(&bucket, p.get_partition(), &segments)
-        })();
+            self.api.shared.cluster.segment_entries(&bucket, p.get_partition(), &segments).await
+        }
+        .await;
         match outcome {
             Ok(entries) => {
                 let mut list = results.get().init_entries(entries.len() as u32);

@@ -220,8 +220,10 @@ impl World {
         let actors = Actors::with_seed(&node.id, self.rng.borrow_mut().next_u64());
         let clock = HybridClock::with_wall_clock(simulated_wall_ms);
         let disks = node.disks.clone();
+        // Scans on the simulation's one thread: a run must not depend on thread timing.
         let store = Store::with_engines(&config, actors, clock, |name, _| Ok(disks[name].engine()))
-            .expect("simulated disks open");
+            .expect("simulated disks open")
+            .scan_on_calling_thread();
         let limits = &config.cluster;
         let hints =
             Hints::with_engine(node.hints.engine(), limits.hint_count_max, limits.hint_bytes_max)

@@ -12,6 +12,16 @@
 //! of a key interleave on a node, and no concurrent update is lost between the read and the
 //! put. Durability waits (`sync`) happen after the put, off that thread.
 //!
+//! ## Partition scans
+//! Anti-entropy and handoff read whole partitions. A scan runs on tokio's blocking pool with
+//! the engine's `Arc` ([`Store::fold_partition`]), at most [`PARTITION_SCANS_MAX`] at a time
+//! per store, so the RPC thread goes on serving meanwhile. Writes go on too, so a scan may or
+//! may not see a write that races with it (the engines' iteration contract); both users
+//! cope: anti-entropy compares again next time, and handoff deletes a copy only if it is
+//! still the state it sent ([`Store::delete_if_unchanged`]). The seeded simulation, whose
+//! runs must not depend on thread timing, scans on the calling thread instead
+//! ([`Store::scan_on_calling_thread`]).
+//!
 //! ## Which actor writes
 //! [`Store::write`] applies a write as one of the key's primaries, to the state in the
 //! bucket's engine, with the node's replica actor; [`Store::write_as_hint`] applies one for
@@ -42,6 +52,11 @@ use crate::ring::{key_hash, partition_of, storage_key};
 /// A key and its stored state.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// Partition scans that run at a time on the blocking pool, per store. One more waits for a
+/// running one to end (the caller's deadline bounds the wait); a scan holds a pool thread
+/// and reads a whole partition, and background work must leave room for requests.
+pub const PARTITION_SCANS_MAX: usize = 2;
+
 /// One bucket on this node.
 #[derive(Debug)]
 pub struct Bucket {
@@ -66,6 +81,9 @@ pub struct Store {
     clock: HybridClock,
     actors: Actors,
     buckets: BTreeMap<String, Bucket>,
+    /// Admits partition scans to the blocking pool ([`PARTITION_SCANS_MAX`]); `None` when
+    /// they run on the calling thread.
+    scans: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A store that could not open.
@@ -119,7 +137,15 @@ impl Store {
             clock,
             actors,
             buckets,
+            scans: Some(Arc::new(tokio::sync::Semaphore::new(PARTITION_SCANS_MAX))),
         })
+    }
+
+    /// Run partition scans on the calling thread, not on the blocking pool: for the seeded
+    /// simulation, whose runs must not depend on thread timing.
+    pub fn scan_on_calling_thread(mut self) -> Self {
+        self.scans = None;
+        self
     }
 
     /// This node's id (its actor id).
@@ -274,15 +300,49 @@ impl Store {
     }
 
     /// Every (key, state) of one partition of a bucket: a prefix scan that reads no other
-    /// partition's values.
-    pub fn partition_entries(&self, bucket: &str, partition: u16) -> Result<Vec<Entry>, Error> {
-        let bucket = self.bucket(bucket)?;
-        let mut out = Vec::new();
-        bucket.engine.scan_prefix(&partition.to_be_bytes(), &mut |stored, state| {
-            out.push((stored[crate::ring::PARTITION_PREFIX_BYTES..].to_vec(), state.to_vec()));
-            std::ops::ControlFlow::Continue(())
-        })?;
-        Ok(out)
+    /// partition's values, off the RPC thread ([`Store::fold_partition`]).
+    pub async fn partition_entries(
+        &self,
+        bucket: &str,
+        partition: u16,
+    ) -> Result<Vec<Entry>, Error> {
+        let collect = |out: &mut Vec<Entry>, key: &[u8], state: &[u8]| {
+            out.push((key.to_vec(), state.to_vec()));
+        };
+        self.fold_partition(bucket, partition, Vec::new(), collect).await
+    }
+
+    /// Fold `visit` over every (key, state) of one partition of a bucket, starting from
+    /// `init`, on tokio's blocking pool (see "Partition scans" in the module doc). Keys come
+    /// without their partition prefix, in the engine's order.
+    pub async fn fold_partition<T, F>(
+        &self,
+        bucket: &str,
+        partition: u16,
+        init: T,
+        visit: F,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut T, &[u8], &[u8]) + Send + 'static,
+    {
+        let engine = Arc::clone(&self.bucket(bucket)?.engine);
+        let Some(scans) = &self.scans else {
+            return fold_prefix(&*engine, partition, init, visit);
+        };
+        let admitted = Arc::clone(scans)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Internal("the partition scan queue is closed".into()))?;
+        // The permit goes with the scan: one the caller stopped waiting for still counts
+        // until it ends.
+        let scan = move || {
+            let _admitted = admitted;
+            fold_prefix(&*engine, partition, init, visit)
+        };
+        tokio::task::spawn_blocking(scan)
+            .await
+            .map_err(|e| Error::Internal(format!("a partition scan failed: {e}")))?
     }
 
     /// Delete a key's state if it is still `state` (a handed-off copy that no write touched
@@ -321,6 +381,21 @@ impl Store {
     }
 }
 
+/// Fold `visit` over one partition of `engine` (keys without the partition prefix).
+fn fold_prefix<T>(
+    engine: &dyn StorageEngine,
+    partition: u16,
+    init: T,
+    mut visit: impl FnMut(&mut T, &[u8], &[u8]),
+) -> Result<T, Error> {
+    let mut folded = init;
+    engine.scan_prefix(&partition.to_be_bytes(), &mut |stored, state| {
+        visit(&mut folded, &stored[crate::ring::PARTITION_PREFIX_BYTES..], state);
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(folded)
+}
+
 fn check_write_sizes(store: &Store, write: &Write) -> Result<(), Error> {
     use cartwheel_resolvers::Op;
     match write {
@@ -347,5 +422,132 @@ fn bucket(name: &str, config: &BucketConfig, engine: Arc<dyn StorageEngine>) -> 
         engine,
         resolver: cartwheel_resolvers::build(config.resolver, config.resolver_config),
         sibling_warnings: std::sync::atomic::AtomicU64::new(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cartwheel_engines::EngineKind;
+
+    /// A partition scan finds exactly the keys of its partition, without their prefix, and
+    /// the same on the blocking pool as on the calling thread. Method: 200 keys in a store of
+    /// 8 partitions; scan every partition both ways and compare with the ring's placement.
+    #[test]
+    fn partition_scans_find_their_partition_on_the_pool_and_on_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::embedded();
+        config.node.data_dir = dir.path().to_path_buf();
+        config.partitions = 8;
+        config.buckets.clear();
+        let bucket = BucketConfig::new(EngineKind::Memory, ResolverKind::Lww);
+        config.buckets.insert("b".into(), bucket);
+        let pool = Store::open(&config).unwrap();
+        let caller = Store::open(&config).unwrap().scan_on_calling_thread();
+        let mut expected: Vec<Vec<Entry>> = vec![Vec::new(); 8];
+        for i in 0..200u32 {
+            let key = format!("key-{i}").into_bytes();
+            let write = Write::Put { value: i.to_be_bytes().to_vec(), context: Vec::new() };
+            let (state, _) = pool.write("b", &key, &write).unwrap();
+            caller.merge("b", &key, &state).unwrap();
+            let partition = partition_of(key_hash("b", &key), 8);
+            expected[partition as usize].push((key, state));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for (partition, mut expected) in expected.into_iter().enumerate() {
+            expected.sort();
+            for store in [&pool, &caller] {
+                let scan = store.partition_entries("b", partition as u16);
+                let mut found = runtime.block_on(scan).unwrap();
+                found.sort();
+                assert_eq!(found, expected, "partition {partition}");
+            }
+        }
+        let unknown = runtime.block_on(pool.partition_entries("nope", 0));
+        assert!(matches!(unknown, Err(Error::UnknownBucket(_))), "{unknown:?}");
+    }
+
+    /// An engine whose scans take a while and count how many run at once.
+    #[derive(Debug, Default)]
+    struct SlowScans {
+        inner: cartwheel_engines::memory::MemoryEngine,
+        running: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    impl StorageEngine for SlowScans {
+        fn kind(&self) -> EngineKind {
+            self.inner.kind()
+        }
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+            self.inner.put(key, value)
+        }
+        fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
+            self.inner.delete(key)
+        }
+        fn scan_prefix(
+            &self,
+            prefix: &[u8],
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> std::ops::ControlFlow<()>,
+        ) -> Result<(), EngineError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            self.running.fetch_sub(1, SeqCst);
+            self.inner.scan_prefix(prefix, visit)
+        }
+        fn sync(&self) -> Result<(), EngineError> {
+            self.inner.sync()
+        }
+        fn is_durable(&self) -> bool {
+            false
+        }
+        fn stats(&self) -> cartwheel_engines::EngineStats {
+            self.inner.stats()
+        }
+    }
+
+    /// Scans run off the calling thread, at most [`PARTITION_SCANS_MAX`] at once, and one whose
+    /// caller stopped waiting still counts until it ends. Method: an engine whose scans sleep
+    /// and count; a scan given up early, then eight at once, while a local timer must keep
+    /// ticking on the runtime's one thread.
+    #[test]
+    fn scans_leave_the_thread_and_are_bounded() {
+        let mut config = Config::embedded();
+        config.buckets.clear();
+        config.buckets.insert("b".into(), BucketConfig::new(EngineKind::Memory, ResolverKind::Lww));
+        let engine = Arc::new(SlowScans::default());
+        let shared: Arc<dyn StorageEngine> = Arc::clone(&engine) as _;
+        let open = |_: &str, _: &BucketConfig| Ok(Arc::clone(&shared));
+        let store =
+            Store::with_engines(&config, Actors::new("n1"), HybridClock::new(), open).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let given_up = tokio::time::timeout(
+                std::time::Duration::from_millis(5),
+                store.partition_entries("b", 0),
+            );
+            assert!(given_up.await.is_err(), "the slow scan outlasts its caller");
+            let scans = async {
+                let scanned =
+                    futures::future::join_all((0..8).map(|p| store.partition_entries("b", p)));
+                (scanned.await, std::time::Instant::now())
+            };
+            let ticks = async {
+                for _ in 0..10 {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                std::time::Instant::now()
+            };
+            let ((scanned, scans_done), ticks_done) = futures::future::join(scans, ticks).await;
+            assert!(scanned.iter().all(Result::is_ok));
+            assert!(ticks_done < scans_done, "the thread ran its timers while the scans ran");
+        });
+        let most = engine.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(most, PARTITION_SCANS_MAX, "scans at once");
     }
 }
