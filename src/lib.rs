@@ -21,8 +21,8 @@
 //! | [`cartwheel_capnp`] | code generated from `schema/cartwheel.capnp` (committed; see the README's "The wire schema") |
 //!
 //! Imports go down this table's layers: `node` and `sim` use `cluster`, which uses `store`,
-//! `actors` and `ring`; `client` uses only `node`'s transport and wire glue; nothing imports `cli`
-//! or `bench`.
+//! `actors` and `ring`; `client` uses only `node`'s transport and wire glue; only `cli`
+//! imports `bench`, and nothing imports `cli`.
 //!
 //! ## The path of a request
 //! A client calls `put(bucket, key, value, context, options)` on a node's `Cartwheel`
