@@ -2,8 +2,8 @@
 //!
 //! Pure state machines (STYLE 9): the coordinator feeds them replica answers as they arrive
 //! and asks whether the request has succeeded, failed, or must wait. No I/O, no time: the
-//! shell in `server.rs` sends the RPCs, applies the timeout, and turns the outcome into the
-//! client's answer.
+//! shell in [`super::coordinator`] sends the RPCs, applies the timeout, and turns the
+//! outcome into the client's answer.
 //!
 //! - [`WriteQuorum`]: succeeded once W replicas stored the write and DW of them synced it;
 //!   failed as soon as the replicas that have not answered can no longer make up W or DW.
