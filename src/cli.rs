@@ -425,6 +425,9 @@ fn simulate(args: &SimArgs) -> ExitCode {
     for lost in faults.lost.iter().take(20) {
         println!("  LOST: {lost}");
     }
+    for line in faults.unsettled.iter().take(20) {
+        println!("  unsettled: {line}");
+    }
     let disk = sim::run(sim::replica_recovery(make(), 50, 600));
     println!("{disk}");
     let held = gossip.rounds.is_some()

@@ -213,6 +213,8 @@ impl Cluster {
         let remote = self.segment_entries_of(peer, bucket, partition, &segments).await?;
         for (key, state) in &remote {
             self.store.merge(bucket, key, state)?;
+            // The ring may have moved the partition away while the exchange ran.
+            self.note_if_stray(bucket, key);
         }
         let target = Target { id: peer.to_string(), hint_for: None };
         let mut repaired = 0usize;

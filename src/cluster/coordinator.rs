@@ -117,11 +117,16 @@ pub struct WriteQuorumAsked {
 ///
 /// The request's values replace the bucket's; W over N, DW over W, and DW on an engine that
 /// keeps nothing are refused as bad requests. A cluster smaller than N has fewer replicas:
-/// W and DW then count what exists, so a single development node takes N=3 writes.
+/// W and DW then count what exists, so a single development node takes N=3 writes. But only
+/// when `cluster_known`: a node that has not yet heard from any other node while its seeds
+/// name others (a node started on an empty disk, cut off from its seeds) cannot tell a
+/// small cluster from a large one it has not reached, and acknowledging alone there would
+/// break W, so it refuses with `quorumNotMet` until it has.
 pub fn effective_write_quorum(
     bucket: &BucketConfig,
     asked: WriteQuorumAsked,
     replicas: usize,
+    cluster_known: bool,
 ) -> Result<(usize, usize), Error> {
     let n = bucket.n as usize;
     let w = if asked.w == 0 { bucket.w } else { asked.w } as usize;
@@ -138,21 +143,36 @@ pub fn effective_write_quorum(
             bucket.engine.name()
         )));
     }
+    check_cluster_known(replicas, n, cluster_known)?;
     Ok((w.min(replicas), dw.min(replicas)))
 }
 
+fn check_cluster_known(replicas: usize, n: usize, cluster_known: bool) -> Result<(), Error> {
+    if replicas < n && !cluster_known {
+        return Err(Error::QuorumNotMet(
+            "this node has not heard from its seeds yet, so it cannot tell where the key's \
+             replicas are: retry, or ask another node"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The R a read waits for, with `replicas` targets: the request's (0 for the bucket's), at
-/// most N, and at most the replicas that exist. Pure.
+/// most N, and at most the replicas that exist, when the node knows the cluster (see
+/// [`effective_write_quorum`]). Pure.
 pub fn effective_read_quorum(
     bucket: &BucketConfig,
     r: u8,
     replicas: usize,
+    cluster_known: bool,
 ) -> Result<usize, Error> {
     let n = bucket.n as usize;
     let r = if r == 0 { bucket.r } else { r } as usize;
     if r > n {
         return Err(Error::BadRequest(format!("r = {r} is over the bucket's n = {n}")));
     }
+    check_cluster_known(replicas, n, cluster_known)?;
     Ok(r.min(replicas))
 }
 
@@ -170,11 +190,12 @@ impl Cluster {
         let asked = WriteQuorumAsked { w: options.w, dw: options.dw, durable: engine.is_durable() };
         let n = bucket_ref.config.n as usize;
         // Refuse a bad request before the ring is consulted.
-        effective_write_quorum(&bucket_ref.config, asked, n)?;
+        effective_write_quorum(&bucket_ref.config, asked, n, true)?;
         self.store.check_key(key)?;
         let me = self.me();
         let targets = self.targets(bucket, key, n);
-        let (w, dw) = effective_write_quorum(&bucket_ref.config, asked, targets.len())?;
+        let known = self.knows_cluster();
+        let (w, dw) = effective_write_quorum(&bucket_ref.config, asked, targets.len(), known)?;
         let plan = plan_write(&me, &targets, options.forwarded, |id| self.health(id))
             .ok_or_else(|| Error::QuorumNotMet("no member is known to own the key".into()))?;
         let timeout = self.timeout(options.timeout_ms);
@@ -272,10 +293,11 @@ impl Cluster {
         let bucket_ref = self.store.bucket(bucket)?;
         let (n, resolver) =
             (bucket_ref.config.n as usize, std::sync::Arc::clone(&bucket_ref.resolver));
-        effective_read_quorum(&bucket_ref.config, options.r, n)?;
+        effective_read_quorum(&bucket_ref.config, options.r, n, true)?;
         self.store.check_key(key)?;
         let targets = self.targets(bucket, key, n);
-        let r = effective_read_quorum(&bucket_ref.config, options.r, targets.len())?;
+        let known = self.knows_cluster();
+        let r = effective_read_quorum(&bucket_ref.config, options.r, targets.len(), known)?;
         let timeout = self.timeout(options.timeout_ms);
         let (reply, replied) =
             futures::channel::oneshot::channel::<Result<Option<Vec<u8>>, Error>>();
@@ -472,17 +494,35 @@ mod tests {
         let mut bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Cart);
         (bucket.n, bucket.w, bucket.dw) = (3, 2, 1);
         let asked = |w, dw| WriteQuorumAsked { w, dw, durable: true };
-        assert_eq!(effective_write_quorum(&bucket, asked(0, None), 3).unwrap(), (2, 1));
-        assert_eq!(effective_write_quorum(&bucket, asked(3, Some(0)), 3).unwrap(), (3, 0));
-        assert_eq!(effective_write_quorum(&bucket, asked(3, Some(3)), 1).unwrap(), (1, 1));
+        assert_eq!(effective_write_quorum(&bucket, asked(0, None), 3, true).unwrap(), (2, 1));
+        assert_eq!(effective_write_quorum(&bucket, asked(3, Some(0)), 3, true).unwrap(), (3, 0));
+        assert_eq!(effective_write_quorum(&bucket, asked(3, Some(3)), 1, true).unwrap(), (1, 1));
         for refused in [asked(4, None), asked(1, Some(2))] {
-            let err = effective_write_quorum(&bucket, refused, 3).unwrap_err();
+            let err = effective_write_quorum(&bucket, refused, 3, true).unwrap_err();
             assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
         }
         let volatile = WriteQuorumAsked { w: 0, dw: None, durable: false };
-        assert!(matches!(effective_write_quorum(&bucket, volatile, 3), Err(Error::BadRequest(_))));
+        assert!(matches!(
+            effective_write_quorum(&bucket, volatile, 3, true),
+            Err(Error::BadRequest(_))
+        ));
         let volatile = WriteQuorumAsked { dw: Some(0), ..volatile };
-        assert_eq!(effective_write_quorum(&bucket, volatile, 3).unwrap(), (2, 0));
+        assert_eq!(effective_write_quorum(&bucket, volatile, 3, true).unwrap(), (2, 0));
+    }
+
+    /// A node that has not heard from its seeds does not take a small cluster for the whole
+    /// cluster: it refuses rather than acknowledging alone; with the cluster known, it clamps.
+    #[test]
+    fn a_node_that_does_not_know_the_cluster_does_not_clamp() {
+        use cartwheel_engines::EngineKind;
+        use cartwheel_resolvers::ResolverKind;
+        let bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Cart);
+        let asked = WriteQuorumAsked { w: 0, dw: None, durable: true };
+        let err = effective_write_quorum(&bucket, asked, 1, false).unwrap_err();
+        assert!(matches!(err, Error::QuorumNotMet(_)), "{err:?}");
+        assert!(matches!(effective_read_quorum(&bucket, 0, 1, false), Err(Error::QuorumNotMet(_))));
+        assert_eq!(effective_write_quorum(&bucket, asked, 1, true).unwrap(), (1, 0));
+        assert_eq!(effective_write_quorum(&bucket, asked, 3, false).unwrap(), (2, 0));
     }
 
     /// R: the request's or the bucket's, never over N, clamped to the replicas that exist.
@@ -492,9 +532,9 @@ mod tests {
         use cartwheel_resolvers::ResolverKind;
         let mut bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Cart);
         (bucket.n, bucket.r) = (3, 2);
-        assert_eq!(effective_read_quorum(&bucket, 0, 3).unwrap(), 2);
-        assert_eq!(effective_read_quorum(&bucket, 3, 2).unwrap(), 2);
-        assert!(matches!(effective_read_quorum(&bucket, 4, 3), Err(Error::BadRequest(_))));
+        assert_eq!(effective_read_quorum(&bucket, 0, 3, true).unwrap(), 2);
+        assert_eq!(effective_read_quorum(&bucket, 3, 2, true).unwrap(), 2);
+        assert!(matches!(effective_read_quorum(&bucket, 4, 3, true), Err(Error::BadRequest(_))));
     }
 
     /// With no healthy fallback, the down primary stays (and will fail); small clusters get

@@ -62,6 +62,7 @@ impl Cluster {
         let id = self.membership.borrow().id_at(&address).map(str::to_string);
         match self.gossip_with(id.as_deref(), &address, &view).await {
             Ok(theirs) => {
+                self.gossiped.set(true);
                 let notices = self.membership.borrow_mut().merge(theirs, self.now_ms());
                 self.log_notices(&notices);
             }

@@ -12,7 +12,9 @@
 //! - a partition it still is a primary of is sent to the primaries that are new since the
 //!   ring this node had before (known only for changes seen since it started).
 //!
-//! A partition whose targets are not all up waits for a later round. Until a partition is
+//! A copy of a key this node does not replicate that arrives later (a hint or a repair sent
+//! by a node whose ring is older) queues its partition again (`note_if_stray`),
+//! so no stray copy stays. A partition whose targets are not all up waits for a later round. Until a partition is
 //! handed off, reads still find its data: the old holders answer the coordinators that ask
 //! them, and read repair copies what a new primary lacks.
 
@@ -156,6 +158,26 @@ impl Cluster {
                 self.handoff.borrow_mut().pending.push_back((bucket, partition));
                 return;
             }
+        }
+    }
+
+    /// If this node is not one of the primaries of `key` by its ring, queue the key's
+    /// partition for ownership handoff (which sends the copy on and drops it), unless it is
+    /// queued already.
+    pub(super) fn note_if_stray(&self, bucket: &str, key: &[u8]) {
+        let Ok(n) = self.store.bucket(bucket).map(|b| b.config.n as usize) else { return };
+        let ring = self.ring();
+        let partition =
+            crate::ring::partition_of(crate::ring::key_hash(bucket, key), ring.partitions());
+        let limit = self.membership.borrow().member_count();
+        let me = self.me();
+        if ring.preference_list(partition, limit).into_iter().take(n).any(|p| p == me) {
+            return;
+        }
+        let mut handoff = self.handoff.borrow_mut();
+        let pair = (bucket.to_string(), partition);
+        if !handoff.pending.contains(&pair) {
+            handoff.pending.push_back(pair);
         }
     }
 

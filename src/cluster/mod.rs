@@ -92,6 +92,8 @@ pub struct Cluster {
     connections: RefCell<HashMap<String, PeerConnection>>,
     /// This run's incarnation (gossiped; a restart's beats the run before).
     incarnation: u64,
+    /// Whether a gossip exchange has succeeded since the start.
+    gossiped: std::cell::Cell<bool>,
     seeds: Vec<String>,
     started: Instant,
     gossip_interval: Duration,
@@ -187,6 +189,7 @@ impl Cluster {
             network: environment.network,
             connections: RefCell::new(HashMap::new()),
             incarnation: environment.incarnation,
+            gossiped: std::cell::Cell::new(false),
             seeds: config.node.seeds.clone(),
             started: Instant::now(),
             gossip_interval: Duration::from_millis(config.cluster.gossip_interval_ms),
@@ -231,6 +234,18 @@ impl Cluster {
         let preference = ring.preference_list(partition, membership.member_count());
         let now = self.now_ms();
         plan_targets(&preference, n, |id| membership.health(id, now))
+    }
+
+    /// Whether this node knows the cluster it is part of: it has heard of another member,
+    /// exchanged views with a seed (which may be itself under another name), or its seeds
+    /// name only itself (a cluster that starts here).
+    fn knows_cluster(&self) -> bool {
+        if self.gossiped.get() {
+            return true;
+        }
+        let membership = self.membership.borrow();
+        let me = membership.address_of(membership.me()).unwrap_or_default();
+        membership.member_count() > 1 || self.seeds.iter().all(|seed| seed == me)
     }
 
     fn health(&self, id: &str) -> Health {

@@ -95,6 +95,9 @@ impl Cluster {
     ) -> Result<(), Error> {
         if self.is_own_replica(hint_for) {
             self.store.merge(bucket, key, state)?;
+            // A copy of a key this node no longer replicates (a hint or a repair sent by a
+            // node whose ring is older): hand it on rather than keep a stray copy.
+            self.note_if_stray(bucket, key);
         } else {
             self.store.check_key(key)?;
             let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);

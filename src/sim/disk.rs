@@ -6,7 +6,7 @@
 //! real engine's flusher does shortly after each write with dw = 0, and `sync` does it at
 //! once. [`Disk::crash`] is kill -9: the unsynced tail is lost, and the crashed run's engine
 //! refuses every later call (its tasks may still be running in the simulation). [`Disk::wipe`]
-//! is a disk replaced by an empty one.
+//! is a disk replaced by an empty one, and [`Disk::restore`] one restored from a backup.
 //!
 //! Everything is ordered maps, so scans run in key order and a run is deterministic.
 
@@ -15,6 +15,9 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 use cartwheel_engines::{EngineError, EngineKind, EngineStats, StorageEngine};
+
+/// What a disk holds: keys and values in order.
+pub type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// One node's disk for one engine (a bucket, or the hint store).
 #[derive(Debug, Default)]
@@ -68,6 +71,21 @@ impl Disk {
         let mut state = self.lock();
         state.durable.clear();
         state.visible.clear();
+        state.dirty = false;
+        state.generation += 1;
+    }
+
+    /// A copy of what is durable now (a backup).
+    pub fn backup(&self) -> Contents {
+        self.lock().durable.clone()
+    }
+
+    /// The node's disk is restored from `backup` (after a crash): whatever was written
+    /// since is lost.
+    pub fn restore(&self, backup: &Contents) {
+        let mut state = self.lock();
+        state.durable = backup.clone();
+        state.visible = backup.clone();
         state.dirty = false;
         state.generation += 1;
     }

@@ -15,8 +15,9 @@
 //! - [`join_movement`]: one node joins a converged cluster; how many partitions change owner
 //!   (DESIGN §3: about Q/(S+1)).
 //! - [`faults`]: clients add uniquely named items to carts through random nodes while nodes
-//!   crash (kill -9: unsynced tails lost), restart, and the network partitions and heals;
-//!   afterwards every acknowledged add must be in every primary's copy and the copies equal.
+//!   crash (kill -9: unsynced tails lost), restart, lose their disk, are restored from a
+//!   backup, a node joins, and the network partitions and heals; afterwards every
+//!   acknowledged add must be in every primary's copy, the copies equal.
 //! - [`replica_recovery`]: a node loses its disk; how many rounds until every key again has
 //!   N equal replicas.
 //!
@@ -265,6 +266,28 @@ impl World {
         nodes[i].disks.values().chain([&nodes[i].hints]).for_each(|d| d.wipe());
     }
 
+    /// A backup of node `i`'s disks as they are durable now.
+    pub fn backup(&self, i: usize) -> Backup {
+        let nodes = self.nodes.borrow();
+        let node = &nodes[i];
+        Backup {
+            disks: node
+                .disks
+                .values()
+                .chain([&node.hints])
+                .map(|d| (Arc::clone(d), d.backup()))
+                .collect(),
+            view: node.run.as_ref().map(|(c, _)| c.view()).or_else(|| node.saved_view.clone()),
+        }
+    }
+
+    /// Node `i` crashes and its disks (and membership file) are restored from `backup`.
+    pub fn restore(&self, i: usize, backup: &Backup) {
+        self.crash(i);
+        backup.disks.iter().for_each(|(disk, content)| disk.restore(content));
+        self.nodes.borrow_mut()[i].saved_view = backup.view.clone();
+    }
+
     /// Whether node `i` runs.
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes.borrow()[i].run.is_some()
@@ -330,19 +353,39 @@ impl World {
     /// Whether every key's primaries hold equal states, no other node holds a copy of any
     /// (no stray copies), and no node holds a hint.
     pub fn settled(&self, bucket: &str, keys: &[Vec<u8>]) -> bool {
+        self.unsettled(bucket, keys).is_empty()
+    }
+
+    /// What keeps [`World::settled`] false, one line each.
+    pub fn unsettled(&self, bucket: &str, keys: &[Vec<u8>]) -> Vec<String> {
+        let mut out = Vec::new();
         let running: Vec<Rc<Cluster>> =
             self.running().iter().filter_map(|&i| self.cluster(i)).collect();
-        if running.iter().any(|c| c.hints.counts().values().any(|&n| n > 0)) {
-            return false;
+        for cluster in &running {
+            for (owner, count) in cluster.hints.counts().into_iter().filter(|(_, n)| *n > 0) {
+                out.push(format!("{} holds {count} hints for {owner}", cluster.me()));
+            }
         }
-        keys.iter().all(|key| {
+        for key in keys {
             let replicas = self.replicas(bucket, key);
-            let strays = running.iter().filter(|c| {
-                !replicas.iter().any(|(id, _)| *id == c.me())
-                    && c.store.fetch(bucket, key).ok().flatten().is_some()
-            });
-            replicas_agree(&replicas) && strays.count() == 0
-        })
+            let name = String::from_utf8_lossy(key);
+            for cluster in &running {
+                let primary = replicas.iter().any(|(id, _)| *id == cluster.me());
+                if !primary && cluster.store.fetch(bucket, key).ok().flatten().is_some() {
+                    out.push(format!("{} keeps a stray copy of {name}", cluster.me()));
+                }
+            }
+            if !replicas_agree(&replicas) {
+                let held: Vec<String> = replicas
+                    .iter()
+                    .map(|(id, state)| {
+                        format!("{id}: {} bytes", state.as_ref().map_or(0, Vec::len))
+                    })
+                    .collect();
+                out.push(format!("{name}: primaries differ ({})", held.join(", ")));
+            }
+        }
+        out
     }
 
     /// The primaries of a key by the ring of the first running node, with each one's stored
@@ -383,6 +426,12 @@ impl Drop for World {
             }
         }
     }
+}
+
+/// A node's disks as a backup holds them.
+pub struct Backup {
+    disks: Vec<(Arc<Disk>, disk::Contents)>,
+    view: Option<crate::cluster::membership::View>,
 }
 
 /// The simulated wall clock for HLCs: the paused runtime's time since it started.
@@ -539,6 +588,8 @@ pub struct FaultFigures {
     pub digest: String,
     /// What happened, in order, with the simulated time: faults and every write's outcome.
     pub events: Vec<String>,
+    /// What kept the replicas from settling, if they did not.
+    pub unsettled: Vec<String>,
 }
 
 impl fmt::Display for FaultFigures {
@@ -561,21 +612,23 @@ impl fmt::Display for FaultFigures {
     }
 }
 
-/// Clients add items to `carts` carts through random running nodes for `duration_ms` while a
-/// nemesis crashes and restarts nodes (at most `N - 1`... see below) and partitions the
-/// network; then everything heals and restarts, and every acknowledged add must be in every
-/// primary's copy, the copies equal.
-///
-/// The nemesis keeps at least W + 1 nodes running, so that the cluster stays writeable and a
-/// crash can take at most... every node may crash over the run; at most `nodes - W - 1` at a
-/// time.
+/// Clients add uniquely named items to `carts` carts through random running nodes for
+/// `duration_ms` while a nemesis crashes nodes (kill -9: unsynced tails lost) and restarts
+/// them, partitions the network and heals it; once each, a node loses its disk, a node is
+/// restored from a backup taken earlier, and one more node (beyond `config.nodes`) joins, so
+/// partitions move. The nemesis keeps W + 1 nodes running. Then everything heals and runs,
+/// and every acknowledged add must be in every primary's copy, the copies equal, with no
+/// stray copy and no hint left.
 pub async fn faults(mut config: SimConfig, carts: usize, duration_ms: u64) -> FaultFigures {
+    assert!(config.nodes >= 3, "the fault run needs 3 nodes or more");
     let bucket = config.cart_bucket();
     let w = config.config.buckets[&bucket].w as usize;
-    let nodes = config.nodes;
+    // One more node joins halfway: partitions move while the faults go on.
+    let nodes = config.nodes + 1;
+    config.nodes = nodes;
     let interval = config.config.cluster.gossip_interval_ms;
     let world = World::new(config);
-    for i in 0..nodes {
+    for i in 0..nodes - 1 {
         world.start(i);
     }
     world.converge_views(600).await;
@@ -637,10 +690,43 @@ pub async fn faults(mut config: SimConfig, carts: usize, duration_ms: u64) -> Fa
     let mut figures = FaultFigures::default();
     let keep_running = w + 1;
     let mut elapsed = 0;
+    // The amnesia cases beyond a crash, once each: a backup taken at a quarter of the run is
+    // restored at three quarters; a disk is lost at three eighths; a node joins halfway.
+    // Never node 1: it is every node's seed, and a node 1 without disk or view would start as
+    // a cluster of its own.
+    let (amnesiac, wiped) =
+        (1 + world.below(nodes as u64 - 2) as usize, 1 + world.below(nodes as u64 - 2) as usize);
+    let mut backup = None;
+    let mut step = 0;
     while elapsed < duration_ms {
         let pause = 200 + world.below(600);
         world.sleep_ms(pause).await;
         elapsed += pause;
+        let due = [duration_ms / 4, duration_ms * 3 / 8, duration_ms / 2, duration_ms * 3 / 4];
+        if step < due.len() && elapsed >= due[step] {
+            match step {
+                0 => {
+                    backup = Some(world.backup(amnesiac));
+                    log(format!("backup of {}", world.id(amnesiac)));
+                }
+                1 => {
+                    world.wipe(wiped);
+                    world.start(wiped);
+                    log(format!("{} lost its disk and started empty", world.id(wiped)));
+                }
+                2 => {
+                    world.start(nodes - 1);
+                    log(format!("{} joins", world.id(nodes - 1)));
+                }
+                _ => {
+                    world.restore(amnesiac, backup.as_ref().expect("taken at step 0"));
+                    world.start(amnesiac);
+                    log(format!("{} restored from its backup and started", world.id(amnesiac)));
+                }
+            }
+            step += 1;
+            continue;
+        }
         match world.below(4) {
             0 if world.running().len() > keep_running => {
                 let running = world.running();
@@ -650,7 +736,10 @@ pub async fn faults(mut config: SimConfig, carts: usize, duration_ms: u64) -> Fa
                 figures.crashes += 1;
             }
             1 => {
-                let stopped: Vec<usize> = (0..nodes).filter(|&i| !world.is_running(i)).collect();
+                let joined = step > 2;
+                let stopped: Vec<usize> = (0..nodes)
+                    .filter(|&i| !world.is_running(i) && (joined || i < nodes - 1))
+                    .collect();
                 if let Some(&i) = stopped.get(world.below(stopped.len().max(1) as u64) as usize) {
                     world.start(i);
                     log(format!("start {}", world.id(i)));
@@ -692,6 +781,7 @@ pub async fn faults(mut config: SimConfig, carts: usize, duration_ms: u64) -> Fa
             break;
         }
     }
+    figures.unsettled = world.unsettled(&bucket, &keys);
     let acknowledged = acknowledged.borrow();
     figures.acknowledged = acknowledged.values().map(|items| items.len() as u64).sum();
     figures.unknown = unknown.get();
