@@ -83,9 +83,9 @@ use peers::PeerConnection;
 /// The node's cluster state, shared by every connection on the RPC thread.
 pub struct Cluster {
     /// The local store.
-    pub store: Store,
+    store: Store,
     /// The hint store.
-    pub hints: Hints,
+    hints: Hints,
     membership: RefCell<Membership>,
     /// How peers are reached; TCP connections by address when it is [`Network::Tcp`].
     network: Network,
@@ -205,6 +205,16 @@ impl Cluster {
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The hint store.
+    pub fn hints(&self) -> &Hints {
+        &self.hints
     }
 
     /// This node's id.

@@ -103,7 +103,7 @@ struct Shared {
 
 impl Shared {
     fn store(&self) -> &Store {
-        &self.cluster.store
+        self.cluster.store()
     }
 }
 
@@ -170,7 +170,7 @@ pub async fn serve(
             tracing::error!(bucket = %bucket.name, error = %e, "final sync failed");
         }
     }
-    if let Err(e) = shared.cluster.hints.engine().sync() {
+    if let Err(e) = shared.cluster.hints().engine().sync() {
         tracing::error!(error = %e, "final sync of hints failed");
     }
     shared.cluster.save_membership().await;
@@ -249,8 +249,8 @@ fn sole_owner(shared: Rc<Shared>) -> Cluster {
 /// directory lock) until it ends. At most [`ENGINE_RELEASE_TIMEOUT_MS`].
 async fn engines_released(cluster: &Cluster) {
     let held = || {
-        let engines = cluster.store.buckets().map(|b| &b.engine);
-        engines.chain([cluster.hints.engine()]).any(|e| std::sync::Arc::strong_count(e) > 1)
+        let engines = cluster.store().buckets().map(|b| &b.engine);
+        engines.chain([cluster.hints().engine()]).any(|e| std::sync::Arc::strong_count(e) > 1)
     };
     let deadline = Instant::now() + Duration::from_millis(ENGINE_RELEASE_TIMEOUT_MS);
     while held() {
@@ -520,7 +520,7 @@ impl cartwheel::Server for Api {
         let cluster = &shared.cluster;
         let store = shared.store();
         let ring = cluster.ring();
-        let hint_counts = cluster.hints.counts();
+        let hint_counts = cluster.hints().counts();
         let mut status = results.get().init_status();
         status.set_node_id(store.node_id());
         status.set_address(shared.address.to_string());
@@ -531,7 +531,7 @@ impl cartwheel::Server for Api {
         status.set_connections(shared.connections.get());
         status.set_config_digest(&shared.config_digest);
         status.set_ring_epoch(ring.epoch);
-        status.set_hints_refused(cluster.hints.refused());
+        status.set_hints_refused(cluster.hints().refused());
         let mismatches = cluster.config_mismatches();
         let mut list = status.reborrow().init_config_mismatches(mismatches.len() as u32);
         for (i, id) in mismatches.iter().enumerate() {

@@ -362,7 +362,7 @@ impl World {
         let running: Vec<Rc<Cluster>> =
             self.running().iter().filter_map(|&i| self.cluster(i)).collect();
         for cluster in &running {
-            for (owner, count) in cluster.hints.counts().into_iter().filter(|(_, n)| *n > 0) {
+            for (owner, count) in cluster.hints().counts().into_iter().filter(|(_, n)| *n > 0) {
                 out.push(format!("{} holds {count} hints for {owner}", cluster.me()));
             }
         }
@@ -371,7 +371,7 @@ impl World {
             let name = String::from_utf8_lossy(key);
             for cluster in &running {
                 let primary = replicas.iter().any(|(id, _)| *id == cluster.me());
-                if !primary && cluster.store.fetch(bucket, key).ok().flatten().is_some() {
+                if !primary && cluster.store().fetch(bucket, key).ok().flatten().is_some() {
                     out.push(format!("{} keeps a stray copy of {name}", cluster.me()));
                 }
             }
@@ -394,7 +394,7 @@ impl World {
         let Some(observer) = self.running().first().and_then(|&i| self.cluster(i)) else {
             return Vec::new();
         };
-        let n = observer.store.bucket(bucket).map_or(3, |b| b.config.n as usize);
+        let n = observer.store().bucket(bucket).map_or(3, |b| b.config.n as usize);
         let ring = observer.ring();
         let partition =
             crate::ring::partition_of(crate::ring::key_hash(bucket, key), ring.partitions());
@@ -410,7 +410,7 @@ impl World {
                 let index = (0..self.len()).find(|&i| self.id(i) == id);
                 let state = index
                     .and_then(|i| self.cluster(i))
-                    .and_then(|c| c.store.fetch(bucket, key).ok().flatten());
+                    .and_then(|c| c.store().fetch(bucket, key).ok().flatten());
                 (id, state)
             })
             .collect()
@@ -789,7 +789,7 @@ pub async fn faults(mut config: SimConfig, carts: usize, duration_ms: u64) -> Fa
     for (cart, key) in keys.iter().enumerate() {
         let replicas = world.replicas(&bucket, key);
         let resolver = Rc::clone(&world.cluster(0).expect("n1 runs"))
-            .store
+            .store()
             .bucket(&bucket)
             .map(|b| Arc::clone(&b.resolver));
         let resolver = resolver.expect("the cart bucket exists");
