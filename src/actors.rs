@@ -80,8 +80,8 @@ pub struct Actors {
 struct State {
     replica: Vec<u8>,
     hint: Vec<u8>,
-    /// SplitMix64 state: every draw of one generator gives a different epoch.
-    generator: u64,
+    /// Every draw of one SplitMix64 generator is a different epoch.
+    generator: crate::rng::Rng,
     /// Epochs taken since the start (both roles).
     renewals: u64,
 }
@@ -96,8 +96,12 @@ impl Actors {
     /// simulations and tests).
     pub fn with_seed(node_id: &str, seed: u64) -> Self {
         assert!(node_id.len() <= NODE_ID_BYTES_MAX, "node ids are checked by the config");
-        let mut state =
-            State { replica: Vec::new(), hint: Vec::new(), generator: seed, renewals: 0 };
+        let mut state = State {
+            replica: Vec::new(),
+            hint: Vec::new(),
+            generator: crate::rng::Rng::new(seed),
+            renewals: 0,
+        };
         state.replica = actor(node_id, state.next_epoch());
         state.hint = actor(node_id, state.next_epoch());
         Self { node_id: node_id.to_string(), state: Mutex::new(state) }
@@ -143,11 +147,7 @@ impl Actors {
 
 impl State {
     fn next_epoch(&mut self) -> u64 {
-        self.generator = self.generator.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.generator;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.generator.next_u64()
     }
 }
 

@@ -14,6 +14,7 @@
 //! | [`node`] | one process: [`node::server`] (accept loop, limits, client and peer APIs, [`node::NodeHandle`]), [`node::transport`], [`node::wire`] |
 //! | [`client`] | the Rust client library (one node), and [`client::router`] (zero-hop routing over the ring) |
 //! | [`sim`] | the seeded cluster simulation: many nodes, simulated network, disks and time |
+//! | [`rng`] | the seeded random source of the workload, the simulation and actor epochs |
 //! | [`error`] | the typed errors a client can tell apart |
 //! | [`exit`] | the binary's exit codes |
 //! | [`cli`] | the `cartwheel` command line |
@@ -52,6 +53,7 @@ pub mod error;
 pub mod exit;
 pub mod node;
 pub mod ring;
+pub mod rng;
 pub mod sim;
 pub mod store;
 

@@ -7,7 +7,8 @@
 //! who owns what, whom to gossip with) are [`super::membership`]'s; this room carries them.
 
 use super::membership::{Notice, View};
-use super::{membership_file, splitmix, Cluster};
+use super::{membership_file, Cluster};
+use crate::rng::splitmix;
 
 impl Cluster {
     /// Merge a view a peer sent; answer with ours.

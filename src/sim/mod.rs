@@ -48,6 +48,8 @@ use crate::cluster::peers::Network;
 use crate::cluster::{Cluster, Environment};
 use crate::config::{BucketConfig, Config};
 use crate::node::wire::WriteOptions;
+use crate::rng::Rng;
+
 use crate::store::hints::Hints;
 use crate::store::Store;
 use disk::Disk;
@@ -59,31 +61,6 @@ pub const FLUSH_INTERVAL_MS: u64 = 10;
 
 /// The wall clock the simulated HLCs start from (2026-01-01), in milliseconds.
 const EPOCH_MS: u64 = 1_767_225_600_000;
-
-/// A deterministic random source (SplitMix64).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A source seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
 
 /// What a simulation runs.
 #[derive(Clone, Debug)]

@@ -20,7 +20,7 @@ use crate::cluster::peers::{PeerReply, PeerRequest, Transport};
 use crate::cluster::Cluster;
 use crate::error::Error;
 
-use super::Rng;
+use crate::rng::Rng;
 
 /// How the simulated network behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
