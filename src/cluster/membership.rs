@@ -333,7 +333,14 @@ impl Membership {
         if owning == wanted {
             return Vec::new();
         }
-        self.ring = self.ring.rebalance(&wanted, self.target_n);
+        // With more members than partitions some own nothing however the ring is laid out:
+        // change it (and its epoch) only when rebalancing moves something, or the claimant
+        // would take a new epoch every round and the ring would never settle.
+        let rebalanced = self.ring.rebalance(&wanted, self.target_n);
+        if rebalanced.owners == self.ring.owners {
+            return Vec::new();
+        }
+        self.ring = rebalanced;
         vec![Notice::RingChanged(self.ring.epoch)]
     }
 }
@@ -354,6 +361,23 @@ mod tests {
     }
 
     const TIMING: Timing = Timing { suspect_after_ms: 300, down_after_ms: 800, per_doubling_ms: 0 };
+
+    /// A cluster with more members than partitions settles on one ring: the claimant does
+    /// not take a new epoch when rebalancing would move nothing.
+    #[test]
+    fn more_members_than_partitions_settle() {
+        let mut nodes: Vec<Membership> =
+            (0..6).map(|i| Membership::new(info(&format!("m{i}")), 4, 3, TIMING, 0)).collect();
+        for round in 0..6 {
+            exchange_all(&mut nodes, round * 100);
+        }
+        let epoch = nodes[0].ring().epoch;
+        for round in 6..12 {
+            exchange_all(&mut nodes, round * 100);
+        }
+        assert_eq!(nodes[0].ring().epoch, epoch, "the ring keeps changing");
+        assert!(nodes.iter().all(|n| n.ring() == nodes[0].ring()));
+    }
 
     /// The silences grow by one interval (suspect) and two (down) per doubling of the
     /// member count past two.
