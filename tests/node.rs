@@ -6,7 +6,7 @@
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-use cartwheel::client::{block_on, Client, WriteOptions};
+use cartwheel::client::{block_on, Client, ReadOptions, WriteOptions};
 use cartwheel::config::{BucketConfig, Config};
 use cartwheel::node::server::NodeHandle;
 use cartwheel::Error;
@@ -427,4 +427,30 @@ fn inflight_bound_per_connection() {
         }
         assert_eq!(client.status().await.unwrap().requests_refused, refused as u64);
     });
+}
+
+/// A server that accepts TCP and never answers: every client request ends with a typed
+/// timeout a little after its own timeout, never a hang.
+#[test]
+fn a_silent_server_gives_a_timeout_not_a_hang() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    // Accept and hold connections without reading or writing a byte.
+    let _held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(4) {
+            held.push(stream);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let started = std::time::Instant::now();
+    let outcome = block_on(async {
+        let client = Client::connect(&address).await?;
+        let options = ReadOptions { r: 0, timeout_ms: 200 };
+        client.get_with("default", b"k", &options).await
+    });
+    let elapsed = started.elapsed();
+    assert!(matches!(outcome, Err(Error::Timeout(_))), "{outcome:?}");
+    assert!(outcome.unwrap_err().outcome_unknown());
+    assert!(elapsed < std::time::Duration::from_secs(10), "took {elapsed:?}");
 }

@@ -34,6 +34,15 @@ pub use crate::node::wire::{ReadOptions, WriteOptions};
 /// How long `connect` waits for the TCP handshake.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 
+/// The request timeout a client assumes when a request leaves it to the node (the node's
+/// default `limits.request_timeout_ms`).
+pub const NODE_REQUEST_TIMEOUT_MS: u64 = 5_000;
+
+/// How much longer than the request's own timeout a client waits for the answer before it
+/// gives up with [`Error::Timeout`]: the node answers `timeout` itself at its deadline, so
+/// only a node that stopped answering (hung, or a half-open connection) reaches this one.
+pub const CLIENT_DEADLINE_MARGIN_MS: u64 = 1_000;
+
 /// A connection to one node.
 pub struct Client {
     api: cartwheel::Client,
@@ -188,6 +197,26 @@ impl Client {
         self.value_bytes_max = bytes;
     }
 
+    /// Wait for `answer` until the request's deadline (its `timeout_ms`, 0 for the node's
+    /// default, plus [`CLIENT_DEADLINE_MARGIN_MS`]); a node that never answers gives a typed
+    /// [`Error::Timeout`] (outcome unknown), never a hang.
+    async fn within<T>(
+        &self,
+        timeout_ms: u32,
+        answer: impl std::future::Future<Output = Result<T, capnp::Error>>,
+    ) -> Result<T, Error> {
+        let ms = match timeout_ms {
+            0 => NODE_REQUEST_TIMEOUT_MS,
+            ms => u64::from(ms),
+        } + CLIENT_DEADLINE_MARGIN_MS;
+        match tokio::time::timeout(Duration::from_millis(ms), answer).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => {
+                Err(Error::Timeout(format!("{} did not answer within {ms} ms", self.address)))
+            }
+        }
+    }
+
     /// Read a key with the bucket's default options. `value` is `None` when not found.
     pub async fn get(&self, bucket: &str, key: &[u8]) -> Result<Read, Error> {
         self.get_with(bucket, key, &ReadOptions::default()).await
@@ -207,7 +236,7 @@ impl Client {
             p.set_key(key);
             wire::set_read_options(p.init_options(), options);
         }
-        let response = request.send().promise.await?;
+        let response = self.within(options.timeout_ms, request.send().promise).await?;
         let result = response.get()?.get_result()?;
         match result.which().map_err(|e| Error::Transport(e.to_string()))? {
             get_result::NotFound(context) => Ok(Read { context: context?.to_vec(), value: None }),
@@ -252,7 +281,7 @@ impl Client {
             p.set_context(context);
             wire::set_write_options(p.init_options(), options);
         }
-        let response = request.send().promise.await?;
+        let response = self.within(options.timeout_ms, request.send().promise).await?;
         write_outcome(response.get()?.get_result()?)
     }
 
@@ -277,7 +306,7 @@ impl Client {
             p.set_context(context);
             wire::set_write_options(p.init_options(), options);
         }
-        let response = request.send().promise.await?;
+        let response = self.within(options.timeout_ms, request.send().promise).await?;
         write_outcome(response.get()?.get_result()?)
     }
 
@@ -302,13 +331,13 @@ impl Client {
             }
             wire::set_write_options(p.init_options(), options);
         }
-        let response = request.send().promise.await?;
+        let response = self.within(options.timeout_ms, request.send().promise).await?;
         write_outcome(response.get()?.get_result()?)
     }
 
     /// The node's view of the ring.
     pub async fn ring(&self) -> Result<RingInfo, Error> {
-        let response = self.api.ring_request().send().promise.await?;
+        let response = self.within(0, self.api.ring_request().send().promise).await?;
         let ring = response.get()?.get_ring()?;
         let nodes = ring.get_nodes()?.iter().map(member).collect::<Result<_, _>>()?;
         Ok(RingInfo {
@@ -321,7 +350,7 @@ impl Client {
 
     /// The node's status.
     pub async fn status(&self) -> Result<NodeStatus, Error> {
-        let response = self.api.status_request().send().promise.await?;
+        let response = self.within(0, self.api.status_request().send().promise).await?;
         let s = response.get()?.get_status()?;
         let members = s.get_members()?.iter().map(member).collect::<Result<_, _>>()?;
         let mut buckets = Vec::new();
@@ -367,7 +396,7 @@ impl Client {
         let mut request = peer.fetch_request();
         request.get().set_bucket(bucket);
         request.get().set_key(key);
-        let response = request.send().promise.await?;
+        let response = self.within(0, request.send().promise).await?;
         match response.get()?.get_result()?.which().map_err(|e| Error::Transport(e.to_string()))? {
             crate::cartwheel_capnp::fetch_result::NotFound(()) => Ok(None),
             crate::cartwheel_capnp::fetch_result::State(state) => Ok(Some(state?.to_vec())),
