@@ -23,7 +23,7 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::embedded();
         config.node.listen = "127.0.0.1:0".parse().unwrap();
-        // A cluster of its own: the embedded seeds name 127.0.0.1:7401, a user's `up`.
+        // A cluster of its own: the embedded seeds name the first port of a user's `up`.
         config.node.seeds = Vec::new();
         config.node.data_dir = dir.path().join("n1");
         adjust(&mut config);
