@@ -23,7 +23,7 @@
 //! is the TCP connection's.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -156,55 +156,32 @@ fn unexpected(reply: &PeerReply) -> Error {
     Error::Internal(format!("a peer answered with an unexpected reply: {reply:?}"))
 }
 
-impl FromReply for bool {
-    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
-        match reply {
-            PeerReply::Stored(stored) => Ok(stored),
-            other => Err(unexpected(&other)),
+/// `impl FromReply for $type` taking the `PeerReply::$variant` payload as it is.
+macro_rules! from_reply {
+    ($($type:ty => $variant:ident),* $(,)?) => {$(
+        impl FromReply for $type {
+            fn from_reply(reply: PeerReply) -> Result<Self, Error> {
+                match reply {
+                    PeerReply::$variant(value) => Ok(value),
+                    other => Err(unexpected(&other)),
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl FromReply for Option<Vec<u8>> {
-    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
-        match reply {
-            PeerReply::State(state) => Ok(state),
-            other => Err(unexpected(&other)),
-        }
-    }
+from_reply! {
+    bool => Stored,
+    Option<Vec<u8>> => State,
+    View => View,
+    Leaves => Leaves,
+    Read => Written,
 }
 
-impl FromReply for View {
-    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
-        match reply {
-            PeerReply::View(view) => Ok(view),
-            other => Err(unexpected(&other)),
-        }
-    }
-}
-
-impl FromReply for Leaves {
-    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
-        match reply {
-            PeerReply::Leaves(leaves) => Ok(leaves),
-            other => Err(unexpected(&other)),
-        }
-    }
-}
-
-impl FromReply for HashMap<Vec<u8>, Vec<u8>> {
+impl FromReply for BTreeMap<Vec<u8>, Vec<u8>> {
     fn from_reply(reply: PeerReply) -> Result<Self, Error> {
         match reply {
             PeerReply::Entries(entries) => Ok(entries.into_iter().collect()),
-            other => Err(unexpected(&other)),
-        }
-    }
-}
-
-impl FromReply for Read {
-    fn from_reply(reply: PeerReply) -> Result<Self, Error> {
-        match reply {
-            PeerReply::Written(read) => Ok(read),
             other => Err(unexpected(&other)),
         }
     }
@@ -434,7 +411,7 @@ impl Cluster {
         bucket: &str,
         partition: u16,
         segments: &[u16],
-    ) -> Result<HashMap<Vec<u8>, Vec<u8>>, Error> {
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, Error> {
         let address = self.address(id)?;
         let value = || PeerRequest::SegmentEntries {
             bucket: bucket.to_string(),
@@ -454,7 +431,7 @@ impl Cluster {
             if response.has_error() {
                 return Err(wire::get_error(response.get_error()?));
             }
-            let mut entries = HashMap::new();
+            let mut entries = BTreeMap::new();
             for entry in response.get_entries()?.iter() {
                 entries.insert(entry.get_key()?.to_vec(), entry.get_state()?.to_vec());
             }
