@@ -143,8 +143,9 @@ pub enum Command {
     },
     /// Open-loop latency benchmark (p99.9 at a fixed offered rate).
     Bench(crate::bench::BenchArgs),
-    /// Run the seeded cluster simulation: gossip convergence, a join, faults on carts and a
-    /// lost disk, with the buckets of a configuration file; prints the figures.
+    /// Run the seeded cluster simulation: gossip convergence, a join, faults on carts, a
+    /// lost disk and an isolated node, with the buckets of a configuration file; prints the
+    /// figures.
     Sim(SimArgs),
 }
 
@@ -430,12 +431,16 @@ fn simulate(args: &SimArgs) -> ExitCode {
     }
     let disk = sim::run(sim::replica_recovery(make(), 50, 600));
     println!("{disk}");
+    let cut = sim::run(sim::isolation(make(), 150, 600));
+    println!("{cut}");
     let held = gossip.rounds.is_some()
         && gossip.unstable_rounds == 0
         && join.converged
         && faults.lost.is_empty()
         && faults.converged
-        && disk.rounds.is_some();
+        && disk.rounds.is_some()
+        && cut.false_down_rounds == 0
+        && cut.rounds_to_all_up.is_some_and(|rounds| rounds <= 3);
     if held {
         ExitCode::SUCCESS
     } else {

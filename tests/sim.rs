@@ -108,3 +108,18 @@ fn a_lost_disk_is_rebuilt_to_n_replicas() {
         assert!(figures.rounds.is_some(), "{figures}; {}", replay(seed, 5));
     }
 }
+
+/// One node cut off from the others for 15 s (150 rounds of 100 ms): the others never see
+/// each other down, and within 3 rounds of the heal every node sees every node up.
+#[test]
+fn isolating_a_node_marks_no_healthy_node_down() {
+    for seed in seeds(1) {
+        for nodes in [3, 5] {
+            let figures = sim::run(sim::isolation(SimConfig::new(nodes, seed), 150, 100));
+            eprintln!("seed {seed}: {figures}");
+            assert_eq!(figures.false_down_rounds, 0, "{figures}; {}", replay(seed, nodes));
+            let rounds = figures.rounds_to_all_up.unwrap_or(u64::MAX);
+            assert!(rounds <= 3, "{figures}; {}", replay(seed, nodes));
+        }
+    }
+}

@@ -20,6 +20,8 @@
 //!   acknowledged add must be in every primary's copy, the copies equal.
 //! - [`replica_recovery`]: a node loses its disk; how many rounds until every key again has
 //!   N equal replicas.
+//! - [`isolation`]: one node is cut off; do the others ever see each other down, and how
+//!   soon after the heal is everyone up.
 //!
 //! What is not simulated: the Cap'n Proto encoding (calls are values, [`PeerRequest`]), the
 //! per-connection in-flight bound, durable waits (`dw` must be 0: a sync would leave the
@@ -794,6 +796,91 @@ pub async fn faults(mut config: SimConfig, carts: usize, duration_ms: u64) -> Fa
     let (calls, lost) = world.net().counts();
     (figures.calls, figures.messages_lost) = (calls, lost);
     figures
+}
+
+/// What [`isolation`] measured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsolationFigures {
+    /// Nodes.
+    pub nodes: usize,
+    /// Rounds the node was cut off.
+    pub cut_rounds: u64,
+    /// Rounds during the cut in which a node of the majority saw another one down (they
+    /// could reach each other all along).
+    pub false_down_rounds: u64,
+    /// Rounds during the cut in which one saw another suspect (a lost message does that).
+    pub suspect_rounds: u64,
+    /// Rounds after the heal until every node saw every node up (`None`: not within the
+    /// limit).
+    pub rounds_to_all_up: Option<u64>,
+}
+
+impl fmt::Display for IsolationFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "isolation: one of {} nodes cut off for {} rounds; {} rounds with a healthy node \
+             seen down, {} with one seen suspect; all up {} after the heal",
+            self.nodes,
+            self.cut_rounds,
+            self.false_down_rounds,
+            self.suspect_rounds,
+            match self.rounds_to_all_up {
+                Some(rounds) => format!("{rounds} rounds"),
+                None => "NOT within the limit".to_string(),
+            }
+        )
+    }
+}
+
+/// Cut the last node off from the others for `cut_rounds` gossip rounds: do the others keep
+/// seeing each other up (suspect counts as not up), and how soon after the heal does every
+/// node see every node up?
+pub async fn isolation(config: SimConfig, cut_rounds: u64, max_rounds: u64) -> IsolationFigures {
+    let nodes = config.nodes;
+    let interval = config.config.cluster.gossip_interval_ms;
+    let world = World::new(config);
+    for i in 0..nodes {
+        world.start(i);
+    }
+    world.converge_views(600).await;
+    let cut = nodes - 1;
+    world.net().partition([world.id(cut)].into_iter().collect());
+    let majority: Vec<usize> = (0..cut).collect();
+    // Whether node `i` sees every node of `among` at least `floor` healthy.
+    let sees_all = |i: usize, among: &[usize], floor: Health| {
+        let Some(cluster) = world.cluster(i) else { return false };
+        let rank = |health: Health| match health {
+            Health::Up => 2,
+            Health::Suspect => 1,
+            Health::Down => 0,
+        };
+        let healthy: BTreeSet<String> = cluster
+            .members()
+            .into_iter()
+            .filter(|(_, health)| rank(*health) >= rank(floor))
+            .map(|(member, _)| member.id)
+            .collect();
+        among.iter().all(|&j| healthy.contains(&world.id(j)))
+    };
+    let (mut false_down_rounds, mut suspect_rounds) = (0, 0);
+    for _ in 0..cut_rounds {
+        world.sleep_ms(interval).await;
+        false_down_rounds +=
+            u64::from(!majority.iter().all(|&i| sees_all(i, &majority, Health::Suspect)));
+        suspect_rounds += u64::from(!majority.iter().all(|&i| sees_all(i, &majority, Health::Up)));
+    }
+    world.net().heal();
+    let everyone: Vec<usize> = (0..nodes).collect();
+    let mut rounds_to_all_up = None;
+    for round in 1..=max_rounds {
+        world.sleep_ms(interval).await;
+        if everyone.iter().all(|&i| sees_all(i, &everyone, Health::Up)) {
+            rounds_to_all_up = Some(round);
+            break;
+        }
+    }
+    IsolationFigures { nodes, cut_rounds, false_down_rounds, suspect_rounds, rounds_to_all_up }
 }
 
 /// What [`replica_recovery`] measured.
