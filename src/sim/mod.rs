@@ -137,6 +137,9 @@ pub struct World {
     nodes: RefCell<Vec<Node>>,
     rng: RefCell<Rng>,
     flusher: tokio::task::JoinHandle<()>,
+    /// When the world began, on the simulation's paused clock: the HLCs' wall clock reads
+    /// [`EPOCH_MS`] plus the time since.
+    started: tokio::time::Instant,
 }
 
 impl World {
@@ -165,7 +168,14 @@ impl World {
                 disks.iter().for_each(|d| d.flush());
             }
         });
-        Rc::new(Self { config, net, nodes: RefCell::new(nodes), rng: RefCell::new(rng), flusher })
+        Rc::new(Self {
+            config,
+            net,
+            nodes: RefCell::new(nodes),
+            rng: RefCell::new(rng),
+            flusher,
+            started: tokio::time::Instant::now(),
+        })
     }
 
     /// Node count.
@@ -198,7 +208,9 @@ impl World {
         config.node.id = node.id.clone();
         config.node.seeds = vec!["sim-n1".to_string()];
         let actors = Actors::with_seed(&node.id, self.rng.borrow_mut().next_u64());
-        let clock = HybridClock::with_wall_clock(simulated_wall_ms);
+        let started = self.started;
+        let clock =
+            HybridClock::with_wall_clock(move || EPOCH_MS + started.elapsed().as_millis() as u64);
         let disks = node.disks.clone();
         // Scans on the simulation's one thread: a run must not depend on thread timing.
         let store = Store::with_engines(&config, actors, clock, |name, _| Ok(disks[name].engine()))
@@ -411,14 +423,6 @@ impl Drop for World {
 pub struct Backup {
     disks: Vec<(Arc<Disk>, disk::Contents)>,
     view: Option<crate::cluster::membership::View>,
-}
-
-/// The simulated wall clock for HLCs: the paused runtime's time since it started.
-fn simulated_wall_ms() -> u64 {
-    thread_local! {
-        static START: tokio::time::Instant = tokio::time::Instant::now();
-    }
-    EPOCH_MS + START.with(|start| start.elapsed().as_millis() as u64)
 }
 
 /// Whether every primary has a state and all are equal.
