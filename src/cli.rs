@@ -159,7 +159,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// A node configuration whose buckets, partitions and cluster settings to simulate (the
-    /// embedded defaults without one); `dw` is taken as 0.
+    /// embedded defaults without one). Engines are simulated disks, and `dw` is taken as 0.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Simulated seconds of faults.

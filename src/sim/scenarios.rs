@@ -101,9 +101,8 @@ impl fmt::Display for JoinFigures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "join: node {} of {} moved {} of {} partitions (Q/(S+1) = {:.1}, ratio {:.2}){}",
-            self.before + 1,
-            self.before + 1,
+            "join: a node joining {} moved {} of {} partitions (Q/(S+1) = {:.1}, ratio {:.2}){}",
+            self.before,
             self.moved,
             self.partitions,
             self.fair_share(),
