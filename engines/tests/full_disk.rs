@@ -94,9 +94,14 @@ fn fill_until_refused(kind: EngineKind) {
     let refusal = refusal.unwrap_or_else(|| panic!("{kind}: a {FS_BYTES}-byte disk never filled"));
     assert!(matches!(refusal, EngineError::Io { .. }), "{kind}: {refusal:?}");
     assert!(synced.len() >= 100, "{kind}: only {} writes before the disk filled", synced.len());
-    // Later calls fail too, or succeed; none panics.
-    let _ = engine.put(b"after", b"full");
-    let _ = engine.sync();
+    // Later calls fail too, or succeed; none panics, and a small write that the engine
+    // acknowledges as synced after the refusal must survive like any other.
+    for i in 0..5u32 {
+        let key = format!("after-{i}").into_bytes();
+        if engine.put(&key, b"small").and_then(|()| engine.sync()).is_ok() {
+            synced.insert(key, b"small".to_vec());
+        }
+    }
     drop(engine);
 
     // Free space: the engine opens again, with every synced write, and takes new ones.

@@ -8,7 +8,9 @@
 //! thread when there is one, a freshly created segment otherwise.
 //!
 //! After a failed write the tail of the file is unknown, so the active segment refuses every
-//! later append; only reopening (recovery) makes the log writable again.
+//! later append; only reopening (recovery) makes the log writable again. The same after a
+//! seal whose next segment could not be made (a full disk): recovery reads nothing past a
+//! seal record, so a record appended there would be acknowledged and then lost.
 
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -201,6 +203,20 @@ impl Shared {
             active.failed = true;
             return Err(EngineError::io("fdatasync segment")(e));
         }
+        // The active segment is sealed now: recovery reads nothing after its seal record, so
+        // if the next segment cannot be made (a full disk), nothing may be appended here
+        // again. Without this, small records that still fitted after the seal were
+        // acknowledged as synced and then lost at the next open.
+        let rolled = self.start_next_segment(active, next_len);
+        if rolled.is_err() {
+            active.failed = true;
+        }
+        rolled
+    }
+
+    /// After a seal: make the next segment (the spare if it is ready, else a new file) and
+    /// make it the active one.
+    fn start_next_segment(&self, active: &mut Active, next_len: u64) -> Result<(), EngineError> {
         let id = active.segment.id.checked_add(1).expect("segment ids do not run out");
         let needed = (SEGMENT_HEADER_BYTES + SEAL_RECORD_BYTES) as u64 + next_len;
         let spare = lock(&self.spare).take();
