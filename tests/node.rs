@@ -31,6 +31,11 @@ impl TestNode {
         Self { node, _dir: dir }
     }
 
+    /// The node's data directory.
+    fn dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("n1")
+    }
+
     fn address(&self) -> String {
         self.node.address().to_string()
     }
@@ -453,4 +458,23 @@ fn a_silent_server_gives_a_timeout_not_a_hang() {
     assert!(matches!(outcome, Err(Error::Timeout(_))), "{outcome:?}");
     assert!(outcome.unwrap_err().outcome_unknown());
     assert!(elapsed < std::time::Duration::from_secs(10), "took {elapsed:?}");
+}
+
+/// A second node given a running node's data directory stops at the node's own lock, before
+/// it creates or opens anything there (no bucket directory of its own appears).
+#[test]
+fn a_second_node_on_the_same_data_dir_touches_nothing() {
+    let first = TestNode::start(|_| {});
+    let data_dir = first.dir();
+    let mut config = Config::embedded();
+    config.node.listen = "127.0.0.1:0".parse().unwrap();
+    config.node.seeds = Vec::new();
+    config.node.data_dir = data_dir.clone();
+    config.buckets.insert("a-second".into(), BucketConfig::new(EngineKind::Log, ResolverKind::Lww));
+    let err = NodeHandle::start(config).expect_err("the data directory is in use");
+    assert!(err.to_string().contains("locked"), "{err}");
+    assert!(
+        !data_dir.join("buckets").join("a-second").exists(),
+        "the refused node created a bucket"
+    );
 }

@@ -138,6 +138,12 @@ pub async fn serve(
     let address = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
     let listener =
         TcpListener::from_std(listener).map_err(|source| ServeError::Bind { address, source })?;
+    // The node's own lock first: a second node given this data directory by mistake stops
+    // here, before it creates or opens anything in it.
+    let data_dir = &config.node.data_dir;
+    let _node_lock = cartwheel_engines::data_dir::lock_dir(data_dir).map_err(|source| {
+        OpenError { bucket: "(node)".into(), dir: data_dir.display().to_string(), source }
+    })?;
     let store = Store::open(&config)?;
     let hints_dir = config.node.data_dir.join("hints");
     let hints =
