@@ -23,7 +23,9 @@ use super::format::{
     encode_record, encode_segment_header, record_bytes, RecordKind, SEAL_RECORD_BYTES,
     SEGMENT_HEADER_BYTES,
 };
-use super::segment::{create_segment, segment_path, Segment, SEGMENT_SUFFIX, TEMP_SUFFIX};
+use super::segment::{
+    create_segment, segment_capacity, segment_path, Segment, SEGMENT_SUFFIX, TEMP_SUFFIX,
+};
 use super::{lock, sync_dir, sys, EngineError, Location, MemLog, Shared};
 use crate::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
@@ -231,7 +233,7 @@ impl Shared {
                 if let Some(stale) = other {
                     let _ = fs::remove_file(&stale.temp);
                 }
-                let capacity = self.options.segment_bytes_max.max(needed);
+                let capacity = segment_capacity(&self.dir, self.options.segment_bytes_max, needed);
                 (create_segment(&self.dir, id, capacity)?, capacity)
             }
         };
@@ -246,7 +248,7 @@ impl Shared {
     /// Make the spare for segment `id` (see [`Spare`]). `Ok(None)` if the log began closing
     /// first.
     fn fill_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
-        let capacity = self.options.segment_bytes_max;
+        let capacity = segment_capacity(&self.dir, self.options.segment_bytes_max, 0);
         let temp = self.dir.join(format!("{id:010}{SEGMENT_SUFFIX}.spare{TEMP_SUFFIX}"));
         let file = OpenOptions::new()
             .read(true)

@@ -88,7 +88,7 @@ pub use format::{
 pub use segment::ScanEnd;
 use segment::{
     create_segment, header_is_valid, list_segments, remove_segment_files, resume_segment,
-    scan_bytes, segment_path, Segment,
+    scan_bytes, segment_capacity, segment_path, Segment,
 };
 
 /// Where a record starts: its segment and its byte offset in that segment.
@@ -267,7 +267,7 @@ impl MemLog {
             Some((segment, end)) => resume_segment(dir, segment, end, &options)?,
             None => {
                 let id = segments.last().map_or(1, |s| s.id + 1).max(options.segment_id_min);
-                let capacity = options.segment_bytes_max;
+                let capacity = segment_capacity(dir, options.segment_bytes_max, 0);
                 (create_segment(dir, id, capacity)?, capacity)
             }
         };

@@ -70,6 +70,20 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<u32>, EngineError> {
 
 /// Create a new segment file: header written and the file preallocated to `capacity` under a
 /// temporary name, fsynced, renamed into place, directory fsynced.
+/// Smallest segment made for a nearly full disk (a record larger than this still gets a
+/// segment of its own size).
+pub(super) const SEGMENT_BYTES_MIN: u64 = 64 << 10;
+
+/// The capacity of a new segment in `dir`: `wanted` (the configured `segment_bytes_max`),
+/// but no more than a quarter of the space left on the file system (shrinking no further
+/// than [`SEGMENT_BYTES_MIN`]), and never less than `needed` (the next record). So a node starts, and keeps taking
+/// writes, on a disk with less free space than one full segment; with plenty of space
+/// nothing changes. Where free space cannot be read, `wanted`.
+pub(super) fn segment_capacity(dir: &Path, wanted: u64, needed: u64) -> u64 {
+    let available = fs4::available_space(dir).unwrap_or(u64::MAX);
+    wanted.min((available / 4).max(SEGMENT_BYTES_MIN)).max(needed)
+}
+
 pub(super) fn create_segment(dir: &Path, id: u32, capacity: u64) -> Result<Segment, EngineError> {
     let path = segment_path(dir, id);
     let temp = dir.join(format!("{id:010}{SEGMENT_SUFFIX}{TEMP_SUFFIX}"));
@@ -162,7 +176,10 @@ pub(super) fn resume_segment(
     let old_len = map.len();
     // The mapping is dropped before the file is cut: a truncated file is never mapped.
     drop(map);
-    let capacity = options.segment_bytes_max.max(old_len).max(end + SEAL_RECORD_BYTES as u64);
+    // The segment keeps the capacity it was made with (space it holds already); a segment
+    // made before the disk filled is not grown to `segment_bytes_max` again.
+    let wanted = segment_capacity(dir, options.segment_bytes_max, 0).max(old_len);
+    let capacity = wanted.max(end + SEAL_RECORD_BYTES as u64);
     if end < old_len {
         file.set_len(end).map_err(EngineError::io("truncate segment"))?;
     }
