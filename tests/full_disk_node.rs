@@ -1,0 +1,119 @@
+//! A node on a small disk (a tmpfs this test mounts; root needed, as for
+//! engines/tests/full_disk.rs): it starts with little space, and when the disk fills, no
+//! write it acknowledged durable (dw = 1) is lost — not those before the first refusal, and
+//! not any it still acknowledged after it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use cartwheel::client::{block_on, Client, WriteOptions};
+use cartwheel::config::{BucketConfig, Config};
+use cartwheel::node::NodeHandle;
+use cartwheel_engines::EngineKind;
+use cartwheel_resolvers::{ResolverKind, Value};
+
+/// Size of the tmpfs: less than one default segment (64 MiB).
+const FS_BYTES: u64 = 24 << 20;
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount() -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={FS_BYTES}"), "tmpfs"])
+            .arg(&path)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs { path, _dir: dir }),
+            other => {
+                let required = std::env::var("CARTWHEEL_REQUIRE_TMPFS").is_ok_and(|v| v == "1");
+                assert!(
+                    !required,
+                    "cannot mount a tmpfs ({other:?}) and CARTWHEEL_REQUIRE_TMPFS=1"
+                );
+                eprintln!("skipped: cannot mount a tmpfs here ({other:?}); run as root");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn config(data_dir: PathBuf) -> Config {
+    let mut config = Config::embedded();
+    config.node.listen = "127.0.0.1:0".parse().unwrap();
+    config.node.seeds = Vec::new();
+    config.node.data_dir = data_dir;
+    config.buckets.clear();
+    let mut bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Lww);
+    bucket.dw = 1;
+    config.buckets.insert("durable".into(), bucket);
+    config
+}
+
+/// Fill the disk with 256 KiB dw = 1 puts until refused, then try small ones; after a stop
+/// and a restart, every acknowledged put reads back.
+#[test]
+fn no_durable_write_is_lost_when_the_disk_fills() {
+    let Some(fs) = Tmpfs::mount() else { return };
+    let data_dir = fs.path.join("node");
+    let node =
+        NodeHandle::start(config(data_dir.clone())).expect("the node starts on a small disk");
+    let address = node.address().to_string();
+    let mut acknowledged: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let refused = block_on(async {
+        let client = Client::connect(&address).await.unwrap();
+        let options = WriteOptions::default();
+        let mut refused = 0;
+        for i in 0..400u32 {
+            let (key, value) = if refused == 0 {
+                (format!("big-{i:04}"), vec![i as u8; 256 << 10])
+            } else {
+                (format!("small-{i:04}"), vec![i as u8; 64])
+            };
+            match client.put_with("durable", key.as_bytes(), &value, &[], &options).await {
+                Ok(_) => {
+                    acknowledged.insert(key, value);
+                }
+                Err(_) => {
+                    refused += 1;
+                    if refused > 5 {
+                        break;
+                    }
+                }
+            }
+        }
+        refused
+    });
+    let small = acknowledged.keys().filter(|k| k.starts_with("small")).count();
+    eprintln!(
+        "{} puts acknowledged ({small} after the first refusal), {refused} refused",
+        acknowledged.len()
+    );
+    assert!(refused > 0, "a {FS_BYTES}-byte disk never filled");
+    assert!(acknowledged.len() >= 10, "only {} puts before the disk filled", acknowledged.len());
+    node.stop().expect("a clean stop");
+    let node = NodeHandle::start(config(data_dir)).expect("the node starts again");
+    let address = node.address().to_string();
+    block_on(async {
+        let client = Client::connect(&address).await.unwrap();
+        for (key, value) in &acknowledged {
+            let read = client.get("durable", key.as_bytes()).await.unwrap();
+            assert_eq!(read.value, Some(Value::Siblings(vec![value.clone()])), "{key} was lost");
+        }
+    });
+    node.stop().unwrap();
+}
