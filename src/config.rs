@@ -101,6 +101,16 @@ impl Limits {
     pub fn message_bytes_max(&self) -> usize {
         2 * self.value_bytes_max + self.key_bytes_max + (64 << 10)
     }
+
+    /// The largest state a client write may leave a key with: twice the value limit, so that
+    /// every state fits one replicate message (with its key and the rest of the request)
+    /// and can always be replicated, repaired and handed off. A write that would grow a state
+    /// past it (a cart, set or sibling set that kept growing) is refused with
+    /// `valueTooLarge` and changes nothing. Merges are never refused (replicas must take in
+    /// each other's states), so a merge of two states under the limit may exceed it.
+    pub fn state_bytes_max(&self) -> usize {
+        2 * self.value_bytes_max
+    }
 }
 
 /// `[cluster]` settings beyond the partition count.

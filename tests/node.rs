@@ -478,3 +478,29 @@ fn a_second_node_on_the_same_data_dir_touches_nothing() {
         "the refused node created a bucket"
     );
 }
+
+/// A cart that keeps growing stops at the state limit (twice the value limit) with a typed
+/// `valueTooLarge`, and keeps every add it acknowledged: every state can always be replicated.
+#[test]
+fn a_state_never_outgrows_its_limit() {
+    let node = TestNode::start(|c| c.limits.value_bytes_max = 4096);
+    block_on(async {
+        let client = Client::connect(&node.address()).await.unwrap();
+        let options = WriteOptions::default();
+        let mut added = Vec::new();
+        let refusal = loop {
+            let item = format!("item-{:04}-{}", added.len(), "x".repeat(100)).into_bytes();
+            let ops = vec![Op::CartAdd { item: item.clone(), quantity: 1 }];
+            match client.update("carts", b"big", &ops, &[], &options).await {
+                Ok(_) => added.push(item),
+                Err(e) => break e,
+            }
+            assert!(added.len() < 1_000, "the cart never reached the limit");
+        };
+        assert!(matches!(refusal, Error::ValueTooLarge(_)), "{refusal:?}");
+        assert!(added.len() > 10, "refused after {} adds", added.len());
+        let read = client.get("carts", b"big").await.unwrap();
+        let Some(Value::Cart(items)) = read.value else { panic!("{read:?}") };
+        assert_eq!(items.len(), added.len(), "every acknowledged add is there, nothing more");
+    });
+}

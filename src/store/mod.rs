@@ -257,6 +257,14 @@ impl Store {
         check_write_sizes(self, write)?;
         let stamp = Stamp { actor: self.actors.actor(role), time: self.clock.now() };
         let state = bucket.resolver.apply(current, write, &stamp)?;
+        if state.len() > self.limits.state_bytes_max() {
+            return Err(Error::ValueTooLarge(format!(
+                "the write would leave the key's state at {} bytes, over the limit of {} bytes \
+                 (twice limits.value_bytes_max): remove something first",
+                state.len(),
+                self.limits.state_bytes_max()
+            )));
+        }
         let read = bucket.resolver.read(&state)?;
         if let Some(Value::Siblings(siblings)) = &read.value {
             let soft = bucket.config.resolver_config.siblings_soft_max;
