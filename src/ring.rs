@@ -99,6 +99,21 @@ impl Ownership {
     /// at most `limit` long (pass the member count to stop the walk once all are found).
     /// Its first N entries are the key's primary replicas; the rest are fallbacks.
     pub fn preference_list(&self, partition: u16, limit: usize) -> Vec<&str> {
+        self.walk(partition, limit)
+    }
+
+    /// The primary replicas of `partition`: the first `n` nodes of its preference list (the
+    /// walk stops as soon as it has them).
+    pub fn primaries(&self, partition: u16, n: usize) -> Vec<&str> {
+        self.walk(partition, n)
+    }
+
+    /// Whether `node` is one of the `n` primaries of `partition`.
+    pub fn is_primary(&self, partition: u16, n: usize, node: &str) -> bool {
+        self.walk(partition, n).contains(&node)
+    }
+
+    fn walk(&self, partition: u16, limit: usize) -> Vec<&str> {
         let q = self.owners.len();
         let mut list: Vec<&str> = Vec::new();
         for step in 0..q {

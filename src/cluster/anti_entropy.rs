@@ -99,8 +99,6 @@ pub struct ExchangeInput<'a> {
     pub buckets: &'a [(String, usize)],
     /// This node.
     pub me: &'a str,
-    /// How many members a preference list may name.
-    pub limit: usize,
     /// The round number (rotates the peer among a partition's primaries).
     pub round: u64,
 }
@@ -131,8 +129,7 @@ pub fn plan_exchanges(
         cursor = at + 1;
         let (bucket, n) = &input.buckets[at / partitions];
         let partition = (at % partitions) as u16;
-        let primaries: Vec<&str> =
-            input.ring.preference_list(partition, input.limit).into_iter().take(*n).collect();
+        let primaries: Vec<&str> = input.ring.primaries(partition, *n);
         if !primaries.contains(&input.me) {
             continue;
         }
@@ -183,9 +180,8 @@ impl Cluster {
         let buckets: Vec<(String, usize)> =
             self.store.buckets().map(|b| (b.name.clone(), b.config.n as usize)).collect();
         let me = self.me();
-        let limit = self.membership.borrow().member_count();
         let (exchanges, cursor) = plan_exchanges(
-            &ExchangeInput { ring: &ring, buckets: &buckets, me: &me, limit, round },
+            &ExchangeInput { ring: &ring, buckets: &buckets, me: &me, round },
             self.anti_entropy_cursor.get(),
             self.anti_entropy_per_round,
             |id| self.health(id),
@@ -265,7 +261,7 @@ mod tests {
             owners: ["a", "b", "c", "d"].iter().map(|o| o.to_string()).collect(),
         };
         let buckets = [("k".to_string(), 2)];
-        let input = ExchangeInput { ring: &ring, buckets: &buckets, me: "b", limit: 4, round: 0 };
+        let input = ExchangeInput { ring: &ring, buckets: &buckets, me: "b", round: 0 };
         let up = |_: &str| Health::Up;
         // b is a primary of partition 0 (a, b) and 1 (b, c).
         let (first, cursor) = plan_exchanges(&input, 0, 1, up);

@@ -48,17 +48,16 @@ pub struct PartitionPlan {
 /// A partition `me` no longer is a primary of goes to all its new primaries (and the copy is
 /// dropped once they have it); one it still is a primary of goes to the primaries that were
 /// not primaries in `previous` (nothing, when this node did not see the ring before). `None`
-/// when there is nothing to send. `limit` is how many members the preference list may name.
+/// when there is nothing to send.
 pub fn plan_partition(
     ring: &Ownership,
     previous: Option<&Ownership>,
     me: &str,
     partition: u16,
     n: usize,
-    limit: usize,
 ) -> Option<PartitionPlan> {
     let primaries = |ring: &Ownership| -> Vec<String> {
-        ring.preference_list(partition, limit).into_iter().take(n).map(str::to_string).collect()
+        ring.primaries(partition, n).into_iter().map(str::to_string).collect()
     };
     let now = primaries(ring);
     let keep = now.iter().any(|p| p == me);
@@ -106,10 +105,9 @@ impl Cluster {
                 return;
             };
             let Ok(n) = self.store.bucket(&bucket).map(|b| b.config.n as usize) else { continue };
-            let limit = self.membership.borrow().member_count();
             let previous = self.handoff.borrow().previous.clone();
             let Some(PartitionPlan { keep, targets }) =
-                plan_partition(&ring, previous.as_ref(), &me, partition, n, limit)
+                plan_partition(&ring, previous.as_ref(), &me, partition, n)
             else {
                 continue;
             };
@@ -166,14 +164,16 @@ impl Cluster {
     /// queued already.
     pub(super) fn note_if_stray(&self, bucket: &str, key: &[u8]) {
         let Ok(n) = self.store.bucket(bucket).map(|b| b.config.n as usize) else { return };
-        let ring = self.ring();
-        let partition =
-            crate::ring::partition_of(crate::ring::key_hash(bucket, key), ring.partitions());
-        let limit = self.membership.borrow().member_count();
-        let me = self.me();
-        if ring.preference_list(partition, limit).into_iter().take(n).any(|p| p == me) {
-            return;
-        }
+        let partition = {
+            let membership = self.membership.borrow();
+            let ring = membership.ring();
+            let partition =
+                crate::ring::partition_of(crate::ring::key_hash(bucket, key), ring.partitions());
+            if ring.is_primary(partition, n, membership.me()) {
+                return;
+            }
+            partition
+        };
         let mut handoff = self.handoff.borrow_mut();
         let pair = (bucket.to_string(), partition);
         if !handoff.pending.contains(&pair) {
@@ -232,16 +232,16 @@ mod tests {
         let before = ring(&["a", "b", "c", "a", "b", "c", "a", "b"]);
         let after = ring(&["d", "b", "c", "a", "b", "c", "a", "b"]);
         // Partition 0: primaries were a, b, c; now d, b, c.
-        let lost = plan_partition(&after, Some(&before), "a", 0, 3, 4).unwrap();
+        let lost = plan_partition(&after, Some(&before), "a", 0, 3).unwrap();
         assert_eq!(
             lost,
             PartitionPlan { keep: false, targets: vec!["d".into(), "b".into(), "c".into()] }
         );
-        let kept = plan_partition(&after, Some(&before), "b", 0, 3, 4).unwrap();
+        let kept = plan_partition(&after, Some(&before), "b", 0, 3).unwrap();
         assert_eq!(kept, PartitionPlan { keep: true, targets: vec!["d".into()] });
-        assert_eq!(plan_partition(&after, None, "b", 0, 3, 4), None);
+        assert_eq!(plan_partition(&after, None, "b", 0, 3), None);
         // Partition 1 did not change for b: nothing to send.
-        assert_eq!(plan_partition(&after, Some(&before), "b", 1, 3, 4), None);
+        assert_eq!(plan_partition(&after, Some(&before), "b", 1, 3), None);
     }
 
     /// Hints go only to owners seen up, and only where some are held.

@@ -389,12 +389,8 @@ impl World {
         let ring = observer.ring();
         let partition =
             crate::ring::partition_of(crate::ring::key_hash(bucket, key), ring.partitions());
-        let primaries: Vec<String> = ring
-            .preference_list(partition, self.len())
-            .into_iter()
-            .take(n)
-            .map(str::to_string)
-            .collect();
+        let primaries: Vec<String> =
+            ring.primaries(partition, n).into_iter().map(str::to_string).collect();
         primaries
             .into_iter()
             .map(|id| {
