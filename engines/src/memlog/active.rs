@@ -12,7 +12,7 @@
 //! seal whose next segment could not be made (a full disk): recovery reads nothing past a
 //! seal record, so a record appended there would be acknowledged and then lost.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -24,7 +24,8 @@ use super::format::{
     SEGMENT_HEADER_BYTES,
 };
 use super::segment::{
-    create_segment, segment_capacity, segment_path, Segment, SEGMENT_SUFFIX, TEMP_SUFFIX,
+    create_segment, create_temp_file, segment_capacity, segment_path, Segment, SEGMENT_SUFFIX,
+    TEMP_SUFFIX,
 };
 use super::{lock, sync_dir, sys, EngineError, Location, MemLog, Shared};
 use crate::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
@@ -250,13 +251,7 @@ impl Shared {
     fn fill_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
         let capacity = segment_capacity(&self.dir, self.options.segment_bytes_max, 0);
         let temp = self.dir.join(format!("{id:010}{SEGMENT_SUFFIX}.spare{TEMP_SUFFIX}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(EngineError::io("create spare segment"))?;
+        let file = create_temp_file(&temp, "create spare segment")?;
         let zeros = vec![0u8; SPARE_FILL_CHUNK_BYTES];
         let mut at = 0;
         while at < capacity {

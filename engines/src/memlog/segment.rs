@@ -84,16 +84,22 @@ pub(super) fn segment_capacity(dir: &Path, wanted: u64, needed: u64) -> u64 {
     wanted.min((available / 4).max(SEGMENT_BYTES_MIN)).max(needed)
 }
 
-pub(super) fn create_segment(dir: &Path, id: u32, capacity: u64) -> Result<Segment, EngineError> {
-    let path = segment_path(dir, id);
-    let temp = dir.join(format!("{id:010}{SEGMENT_SUFFIX}{TEMP_SUFFIX}"));
-    let file = OpenOptions::new()
+/// A new, empty temporary file at `path` (replacing any left by a crash), open for reading
+/// and writing: a segment is built in one and renamed into place once complete.
+pub(super) fn create_temp_file(path: &Path, during: &'static str) -> Result<File, EngineError> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&temp)
-        .map_err(EngineError::io("create segment"))?;
+        .open(path)
+        .map_err(EngineError::io(during))
+}
+
+pub(super) fn create_segment(dir: &Path, id: u32, capacity: u64) -> Result<Segment, EngineError> {
+    let path = segment_path(dir, id);
+    let temp = dir.join(format!("{id:010}{SEGMENT_SUFFIX}{TEMP_SUFFIX}"));
+    let file = create_temp_file(&temp, "create segment")?;
     file.write_all_at(&encode_segment_header(id), 0).map_err(EngineError::io("write segment"))?;
     sys::preallocate(&file, capacity).map_err(EngineError::io("preallocate segment"))?;
     file.sync_all().map_err(EngineError::io("fsync segment"))?;
