@@ -46,6 +46,9 @@ enum ErrorKind {
   timeout @7;             # the request timed out; a write's outcome is unknown: retry later
   overloaded @8;          # too many requests in flight; nothing was done: back off and retry
   internal @9;            # the node failed (I/O error, corrupt state): give up, report
+  unauthorized @10;       # no valid credentials (bad or revoked token, not a member): log in
+  forbidden @11;          # the credentials hold no grant for this: ask for one
+  overflow @12;           # a counter or quantity would pass the 64-bit range: nothing stored
 }
 
 struct Error {
@@ -158,10 +161,28 @@ struct Status {
   ringEpoch @10 :UInt64;
   configMismatches @11 :List(Text);  # members whose bucket configuration differs
   hintsRefused @12 :UInt64;      # hinted writes refused at the hint store's bounds
+  statesRefused @13 :UInt64;     # replicated states refused (timestamp past the clock offset)
+  connectionsUnauthenticated @14 :UInt32;  # of `connections`, those not yet logged in
+  security @15 :Text;            # "tls" or "insecure"
 }
 
 # ---------------------------------------------------------------------------------------------
-# The client API. This is the bootstrap capability of every node.
+# The bootstrap capability of every node: it can only authenticate (see DESIGN, "Trust").
+
+interface Gate {
+  # A client logs in with a token; `node` is the client API scoped to the token's grants.
+  # A bad or revoked token answers `unauthorized` and no capability.
+  login @0 (token :Text) -> (node :Cartwheel, error :Error);
+  # A member opens the node-to-node API. Answered only on a connection whose TLS client
+  # certificate was signed by the cluster's CA (any connection in insecure mode); otherwise
+  # `unauthorized` and no capability. `from` names the asking node.
+  peer @1 (from :Text) -> (peer :Peer, error :Error);
+}
+
+# ---------------------------------------------------------------------------------------------
+# The client API, as `Gate.login` returns it: every method checks the token's grants
+# (read: get; write: put, delete, update; admin: ring, status, tokens) and answers `forbidden`
+# (an RPC exception for methods without an error field) when they are missing.
 
 interface Cartwheel {
   get @0 (bucket :Text, key :Data, options :ReadOptions) -> (result :GetResult);
@@ -174,8 +195,13 @@ interface Cartwheel {
   ring @4 () -> (ring :Ring);
   status @5 () -> (status :Status);
 
-  # The node-to-node API on the same connection; `from` names the asking node.
+  # Kept for the numbering: always fails. The node-to-node API is `Gate.peer`.
   peer @6 (from :Text) -> (peer :Peer);
+  # Admin: mint a token with `grants` ("BUCKET=RIGHTS,..." with RIGHTS of r, w; "admin" for
+  # the admin grant; "*" for every bucket), signed with the cluster's token key.
+  createToken @7 (grants :Text) -> (token :Text, id :Text, error :Error);
+  # Admin: revoke the token with this id on every node (spread by gossip, kept across restarts).
+  revokeToken @8 (id :Text) -> (error :Error);
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +236,7 @@ struct Member {
 struct View {
   members @0 :List(Member);
   ring @1 :Ring;             # the ownership with the highest epoch the sender knows
+  revokedTokens @2 :List(Text);  # ids of revoked client tokens (a grow-only set)
 }
 
 interface Peer {
@@ -231,6 +258,8 @@ interface Peer {
   # On a refusal `error` is set and nothing else.
   segmentEntries @4 (bucket :Text, partition :UInt16, segments :List(UInt16))
       -> (entries :List(Entry), error :Error);
+  # The client API with every grant, for a member that forwards a client's write.
+  node @5 () -> (node :Cartwheel);
 }
 
 struct Entry {

@@ -1,7 +1,7 @@
 //! # The node's errors, as a client sees them
 //!
 //! One enum for everything a request can end in, grouped by what the caller does next: fix the
-//! request, retry later, or give up. The first ten variants are exactly the wire's `ErrorKind`
+//! request, retry later, or give up. The first thirteen variants are exactly the wire's `ErrorKind`
 //! (schema/cartwheel.capnp), so a server error crosses the wire and comes out of the client
 //! library as the same variant. The last two exist only on the client side: the node could
 //! not be reached, or the connection failed mid-request.
@@ -45,6 +45,15 @@ pub enum Error {
     /// The node failed (I/O error, corrupt state). Give up and report.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No valid credentials: a bad or revoked token, or a peer call from a non-member. Log in.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The credentials hold no grant for this operation. Ask for one.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A counter or a quantity would leave the 64-bit range; nothing was stored.
+    #[error("overflow: {0}")]
+    Overflow(String),
     /// The node could not be reached (client side). Retry later or try another node.
     #[error("cannot connect to {address}: {reason}")]
     Connect {
@@ -88,6 +97,9 @@ impl Error {
             Self::QuorumNotMet(_) => ErrorKind::QuorumNotMet,
             Self::Timeout(_) => ErrorKind::Timeout,
             Self::Overloaded(_) => ErrorKind::Overloaded,
+            Self::Unauthorized(_) => ErrorKind::Unauthorized,
+            Self::Forbidden(_) => ErrorKind::Forbidden,
+            Self::Overflow(_) => ErrorKind::Overflow,
             Self::Internal(_) | Self::Connect { .. } | Self::Transport(_) => ErrorKind::Internal,
         }
     }
@@ -104,6 +116,9 @@ impl Error {
             | Self::Timeout(m)
             | Self::Overloaded(m)
             | Self::Internal(m)
+            | Self::Unauthorized(m)
+            | Self::Forbidden(m)
+            | Self::Overflow(m)
             | Self::Transport(m)
             | Self::UnknownBucket(m) => m.clone(),
             Self::Connect { .. } => self.to_string(),
@@ -123,6 +138,9 @@ impl Error {
             ErrorKind::Timeout => Self::Timeout(message),
             ErrorKind::Overloaded => Self::Overloaded(message),
             ErrorKind::Internal => Self::Internal(message),
+            ErrorKind::Unauthorized => Self::Unauthorized(message),
+            ErrorKind::Forbidden => Self::Forbidden(message),
+            ErrorKind::Overflow => Self::Overflow(message),
         }
     }
 }

@@ -309,6 +309,9 @@ pub fn error_kind(e: &crate::Error) -> &'static str {
         E::Timeout(_) => "timeout",
         E::Overloaded(_) => "overloaded",
         E::Internal(_) => "internal",
+        E::Unauthorized(_) => "unauthorized",
+        E::Forbidden(_) => "forbidden",
+        E::Overflow(_) => "overflow",
         E::Connect { .. } => "connect",
         E::Transport(_) => "transport",
     }
