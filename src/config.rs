@@ -78,6 +78,18 @@ pub struct Limits {
     /// through a message does not hold a connection forever). Idle connections are not
     /// affected.
     pub message_read_timeout_ms: u64,
+    /// A new connection must finish its TLS handshake and log in (or open the peer API)
+    /// within this many milliseconds, or it is closed.
+    pub handshake_timeout_ms: u64,
+    /// A logged-in connection with no call for this many milliseconds is closed.
+    pub idle_timeout_ms: u64,
+    /// Connections from one source address. At the limit the oldest of that address's
+    /// connections that has not logged in yet is closed to make room; when all have logged
+    /// in, the new one is closed on accept.
+    pub connections_per_source_max: usize,
+    /// Connections that have not logged in yet, from all addresses together. At the limit the
+    /// oldest of them is closed to make room, so idle connections never lock a client out.
+    pub unauthenticated_connections_max: usize,
 }
 
 impl Default for Limits {
@@ -89,6 +101,10 @@ impl Default for Limits {
             connections_max: 1024,
             request_timeout_ms: 5_000,
             message_read_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            connections_per_source_max: 256,
+            unauthenticated_connections_max: 64,
         }
     }
 }
@@ -129,6 +145,10 @@ pub struct ClusterSettings {
     /// Partitions compared with a peer's per round by anti-entropy (each costs one scan of
     /// that partition on both sides); 0 turns anti-entropy off.
     pub anti_entropy_partitions_per_round: usize,
+    /// How far ahead of this node's clock a replicated state's timestamp may be, in
+    /// milliseconds. A state stamped further ahead is refused (counted, logged): a peer's
+    /// clock, or a forged state, cannot move last-write-wins into the future.
+    pub max_clock_offset_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -139,6 +159,7 @@ impl Default for ClusterSettings {
             hint_bytes_max: crate::store::hints::HINT_BYTES_MAX_DEFAULT,
             hint_replay_per_round: 512,
             anti_entropy_partitions_per_round: 1,
+            max_clock_offset_ms: 500,
         }
     }
 }
@@ -193,6 +214,46 @@ pub struct NodeConfig {
     pub seeds: Vec<String>,
 }
 
+/// How connections are secured (`[security]`, DESIGN "Trust").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecurityMode {
+    /// TLS 1.3 on every connection; peers prove membership with a certificate from the
+    /// cluster's CA, clients log in with a token. The default.
+    Tls,
+    /// Plain TCP; any connection may log in with any token and open the peer API. Must be
+    /// asked for, and is logged loudly at start.
+    Insecure,
+}
+
+/// `[security]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// TLS or insecure.
+    pub mode: SecurityMode,
+    /// The cluster secret: 32 random bytes as 64 hex digits, the same file on every node.
+    /// The CA key, the node certificates and the token key all derive from it.
+    pub secret_file: PathBuf,
+    /// Create the secret when the file does not exist (the embedded defaults and `up`; a
+    /// configuration file never does: a node with a missing secret does not start).
+    pub create_secret: bool,
+}
+
+impl SecurityConfig {
+    /// TLS with the secret in `dir/cluster.secret`, created when missing: what `up` and the
+    /// embedded defaults use.
+    pub fn development(dir: &Path) -> Self {
+        Self { mode: SecurityMode::Tls, secret_file: dir.join(SECRET_FILE), create_secret: true }
+    }
+
+    /// Plain TCP, no secret.
+    pub fn insecure() -> Self {
+        Self { mode: SecurityMode::Insecure, secret_file: PathBuf::new(), create_secret: false }
+    }
+}
+
+/// The file name of the cluster secret in a development data directory.
+pub const SECRET_FILE: &str = "cluster.secret";
+
 /// A validated node configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -208,6 +269,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[buckets.NAME]`.
     pub buckets: BTreeMap<String, BucketConfig>,
+    /// `[security]`.
+    pub security: SecurityConfig,
 }
 
 /// A configuration refused at start.
@@ -239,6 +302,7 @@ impl Config {
             cluster: ClusterSettings::default(),
             limits: Limits::default(),
             buckets: embedded_buckets(),
+            security: SecurityConfig::development(Path::new("data")),
         }
     }
 
@@ -301,6 +365,34 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     buckets: Option<BTreeMap<String, RawBucket>>,
+    #[serde(default)]
+    security: RawSecurity,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    mode: Option<String>,
+    secret_file: Option<PathBuf>,
+}
+
+impl RawSecurity {
+    fn validate(self, refuse: &Refuse<'_>) -> Result<SecurityConfig, ConfigError> {
+        match self.mode.as_deref().unwrap_or("tls") {
+            "tls" => {
+                let secret_file = self.secret_file.ok_or_else(|| {
+                    refuse.at(
+                        "security.secret_file",
+                        "is required: the cluster secret (create one with `cartwheel secret \
+                         FILE`), or set security.mode = \"insecure\"",
+                    )
+                })?;
+                Ok(SecurityConfig { mode: SecurityMode::Tls, secret_file, create_secret: false })
+            }
+            "insecure" => Ok(SecurityConfig::insecure()),
+            other => Err(refuse.at("security.mode", format!("{other:?} is not tls or insecure"))),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -322,6 +414,7 @@ struct RawCluster {
     hint_bytes_max: Option<u64>,
     hint_replay_per_round: Option<usize>,
     anti_entropy_partitions_per_round: Option<usize>,
+    max_clock_offset_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -333,6 +426,10 @@ struct RawLimits {
     connections_max: Option<usize>,
     request_timeout_ms: Option<u64>,
     message_read_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    connections_per_source_max: Option<usize>,
+    unauthenticated_connections_max: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -386,6 +483,10 @@ impl RawConfig {
                 .cluster
                 .anti_entropy_partitions_per_round
                 .unwrap_or(defaults.anti_entropy_partitions_per_round),
+            max_clock_offset_ms: self
+                .cluster
+                .max_clock_offset_ms
+                .unwrap_or(defaults.max_clock_offset_ms),
         };
         if !(10..=60_000).contains(&cluster.gossip_interval_ms) {
             return Err(refuse.at("cluster.gossip_interval_ms", "must be 10 to 60000"));
@@ -405,7 +506,16 @@ impl RawConfig {
                 buckets
             }
         };
-        Ok(Config { source: file.to_string(), node, partitions, cluster, limits, buckets })
+        let security = self.security.validate(&refuse)?;
+        Ok(Config {
+            source: file.to_string(),
+            node,
+            partitions,
+            cluster,
+            limits,
+            buckets,
+            security,
+        })
     }
 }
 
@@ -448,6 +558,16 @@ impl RawLimits {
             message_read_timeout_ms: self
                 .message_read_timeout_ms
                 .unwrap_or(defaults.message_read_timeout_ms),
+            handshake_timeout_ms: self
+                .handshake_timeout_ms
+                .unwrap_or(defaults.handshake_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
+            connections_per_source_max: self
+                .connections_per_source_max
+                .unwrap_or(defaults.connections_per_source_max),
+            unauthenticated_connections_max: self
+                .unauthenticated_connections_max
+                .unwrap_or(defaults.unauthenticated_connections_max),
         };
         let key_ceiling = cartwheel_engines::KEY_BYTES_MAX - PARTITION_PREFIX_BYTES;
         if limits.key_bytes_max == 0 || limits.key_bytes_max > key_ceiling {
@@ -471,6 +591,15 @@ impl RawLimits {
         }
         if limits.message_read_timeout_ms == 0 {
             return Err(refuse.at("limits.message_read_timeout_ms", "must be at least 1"));
+        }
+        let at_least_one = [
+            ("limits.handshake_timeout_ms", limits.handshake_timeout_ms as usize),
+            ("limits.idle_timeout_ms", limits.idle_timeout_ms as usize),
+            ("limits.connections_per_source_max", limits.connections_per_source_max),
+            ("limits.unauthenticated_connections_max", limits.unauthenticated_connections_max),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            return Err(refuse.at(*key, "must be at least 1"));
         }
         Ok(limits)
     }
@@ -559,7 +688,8 @@ fn check_name(name: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "[node]\nid = \"n1\"\nlisten = \"127.0.0.1:7401\"\n";
+    const MINIMAL: &str = "[node]\nid = \"n1\"\nlisten = \"127.0.0.1:7401\"\n\
+                           [security]\nsecret_file = \"cluster.secret\"\n";
 
     fn refused(text: &str) -> ConfigError {
         Config::parse(text, "node.toml").unwrap_err()
@@ -592,6 +722,21 @@ mod tests {
         assert_eq!(b.engine_options.flush_interval_ms, 3);
         assert_eq!(b.engine_options.flusher, FlusherBackend::IoUring);
         assert_eq!(config.buckets.len(), 1, "explicit buckets replace the embedded ones");
+    }
+
+    /// TLS is the default and needs the secret's file; insecure mode must be asked for.
+    #[test]
+    fn security_needs_a_secret_or_insecure_mode() {
+        let config = Config::parse(MINIMAL, "node.toml").unwrap();
+        assert_eq!(config.security.mode, SecurityMode::Tls);
+        assert_eq!(config.security.secret_file, PathBuf::from("cluster.secret"));
+        assert!(!config.security.create_secret, "a file never creates a secret");
+        let bare = "[node]\nid = \"n1\"\nlisten = \"127.0.0.1:7401\"\n";
+        assert_eq!(refused(bare).key, "security.secret_file");
+        let insecure = format!("{bare}[security]\nmode = \"insecure\"\n");
+        let config = Config::parse(&insecure, "node.toml").unwrap();
+        assert_eq!(config.security.mode, SecurityMode::Insecure);
+        assert_eq!(refused(&format!("{bare}[security]\nmode = \"open\"\n")).key, "security.mode");
     }
 
     /// A missing node id names the key.
