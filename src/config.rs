@@ -674,7 +674,7 @@ impl RawBucket {
 }
 
 /// Node ids and bucket names: 1 to 255 bytes of ASCII letters, digits, `-`, `_` and `.`.
-fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 255 {
         return Err(format!("{name:?} must be 1 to 255 characters"));
     }

@@ -54,6 +54,7 @@ pub mod exit;
 pub mod node;
 pub mod ring;
 pub mod rng;
+pub mod security;
 pub mod sim;
 pub mod store;
 

@@ -2,7 +2,8 @@
 //!
 //! Every connection of the node (clients in, peers out) and of the Rust client is built
 //! here, the same way: TCP_NODELAY, a buffered reader that enforces a *message deadline*,
-//! and a *coalescing writer*.
+//! and a *coalescing writer*. The byte stream is the TCP socket itself in insecure mode, or
+//! a TLS 1.3 session over it (src/security); this module does not care which.
 //!
 //! ## The message deadline
 //! capnp-rpc reads a message and waits as long as it takes for the rest of it. A peer that
@@ -45,8 +46,7 @@ use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, twoparty};
 use futures::io::BufReader;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
@@ -56,23 +56,65 @@ pub const WRITE_BUFFER_BYTES_MAX: usize = 4 << 20;
 /// The message deadline of connections that are not told another (the client's).
 pub const MESSAGE_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
-/// The two-party network over one TCP connection, as every connection here uses it.
-pub type Network = twoparty::VatNetwork<BufReader<DeadlineReader<Compat<OwnedReadHalf>>>>;
+/// The reading half of a connection's byte stream.
+pub type Reader = Box<dyn AsyncRead + Unpin>;
 
-/// Build the network of `stream` for `side`, with the reader's `options` and message
-/// deadline. Sets TCP_NODELAY and spawns the connection's writer task; must be called inside
-/// a `LocalSet`.
+/// The writing half of a connection's byte stream.
+pub type Writer = Box<dyn AsyncWrite + Unpin>;
+
+/// The two-party network over one connection, as every connection here uses it.
+pub type Network = twoparty::VatNetwork<BufReader<DeadlineReader<Compat<Reader>>>>;
+
+/// A connection's byte stream: a TCP socket, or a TLS session over one.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Stream for S {}
+
+/// Set TCP_NODELAY (requests are small and latency-bound) and TCP keepalive (a peer that
+/// vanished without a reset is found out, and its connection closed, within minutes).
+pub fn tune(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Build the network of a plain TCP `stream` for `side`, with the reader's `options` and
+/// message deadline. Tunes the socket ([`tune`]) and spawns the connection's writer task;
+/// must be called inside a `LocalSet`.
 pub fn network(
     stream: TcpStream,
     side: rpc_twoparty_capnp::Side,
     options: capnp::message::ReaderOptions,
     message_read_timeout: Duration,
 ) -> io::Result<Network> {
-    stream.set_nodelay(true)?;
+    tune(&stream)?;
     let (reader, writer) = stream.into_split();
+    Ok(network_of(Box::new(reader), Box::new(writer), side, options, message_read_timeout))
+}
+
+/// [`network`] over any byte stream (a TLS session); the socket under it is tuned already.
+pub fn network_over(
+    stream: impl Stream,
+    side: rpc_twoparty_capnp::Side,
+    options: capnp::message::ReaderOptions,
+    message_read_timeout: Duration,
+) -> Network {
+    let (reader, writer) = tokio::io::split(stream);
+    network_of(Box::new(reader), Box::new(writer), side, options, message_read_timeout)
+}
+
+fn network_of(
+    reader: Reader,
+    writer: Writer,
+    side: rpc_twoparty_capnp::Side,
+    options: capnp::message::ReaderOptions,
+    message_read_timeout: Duration,
+) -> Network {
     let reader = DeadlineReader::new(reader.compat(), message_read_timeout);
     let writer = CoalescingWriter::spawn(writer);
-    Ok(twoparty::VatNetwork::new(BufReader::new(reader), writer, side, options))
+    twoparty::VatNetwork::new(BufReader::new(reader), writer, side, options)
 }
 
 /// Where a byte stream of capnp messages is: between messages, in a segment table, or in
@@ -219,7 +261,7 @@ pub struct CoalescingWriter {
 
 impl CoalescingWriter {
     /// A writer whose bytes a spawned local task sends to `socket`.
-    fn spawn(socket: OwnedWriteHalf) -> Self {
+    fn spawn(socket: Writer) -> Self {
         let shared = Rc::new(RefCell::new(Shared::default()));
         tokio::task::spawn_local(send_loop(Rc::clone(&shared), socket));
         Self { shared }
@@ -227,7 +269,7 @@ impl CoalescingWriter {
 }
 
 /// The writer task: take everything waiting, send it in one `write_all`, repeat.
-async fn send_loop(shared: Rc<RefCell<Shared>>, mut socket: OwnedWriteHalf) {
+async fn send_loop(shared: Rc<RefCell<Shared>>, mut socket: Writer) {
     let mut sending = Vec::new();
     loop {
         let more = std::future::poll_fn(|cx| {
@@ -250,7 +292,12 @@ async fn send_loop(shared: Rc<RefCell<Shared>>, mut socket: OwnedWriteHalf) {
             let _ = socket.shutdown().await;
             return;
         }
-        if let Err(e) = socket.write_all(&sending).await {
+        // The flush matters for TLS, whose session may keep records back until flushed.
+        let sent = match socket.write_all(&sending).await {
+            Ok(()) => socket.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             let mut state = shared.borrow_mut();
             state.failed = Some((e.kind(), e.to_string()));
             state.waiting = Vec::new();
@@ -339,7 +386,7 @@ mod tests {
             });
             let stream = TcpStream::connect(address).await.unwrap();
             let (_reader, writer) = stream.into_split();
-            let mut writer = CoalescingWriter::spawn(writer);
+            let mut writer = CoalescingWriter::spawn(Box::new(writer));
             let mut expected = Vec::new();
             for i in 0..1000u32 {
                 let message = vec![(i % 251) as u8; 1 + (i as usize * 37) % 3000];
@@ -432,7 +479,7 @@ mod tests {
             drop(listener.accept().await.unwrap());
             drop(listener);
             let (_reader, writer) = stream.into_split();
-            let mut writer = CoalescingWriter::spawn(writer);
+            let mut writer = CoalescingWriter::spawn(Box::new(writer));
             let mut failed = false;
             for _ in 0..200 {
                 let result = async {

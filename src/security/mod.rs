@@ -1,0 +1,381 @@
+//! # Trust: who may talk to a node, and how the bytes are protected
+//!
+//! Everything here derives from one **cluster secret**: 32 random bytes, kept as 64 hex
+//! digits in a file that every node of the cluster has (`security.secret_file`). From it,
+//! by HMAC-SHA256 with a fixed label each, come
+//! - the **cluster CA**: an Ed25519 key and a self-signed CA certificate (the same on every
+//!   node, since the key and the certificate's fields are fixed);
+//! - the **token key**: an HMAC-SHA256 key that signs client tokens ([`token`]).
+//!
+//! At each start a node makes a fresh Ed25519 key and a certificate for it signed by the
+//! cluster CA (name `cartwheel`, common name the node id). All connections are TLS 1.3
+//! (rustls, ring), server side and client side:
+//! - **peers** present their node certificate as a TLS client certificate; the server checks
+//!   it against the cluster CA. Only such a connection may open the node-to-node API
+//!   (`Gate.peer`): holding the secret is what makes a process a member.
+//! - **clients** present no certificate; they check the node's against the cluster CA (from
+//!   their credentials file, [`crate::client::Credentials`]) and log in with a token
+//!   (`Gate.login`), which returns the client API scoped to the token's grants.
+//!
+//! A connection's bootstrap capability is the `Gate`: before a login or a peer call succeeds,
+//! nothing else is reachable. Key exchange happens once per connection, never per request.
+//!
+//! `security.mode = "insecure"` turns all of this off: plain TCP, any token logs in with
+//! every grant, any connection may open the peer API. It must be written in the
+//! configuration, and the node says so loudly at start. The embedded defaults and `up` are
+//! secure: they create a development secret (and the admin credentials file the CLI reads
+//! by default) under the data directory.
+//!
+//! The secret never crosses the wire. A client's credentials hold a token and the CA
+//! *certificate* (public), never the secret. Rotating the secret rotates everything: every
+//! node certificate and every token.
+
+pub mod token;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, PKCS_ED25519,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::RootCertStore;
+
+pub use token::{Grants, Right};
+
+/// The name every node certificate carries and every connection checks: the cluster CA is
+/// private to the cluster, so the name only has to match between its members.
+pub const SERVER_NAME: &str = "cartwheel";
+
+/// Bytes of a cluster secret.
+pub const SECRET_BYTES: usize = 32;
+
+/// The file name of the admin credentials that `up` and the embedded defaults write beside
+/// the cluster secret, and that the CLI reads by default.
+pub const ADMIN_CREDENTIALS_FILE: &str = "admin.credentials";
+
+/// Why the security material could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    /// The secret file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The secret file does not hold 64 hex digits.
+    #[error("{path}: not a cluster secret (64 hex digits expected)")]
+    BadSecret {
+        /// The file.
+        path: String,
+    },
+    /// A certificate or TLS configuration could not be built.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+/// The cluster secret. Never logged, never sent.
+#[derive(Clone)]
+pub struct Secret([u8; SECRET_BYTES]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// A new secret from the operating system's random source.
+    pub fn generate() -> Result<Self, SecurityError> {
+        let mut bytes = [0u8; SECRET_BYTES];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| SecurityError::Tls("the system random source failed".into()))?;
+        Ok(Self(bytes))
+    }
+
+    /// Read the secret in `path`.
+    pub fn load(path: &Path) -> Result<Self, SecurityError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SecurityError::Io { path: name.clone(), source })?;
+        let bytes =
+            hex_decode(text.trim()).ok_or(SecurityError::BadSecret { path: name.clone() })?;
+        let bytes: [u8; SECRET_BYTES] =
+            bytes.try_into().map_err(|_| SecurityError::BadSecret { path: name })?;
+        Ok(Self(bytes))
+    }
+
+    /// Write a new secret to `path` (mode 0600), which must not exist yet.
+    pub fn create(path: &Path) -> Result<Self, SecurityError> {
+        let secret = Self::generate()?;
+        let io_error = |source| SecurityError::Io { path: path.display().to_string(), source };
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io_error)?;
+        }
+        write_private(path, format!("{}\n", hex_encode(&secret.0)).as_bytes(), true)
+            .map_err(io_error)?;
+        Ok(secret)
+    }
+
+    /// Read the secret in `path`, or create it there when the file does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self, SecurityError> {
+        match Self::create(path) {
+            Err(SecurityError::Io { source, .. })
+                if source.kind() == io::ErrorKind::AlreadyExists =>
+            {
+                Self::load(path)
+            }
+            other => other,
+        }
+    }
+
+    /// 32 bytes for one purpose, named by `label`: HMAC-SHA256 of the label under the secret.
+    fn derive(&self, label: &str) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let tag = ring::hmac::sign(&key, label.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+/// Write `bytes` to `path` readable by its owner only; with `new`, fail if it exists.
+fn write_private(path: &Path, bytes: &[u8], new: bool) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Write `text` to `path` (mode 0600), replacing what was there.
+pub fn write_private_file(path: &Path, text: &str) -> io::Result<()> {
+    write_private(path, text.as_bytes(), false)
+}
+
+/// The cluster's keys, derived from its secret: the CA and the token key.
+pub struct ClusterKeys {
+    ca_key: KeyPair,
+    ca: rcgen::Certificate,
+    token_key: ring::hmac::Key,
+}
+
+impl std::fmt::Debug for ClusterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKeys(..)")
+    }
+}
+
+/// PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410): a fixed prefix, then the 32 bytes.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+fn tls_error(e: impl std::fmt::Display) -> SecurityError {
+    SecurityError::Tls(e.to_string())
+}
+
+impl ClusterKeys {
+    /// Derive the CA and the token key from `secret`. The same secret gives the same CA
+    /// certificate on every node.
+    pub fn derive(secret: &Secret) -> Result<Self, SecurityError> {
+        let seed = secret.derive("cartwheel ca ed25519 v1");
+        let pkcs8: Vec<u8> = ED25519_PKCS8_PREFIX.iter().chain(seed.iter()).copied().collect();
+        let ca_key = KeyPair::from_pkcs8_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(pkcs8.as_slice()),
+            &PKCS_ED25519,
+        )
+        .map_err(tls_error)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_error)?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "cartwheel cluster CA");
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+        params.not_after = rcgen::date_time_ymd(4000, 1, 1);
+        let ca = params.self_signed(&ca_key).map_err(tls_error)?;
+        let token_key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.derive("cartwheel tokens v1"));
+        Ok(Self { ca_key, ca, token_key })
+    }
+
+    /// The CA certificate, PEM: what clients check nodes against.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// The key that signs and checks tokens.
+    pub fn token_key(&self) -> &ring::hmac::Key {
+        &self.token_key
+    }
+
+    /// A fresh key and a certificate for it, signed by the CA, for node `node_id`.
+    pub fn node_identity(&self, node_id: &str) -> Result<Identity, SecurityError> {
+        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(tls_error)?;
+        let mut params =
+            CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(tls_error)?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, node_id);
+        params.distinguished_name = name;
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+        params.not_after = rcgen::date_time_ymd(4000, 1, 1);
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).map_err(tls_error)?;
+        Ok(Identity {
+            cert: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            ca: self.ca.der().clone(),
+        })
+    }
+}
+
+/// A node's certificate and key for this run, with the CA that signed it.
+pub struct Identity {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+    ca: CertificateDer<'static>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, SecurityError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).map_err(tls_error)?;
+    Ok(Arc::new(roots))
+}
+
+/// The server name connections check the node's certificate against.
+pub fn server_name() -> ServerName<'static> {
+    ServerName::try_from(SERVER_NAME).expect("a fixed, valid DNS name")
+}
+
+impl Identity {
+    /// The node's TLS server: TLS 1.3 only; a client certificate is optional, and when
+    /// present must chain to the cluster CA (such a connection is a member's).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, SecurityError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots(&self.ca)?,
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(tls_error)?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.cert.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))
+            .map_err(tls_error)?;
+        Ok(Arc::new(config))
+    }
+
+    /// The node's TLS client, for its connections to peers: checks the peer against the
+    /// cluster CA and presents this node's certificate.
+    pub fn peer_client_config(&self) -> Result<Arc<rustls::ClientConfig>, SecurityError> {
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_root_certificates(roots(&self.ca)?)
+            .with_client_auth_cert(
+                vec![self.cert.clone()],
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )
+            .map_err(tls_error)?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// A client's TLS configuration: TLS 1.3, the node checked against the CA in `ca_pem`, no
+/// client certificate.
+pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, SecurityError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(|e| SecurityError::Tls(format!("the CA certificate does not parse: {e}")))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .with_root_certificates(roots(&ca)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of hex `text` (either case), or `None` if it is not hex.
+pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One secret gives one CA, byte for byte, wherever it is derived; another gives another.
+    #[test]
+    fn the_ca_is_a_function_of_the_secret() {
+        let secret = Secret::generate().unwrap();
+        let a = ClusterKeys::derive(&secret).unwrap();
+        let b = ClusterKeys::derive(&secret).unwrap();
+        assert_eq!(a.ca_pem(), b.ca_pem());
+        let other = ClusterKeys::derive(&Secret::generate().unwrap()).unwrap();
+        assert_ne!(a.ca_pem(), other.ca_pem());
+    }
+
+    /// A secret written and read back is the same; a file that is not one is refused.
+    #[test]
+    fn secrets_round_trip_and_garbage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.secret");
+        let created = Secret::load_or_create(&path).unwrap();
+        let loaded = Secret::load_or_create(&path).unwrap();
+        assert_eq!(created.0, loaded.0);
+        assert!(Secret::create(&path).is_err(), "create never overwrites");
+        std::fs::write(&path, "not hex at all").unwrap();
+        assert!(matches!(Secret::load(&path), Err(SecurityError::BadSecret { .. })));
+        use std::os::unix::fs::PermissionsExt as _;
+        let other = dir.path().join("other.secret");
+        Secret::create(&other).unwrap();
+        assert_eq!(std::fs::metadata(&other).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    /// Node identities and the TLS configurations build from derived keys.
+    #[test]
+    fn tls_configurations_build() {
+        let keys = ClusterKeys::derive(&Secret::generate().unwrap()).unwrap();
+        let identity = keys.node_identity("n1").unwrap();
+        identity.server_config().unwrap();
+        identity.peer_client_config().unwrap();
+        client_config(&keys.ca_pem()).unwrap();
+        assert!(client_config("garbage").is_err());
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(hex_decode(&hex_encode(&[0, 1, 0xab, 0xff])).unwrap(), vec![0, 1, 0xab, 0xff]);
+        assert!(hex_decode("abc").is_none());
+        assert!(hex_decode("zz").is_none());
+    }
+}
