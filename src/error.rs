@@ -152,6 +152,7 @@ impl From<cartwheel_resolvers::ResolveError> for Error {
             R::WrongOperation { .. } => Self::WrongOperation(e.to_string()),
             R::BadRequest(_) | R::BadContext(_) => Self::BadRequest(e.to_string()),
             R::TooManySiblings { .. } => Self::TooManySiblings(e.to_string()),
+            R::Overflow(_) => Self::Overflow(e.to_string()),
             R::Corrupt(_) => Self::Internal(e.to_string()),
         }
     }

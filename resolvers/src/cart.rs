@@ -41,7 +41,14 @@
 //! quantity may be higher than a per-operation model would say. Riak's embedded counters
 //! make the same trade.
 //!
-//! Quantities are `u64` per dot, summed with saturation and shown clamped to `i64::MAX`.
+//! ## Quantities at the edges
+//! A client sees an item's quantity as an `i64`. An add (or set-quantity) that would leave
+//! the item's quantity, as the coordinator holds it, above `i64::MAX`, or the coordinator's
+//! own contribution above `u64::MAX`, is refused with [`ResolveError::Overflow`] and produces
+//! no state: it is never acknowledged and then silently cut to the limit. Replicas that each
+//! stayed within the limit can still merge to more (merge is never refused); a **read** then
+//! sums in 128 bits and shows the quantity **saturated** at `i64::MAX`, never wrapped, and a
+//! further add of the item is refused until a set-quantity or remove brings it down.
 //!
 //! Body layout, version 1: the [`DotMap`] body of [`crate::causal`] with an 8-byte payload:
 //!
@@ -99,18 +106,25 @@ fn encode(map: &DotMap<'_, Quantity>) -> Vec<u8> {
     e.finish()
 }
 
-/// Items in byte order with their summed quantities.
+/// Items in byte order with their summed quantities, saturated at `i64::MAX` (see
+/// "Quantities at the edges").
 fn items(map: &DotMap<'_, Quantity>) -> Vec<(Vec<u8>, i64)> {
-    let mut out: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut out: Vec<(Vec<u8>, u128)> = Vec::new();
     for entry in map.entries() {
         match out.last_mut() {
             Some((item, total)) if item.as_slice() == entry.key => {
-                *total = total.saturating_add(entry.payload.0)
+                *total += u128::from(entry.payload.0)
             }
-            _ => out.push((entry.key.to_vec(), entry.payload.0)),
+            _ => out.push((entry.key.to_vec(), u128::from(entry.payload.0))),
         }
     }
     out.into_iter().map(|(item, q)| (item, i64::try_from(q).unwrap_or(i64::MAX))).collect()
+}
+
+/// The exact quantity of `item` (the sum of its actors' contributions), in 128 bits: a
+/// state holds far fewer than 2^64 dots of one item.
+fn quantity_of(map: &DotMap<'_, Quantity>, item: &[u8]) -> u128 {
+    map.key_entries(item).iter().map(|e| u128::from(e.payload.0)).sum()
 }
 
 /// Check a write's operations before touching the state.
@@ -139,7 +153,9 @@ fn check_ops(ops: &[Op]) -> Result<(), ResolveError> {
     Ok(())
 }
 
-/// Add `quantity` (checked positive by [`check_ops`]) to `actor`'s contribution to `item`.
+/// Add `quantity` (checked positive by [`check_ops`]) to `actor`'s contribution to `item`;
+/// [`ResolveError::Overflow`] if the contribution would pass `u64::MAX` or the item's
+/// quantity `i64::MAX`.
 fn add<'a>(
     map: &mut DotMap<'a, Quantity>,
     item: &'a [u8],
@@ -147,7 +163,19 @@ fn add<'a>(
     quantity: i64,
 ) -> Result<(), ResolveError> {
     let q = quantity.unsigned_abs();
-    map.write(item, actor, |old| Quantity(old.map_or(0, |o| o.0).saturating_add(q)))
+    let total = quantity_of(map, item) + u128::from(q);
+    if total > i64::MAX as u128 {
+        return Err(ResolveError::Overflow(format!(
+            "adding {q} would make the item's quantity {total}, over {}",
+            i64::MAX
+        )));
+    }
+    map.write(item, actor, |old| {
+        let contribution = old.map_or(0, |o| o.0).checked_add(q).ok_or_else(|| {
+            ResolveError::Overflow(format!("this coordinator's quantity would pass {}", u64::MAX))
+        })?;
+        Ok(Quantity(contribution))
+    })
 }
 
 impl Resolver for Cart {
@@ -196,6 +224,11 @@ impl Resolver for Cart {
 
     fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {
         Ok(decode(state)?.clock().get(actor))
+    }
+
+    fn max_timestamp_ms(&self, _state: &[u8]) -> Result<Option<u64>, ResolveError> {
+        // Dots and a version vector, no clock readings: see the trait.
+        Ok(None)
     }
 
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError> {
@@ -350,6 +383,59 @@ mod tests {
         ));
         let caught_up = Cart.merge(behind.as_deref().unwrap(), &ahead).unwrap();
         assert_eq!(decode(&caught_up).unwrap().deferred_count(), 0);
+    }
+
+    fn overflows(current: Option<&[u8]>, ops: Vec<Op>, actor: &str) -> bool {
+        matches!(
+            Cart.apply(current, &update(ops, b""), &stamp(actor)),
+            Err(ResolveError::Overflow(_))
+        )
+    }
+
+    /// An add that would take an item's quantity past i64::MAX is Overflow and produces no
+    /// state, whichever actors contributed; a set-quantity that replaces what it observed
+    /// is taken; other items are unaffected.
+    #[test]
+    fn quantities_never_pass_the_limit() {
+        let max = Cart.apply(None, &update(vec![add("x", i64::MAX)], b""), &stamp("n1")).unwrap();
+        assert_eq!(cart(&max), owned(&[("x", i64::MAX)]));
+        assert!(overflows(Some(&max), vec![add("x", 1)], "n1"));
+        assert!(overflows(Some(&max), vec![add("x", 1)], "n2"));
+        assert!(overflows(None, vec![add("x", i64::MAX), add("x", 1)], "n1"), "in one write");
+        let other = Cart.apply(Some(&max), &update(vec![add("y", 5)], b""), &stamp("n2")).unwrap();
+        assert_eq!(cart(&other), owned(&[("x", i64::MAX), ("y", 5)]));
+        let set =
+            Cart.apply(Some(&max), &update(vec![set("x", 3)], &ctx(&max)), &stamp("n2")).unwrap();
+        assert_eq!(cart(&set), owned(&[("x", 3)]));
+    }
+
+    /// Two replicas each at the limit merge to a quantity past it: a read shows it
+    /// saturated at i64::MAX (never wrapped), and a further add is refused.
+    #[test]
+    fn a_merged_quantity_past_the_limit_reads_saturated() {
+        let a = Cart.apply(None, &update(vec![add("x", i64::MAX)], b""), &stamp("n1")).unwrap();
+        let b = Cart.apply(None, &update(vec![add("x", i64::MAX)], b""), &stamp("n2")).unwrap();
+        let merged = Cart.merge(&a, &b).unwrap();
+        assert_eq!(cart(&merged), owned(&[("x", i64::MAX)]));
+        assert!(overflows(Some(&merged), vec![add("x", 1)], "n3"));
+    }
+
+    /// A context that does not decode, or is another resolver's, is BadContext.
+    #[test]
+    fn garbage_context_is_bad_context() {
+        let s = Cart.apply(None, &update(vec![add("x", 1)], b""), &stamp("n1")).unwrap();
+        let orset_context = crate::causal::encode_context(
+            Tag::Orset,
+            VERSION,
+            &crate::causal::VersionVector::default(),
+        );
+        for garbage in [b"x".as_slice(), &ctx(&s)[..3], &orset_context] {
+            let w = update(vec![remove("x")], garbage);
+            assert!(matches!(
+                Cart.apply(Some(&s), &w, &stamp("n1")),
+                Err(ResolveError::BadContext(_))
+            ));
+        }
     }
 
     /// Encoding round-trips; every truncation is Corrupt.

@@ -71,6 +71,12 @@ const _: () = assert!(ACTOR_BYTES_MAX <= u8::MAX as usize);
 /// Smallest encoded version vector entry: length byte, empty actor, counter.
 const VV_ENTRY_BYTES_MIN: usize = 1 + 8;
 
+fn dot_overflow() -> ResolveError {
+    ResolveError::Overflow(
+        "a version vector counter is at its maximum (a forged context or state)".into(),
+    )
+}
+
 /// Check an actor id against [`ACTOR_BYTES_MAX`].
 pub fn check_actor(actor: &[u8]) -> Result<(), ResolveError> {
     if actor.len() > ACTOR_BYTES_MAX {
@@ -165,12 +171,11 @@ impl<'a> VersionVector<'a> {
         VersionVector { entries: out }
     }
 
-    /// The counter of a new dot for `actor`: one past what this vector has seen, or a
-    /// [`ResolveError::BadContext`] if that would overflow (only a forged context gets there).
+    /// The counter of a new dot for `actor`: one past what this vector has seen, or
+    /// [`ResolveError::Overflow`] if that would pass `u64::MAX` (only a forged context or
+    /// state gets there: a dot is never reissued by wrapping).
     pub fn next_counter(&self, actor: &[u8]) -> Result<u64, ResolveError> {
-        self.get(actor).checked_add(1).ok_or_else(|| {
-            ResolveError::BadContext("a version vector counter is at its maximum".into())
-        })
+        self.get(actor).checked_add(1).ok_or_else(dot_overflow)
     }
 
     /// Append the encoding (see the module table).
@@ -335,9 +340,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
     /// covers (so no deferred remove can ever take a write made after it).
     fn next_counter(&self, actor: &[u8]) -> Result<u64, ResolveError> {
         let deferred_max = self.deferred.iter().map(|(ctx, _)| ctx.get(actor)).max().unwrap_or(0);
-        self.clock.get(actor).max(deferred_max).checked_add(1).ok_or_else(|| {
-            ResolveError::BadContext("a version vector counter is at its maximum".into())
-        })
+        self.clock.get(actor).max(deferred_max).checked_add(1).ok_or_else(dot_overflow)
     }
 
     /// The index of `actor` in the clock, adding it (and shifting the indexes of the dots
@@ -360,20 +363,26 @@ impl<'a, P: Payload> DotMap<'a, P> {
     }
 
     /// Write `key` at `actor`: a fresh dot replaces that actor's dot for the key, carrying
-    /// `payload(previous payload of this actor's dot, if any)`.
+    /// `payload(previous payload of this actor's dot, if any)`. A refused payload (an
+    /// overflowing quantity) or dot counter leaves the map unchanged.
     pub fn write(
         &mut self,
         key: &'a [u8],
         actor: &'a [u8],
-        payload: impl FnOnce(Option<P>) -> P,
+        payload: impl FnOnce(Option<P>) -> Result<P, ResolveError>,
     ) -> Result<(), ResolveError> {
         let counter = self.next_counter(actor)?;
+        let previous = self.clock.index_of(actor).and_then(|index| {
+            let at = self.entries.binary_search_by(|e| (e.key, e.actor).cmp(&(key, index as u32)));
+            at.ok().map(|i| self.entries[i].payload)
+        });
+        let payload = payload(previous)?;
         let index = self.actor_index(actor);
         self.clock.entries[index as usize].1 = counter;
-        let entry = |payload| DotEntry { key, actor: index, counter, payload };
+        let entry = DotEntry { key, actor: index, counter, payload };
         match self.entries.binary_search_by(|e| (e.key, e.actor).cmp(&(key, index))) {
-            Ok(i) => self.entries[i] = entry(payload(Some(self.entries[i].payload))),
-            Err(i) => self.entries.insert(i, entry(payload(None))),
+            Ok(i) => self.entries[i] = entry,
+            Err(i) => self.entries.insert(i, entry),
         }
         Ok(())
     }
@@ -711,16 +720,31 @@ mod tests {
         }
     }
 
+    /// A dot counter at u64::MAX is Overflow, never a wrap; a refused payload leaves the map
+    /// as it was.
+    #[test]
+    fn dots_never_wrap() {
+        let full = vv(&[("n1", u64::MAX)]);
+        assert!(matches!(full.next_counter(b"n1"), Err(ResolveError::Overflow(_))));
+        assert_eq!(full.next_counter(b"n2"), Ok(1));
+        let mut map: DotMap<'_, ()> = DotMap::default();
+        map.write(b"x", b"n1", |_| Ok(())).unwrap();
+        let before = map.clone();
+        let refused = map.write(b"x", b"n2", |_| Err(ResolveError::Overflow("no".into())));
+        assert!(refused.is_err());
+        assert_eq!(map, before);
+    }
+
     /// A remove whose context is ahead of the clock waits for the clock, then applies, and
     /// leaves other keys' unseen dots alone.
     #[test]
     fn deferred_remove_applies_once_covered() {
         let mut a: DotMap<'_, ()> = DotMap::default();
-        a.write(b"x", b"n1", |_| ()).unwrap();
+        a.write(b"x", b"n1", |_| Ok(())).unwrap();
         let mut b = a.clone();
-        b.write(b"x", b"n1", |_| ()).unwrap(); // n1:2 for x
-        b.write(b"y", b"n1", |_| ()).unwrap(); // n1:3 for y
-                                               // A client read b and removes x through a, which has not seen b's writes.
+        b.write(b"x", b"n1", |_| Ok(())).unwrap(); // n1:2 for x
+        b.write(b"y", b"n1", |_| Ok(())).unwrap(); // n1:3 for y
+                                                   // A client read b and removes x through a, which has not seen b's writes.
         let ctx = b.clock().clone();
         a.remove(b"x", Some(&ctx)).unwrap();
         assert_eq!(a.deferred_count(), 1);

@@ -11,6 +11,16 @@
 //! [`OBSERVE_AHEAD_MS_MAX`] is refused by [`HybridClock::observe`] rather than dragging this
 //! node's clock into the future.
 //!
+//! ## At the end of time
+//! Nothing here wraps. [`Timestamp::successor`] is `None` for the greatest timestamp
+//! `(u64::MAX, u32::MAX)`, and a clock whose next reading would pass it answers
+//! [`ResolveError::Overflow`] (from [`HybridClock::now`]) or [`ClockError::Overflow`] (from
+//! [`HybridClock::observe`]) and keeps its last reading. A wall clock cannot get there; a
+//! forged timestamp can, which is why the node also refuses replicated states stamped too far
+//! ahead of its clock (`Resolver::max_timestamp_ms`). A wrapped reading would be *smaller*
+//! than every earlier one, and a last-write-wins write stamped with it would be acknowledged
+//! and then lose to the very state it was meant to replace.
+//!
 //! Byte layout of an encoded timestamp (big-endian, so byte order = time order):
 //!
 //! | offset | size | field       |
@@ -20,6 +30,8 @@
 
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::ResolveError;
 
 /// Encoded size of a [`Timestamp`].
 pub const TIMESTAMP_BYTES: usize = 8 + 4;
@@ -39,11 +51,15 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
-    /// The smallest timestamp greater than `self`.
-    pub fn successor(self) -> Self {
+    /// The greatest timestamp: it has no successor.
+    pub const MAX: Self = Self { physical_ms: u64::MAX, logical: u32::MAX };
+
+    /// The smallest timestamp greater than `self`, or `None` for [`Timestamp::MAX`] (never a
+    /// wrap to a smaller one).
+    pub fn successor(self) -> Option<Self> {
         match self.logical.checked_add(1) {
-            Some(logical) => Self { physical_ms: self.physical_ms, logical },
-            None => Self { physical_ms: self.physical_ms + 1, logical: 0 },
+            Some(logical) => Some(Self { physical_ms: self.physical_ms, logical }),
+            None => Some(Self { physical_ms: self.physical_ms.checked_add(1)?, logical: 0 }),
         }
     }
 
@@ -65,14 +81,27 @@ impl Timestamp {
     }
 }
 
-/// A remote timestamp too far in the future; see [`OBSERVE_AHEAD_MS_MAX`].
+/// Why [`HybridClock::observe`] refused a remote timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("timestamp {remote_ms} ms is {ahead_ms} ms ahead of the local clock")]
-pub struct ClockAhead {
-    /// The refused reading's physical part.
-    pub remote_ms: u64,
-    /// How far ahead of the local wall clock it was.
-    pub ahead_ms: u64,
+pub enum ClockError {
+    /// The timestamp is too far in the future; see [`OBSERVE_AHEAD_MS_MAX`].
+    #[error("timestamp {remote_ms} ms is {ahead_ms} ms ahead of the local clock")]
+    Ahead {
+        /// The refused reading's physical part.
+        remote_ms: u64,
+        /// How far ahead of the local wall clock it was.
+        ahead_ms: u64,
+    },
+    /// A reading past it would pass the greatest timestamp.
+    #[error("the hybrid logical clock is at its maximum")]
+    Overflow,
+}
+
+fn overflow() -> ResolveError {
+    ResolveError::Overflow(
+        "the hybrid logical clock is at its maximum timestamp: a forged timestamp reached it"
+            .into(),
+    )
 }
 
 type WallClock = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -111,24 +140,33 @@ impl HybridClock {
         *self.lock()
     }
 
-    /// A new reading, greater than every earlier reading and observed timestamp.
-    pub fn now(&self) -> Timestamp {
+    /// The wall clock's reading in milliseconds since the Unix epoch (not a timestamp: it
+    /// may go backwards). The node compares replicated timestamps with it.
+    pub fn wall_ms(&self) -> u64 {
+        (self.wall_ms)()
+    }
+
+    /// A new reading, greater than every earlier reading and observed timestamp; or
+    /// [`ResolveError::Overflow`] when the last one is [`Timestamp::MAX`] (the clock then
+    /// keeps it).
+    pub fn now(&self) -> Result<Timestamp, ResolveError> {
         let wall = (self.wall_ms)();
         let mut last = self.lock();
         *last = if wall > last.physical_ms {
             Timestamp { physical_ms: wall, logical: 0 }
         } else {
-            last.successor()
+            last.successor().ok_or_else(overflow)?
         };
-        *last
+        Ok(*last)
     }
 
     /// Take in a timestamp seen in a message so that the next reading is greater than it.
-    /// Returns the new reading. Refuses timestamps too far ahead of the wall clock.
-    pub fn observe(&self, remote: Timestamp) -> Result<Timestamp, ClockAhead> {
+    /// Returns the new reading. Refuses timestamps too far ahead of the wall clock, and the
+    /// greatest timestamp (nothing can follow it).
+    pub fn observe(&self, remote: Timestamp) -> Result<Timestamp, ClockError> {
         let wall = (self.wall_ms)();
         if remote.physical_ms > wall.saturating_add(OBSERVE_AHEAD_MS_MAX) {
-            return Err(ClockAhead {
+            return Err(ClockError::Ahead {
                 remote_ms: remote.physical_ms,
                 ahead_ms: remote.physical_ms - wall,
             });
@@ -138,7 +176,7 @@ impl HybridClock {
         *last = if wall > newest.physical_ms {
             Timestamp { physical_ms: wall, logical: 0 }
         } else {
-            newest.successor()
+            newest.successor().ok_or(ClockError::Overflow)?
         };
         Ok(*last)
     }
@@ -170,9 +208,9 @@ mod tests {
     #[test]
     fn follows_wall_clock() {
         let (wall, clock) = manual_clock(1_000);
-        assert_eq!(clock.now(), Timestamp { physical_ms: 1_000, logical: 0 });
+        assert_eq!(clock.now(), Ok(Timestamp { physical_ms: 1_000, logical: 0 }));
         wall.store(1_005, Ordering::SeqCst);
-        assert_eq!(clock.now(), Timestamp { physical_ms: 1_005, logical: 0 });
+        assert_eq!(clock.now(), Ok(Timestamp { physical_ms: 1_005, logical: 0 }));
     }
 
     /// Within one millisecond, and when the wall clock goes backwards, readings still increase
@@ -180,10 +218,10 @@ mod tests {
     #[test]
     fn never_goes_backwards() {
         let (wall, clock) = manual_clock(2_000);
-        let a = clock.now();
-        let b = clock.now();
+        let a = clock.now().unwrap();
+        let b = clock.now().unwrap();
         wall.store(1_500, Ordering::SeqCst);
-        let c = clock.now();
+        let c = clock.now().unwrap();
         assert!(a < b && b < c, "{a:?} {b:?} {c:?}");
         assert_eq!(c, Timestamp { physical_ms: 2_000, logical: 2 });
     }
@@ -195,25 +233,50 @@ mod tests {
         let remote = Timestamp { physical_ms: 10_050, logical: 7 };
         let seen = clock.observe(remote).unwrap();
         assert!(seen > remote);
-        assert!(clock.now() > seen);
+        assert!(clock.now().unwrap() > seen);
     }
 
     /// A remote timestamp further ahead than the bound is refused and changes nothing.
     #[test]
     fn observe_refuses_far_future() {
         let (_wall, clock) = manual_clock(10_000);
-        let before = clock.now();
+        let before = clock.now().unwrap();
         let remote = Timestamp { physical_ms: 10_000 + OBSERVE_AHEAD_MS_MAX + 1, logical: 0 };
         let err = clock.observe(remote).unwrap_err();
-        assert_eq!(err.ahead_ms, OBSERVE_AHEAD_MS_MAX + 1);
+        assert_eq!(
+            err,
+            ClockError::Ahead { remote_ms: remote.physical_ms, ahead_ms: OBSERVE_AHEAD_MS_MAX + 1 }
+        );
         assert_eq!(clock.last(), before);
     }
 
-    /// The logical counter overflowing carries into the physical part.
+    /// The logical counter overflowing carries into the physical part; the greatest
+    /// timestamp has no successor (no wrap to zero).
     #[test]
-    fn successor_carries() {
+    fn successor_carries_and_stops_at_the_end() {
         let t = Timestamp { physical_ms: 5, logical: u32::MAX };
-        assert_eq!(t.successor(), Timestamp { physical_ms: 6, logical: 0 });
+        assert_eq!(t.successor(), Some(Timestamp { physical_ms: 6, logical: 0 }));
+        let last_ms = Timestamp { physical_ms: u64::MAX, logical: 7 };
+        assert_eq!(last_ms.successor(), Some(Timestamp { physical_ms: u64::MAX, logical: 8 }));
+        assert_eq!(Timestamp::MAX.successor(), None);
+    }
+
+    /// A clock whose next reading would pass the greatest timestamp gives a typed error and
+    /// keeps its last reading; observing the greatest timestamp is refused the same way.
+    /// Method: a wall clock stuck at u64::MAX ms, read until the logical counter runs out.
+    #[test]
+    fn the_clock_never_wraps() {
+        let (wall, clock) = manual_clock(u64::MAX);
+        {
+            *clock.lock() = Timestamp { physical_ms: u64::MAX, logical: u32::MAX - 1 };
+        }
+        assert_eq!(clock.now(), Ok(Timestamp::MAX));
+        assert!(matches!(clock.now(), Err(ResolveError::Overflow(_))));
+        assert_eq!(clock.last(), Timestamp::MAX, "the last reading stays");
+        wall.store(1_000, Ordering::SeqCst);
+        assert!(matches!(clock.now(), Err(ResolveError::Overflow(_))));
+        let (_wall, fresh) = manual_clock(u64::MAX);
+        assert_eq!(fresh.observe(Timestamp::MAX), Err(ClockError::Overflow));
     }
 
     /// The encoding round-trips and preserves order as byte order.
@@ -233,7 +296,9 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let clock = Arc::clone(&clock);
-                std::thread::spawn(move || (0..1000).map(|_| clock.now()).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..1000).map(|_| clock.now().unwrap()).collect::<Vec<_>>()
+                })
             })
             .collect();
         let mut all: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();

@@ -18,7 +18,8 @@
 //!   tombstone with a clock, and a sibling hard limit refuses puts (never merges).
 //! - [`lww`]: last write wins by HLC timestamp, ties broken by actor id.
 //! - [`orset`]: add-wins observed-remove set without tombstones (dots + version vector).
-//! - [`pncounter`]: per-actor increment and decrement totals; saturating arithmetic.
+//! - [`pncounter`]: per-actor increment and decrement totals; a write that would overflow
+//!   them or the value is refused ([`ResolveError::Overflow`]).
 //! - [`cart`]: the shopping cart, an observed-remove map from item to a per-actor quantity;
 //!   a concurrent add and remove keeps the item, quantities from replicas add up, and the
 //!   size is bounded by items × actors.
@@ -30,6 +31,15 @@
 //! The coordinator of a write passes a [`Stamp`]: its **actor** id (the node id, never a client
 //! id, so version vectors stay as small as the cluster) and a reading of its hybrid logical
 //! clock. Resolvers are pure functions of their inputs: no resolver reads the time itself.
+//!
+//! ## Input from peers and clients is checked
+//! States and contexts come from other nodes and from clients, and a state that decodes may
+//! still be forged. So no counter wraps or silently saturates on a write: clock readings,
+//! dots, counter totals and cart quantities use checked arithmetic, and a write that would
+//! pass a limit is refused with [`ResolveError::Overflow`] and produces no state. Every
+//! resolver refuses a context it did not produce ([`ResolveError::BadContext`]). And
+//! [`Resolver::max_timestamp_ms`] tells the node how far in the future a state is stamped,
+//! so that it can refuse a replicated state from a clock (or a forger) far ahead of its own.
 
 pub mod cart;
 pub mod causal;
@@ -176,8 +186,11 @@ pub enum Value {
 /// `apply(current, write, stamp)` runs at the coordinator. The result must *descend* from
 /// `current` (`current ⊔ result = result`) and carry the write. A write the resolver cannot
 /// take is refused with a typed error and produces no state: an operation of another
-/// resolver ([`ResolveError::WrongOperation`]), a context that does not decode
-/// ([`ResolveError::BadContext`]), a limit reached ([`ResolveError::TooManySiblings`]).
+/// resolver ([`ResolveError::WrongOperation`]), a context that does not decode, or that this
+/// resolver never produces ([`ResolveError::BadContext`]; every resolver checks its
+/// context, those that ignore it included), a limit reached
+/// ([`ResolveError::TooManySiblings`]), a counter, quantity, dot or clock reading that would
+/// leave its integer range ([`ResolveError::Overflow`]).
 ///
 /// # A dot is never issued twice
 /// `apply` issues the next dot of `stamp.actor` (or, for `pncounter`, raises that actor's
@@ -212,6 +225,18 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     /// 0 where it has none, and always 0 for `lww`, which issues no dots. A state that records
     /// more than another of one actor has seen writes of that actor the other has not.
     fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError>;
+
+    /// The physical part (milliseconds since the Unix epoch) of the greatest hybrid logical
+    /// clock timestamp `state` embeds, or `None` for resolvers whose states embed none.
+    ///
+    /// Only `lww` orders by time. `siblings`, `orset` and `cart` order causally, by dots and
+    /// version vectors, and `pncounter` by per-actor totals: their states carry no timestamp
+    /// (their coordinators' clock readings are not stored), so they answer `None` without
+    /// decoding the state (a corrupt state is reported by `merge`, which decodes it anyway).
+    /// The node refuses a state from a peer whose timestamp is further ahead of its own clock
+    /// than the cluster's maximum clock offset: a forged `(u64::MAX, u32::MAX)` would
+    /// otherwise beat every later write to the key, acknowledged or not.
+    fn max_timestamp_ms(&self, state: &[u8]) -> Result<Option<u64>, ResolveError>;
 }
 
 /// The resolvers a bucket may name in its configuration.
@@ -311,6 +336,12 @@ pub enum ResolveError {
         /// The hard limit.
         max: usize,
     },
+    /// A counter, quantity, dot counter or clock reading would leave its integer range
+    /// (`i64` for what a client sees, `u64` per actor inside a state): the write is refused
+    /// and produces no state. Nothing wraps or saturates silently. Fix the request (a smaller
+    /// amount, or a decrement first).
+    #[error("overflow: {0}")]
+    Overflow(String),
     /// A stored or received state does not decode. Give up and report.
     #[error("corrupt state: {0}")]
     Corrupt(String),

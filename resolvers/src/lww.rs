@@ -14,7 +14,17 @@
 //! The context is ignored on writes: the HLC makes a coordinator's new write greater than the
 //! state it holds for the key (apply stamps `max(stamp, current.successor())`), which is what
 //! a read-modify-write through that coordinator needs. A read returns the 12-byte timestamp
-//! as its context so that clients can see what they read.
+//! as its context so that clients can see what they read. A write's context must still be
+//! one a read returned (empty, or 12 bytes): anything else is [`ResolveError::BadContext`],
+//! as with every resolver, so a client that mixes up buckets hears of it.
+//!
+//! ## The end of time
+//! A current state stamped with the greatest timestamp `(u64::MAX, u32::MAX)` has no
+//! successor: a write on it is refused with [`ResolveError::Overflow`] rather than stamped
+//! with a smaller timestamp, which would be acknowledged and then lose to the state it was
+//! meant to replace. The node keeps such states out in the first place: it refuses
+//! replicated states stamped further ahead of its clock than the cluster's maximum clock
+//! offset ([`Resolver::max_timestamp_ms`]).
 //!
 //! Body layout, version 1:
 //!
@@ -29,7 +39,7 @@
 use std::cmp::Ordering;
 
 use crate::codec::{Decoder, Encoder, Tag, ACTOR_BYTES_MAX};
-use crate::hlc::Timestamp;
+use crate::hlc::{Timestamp, TIMESTAMP_BYTES};
 use crate::{Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
 
 /// Current body format version.
@@ -104,9 +114,9 @@ impl Resolver for Lww {
                 stamp.actor.len()
             )));
         }
-        let value = match write {
-            Write::Put { value, .. } => Some(value.as_slice()),
-            Write::Delete { .. } => None,
+        let (value, context) = match write {
+            Write::Put { value, context } => (Some(value.as_slice()), context),
+            Write::Delete { context } => (None, context),
             Write::Update { .. } => {
                 return Err(ResolveError::WrongOperation {
                     resolver: "lww",
@@ -114,8 +124,13 @@ impl Resolver for Lww {
                 })
             }
         };
+        check_context(context)?;
         let floor = match current {
-            Some(bytes) => State::decode(bytes)?.time.successor(),
+            Some(bytes) => State::decode(bytes)?.time.successor().ok_or_else(|| {
+                ResolveError::Overflow(
+                    "the key's state carries the greatest timestamp: no write can follow it".into(),
+                )
+            })?,
             None => Timestamp::default(),
         };
         let time = stamp.time.max(floor);
@@ -143,6 +158,21 @@ impl Resolver for Lww {
             value: state.value.map(|v| Value::Siblings(vec![v.to_vec()])),
         })
     }
+
+    fn max_timestamp_ms(&self, state: &[u8]) -> Result<Option<u64>, ResolveError> {
+        Ok(Some(State::decode(state)?.time.physical_ms))
+    }
+}
+
+/// A write's context must be one a read returned: none, or a 12-byte timestamp.
+fn check_context(context: &[u8]) -> Result<(), ResolveError> {
+    if context.is_empty() || context.len() == TIMESTAMP_BYTES {
+        return Ok(());
+    }
+    Err(ResolveError::BadContext(format!(
+        "an lww context is the {TIMESTAMP_BYTES}-byte timestamp a read returned, not {} bytes",
+        context.len()
+    )))
 }
 
 #[cfg(test)]
@@ -223,6 +253,39 @@ mod tests {
             err,
             ResolveError::WrongOperation { resolver: "lww", operation: "counter increment" }
         );
+    }
+
+    /// A context that is neither empty nor a read's 12-byte timestamp is BadContext, on puts
+    /// and deletes; a read's context is taken.
+    #[test]
+    fn garbage_context_is_bad_context() {
+        let current = Lww.apply(None, &put("v"), &stamp("n1", 10, 0)).unwrap();
+        let read = Lww.read(&current).unwrap().context;
+        let ok = Write::Put { value: b"w".to_vec(), context: read.clone() };
+        assert!(Lww.apply(Some(&current), &ok, &stamp("n1", 11, 0)).is_ok());
+        for garbage in [b"x".to_vec(), vec![0; 13], [read.as_slice(), b"!"].concat()] {
+            for write in [
+                Write::Put { value: b"w".to_vec(), context: garbage.clone() },
+                Write::Delete { context: garbage.clone() },
+            ] {
+                let err = Lww.apply(Some(&current), &write, &stamp("n1", 11, 0)).unwrap_err();
+                assert!(matches!(err, ResolveError::BadContext(_)), "{err:?}");
+            }
+        }
+    }
+
+    /// A state stamped with the greatest timestamp cannot be followed: a write on it is
+    /// Overflow (never a smaller, losing timestamp); max_timestamp_ms reads the stamp.
+    #[test]
+    fn the_greatest_timestamp_has_no_successor() {
+        let forged = Lww.apply(None, &put("forged"), &stamp("x", u64::MAX, u32::MAX)).unwrap();
+        assert_eq!(Lww.max_timestamp_ms(&forged), Ok(Some(u64::MAX)));
+        let err = Lww.apply(Some(&forged), &put("mine"), &stamp("n1", 10, 0)).unwrap_err();
+        assert!(matches!(err, ResolveError::Overflow(_)), "{err:?}");
+        let almost = Lww.apply(None, &put("a"), &stamp("x", u64::MAX, u32::MAX - 1)).unwrap();
+        let next = Lww.apply(Some(&almost), &put("b"), &stamp("n1", 10, 0)).unwrap();
+        assert_eq!(Lww.merge(&almost, &next).unwrap(), next, "the one step left is taken");
+        assert!(Lww.max_timestamp_ms(b"garbage").is_err());
     }
 
     /// Encoding round-trips byte for byte, and garbage is a typed error.

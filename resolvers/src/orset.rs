@@ -103,7 +103,7 @@ impl Resolver for OrSet {
         };
         for op in ops {
             match op {
-                Op::SetAdd(element) => map.write(element, &stamp.actor, |_| ())?,
+                Op::SetAdd(element) => map.write(element, &stamp.actor, |_| Ok(()))?,
                 Op::SetRemove(element) => map.remove(element, context.as_ref())?,
                 _ => unreachable!("operations were checked above"),
             }
@@ -119,6 +119,11 @@ impl Resolver for OrSet {
 
     fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {
         Ok(decode(state)?.clock().get(actor))
+    }
+
+    fn max_timestamp_ms(&self, _state: &[u8]) -> Result<Option<u64>, ResolveError> {
+        // Dots and a version vector, no clock readings: see the trait.
+        Ok(None)
     }
 
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError> {

@@ -7,16 +7,28 @@
 //! The size is bounded by the number of actors (nodes), never by the number of operations.
 //!
 //! ## Arithmetic at the edges
-//! Totals are `u64` and **saturate** at `u64::MAX`: an actor whose totals reach it stops
-//! counting in that direction (about 1.8e19 units: unreachable in practice, but defined, and
-//! saturation keeps each total grow-only, which the merge needs). The value is computed
-//! exactly in 128 bits and then **saturated** to the `i64` range, so a counter never wraps
-//! from a large positive to a negative value.
+//! Nothing wraps and no write is silently cut short:
+//! - Totals are `u64`. An increment that would take the coordinator's total past `u64::MAX`
+//!   is refused with [`ResolveError::Overflow`] and produces no state (it would otherwise
+//!   be acknowledged and then not counted).
+//! - The value a client sees is an `i64`. A write that would leave the value, as the
+//!   coordinator holds it, outside the `i64` range, or further outside it than it was, is
+//!   refused with [`ResolveError::Overflow`]. A write that brings a value back towards the
+//!   range is taken.
+//! - **Reading** computes the value exactly in 128 bits (one actor's share is within
+//!   ±(2^64 - 1), and a state holds far fewer than 2^63 actors) and then **saturates** it to
+//!   the `i64` range. A value can still pass the range without any refused write: two
+//!   coordinators that each stayed within it, merged. A read then shows `i64::MAX` (or
+//!   `i64::MIN`), never a wrapped value, and a decrement brings it back. Merge is never
+//!   refused (replicas must take in each other's states) and takes per-actor maxima, so it
+//!   cannot overflow.
 //!
-//! Writes take only [`Op::CounterIncrement`] (negative = decrement); the context is ignored
-//! (counter operations commute, there is nothing to supersede). A read always returns a
-//! counter value (0 for a counter nobody changed) and an empty context. An increment of 0
-//! changes nothing.
+//! Writes take only [`Op::CounterIncrement`] (negative = decrement). The context is not
+//! used (counter operations commute, there is nothing to supersede), but a read's context is
+//! empty and a write must send back that or nothing: any other context is
+//! [`ResolveError::BadContext`], as with every resolver. A read always returns a counter
+//! value (0 for a counter nobody changed) and an empty context. An increment of 0 changes
+//! nothing.
 //!
 //! Body layout, version 1:
 //!
@@ -90,9 +102,11 @@ impl<'a> State<'a> {
         e.finish()
     }
 
-    fn add(&mut self, actor: &'a [u8], delta: i64) {
+    /// Add `delta` to `actor`'s totals; [`ResolveError::Overflow`] (and the state unchanged)
+    /// if a total would pass `u64::MAX`.
+    fn add(&mut self, actor: &'a [u8], delta: i64) -> Result<(), ResolveError> {
         if delta == 0 {
-            return;
+            return Ok(());
         }
         let i = match self.entries.binary_search_by(|e| e.actor.cmp(actor)) {
             Ok(i) => i,
@@ -102,11 +116,18 @@ impl<'a> State<'a> {
             }
         };
         let entry = &mut self.entries[i];
-        if delta > 0 {
-            entry.increments = entry.increments.saturating_add(delta.unsigned_abs());
+        let (total, direction) = if delta > 0 {
+            (&mut entry.increments, "increments")
         } else {
-            entry.decrements = entry.decrements.saturating_add(delta.unsigned_abs());
-        }
+            (&mut entry.decrements, "decrements")
+        };
+        *total = total.checked_add(delta.unsigned_abs()).ok_or_else(|| {
+            ResolveError::Overflow(format!(
+                "this coordinator's {direction} total would pass {}",
+                u64::MAX
+            ))
+        })?;
+        Ok(())
     }
 
     fn join(&self, other: &State<'a>) -> State<'a> {
@@ -124,11 +145,20 @@ impl<'a> State<'a> {
         State { entries }
     }
 
-    fn value(&self) -> i64 {
-        let sum: i128 =
-            self.entries.iter().map(|e| i128::from(e.increments) - i128::from(e.decrements)).sum();
-        sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    /// The exact value, in 128 bits (see "Arithmetic at the edges").
+    fn exact(&self) -> i128 {
+        self.entries.iter().map(|e| i128::from(e.increments) - i128::from(e.decrements)).sum()
     }
+
+    /// The value a client sees: the exact value saturated to the `i64` range.
+    fn value(&self) -> i64 {
+        self.exact().clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+}
+
+/// How far `value` is outside the `i64` range (0 inside it).
+fn excess(value: i128) -> u128 {
+    value.abs_diff(value.clamp(i128::from(i64::MIN), i128::from(i64::MAX)))
 }
 
 impl Resolver for PnCounter {
@@ -144,20 +174,35 @@ impl Resolver for PnCounter {
     ) -> Result<Vec<u8>, ResolveError> {
         check_actor(&stamp.actor)?;
         let wrong = |operation| ResolveError::WrongOperation { resolver: "pncounter", operation };
-        let Write::Update { ops, .. } = write else {
+        let Write::Update { ops, context } = write else {
             return Err(wrong(write.name()));
         };
         if let Some(op) = ops.iter().find(|op| !matches!(op, Op::CounterIncrement(_))) {
             return Err(wrong(op.name()));
         }
+        if !context.is_empty() {
+            return Err(ResolveError::BadContext(format!(
+                "a counter's context is empty, as a read returns it, not {} bytes",
+                context.len()
+            )));
+        }
         let mut state = match current {
             Some(bytes) => State::decode(bytes)?,
             None => State::default(),
         };
+        let before = state.exact();
         for op in ops {
             if let Op::CounterIncrement(delta) = op {
-                state.add(&stamp.actor, *delta);
+                state.add(&stamp.actor, *delta)?;
             }
+        }
+        let after = state.exact();
+        if excess(after) > excess(before) {
+            return Err(ResolveError::Overflow(format!(
+                "the counter would be {after}, outside the 64-bit range [{}, {}]",
+                i64::MIN,
+                i64::MAX
+            )));
         }
         Ok(state.encode())
     }
@@ -179,6 +224,11 @@ impl Resolver for PnCounter {
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError> {
         let state = State::decode(state)?;
         Ok(Read { context: Vec::new(), value: Some(Value::Counter(state.value())) })
+    }
+
+    fn max_timestamp_ms(&self, _state: &[u8]) -> Result<Option<u64>, ResolveError> {
+        // Totals, no clock readings: see the trait.
+        Ok(None)
     }
 }
 
@@ -248,17 +298,66 @@ mod tests {
         assert_eq!(PnCounter.merge(&m, &a2).unwrap(), m);
     }
 
-    /// Totals saturate and the value clamps to the i64 range instead of wrapping.
+    fn overflows(current: Option<&[u8]>, deltas: &[i64], actor: &str) -> bool {
+        matches!(
+            PnCounter.apply(current, &incr(deltas), &stamp(actor)),
+            Err(ResolveError::Overflow(_))
+        )
+    }
+
+    /// A write that would take the value past the i64 range, or an actor's total past
+    /// u64::MAX, is Overflow and produces no state; one that stays inside, or comes back
+    /// towards the range, is taken. Method: increments and decrements at both edges.
     #[test]
-    fn saturates_at_the_edges() {
-        let s =
-            PnCounter.apply(None, &incr(&[i64::MAX, i64::MAX, i64::MAX]), &stamp("n1")).unwrap();
-        assert_eq!(value(&s), i64::MAX);
-        let s = PnCounter.apply(None, &incr(&[i64::MIN, i64::MIN]), &stamp("n1")).unwrap();
-        assert_eq!(value(&s), i64::MIN);
-        let s = PnCounter.apply(Some(&s), &incr(&[i64::MAX, 1, 7]), &stamp("n2")).unwrap();
-        // n1 decremented 2^64 - 1 (saturated), n2 incremented 2^63 + 7.
-        assert_eq!(value(&s), i64::MIN + 8);
+    fn overflow_is_refused() {
+        let max = PnCounter.apply(None, &incr(&[i64::MAX]), &stamp("n1")).unwrap();
+        assert_eq!(value(&max), i64::MAX);
+        assert!(overflows(Some(&max), &[1], "n1"), "past i64::MAX through the same actor");
+        assert!(overflows(Some(&max), &[1], "n2"), "past i64::MAX through another actor");
+        assert!(overflows(None, &[i64::MAX, i64::MAX, i64::MAX], "n1"), "within one write");
+        let min = PnCounter.apply(None, &incr(&[i64::MIN]), &stamp("n1")).unwrap();
+        assert_eq!(value(&min), i64::MIN);
+        assert!(overflows(Some(&min), &[-1], "n1"));
+        // Back and forth through one actor: the value stays near 0, the totals grow until
+        // the increments total would pass u64::MAX.
+        let mut s = max.clone();
+        s = PnCounter.apply(Some(&s), &incr(&[-i64::MAX]), &stamp("n1")).unwrap();
+        s = PnCounter.apply(Some(&s), &incr(&[i64::MAX]), &stamp("n1")).unwrap();
+        s = PnCounter.apply(Some(&s), &incr(&[-i64::MAX]), &stamp("n1")).unwrap();
+        assert_eq!(value(&s), 0);
+        assert!(overflows(Some(&s), &[i64::MAX], "n1"), "the increments total is full");
+        assert!(!overflows(Some(&s), &[i64::MAX], "n2"), "another actor's total is not");
+        assert!(!overflows(Some(&max), &[-1], "n2"), "a decrement from the edge is taken");
+    }
+
+    /// A merged value past the i64 range (two coordinators each within it) reads saturated,
+    /// never wrapped, and a decrement that brings it back is taken while an increment is not.
+    #[test]
+    fn a_merged_value_past_the_range_reads_saturated() {
+        let a = PnCounter.apply(None, &incr(&[i64::MAX]), &stamp("n1")).unwrap();
+        let b = PnCounter.apply(None, &incr(&[i64::MAX]), &stamp("n2")).unwrap();
+        let m = PnCounter.merge(&a, &b).unwrap();
+        assert_eq!(value(&m), i64::MAX);
+        assert!(overflows(Some(&m), &[1], "n3"));
+        let back = PnCounter.apply(Some(&m), &incr(&[-5]), &stamp("n3")).unwrap();
+        assert_eq!(value(&back), i64::MAX, "still past the range: still saturated");
+        let a = PnCounter.apply(None, &incr(&[i64::MIN]), &stamp("n1")).unwrap();
+        let b = PnCounter.apply(None, &incr(&[i64::MIN]), &stamp("n2")).unwrap();
+        assert_eq!(value(&PnCounter.merge(&a, &b).unwrap()), i64::MIN);
+    }
+
+    /// A context other than the empty one a read returns is BadContext.
+    #[test]
+    fn garbage_context_is_bad_context() {
+        let write = Write::Update { ops: vec![Op::CounterIncrement(1)], context: b"x".to_vec() };
+        assert!(matches!(
+            PnCounter.apply(None, &write, &stamp("n1")),
+            Err(ResolveError::BadContext(_))
+        ));
+        let s = PnCounter.apply(None, &incr(&[1]), &stamp("n1")).unwrap();
+        let context = PnCounter.read(&s).unwrap().context;
+        let write = Write::Update { ops: vec![Op::CounterIncrement(1)], context };
+        assert!(PnCounter.apply(Some(&s), &write, &stamp("n1")).is_ok());
     }
 
     /// Puts, deletes and other resolvers' operations are WrongOperation; an increment of 0

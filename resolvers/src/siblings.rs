@@ -266,6 +266,11 @@ impl Resolver for Siblings {
         Ok(State::decode(state)?.clock.get(actor))
     }
 
+    fn max_timestamp_ms(&self, _state: &[u8]) -> Result<Option<u64>, ResolveError> {
+        // Dots and a version vector, no clock readings: see the trait.
+        Ok(None)
+    }
+
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError> {
         let state = State::decode(state)?;
         let value = (!state.siblings.is_empty())

@@ -11,6 +11,9 @@
 //! - states re-encode to themselves (merge with self is the identity, byte for byte);
 //! - `issued` never goes back: an apply or a merge records at least as much of every actor
 //!   as its inputs did (the node relies on it to tell which copies hold its own dots);
+//! - `max_timestamp_ms` of a merge is the greater of its inputs' (the node refuses states
+//!   stamped too far ahead by it, so a merge must not hide or invent a timestamp), and no
+//!   state is stamped later than the latest clock reading of the run;
 //! - random garbage, and real states with a flipped byte or cut short, never panic.
 //!
 //! A resolver whose merge broke a law (say, kept the left side on a tie) fails here.
@@ -63,7 +66,7 @@ fn simulate(resolver: &dyn Resolver, steps: &[Step], seed: u64) -> Vec<Vec<u8>> 
                     with_read_context(resolver, replicas[*replica].as_deref(), other, write, i);
                 let stamp = Stamp {
                     actor: format!("n{replica}").into_bytes(),
-                    time: clocks[*replica].now(),
+                    time: clocks[*replica].now().unwrap(),
                 };
                 let current = replicas[*replica].as_deref();
                 if let Ok(next) = resolver.apply(current, &write, &stamp) {
@@ -135,6 +138,17 @@ fn merge_all(resolver: &dyn Resolver, states: &[Vec<u8>]) -> Vec<u8> {
     iter.fold(first, |acc, s| resolver.merge(&acc, s).unwrap())
 }
 
+/// No state of a run is stamped later than the run's wall clock: the law suite's clocks
+/// start at 1 000 to 1 999 ms and move at most one millisecond per step.
+fn check_stamps(resolver: &dyn Resolver, states: &[Vec<u8>]) -> Result<(), TestCaseError> {
+    for state in states {
+        if let Some(ms) = resolver.max_timestamp_ms(state).unwrap() {
+            prop_assert!((1_000..3_000).contains(&ms), "stamped at {} ms", ms);
+        }
+    }
+    Ok(())
+}
+
 /// Check every law on the states a run produced.
 fn check_laws(
     resolver: &dyn Resolver,
@@ -152,6 +166,8 @@ fn check_laws(
             let ab = resolver.merge(a, b).unwrap();
             let ba = resolver.merge(b, a).unwrap();
             prop_assert_eq!(&ab, &ba, "commutativity");
+            let stamp = |s: &[u8]| resolver.max_timestamp_ms(s).unwrap();
+            prop_assert_eq!(stamp(&ab), stamp(a).max(stamp(b)), "max_timestamp_ms of a merge");
             for c in &sample {
                 let left = resolver.merge(&ab, c).unwrap();
                 let right = resolver.merge(a, &resolver.merge(b, c).unwrap()).unwrap();
@@ -189,6 +205,7 @@ macro_rules! law_suite {
                     let resolver = resolver();
                     let states = simulate(&*resolver, &steps, seed);
                     check_laws(&*resolver, &states, seed)?;
+                    check_stamps(&*resolver, &states)?;
                 }
 
                 /// Real states with a flipped byte or cut short never panic `read`, `merge`
@@ -213,7 +230,9 @@ macro_rules! law_suite {
                                 if let Some(Step::Write { write, .. }) = steps.first() {
                                     let stamp = Stamp {
                                         actor: b"n0".to_vec(),
-                                        time: HybridClock::with_wall_clock(|| 1).now(),
+                                        time: HybridClock::with_wall_clock(|| 1)
+                                            .now()
+                                            .unwrap(),
                                     };
                                     let _ = resolver.apply(Some(bad), write, &stamp);
                                 }
@@ -336,5 +355,100 @@ fn build_covers_every_kind() {
     for kind in ResolverKind::ALL {
         let resolver = cartwheel_resolvers::build(kind, ResolverConfig::default());
         assert_eq!(resolver.kind(), kind);
+    }
+}
+
+/// Every resolver refuses a context it did not produce with BadContext, on every kind of
+/// write it takes, and takes the context its own read returned. Method: one state per
+/// resolver, then each write kind with garbage, a truncated context, and another
+/// resolver's context.
+#[test]
+fn every_resolver_refuses_a_garbage_context() {
+    use cartwheel_resolvers::{ResolveError, Timestamp};
+    let stamp = Stamp { actor: b"n1".to_vec(), time: Timestamp { physical_ms: 10, logical: 0 } };
+    let writes = |kind: ResolverKind, context: Vec<u8>| -> Vec<Write> {
+        let update = |op: Op| Write::Update { ops: vec![op], context: context.clone() };
+        match kind {
+            ResolverKind::Siblings | ResolverKind::Lww => vec![
+                Write::Put { value: b"v".to_vec(), context: context.clone() },
+                Write::Delete { context: context.clone() },
+            ],
+            ResolverKind::Orset => {
+                vec![update(Op::SetAdd(b"e".to_vec())), update(Op::SetRemove(b"e".to_vec()))]
+            }
+            ResolverKind::Pncounter => vec![update(Op::CounterIncrement(1))],
+            ResolverKind::Cart => vec![
+                update(Op::CartAdd { item: b"i".to_vec(), quantity: 1 }),
+                update(Op::CartRemove(b"i".to_vec())),
+                update(Op::CartSetQuantity { item: b"i".to_vec(), quantity: 2 }),
+            ],
+        }
+    };
+    let resolvers: Vec<Arc<dyn Resolver>> = ResolverKind::ALL
+        .into_iter()
+        .map(|kind| cartwheel_resolvers::build(kind, ResolverConfig::default()))
+        .collect();
+    let states: Vec<Vec<u8>> = resolvers
+        .iter()
+        .map(|r| {
+            let first = writes(r.kind(), Vec::new()).remove(0);
+            r.apply(None, &first, &stamp).unwrap()
+        })
+        .collect();
+    for (i, resolver) in resolvers.iter().enumerate() {
+        let kind = resolver.kind();
+        let own = resolver.read(&states[i]).unwrap().context;
+        for write in writes(kind, own.clone()) {
+            resolver.apply(Some(&states[i]), &write, &stamp).unwrap();
+        }
+        let mut garbage = vec![b"garbage!".to_vec(), vec![0xff; 13]];
+        if own.len() > 1 {
+            garbage.push(own[..own.len() - 1].to_vec());
+        }
+        for (j, other) in resolvers.iter().enumerate() {
+            let theirs = other.read(&states[j]).unwrap().context;
+            if j != i && !theirs.is_empty() && theirs.len() != own.len() {
+                garbage.push(theirs);
+            }
+        }
+        for context in garbage {
+            for write in writes(kind, context.clone()) {
+                let refused = resolver.apply(Some(&states[i]), &write, &stamp);
+                assert!(
+                    matches!(refused, Err(ResolveError::BadContext(_))),
+                    "{kind}: {write:?} gave {refused:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Only lww states carry a timestamp: max_timestamp_ms reads it there and is None for the
+/// others, which order causally.
+#[test]
+fn only_lww_states_carry_a_timestamp() {
+    use cartwheel_resolvers::Timestamp;
+    let time = Timestamp { physical_ms: 1_234, logical: 5 };
+    let stamp = Stamp { actor: b"n1".to_vec(), time };
+    for kind in ResolverKind::ALL {
+        let resolver = cartwheel_resolvers::build(kind, ResolverConfig::default());
+        let write = match kind {
+            ResolverKind::Siblings | ResolverKind::Lww => {
+                Write::Put { value: b"v".to_vec(), context: Vec::new() }
+            }
+            ResolverKind::Orset => {
+                Write::Update { ops: vec![Op::SetAdd(b"e".to_vec())], context: Vec::new() }
+            }
+            ResolverKind::Pncounter => {
+                Write::Update { ops: vec![Op::CounterIncrement(1)], context: Vec::new() }
+            }
+            ResolverKind::Cart => Write::Update {
+                ops: vec![Op::CartAdd { item: b"i".to_vec(), quantity: 1 }],
+                context: Vec::new(),
+            },
+        };
+        let state = resolver.apply(None, &write, &stamp).unwrap();
+        let expected = (kind == ResolverKind::Lww).then_some(1_234);
+        assert_eq!(resolver.max_timestamp_ms(&state).unwrap(), expected, "{kind}");
     }
 }

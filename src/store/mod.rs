@@ -255,7 +255,7 @@ impl Store {
         role: Role,
     ) -> Result<(Vec<u8>, Read), Error> {
         check_write_sizes(self, write)?;
-        let stamp = Stamp { actor: self.actors.actor(role), time: self.clock.now() };
+        let stamp = Stamp { actor: self.actors.actor(role), time: self.clock.now()? };
         let state = bucket.resolver.apply(current, write, &stamp)?;
         if state.len() > self.limits.state_bytes_max() {
             return Err(Error::ValueTooLarge(format!(
