@@ -141,8 +141,25 @@ impl Ownership {
     }
 
     /// The ownership for `members` (sorted, distinct ids), starting from this one and moving
-    /// as few partitions as it can. See the module documentation for the guarantees.
+    /// as few partitions as it can, at the next epoch. See the module documentation for the
+    /// guarantees.
+    ///
+    /// # Panics
+    /// When the epoch is at `u64::MAX`; the node calls [`Ownership::try_rebalance`], which
+    /// answers [`EpochExhausted`] instead.
     pub fn rebalance(&self, members: &[String], target_n: usize) -> Ownership {
+        self.try_rebalance(members, target_n).expect("the ring epoch is at u64::MAX")
+    }
+
+    /// [`Ownership::rebalance`], or [`EpochExhausted`] when the epoch is at `u64::MAX` (it
+    /// never wraps: a ring at epoch 0 would lose to every other ring, and the one it
+    /// replaced would win again).
+    pub fn try_rebalance(
+        &self,
+        members: &[String],
+        target_n: usize,
+    ) -> Result<Ownership, EpochExhausted> {
+        let epoch = self.epoch.checked_add(1).ok_or(EpochExhausted)?;
         assert!(!members.is_empty(), "a ring needs at least one member");
         debug_assert!(
             members.windows(2).all(|w| w[0] < w[1]),
@@ -158,12 +175,14 @@ impl Ownership {
         } else {
             incremental
         };
-        Ownership {
-            epoch: self.epoch + 1,
-            owners: chosen.into_iter().map(|m| members[m].clone()).collect(),
-        }
+        Ok(Ownership { epoch, owners: chosen.into_iter().map(|m| members[m].clone()).collect() })
     }
 }
+
+/// A ring whose epoch is at `u64::MAX` cannot change again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the ring epoch is at u64::MAX: it cannot change again")]
+pub struct EpochExhausted;
 
 fn window(target_n: usize, members: usize) -> usize {
     target_n.min(members).max(1)
@@ -449,5 +468,17 @@ mod tests {
         for node in &members[..4] {
             assert_eq!(after.owned_by(node), 16);
         }
+    }
+
+    /// The epoch never wraps: a ring at u64::MAX cannot rebalance (a typed error), one
+    /// below it takes the last step.
+    #[test]
+    fn the_epoch_never_wraps() {
+        let members = names(3);
+        let mut ring = grow(64, 2);
+        ring.epoch = u64::MAX - 1;
+        let last = ring.try_rebalance(&members, 3).unwrap();
+        assert_eq!(last.epoch, u64::MAX);
+        assert_eq!(last.try_rebalance(&members[..2], 3), Err(EpochExhausted));
     }
 }
