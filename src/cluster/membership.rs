@@ -11,7 +11,8 @@
 //! two other members); the receiver merges it and answers with its own view, which the sender
 //! merges. Merge keeps, per member, the entry with the greater (incarnation, heartbeat), and
 //! the ring with the greater epoch (ties: the smaller owners vector, so every node picks the
-//! same one). A new node needs one seed's address to join.
+//! same one). A new node needs one seed's address to join. The view also carries the set of
+//! revoked client tokens, merged as a grow-only set (see "Revoked tokens").
 //!
 //! ## Failure detection
 //! Local, never gossiped: a node marks a member **suspect** when its heartbeat has not
@@ -23,15 +24,76 @@
 //! it up again by itself.
 //!
 //! ## Ownership
-//! The **claimant** is the member with the smallest id among those this node sees up. When
-//! the members of the ring differ from the known members that have not left, the claimant
-//! rebalances ([`crate::ring::Ownership::rebalance`]) and gossip spreads the new epoch. A down
-//! member keeps its partitions (failure is not departure; sloppy quorum covers it). Moving a
-//! partition's data to its new owner (ownership handoff) is not done here: until it is, read
-//! repair and anti-entropy bring a new owner up to date.
+//! The **claimant** is the member with the smallest id among those this node sees up and
+//! counts as members for ownership (below). When the members of the ring differ from those
+//! members that have not left, the claimant rebalances ([`crate::ring::Ownership::rebalance`])
+//! and gossip spreads the new epoch. A down member keeps its partitions (failure is not
+//! departure; sloppy quorum covers it). Moving a partition's data to its new owner (ownership
+//! handoff) is not done here: until it is, read repair and anti-entropy bring a new owner up
+//! to date.
+//!
+//! ## Peer input is validated, never trusted
+//! A view is what one peer says, about itself and, second hand, about others. A single
+//! message must not be able to change who owns data, or to push a counter to where it can
+//! never move again. So:
+//! - **A member is proven before it owns anything.** A member learned from a view starts
+//!   *unproven*. This node proves it by a direct exchange: the member answered this node's
+//!   gossip naming itself at the address this node dialled ([`Membership::merge_from`] with
+//!   the answerer), or it gossiped to this node naming itself, the sender being known from
+//!   the connection ([`Membership::merge_from`] with the authenticated sender). Someone else's
+//!   view naming it proves nothing. The claimant gives partitions only to proven members,
+//!   and only they (or members the ring already gives partitions to: the claimant that put
+//!   them there proved them) count for ownership and for electing the claimant, so a made-up
+//!   member with a small id cannot stop rebalancing either. Each round this node also sends
+//!   its view to up to [`PROBES_PER_ROUND`] unproven members that own nothing and are not
+//!   down, so a real new member is proven within a few rounds.
+//! - **The unproven are forgotten.** A member that stays unproven and owns no partition for
+//!   [`UNPROVEN_FORGET_ROUNDS`] of this node's rounds is dropped, and its (incarnation,
+//!   heartbeat) remembered (the last [`FORGOTTEN_MAX`] of them): a copy of the same entry,
+//!   or an older one, that other nodes still gossip does not bring it back. A newer entry
+//!   does (a real member's heartbeat advances), and so does a direct exchange with it: a
+//!   forgotten member that really exists comes back the moment it talks to us. Hints are
+//!   never kept for a member that owns no partition (the shell checks,
+//!   `Cluster::check_hint_owner`), so an unproven one never collects writes.
+//! - **Epochs and incarnations move forward by bounded steps.** A gossiped ring whose epoch
+//!   is more than [`EPOCH_STEP_MAX`] (2^20) above this node's is refused, the ring only: the
+//!   members' news in the same view is still taken (a heartbeat is no threat, and refusing
+//!   the whole view would let one bad ring cut a node off from everyone's heartbeats). 2^20
+//!   ring changes is more than a cluster makes in its life (one per join or leave), so an
+//!   honest ring is never refused, and a forger needs 2^44 accepted steps to reach
+//!   `u64::MAX`. A ring that names an owner that is neither a member this node knows nor one
+//!   the same view names is refused too (a real claimant's view always names its owners). A
+//!   member entry whose incarnation is more than [`INCARNATION_AHEAD_MS_MAX`] (one hour)
+//!   ahead of this node's clock is refused: an incarnation is its node's wall-clock start
+//!   time in milliseconds, and one forged near `u64::MAX` would make every later entry of
+//!   that member, its own restarts included, look older forever. (This node's clock reading
+//!   is its own incarnation plus the `now_ms` it has counted since it started.) A restored
+//!   membership file is this node's own and is not held to the epoch bound
+//!   ([`Membership::restore`]).
+//! - **Nothing wraps.** The ring epoch, this node's heartbeat and its round count use checked
+//!   arithmetic; at `u64::MAX` the claimant refuses to rebalance ([`Notice::EpochExhausted`])
+//!   and [`Membership::tick`] answers [`Error::Overflow`], never a wrap to 0 that would make
+//!   the node's news look older than everyone's.
+//! - **Everything is bounded.** At most [`MEMBERS_MAX`] members (a view naming more is
+//!   refused by the wire, new members beyond it are refused here), ids as the config checks
+//!   them, addresses and digests of bounded length.
+//!
+//! Heartbeats are not bounded in step: a forged huge heartbeat of a member makes that
+//! member's own news look older only until it restarts (a new incarnation beats any
+//! heartbeat), and any bound on steps would refuse a member that was away for long.
+//!
+//! ## Revoked tokens
+//! Client tokens revoked on any node ([`Membership::revoke_token`]) travel with the view: a
+//! grow-only set of token ids, each exactly 16 lowercase hex digits, merged by union, at most
+//! [`REVOKED_TOKENS_MAX`]. A view whose own set is malformed or over the bound is refused by
+//! the wire; one whose ids would take this node's set past the bound leaves the set as it is
+//! ([`Notice::RevokedTokensFull`]). The set is kept in the membership file, so it survives
+//! restarts. Revocation cannot be undone: a token is dropped from the set only by a new
+//! cluster secret (which makes every old token invalid anyway).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::error::Error;
 use crate::ring::Ownership;
 
 /// Failed RPCs in a row after which a member is down.
@@ -39,6 +101,42 @@ pub const RPC_FAILURES_DOWN: u32 = 3;
 
 /// Members known to this node, other than itself, below which it also gossips with a seed.
 pub const SEED_GOSSIP_BELOW: usize = 2;
+
+/// How far above this node's ring epoch a gossiped ring's epoch may be; a ring further
+/// ahead is refused (see "Peer input is validated" in the module doc).
+pub const EPOCH_STEP_MAX: u64 = 1 << 20;
+
+/// How far ahead of this node's clock, in milliseconds, a member's incarnation (its start
+/// time) may be; an entry further ahead is refused: one hour.
+pub const INCARNATION_AHEAD_MS_MAX: u64 = 60 * 60 * 1_000;
+
+/// Rounds of this node after which a member that is still unproven and owns no partition is
+/// forgotten.
+pub const UNPROVEN_FORGET_ROUNDS: u64 = 30;
+
+/// Unproven members this node sends its view to each round, besides its gossip peer.
+pub const PROBES_PER_ROUND: usize = 2;
+
+/// Forgotten entries remembered (so that stale copies do not bring them back); beyond it the
+/// oldest is dropped, and a stale copy of it may then come back for another
+/// [`UNPROVEN_FORGET_ROUNDS`].
+pub const FORGOTTEN_MAX: usize = 4_096;
+
+/// Members a node knows, itself included; a view naming more is refused, and new members
+/// beyond it are not taken.
+pub const MEMBERS_MAX: usize = 4_096;
+
+/// Longest member address taken from a view, in bytes.
+pub const ADDRESS_BYTES_MAX: usize = 255;
+
+/// Longest bucket-configuration digest taken from a view, in bytes.
+pub const CONFIG_DIGEST_BYTES_MAX: usize = 64;
+
+/// Most revoked token ids a view, and this node, holds.
+pub const REVOKED_TOKENS_MAX: usize = 10_000;
+
+/// Characters of a token id: lowercase hex digits.
+pub const TOKEN_ID_CHARS: usize = 16;
 
 /// A member's entry as gossiped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,13 +155,16 @@ pub struct MemberInfo {
     pub config_digest: Vec<u8>,
 }
 
-/// A gossiped view: members and ring.
+/// A gossiped view: members, ring and revoked tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct View {
     /// Every member the sender knows, itself included.
     pub members: Vec<MemberInfo>,
     /// The sender's ring.
     pub ring: Ownership,
+    /// Ids of the client tokens revoked in the cluster, as far as the sender knows (each
+    /// [`TOKEN_ID_CHARS`] lowercase hex digits, at most [`REVOKED_TOKENS_MAX`]).
+    pub revoked_tokens: BTreeSet<String>,
 }
 
 /// How this node sees a member.
@@ -118,9 +219,21 @@ struct Known {
     /// When this node last saw the heartbeat advance (or learnt of the member).
     advanced_at_ms: u64,
     rpc_failures: u32,
+    /// This node has had a direct exchange with it (always true for this node itself).
+    proven: bool,
+    /// This node's round when it learnt of the member (again, after forgetting it).
+    learned_round: u64,
 }
 
-/// Something a merge noticed, for the shell to log.
+/// What is remembered of a forgotten member: its entry's (incarnation, heartbeat), and the
+/// round it was forgotten in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Forgotten {
+    news: (u64, u64),
+    round: u64,
+}
+
+/// Something a merge or a tick noticed, for the shell to log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
     /// A member this node did not know.
@@ -129,6 +242,31 @@ pub enum Notice {
     ConfigMismatch(String),
     /// The ring changed to a new epoch.
     RingChanged(u64),
+    /// A gossiped ring was refused (logged at warn).
+    RingRefused {
+        /// Its epoch.
+        epoch: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A gossiped member entry was refused (logged at warn).
+    MemberRefused {
+        /// The id it named.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A member that stayed unproven and owned nothing was forgotten.
+    Forgotten(String),
+    /// A view's revoked tokens would take this node's set past [`REVOKED_TOKENS_MAX`], or
+    /// were malformed: they were not taken (logged at error: tokens may be in use that other
+    /// nodes refuse).
+    RevokedTokensFull {
+        /// Ids the view had that this node did not.
+        refused: usize,
+    },
+    /// The claimant cannot rebalance: the ring epoch is at `u64::MAX` (logged at error).
+    EpochExhausted,
 }
 
 /// This node's membership state machine.
@@ -139,6 +277,51 @@ pub struct Membership {
     ring: Ownership,
     target_n: usize,
     timing: Timing,
+    /// Ticks since the start.
+    round: u64,
+    /// Members forgotten unproven, by id.
+    forgotten: BTreeMap<String, Forgotten>,
+    revoked_tokens: BTreeSet<String>,
+}
+
+/// Check a client token id: exactly [`TOKEN_ID_CHARS`] lowercase hex digits.
+pub fn check_token_id(id: &str) -> Result<(), Error> {
+    let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    if id.len() == TOKEN_ID_CHARS && id.bytes().all(hex) {
+        return Ok(());
+    }
+    Err(Error::BadRequest(format!(
+        "token id {:?} is not {TOKEN_ID_CHARS} lowercase hex digits",
+        id.chars().take(2 * TOKEN_ID_CHARS).collect::<String>()
+    )))
+}
+
+/// Why a gossiped member entry cannot be taken, whoever sent it: an id the config would
+/// refuse, an address or digest over its bound.
+fn check_member(info: &MemberInfo) -> Result<(), String> {
+    crate::config::check_name(&info.id)?;
+    if info.id.len() > crate::actors::NODE_ID_BYTES_MAX {
+        return Err(format!("id over {} bytes", crate::actors::NODE_ID_BYTES_MAX));
+    }
+    if info.address.is_empty() || info.address.len() > ADDRESS_BYTES_MAX {
+        return Err(format!("address of {} bytes (1 to {ADDRESS_BYTES_MAX})", info.address.len()));
+    }
+    if info.config_digest.len() > CONFIG_DIGEST_BYTES_MAX {
+        return Err(format!("config digest over {CONFIG_DIGEST_BYTES_MAX} bytes"));
+    }
+    Ok(())
+}
+
+/// Whose word a merged view is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source<'a> {
+    /// This node's own membership file.
+    Restored,
+    /// A peer, relaying what it knows.
+    Relayed,
+    /// A peer this node is exchanging with directly (known by the connection, or by the
+    /// address this node dialled): its own entry proves it.
+    Direct(&'a str),
 }
 
 impl Membership {
@@ -153,8 +336,24 @@ impl Membership {
         let ring = Ownership::single(&me.id, partitions);
         let id = me.id.clone();
         let mut members = BTreeMap::new();
-        members.insert(id.clone(), Known { info: me, advanced_at_ms: now_ms, rpc_failures: 0 });
-        Self { me: id, members, ring, target_n, timing }
+        let known = Known {
+            info: me,
+            advanced_at_ms: now_ms,
+            rpc_failures: 0,
+            proven: true,
+            learned_round: 0,
+        };
+        members.insert(id.clone(), known);
+        Self {
+            me: id,
+            members,
+            ring,
+            target_n,
+            timing,
+            round: 0,
+            forgotten: BTreeMap::new(),
+            revoked_tokens: BTreeSet::new(),
+        }
     }
 
     /// This node's id.
@@ -175,6 +374,17 @@ impl Membership {
     /// A member's address.
     pub fn address_of(&self, id: &str) -> Option<&str> {
         self.members.get(id).map(|k| k.info.address.as_str())
+    }
+
+    /// Whether `id` is a member this node knows (itself included).
+    pub fn is_member(&self, id: &str) -> bool {
+        self.members.contains_key(id)
+    }
+
+    /// Whether this node has proven `id` by a direct exchange (see the module doc); always
+    /// true for itself.
+    pub fn is_proven(&self, id: &str) -> bool {
+        self.members.get(id).is_some_and(|k| k.proven)
     }
 
     /// Every known member with its health, in id order.
@@ -212,14 +422,20 @@ impl Membership {
         }
     }
 
-    /// A gossip round: bump this node's heartbeat, let the claimant rebalance, and return
-    /// the view to send. `random` picks the peer (see [`Membership::gossip_peer`]).
-    pub fn tick(&mut self, now_ms: u64) -> (View, Vec<Notice>) {
+    /// A gossip round: bump this node's heartbeat, forget members that stayed unproven too
+    /// long, let the claimant rebalance, and return the view to send. [`Error::Overflow`]
+    /// (and nothing changed) if the heartbeat is at `u64::MAX`.
+    pub fn tick(&mut self, now_ms: u64) -> Result<(View, Vec<Notice>), Error> {
         let me = self.members.get_mut(&self.me).expect("this node is always a member");
-        me.info.heartbeat += 1;
+        let exhausted = |what: &str| Error::Overflow(format!("this node's {what} is at u64::MAX"));
+        let heartbeat = me.info.heartbeat.checked_add(1).ok_or_else(|| exhausted("heartbeat"))?;
+        let round = self.round.checked_add(1).ok_or_else(|| exhausted("round count"))?;
+        me.info.heartbeat = heartbeat;
         me.advanced_at_ms = now_ms;
-        let notices = self.claim(now_ms);
-        (self.view(), notices)
+        self.round = round;
+        let mut notices = self.forget_unproven();
+        notices.extend(self.claim(now_ms));
+        Ok((self.view(), notices))
     }
 
     /// Whom to gossip with this round: a random other member, or a seed while this node
@@ -241,57 +457,251 @@ impl Membership {
         Some(others[random as usize % others.len()].info.address.clone())
     }
 
+    /// The unproven members to send this node's view to this round, as (id, address): at
+    /// most [`PROBES_PER_ROUND`] of those that own no partition and are not down by failed
+    /// calls, rotating with the round. An answer naming the member proves it
+    /// ([`Membership::merge_from`]).
+    pub fn probes(&self) -> Vec<(String, String)> {
+        let owners = self.owners();
+        let candidates: Vec<&Known> = self
+            .members
+            .values()
+            .filter(|k| !k.proven && !owners.contains(k.info.id.as_str()))
+            .filter(|k| k.rpc_failures < RPC_FAILURES_DOWN)
+            .collect();
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let start = (self.round % candidates.len() as u64) as usize;
+        (0..candidates.len().min(PROBES_PER_ROUND))
+            .map(|i| candidates[(start + i) % candidates.len()])
+            .map(|k| (k.info.id.clone(), k.info.address.clone()))
+            .collect()
+    }
+
     /// This node's view, to send.
     pub fn view(&self) -> View {
         View {
             members: self.members.values().map(|k| k.info.clone()).collect(),
             ring: self.ring.clone(),
+            revoked_tokens: self.revoked_tokens.clone(),
         }
     }
 
-    /// Merge a view received from a peer.
+    /// Merge a view from a peer whose identity this node does not know (or that relays):
+    /// it proves no one.
     pub fn merge(&mut self, view: View, now_ms: u64) -> Vec<Notice> {
+        self.merge_view(view, now_ms, Source::Relayed)
+    }
+
+    /// Merge a view that `sender` sent or answered directly: the peer authenticated as
+    /// `sender` on the connection, or the one that answered at the address this node dialled.
+    /// If the view names `sender` (its own entry), that entry proves it and is taken even if
+    /// `sender` was forgotten.
+    pub fn merge_from(&mut self, sender: &str, view: View, now_ms: u64) -> Vec<Notice> {
+        self.merge_view(view, now_ms, Source::Direct(sender))
+    }
+
+    /// Merge the view of this node's own membership file at start: as a relayed view, but
+    /// its ring is not held to [`EPOCH_STEP_MAX`] (this node wrote it).
+    pub fn restore(&mut self, view: View, now_ms: u64) -> Vec<Notice> {
+        self.merge_view(view, now_ms, Source::Restored)
+    }
+
+    fn merge_view(&mut self, view: View, now_ms: u64, source: Source<'_>) -> Vec<Notice> {
         let mut notices = Vec::new();
-        let my_digest = self.members[&self.me].info.config_digest.clone();
-        for info in view.members {
-            if info.id == self.me {
-                // Others' news of this node is older than this node's own.
-                continue;
-            }
-            match self.members.get_mut(&info.id) {
-                None => {
-                    notices.push(Notice::Joined(info.id.clone()));
-                    if info.config_digest != my_digest {
-                        notices.push(Notice::ConfigMismatch(info.id.clone()));
-                    }
-                    let id = info.id.clone();
-                    self.members
-                        .insert(id, Known { info, advanced_at_ms: now_ms, rpc_failures: 0 });
+        let View { members, ring, revoked_tokens } = view;
+        let members: Vec<MemberInfo> = members
+            .into_iter()
+            .filter(|info| info.id != self.me) // Others' news of this node is older than its own.
+            .filter(|info| match self.check_entry(info, now_ms) {
+                Ok(()) => true,
+                Err(reason) => {
+                    notices.push(Notice::MemberRefused { id: info.id.clone(), reason });
+                    false
                 }
-                Some(known) => {
-                    if (info.incarnation, info.heartbeat)
-                        > (known.info.incarnation, known.info.heartbeat)
-                    {
-                        if info.config_digest != known.info.config_digest
-                            && info.config_digest != my_digest
-                        {
-                            notices.push(Notice::ConfigMismatch(info.id.clone()));
-                        }
-                        known.info = info;
-                        known.advanced_at_ms = now_ms;
-                        known.rpc_failures = 0;
-                    }
-                }
-            }
+            })
+            .collect();
+        let take_ring = self.check_ring(&ring, &members, source, &mut notices);
+        self.merge_revoked(revoked_tokens, &mut notices);
+        let owners: BTreeSet<String> = if take_ring {
+            ring.owners.iter().cloned().collect()
+        } else {
+            self.ring.owners.iter().cloned().collect()
+        };
+        let direct = match source {
+            Source::Direct(sender) => Some(sender),
+            Source::Relayed | Source::Restored => None,
+        };
+        // A direct sender proves itself only by naming itself.
+        let proven = direct.filter(|sender| members.iter().any(|m| m.id == *sender));
+        for info in members {
+            let vouched = owners.contains(&info.id) || direct == Some(info.id.as_str());
+            self.merge_entry(info, now_ms, vouched, &mut notices);
         }
-        let theirs = view.ring;
-        let newer = (theirs.epoch, std::cmp::Reverse(&theirs.owners))
-            > (self.ring.epoch, std::cmp::Reverse(&self.ring.owners));
-        if theirs.owners.len() == self.ring.owners.len() && newer {
-            notices.push(Notice::RingChanged(theirs.epoch));
-            self.ring = theirs;
+        if take_ring {
+            notices.push(Notice::RingChanged(ring.epoch));
+            self.ring = ring;
+        }
+        if let Some(known) = proven.and_then(|sender| self.members.get_mut(sender)) {
+            known.proven = true;
         }
         notices
+    }
+
+    /// Why a member entry that passed [`check_member`] is refused here: an incarnation too
+    /// far ahead of this node's clock.
+    fn check_entry(&self, info: &MemberInfo, now_ms: u64) -> Result<(), String> {
+        check_member(info)?;
+        let bound = self.clock_ms(now_ms).saturating_add(INCARNATION_AHEAD_MS_MAX);
+        if info.incarnation > bound {
+            return Err(format!(
+                "incarnation {} is more than {INCARNATION_AHEAD_MS_MAX} ms ahead of this \
+                 node's clock ({} ms): check the clocks",
+                info.incarnation,
+                self.clock_ms(now_ms)
+            ));
+        }
+        Ok(())
+    }
+
+    /// This node's wall clock, as it knows it: its incarnation (its start time) plus the
+    /// milliseconds counted since.
+    fn clock_ms(&self, now_ms: u64) -> u64 {
+        self.members[&self.me].info.incarnation.saturating_add(now_ms)
+    }
+
+    /// Whether to take a gossiped ring: newer than ours (the greater epoch, ties to the
+    /// smaller owners vector), of our partition count, within [`EPOCH_STEP_MAX`] of our
+    /// epoch (unless restored), and naming only owners that are members.
+    fn check_ring(
+        &self,
+        theirs: &Ownership,
+        members: &[MemberInfo],
+        source: Source<'_>,
+        notices: &mut Vec<Notice>,
+    ) -> bool {
+        let ours = &self.ring;
+        let newer = (theirs.epoch, std::cmp::Reverse(&theirs.owners))
+            > (ours.epoch, std::cmp::Reverse(&ours.owners));
+        if theirs.owners.len() != ours.owners.len() || !newer {
+            return false;
+        }
+        let mut refuse = |reason: String| {
+            notices.push(Notice::RingRefused { epoch: theirs.epoch, reason });
+            false
+        };
+        if source != Source::Restored && theirs.epoch > ours.epoch.saturating_add(EPOCH_STEP_MAX) {
+            return refuse(format!(
+                "epoch {} is more than {EPOCH_STEP_MAX} above this node's {}",
+                theirs.epoch, ours.epoch
+            ));
+        }
+        let named =
+            |id: &String| self.members.contains_key(id) || members.iter().any(|m| &m.id == id);
+        if let Some(stranger) = theirs.owners.iter().find(|owner| !named(owner)) {
+            return refuse(format!("it names {stranger:?}, which is not a member"));
+        }
+        true
+    }
+
+    /// Take one checked member entry. `vouched`: the ring being kept gives it partitions, or
+    /// it is the direct sender's own entry; such an entry is taken even if forgotten.
+    fn merge_entry(
+        &mut self,
+        info: MemberInfo,
+        now_ms: u64,
+        vouched: bool,
+        notices: &mut Vec<Notice>,
+    ) {
+        let my_digest = self.members[&self.me].info.config_digest.clone();
+        let news = (info.incarnation, info.heartbeat);
+        if let Some(known) = self.members.get_mut(&info.id) {
+            if news > (known.info.incarnation, known.info.heartbeat) {
+                if info.config_digest != known.info.config_digest && info.config_digest != my_digest
+                {
+                    notices.push(Notice::ConfigMismatch(info.id.clone()));
+                }
+                known.info = info;
+                known.advanced_at_ms = now_ms;
+                known.rpc_failures = 0;
+            }
+            return;
+        }
+        let stale = self.forgotten.get(&info.id).is_some_and(|f| news <= f.news);
+        if stale && !vouched {
+            return;
+        }
+        if self.members.len() >= MEMBERS_MAX {
+            let reason = format!("this node knows {MEMBERS_MAX} members already");
+            notices.push(Notice::MemberRefused { id: info.id, reason });
+            return;
+        }
+        self.forgotten.remove(&info.id);
+        notices.push(Notice::Joined(info.id.clone()));
+        if info.config_digest != my_digest {
+            notices.push(Notice::ConfigMismatch(info.id.clone()));
+        }
+        let id = info.id.clone();
+        let known = Known {
+            info,
+            advanced_at_ms: now_ms,
+            rpc_failures: 0,
+            proven: false,
+            learned_round: self.round,
+        };
+        self.members.insert(id, known);
+    }
+
+    /// Union a view's revoked tokens into ours, unless malformed or over the bound.
+    fn merge_revoked(&mut self, theirs: BTreeSet<String>, notices: &mut Vec<Notice>) {
+        let new: Vec<String> =
+            theirs.into_iter().filter(|id| !self.revoked_tokens.contains(id)).collect();
+        if new.is_empty() {
+            return;
+        }
+        let malformed = new.iter().any(|id| check_token_id(id).is_err());
+        if malformed || self.revoked_tokens.len() + new.len() > REVOKED_TOKENS_MAX {
+            notices.push(Notice::RevokedTokensFull { refused: new.len() });
+            return;
+        }
+        self.revoked_tokens.extend(new);
+    }
+
+    /// Forget the members that stayed unproven and owned nothing for
+    /// [`UNPROVEN_FORGET_ROUNDS`] rounds; remember their news.
+    fn forget_unproven(&mut self) -> Vec<Notice> {
+        let owners = self.owners();
+        let round = self.round;
+        let stale: Vec<String> = self
+            .members
+            .values()
+            .filter(|k| !k.proven && !owners.contains(k.info.id.as_str()))
+            .filter(|k| round.saturating_sub(k.learned_round) >= UNPROVEN_FORGET_ROUNDS)
+            .map(|k| k.info.id.clone())
+            .collect();
+        let mut notices = Vec::new();
+        for id in stale {
+            let known = self.members.remove(&id).expect("listed above");
+            let news = (known.info.incarnation, known.info.heartbeat);
+            self.forgotten.insert(id.clone(), Forgotten { news, round });
+            notices.push(Notice::Forgotten(id));
+        }
+        while self.forgotten.len() > FORGOTTEN_MAX {
+            let oldest = self
+                .forgotten
+                .iter()
+                .min_by_key(|(id, f)| (f.round, (*id).clone()))
+                .map(|(id, _)| id.clone())
+                .expect("not empty");
+            self.forgotten.remove(&oldest);
+        }
+        notices
+    }
+
+    /// The ids that own partitions in the ring.
+    fn owners(&self) -> BTreeSet<&str> {
+        self.ring.owners.iter().map(String::as_str).collect()
     }
 
     /// An RPC to `id` succeeded.
@@ -313,12 +723,49 @@ impl Membership {
         self.members.values().find(|k| k.info.address == address).map(|k| k.info.id.as_str())
     }
 
+    /// Add a client token id to the revoked set: `Ok(true)` if it is new, `Ok(false)` if it
+    /// was revoked already. [`Error::BadRequest`] for an id that is not
+    /// [`TOKEN_ID_CHARS`] lowercase hex digits, or when the set holds
+    /// [`REVOKED_TOKENS_MAX`] ids already.
+    pub fn revoke_token(&mut self, id: &str) -> Result<bool, Error> {
+        check_token_id(id)?;
+        if self.revoked_tokens.contains(id) {
+            return Ok(false);
+        }
+        if self.revoked_tokens.len() >= REVOKED_TOKENS_MAX {
+            return Err(Error::BadRequest(format!(
+                "the cluster holds {REVOKED_TOKENS_MAX} revoked tokens, its limit: change the \
+                 cluster secret to invalidate every token instead"
+            )));
+        }
+        self.revoked_tokens.insert(id.to_string());
+        Ok(true)
+    }
+
+    /// Whether the token `id` was revoked: one set lookup.
+    pub fn is_token_revoked(&self, id: &str) -> bool {
+        self.revoked_tokens.contains(id)
+    }
+
+    /// The revoked token ids.
+    pub fn revoked_tokens(&self) -> &BTreeSet<String> {
+        &self.revoked_tokens
+    }
+
+    /// Whether `id` counts as a member for ownership: this node, a proven member, or one the
+    /// ring gives partitions to.
+    fn counts_for_ownership(&self, known: &Known, owners: &BTreeSet<&str>) -> bool {
+        known.info.id == self.me || known.proven || owners.contains(known.info.id.as_str())
+    }
+
     /// If this node is the claimant and the ring's members differ from the members that
-    /// have not left, rebalance.
+    /// count for ownership and have not left, rebalance.
     fn claim(&mut self, now_ms: u64) -> Vec<Notice> {
-        let claimant = self
-            .members
-            .values()
+        let owners = self.owners();
+        let counted: Vec<&Known> =
+            self.members.values().filter(|k| self.counts_for_ownership(k, &owners)).collect();
+        let claimant = counted
+            .iter()
             .filter(|k| self.health_of(k, now_ms) == Health::Up)
             .map(|k| k.info.id.as_str())
             .min();
@@ -326,7 +773,7 @@ impl Membership {
             return Vec::new();
         }
         let wanted: Vec<String> =
-            self.members.values().filter(|k| !k.info.leaving).map(|k| k.info.id.clone()).collect();
+            counted.iter().filter(|k| !k.info.leaving).map(|k| k.info.id.clone()).collect();
         let mut owning: Vec<String> = self.ring.owners.clone();
         owning.sort();
         owning.dedup();
@@ -336,7 +783,9 @@ impl Membership {
         // With more members than partitions some own nothing however the ring is laid out:
         // change it (and its epoch) only when rebalancing moves something, or the claimant
         // would take a new epoch every round and the ring would never settle.
-        let rebalanced = self.ring.rebalance(&wanted, self.target_n);
+        let Ok(rebalanced) = self.ring.try_rebalance(&wanted, self.target_n) else {
+            return vec![Notice::EpochExhausted];
+        };
         if rebalanced.owners == self.ring.owners {
             return Vec::new();
         }
@@ -361,6 +810,17 @@ mod tests {
     }
 
     const TIMING: Timing = Timing { suspect_after_ms: 300, down_after_ms: 800, per_doubling_ms: 0 };
+
+    fn view_of(members: Vec<MemberInfo>, ring: Ownership) -> View {
+        View { members, ring, revoked_tokens: BTreeSet::new() }
+    }
+
+    impl Membership {
+        /// A tick that must succeed.
+        fn tick_ok(&mut self, now_ms: u64) -> (View, Vec<Notice>) {
+            self.tick(now_ms).unwrap()
+        }
+    }
 
     /// A cluster with more members than partitions settles on one ring: the claimant does
     /// not take a new epoch when rebalancing would move nothing.
@@ -395,15 +855,17 @@ mod tests {
         Membership::new(info(id), 16, 3, TIMING, 0)
     }
 
-    /// Gossip one round in each direction between every pair, at `now`.
+    /// Gossip one round in each direction between every pair, at `now`: direct exchanges,
+    /// each side knowing who the other is.
     fn exchange_all(nodes: &mut [Membership], now: u64) {
         for i in 0..nodes.len() {
-            let (view, _) = nodes[i].tick(now);
+            let (view, _) = nodes[i].tick(now).unwrap();
             for j in 0..nodes.len() {
                 if i != j {
-                    nodes[j].merge(view.clone(), now);
+                    let (from, to) = (nodes[i].me().to_string(), nodes[j].me().to_string());
+                    nodes[j].merge_from(&from, view.clone(), now);
                     let back = nodes[j].view();
-                    nodes[i].merge(back, now);
+                    nodes[i].merge_from(&to, back, now);
                 }
             }
         }
@@ -432,11 +894,11 @@ mod tests {
         let mut a = node("a");
         let mut b = node("b");
         let mut c = node("c");
-        a.merge(b.tick(0).0, 0);
+        a.merge(b.tick_ok(0).0, 0);
         b.merge(a.view(), 0);
         // c knows only a.
         assert_eq!(c.gossip_peer(&["a:1".into()], 7), Some("a:1".into()));
-        a.merge(c.tick(10).0, 10);
+        a.merge(c.tick_ok(10).0, 10);
         c.merge(a.view(), 10);
         let known: Vec<String> = c.members(10).into_iter().map(|(m, _)| m.id).collect();
         assert_eq!(known, vec!["a", "b", "c"]);
@@ -447,11 +909,11 @@ mod tests {
     fn failure_detection_by_heartbeat() {
         let mut a = node("a");
         let mut b = node("b");
-        a.merge(b.tick(0).0, 0);
+        a.merge(b.tick_ok(0).0, 0);
         assert_eq!(a.health("b", 100), Health::Up);
         assert_eq!(a.health("b", 400), Health::Suspect);
         assert_eq!(a.health("b", 900), Health::Down);
-        a.merge(b.tick(950).0, 950);
+        a.merge(b.tick_ok(950).0, 950);
         assert_eq!(a.health("b", 960), Health::Up, "a heartbeat brings it back");
         assert_eq!(a.health("a", 10_000), Health::Up, "a node is always up to itself");
         assert_eq!(a.health("zz", 0), Health::Down, "unknown members are down");
@@ -463,7 +925,7 @@ mod tests {
     fn failure_detection_by_rpc() {
         let mut a = node("a");
         let mut b = node("b");
-        a.merge(b.tick(0).0, 0);
+        a.merge(b.tick_ok(0).0, 0);
         a.rpc_failed("b");
         assert_eq!(a.health("b", 10), Health::Suspect);
         a.rpc_failed("b");
@@ -478,15 +940,15 @@ mod tests {
     fn merge_keeps_the_newest_news() {
         let mut a = node("a");
         let mut b = node("b");
-        let (old, _) = b.tick(0);
-        let (new, _) = b.tick(1);
+        let (old, _) = b.tick_ok(0);
+        let (new, _) = b.tick_ok(1);
         a.merge(new.clone(), 1);
         a.merge(old, 2);
         let seen = a.members(2).into_iter().find(|(m, _)| m.id == "b").unwrap().0;
         assert_eq!(seen.heartbeat, 2);
         let mut restarted = info("b");
         restarted.incarnation = 2;
-        a.merge(View { members: vec![restarted], ring: a.ring().clone() }, 3);
+        a.merge(view_of(vec![restarted], a.ring().clone()), 3);
         let seen = a.members(3).into_iter().find(|(m, _)| m.id == "b").unwrap().0;
         assert_eq!((seen.incarnation, seen.heartbeat), (2, 0));
     }
@@ -502,8 +964,8 @@ mod tests {
         // c falls silent; a and b go on.
         let (mut a, mut b) = (nodes[0].clone(), nodes[1].clone());
         for t in [1000, 2000, 3000] {
-            b.merge(a.tick(t).0, t);
-            a.merge(b.tick(t).0, t);
+            b.merge(a.tick_ok(t).0, t);
+            a.merge(b.tick_ok(t).0, t);
         }
         assert_eq!(a.health("c", 3000), Health::Down);
         assert_eq!(a.ring(), &before);
@@ -515,8 +977,285 @@ mod tests {
         let mut a = node("a");
         let mut other = info("b");
         other.config_digest = vec![2];
-        let notices = a.merge(View { members: vec![other], ring: a.ring().clone() }, 0);
+        let notices = a.merge(view_of(vec![other], a.ring().clone()), 0);
         assert!(notices.contains(&Notice::ConfigMismatch("b".into())));
         assert_eq!(a.config_mismatches(), vec!["b".to_string()]);
+    }
+
+    /// A cluster of three that gossips directly, converged.
+    fn converged_three() -> Vec<Membership> {
+        let mut nodes = vec![node("a"), node("b"), node("c")];
+        for round in 0..4 {
+            exchange_all(&mut nodes, round * 100);
+        }
+        nodes
+    }
+
+    /// A view that names a member nobody can reach: the sender's own entry, its ring, and
+    /// the ghost.
+    fn ghost_view(sender: &Membership, ghost: &str, heartbeat: u64) -> View {
+        let mut view = sender.view();
+        view.members.push(MemberInfo { heartbeat, ..info(ghost) });
+        view
+    }
+
+    /// The issue-11 attack: one gossip naming a member that does not exist. The claimant
+    /// gives it nothing, every node forgets it after UNPROVEN_FORGET_ROUNDS rounds, and the
+    /// same entry (or an older one) gossiped again does not bring it back. Method: three
+    /// converged nodes; the ghost "0ghost" relayed to all of them.
+    #[test]
+    fn a_gossiped_stranger_gets_nothing_and_is_forgotten() {
+        let mut nodes = converged_three();
+        let ring = nodes[0].ring().clone();
+        let forged = ghost_view(&nodes[1], "0ghost", 5);
+        for n in nodes.iter_mut() {
+            let notices = n.merge(forged.clone(), 500);
+            assert!(notices.contains(&Notice::Joined("0ghost".into())), "{notices:?}");
+        }
+        let mut forgotten = 0;
+        for round in 0..=UNPROVEN_FORGET_ROUNDS {
+            let now = 600 + round * 10;
+            for n in nodes.iter_mut() {
+                let (_, notices) = n.tick_ok(now);
+                assert!(!notices.iter().any(|x| matches!(x, Notice::RingChanged(_))));
+                let ghost = Notice::Forgotten("0ghost".into());
+                forgotten += notices.iter().filter(|x| **x == ghost).count();
+            }
+        }
+        assert_eq!(forgotten, 3, "every node forgot it");
+        for n in nodes.iter_mut() {
+            assert_eq!(n.ring(), &ring, "no partition moved");
+            assert!(!n.is_member("0ghost"));
+            n.merge(forged.clone(), 2_000);
+            n.merge(ghost_view(&node("b"), "0ghost", 4), 2_000);
+            assert!(!n.is_member("0ghost"), "a stale copy brought it back");
+        }
+    }
+
+    /// A stranger with the smallest id does not become the claimant: a real member that
+    /// joins meanwhile still gets its partitions.
+    #[test]
+    fn a_stranger_does_not_block_the_claimant() {
+        let mut nodes = converged_three();
+        let forged = ghost_view(&nodes[1], "0ghost", 5);
+        nodes[0].merge(forged, 500);
+        let d = node("d");
+        nodes[0].merge_from("d", d.view(), 500);
+        nodes[0].tick_ok(510);
+        assert!(nodes[0].ring().owned_by("d") > 0);
+        assert_eq!(nodes[0].ring().owned_by("0ghost"), 0);
+    }
+
+    /// A forgotten member that really exists comes back when it talks to us (a direct
+    /// exchange, even with the same entry as forgotten), or when a newer entry of it is
+    /// gossiped; once proven, the claimant gives it partitions.
+    #[test]
+    fn a_forgotten_member_that_exists_comes_back() {
+        let mut a = node("a");
+        let d = node("d");
+        a.merge(ghost_view(&node("b"), "d", 0), 0);
+        for round in 1..=UNPROVEN_FORGET_ROUNDS {
+            a.tick_ok(round);
+        }
+        assert!(!a.is_member("d"));
+        // d gossips to a itself: the connection says it is d, and its view names d.
+        let mut d_view = d.view();
+        d_view.members[0].heartbeat = 0;
+        a.merge_from("d", d_view, 100);
+        assert!(a.is_member("d") && a.is_proven("d"));
+        a.tick_ok(110);
+        assert!(a.ring().owned_by("d") > 0, "a proven member gets partitions");
+        // Forgotten again elsewhere, then a newer relayed entry brings it back, unproven.
+        let mut c = node("c");
+        c.merge(ghost_view(&node("b"), "d", 0), 0);
+        for round in 1..=UNPROVEN_FORGET_ROUNDS {
+            c.tick_ok(round);
+        }
+        c.merge(ghost_view(&node("b"), "d", 1), 200);
+        assert!(c.is_member("d") && !c.is_proven("d"));
+    }
+
+    /// An answer to this node's gossip proves the answerer (merge_from with the node at the
+    /// dialled address); a relayed view proves no one; a direct sender whose view does not
+    /// name it proves nothing.
+    #[test]
+    fn only_a_direct_exchange_proves() {
+        let mut a = node("a");
+        let mut b = node("b");
+        let b_view = b.tick_ok(0).0;
+        a.merge(b_view.clone(), 0);
+        assert!(a.is_member("b") && !a.is_proven("b"));
+        a.merge_from("b", ghost_view(&node("c"), "x", 0), 0);
+        assert!(!a.is_proven("b"), "b's connection carried a view without b");
+        a.merge_from("b", b_view, 0);
+        assert!(a.is_proven("b"));
+        assert!(a.is_proven("a"), "a node is proven to itself");
+    }
+
+    /// Each round a node probes at most PROBES_PER_ROUND unproven members that own nothing
+    /// and are not down by failed calls; proven members and owners are not probed.
+    #[test]
+    fn probes_go_to_unproven_members() {
+        let mut a = node("a");
+        let b = node("b");
+        let mut view = b.view();
+        for ghost in ["g1", "g2", "g3"] {
+            view.members.push(info(ghost));
+        }
+        a.merge_from("b", view, 0);
+        a.tick_ok(10);
+        assert!(a.ring().owned_by("b") > 0);
+        let probes = a.probes();
+        assert_eq!(probes.len(), PROBES_PER_ROUND);
+        assert!(probes
+            .iter()
+            .all(|(id, address)| id.starts_with('g') && *address == format!("{id}:1")));
+        for _ in 0..RPC_FAILURES_DOWN {
+            for ghost in ["g1", "g2", "g3"] {
+                a.rpc_failed(ghost);
+            }
+        }
+        assert!(a.probes().is_empty(), "down by failed calls: not probed any more");
+    }
+
+    /// The issue-11 epoch attack: a ring with epoch u64::MAX is refused (only the ring: the
+    /// view's heartbeats are taken), one EPOCH_STEP_MAX ahead is taken; a restored file is
+    /// not held to the bound.
+    #[test]
+    fn a_ring_far_ahead_is_refused() {
+        let mut nodes = converged_three();
+        let ours = nodes[0].ring().clone();
+        let mut forged = nodes[1].tick_ok(1_000).0;
+        forged.ring.epoch = u64::MAX;
+        forged.ring.owners.reverse();
+        let notices = nodes[0].merge(forged.clone(), 1_000);
+        assert!(
+            notices.iter().any(|n| matches!(n, Notice::RingRefused { epoch: u64::MAX, .. })),
+            "{notices:?}"
+        );
+        assert_eq!(nodes[0].ring(), &ours);
+        assert_eq!(nodes[0].health("b", 1_000), Health::Up, "the heartbeat was taken");
+        let mut next = forged.clone();
+        next.ring.epoch = ours.epoch + EPOCH_STEP_MAX;
+        nodes[0].merge(next.clone(), 1_000);
+        assert_eq!(nodes[0].ring(), &next.ring, "a step within the bound is taken");
+        let mut restarted = node("a");
+        restarted.restore(forged.clone(), 0);
+        assert_eq!(restarted.ring(), &forged.ring, "this node's own file is trusted");
+    }
+
+    /// A ring naming an owner that neither this node nor the view knows is refused.
+    #[test]
+    fn a_ring_naming_a_stranger_is_refused() {
+        let mut nodes = converged_three();
+        let ours = nodes[0].ring().clone();
+        let mut forged = nodes[1].view();
+        forged.ring.epoch += 1;
+        forged.ring.owners[0] = "stranger".into();
+        let notices = nodes[0].merge(forged.clone(), 500);
+        assert!(notices.iter().any(|n| matches!(n, Notice::RingRefused { .. })), "{notices:?}");
+        assert_eq!(nodes[0].ring(), &ours);
+        // Named in the same view, it is taken (and its owner is then a member).
+        forged.members.push(info("stranger"));
+        nodes[0].merge(forged.clone(), 500);
+        assert_eq!(nodes[0].ring(), &forged.ring);
+        assert!(nodes[0].is_member("stranger"));
+    }
+
+    /// The claimant at epoch u64::MAX does not wrap to 0: it reports EpochExhausted and
+    /// keeps its ring.
+    #[test]
+    fn the_claimant_never_wraps_the_epoch() {
+        let mut a = node("a");
+        let b = node("b");
+        let mut ring = a.ring().clone();
+        ring.epoch = u64::MAX;
+        a.restore(view_of(Vec::new(), ring.clone()), 0);
+        assert_eq!(a.ring().epoch, u64::MAX);
+        a.merge_from("b", b.view(), 0);
+        let (_, notices) = a.tick_ok(10);
+        assert_eq!(notices, vec![Notice::EpochExhausted]);
+        assert_eq!(a.ring(), &ring);
+    }
+
+    /// This node's heartbeat at u64::MAX: tick is Overflow and changes nothing.
+    #[test]
+    fn the_heartbeat_never_wraps() {
+        let mut a = node("a");
+        a.members.get_mut("a").unwrap().info.heartbeat = u64::MAX;
+        assert!(matches!(a.tick(10), Err(Error::Overflow(_))));
+        assert_eq!(a.view().members[0].heartbeat, u64::MAX);
+    }
+
+    /// An entry whose incarnation is more than INCARNATION_AHEAD_MS_MAX ahead of this
+    /// node's clock (its incarnation plus now) is refused; one within is taken. Entries with
+    /// ids or addresses the config would refuse are refused too.
+    #[test]
+    fn entries_far_ahead_or_malformed_are_refused() {
+        let mut a = node("a"); // incarnation 1
+        let now = 1_000;
+        let ahead = MemberInfo { incarnation: 1 + now + INCARNATION_AHEAD_MS_MAX + 1, ..info("b") };
+        let notices = a.merge(view_of(vec![ahead], a.ring().clone()), now);
+        assert!(matches!(notices[0], Notice::MemberRefused { .. }), "{notices:?}");
+        assert!(!a.is_member("b"));
+        let within = MemberInfo { incarnation: 1 + now + INCARNATION_AHEAD_MS_MAX, ..info("b") };
+        a.merge(view_of(vec![within], a.ring().clone()), now);
+        assert!(a.is_member("b"));
+        let long = "x".repeat(crate::actors::NODE_ID_BYTES_MAX + 1);
+        for bad in [
+            info(&long),
+            info("bad id"),
+            MemberInfo { address: String::new(), ..info("c") },
+            MemberInfo { config_digest: vec![0; CONFIG_DIGEST_BYTES_MAX + 1], ..info("d") },
+        ] {
+            let id = bad.id.clone();
+            let notices = a.merge(view_of(vec![bad], a.ring().clone()), now);
+            assert!(matches!(notices[0], Notice::MemberRefused { .. }), "{notices:?}");
+            assert!(!a.is_member(&id));
+        }
+    }
+
+    /// Revoked tokens merge as a grow-only set; malformed ids and a set that would pass
+    /// REVOKED_TOKENS_MAX are refused; revoke_token checks the id and is idempotent.
+    #[test]
+    fn revoked_tokens_merge_as_a_grow_only_set() {
+        let mut a = node("a");
+        let mut b = node("b");
+        assert_eq!(a.revoke_token("00000000000000aa"), Ok(true));
+        assert_eq!(a.revoke_token("00000000000000aa"), Ok(false));
+        b.revoke_token("00000000000000bb").unwrap();
+        for bad in
+            ["", "00000000000000AA", "00000000000000a", "00000000000000aag", "zzzzzzzzzzzzzzzz"]
+        {
+            assert!(matches!(a.revoke_token(bad), Err(Error::BadRequest(_))), "{bad:?}");
+        }
+        a.merge(b.view(), 0);
+        b.merge(a.view(), 0);
+        for n in [&a, &b] {
+            assert!(
+                n.is_token_revoked("00000000000000aa") && n.is_token_revoked("00000000000000bb")
+            );
+        }
+        // A view without them removes nothing.
+        a.merge(node("c").view(), 0);
+        assert_eq!(a.revoked_tokens().len(), 2);
+        // A malformed id in a view: the view's new tokens are not taken.
+        let mut bad = node("c").view();
+        bad.revoked_tokens = ["00000000000000cc", "NOT-HEX"].map(String::from).into();
+        let notices = a.merge(bad, 0);
+        assert!(notices.contains(&Notice::RevokedTokensFull { refused: 2 }), "{notices:?}");
+        assert!(!a.is_token_revoked("00000000000000cc"));
+        // Past the bound: refused as a whole; revoke_token at the bound is BadRequest.
+        let mut full = node("c").view();
+        full.revoked_tokens =
+            (0..REVOKED_TOKENS_MAX as u64 - 1).map(|i| format!("{:016x}", i + 1 << 32)).collect();
+        let notices = a.merge(full.clone(), 0);
+        assert!(matches!(notices[..], [Notice::RevokedTokensFull { .. }]), "{notices:?}");
+        assert_eq!(a.revoked_tokens().len(), 2);
+        let mut c = node("c");
+        c.merge(full, 0);
+        assert_eq!(c.revoked_tokens().len(), REVOKED_TOKENS_MAX - 1);
+        assert_eq!(c.revoke_token("00000000000000aa"), Ok(true));
+        assert!(matches!(c.revoke_token("00000000000000ab"), Err(Error::BadRequest(_))));
     }
 }

@@ -174,7 +174,7 @@ impl Cluster {
             Some(Ok(Some(view))) => {
                 saved_shape = Some(membership_file::shape(&view));
                 let members = view.members.len();
-                membership.merge(view, 0);
+                membership.restore(view, 0);
                 tracing::info!(members, epoch = membership.ring().epoch, "membership restored");
             }
             None | Some(Ok(None)) => {}

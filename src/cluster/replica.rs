@@ -14,8 +14,20 @@ use crate::node::wire::WriteOptions;
 
 impl Cluster {
     /// Answer a node-to-node call carried as a value (the simulation's network): the same
-    /// methods the Cap'n Proto peer API calls (src/node/server.rs).
+    /// methods the Cap'n Proto peer API calls (src/node/server.rs). The sender is not known:
+    /// its gossip proves no one.
     pub async fn serve_peer(self: &Rc<Self>, request: PeerRequest) -> Result<PeerReply, Error> {
+        self.serve_peer_from(None, request).await
+    }
+
+    /// [`Cluster::serve_peer`] for a call from the member `from`, known by the channel it
+    /// came by (the simulation's network knows who sends): its gossip goes through
+    /// [`Cluster::receive_gossip_from`].
+    pub async fn serve_peer_from(
+        self: &Rc<Self>,
+        from: Option<&str>,
+        request: PeerRequest,
+    ) -> Result<PeerReply, Error> {
         Ok(match request {
             PeerRequest::Replicate { bucket, key, state, sync, hint_for } => {
                 self.receive_replica_synced(&bucket, &key, &state, &hint_for, sync).await?;
@@ -24,7 +36,10 @@ impl Cluster {
             PeerRequest::Fetch { bucket, key } => {
                 PeerReply::State(self.fetch_for_peer(&bucket, &key)?)
             }
-            PeerRequest::Gossip(view) => PeerReply::View(self.receive_gossip(view)),
+            PeerRequest::Gossip(view) => PeerReply::View(match from {
+                Some(from) => self.receive_gossip_from(from, view),
+                None => self.receive_gossip(view),
+            }),
             PeerRequest::TreeLeaves { bucket, partition } => {
                 PeerReply::Leaves(self.tree_leaves(&bucket, partition).await?)
             }

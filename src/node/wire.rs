@@ -5,12 +5,16 @@
 //! anything malformed (a missing field, an unknown union member): a bad message gets a typed
 //! `badRequest`, never a panic.
 
+use std::collections::BTreeSet;
+
 use cartwheel_resolvers::{Op, Read, Value};
 
 use crate::cartwheel_capnp::{
     cart_item, error, op, read_options, ring, value, view, write_options, ErrorKind,
 };
-use crate::cluster::membership::{MemberInfo, View};
+use crate::cluster::membership::{
+    check_token_id, MemberInfo, View, MEMBERS_MAX, REVOKED_TOKENS_MAX,
+};
 use crate::error::Error;
 use crate::ring::Ownership;
 
@@ -233,6 +237,10 @@ pub fn get_ring(reader: ring::Reader<'_>) -> Result<Ownership, Error> {
 
 /// Fill a gossip `View`.
 pub fn set_view(mut builder: view::Builder<'_>, v: &View) {
+    let mut tokens = builder.reborrow().init_revoked_tokens(v.revoked_tokens.len() as u32);
+    for (i, id) in v.revoked_tokens.iter().enumerate() {
+        tokens.set(i as u32, id.as_str());
+    }
     let mut members = builder.reborrow().init_members(v.members.len() as u32);
     for (i, m) in v.members.iter().enumerate() {
         let mut b = members.reborrow().get(i as u32);
@@ -249,13 +257,36 @@ pub fn set_view(mut builder: view::Builder<'_>, v: &View) {
     set_ring(builder.init_ring(), &v.ring, &addresses);
 }
 
-/// Read a gossip `View`.
+/// Read a gossip `View`. A view naming more than [`MEMBERS_MAX`] members, or more than
+/// [`REVOKED_TOKENS_MAX`] revoked tokens, or a token id that is not 16 lowercase hex digits,
+/// is refused whole with `badRequest` (member entries are checked one by one when merged:
+/// [`crate::cluster::membership`]).
 pub fn get_view(reader: view::Reader<'_>) -> Result<View, Error> {
     let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, Error> {
         t.map_err(bad)?.to_string().map_err(|e| bad(e.into()))
     };
-    let mut members = Vec::new();
-    for m in reader.get_members().map_err(bad)?.iter() {
+    let list = reader.get_revoked_tokens().map_err(bad)?;
+    if list.len() as usize > REVOKED_TOKENS_MAX {
+        return Err(Error::BadRequest(format!(
+            "the view names {} revoked tokens, over the limit of {REVOKED_TOKENS_MAX}",
+            list.len()
+        )));
+    }
+    let mut revoked_tokens = BTreeSet::new();
+    for id in list.iter() {
+        let id = text(id)?;
+        check_token_id(&id)?;
+        revoked_tokens.insert(id);
+    }
+    let list = reader.get_members().map_err(bad)?;
+    if list.len() as usize > MEMBERS_MAX {
+        return Err(Error::BadRequest(format!(
+            "the view names {} members, over the limit of {MEMBERS_MAX}",
+            list.len()
+        )));
+    }
+    let mut members = Vec::with_capacity(list.len() as usize);
+    for m in list.iter() {
         members.push(MemberInfo {
             id: text(m.get_id())?,
             address: text(m.get_address())?,
@@ -265,5 +296,5 @@ pub fn get_view(reader: view::Reader<'_>) -> Result<View, Error> {
             config_digest: m.get_config_digest().map_err(bad)?.to_vec(),
         });
     }
-    Ok(View { members, ring: get_ring(reader.get_ring().map_err(bad)?)? })
+    Ok(View { members, ring: get_ring(reader.get_ring().map_err(bad)?)?, revoked_tokens })
 }

@@ -1,7 +1,8 @@
 //! # A simulated network: delays, losses, partitions
 //!
 //! Every node-to-node call of the simulated nodes is a [`PeerRequest`] value that
-//! [`Net`] carries to the other node's [`Cluster::serve_peer`] and back, on the simulation's
+//! [`Net`] carries to the other node's [`Cluster::serve_peer_from`] (with the sender's id, as
+//! an authenticated connection knows it) and back, on the simulation's
 //! one thread and its paused clock. For each call, in the order the calls are made (so a seed
 //! fixes everything), the net draws a one-way delay each way (reordering follows from the
 //! spread) and whether the request or the reply is lost. A lost message, or one across a
@@ -142,7 +143,8 @@ impl Transport for Net {
             let Some(target) = target else {
                 return Err(Error::Connect { address, reason: "connection refused".into() });
             };
-            let reply = target.serve_peer(request).await;
+            // The network knows who sends, as an authenticated connection does.
+            let reply = target.serve_peer_from(Some(&from), request).await;
             drop(target);
             tokio::time::sleep(back).await;
             if self.cut(&from, &to) || reply_lost {
