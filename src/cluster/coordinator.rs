@@ -10,7 +10,10 @@
 //! [`super::peers`], count the answers, and repair what a read found stale.
 //!
 //! It may not touch a peer connection directly (that is [`super::peers`]), nor decide what a
-//! replica keeps ([`super::replica`]).
+//! replica keeps ([`super::replica`]). A read does not take a peer's answer on trust either:
+//! a state stamped too far ahead of this node's clock
+//! ([`crate::store::Store::check_incoming`]) counts as a failed answer, so it is neither
+//! shown to the client nor spread by read repair.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -221,6 +224,7 @@ impl Cluster {
                 let (state, read) =
                     self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
                 let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
+                self.check_hint_owner(&owner)?;
                 self.hints.add(&owner, bucket, key, &state, &*resolver)?;
                 if counts && dw > 0 {
                     self.sync_then_answer(self.hints.engine(), &events);
@@ -340,7 +344,15 @@ impl Cluster {
                 let answer = if target.id == me {
                     cluster.fetch_local(&target, bucket, key)
                 } else {
-                    cluster.fetch_remote(&target, bucket, key).await
+                    // A state stamped too far ahead counts as no answer: it is not shown,
+                    // and not repaired into anyone (crate::store::Store::check_incoming).
+                    let fetched = cluster.fetch_remote(&target, bucket, key).await;
+                    fetched.and_then(|state| {
+                        if let Some(state) = &state {
+                            cluster.store.check_incoming(bucket, state)?;
+                        }
+                        Ok(state)
+                    })
                 };
                 (target, answer)
             });

@@ -4,6 +4,17 @@
 //! when it comes with a hint for another node, kept in the hint store for that node. A fetch
 //! answers with the node's copy merged with every hint it holds for the key. This room owns
 //! those rules; it sends nothing.
+//!
+//! ## What is refused
+//! A peer's word is checked before anything is stored, and a refusal is `badRequest` to the
+//! sender with nothing stored:
+//! - a state stamped further ahead of this node's clock than `cluster.max_clock_offset_ms`
+//!   ([`crate::store::Store::check_incoming`], counted in [`Cluster::states_refused`]), on
+//!   both paths, replica and hint;
+//! - a hint for a node that is not a current member, that owns no partition in this node's
+//!   ring, or that is this node itself ([`Cluster::check_hint_owner`]): a hint is kept only
+//!   for a real owner that will come back for it, never for a name a peer made up (it would
+//!   never be delivered, count against the hint bounds, and show nowhere).
 
 use std::rc::Rc;
 
@@ -73,9 +84,34 @@ impl Cluster {
     }
 
     /// Whether a state sent with `hint_for` is this node's own replica (not a hint it keeps
-    /// for another node).
+    /// for another node): no hint named. A hint naming this node itself is refused by
+    /// [`Cluster::check_hint_owner`].
     pub(super) fn is_own_replica(&self, hint_for: &str) -> bool {
-        hint_for.is_empty() || hint_for == self.me()
+        hint_for.is_empty()
+    }
+
+    /// Refuse (`badRequest`) to keep a hint for `owner` unless it is a current member, other
+    /// than this node, that owns at least one partition in this node's ring. Every hint
+    /// path checks it: a peer's `replicate`, a local read repair, a write kept as a hint.
+    pub fn check_hint_owner(&self, owner: &str) -> Result<(), Error> {
+        let membership = self.membership.borrow();
+        let refuse =
+            |why: &str| Err(Error::BadRequest(format!("no hint is kept for {owner:?}: {why}")));
+        if owner == membership.me() {
+            refuse("that is this node")
+        } else if !membership.is_member(owner) {
+            refuse("it is not a member")
+        } else if membership.ring().owned_by(owner) == 0 {
+            refuse("it owns no partition")
+        } else {
+            Ok(())
+        }
+    }
+
+    /// States from peers this node refused for being stamped too far ahead of its clock
+    /// (see [`crate::store::Store::check_incoming`]), since it started.
+    pub fn states_refused(&self) -> u64 {
+        self.store.states_refused()
     }
 
     /// Take in a state as [`Cluster::receive_replica`] does, then, when `sync`, wait until
@@ -114,7 +150,9 @@ impl Cluster {
             // node whose ring is older): hand it on rather than keep a stray copy.
             self.note_if_stray(bucket, key);
         } else {
+            self.check_hint_owner(hint_for)?;
             self.store.check_key(key)?;
+            self.store.check_incoming(bucket, state)?;
             let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
             resolver.read(state)?;
             self.hints.add(hint_for, bucket, key, state, &*resolver)?;

@@ -30,6 +30,20 @@
 //! never issues a dot twice; [`Store::delete_if_unchanged`] and [`Store::hint_dropped`] take
 //! a new epoch when a deleted copy held dots of the current one.
 //!
+//! ## States from peers are checked
+//! Every state that comes from another node and enters this node's store or hint store
+//! (replication, hint delivery, read repair, anti-entropy, ownership handoff) passes
+//! [`Store::check_incoming`] first: a state whose greatest timestamp
+//! ([`Resolver::max_timestamp_ms`]) is further ahead of this node's wall clock than
+//! `cluster.max_clock_offset_ms` is refused with `badRequest`, counted
+//! ([`Store::states_refused`]) and logged at warn. [`Store::merge`] checks by itself; the
+//! hint store's callers call it. Only `lww` states carry timestamps. Without the check, one
+//! forged state stamped `(u64::MAX, u32::MAX)` would beat every later write to its key,
+//! acknowledged or not; with it, a state is refused only while it is ahead, so an honest
+//! state from a clock a little ahead is taken once this node's clock has caught up (the
+//! next anti-entropy or read repair brings it). A client write's own stamp comes from this
+//! node's hybrid logical clock, which answers `overflow` rather than wrap.
+//!
 //! ## Replica count on small clusters
 //! This layer stores on this node only. The coordinator ([`crate::cluster`]) treats a
 //! cluster smaller than N as storing `min(N, nodes)` replicas, with R and W clamped to that:
@@ -39,6 +53,7 @@ pub mod hints;
 pub mod sync_group;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cartwheel_engines::{EngineError, StorageEngine};
@@ -84,6 +99,10 @@ pub struct Store {
     /// Admits partition scans to the blocking pool ([`PARTITION_SCANS_MAX`]); `None` when
     /// they run on the calling thread.
     scans: Option<Arc<tokio::sync::Semaphore>>,
+    /// How far ahead of the wall clock a peer's state may be stamped.
+    max_clock_offset_ms: u64,
+    /// States from peers refused for being stamped too far ahead.
+    states_refused: AtomicU64,
 }
 
 /// A store that could not open.
@@ -138,6 +157,8 @@ impl Store {
             actors,
             buckets,
             scans: Some(Arc::new(tokio::sync::Semaphore::new(PARTITION_SCANS_MAX))),
+            max_clock_offset_ms: config.cluster.max_clock_offset_ms,
+            states_refused: AtomicU64::new(0),
         })
     }
 
@@ -281,11 +302,45 @@ impl Store {
         Ok((state, read))
     }
 
+    /// Check a state that came from a peer before it is stored anywhere on this node (see
+    /// "States from peers are checked"): `badRequest`, counted and logged, when it is
+    /// stamped further ahead of this node's wall clock than `cluster.max_clock_offset_ms`;
+    /// the resolver's error when it does not decode.
+    pub fn check_incoming(&self, bucket_name: &str, state: &[u8]) -> Result<(), Error> {
+        let bucket = self.bucket(bucket_name)?;
+        let Some(stamped_ms) = bucket.resolver.max_timestamp_ms(state)? else { return Ok(()) };
+        let wall_ms = self.clock.wall_ms();
+        if stamped_ms <= wall_ms.saturating_add(self.max_clock_offset_ms) {
+            return Ok(());
+        }
+        self.states_refused.fetch_add(1, Ordering::Relaxed);
+        let ahead_ms = stamped_ms - wall_ms;
+        tracing::warn!(
+            bucket = %bucket_name,
+            stamped_ms,
+            ahead_ms,
+            max_clock_offset_ms = self.max_clock_offset_ms,
+            "refused a state from a peer stamped too far ahead of this node's clock"
+        );
+        Err(Error::BadRequest(format!(
+            "the state is stamped {ahead_ms} ms ahead of this node's clock, over \
+             cluster.max_clock_offset_ms = {}: check the sender's clock",
+            self.max_clock_offset_ms
+        )))
+    }
+
+    /// States from peers refused by [`Store::check_incoming`] since the start.
+    pub fn states_refused(&self) -> u64 {
+        self.states_refused.load(Ordering::Relaxed)
+    }
+
     /// Merge a state received from a peer into this node's state for the key, and store it.
     /// Never refused for a resolver limit: replicas must always take in each other's states.
+    /// Refused, and nothing stored, when [`Store::check_incoming`] refuses it.
     pub fn merge(&self, bucket_name: &str, key: &[u8], incoming: &[u8]) -> Result<Vec<u8>, Error> {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
+        self.check_incoming(bucket_name, incoming)?;
         let storage_key = self.storage_key(bucket_name, key);
         let merged = match bucket.engine.get(&storage_key)? {
             Some(current) => bucket.resolver.merge(&current, incoming)?,
@@ -473,6 +528,43 @@ mod tests {
         }
         let unknown = runtime.block_on(pool.partition_entries("nope", 0));
         assert!(matches!(unknown, Err(Error::UnknownBucket(_))), "{unknown:?}");
+    }
+
+    /// A peer's lww state stamped further ahead of the store's clock than
+    /// max_clock_offset_ms is refused by merge (badRequest, counted, nothing stored); one
+    /// within the offset is taken; states of resolvers without timestamps are not held to
+    /// it. Method: a store whose wall clock is fixed at 1 000 000 ms.
+    #[test]
+    fn states_stamped_too_far_ahead_are_refused() {
+        use cartwheel_resolvers::{Resolver, Timestamp};
+        let mut config = Config::embedded();
+        config.buckets.clear();
+        config.buckets.insert("b".into(), BucketConfig::new(EngineKind::Memory, ResolverKind::Lww));
+        config.cluster.max_clock_offset_ms = 500;
+        let open = |_: &str, _: &BucketConfig| {
+            Ok(Arc::new(cartwheel_engines::memory::MemoryEngine::default()) as _)
+        };
+        let clock = HybridClock::with_wall_clock(|| 1_000_000);
+        let store = Store::with_engines(&config, Actors::new("n1"), clock, open).unwrap();
+        let lww = cartwheel_resolvers::lww::Lww;
+        let stamped = |physical_ms: u64, logical: u32| {
+            let stamp = Stamp { actor: b"peer".to_vec(), time: Timestamp { physical_ms, logical } };
+            let put = Write::Put { value: b"v".to_vec(), context: Vec::new() };
+            lww.apply(None, &put, &stamp).unwrap()
+        };
+        for forged in [stamped(u64::MAX, u32::MAX), stamped(1_000_501, 0)] {
+            let err = store.merge("b", b"k", &forged).unwrap_err();
+            assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+        }
+        assert_eq!(store.states_refused(), 2);
+        assert_eq!(store.fetch("b", b"k").unwrap(), None, "nothing stored");
+        let honest = stamped(1_000_500, 7);
+        assert_eq!(store.merge("b", b"k", &honest).unwrap(), honest);
+        assert_eq!(store.states_refused(), 2);
+        // A client write after it is stamped past it, and wins.
+        let write = Write::Put { value: b"mine".to_vec(), context: Vec::new() };
+        let (state, _) = store.write("b", b"k", &write).unwrap();
+        assert_eq!(lww.merge(&honest, &state).unwrap(), state);
     }
 
     /// An engine whose scans take a while and count how many run at once.
