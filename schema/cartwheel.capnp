@@ -182,7 +182,7 @@ interface Gate {
 # ---------------------------------------------------------------------------------------------
 # The client API, as `Gate.login` returns it: every method checks the token's grants
 # (read: get; write: put, delete, update; admin: ring, status, tokens) and answers `forbidden`
-# (an RPC exception for methods without an error field) when they are missing.
+# when they are missing, or `unauthorized` once the token was revoked.
 
 interface Cartwheel {
   get @0 (bucket :Text, key :Data, options :ReadOptions) -> (result :GetResult);
@@ -192,8 +192,8 @@ interface Cartwheel {
       -> (result :WriteResult);
   update @3 (bucket :Text, key :Data, ops :List(Op), context :Data, options :WriteOptions)
       -> (result :WriteResult);
-  ring @4 () -> (ring :Ring);
-  status @5 () -> (status :Status);
+  ring @4 () -> (ring :Ring, error :Error);        # admin; on `error`, no ring
+  status @5 () -> (status :Status, error :Error);  # admin; on `error`, no status
 
   # Kept for the numbering: always fails. The node-to-node API is `Gate.peer`.
   peer @6 (from :Text) -> (peer :Peer);

@@ -17,14 +17,14 @@
 //! | 4    | not found (`get` of a key with no value)         |
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cartwheel_resolvers::{Op, Value};
 use clap::{Parser, Subcommand};
 
-use crate::client::{block_on, Client, WriteOptions};
-use crate::config::{Config, LISTEN_PORT_DEFAULT};
+use crate::client::{block_on, Client, Credentials, WriteOptions};
+use crate::config::{Config, SecurityConfig, LISTEN_PORT_DEFAULT};
 use crate::error::Error;
 use crate::node::server::NodeHandle;
 
@@ -41,6 +41,43 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// How client commands log in.
+    #[command(flatten)]
+    pub auth: Auth,
+}
+
+/// Where a client command finds its credentials: `--credentials` (or
+/// `CARTWHEEL_CREDENTIALS`), else `data/admin.credentials` when it exists (what `up`
+/// writes); `--token` (or `CARTWHEEL_TOKEN`) replaces the file's token. With neither, the
+/// command connects without TLS and an empty token, which only a node in insecure mode takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Auth {
+    /// Credentials file: a token and the cluster CA (`up` writes data/admin.credentials).
+    #[arg(long, global = true, env = "CARTWHEEL_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+    /// Token to log in with (replaces the credentials file's).
+    #[arg(long, global = true, env = "CARTWHEEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// The credentials file client commands read when none is named.
+pub const CREDENTIALS_DEFAULT: &str = "data/admin.credentials";
+
+impl Auth {
+    /// The credentials these flags name (see [`Auth`]).
+    pub fn resolve(&self) -> Result<Credentials, String> {
+        let mut credentials = match &self.credentials {
+            Some(path) => Credentials::load(path)?,
+            None if Path::new(CREDENTIALS_DEFAULT).exists() => {
+                Credentials::load(Path::new(CREDENTIALS_DEFAULT))?
+            }
+            None => Credentials::default(),
+        };
+        if let Some(token) = &self.token {
+            credentials.token = token.clone();
+        }
+        Ok(credentials)
+    }
 }
 
 /// The subcommands.
@@ -141,8 +178,22 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT, global = true)]
         node: String,
     },
+    /// Client tokens: create (with grants) and revoke.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
+        /// Node to talk to.
+        #[arg(long, default_value = NODE_DEFAULT, global = true)]
+        node: String,
+    },
+    /// Create a new cluster secret in FILE (for `security.secret_file`; copy it to every node).
+    Secret {
+        /// Where to write it; must not exist.
+        file: PathBuf,
+    },
     /// Open-loop latency benchmark (p99.9 at a fixed offered rate).
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// Run the seeded cluster simulation: gossip convergence, a join, faults on carts, a
     /// lost disk and an isolated node, with the buckets of a configuration file; prints the
     /// figures.
@@ -206,6 +257,27 @@ pub enum CartAction {
     Show {
         /// The cart's key.
         cart: String,
+    },
+}
+
+/// `cartwheel token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token and print credentials for it (token and cluster CA) on stdout; its id
+    /// on stderr. Through a node (needs the admin grant), or offline with --secret-file.
+    Create {
+        /// Grants: BUCKET=RIGHTS,... with RIGHTS of r and w; `*` for every bucket; `admin`.
+        /// For example `carts=rw,default=r` or `*=rw,admin`.
+        #[arg(long)]
+        grant: String,
+        /// Mint with the cluster secret in this file instead of asking a node.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Revoke the token with ID on every node (needs the admin grant).
+    Revoke {
+        /// The token's id (16 hex digits, printed by `token create`).
+        id: String,
     },
 }
 
@@ -286,16 +358,23 @@ async fn show(
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
+    let Cli { command, auth } = cli;
+    let auth = &auth;
+    match command {
         Command::Serve { config } => serve(config),
         Command::Up { nodes, port, data_dir } => up(nodes, port, data_dir),
-        Command::Put { bucket, key, value, blind, node } => request(&node, |client| async move {
-            let context =
-                if blind { Vec::new() } else { client.get(&bucket, key.as_bytes()).await?.context };
-            client.put(&bucket, key.as_bytes(), value.as_bytes(), &context).await?;
-            Ok(ExitCode::SUCCESS)
-        }),
-        Command::Get { bucket, key, node } => request(&node, |client| async move {
+        Command::Put { bucket, key, value, blind, node } => {
+            request(&node, auth, |client| async move {
+                let context = if blind {
+                    Vec::new()
+                } else {
+                    client.get(&bucket, key.as_bytes()).await?.context
+                };
+                client.put(&bucket, key.as_bytes(), value.as_bytes(), &context).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Get { bucket, key, node } => request(&node, auth, |client| async move {
             let read = client.get(&bucket, key.as_bytes()).await?;
             match read.value {
                 None => {
@@ -308,16 +387,16 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }),
-        Command::Del { bucket, key, node } => request(&node, |client| async move {
+        Command::Del { bucket, key, node } => request(&node, auth, |client| async move {
             let context = client.get(&bucket, key.as_bytes()).await?.context;
             client.delete(&bucket, key.as_bytes(), &context).await?;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Status { node } => request(&node, |client| async move {
+        Command::Status { node } => request(&node, auth, |client| async move {
             print_status(&client.status().await?);
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Cart { action, bucket, node } => request(&node, |client| async move {
+        Command::Cart { action, bucket, node } => request(&node, auth, |client| async move {
             match action {
                 CartAction::Add { cart, item, quantity } => {
                     let op = Op::CartAdd { item: item.into_bytes(), quantity };
@@ -339,7 +418,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 CartAction::Show { cart } => show(&client, &bucket, &cart, None).await,
             }
         }),
-        Command::Counter { action, bucket, node } => request(&node, |client| async move {
+        Command::Counter { action, bucket, node } => request(&node, auth, |client| async move {
             match action {
                 CounterAction::Incr { key, by } => {
                     update_after_read(&client, &bucket, &key, vec![Op::CounterIncrement(by)]).await
@@ -355,7 +434,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }),
-        Command::Set { action, bucket, node } => request(&node, |client| async move {
+        Command::Set { action, bucket, node } => request(&node, auth, |client| async move {
             match action {
                 SetAction::Add { key, element } => {
                     update_after_read(
@@ -378,7 +457,35 @@ pub fn run(cli: Cli) -> ExitCode {
                 SetAction::Show { key } => show(&client, &bucket, &key, None).await,
             }
         }),
-        Command::Bench(args) => crate::bench::run(args),
+        Command::Token {
+            action: TokenAction::Create { grant, secret_file: Some(file) }, ..
+        } => create_token_offline(&grant, &file),
+        Command::Token { action: TokenAction::Create { grant, secret_file: None }, node } => {
+            request(&node, auth, |client| async move {
+                let (token, id) = client.create_token(&grant).await?;
+                let ca_pem = auth.resolve().ok().and_then(|c| c.ca_pem);
+                print!("{}", Credentials { token, ca_pem }.to_text());
+                eprintln!("token id {id}");
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Token { action: TokenAction::Revoke { id }, node } => {
+            request(&node, auth, |client| async move {
+                client.revoke_token(&id).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Secret { file } => match crate::security::Secret::create(&file) {
+            Ok(_) => {
+                println!("cluster secret written to {}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cartwheel: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        },
+        Command::Bench(args) => crate::bench::run(*args, auth),
         Command::Sim(args) => simulate(&args),
     }
 }
@@ -452,14 +559,45 @@ fn simulate(args: &SimArgs) -> ExitCode {
     }
 }
 
-/// Connect to `node`, run `body`, and turn errors into one line and an exit code.
-fn request<F, Fut>(node: &str, body: F) -> ExitCode
+/// Mint a token with the cluster secret in `file` and print its credentials.
+fn create_token_offline(grant: &str, file: &Path) -> ExitCode {
+    let minted = (|| {
+        let secret = crate::security::Secret::load(file).map_err(|e| e.to_string())?;
+        let keys = crate::security::ClusterKeys::derive(&secret).map_err(|e| e.to_string())?;
+        let grants = crate::security::Grants::parse(grant).map_err(|e| e.to_string())?;
+        let (token, id) =
+            crate::security::token::mint(keys.token_key(), &grants).map_err(|e| e.to_string())?;
+        Ok::<_, String>((Credentials { token, ca_pem: Some(keys.ca_pem()) }, id))
+    })();
+    match minted {
+        Ok((credentials, id)) => {
+            print!("{}", credentials.to_text());
+            eprintln!("token id {id}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cartwheel: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Connect to `node` with `auth`'s credentials, run `body`, and turn errors into one line
+/// and an exit code.
+fn request<F, Fut>(node: &str, auth: &Auth, body: F) -> ExitCode
 where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<ExitCode, Error>>,
 {
+    let credentials = match auth.resolve() {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            eprintln!("cartwheel: cannot read the credentials: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
     let outcome = block_on(async {
-        let client = Client::connect(node).await?;
+        let client = Client::connect_with(node, &credentials).await?;
         body(client).await
     });
     match outcome {
@@ -467,6 +605,13 @@ where
         Err(e @ Error::Connect { .. }) => {
             eprintln!("cartwheel: {e} (is a node running there? start one with `cartwheel up`)");
             ExitCode::from(EXIT_UNREACHABLE)
+        }
+        Err(e @ Error::Unauthorized(_)) => {
+            eprintln!(
+                "cartwheel: {e} (give credentials with --credentials FILE or --token TOKEN; \
+                 `up` writes {CREDENTIALS_DEFAULT})"
+            );
+            ExitCode::from(EXIT_FAILED)
         }
         Err(e) => {
             eprintln!("cartwheel: {e}");
@@ -568,6 +713,7 @@ fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
             config.node.listen.set_port(port + i);
             config.node.seeds = vec![format!("127.0.0.1:{port}")];
             config.node.data_dir = data_dir.join(&config.node.id);
+            config.security = SecurityConfig::development(&data_dir);
             config
         })
         .collect();
@@ -576,6 +722,10 @@ fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
 
 /// Start every node, print where they listen, wait for Ctrl-C, stop them all cleanly.
 fn run_until_ctrl_c(configs: Vec<Config>) -> ExitCode {
+    let configs_security = configs
+        .first()
+        .map(|c| c.security.clone())
+        .filter(|s| s.mode == crate::config::SecurityMode::Tls);
     let mut nodes = Vec::new();
     for config in configs {
         let id = config.node.id.clone();
@@ -590,6 +740,18 @@ fn run_until_ctrl_c(configs: Vec<Config>) -> ExitCode {
                 return ExitCode::from(EXIT_UNREACHABLE);
             }
         }
+    }
+    if let Some(config) = configs_security.as_ref() {
+        let credentials =
+            config.secret_file.with_file_name(crate::security::ADMIN_CREDENTIALS_FILE);
+        println!(
+            "TLS on; cluster secret in {}, admin credentials in {} (client commands read them \
+             from there by default)",
+            config.secret_file.display(),
+            credentials.display()
+        );
+    } else {
+        println!("INSECURE MODE: plain TCP, no authentication");
     }
     println!("try: cartwheel put default greeting hello && cartwheel get default greeting");
     println!("Ctrl-C stops.");

@@ -33,6 +33,7 @@ fn node_config(
     anti_entropy: usize,
 ) -> Config {
     let mut config = Config::embedded();
+    config.security = cartwheel::config::SecurityConfig::insecure();
     config.node.id = format!("n{}", i + 1);
     config.node.listen = listen.parse().unwrap();
     config.node.data_dir = dir.join(format!("n{}", i + 1));

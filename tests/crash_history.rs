@@ -72,7 +72,7 @@ const WRITE_TIMEOUT_MS: u32 = 2_000;
 fn node_config(id: usize, addresses: &[String], data_dir: &std::path::Path) -> String {
     let mut text = format!(
         "[node]\nid = \"n{id}\"\nlisten = \"{listen}\"\ndata_dir = \"{data}\"\nseeds = [\"{seed}\"]\n\
-         [cluster]\ngossip_interval_ms = 100\n",
+         [cluster]\ngossip_interval_ms = 100\n[security]\nmode = \"insecure\"\n",
         id = id + 1,
         listen = addresses[id],
         data = data_dir.display(),

@@ -20,6 +20,7 @@ const BUCKETS: [&str; 4] = ["carts", "sets", "counters", "siblings"];
 fn config(dir: &std::path::Path) -> Config {
     let text = format!(
         "[node]\nid = \"n1\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\
+         [security]\nmode = \"insecure\"\n\
          [buckets.carts]\nengine = \"log\"\nresolver = \"cart\"\n\
          [buckets.sets]\nengine = \"log\"\nresolver = \"orset\"\n\
          [buckets.counters]\nengine = \"log\"\nresolver = \"pncounter\"\n\

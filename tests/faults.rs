@@ -22,7 +22,7 @@ fn no_acknowledged_cart_add_is_lost_when_a_node_is_killed() {
             let config = dir.path().join(format!("n{}.toml", i + 1));
             let text = format!(
                 "[node]\nid = \"n{id}\"\nlisten = \"{listen}\"\ndata_dir = \"{data}\"\nseeds = [\"{seed}\"]\n\
-                 [cluster]\ngossip_interval_ms = 100\n\
+                 [cluster]\ngossip_interval_ms = 100\n[security]\nmode = \"insecure\"\n\
                  [buckets.carts]\nengine = \"log\"\nresolver = \"cart\"\nn = 3\nr = 2\nw = 2\ndw = 1\n",
                 id = i + 1,
                 listen = addresses[i],
@@ -110,6 +110,7 @@ fn dw_one_puts_survive_sigkill() {
         let config = dir.path().join("n1.toml");
         let text = format!(
             "[node]\nid = \"n1\"\nlisten = \"{address}\"\ndata_dir = \"{data}\"\n\
+             [security]\nmode = \"insecure\"\n\
              [buckets.d]\nengine = \"{engine}\"\nresolver = \"lww\"\nn = 1\nr = 1\nw = 1\ndw = 1\n",
             data = dir.path().join("n1").display(),
         );

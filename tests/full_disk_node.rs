@@ -54,6 +54,7 @@ impl Drop for Tmpfs {
 
 fn config(data_dir: PathBuf) -> Config {
     let mut config = Config::embedded();
+    config.security = cartwheel::config::SecurityConfig::insecure();
     config.node.listen = "127.0.0.1:0".parse().unwrap();
     config.node.seeds = Vec::new();
     config.node.data_dir = data_dir;

@@ -43,6 +43,7 @@ const BUCKET: &str = "b";
 
 fn node_config(dir: &Path, id: &str, listen: SocketAddr, seed: Option<SocketAddr>) -> Config {
     let mut config = Config::embedded();
+    config.security = cartwheel::config::SecurityConfig::insecure();
     config.node.id = id.to_string();
     config.node.listen = listen;
     config.node.data_dir = dir.join(id);

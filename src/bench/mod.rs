@@ -133,6 +133,13 @@ pub struct BenchArgs {
     /// Target a running cluster instead: HOST:PORT,HOST:PORT,...
     #[arg(long, value_delimiter = ',')]
     pub cluster: Vec<String>,
+    /// How the embedded nodes secure their connections: `tls` (the default, as `up`) or
+    /// `insecure` (plain TCP). A --cluster is reached with the command's credentials.
+    #[arg(long, value_enum, default_value_t = Security::Tls)]
+    pub security: Security,
+    /// The credentials for a --cluster (the command line's --credentials / --token).
+    #[arg(skip)]
+    pub cluster_credentials: crate::client::Credentials,
     /// Bucket to use on a --cluster (embedded nodes always use `bench`).
     #[arg(long, default_value = target::BUCKET)]
     pub bucket: String,
@@ -186,8 +193,26 @@ pub struct Written {
     pub report: Option<BenchReport>,
 }
 
-/// Run the benchmark from the command line.
-pub fn run(args: BenchArgs) -> ExitCode {
+/// How embedded nodes secure their connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Security {
+    /// TLS 1.3 and token login, as `up` runs.
+    Tls,
+    /// Plain TCP, no login.
+    Insecure,
+}
+
+/// Run the benchmark from the command line; `auth` gives the credentials for a `--cluster`.
+pub fn run(mut args: BenchArgs, auth: &crate::cli::Auth) -> ExitCode {
+    if !args.cluster.is_empty() {
+        match auth.resolve() {
+            Ok(credentials) => args.cluster_credentials = credentials,
+            Err(e) => {
+                eprintln!("cartwheel bench: cannot read the credentials: {e}");
+                return ExitCode::from(crate::exit::FAILED);
+            }
+        }
+    }
     let command: Vec<String> = std::env::args().collect();
     match execute(&args, command) {
         Ok(written) => {
@@ -362,15 +387,18 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
     let machine = Machine::now();
 
     let progress = progress_bar();
-    let (cluster, addresses) = if args.cluster.is_empty() {
+    let (cluster, addresses, credentials) = if args.cluster.is_empty() {
         progress.set_message(format!("starting {} nodes", args.nodes));
-        let cluster = EmbeddedCluster::start(args.nodes, &plan.bucket)?;
+        let cluster = EmbeddedCluster::start(args.nodes, &plan.bucket, args.security)?;
         let addresses = cluster.addresses();
-        (Some(cluster), addresses)
+        let credentials = cluster.credentials().clone();
+        (Some(cluster), addresses, credentials)
     } else {
-        (None, args.cluster.clone())
+        (None, args.cluster.clone(), args.cluster_credentials.clone())
     };
-    let measured = crate::client::block_on(measure(args, &plan, &addresses, &progress));
+    let security = if credentials.ca_pem.is_some() { "tls" } else { "insecure" }.to_string();
+    let measured =
+        crate::client::block_on(measure(args, &plan, &addresses, &credentials, &progress));
     progress.finish_and_clear();
     if let Some(cluster) = cluster {
         cluster.stop().map_err(|e| format!("a node stopped with an error: {e}"))?;
@@ -388,6 +416,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
             kind: if args.cluster.is_empty() { "embedded" } else { "cluster" }.to_string(),
             nodes: addresses.len(),
             addresses,
+            security,
         },
         bucket: measured.bucket.clone().unwrap_or_else(|| BucketReport {
             name: plan.bucket_name.clone(),
@@ -433,10 +462,12 @@ async fn measure(
     args: &BenchArgs,
     plan: &Plan,
     addresses: &[String],
+    credentials: &crate::client::Credentials,
     progress: &ProgressBar,
 ) -> Result<Measured, String> {
     let store = Store::connect(
         addresses,
+        credentials,
         args.connections,
         &plan.bucket_name,
         plan.bucket.resolver,

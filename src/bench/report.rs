@@ -249,6 +249,10 @@ pub struct TargetReport {
     pub nodes: usize,
     /// Their client addresses.
     pub addresses: Vec<String>,
+    /// `tls` or `insecure`: how the connections were secured (empty in files from before
+    /// there was a choice, which were all insecure).
+    #[serde(default)]
+    pub security: String,
 }
 
 /// The bucket under test, as the first node reports it (as requested, where it does not).

@@ -30,8 +30,8 @@ use cartwheel_resolvers::{Op, ResolverKind};
 
 use super::generator::Outcome;
 use super::workload::{error_kind, item_name, Request};
-use crate::client::{Client, ReadOptions, RingInfo, WriteOptions};
-use crate::config::{BucketConfig, Config};
+use crate::client::{Client, Credentials, ReadOptions, RingInfo, WriteOptions};
+use crate::config::{BucketConfig, Config, SecurityConfig};
 use crate::node::server::NodeHandle;
 
 /// The bucket under test on embedded nodes, and the default on a `--cluster`.
@@ -126,13 +126,18 @@ impl Routing {
 /// Embedded nodes, stopped and their data removed on drop.
 pub struct EmbeddedCluster {
     nodes: Vec<NodeHandle>,
+    credentials: Credentials,
     _data: tempfile::TempDir,
 }
 
 impl EmbeddedCluster {
     /// Start `count` nodes with `bucket` as [`BUCKET`] and wait until they form one cluster.
     /// Not from inside a tokio runtime: the wait runs its own (see [`crate::client::block_on`]).
-    pub fn start(count: usize, bucket: &BucketConfig) -> Result<Self, String> {
+    pub fn start(
+        count: usize,
+        bucket: &BucketConfig,
+        security: super::Security,
+    ) -> Result<Self, String> {
         if count == 0 || count > NODES_MAX {
             return Err(format!("nodes must be 1 to {NODES_MAX}"));
         }
@@ -150,11 +155,22 @@ impl EmbeddedCluster {
                 nodes.first().map(|n| vec![n.address().to_string()]).unwrap_or_default();
             config.cluster.gossip_interval_ms = GOSSIP_INTERVAL_MS;
             config.buckets.insert(BUCKET.to_string(), bucket.clone());
+            config.security = match security {
+                super::Security::Tls => SecurityConfig::development(data.path()),
+                super::Security::Insecure => SecurityConfig::insecure(),
+            };
             let node =
                 NodeHandle::start(config).map_err(|e| format!("node n{i} cannot start: {e}"))?;
             nodes.push(node);
         }
-        let cluster = Self { nodes, _data: data };
+        let credentials = match security {
+            super::Security::Tls => {
+                let path = data.path().join(crate::security::ADMIN_CREDENTIALS_FILE);
+                Credentials::load(&path)?
+            }
+            super::Security::Insecure => Credentials::default(),
+        };
+        let cluster = Self { nodes, credentials, _data: data };
         crate::client::block_on(cluster.converged())?;
         Ok(cluster)
     }
@@ -166,7 +182,9 @@ impl EmbeddedCluster {
         loop {
             let mut epochs = Vec::new();
             for address in &addresses {
-                let Ok(client) = Client::connect(address).await else { break };
+                let Ok(client) = Client::connect_with(address, &self.credentials).await else {
+                    break;
+                };
                 let Ok(status) = client.status().await else { break };
                 let formed = status.members.len() == addresses.len()
                     && status.members.iter().all(|m| m.state == "up" && m.partitions_owned > 0);
@@ -183,6 +201,11 @@ impl EmbeddedCluster {
             }
             tokio::time::sleep(std::time::Duration::from_millis(GOSSIP_INTERVAL_MS)).await;
         }
+    }
+
+    /// Credentials with every grant, for clients of these nodes.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// The nodes' client addresses, in node order.
@@ -223,6 +246,7 @@ impl Store {
     /// Open `connections` connections to each address. Must run inside a `LocalSet`.
     pub async fn connect(
         addresses: &[String],
+        credentials: &Credentials,
         connections: usize,
         bucket: &str,
         resolver: ResolverKind,
@@ -233,7 +257,7 @@ impl Store {
         for address in addresses {
             let mut clients = Vec::with_capacity(connections);
             for _ in 0..connections {
-                clients.push(Rc::new(Client::connect(address).await?));
+                clients.push(Rc::new(Client::connect_with(address, credentials).await?));
             }
             per_node.push(clients);
         }

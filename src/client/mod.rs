@@ -16,6 +16,12 @@
 //!
 //! Routing: this client talks to the node it connected to, which coordinates. Zero-hop
 //! routing over the ring belongs with the cluster layer.
+//!
+//! Connecting: [`Client::connect_with`] takes [`Credentials`] (a token and the cluster CA's
+//! certificate, as `up` writes them): it opens a TLS 1.3 session, checks the node's
+//! certificate against the CA, and logs in with the token (`Gate.login`); every call after
+//! that is scoped to the token's grants. [`Client::connect`] is for a node in insecure mode
+//! (plain TCP, an empty token).
 
 pub mod router;
 
@@ -25,11 +31,12 @@ use capnp_rpc::{rpc_twoparty_capnp, RpcSystem};
 use cartwheel_resolvers::{Op, Read};
 use tokio::net::TcpStream;
 
-use crate::cartwheel_capnp::{cartwheel, get_result, write_result, NodeState};
+use crate::cartwheel_capnp::{cartwheel, gate, get_result, write_result, NodeState};
 use crate::config::VALUE_BYTES_MAX_DEFAULT;
 use crate::error::Error;
 use crate::node::wire::{self};
 pub use crate::node::wire::{ReadOptions, WriteOptions};
+pub use crate::security::Credentials;
 
 /// How long `connect` waits for the TCP handshake.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -45,6 +52,7 @@ pub const CLIENT_DEADLINE_MARGIN_MS: u64 = 1_000;
 
 /// A connection to one node.
 pub struct Client {
+    gate: gate::Client,
     api: cartwheel::Client,
     address: String,
     value_bytes_max: usize,
@@ -115,6 +123,12 @@ pub struct NodeStatus {
     pub config_mismatches: Vec<String>,
     /// Hinted writes refused at the hint store's bounds.
     pub hints_refused: u64,
+    /// Replicated states refused (timestamp past the maximum clock offset).
+    pub states_refused: u64,
+    /// Of `connections`, those not logged in yet.
+    pub connections_unauthenticated: u32,
+    /// `tls` or `insecure`.
+    pub security: String,
 }
 
 /// The ring as a node describes it.
@@ -157,34 +171,76 @@ impl RingInfo {
 }
 
 impl Client {
-    /// Connect to the node at `address` (`host:port`). Must be called inside a `LocalSet`.
+    /// Connect to a node in insecure mode at `address` (`host:port`): plain TCP, an empty
+    /// token. Must be called inside a `LocalSet`.
     pub async fn connect(address: &str) -> Result<Self, Error> {
+        Self::connect_with(address, &Credentials::default()).await
+    }
+
+    /// Connect to the node at `address` (`host:port`) with `credentials`: TLS when they hold
+    /// the cluster CA (the node's certificate is checked against it), plain TCP when not; then
+    /// log in with their token. A refused login is `Unauthorized`. Must be called inside a
+    /// `LocalSet`.
+    pub async fn connect_with(address: &str, credentials: &Credentials) -> Result<Self, Error> {
         let failed = |reason: String| Error::Connect { address: address.to_string(), reason };
-        let connecting = TcpStream::connect(address);
-        let stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
+        let tls = match &credentials.ca_pem {
+            Some(ca) => {
+                Some(crate::security::client_config(ca).map_err(|e| failed(e.to_string()))?)
+            }
+            None => None,
+        };
+        let side = rpc_twoparty_capnp::Side::Client;
+        let options = capnp::message::ReaderOptions::new();
+        let timeout = crate::node::transport::MESSAGE_READ_TIMEOUT_DEFAULT;
+        let connecting = async {
+            let stream = TcpStream::connect(address).await.map_err(|e| failed(e.to_string()))?;
+            match tls {
+                None => crate::node::transport::network(stream, side, options, timeout)
+                    .map_err(|e| failed(e.to_string())),
+                Some(tls) => {
+                    crate::node::transport::tune(&stream).map_err(|e| failed(e.to_string()))?;
+                    let session = tokio_rustls::TlsConnector::from(tls)
+                        .connect(crate::security::server_name(), stream)
+                        .await
+                        .map_err(|e| failed(format!("TLS: {e}")))?;
+                    Ok(crate::node::transport::network_over(session, side, options, timeout))
+                }
+            }
+        };
+        let network = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
             .await
-            .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT_MS} ms")))?
-            .map_err(|e| failed(e.to_string()))?;
-        let network = crate::node::transport::network(
-            stream,
-            rpc_twoparty_capnp::Side::Client,
-            capnp::message::ReaderOptions::new(),
-            crate::node::transport::MESSAGE_READ_TIMEOUT_DEFAULT,
-        )
-        .map_err(|e| failed(e.to_string()))?;
+            .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT_MS} ms")))??;
         let mut rpc = RpcSystem::new(Box::new(network), None);
-        let api: cartwheel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let gate: gate::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
         tokio::task::spawn_local(async move {
             if let Err(e) = rpc.await {
                 tracing::debug!(error = %e, "client connection ended");
             }
         });
-        Ok(Self { api, address: address.to_string(), value_bytes_max: VALUE_BYTES_MAX_DEFAULT })
+        let mut request = gate.login_request();
+        request.get().set_token(credentials.token.as_str());
+        let deadline = Duration::from_millis(CONNECT_TIMEOUT_MS);
+        let response = tokio::time::timeout(deadline, request.send().promise)
+            .await
+            .map_err(|_| failed(format!("no login answer within {CONNECT_TIMEOUT_MS} ms")))?
+            .map_err(|e| failed(e.to_string()))?;
+        let result = response.get()?;
+        if result.has_error() {
+            return Err(wire::get_error(result.get_error()?));
+        }
+        let api = result.get_node()?;
+        Ok(Self {
+            gate,
+            api,
+            address: address.to_string(),
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+        })
     }
 
-    /// A client over an existing capability (a node forwarding to another uses this).
+    /// A client over a member's capabilities (a node forwarding to another uses this).
     pub fn from_capability(api: cartwheel::Client, address: String) -> Self {
-        Self { api, address, value_bytes_max: usize::MAX }
+        let gate = capnp_rpc::new_client(NoGate);
+        Self { gate, api, address, value_bytes_max: usize::MAX }
     }
 
     /// The address this client connected to.
@@ -335,9 +391,12 @@ impl Client {
         write_outcome(response.get()?.get_result()?)
     }
 
-    /// The node's view of the ring.
+    /// The node's view of the ring (needs the admin grant).
     pub async fn ring(&self) -> Result<RingInfo, Error> {
         let response = self.within(0, self.api.ring_request().send().promise).await?;
+        if response.get()?.has_error() {
+            return Err(wire::get_error(response.get()?.get_error()?));
+        }
         let ring = response.get()?.get_ring()?;
         let nodes = ring.get_nodes()?.iter().map(member).collect::<Result<_, _>>()?;
         Ok(RingInfo {
@@ -348,9 +407,12 @@ impl Client {
         })
     }
 
-    /// The node's status.
+    /// The node's status (needs the admin grant).
     pub async fn status(&self) -> Result<NodeStatus, Error> {
         let response = self.within(0, self.api.status_request().send().promise).await?;
+        if response.get()?.has_error() {
+            return Err(wire::get_error(response.get()?.get_error()?));
+        }
         let s = response.get()?.get_status()?;
         let members = s.get_members()?.iter().map(member).collect::<Result<_, _>>()?;
         let mut buckets = Vec::new();
@@ -384,13 +446,43 @@ impl Client {
                 .map(text)
                 .collect::<Result<_, _>>()?,
             hints_refused: s.get_hints_refused(),
+            states_refused: s.get_states_refused(),
+            connections_unauthenticated: s.get_connections_unauthenticated(),
+            security: text(s.get_security())?,
         })
+    }
+
+    /// Mint a token with `grants` (see [`crate::security::token`]; needs the admin grant).
+    /// Returns the token and its id.
+    pub async fn create_token(&self, grants: &str) -> Result<(String, String), Error> {
+        let mut request = self.api.create_token_request();
+        request.get().set_grants(grants);
+        let response = self.within(0, request.send().promise).await?;
+        let result = response.get()?;
+        if result.has_error() {
+            return Err(wire::get_error(result.get_error()?));
+        }
+        Ok((text(result.get_token())?, text(result.get_id())?))
+    }
+
+    /// Revoke the token with `id` on every node (needs the admin grant).
+    pub async fn revoke_token(&self, id: &str) -> Result<(), Error> {
+        let mut request = self.api.revoke_token_request();
+        request.get().set_id(id);
+        let response = self.within(0, request.send().promise).await?;
+        let result = response.get()?;
+        if result.has_error() {
+            return Err(wire::get_error(result.get_error()?));
+        }
+        Ok(())
     }
 
     /// The state this node itself stores for a key (merged with hints it holds for it), as
     /// resolver bytes: the node-to-node `fetch`, for tools and tests that look at one replica.
+    /// Reachable only where the peer API is: a node in insecure mode (a TLS node refuses it
+    /// to anyone without a member's certificate).
     pub async fn replica_state(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let mut request = self.api.peer_request();
+        let mut request = self.gate.peer_request();
         request.get().set_from("client");
         let peer = request.send().pipeline.get_peer();
         let mut request = peer.fetch_request();
@@ -404,6 +496,11 @@ impl Client {
         }
     }
 }
+
+/// The gate of a client made from a member's capability: it has logged in already.
+struct NoGate;
+
+impl gate::Server for NoGate {}
 
 fn write_outcome(result: write_result::Reader<'_>) -> Result<Read, Error> {
     match result.which().map_err(|e| Error::Transport(e.to_string()))? {

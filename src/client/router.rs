@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use cartwheel_resolvers::{Op, Read};
 
-use crate::client::{Client, ReadOptions, RingInfo, WriteOptions};
+use crate::client::{Client, Credentials, ReadOptions, RingInfo, WriteOptions};
 use crate::error::Error;
 
 /// How often the ring is fetched again even without errors, in milliseconds.
@@ -31,16 +31,25 @@ pub const RING_REFRESH_MS: u64 = 5_000;
 /// A client that routes each request to the key's preference list.
 pub struct ClusterClient {
     seeds: Vec<String>,
+    credentials: Credentials,
     ring: RefCell<Option<RingInfo>>,
     fetched_at: Cell<Option<Instant>>,
     clients: RefCell<HashMap<String, Rc<Client>>>,
 }
 
 impl ClusterClient {
-    /// Connect through any of `seeds` (`host:port`), fetching the ring.
+    /// Connect through any of `seeds` (`host:port`) to nodes in insecure mode, fetching the
+    /// ring.
     pub async fn connect(seeds: &[String]) -> Result<Self, Error> {
+        Self::connect_with(seeds, &Credentials::default()).await
+    }
+
+    /// Connect through any of `seeds` (`host:port`) with `credentials`, fetching the ring
+    /// (the token needs the admin grant for it, and the grants for the buckets it uses).
+    pub async fn connect_with(seeds: &[String], credentials: &Credentials) -> Result<Self, Error> {
         let client = Self {
             seeds: seeds.to_vec(),
+            credentials: credentials.clone(),
             ring: RefCell::new(None),
             fetched_at: Cell::new(None),
             clients: RefCell::new(HashMap::new()),
@@ -88,7 +97,7 @@ impl ClusterClient {
         if let Some(client) = self.clients.borrow().get(address) {
             return Ok(Rc::clone(client));
         }
-        let client = Rc::new(Client::connect(address).await?);
+        let client = Rc::new(Client::connect_with(address, &self.credentials).await?);
         self.clients.borrow_mut().insert(address.to_string(), Rc::clone(&client));
         Ok(client)
     }

@@ -87,7 +87,7 @@ pub struct Cluster {
     /// The hint store.
     hints: Hints,
     membership: RefCell<Membership>,
-    /// How peers are reached; TCP connections by address when it is [`Network::Tcp`].
+    /// How peers are reached; TCP connections by address when it is [`Network::Tcp`] (TLS or plain).
     network: Network,
     connections: RefCell<HashMap<String, PeerConnection>>,
     /// This run's incarnation (gossiped; a restart's beats the run before).
@@ -128,19 +128,21 @@ pub struct Environment {
 }
 
 impl Cluster {
-    /// Build the cluster state for a node whose store is open, listening at `address`.
+    /// Build the cluster state for a node whose store is open, listening at `address`,
+    /// reaching its peers over `network`.
     pub fn new(
         config: &Config,
         store: Store,
         hints: Hints,
         address: &str,
         config_digest: Vec<u8>,
+        network: Network,
     ) -> Self {
         let environment = Environment {
             address: address.to_string(),
             config_digest,
             incarnation: incarnation(),
-            network: Network::Tcp,
+            network,
             membership_file: Some(membership_file::path(&config.node.data_dir)),
             restored_view: None,
         };

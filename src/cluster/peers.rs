@@ -37,7 +37,7 @@ use super::anti_entropy::Leaves;
 use super::coordinator::Target;
 use super::membership::View;
 use super::Cluster;
-use crate::cartwheel_capnp::{cartwheel, fetch_result, peer, replica_result};
+use crate::cartwheel_capnp::{cartwheel, fetch_result, gate, peer, replica_result};
 use crate::error::Error;
 use crate::node::wire::{self, WriteOptions};
 use crate::store::Entry;
@@ -56,8 +56,9 @@ pub(super) struct PeerConnection {
 
 /// How a node reaches its peers.
 pub enum Network {
-    /// Cap'n Proto over TCP: a real node.
-    Tcp,
+    /// Cap'n Proto over TCP: a real node. With a TLS connector (which presents the node's
+    /// certificate), every connection is TLS 1.3; without one (insecure mode), plain TCP.
+    Tcp(Option<tokio_rustls::TlsConnector>),
     /// Another transport: the seeded simulation's.
     Other(Rc<dyn Transport>),
 }
@@ -217,7 +218,7 @@ impl Cluster {
     {
         let work = async {
             let transport = match &self.network {
-                Network::Tcp => None,
+                Network::Tcp(_) => None,
                 Network::Other(transport) => Some(Rc::clone(transport)),
             };
             if let Some(transport) = transport {
@@ -445,28 +446,42 @@ impl Cluster {
             return Ok(connection.clone());
         }
         let failed = |reason: String| Error::Connect { address: address.to_string(), reason };
-        let stream = tokio::time::timeout(
-            Duration::from_millis(PEER_CONNECT_TIMEOUT_MS),
-            TcpStream::connect(address),
-        )
-        .await
-        .map_err(|_| failed("timed out".into()))?
-        .map_err(|e| failed(e.to_string()))?;
-        let limits = self.store.limits();
-        let mut options = capnp::message::ReaderOptions::new();
-        options.traversal_limit_in_words(Some(limits.message_bytes_max() / 8));
-        let timeout = Duration::from_millis(limits.message_read_timeout_ms);
-        let side = rpc_twoparty_capnp::Side::Client;
-        let network = crate::node::transport::network(stream, side, options, timeout)
-            .map_err(|e| failed(e.to_string()))?;
+        let connecting = async {
+            let stream = TcpStream::connect(address).await.map_err(|e| failed(e.to_string()))?;
+            crate::node::transport::tune(&stream).map_err(|e| failed(e.to_string()))?;
+            let limits = self.store.limits();
+            let mut options = capnp::message::ReaderOptions::new();
+            options.traversal_limit_in_words(Some(limits.message_bytes_max() / 8));
+            let timeout = Duration::from_millis(limits.message_read_timeout_ms);
+            let side = rpc_twoparty_capnp::Side::Client;
+            Ok::<_, Error>(match &self.network {
+                Network::Tcp(Some(tls)) => {
+                    let session = tls
+                        .connect(crate::security::server_name(), stream)
+                        .await
+                        .map_err(|e| failed(format!("TLS: {e}")))?;
+                    crate::node::transport::network_over(session, side, options, timeout)
+                }
+                _ => crate::node::transport::network(stream, side, options, timeout)
+                    .map_err(|e| failed(e.to_string()))?,
+            })
+        };
+        let network =
+            tokio::time::timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS), connecting)
+                .await
+                .map_err(|_| failed("timed out".into()))??;
         let mut rpc = RpcSystem::new(Box::new(network), None);
-        let api: cartwheel::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let gate: gate::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
         tokio::task::spawn_local(async move {
             let _ = rpc.await;
         });
-        let mut request = api.peer_request();
+        // Pipelined: the peer API and, through it, the client API (for forwarding) are asked
+        // for before the gate answered. A gate that refuses (this node is not a member there)
+        // makes every call on them fail.
+        let mut request = gate.peer_request();
         request.get().set_from(self.me());
         let peer = request.send().pipeline.get_peer();
+        let api = peer.node_request().send().pipeline.get_node();
         let connection = PeerConnection { api, peer, inflight: Rc::new(Cell::new(0)) };
         self.connections.borrow_mut().insert(address.to_string(), connection.clone());
         Ok(connection)

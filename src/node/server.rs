@@ -50,9 +50,10 @@
 //! Outgoing peer connections serve nothing (no bootstrap capability), so they hold no such
 //! cycle and go with the `LocalSet` and the cluster.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -62,11 +63,13 @@ use md5::{Digest, Md5};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::cartwheel_capnp::{cartwheel, peer, write_result, NodeState};
-use crate::cluster::Cluster;
+use crate::cartwheel_capnp::{cartwheel, gate, peer, write_result, NodeState};
+use crate::cluster::{Cluster, Network};
 use crate::config::Config;
 use crate::error::Error;
 use crate::node::wire::{self, ReadOptions};
+use crate::security::token::{self, Grants, Right};
+use crate::security::{NodeSecurity, SecurityError};
 use crate::store::hints::Hints;
 use crate::store::{OpenError, Store};
 
@@ -88,6 +91,9 @@ pub enum ServeError {
     /// The runtime could not be built or the node thread failed.
     #[error("node runtime failed: {0}")]
     Runtime(String),
+    /// The cluster secret could not be read, or TLS could not be set up.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// State shared by every connection of one node (one thread).
@@ -95,10 +101,12 @@ struct Shared {
     cluster: Rc<Cluster>,
     address: SocketAddr,
     started: Instant,
-    connections: Cell<u32>,
+    connections: RefCell<Connections>,
     requests_served: Cell<u64>,
     requests_refused: Cell<u64>,
     config_digest: Vec<u8>,
+    /// TLS and the cluster's keys; `None` in insecure mode.
+    security: Option<NodeSecurity>,
 }
 
 impl Shared {
@@ -144,6 +152,15 @@ pub async fn serve(
     let _node_lock = cartwheel_engines::data_dir::lock_dir(data_dir).map_err(|source| {
         OpenError { bucket: "(node)".into(), dir: data_dir.display().to_string(), source }
     })?;
+    let security = NodeSecurity::start(&config)?;
+    if security.is_none() {
+        tracing::warn!(
+            node = %config.node.id,
+            "INSECURE MODE (security.mode = \"insecure\"): plain TCP, no authentication; anyone \
+             who can reach {address} can read, write and delete every bucket and rewrite the \
+             cluster"
+        );
+    }
     let store = Store::open(&config)?;
     let hints_dir = config.node.data_dir.join("hints");
     let hints =
@@ -154,18 +171,21 @@ pub async fn serve(
                 source,
             })?;
     let digest = config_digest(&config);
+    let network = Network::Tcp(security.as_ref().map(|s| s.connector.clone()));
     let cluster =
-        Rc::new(Cluster::new(&config, store, hints, &address.to_string(), digest.clone()));
+        Rc::new(Cluster::new(&config, store, hints, &address.to_string(), digest.clone(), network));
     let shared = Rc::new(Shared {
         cluster,
         address,
         started: Instant::now(),
-        connections: Cell::new(0),
+        connections: RefCell::new(Connections::default()),
         requests_served: Cell::new(0),
         requests_refused: Cell::new(0),
         config_digest: digest,
+        security,
     });
-    tracing::info!(node = %config.node.id, %address, buckets = config.buckets.len(), "serving");
+    let mode = if shared.security.is_some() { "tls" } else { "insecure" };
+    tracing::info!(node = %config.node.id, %address, buckets = config.buckets.len(), mode, "serving");
     // Every task of the node is spawned in `tasks`: dropping it cancels whatever is left.
     let tasks = tokio::task::LocalSet::new();
     tasks.run_until(accept_until(&shared, listener, shutdown)).await;
@@ -219,7 +239,8 @@ async fn accept_until(
     // `recv` answers `None` once every connection task has ended (and dropped its sender).
     let timeout = Duration::from_millis(CLOSE_TIMEOUT_MS);
     if tokio::time::timeout(timeout, all_closed.recv()).await.is_err() {
-        tracing::warn!(open = shared.connections.get(), "connections still closing; dropped");
+        let open = shared.connections.borrow().open.len();
+        tracing::warn!(open, "connections still closing; dropped");
     }
 }
 
@@ -271,42 +292,219 @@ async fn engines_released(cluster: &Cluster) {
 }
 
 fn accept(shared: &Rc<Shared>, closing: &Closing, stream: TcpStream, peer: SocketAddr) {
-    let limits = shared.store().limits();
-    if shared.connections.get() as usize >= limits.connections_max {
+    let limits = shared.store().limits().clone();
+    let Some((id, evicted)) = shared.connections.borrow_mut().admit(peer.ip(), &limits) else {
         shared.requests_refused.set(shared.requests_refused.get() + 1);
-        tracing::warn!(%peer, max = limits.connections_max, "connection refused: at the limit");
+        tracing::warn!(%peer, "connection refused: at the connection limits, all logged in");
         return;
-    }
+    };
+    let conn = Rc::new(Connection {
+        id,
+        authenticated: Cell::new(false),
+        logged_in: tokio::sync::Notify::new(),
+        last_call: Cell::new(Instant::now()),
+        inflight: Rc::new(Cell::new(0)),
+    });
+    let (shared, stop, open) = (Rc::clone(shared), closing.stop.clone(), closing.open.clone());
+    tokio::task::spawn_local(async move {
+        let handshake_deadline =
+            tokio::time::Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
+        let opening = open_connection(&shared, &limits, stream, handshake_deadline);
+        let opened = tokio::select! {
+            opened = opening => opened,
+            () = stop.cancelled() => None,
+            () = evicted.cancelled() => None,
+        };
+        if let Some((network, member)) = opened {
+            let gate: gate::Client = capnp_rpc::new_client(Gate {
+                shared: Rc::clone(&shared),
+                conn: Rc::clone(&conn),
+                member,
+            });
+            let mut rpc = RpcSystem::new(Box::new(network), Some(gate.client));
+            let disconnect = rpc.get_disconnector();
+            let idle = Duration::from_millis(limits.idle_timeout_ms);
+            let ended = tokio::select! {
+                biased;
+                ended = &mut rpc => ended,
+                () = stop.cancelled() => close(disconnect, &mut rpc).await,
+                () = evicted.cancelled() => {
+                    tracing::debug!(%peer, "closed to make room for a new connection");
+                    close(disconnect, &mut rpc).await
+                }
+                why = expired(&conn, handshake_deadline, idle) => {
+                    tracing::debug!(%peer, why, "connection closed");
+                    close(disconnect, &mut rpc).await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+            drop(rpc);
+        }
+        shared.connections.borrow_mut().closed(id);
+        drop(open);
+    });
+}
+
+/// Set up a new connection's network: the TLS handshake (unless insecure), within the
+/// handshake deadline. Also says whether the other end is a member (presented a certificate
+/// the cluster's CA signed; every connection is, in insecure mode). `None`: closed.
+async fn open_connection(
+    shared: &Shared,
+    limits: &crate::config::Limits,
+    stream: TcpStream,
+    deadline: tokio::time::Instant,
+) -> Option<(crate::node::transport::Network, bool)> {
     let mut options = capnp::message::ReaderOptions::new();
     options.traversal_limit_in_words(Some(limits.message_bytes_max() / 8));
     let timeout = Duration::from_millis(limits.message_read_timeout_ms);
     let side = rpc_twoparty_capnp::Side::Server;
-    let network = match crate::node::transport::network(stream, side, options, timeout) {
-        Ok(network) => network,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "cannot set up the connection");
-            return;
-        }
-    };
-    let api: cartwheel::Client =
-        capnp_rpc::new_client(Api { shared: Rc::clone(shared), inflight: Rc::new(Cell::new(0)) });
-    let mut rpc = RpcSystem::new(Box::new(network), Some(api.client));
-    let disconnect = rpc.get_disconnector();
-    let (shared, stop, open) = (Rc::clone(shared), closing.stop.clone(), closing.open.clone());
-    shared.connections.set(shared.connections.get() + 1);
-    tokio::task::spawn_local(async move {
-        let ended = tokio::select! {
-            biased;
-            ended = &mut rpc => ended,
-            () = stop.cancelled() => close(disconnect, &mut rpc).await,
+    let Some(security) = &shared.security else {
+        return match crate::node::transport::network(stream, side, options, timeout) {
+            Ok(network) => Some((network, true)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set up the connection");
+                None
+            }
         };
-        if let Err(e) = ended {
-            tracing::debug!(%peer, error = %e, "connection ended");
+    };
+    if let Err(e) = crate::node::transport::tune(&stream) {
+        tracing::warn!(error = %e, "cannot set up the connection");
+        return None;
+    }
+    match tokio::time::timeout_at(deadline, security.acceptor.accept(stream)).await {
+        Ok(Ok(session)) => {
+            let member = session.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+            Some((crate::node::transport::network_over(session, side, options, timeout), member))
         }
-        drop(rpc);
-        shared.connections.set(shared.connections.get() - 1);
-        drop(open);
-    });
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake not done within the deadline");
+            None
+        }
+    }
+}
+
+/// Completes when `conn` should be closed: not logged in by `handshake_deadline`, or logged
+/// in and without a call for `idle`. Says which.
+async fn expired(
+    conn: &Connection,
+    handshake_deadline: tokio::time::Instant,
+    idle: Duration,
+) -> &'static str {
+    if !conn.authenticated.get() {
+        tokio::select! {
+            () = tokio::time::sleep_until(handshake_deadline) => {
+                return "not logged in within the handshake deadline";
+            }
+            () = conn.logged_in.notified() => {}
+        }
+    }
+    loop {
+        let quiet = conn.last_call.get().elapsed();
+        if conn.inflight.get() == 0 && quiet >= idle {
+            return "idle";
+        }
+        tokio::time::sleep(idle.saturating_sub(quiet).max(Duration::from_millis(100))).await;
+    }
+}
+
+/// The node's open connections, oldest first, and which of them have logged in.
+#[derive(Default)]
+struct Connections {
+    next: u64,
+    open: BTreeMap<u64, Open>,
+}
+
+struct Open {
+    source: IpAddr,
+    authenticated: bool,
+    /// Cancelled to close the connection to make room for a newer one.
+    evict: CancellationToken,
+}
+
+impl Connections {
+    /// Make room for a connection from `source` under `limits`, closing the oldest
+    /// connections that have not logged in where needed (so idle connections never lock a
+    /// client out), and register it. `None`: no room (every connection in the way has
+    /// logged in); the new one is to be closed.
+    fn admit(
+        &mut self,
+        source: IpAddr,
+        limits: &crate::config::Limits,
+    ) -> Option<(u64, CancellationToken)> {
+        let from_source = self.open.values().filter(|open| open.source == source).count();
+        if from_source >= limits.connections_per_source_max && !self.evict_oldest(Some(source)) {
+            return None;
+        }
+        if self.open.len() >= limits.connections_max && !self.evict_oldest(None) {
+            return None;
+        }
+        if self.unauthenticated() >= limits.unauthenticated_connections_max {
+            self.evict_oldest(None);
+        }
+        let id = self.next;
+        self.next += 1;
+        let evict = CancellationToken::new();
+        self.open.insert(id, Open { source, authenticated: false, evict: evict.clone() });
+        Some((id, evict))
+    }
+
+    /// Close the oldest connection that has not logged in (from `source`, if given).
+    fn evict_oldest(&mut self, source: Option<IpAddr>) -> bool {
+        let oldest = self
+            .open
+            .iter()
+            .find(|(_, open)| !open.authenticated && source.is_none_or(|s| s == open.source))
+            .map(|(id, _)| *id);
+        match oldest.and_then(|id| self.open.remove(&id)) {
+            Some(open) => {
+                open.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn authenticated(&mut self, id: u64) {
+        if let Some(open) = self.open.get_mut(&id) {
+            open.authenticated = true;
+        }
+    }
+
+    fn closed(&mut self, id: u64) {
+        self.open.remove(&id);
+    }
+
+    fn unauthenticated(&self) -> usize {
+        self.open.values().filter(|open| !open.authenticated).count()
+    }
+}
+
+/// One connection, as its capabilities see it.
+struct Connection {
+    id: u64,
+    /// Logged in (or opened the peer API).
+    authenticated: Cell<bool>,
+    /// Told when it logs in.
+    logged_in: tokio::sync::Notify,
+    /// When the last call arrived.
+    last_call: Cell<Instant>,
+    /// Calls in flight, against `limits.inflight_per_connection_max`.
+    inflight: Rc<Cell<usize>>,
+}
+
+impl Connection {
+    fn logged_in(&self, shared: &Shared) {
+        self.authenticated.set(true);
+        self.logged_in.notify_one();
+        self.last_call.set(Instant::now());
+        shared.connections.borrow_mut().authenticated(self.id);
+    }
 }
 
 /// Close a connection of a stopping node: disconnect it, which takes every call in flight out
@@ -335,10 +533,12 @@ fn config_digest(config: &Config) -> Vec<u8> {
     md5.finalize().to_vec()
 }
 
-/// One connection's view of the node: the client API, with its own in-flight bound.
+/// One connection's view of the node: the client API, scoped to the grants it logged in
+/// with, under the connection's in-flight bound.
 struct Api {
     shared: Rc<Shared>,
-    inflight: Rc<Cell<usize>>,
+    conn: Rc<Connection>,
+    grants: Rc<Grants>,
 }
 
 /// Holds one in-flight slot of a connection until dropped.
@@ -351,15 +551,45 @@ impl Drop for Admitted {
 }
 
 impl Api {
+    /// Take an in-flight slot for a call, once the token is known not to be revoked.
     fn admit(&self) -> Result<Admitted, Error> {
+        let id = &self.grants.id;
+        if !id.is_empty() && self.shared.cluster.is_token_revoked(id) {
+            return Err(Error::Unauthorized(format!("token {id} was revoked")));
+        }
+        let inflight = &self.conn.inflight;
+        self.conn.last_call.set(Instant::now());
         let max = self.shared.store().limits().inflight_per_connection_max;
-        if self.inflight.get() >= max {
+        if inflight.get() >= max {
             self.shared.requests_refused.set(self.shared.requests_refused.get() + 1);
             return Err(Error::Overloaded(format!("{max} requests in flight on this connection")));
         }
-        self.inflight.set(self.inflight.get() + 1);
+        inflight.set(inflight.get() + 1);
         self.shared.requests_served.set(self.shared.requests_served.get() + 1);
-        Ok(Admitted(Rc::clone(&self.inflight)))
+        Ok(Admitted(Rc::clone(inflight)))
+    }
+
+    /// [`Api::admit`], for a call that needs `right` on `bucket`.
+    fn admit_on(&self, bucket: &str, right: Right) -> Result<Admitted, Error> {
+        let admitted = self.admit()?;
+        self.grants.check(bucket, right)?;
+        Ok(admitted)
+    }
+
+    /// [`Api::admit`], for a call that needs the admin grant.
+    fn admit_admin(&self, what: &str) -> Result<Admitted, Error> {
+        let admitted = self.admit()?;
+        self.grants.check_admin(what)?;
+        Ok(admitted)
+    }
+
+    /// The same connection's client API with every grant (a member's).
+    fn for_member(&self) -> Api {
+        Api {
+            shared: Rc::clone(&self.shared),
+            conn: Rc::clone(&self.conn),
+            grants: Rc::new(Grants::all()),
+        }
     }
 }
 
@@ -394,9 +624,9 @@ impl cartwheel::Server for Api {
         mut results: cartwheel::GetResults,
     ) -> Result<(), capnp::Error> {
         let outcome = async {
-            let _admitted = self.admit()?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            let _admitted = self.admit_on(&bucket, Right::Read)?;
             let key = p.get_key().map_err(wire::bad)?.to_vec();
             let o = p.get_options().map_err(wire::bad)?;
             let options = ReadOptions { r: o.get_r(), timeout_ms: o.get_timeout_ms() };
@@ -422,9 +652,9 @@ impl cartwheel::Server for Api {
     ) -> Result<(), capnp::Error> {
         let mut return_body = false;
         let outcome = async {
-            let _admitted = self.admit()?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            let _admitted = self.admit_on(&bucket, Right::Write)?;
             let key = p.get_key().map_err(wire::bad)?.to_vec();
             let value = p.get_value().map_err(wire::bad)?;
             // Check before copying: an oversized value is refused without a second copy.
@@ -447,9 +677,9 @@ impl cartwheel::Server for Api {
     ) -> Result<(), capnp::Error> {
         let mut return_body = false;
         let outcome = async {
-            let _admitted = self.admit()?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            let _admitted = self.admit_on(&bucket, Right::Write)?;
             let key = p.get_key().map_err(wire::bad)?.to_vec();
             let write = Write::Delete { context: p.get_context().map_err(wire::bad)?.to_vec() };
             let options = wire::get_write_options(p.get_options())?;
@@ -468,9 +698,9 @@ impl cartwheel::Server for Api {
     ) -> Result<(), capnp::Error> {
         let mut return_body = false;
         let outcome = async {
-            let _admitted = self.admit()?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            let _admitted = self.admit_on(&bucket, Right::Write)?;
             let key = p.get_key().map_err(wire::bad)?.to_vec();
             let ops = p.get_ops().map_err(wire::bad)?;
             if ops.is_empty() {
@@ -493,6 +723,13 @@ impl cartwheel::Server for Api {
         _: cartwheel::RingParams,
         mut results: cartwheel::RingResults,
     ) -> Result<(), capnp::Error> {
+        let _admitted = match self.admit_admin("ring") {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                wire::set_error(results.get().init_error(), &e);
+                return Ok(());
+            }
+        };
         let cluster = &self.shared.cluster;
         let members = cluster.members();
         let addresses = |id: &str| {
@@ -522,6 +759,13 @@ impl cartwheel::Server for Api {
         _: cartwheel::StatusParams,
         mut results: cartwheel::StatusResults,
     ) -> Result<(), capnp::Error> {
+        let _admitted = match self.admit_admin("status") {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                wire::set_error(results.get().init_error(), &e);
+                return Ok(());
+            }
+        };
         let shared = &self.shared;
         let cluster = &shared.cluster;
         let store = shared.store();
@@ -534,7 +778,12 @@ impl cartwheel::Server for Api {
         status.set_uptime_ms(shared.started.elapsed().as_millis() as u64);
         status.set_requests_served(shared.requests_served.get());
         status.set_requests_refused(shared.requests_refused.get());
-        status.set_connections(shared.connections.get());
+        let connections = shared.connections.borrow();
+        status.set_connections(connections.open.len() as u32);
+        status.set_connections_unauthenticated(connections.unauthenticated() as u32);
+        drop(connections);
+        status.set_security(if shared.security.is_some() { "tls" } else { "insecure" });
+        status.set_states_refused(cluster.states_refused());
         status.set_config_digest(&shared.config_digest);
         status.set_ring_epoch(ring.epoch);
         status.set_hints_refused(cluster.hints().refused());
@@ -579,15 +828,125 @@ impl cartwheel::Server for Api {
 
     async fn peer(
         self: Rc<Self>,
-        params: cartwheel::PeerParams,
-        mut results: cartwheel::PeerResults,
+        _: cartwheel::PeerParams,
+        _: cartwheel::PeerResults,
     ) -> Result<(), capnp::Error> {
+        Err(capnp::Error::failed(
+            "forbidden: the node-to-node API is reached through Gate.peer, by members only".into(),
+        ))
+    }
+
+    async fn create_token(
+        self: Rc<Self>,
+        params: cartwheel::CreateTokenParams,
+        mut results: cartwheel::CreateTokenResults,
+    ) -> Result<(), capnp::Error> {
+        let outcome = (|| {
+            let _admitted = self.admit_admin("creating a token")?;
+            let grants =
+                Grants::parse(&text(params.get().map_err(wire::bad)?.get_grants(), "grants")?)?;
+            let Some(security) = &self.shared.security else {
+                return Err(Error::BadRequest(
+                    "this node runs in insecure mode: every token logs in with every grant".into(),
+                ));
+            };
+            token::mint(security.keys().token_key(), &grants)
+        })();
+        match outcome {
+            Ok((token, id)) => {
+                tracing::info!(%id, "token created");
+                results.get().set_token(token);
+                results.get().set_id(id);
+            }
+            Err(e) => wire::set_error(results.get().init_error(), &e),
+        }
+        Ok(())
+    }
+
+    async fn revoke_token(
+        self: Rc<Self>,
+        params: cartwheel::RevokeTokenParams,
+        mut results: cartwheel::RevokeTokenResults,
+    ) -> Result<(), capnp::Error> {
+        let outcome = (|| {
+            let _admitted = self.admit_admin("revoking a token")?;
+            let id = text(params.get().map_err(wire::bad)?.get_id(), "id")?;
+            self.shared.cluster.revoke_token(&id)?;
+            tracing::info!(%id, "token revoked");
+            Ok::<(), Error>(())
+        })();
+        if let Err(e) = outcome {
+            wire::set_error(results.get().init_error(), &e);
+        }
+        Ok(())
+    }
+}
+
+/// A connection's bootstrap capability: it can only authenticate (see src/security).
+struct Gate {
+    shared: Rc<Shared>,
+    conn: Rc<Connection>,
+    /// The connection presented a certificate from the cluster's CA (always, in insecure mode).
+    member: bool,
+}
+
+impl gate::Server for Gate {
+    async fn login(
+        self: Rc<Self>,
+        params: gate::LoginParams,
+        mut results: gate::LoginResults,
+    ) -> Result<(), capnp::Error> {
+        let shared = &self.shared;
+        let outcome = (|| {
+            let token = text(params.get().map_err(wire::bad)?.get_token(), "token")?;
+            let Some(security) = &shared.security else {
+                return Ok(Grants::all());
+            };
+            let grants = token::verify(security.keys().token_key(), &token)?;
+            if shared.cluster.is_token_revoked(&grants.id) {
+                return Err(Error::Unauthorized(format!("token {} was revoked", grants.id)));
+            }
+            Ok(grants)
+        })();
+        match outcome {
+            Ok(grants) => {
+                self.conn.logged_in(shared);
+                let api = Api {
+                    shared: Rc::clone(shared),
+                    conn: Rc::clone(&self.conn),
+                    grants: Rc::new(grants),
+                };
+                results.get().set_node(capnp_rpc::new_client(api));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "login refused");
+                wire::set_error(results.get().init_error(), &e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn peer(
+        self: Rc<Self>,
+        params: gate::PeerParams,
+        mut results: gate::PeerResults,
+    ) -> Result<(), capnp::Error> {
+        if !self.member {
+            let e = Error::Unauthorized(
+                "the node-to-node API needs a certificate from the cluster's CA".into(),
+            );
+            wire::set_error(results.get().init_error(), &e);
+            return Ok(());
+        }
         let from = text(params.get()?.get_from(), "from").unwrap_or_default();
         tracing::debug!(%from, "peer session opened");
-        let peer: peer::Client = capnp_rpc::new_client(PeerApi {
-            api: Api { shared: Rc::clone(&self.shared), inflight: Rc::clone(&self.inflight) },
-        });
-        results.get().set_peer(peer);
+        self.conn.logged_in(&self.shared);
+        let api = Api {
+            shared: Rc::clone(&self.shared),
+            conn: Rc::clone(&self.conn),
+            grants: Rc::new(Grants::all()),
+        };
+        results.get().set_peer(capnp_rpc::new_client(PeerApi { api }));
         Ok(())
     }
 }
@@ -694,6 +1053,15 @@ impl peer::Server for PeerApi {
         Ok(())
     }
 
+    async fn node(
+        self: Rc<Self>,
+        _: peer::NodeParams,
+        mut results: peer::NodeResults,
+    ) -> Result<(), capnp::Error> {
+        results.get().set_node(capnp_rpc::new_client(self.api.for_member()));
+        Ok(())
+    }
+
     async fn gossip(
         self: Rc<Self>,
         params: peer::GossipParams,
@@ -792,5 +1160,57 @@ impl NodeHandle {
 impl Drop for NodeHandle {
     fn drop(&mut self) {
         let _ = self.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_source: usize, unauthenticated: usize) -> crate::config::Limits {
+        crate::config::Limits {
+            connections_max: total,
+            connections_per_source_max: per_source,
+            unauthenticated_connections_max: unauthenticated,
+            ..Default::default()
+        }
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    /// Connections that never log in are closed oldest first to make room; logged-in ones
+    /// are never closed for a newcomer, which is then refused instead.
+    #[test]
+    fn the_oldest_connection_not_logged_in_makes_room() {
+        // At most 4 in all, 3 per address, 2 not logged in.
+        let limits = limits(4, 3, 2);
+        let mut connections = Connections::default();
+        let admit = |connections: &mut Connections, last: u8| connections.admit(ip(last), &limits);
+        let (a, a_evict) = admit(&mut connections, 1).unwrap();
+        let (_, b_evict) = admit(&mut connections, 1).unwrap();
+        // A third not logged in: the oldest not logged in (a) goes.
+        let (c, _) = admit(&mut connections, 1).unwrap();
+        assert!(a_evict.is_cancelled() && !b_evict.is_cancelled());
+        assert!(!connections.open.contains_key(&a));
+        connections.authenticated(c);
+        let (d, _) = admit(&mut connections, 1).unwrap();
+        // 127.0.0.1 holds b, c, d: at its cap the oldest of its not logged in (b) goes.
+        let (e, _) = admit(&mut connections, 1).unwrap();
+        assert!(b_evict.is_cancelled());
+        assert_eq!(connections.open.len(), 3);
+        connections.authenticated(d);
+        connections.authenticated(e);
+        // Every connection of 127.0.0.1 logged in, at its cap: the newcomer is refused.
+        assert!(admit(&mut connections, 1).is_none());
+        // Another address has room, up to the node's cap (4), with everyone logged in.
+        let (f, f_evict) = admit(&mut connections, 2).unwrap();
+        connections.authenticated(f);
+        assert!(!f_evict.is_cancelled());
+        assert!(admit(&mut connections, 3).is_none(), "the node's cap, all logged in");
+        connections.closed(f);
+        assert!(admit(&mut connections, 3).is_some());
+        assert_eq!(connections.unauthenticated(), 1);
     }
 }

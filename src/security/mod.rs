@@ -316,6 +316,124 @@ pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Security
     Ok(Arc::new(config))
 }
 
+/// What a running node secures its connections with: its cluster's keys, and a TLS server
+/// and client made for this run's node certificate.
+pub struct NodeSecurity {
+    keys: ClusterKeys,
+    /// Accepts clients' and peers' TLS sessions.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Opens TLS sessions to peers, presenting the node's certificate.
+    pub connector: tokio_rustls::TlsConnector,
+}
+
+impl NodeSecurity {
+    /// Build it from `config.security`; `None` in insecure mode. Reads the secret (or creates
+    /// it, where the configuration allows: then also writes the admin credentials beside it,
+    /// [`ADMIN_CREDENTIALS_FILE`], unless a valid one is there).
+    pub fn start(config: &crate::config::Config) -> Result<Option<Self>, SecurityError> {
+        let security = &config.security;
+        if security.mode == crate::config::SecurityMode::Insecure {
+            return Ok(None);
+        }
+        let secret = if security.create_secret {
+            Secret::load_or_create(&security.secret_file)?
+        } else {
+            Secret::load(&security.secret_file)?
+        };
+        let keys = ClusterKeys::derive(&secret)?;
+        if security.create_secret {
+            let dir = security.secret_file.parent().unwrap_or(Path::new("."));
+            keys.ensure_admin_credentials(&dir.join(ADMIN_CREDENTIALS_FILE))?;
+        }
+        let identity = keys.node_identity(&config.node.id)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config()?);
+        let connector = tokio_rustls::TlsConnector::from(identity.peer_client_config()?);
+        Ok(Some(Self { keys, acceptor, connector }))
+    }
+
+    /// The cluster's keys.
+    pub fn keys(&self) -> &ClusterKeys {
+        &self.keys
+    }
+}
+
+impl ClusterKeys {
+    /// Write credentials with every grant (`*=rw,admin`) to `path`, unless it already holds
+    /// credentials that are valid for this cluster.
+    pub fn ensure_admin_credentials(&self, path: &Path) -> Result<(), SecurityError> {
+        if let Ok(existing) = Credentials::load(path) {
+            let valid = token::verify(&self.token_key, &existing.token).is_ok()
+                && existing.ca_pem.as_deref() == Some(self.ca_pem().as_str());
+            if valid {
+                return Ok(());
+            }
+        }
+        let (token, _) = token::mint(&self.token_key, &Grants::all())
+            .map_err(|e| SecurityError::Tls(e.to_string()))?;
+        let credentials = Credentials { token, ca_pem: Some(self.ca_pem()) };
+        write_private_file(path, &credentials.to_text())
+            .map_err(|source| SecurityError::Io { path: path.display().to_string(), source })
+    }
+}
+
+/// What a client needs to reach a node: a token, and the cluster CA's certificate (none for
+/// a node in insecure mode: then the connection is plain TCP).
+///
+/// As a file (what `up` writes, `token create` prints, the CLI reads): comment lines start
+/// with `#`; the first other line is the token; a PEM certificate block follows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The token (`Gate.login`); may be empty for an insecure node.
+    pub token: String,
+    /// The cluster CA certificate, PEM.
+    pub ca_pem: Option<String>,
+}
+
+impl Credentials {
+    /// The file form.
+    pub fn to_text(&self) -> String {
+        let mut text = String::from("# cartwheel credentials: a token, then the cluster CA\n");
+        text.push_str(&self.token);
+        text.push('\n');
+        if let Some(ca) = &self.ca_pem {
+            text.push_str(ca);
+        }
+        text
+    }
+
+    /// Parse the file form.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut credentials = Self::default();
+        let mut pem: Option<String> = None;
+        for line in text.lines().map(str::trim) {
+            if let Some(block) = pem.as_mut() {
+                block.push_str(line);
+                block.push('\n');
+                if line.starts_with("-----END") {
+                    credentials.ca_pem = pem.take();
+                }
+            } else if line.starts_with("-----BEGIN") {
+                pem = Some(format!("{line}\n"));
+            } else if !(line.is_empty() || line.starts_with('#')) {
+                if !credentials.token.is_empty() {
+                    return Err("more than one token line".into());
+                }
+                credentials.token = line.to_string();
+            }
+        }
+        if pem.is_some() {
+            return Err("a certificate block is not closed".into());
+        }
+        Ok(credentials)
+    }
+
+    /// Read the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -370,6 +488,27 @@ mod tests {
         identity.peer_client_config().unwrap();
         client_config(&keys.ca_pem()).unwrap();
         assert!(client_config("garbage").is_err());
+    }
+
+    /// Credentials written by `ensure_admin_credentials` parse back, are kept while valid and
+    /// replaced when another secret made them.
+    #[test]
+    fn admin_credentials_are_written_once_per_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ADMIN_CREDENTIALS_FILE);
+        let keys = ClusterKeys::derive(&Secret::generate().unwrap()).unwrap();
+        keys.ensure_admin_credentials(&path).unwrap();
+        let first = Credentials::load(&path).unwrap();
+        assert_eq!(first.ca_pem.as_deref(), Some(keys.ca_pem().as_str()));
+        let grants = token::verify(keys.token_key(), &first.token).unwrap();
+        assert!(grants.admin && grants.allows("any", Right::Write));
+        keys.ensure_admin_credentials(&path).unwrap();
+        assert_eq!(Credentials::load(&path).unwrap(), first, "valid credentials are kept");
+        let other = ClusterKeys::derive(&Secret::generate().unwrap()).unwrap();
+        other.ensure_admin_credentials(&path).unwrap();
+        assert_ne!(Credentials::load(&path).unwrap(), first);
+        assert!(Credentials::parse("a\nb\n").is_err());
+        assert!(Credentials::parse("-----BEGIN CERTIFICATE-----\nabc\n").is_err());
     }
 
     #[test]

@@ -210,13 +210,8 @@ mod tests {
         let (token, _) = mint(&key(1), &Grants::parse("default=r").unwrap()).unwrap();
         assert!(matches!(verify(&key(2), &token), Err(Error::Unauthorized(_))));
         let parts: Vec<&str> = token.split('.').collect();
-        let wider = hex_encode(
-            format!(
-                "{}|*=rw,admin",
-                String::from_utf8(hex_decode(parts[1]).unwrap()).unwrap()[..16].to_string()
-            )
-            .as_bytes(),
-        );
+        let payload = String::from_utf8(hex_decode(parts[1]).unwrap()).unwrap();
+        let wider = hex_encode(format!("{}|*=rw,admin", &payload[..16]).as_bytes());
         let altered = format!("{}.{}.{}", parts[0], wider, parts[2]);
         assert!(matches!(verify(&key(1), &altered), Err(Error::Unauthorized(_))));
         let mut tag = parts[2].to_string();
