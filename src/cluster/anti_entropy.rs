@@ -24,7 +24,9 @@
 //!
 //! Each round compares `anti_entropy_partitions_per_round` (bucket, partition) pairs this
 //! node is a primary of, each with one other primary that is up, and merges the segments
-//! that differ on both sides.
+//! that differ on both sides. A peer's entry is merged like any replicated state
+//! ([`crate::store::Store::merge`]): one stamped too far ahead of this node's clock is
+//! refused and skipped, and the rest of the segment is still repaired.
 
 use md5::{Digest, Md5};
 
@@ -208,9 +210,15 @@ impl Cluster {
         }
         let remote = self.segment_entries_of(peer, bucket, partition, &segments).await?;
         for (key, state) in &remote {
-            self.store.merge(bucket, key, state)?;
-            // The ring may have moved the partition away while the exchange ran.
-            self.note_if_stray(bucket, key);
+            match self.store.merge(bucket, key, state) {
+                // The ring may have moved the partition away while the exchange ran.
+                Ok(_) => self.note_if_stray(bucket, key),
+                // Refused (stamped too far ahead: counted and logged by the store, or a bad
+                // key): the peer's other entries are still merged, and this node's own
+                // state of the key goes back to it below.
+                Err(Error::BadRequest(_) | Error::KeyTooLarge(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         let target = Target { id: peer.to_string(), hint_for: None };
         let mut repaired = 0usize;
