@@ -1248,7 +1248,7 @@ mod tests {
         // Past the bound: refused as a whole; revoke_token at the bound is BadRequest.
         let mut full = node("c").view();
         full.revoked_tokens =
-            (0..REVOKED_TOKENS_MAX as u64 - 1).map(|i| format!("{:016x}", i + 1 << 32)).collect();
+            (0..REVOKED_TOKENS_MAX as u64 - 1).map(|i| format!("{:016x}", (i + 1) << 32)).collect();
         let notices = a.merge(full.clone(), 0);
         assert!(matches!(notices[..], [Notice::RevokedTokensFull { .. }]), "{notices:?}");
         assert_eq!(a.revoked_tokens().len(), 2);
