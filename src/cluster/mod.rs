@@ -9,10 +9,10 @@
 //! |---|---|---|
 //! | [`coordinator`] | targets and sloppy-quorum fallbacks ([`plan_targets`]), who coordinates a write ([`plan_write`]), effective R/W/DW | client writes and reads, read repair |
 //! | [`quorum`] | when a request has met R, W and DW; which replicas a read repairs | |
-//! | [`replica`] | what this node keeps of a state a peer sends (its copy, or a hint) | |
+//! | [`replica`] | what this node keeps of a state a peer sends (its copy, or a hint), and what it refuses | |
 //! | [`peers`] | | every call to another node: deadline, in-flight bound, typed errors, failure detector |
-//! | [`membership`] | members, failure detection, the ring and the claimant | |
-//! | [`gossip`] | | the view exchange each round, the membership file ([`membership_file`]) |
+//! | [`membership`] | members, failure detection, the ring and the claimant; which views, rings and entries to refuse; revoked tokens | |
+//! | [`gossip`] | | the view exchange and probes each round, the membership file ([`membership_file`]), token revocation |
 //! | [`handoff`] | which partitions go where after a ring change; which hints to deliver | ownership and hinted handoff |
 //! | [`anti_entropy`] | hash-tree leaves, differing segments, which partition and peer to compare | the exchange |
 //!
@@ -42,6 +42,17 @@
 //! answered with the merge of what they sent, and then, in the background, waits for the
 //! rest (up to the timeout) and sends the merge of everything to each replica that answered
 //! with something else or nothing (read repair).
+//!
+//! ## Peer input is validated, never trusted
+//! Authentication (DESIGN §6) says a caller is a member; it does not make what the member
+//! says true. Every decision a peer's message feeds is checked where it is made:
+//! membership changes come only from members this node has exchanged with directly, and
+//! epochs and incarnations move by bounded steps ([`membership`], "Peer input is
+//! validated"); a state stamped further ahead of this node's clock than
+//! `cluster.max_clock_offset_ms` is refused on every path into the store
+//! ([`crate::store::Store::check_incoming`], counted in [`Cluster::states_refused`]); hints
+//! are kept only for members that own partitions ([`Cluster::check_hint_owner`]); and no
+//! counter, clock, dot or quantity wraps (the resolvers answer `overflow`).
 //!
 //! ## Background rounds
 //! Every `gossip_interval_ms` ([`Cluster::run_rounds`]), each on a timer of its own so that
