@@ -17,7 +17,7 @@ fn bench_args(extra: &[&str]) -> BenchArgs {
     let mut argv = vec!["cartwheel", "bench"];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).expect("the test's command line parses").command {
-        Command::Bench(args) => args,
+        Command::Bench(args) => *args,
         other => panic!("not a bench command: {other:?}"),
     }
 }
