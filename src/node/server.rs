@@ -315,11 +315,11 @@ fn accept(shared: &Rc<Shared>, closing: &Closing, stream: TcpStream, peer: Socke
             () = stop.cancelled() => None,
             () = evicted.cancelled() => None,
         };
-        if let Some((network, member)) = opened {
+        if let Some((network, caller)) = opened {
             let gate: gate::Client = capnp_rpc::new_client(Gate {
                 shared: Rc::clone(&shared),
                 conn: Rc::clone(&conn),
-                member,
+                caller,
             });
             let mut rpc = RpcSystem::new(Box::new(network), Some(gate.client));
             let disconnect = rpc.get_disconnector();
@@ -348,21 +348,22 @@ fn accept(shared: &Rc<Shared>, closing: &Closing, stream: TcpStream, peer: Socke
 }
 
 /// Set up a new connection's network: the TLS handshake (unless insecure), within the
-/// handshake deadline. Also says whether the other end is a member (presented a certificate
+/// handshake deadline. Also says who the other end is (see [`Caller`]): a member presented a
+/// certificate
 /// the cluster's CA signed; every connection is, in insecure mode). `None`: closed.
 async fn open_connection(
     shared: &Shared,
     limits: &crate::config::Limits,
     stream: TcpStream,
     deadline: tokio::time::Instant,
-) -> Option<(crate::node::transport::Network, bool)> {
+) -> Option<(crate::node::transport::Network, Caller)> {
     let mut options = capnp::message::ReaderOptions::new();
     options.traversal_limit_in_words(Some(limits.message_bytes_max() / 8));
     let timeout = Duration::from_millis(limits.message_read_timeout_ms);
     let side = rpc_twoparty_capnp::Side::Server;
     let Some(security) = &shared.security else {
         return match crate::node::transport::network(stream, side, options, timeout) {
-            Ok(network) => Some((network, true)),
+            Ok(network) => Some((network, Caller::Insecure)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot set up the connection");
                 None
@@ -375,8 +376,16 @@ async fn open_connection(
     }
     match tokio::time::timeout_at(deadline, security.acceptor.accept(stream)).await {
         Ok(Ok(session)) => {
-            let member = session.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-            Some((crate::node::transport::network_over(session, side, options, timeout), member))
+            // A certificate here passed the handshake: the cluster's CA signed it.
+            let certificates = session.get_ref().1.peer_certificates();
+            let caller = match certificates.and_then(|c| c.first()) {
+                Some(certificate) => match crate::security::certificate_node_id(certificate) {
+                    Some(id) => Caller::Member(id),
+                    None => Caller::Anonymous,
+                },
+                None => Caller::Anonymous,
+            };
+            Some((crate::node::transport::network_over(session, side, options, timeout), caller))
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -886,8 +895,19 @@ impl cartwheel::Server for Api {
 struct Gate {
     shared: Rc<Shared>,
     conn: Rc<Connection>,
-    /// The connection presented a certificate from the cluster's CA (always, in insecure mode).
-    member: bool,
+    /// Who is on the other end.
+    caller: Caller,
+}
+
+/// Who is on the other end of a connection, as its TLS handshake proved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Caller {
+    /// A member: its certificate, signed by the cluster's CA, names this node id.
+    Member(String),
+    /// No certificate: a client.
+    Anonymous,
+    /// Insecure mode: anyone may be a member, and nobody's identity is known.
+    Insecure,
 }
 
 impl gate::Server for Gate {
@@ -931,22 +951,27 @@ impl gate::Server for Gate {
         params: gate::PeerParams,
         mut results: gate::PeerResults,
     ) -> Result<(), capnp::Error> {
-        if !self.member {
+        if self.caller == Caller::Anonymous {
             let e = Error::Unauthorized(
                 "the node-to-node API needs a certificate from the cluster's CA".into(),
             );
             wire::set_error(results.get().init_error(), &e);
             return Ok(());
         }
-        let from = text(params.get()?.get_from(), "from").unwrap_or_default();
-        tracing::debug!(%from, "peer session opened");
+        // Only logged: the certificate, not the message, says who the caller is.
+        let claimed = text(params.get()?.get_from(), "from").unwrap_or_default();
+        tracing::debug!(%claimed, caller = ?self.caller, "peer session opened");
         self.conn.logged_in(&self.shared);
         let api = Api {
             shared: Rc::clone(&self.shared),
             conn: Rc::clone(&self.conn),
             grants: Rc::new(Grants::all()),
         };
-        results.get().set_peer(capnp_rpc::new_client(PeerApi { api }));
+        let from = match &self.caller {
+            Caller::Member(id) => Some(id.clone()),
+            Caller::Anonymous | Caller::Insecure => None,
+        };
+        results.get().set_peer(capnp_rpc::new_client(PeerApi { api, from }));
         Ok(())
     }
 }
@@ -954,6 +979,9 @@ impl gate::Server for Gate {
 /// The node-to-node API of one connection; shares the connection's in-flight bound.
 struct PeerApi {
     api: Api,
+    /// The calling member's node id, as its certificate names it (none in insecure mode:
+    /// then no caller is taken at its word).
+    from: Option<String>,
 }
 
 impl peer::Server for PeerApi {
@@ -1071,7 +1099,12 @@ impl peer::Server for PeerApi {
             let _admitted = self.api.admit()?;
             let theirs =
                 wire::get_view(params.get().map_err(wire::bad)?.get_view().map_err(wire::bad)?)?;
-            Ok::<_, Error>(self.api.shared.cluster.receive_gossip(theirs))
+            let cluster = &self.api.shared.cluster;
+            Ok::<_, Error>(match &self.from {
+                // A member that gossips to us naming itself proves itself (see membership).
+                Some(from) => cluster.receive_gossip_from(from, theirs),
+                None => cluster.receive_gossip(theirs),
+            })
         })();
         match outcome {
             Ok(ours) => wire::set_view(results.get().init_view(), &ours),

@@ -434,6 +434,53 @@ impl Credentials {
     }
 }
 
+/// The node id a node certificate names (its subject's common name), from its DER bytes.
+/// Only meaningful for a certificate the cluster CA signed, which the TLS handshake checked:
+/// then it is the authenticated identity of the peer on the connection.
+pub fn certificate_node_id(der: &[u8]) -> Option<String> {
+    let (_, certificate, _) = der_read(der)?;
+    let (_, mut tbs, _) = der_read(certificate)?;
+    // version [0] (optional), serial, signature algorithm, issuer, validity, subject.
+    let mut fields = Vec::new();
+    while !tbs.is_empty() && fields.len() < 6 {
+        let (tag, value, rest) = der_read(tbs)?;
+        fields.push((tag, value));
+        tbs = rest;
+    }
+    let skip = usize::from(fields.first()?.0 == 0xa0);
+    let (_, mut subject) = *fields.get(skip + 4)?;
+    let mut common_name = None;
+    while !subject.is_empty() {
+        let (_, set, rest) = der_read(subject)?;
+        subject = rest;
+        let (_, attribute, _) = der_read(set)?;
+        let (_, oid, value) = der_read(attribute)?;
+        if oid == [0x55, 0x04, 0x03] {
+            let (_, text, _) = der_read(value)?;
+            common_name = Some(String::from_utf8(text.to_vec()).ok()?);
+        }
+    }
+    common_name
+}
+
+/// One DER element of `bytes`: its tag, its contents and what follows it.
+fn der_read(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let len = rest[..count].iter().fold(0usize, |len, b| (len << 8) | usize::from(*b));
+        rest = &rest[count..];
+        len
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -509,6 +556,19 @@ mod tests {
         assert_ne!(Credentials::load(&path).unwrap(), first);
         assert!(Credentials::parse("a\nb\n").is_err());
         assert!(Credentials::parse("-----BEGIN CERTIFICATE-----\nabc\n").is_err());
+    }
+
+    /// A node certificate names its node, whatever the id's length.
+    #[test]
+    fn a_node_certificate_names_its_node() {
+        let keys = ClusterKeys::derive(&Secret::generate().unwrap()).unwrap();
+        for id in ["n1", "a-much_longer.node-id", &"x".repeat(238)] {
+            let identity = keys.node_identity(id).unwrap();
+            assert_eq!(certificate_node_id(&identity.cert).as_deref(), Some(id));
+        }
+        assert_eq!(certificate_node_id(keys.ca.der()).as_deref(), Some("cartwheel cluster CA"));
+        assert_eq!(certificate_node_id(b"garbage"), None);
+        assert_eq!(certificate_node_id(&[]), None);
     }
 
     #[test]
