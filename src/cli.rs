@@ -648,7 +648,14 @@ fn print_status(status: &crate::client::NodeStatus) {
         status.requests_served,
         status.requests_refused
     );
-    println!("ring epoch {}, {} hinted writes refused", status.ring_epoch, status.hints_refused);
+    println!(
+        "ring epoch {}, {} hinted writes refused, {} replicated states refused (clock offset)",
+        status.ring_epoch, status.hints_refused, status.states_refused
+    );
+    println!(
+        "security {}, {} of the connections not logged in",
+        status.security, status.connections_unauthenticated
+    );
     if !status.config_mismatches.is_empty() {
         println!(
             "WARNING: bucket configuration differs on: {}",
