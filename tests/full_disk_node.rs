@@ -118,3 +118,78 @@ fn no_durable_write_is_lost_when_the_disk_fills() {
     });
     node.stop().unwrap();
 }
+
+/// When the disk fills, the bucket turns read-only (reads go on, writes are refused with a
+/// typed error), and once space is back it takes writes again by itself, without a restart
+/// (its engine is reopened from its files): every acknowledged put reads back, then and after
+/// a restart.
+#[test]
+fn a_full_bucket_takes_writes_again_once_space_is_back() {
+    let Some(fs) = Tmpfs::mount() else { return };
+    let data_dir = fs.path.join("node");
+    let mut node_config = config(data_dir.clone());
+    node_config.cluster.gossip_interval_ms = 100;
+    let node = NodeHandle::start(node_config.clone()).expect("the node starts on a small disk");
+    let address = node.address().to_string();
+    let mut acknowledged: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    block_on(async {
+        let client = Client::connect(&address).await.unwrap();
+        let options = WriteOptions::default();
+        let mut first_refusal = None;
+        for i in 0..400u32 {
+            let (key, value) = (format!("big-{i:04}"), vec![i as u8; 256 << 10]);
+            match client.put_with("durable", key.as_bytes(), &value, &[], &options).await {
+                Ok(_) => {
+                    acknowledged.insert(key, value);
+                }
+                Err(e) => {
+                    first_refusal = Some(e);
+                    break;
+                }
+            }
+        }
+        let refusal = first_refusal.expect("the disk filled");
+        eprintln!("{} puts acknowledged, then: {refusal}", acknowledged.len());
+        // Read-only: reads go on, small writes are refused (typed), none acknowledged.
+        let (key, value) = acknowledged.iter().next().unwrap();
+        let read = client.get("durable", key.as_bytes()).await.unwrap();
+        assert_eq!(read.value, Some(Value::Siblings(vec![value.clone()])));
+        for i in 0..3 {
+            let put = client.put_with("durable", b"small", &[i], &[], &options).await;
+            assert!(matches!(put, Err(cartwheel::Error::Internal(_))), "{put:?}");
+        }
+
+        // Space is back: writes resume within a few rounds, no restart.
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={}", 4 * FS_BYTES)])
+            .arg(&fs.path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let put = client.put_with("durable", b"after", b"space", &[], &options).await;
+            if put.is_ok() {
+                acknowledged.insert("after".into(), b"space".to_vec());
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "writes did not resume: {put:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        for (key, value) in &acknowledged {
+            let read = client.get("durable", key.as_bytes()).await.unwrap();
+            assert_eq!(read.value, Some(Value::Siblings(vec![value.clone()])), "{key} was lost");
+        }
+    });
+    node.stop().expect("a clean stop");
+    let node = NodeHandle::start(node_config).expect("the node starts again");
+    let address = node.address().to_string();
+    block_on(async {
+        let client = Client::connect(&address).await.unwrap();
+        for (key, value) in &acknowledged {
+            let read = client.get("durable", key.as_bytes()).await.unwrap();
+            assert_eq!(read.value, Some(Value::Siblings(vec![value.clone()])), "{key} was lost");
+        }
+    });
+    node.stop().unwrap();
+}

@@ -434,6 +434,10 @@ impl StorageEngine for BufferEngine {
         true
     }
 
+    fn failed(&self) -> bool {
+        self.shared.log.failed()
+    }
+
     fn stats(&self) -> EngineStats {
         EngineStats {
             dead_bytes: self.shared.log_bytes.load(Ordering::Relaxed),

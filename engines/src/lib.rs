@@ -47,6 +47,7 @@ pub mod data_dir;
 pub mod log;
 pub mod memlog;
 pub mod memory;
+pub mod recovering;
 
 use std::fmt;
 use std::ops::ControlFlow;
@@ -88,8 +89,17 @@ pub const VALUE_BYTES_MAX: usize = 64 << 20;
 /// # Errors
 /// Keys over [`KEY_BYTES_MAX`] and values over [`VALUE_BYTES_MAX`] are refused with
 /// [`EngineError::TooLarge`] and change nothing. I/O failures come back as
-/// [`EngineError::Io`]; after one the engine may refuse further writes, but its files stay
-/// recoverable by reopening.
+/// [`EngineError::Io`].
+///
+/// # After a failed write or sync
+/// A failed write leaves the file's tail unknown, and a failed fsync cannot be retried into
+/// success (the kernel may have dropped the dirty pages it could not write, and a second fsync
+/// then reports nothing). So after either, a persistent engine is *failed*
+/// ([`StorageEngine::failed`]): it refuses every later write and every sync with
+/// [`EngineError::Io`], so no write after the failure is ever acknowledged as durable, while
+/// reads go on serving what it holds. Its files stay recoverable: reopening runs the same
+/// recovery as after a crash, keeping the prefix of records that check out.
+/// [`recovering::Recovering`] does that by itself once the cause (usually a full disk) is gone.
 pub trait StorageEngine: Send + Sync + fmt::Debug {
     /// The engine's configuration name (`"memory"`, `"log"`, `"buffer"`, `"btree"`).
     fn kind(&self) -> EngineKind;
@@ -121,7 +131,22 @@ pub trait StorageEngine: Send + Sync + fmt::Debug {
 
     /// Counters for `status` and benchmarks.
     fn stats(&self) -> EngineStats;
+
+    /// Whether a write or a sync failed (see "After a failed write or sync"): the engine then
+    /// refuses every write and sync until it is reopened from its files.
+    fn failed(&self) -> bool {
+        false
+    }
+
+    /// Reopen the engine from its files if it failed, where the engine knows how
+    /// ([`recovering::Recovering`]); an engine that cannot answers [`Recovery::Healthy`].
+    /// Blocks (recovery reads the files): never on the RPC thread.
+    fn try_recover(&self) -> Result<Recovery, EngineError> {
+        Ok(Recovery::Healthy)
+    }
 }
+
+pub use recovering::Recovery;
 
 /// Counters an engine reports. Cheap to read: engines keep them up to date as they go.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

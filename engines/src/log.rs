@@ -791,6 +791,10 @@ impl StorageEngine for LogEngine {
         true
     }
 
+    fn failed(&self) -> bool {
+        self.shared.log.failed()
+    }
+
     fn stats(&self) -> EngineStats {
         let state = self.shared.read();
         EngineStats {

@@ -1,6 +1,7 @@
 //! A full disk, for real: each durable engine writes into a small tmpfs until the file system
-//! refuses, and must answer with an I/O error (never a panic), keep every write a successful
-//! `sync` covered, and work again once space is freed.
+//! refuses, and must answer with an I/O error (never a panic), acknowledge no sync after a
+//! failure, keep every write a successful `sync` covered, and work again once space is freed,
+//! reopened in place by [`Recovering`] without a restart.
 //!
 //! Mounting needs root. Where `mount` is refused the test says so and passes, unless
 //! `CARTWHEEL_REQUIRE_TMPFS=1` (CI sets it), where it fails instead.
@@ -9,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use cartwheel_engines::{EngineError, EngineKind, EngineOptions};
+use cartwheel_engines::recovering::{Recovering, Recovery};
+use cartwheel_engines::{EngineError, EngineKind, EngineOptions, StorageEngine};
 
 /// Size of the tmpfs.
 const FS_BYTES: u64 = 6 << 20;
@@ -72,7 +74,7 @@ fn fill_until_refused(kind: EngineKind) {
     std::fs::write(&filler, vec![1u8; FILLER_BYTES]).unwrap();
 
     // Write and sync in batches until the file system refuses.
-    let engine = cartwheel_engines::open(kind, &dir, &options()).unwrap();
+    let engine = Recovering::open(kind, dir.clone(), options()).unwrap();
     let mut synced: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut batch = Vec::new();
     let mut refusal = None;
@@ -94,20 +96,28 @@ fn fill_until_refused(kind: EngineKind) {
     let refusal = refusal.unwrap_or_else(|| panic!("{kind}: a {FS_BYTES}-byte disk never filled"));
     assert!(matches!(refusal, EngineError::Io { .. }), "{kind}: {refusal:?}");
     assert!(synced.len() >= 100, "{kind}: only {} writes before the disk filled", synced.len());
-    // Later calls fail too, or succeed; none panics, and a small write that the engine
-    // acknowledges as synced after the refusal must survive like any other.
+    // A failed engine acknowledges no write as synced; one that refused a write cleanly may
+    // take later ones, and a write it acknowledges as synced must survive like any other.
     for i in 0..5u32 {
         let key = format!("after-{i}").into_bytes();
+        let failed = engine.failed();
         if engine.put(&key, b"small").and_then(|()| engine.sync()).is_ok() {
+            assert!(!failed, "{kind}: a failed engine acknowledged a synced write");
             synced.insert(key, b"small".to_vec());
         }
     }
-    drop(engine);
+    // Reads go on while it is failed.
+    let (key, value) = synced.iter().next().unwrap();
+    assert_eq!(engine.get(key).unwrap().as_deref(), Some(&value[..]), "{kind}: read when full");
 
-    // Free space: the engine opens again, with every synced write, and takes new ones.
+    // Free space: the engine reopens in place, with every synced write, and takes new ones.
+    let failed = engine.failed();
     std::fs::remove_file(&filler).unwrap();
-    let engine = cartwheel_engines::open(kind, &dir, &options())
-        .unwrap_or_else(|e| panic!("{kind}: reopen after freeing space: {e}"));
+    let recovered =
+        engine.try_recover().unwrap_or_else(|e| panic!("{kind}: reopen after freeing space: {e}"));
+    let expected = if failed { Recovery::Reopened } else { Recovery::Healthy };
+    assert_eq!(recovered, expected, "{kind}");
+    assert!(!engine.failed(), "{kind}");
     for (key, value) in &synced {
         let found = engine.get(key).unwrap();
         assert_eq!(found.as_deref(), Some(&value[..]), "{kind}: {}", String::from_utf8_lossy(key));

@@ -286,6 +286,7 @@ impl Cluster {
             self.every_round(|_| self.deliver_hints()),
             self.every_round(|_| self.handoff_round()),
             self.every_round(|round| self.anti_entropy_round(round)),
+            self.every_round(|_| self.recovery_round()),
         );
     }
 
@@ -301,6 +302,24 @@ impl Cluster {
         for number in 1.. {
             interval.tick().await;
             round(number).await;
+        }
+    }
+
+    /// Reopen the engines that failed a write or a sync, on the blocking pool (see
+    /// [`Store::failed_buckets`]); one that cannot be reopened yet (the disk is still full) is
+    /// tried again next round.
+    async fn recovery_round(&self) {
+        for (bucket, engine) in self.store.failed_buckets() {
+            match tokio::task::spawn_blocking(move || engine.try_recover()).await {
+                Ok(Ok(cartwheel_engines::Recovery::Reopened)) => {
+                    self.store.engine_reopened(&bucket)
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%bucket, error = %e, "cannot reopen the engine yet")
+                }
+                Err(e) => tracing::error!(%bucket, error = %e, "the reopen panicked"),
+            }
         }
     }
 

@@ -103,6 +103,9 @@ pub struct Store {
     max_clock_offset_ms: u64,
     /// States from peers refused for being stamped too far ahead.
     states_refused: AtomicU64,
+    /// Buckets whose engine failure was seen (and the replica actor renewed for it), until
+    /// the engine is reopened.
+    failures_noticed: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A store that could not open.
@@ -129,9 +132,20 @@ impl Store {
     pub fn open_with(config: &Config, actors: Actors) -> Result<Self, OpenError> {
         let open = |name: &str, bucket: &BucketConfig| {
             let dir = config.node.data_dir.join("buckets").join(name);
-            cartwheel_engines::open(bucket.engine, &dir, &bucket.engine_options).map_err(|source| {
-                OpenError { bucket: name.to_string(), dir: dir.display().to_string(), source }
-            })
+            // Reopened in place after a failed write or sync ([`Store::failed_buckets`]).
+            let options = bucket.engine_options.clone();
+            match cartwheel_engines::recovering::Recovering::open(
+                bucket.engine,
+                dir.clone(),
+                options,
+            ) {
+                Ok(engine) => Ok(Arc::new(engine) as Arc<dyn StorageEngine>),
+                Err(source) => Err(OpenError {
+                    bucket: name.to_string(),
+                    dir: dir.display().to_string(),
+                    source,
+                }),
+            }
         };
         Self::with_engines(config, actors, HybridClock::new(), open)
     }
@@ -159,6 +173,7 @@ impl Store {
             scans: Some(Arc::new(tokio::sync::Semaphore::new(PARTITION_SCANS_MAX))),
             max_clock_offset_ms: config.cluster.max_clock_offset_ms,
             states_refused: AtomicU64::new(0),
+            failures_noticed: std::sync::Mutex::default(),
         })
     }
 
@@ -167,6 +182,41 @@ impl Store {
     pub fn scan_on_calling_thread(mut self) -> Self {
         self.scans = None;
         self
+    }
+
+    /// The buckets whose engine failed a write or a sync (and so refuses writes: the bucket
+    /// is read-only), with their engines: each is to be reopened with `try_recover` off the
+    /// RPC thread, and [`Store::engine_reopened`] told when that worked.
+    ///
+    /// A reopen runs crash recovery, which may drop writes that no sync covered, among them
+    /// dots of this node's replica actor. So the first time a failure is seen, before anything
+    /// is reopened, the replica actor takes a new epoch (src/actors.rs): no write succeeds
+    /// while the engine is failed, so every dot of the new epoch lands in the reopened engine.
+    pub fn failed_buckets(&self) -> Vec<(String, Arc<dyn StorageEngine>)> {
+        let failed: Vec<_> = self
+            .buckets
+            .values()
+            .filter(|bucket| bucket.engine.failed())
+            .map(|bucket| (bucket.name.clone(), Arc::clone(&bucket.engine)))
+            .collect();
+        let mut noticed = self.failures_noticed.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, _) in &failed {
+            if noticed.insert(name.clone()) {
+                self.actors.renew(Role::Replica);
+                tracing::error!(
+                    bucket = %name,
+                    "the bucket's engine failed a write or a sync: read-only until it is \
+                     reopened from its files (tried every round)"
+                );
+            }
+        }
+        failed
+    }
+
+    /// A bucket's engine was reopened from its files after a failure: it takes writes again.
+    pub fn engine_reopened(&self, bucket: &str) {
+        self.failures_noticed.lock().unwrap_or_else(|p| p.into_inner()).remove(bucket);
+        tracing::warn!(%bucket, "engine reopened from its files after a failure; writes resume");
     }
 
     /// This node's id (its actor id).
@@ -528,6 +578,74 @@ mod tests {
         }
         let unknown = runtime.block_on(pool.partition_entries("nope", 0));
         assert!(matches!(unknown, Err(Error::UnknownBucket(_))), "{unknown:?}");
+    }
+
+    /// An engine that failed turns up in `failed_buckets`, and the replica actor is renewed
+    /// once for it (before any reopen), not every round; after `engine_reopened` a new failure
+    /// renews it again. Method: a memory engine whose `failed` a test flag drives.
+    #[test]
+    fn a_failed_engine_renews_the_replica_actor_once_per_failure() {
+        #[derive(Debug, Default)]
+        struct Flaky {
+            inner: cartwheel_engines::memory::MemoryEngine,
+            failed: std::sync::atomic::AtomicBool,
+        }
+        impl StorageEngine for Flaky {
+            fn kind(&self) -> EngineKind {
+                EngineKind::Memory
+            }
+            fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+                self.inner.get(key)
+            }
+            fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+                self.inner.put(key, value)
+            }
+            fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
+                self.inner.delete(key)
+            }
+            fn scan_prefix(
+                &self,
+                prefix: &[u8],
+                visit: &mut dyn FnMut(&[u8], &[u8]) -> std::ops::ControlFlow<()>,
+            ) -> Result<(), EngineError> {
+                self.inner.scan_prefix(prefix, visit)
+            }
+            fn sync(&self) -> Result<(), EngineError> {
+                Ok(())
+            }
+            fn is_durable(&self) -> bool {
+                false
+            }
+            fn stats(&self) -> cartwheel_engines::EngineStats {
+                self.inner.stats()
+            }
+            fn failed(&self) -> bool {
+                self.failed.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
+        let mut config = Config::embedded();
+        config.buckets.clear();
+        config.buckets.insert("b".into(), BucketConfig::new(EngineKind::Memory, ResolverKind::Lww));
+        let engine = Arc::new(Flaky::default());
+        let handed = Arc::clone(&engine);
+        let open = move |_: &str, _: &BucketConfig| Ok(Arc::clone(&handed) as _);
+        let store =
+            Store::with_engines(&config, Actors::new("n1"), HybridClock::new(), open).unwrap();
+        let actor = || store.actors.actor(Role::Replica);
+        let before = actor();
+        assert!(store.failed_buckets().is_empty());
+        assert_eq!(actor(), before);
+        engine.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(store.failed_buckets().len(), 1);
+        let renewed = actor();
+        assert_ne!(renewed, before, "a failure renews the replica actor");
+        assert_eq!(store.failed_buckets().len(), 1);
+        assert_eq!(actor(), renewed, "once per failure, not every round");
+        engine.failed.store(false, std::sync::atomic::Ordering::Relaxed);
+        store.engine_reopened("b");
+        engine.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        store.failed_buckets();
+        assert_ne!(actor(), renewed, "a new failure renews it again");
     }
 
     /// A peer's lww state stamped further ahead of the store's clock than

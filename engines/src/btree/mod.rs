@@ -233,6 +233,10 @@ impl StorageEngine for BtreeEngine {
     fn stats(&self) -> EngineStats {
         self.shared.stats()
     }
+
+    fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
 }
 
 /// The engine's state, shared with the commit thread.

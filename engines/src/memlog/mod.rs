@@ -399,6 +399,12 @@ impl MemLog {
         remove_segment_files(&self.shared.dir, &removed)
     }
 
+    /// Whether a write or a sync failed: then the log refuses every append and sync (a failed
+    /// fsync is never retried into success) until it is reopened from its files.
+    pub fn failed(&self) -> bool {
+        lock(&self.shared.active).failed || self.shared.sync_failed.load(Ordering::Acquire)
+    }
+
     /// The directory the log lives in.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
