@@ -218,6 +218,12 @@ pub struct BufferEngine {
 }
 
 impl BufferEngine {
+    /// Write to `dest` this engine's files as a power loss would leave them now: only what an
+    /// fdatasync covered (see [`MemLog::durable_image`]). For fault-injection tests.
+    pub fn durable_image(&self, dest: &Path) -> std::io::Result<()> {
+        self.shared.log.durable_image(dest)
+    }
+
     /// Open (or create) the engine in `dir`: lock it, load the latest snapshot, replay the
     /// log, and start the snapshot thread.
     pub fn open(dir: &Path, options: &EngineOptions) -> Result<BufferEngine, EngineError> {

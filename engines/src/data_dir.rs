@@ -23,7 +23,7 @@ use std::path::Path;
 use crate::EngineError;
 
 /// The name of the lock file inside a data directory.
-const LOCK_FILE: &str = "LOCK";
+pub const LOCK_FILE: &str = "LOCK";
 
 /// The exclusive lock on a data directory, from [`lock_dir`]. Released when dropped.
 #[derive(Debug)]

@@ -405,6 +405,12 @@ pub struct LogEngine {
 }
 
 impl LogEngine {
+    /// Write to `dest` this engine's files as a power loss would leave them now: only what an
+    /// fdatasync covered (see [`MemLog::durable_image`]). For fault-injection tests.
+    pub fn durable_image(&self, dest: &Path) -> std::io::Result<()> {
+        self.shared.log.durable_image(dest)
+    }
+
     /// Open (or create) the engine in `dir`: lock it, recover the log (hints where valid),
     /// and start the background thread that writes hints and merges.
     pub fn open(dir: &Path, options: &EngineOptions) -> Result<LogEngine, EngineError> {

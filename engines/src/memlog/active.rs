@@ -206,6 +206,7 @@ impl Shared {
             active.failed = true;
             return Err(EngineError::io("fdatasync segment")(e));
         }
+        self.durable_to(active.segment.id, active.end);
         // The active segment is sealed now: recovery reads nothing after its seal record, so
         // if the next segment cannot be made (a full disk), nothing may be appended here
         // again. Without this, small records that still fitted after the seal were

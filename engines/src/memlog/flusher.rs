@@ -76,13 +76,13 @@ impl Shared {
         synced: u64,
         mut ring: Option<&mut sys::Uring>,
     ) -> Result<u64, EngineError> {
-        let (target, segment) = {
+        let (target, segment, written) = {
             let mut active = lock(&self.active);
             if active.failed {
                 return Err(failed_error());
             }
             write_pending_with(&mut active, ring.as_deref_mut())?;
-            (self.appended.load(Ordering::Acquire), Arc::clone(&active.segment))
+            (self.appended.load(Ordering::Acquire), Arc::clone(&active.segment), active.end)
         };
         if target > synced {
             // Segments sealed since the last flush were fdatasynced when they were sealed.
@@ -91,6 +91,7 @@ impl Shared {
                 None => segment.file.sync_data(),
             }
             .map_err(EngineError::io("fdatasync segment"))?;
+            self.durable_to(segment.id, written);
         }
         Ok(target)
     }

@@ -168,6 +168,9 @@ struct Shared {
     spare: Mutex<Option<Spare>>,
     /// The helper thread filling the spare, if one runs.
     preparer: Mutex<Option<JoinHandle<()>>>,
+    /// How far the log is known durable: (segment id, offset in it). Everything before it,
+    /// and every segment with a smaller id, was fdatasynced ([`MemLog::durable_image`]).
+    durable: Mutex<(u32, u64)>,
     /// The segment id a spare was last started for, so appends check it without a lock.
     spare_started: AtomicU32,
 }
@@ -184,6 +187,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its state consistent or sets `failed`; a panic elsewhere
     // does not make the state unusable.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    /// Record that segment `id` is durable up to `offset` (an fdatasync of it returned).
+    fn durable_to(&self, id: u32, offset: u64) {
+        let mut durable = lock(&self.durable);
+        if (id, offset) > *durable {
+            *durable = (id, offset);
+        }
+    }
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> EngineError {
@@ -275,6 +288,7 @@ impl MemLog {
         let active = Arc::new(active);
         segments.push(Arc::clone(&active));
         let end = active.readable.load(Ordering::Relaxed);
+        let active_id = active.id;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             options,
@@ -295,6 +309,7 @@ impl MemLog {
             spare: Mutex::new(None),
             preparer: Mutex::new(None),
             spare_started: AtomicU32::new(0),
+            durable: Mutex::new((active_id, end)),
         });
         // The ring is made here, so that the backend in use is known when `open` returns;
         // where the kernel refuses it, the flusher uses plain system calls.
@@ -403,6 +418,66 @@ impl MemLog {
     /// fsync is never retried into success) until it is reopened from its files.
     pub fn failed(&self) -> bool {
         lock(&self.shared.active).failed || self.shared.sync_failed.load(Ordering::Acquire)
+    }
+
+    /// Write to `dest` (a new directory) the files of this log as a power loss would leave
+    /// them now: every byte that an fdatasync covered, and nothing else (the rest of each
+    /// segment as never written: zeros). Files that are not segments (snapshots written with
+    /// fsync and rename) are copied whole. For fault-injection tests of the durability
+    /// contract; it does not model torn sectors inside the synced part, nor lost directory
+    /// entries (each segment's creation and rename are fsynced with their directory).
+    pub fn durable_image(&self, dest: &Path) -> std::io::Result<()> {
+        // Background work (a merge, a snapshot, a spare) may add and remove files while they
+        // are copied: the copy counts only when the directory listed the same before and after.
+        let listing = || -> std::io::Result<Vec<std::ffi::OsString>> {
+            let mut names = fs::read_dir(&self.shared.dir)?
+                .map(|entry| entry.map(|e| e.file_name()))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            names.sort();
+            Ok(names)
+        };
+        for _ in 0..100 {
+            let before = listing()?;
+            let (durable_segment, durable_offset) = *lock(&self.shared.durable);
+            if dest.exists() {
+                fs::remove_dir_all(dest)?;
+            }
+            fs::create_dir_all(dest)?;
+            let mut vanished = false;
+            for name in &before {
+                let text = name.to_string_lossy();
+                let path = self.shared.dir.join(name);
+                if text == crate::data_dir::LOCK_FILE || !path.is_file() {
+                    continue;
+                }
+                let mut bytes = match fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        vanished = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let segment = text
+                    .strip_suffix(segment::SEGMENT_SUFFIX)
+                    .and_then(|id| id.parse::<u32>().ok());
+                if let Some(id) = segment {
+                    let keep = match id.cmp(&durable_segment) {
+                        std::cmp::Ordering::Less => bytes.len(),
+                        std::cmp::Ordering::Equal => durable_offset as usize,
+                        // Made (header synced) but nothing in it synced yet.
+                        std::cmp::Ordering::Greater => format::SEGMENT_HEADER_BYTES,
+                    };
+                    let keep = keep.min(bytes.len());
+                    bytes[keep..].fill(0);
+                }
+                fs::write(dest.join(name), bytes)?;
+            }
+            if !vanished && listing()? == before {
+                return Ok(());
+            }
+        }
+        Err(std::io::Error::other("the directory kept changing while it was copied"))
     }
 
     /// The directory the log lives in.
