@@ -44,6 +44,53 @@ pub struct Cli {
     /// How client commands log in.
     #[command(flatten)]
     pub auth: Auth,
+    /// How client commands print.
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// How client commands print their results.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Output {
+    /// Print results as JSON (get, status, and the cart, counter and set `show` commands).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Confirm writes (`put`, `del`, CRDT updates) even when stdout is not a terminal.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+impl Output {
+    /// Whether writes are confirmed on stdout: on a terminal, or when asked.
+    fn confirms(self) -> bool {
+        use std::io::IsTerminal as _;
+        self.verbose || std::io::stdout().is_terminal()
+    }
+}
+
+/// Write `text` to stdout. A closed pipe (`cartwheel status | head -3`) ends the process
+/// quietly with success, as other command-line tools do; another write error with failure.
+fn emit(text: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        let _ = writeln!(std::io::stderr(), "cartwheel: cannot write to stdout: {e}");
+        std::process::exit(i32::from(EXIT_FAILED));
+    }
+}
+
+/// `println!` through [`emit`]: quiet on a closed pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit_line(&format!($($arg)*))
+    };
+}
+
+/// [`emit`] a line.
+fn emit_line(line: &str) {
+    emit(format!("{line}\n").as_bytes());
 }
 
 /// Where a client command finds its credentials: `--credentials` (or
@@ -89,7 +136,9 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Run a local cluster on the embedded defaults, data under ./data; Ctrl-C stops it.
+    /// Run a local cluster on the embedded defaults, each node a process of its own (its pid
+    /// and config file are printed, so one can be stopped and started again), data under
+    /// ./data; Ctrl-C (or SIGTERM) stops them all.
     Up {
         /// How many nodes.
         #[arg(long, default_value_t = 3)]
@@ -107,13 +156,17 @@ pub enum Command {
         bucket: String,
         /// Key.
         key: String,
-        /// Value.
-        value: String,
+        /// Value; `-` reads it from stdin (up to the value limit).
+        #[arg(required_unless_present = "file")]
+        value: Option<String>,
+        /// Read the value from this file instead.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
         /// Write without reading first: in a `siblings` bucket this adds a sibling.
         #[arg(long)]
         blind: bool,
         /// Node to talk to.
-        #[arg(long, default_value = NODE_DEFAULT)]
+        #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE")]
         node: String,
     },
     /// Print the value of BUCKET/KEY (one line per sibling); exit code 4 if not found.
@@ -123,7 +176,7 @@ pub enum Command {
         /// Key.
         key: String,
         /// Node to talk to.
-        #[arg(long, default_value = NODE_DEFAULT)]
+        #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE")]
         node: String,
     },
     /// Delete BUCKET/KEY.
@@ -133,13 +186,13 @@ pub enum Command {
         /// Key.
         key: String,
         /// Node to talk to.
-        #[arg(long, default_value = NODE_DEFAULT)]
+        #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE")]
         node: String,
     },
     /// Show the node's members, buckets and counters.
     Status {
         /// Node to talk to.
-        #[arg(long, default_value = NODE_DEFAULT)]
+        #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE")]
         node: String,
     },
     /// Shopping carts (a `cart` bucket): add, remove, set quantities, show.
@@ -151,7 +204,7 @@ pub enum Command {
         #[arg(long, default_value = "carts", global = true)]
         bucket: String,
         /// Node to talk to.
-        #[arg(long, default_value = NODE_DEFAULT, global = true)]
+        #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
         node: String,
     },
     /// Counters (a `pncounter` bucket): increment, decrement, show.
@@ -163,7 +216,7 @@ pub enum Command {
         #[arg(long, default_value = "counters", global = true)]
         bucket: String,
         /// Node to talk to.
-        #[arg(long, default_value = NODE_DEFAULT, global = true)]
+        #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
         node: String,
     },
     /// Sets (an `orset` bucket): add, remove, show.
@@ -175,7 +228,7 @@ pub enum Command {
         #[arg(long, default_value = "sets", global = true)]
         bucket: String,
         /// Node to talk to.
-        #[arg(long, default_value = NODE_DEFAULT, global = true)]
+        #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
         node: String,
     },
     /// Client tokens: create (with grants) and revoke.
@@ -184,7 +237,7 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
         /// Node to talk to.
-        #[arg(long, default_value = NODE_DEFAULT, global = true)]
+        #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
         node: String,
     },
     /// Create a new cluster secret in FILE (for `security.secret_file`; copy it to every node).
@@ -332,75 +385,188 @@ pub enum SetAction {
 }
 
 /// Read a key and apply `ops` with that read's context (so removes see what was read).
+/// Confirms on a terminal (or with `-v`); a counter's new value is always printed.
 async fn update_after_read(
     client: &Client,
     bucket: &str,
     key: &str,
     ops: Vec<Op>,
+    output: Output,
 ) -> Result<ExitCode, Error> {
     let context = client.get(bucket, key.as_bytes()).await?.context;
-    client.update(bucket, key.as_bytes(), &ops, &context, &WriteOptions::default()).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Print a CRDT value; an empty or absent one prints nothing (a counter prints 0).
-async fn show(
-    client: &Client,
-    bucket: &str,
-    key: &str,
-    empty: Option<Value>,
-) -> Result<ExitCode, Error> {
-    if let Some(value) = client.get(bucket, key.as_bytes()).await?.value.or(empty) {
-        print_value(&value);
+    let options = WriteOptions { return_body: true, ..WriteOptions::default() };
+    let read = client.update(bucket, key.as_bytes(), &ops, &context, &options).await?;
+    match read.value {
+        Some(Value::Counter(n)) => emit_line(&n.to_string()),
+        _ if output.confirms() => emit_line(&format!("updated {bucket}/{key}")),
+        _ => {}
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Print a CRDT value; an absent one prints nothing and exits 4, like `get`.
+async fn show(client: &Client, bucket: &str, key: &str, output: Output) -> Result<ExitCode, Error> {
+    let read = client.get(bucket, key.as_bytes()).await?;
+    Ok(print_read(bucket, key, read.value.as_ref(), output))
+}
+
+/// Print what a read found (or say it found nothing, exit code 4), as text or JSON.
+fn print_read(bucket: &str, key: &str, value: Option<&Value>, output: Output) -> ExitCode {
+    if output.json {
+        emit_line(&value_json(bucket, key, value).to_string());
+    } else if let Some(value) = value {
+        print_value(value);
+    } else {
+        eprintln!("cartwheel: not found: {bucket}/{key}");
+    }
+    if value.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_FOUND)
+    }
+}
+
+/// Bytes as JSON: a string when they are UTF-8, else an array of byte values.
+fn bytes_json(bytes: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::Value::from(text),
+        Err(_) => serde_json::Value::from(bytes.to_vec()),
+    }
+}
+
+fn value_json(bucket: &str, key: &str, value: Option<&Value>) -> serde_json::Value {
+    use serde_json::json;
+    let found = match value {
+        None => json!(null),
+        Some(Value::Siblings(values)) => json!({
+            "siblings": values.iter().map(|v| bytes_json(v)).collect::<Vec<_>>()
+        }),
+        Some(Value::Set(members)) => {
+            json!({ "set": members.iter().map(|m| bytes_json(m)).collect::<Vec<_>>() })
+        }
+        Some(Value::Counter(n)) => json!({ "counter": n }),
+        Some(Value::Cart(items)) => json!({
+            "cart": items
+                .iter()
+                .map(|(item, quantity)| json!({ "item": bytes_json(item), "quantity": quantity }))
+                .collect::<Vec<_>>()
+        }),
+    };
+    json!({ "bucket": bucket, "key": key, "found": value.is_some(), "value": found })
+}
+
+fn status_json(status: &crate::client::NodeStatus) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "node_id": status.node_id,
+        "address": status.address,
+        "version": status.version,
+        "security": status.security,
+        "uptime_ms": status.uptime_ms,
+        "connections": status.connections,
+        "connections_unauthenticated": status.connections_unauthenticated,
+        "requests_served": status.requests_served,
+        "requests_refused": status.requests_refused,
+        "ring_epoch": status.ring_epoch,
+        "hints_refused": status.hints_refused,
+        "states_refused": status.states_refused,
+        "config_mismatches": status.config_mismatches,
+        "members": status.members.iter().map(|m| json!({
+            "id": m.id,
+            "address": m.address,
+            "state": m.state,
+            "partitions_owned": m.partitions_owned,
+            "hints_queued": m.hints_queued,
+        })).collect::<Vec<_>>(),
+        "buckets": status.buckets.iter().map(|b| json!({
+            "name": b.name,
+            "engine": b.engine,
+            "resolver": b.resolver,
+            "n": b.nrw.0, "r": b.nrw.1, "w": b.nrw.2, "dw": b.nrw.3,
+            "entries": b.entries,
+            "live_bytes": b.live_bytes,
+            "memory_bytes": b.memory_bytes,
+            "durable": b.durable,
+            "sibling_warnings": b.sibling_warnings,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The value of `put`: the argument, stdin for `-`, or the file; at most the value limit
+/// (and one byte more, so that an oversized value gets the node's typed error, not a cut).
+fn read_value(value: Option<&str>, file: Option<&Path>) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let limit = crate::config::VALUE_BYTES_MAX_DEFAULT as u64 + 1;
+    let mut bytes = Vec::new();
+    match (value, file) {
+        (_, Some(path)) => std::fs::File::open(path)
+            .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        (Some("-"), None) => std::io::stdin()
+            .lock()
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("reading the value from stdin: {e}"))?,
+        (Some(value), None) => return Ok(value.as_bytes().to_vec()),
+        (None, None) => return Err("give a value, `-` for stdin, or --file".into()),
+    };
+    Ok(bytes)
+}
+
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    let Cli { command, auth } = cli;
+    let Cli { command, auth, output } = cli;
     let auth = &auth;
     match command {
         Command::Serve { config } => serve(config),
         Command::Up { nodes, port, data_dir } => up(nodes, port, data_dir),
-        Command::Put { bucket, key, value, blind, node } => {
+        Command::Put { bucket, key, value, file, blind, node } => {
+            let value = match read_value(value.as_deref(), file.as_deref()) {
+                Ok(value) => value,
+                Err(e) => {
+                    eprintln!("cartwheel: {e}");
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            };
             request(&node, auth, |client| async move {
                 let context = if blind {
                     Vec::new()
                 } else {
                     client.get(&bucket, key.as_bytes()).await?.context
                 };
-                client.put(&bucket, key.as_bytes(), value.as_bytes(), &context).await?;
+                client.put(&bucket, key.as_bytes(), &value, &context).await?;
+                if output.confirms() {
+                    emit_line(&format!("stored {bucket}/{key} ({} bytes)", value.len()));
+                }
                 Ok(ExitCode::SUCCESS)
             })
         }
         Command::Get { bucket, key, node } => request(&node, auth, |client| async move {
             let read = client.get(&bucket, key.as_bytes()).await?;
-            match read.value {
-                None => {
-                    eprintln!("not found: {bucket}/{key}");
-                    Ok(ExitCode::from(EXIT_NOT_FOUND))
-                }
-                Some(value) => {
-                    print_value(&value);
-                    Ok(ExitCode::SUCCESS)
-                }
-            }
+            Ok(print_read(&bucket, &key, read.value.as_ref(), output))
         }),
         Command::Del { bucket, key, node } => request(&node, auth, |client| async move {
             let context = client.get(&bucket, key.as_bytes()).await?.context;
             client.delete(&bucket, key.as_bytes(), &context).await?;
+            if output.confirms() {
+                emit_line(&format!("deleted {bucket}/{key}"));
+            }
             Ok(ExitCode::SUCCESS)
         }),
         Command::Status { node } => request(&node, auth, |client| async move {
-            print_status(&client.status().await?);
+            let status = client.status().await?;
+            if output.json {
+                emit_line(&status_json(&status).to_string());
+            } else {
+                print_status(&status);
+            }
             Ok(ExitCode::SUCCESS)
         }),
         Command::Cart { action, bucket, node } => request(&node, auth, |client| async move {
             match action {
                 CartAction::Add { cart, item, quantity } => {
                     let op = Op::CartAdd { item: item.into_bytes(), quantity };
-                    update_after_read(&client, &bucket, &cart, vec![op]).await
+                    update_after_read(&client, &bucket, &cart, vec![op], output).await
                 }
                 CartAction::Remove { cart, item } => {
                     update_after_read(
@@ -408,30 +574,43 @@ pub fn run(cli: Cli) -> ExitCode {
                         &bucket,
                         &cart,
                         vec![Op::CartRemove(item.into_bytes())],
+                        output,
                     )
                     .await
                 }
                 CartAction::Set { cart, item, quantity } => {
                     let op = Op::CartSetQuantity { item: item.into_bytes(), quantity };
-                    update_after_read(&client, &bucket, &cart, vec![op]).await
+                    update_after_read(&client, &bucket, &cart, vec![op], output).await
                 }
-                CartAction::Show { cart } => show(&client, &bucket, &cart, None).await,
+                CartAction::Show { cart } => show(&client, &bucket, &cart, output).await,
             }
         }),
         Command::Counter { action, bucket, node } => request(&node, auth, |client| async move {
             match action {
                 CounterAction::Incr { key, by } => {
-                    update_after_read(&client, &bucket, &key, vec![Op::CounterIncrement(by)]).await
+                    update_after_read(
+                        &client,
+                        &bucket,
+                        &key,
+                        vec![Op::CounterIncrement(by)],
+                        output,
+                    )
+                    .await
                 }
                 CounterAction::Decr { key, by } => {
                     let by = by
                         .checked_neg()
                         .ok_or_else(|| Error::BadRequest(format!("cannot negate {by}")))?;
-                    update_after_read(&client, &bucket, &key, vec![Op::CounterIncrement(by)]).await
+                    update_after_read(
+                        &client,
+                        &bucket,
+                        &key,
+                        vec![Op::CounterIncrement(by)],
+                        output,
+                    )
+                    .await
                 }
-                CounterAction::Show { key } => {
-                    show(&client, &bucket, &key, Some(Value::Counter(0))).await
-                }
+                CounterAction::Show { key } => show(&client, &bucket, &key, output).await,
             }
         }),
         Command::Set { action, bucket, node } => request(&node, auth, |client| async move {
@@ -442,6 +621,7 @@ pub fn run(cli: Cli) -> ExitCode {
                         &bucket,
                         &key,
                         vec![Op::SetAdd(element.into_bytes())],
+                        output,
                     )
                     .await
                 }
@@ -451,10 +631,11 @@ pub fn run(cli: Cli) -> ExitCode {
                         &bucket,
                         &key,
                         vec![Op::SetRemove(element.into_bytes())],
+                        output,
                     )
                     .await
                 }
-                SetAction::Show { key } => show(&client, &bucket, &key, None).await,
+                SetAction::Show { key } => show(&client, &bucket, &key, output).await,
             }
         }),
         Command::Token {
@@ -464,7 +645,7 @@ pub fn run(cli: Cli) -> ExitCode {
             request(&node, auth, |client| async move {
                 let (token, id) = client.create_token(&grant).await?;
                 let ca_pem = auth.resolve().ok().and_then(|c| c.ca_pem);
-                print!("{}", Credentials { token, ca_pem }.to_text());
+                emit(Credentials { token, ca_pem }.to_text().as_bytes());
                 eprintln!("token id {id}");
                 Ok(ExitCode::SUCCESS)
             })
@@ -477,7 +658,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Secret { file } => match crate::security::Secret::create(&file) {
             Ok(_) => {
-                println!("cluster secret written to {}", file.display());
+                out!("cluster secret written to {}", file.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -513,7 +694,7 @@ fn simulate(args: &SimArgs) -> ExitCode {
         return ExitCode::from(EXIT_FAILED);
     }
     let make = || SimConfig::with_config(args.nodes, args.seed, config.clone());
-    println!(
+    out!(
         "cartwheel sim: {} nodes, seed {}, Q = {}, gossip every {} ms, buckets {:?}",
         args.nodes,
         args.seed,
@@ -522,24 +703,24 @@ fn simulate(args: &SimArgs) -> ExitCode {
         config.buckets.keys().collect::<Vec<_>>()
     );
     let gossip = sim::run(sim::gossip_convergence(make(), 200, 20));
-    println!("{gossip}");
+    out!("{gossip}");
     let join = sim::run(sim::join_movement(make(), 200));
-    println!("{join}");
+    out!("{join}");
     let faults = sim::run(sim::faults(make(), args.carts.max(1), args.seconds * 1_000));
     if args.events {
-        faults.events.iter().for_each(|event| println!("  {event}"));
+        faults.events.iter().for_each(|event| out!("  {event}"));
     }
-    println!("{faults}");
+    out!("{faults}");
     for lost in faults.lost.iter().take(20) {
-        println!("  LOST: {lost}");
+        out!("  LOST: {lost}");
     }
     for line in faults.unsettled.iter().take(20) {
-        println!("  unsettled: {line}");
+        out!("  unsettled: {line}");
     }
     let disk = sim::run(sim::replica_recovery(make(), 50, 600));
-    println!("{disk}");
+    out!("{disk}");
     let cut = sim::run(sim::isolation(make(), 150, 600));
-    println!("{cut}");
+    out!("{cut}");
     let held = gossip.rounds.is_some()
         && gossip.unstable_rounds == 0
         && join.converged
@@ -551,9 +732,10 @@ fn simulate(args: &SimArgs) -> ExitCode {
     if held {
         ExitCode::SUCCESS
     } else {
-        println!(
+        out!(
             "a property failed: replay with cartwheel sim --nodes {} --seed {}",
-            args.nodes, args.seed
+            args.nodes,
+            args.seed
         );
         ExitCode::from(EXIT_FAILED)
     }
@@ -571,7 +753,7 @@ fn create_token_offline(grant: &str, file: &Path) -> ExitCode {
     })();
     match minted {
         Ok((credentials, id)) => {
-            print!("{}", credentials.to_text());
+            emit(credentials.to_text().as_bytes());
             eprintln!("token id {id}");
             ExitCode::SUCCESS
         }
@@ -621,10 +803,10 @@ where
 }
 
 fn print_value(value: &Value) {
-    let mut out = std::io::stdout().lock();
+    let mut out = Vec::new();
     let mut line = |bytes: &[u8]| {
-        let _ = out.write_all(bytes);
-        let _ = out.write_all(b"\n");
+        out.extend_from_slice(bytes);
+        out.push(b'\n');
     };
     match value {
         Value::Siblings(values) | Value::Set(values) => values.iter().for_each(|v| line(v)),
@@ -635,10 +817,14 @@ fn print_value(value: &Value) {
             }
         }
     }
+    emit(&out);
 }
 
 fn print_status(status: &crate::client::NodeStatus) {
-    println!(
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "node {} at {} (version {}, up {} s, {} connections, {} requests, {} refused)",
         status.node_id,
         status.address,
@@ -648,39 +834,46 @@ fn print_status(status: &crate::client::NodeStatus) {
         status.requests_served,
         status.requests_refused
     );
-    println!(
+    let _ = writeln!(
+        out,
         "ring epoch {}, {} hinted writes refused, {} replicated states refused (clock offset)",
         status.ring_epoch, status.hints_refused, status.states_refused
     );
-    println!(
+    let _ = writeln!(
+        out,
         "security {}, {} of the connections not logged in",
         status.security, status.connections_unauthenticated
     );
     if !status.config_mismatches.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "WARNING: bucket configuration differs on: {}",
             status.config_mismatches.join(", ")
         );
     }
-    println!();
-    println!(
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "{:<12} {:<24} {:<8} {:>10} {:>12}",
         "MEMBER", "ADDRESS", "STATE", "PARTITIONS", "HINTS HERE"
     );
     for m in &status.members {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<12} {:<24} {:<8} {:>10} {:>12}",
             m.id, m.address, m.state, m.partitions_owned, m.hints_queued
         );
     }
-    println!();
-    println!(
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "{:<12} {:<8} {:<10} {:>9} {:>10} {:>12} {:>12} {:<8}",
         "BUCKET", "ENGINE", "RESOLVER", "N/R/W/DW", "ENTRIES", "LIVE BYTES", "MEMORY", "DURABLE"
     );
     for b in &status.buckets {
         let (n, r, w, dw) = b.nrw;
-        println!(
+        let _ = writeln!(
+            out,
             "{:<12} {:<8} {:<10} {:>9} {:>10} {:>12} {:>12} {:<8}",
             b.name,
             b.engine,
@@ -692,6 +885,7 @@ fn print_status(status: &crate::client::NodeStatus) {
             if b.durable { "yes" } else { "no" }
         );
     }
+    emit(out.as_bytes());
 }
 
 fn serve(path: Option<PathBuf>) -> ExitCode {
@@ -700,7 +894,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             Ok(config) => config,
             Err(e) => {
                 eprintln!("cartwheel: bad configuration: {e}");
-                return ExitCode::from(EXIT_FAILED);
+                return ExitCode::from(EXIT_UNREACHABLE);
             }
         },
         None => Config::embedded(),
@@ -713,22 +907,193 @@ fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
         eprintln!("cartwheel: --nodes must be at least 1 and the ports must fit below 65536");
         return ExitCode::from(EXIT_FAILED);
     }
-    let configs = (0..nodes)
-        .map(|i| {
-            let mut config = Config::embedded();
-            config.node.id = format!("n{}", i + 1);
-            config.node.listen.set_port(port + i);
-            config.node.seeds = vec![format!("127.0.0.1:{port}")];
-            config.node.data_dir = data_dir.join(&config.node.id);
-            config.security = SecurityConfig::development(&data_dir);
+    let security = SecurityConfig::development(&data_dir);
+    let prepared = (|| {
+        std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+        let secret = crate::security::Secret::load_or_create(&security.secret_file)
+            .map_err(|e| e.to_string())?;
+        let keys = crate::security::ClusterKeys::derive(&secret).map_err(|e| e.to_string())?;
+        let credentials = data_dir.join(crate::security::ADMIN_CREDENTIALS_FILE);
+        keys.ensure_admin_credentials(&credentials).map_err(|e| e.to_string())?;
+        std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))
+    })();
+    let exe = match prepared {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("cartwheel: {e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let mut children: Vec<UpNode> = Vec::new();
+    for i in 0..nodes {
+        let id = format!("n{}", i + 1);
+        let address = format!("127.0.0.1:{}", port + i);
+        let config = data_dir.join(format!("{id}.toml"));
+        let quoted = |path: &Path| toml::Value::from(path.display().to_string()).to_string();
+        let text = format!(
+            "# written by `cartwheel up`; start this node alone with\n\
+             # cartwheel serve --config {config}\n\
+             [node]\nid = \"{id}\"\nlisten = \"{address}\"\ndata_dir = {data}\n\
+             seeds = [\"127.0.0.1:{port}\"]\n\n[security]\nsecret_file = {secret}\n",
+            config = config.display(),
+            data = quoted(&data_dir.join(&id)),
+            secret = quoted(&security.secret_file),
+        );
+        if let Err(e) = std::fs::write(&config, text) {
+            eprintln!("cartwheel: {}: {e}", config.display());
+            return stop_all(children, ExitCode::from(EXIT_UNREACHABLE));
+        }
+        let spawned = std::process::Command::new(&exe)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        match spawned {
+            Ok(child) => children.push(UpNode { id, address, config, child }),
+            Err(e) => {
+                eprintln!("cartwheel: cannot start node {id}: {e}");
+                return stop_all(children, ExitCode::from(EXIT_UNREACHABLE));
+            }
+        }
+    }
+    for node in &mut children {
+        if let Err(e) = node.wait_listening() {
+            eprintln!("cartwheel: node {} did not start: {e} (see its log above)", node.id);
+            return stop_all(children, ExitCode::from(EXIT_UNREACHABLE));
+        }
+        out!(
+            "node {} pid {} listening on {} (config {}, data in {})",
+            node.id,
+            node.child.id(),
+            node.address,
+            node.config.display(),
+            data_dir.join(&node.id).display()
+        );
+    }
+    out!(
+        "TLS on; cluster secret in {}, admin credentials in {} (client commands read them from \
+         there by default)",
+        security.secret_file.display(),
+        data_dir.join(crate::security::ADMIN_CREDENTIALS_FILE).display()
+    );
+    out!("stop one node: kill -INT PID (or kill -9 PID); start it again: cartwheel serve --config FILE");
+    out!("try: {}", try_hint(&Config::embedded()));
+    out!("Ctrl-C stops them all.");
+    block_on(stop_signal());
+    stop_all(children, ExitCode::SUCCESS)
+}
+
+/// Wait for Ctrl-C (SIGINT) or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => {
+            if let Err(e) = result {
+                eprintln!("cartwheel: cannot wait for Ctrl-C: {e}");
+            }
+        }
+        () = terminate => {}
+    }
+}
+
+/// One node `up` runs as a process of its own.
+struct UpNode {
+    id: String,
+    address: String,
+    config: PathBuf,
+    child: std::process::Child,
+}
+
+impl UpNode {
+    /// Wait until the node accepts connections (at most 30 s), or says why it will not.
+    fn wait_listening(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("it exited ({status})"));
+            }
+            if std::net::TcpStream::connect(&self.address).is_ok() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("nothing listens on {} after 30 s", self.address));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// Stop every node `up` started that still runs (SIGINT, as Ctrl-C would; SIGKILL after
+/// 20 s), and wait for them.
+fn stop_all(children: Vec<UpNode>, mut code: ExitCode) -> ExitCode {
+    for node in &children {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &node.child.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for mut node in children {
+        loop {
+            match node.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                _ => {
+                    eprintln!("cartwheel: node {} did not stop; killed", node.id);
+                    let _ = node.child.kill();
+                    let _ = node.child.wait();
+                    code = ExitCode::from(EXIT_FAILED);
+                    break;
+                }
+            }
+        }
+    }
+    code
+}
+
+/// What to try first against a node with `config`'s buckets: a put and a get on a bucket
+/// that takes puts, else an update of a CRDT bucket; always a bucket that exists.
+fn try_hint(config: &Config) -> String {
+    use cartwheel_resolvers::ResolverKind as K;
+    let find = |kinds: &[K]| {
+        let preferred = config.buckets.get("default").filter(|b| kinds.contains(&b.resolver));
+        preferred.map(|_| "default").or_else(|| {
             config
+                .buckets
+                .iter()
+                .find(|(_, b)| kinds.contains(&b.resolver))
+                .map(|(n, _)| n.as_str())
         })
-        .collect();
-    run_until_ctrl_c(configs)
+    };
+    if let Some(bucket) = find(&[K::Lww, K::Siblings]) {
+        return format!("cartwheel put {bucket} greeting hello && cartwheel get {bucket} greeting");
+    }
+    if let Some(bucket) = find(&[K::Cart]) {
+        return format!("cartwheel cart --bucket {bucket} add alice apple 2");
+    }
+    if let Some(bucket) = find(&[K::Pncounter]) {
+        return format!("cartwheel counter --bucket {bucket} incr visits");
+    }
+    if let Some(bucket) = find(&[K::Orset]) {
+        return format!("cartwheel set --bucket {bucket} add tags rust");
+    }
+    "cartwheel status".to_string()
 }
 
 /// Start every node, print where they listen, wait for Ctrl-C, stop them all cleanly.
 fn run_until_ctrl_c(configs: Vec<Config>) -> ExitCode {
+    let hint = configs.first().map(try_hint);
     let configs_security = configs
         .first()
         .map(|c| c.security.clone())
@@ -739,7 +1104,7 @@ fn run_until_ctrl_c(configs: Vec<Config>) -> ExitCode {
         let data_dir = config.node.data_dir.display().to_string();
         match NodeHandle::start(config) {
             Ok(node) => {
-                println!("node {id} listening on {} (data in {data_dir})", node.address());
+                out!("node {id} listening on {} (data in {data_dir})", node.address());
                 nodes.push(node);
             }
             Err(e) => {
@@ -751,23 +1116,21 @@ fn run_until_ctrl_c(configs: Vec<Config>) -> ExitCode {
     if let Some(config) = configs_security.as_ref() {
         let credentials =
             config.secret_file.with_file_name(crate::security::ADMIN_CREDENTIALS_FILE);
-        println!(
+        out!(
             "TLS on; cluster secret in {}, admin credentials in {} (client commands read them \
              from there by default)",
             config.secret_file.display(),
             credentials.display()
         );
     } else {
-        println!("INSECURE MODE: plain TCP, no authentication");
+        out!("INSECURE MODE: plain TCP, no authentication");
     }
-    println!("try: cartwheel put default greeting hello && cartwheel get default greeting");
-    println!("Ctrl-C stops.");
+    if let Some(hint) = hint {
+        out!("try: {hint}");
+    }
+    out!("Ctrl-C stops.");
     let _ = std::io::stdout().flush();
-    block_on(async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            eprintln!("cartwheel: cannot wait for Ctrl-C: {e}");
-        }
-    });
+    block_on(stop_signal());
     let mut code = ExitCode::SUCCESS;
     for node in nodes {
         if let Err(e) = node.stop() {

@@ -19,7 +19,7 @@ pub enum Error {
     #[error("bad request: {0}")]
     BadRequest(String),
     /// No bucket of that name. Fix the request.
-    #[error("unknown bucket {0:?}")]
+    #[error("unknown bucket {0}")]
     UnknownBucket(String),
     /// The operation does not fit the bucket's resolver. Fix the request.
     #[error("wrong operation: {0}")]
@@ -150,14 +150,17 @@ impl From<cartwheel_resolvers::ResolveError> for Error {
         use cartwheel_resolvers::ResolveError as R;
         match e {
             R::WrongOperation { .. } => Self::WrongOperation(e.to_string()),
-            R::BadRequest(_) | R::BadContext(_) => Self::BadRequest(e.to_string()),
+            // The kind is the prefix already: "bad request: ...", not "bad request: bad request".
+            R::BadRequest(message) => Self::BadRequest(message),
+            R::BadContext(_) => Self::BadRequest(e.to_string()),
             R::TooManySiblings { .. } => Self::TooManySiblings(e.to_string()),
-            R::Overflow(_) => Self::Overflow(e.to_string()),
+            R::Overflow(message) => Self::Overflow(message),
             R::Corrupt(_) => Self::Internal(e.to_string()),
         }
     }
 }
 
+#[cfg(feature = "server")]
 impl From<cartwheel_engines::EngineError> for Error {
     fn from(e: cartwheel_engines::EngineError) -> Self {
         use cartwheel_engines::EngineError as E;

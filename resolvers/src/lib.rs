@@ -308,12 +308,21 @@ pub fn build(kind: ResolverKind, config: ResolverConfig) -> Arc<dyn Resolver> {
     }
 }
 
+/// "a" or "an" before a resolver's name, as spoken ("an orset", "a cart").
+fn article(resolver: &str) -> &'static str {
+    if resolver.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
 /// Everything a resolver can refuse, grouped by what the caller does next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
     /// The write does not fit this resolver (e.g. a counter increment on `lww`). Fix the
     /// request.
-    #[error("{operation} is not an operation of a {resolver} bucket")]
+    #[error("{operation} is not an operation of {} {resolver} bucket", article(resolver))]
     WrongOperation {
         /// The bucket's resolver.
         resolver: &'static str,

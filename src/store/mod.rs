@@ -246,7 +246,10 @@ impl Store {
 
     /// The bucket named `name`, or [`Error::UnknownBucket`].
     pub fn bucket(&self, name: &str) -> Result<&Bucket, Error> {
-        self.buckets.get(name).ok_or_else(|| Error::UnknownBucket(name.to_string()))
+        self.buckets.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.buckets.keys().map(String::as_str).collect();
+            Error::UnknownBucket(format!("{name:?} (this node has: {})", known.join(", ")))
+        })
     }
 
     /// Refuse empty and oversized keys.
