@@ -1,7 +1,16 @@
 //! # cartwheel: a Dynamo-style, always-writeable, replicated key-value store
 //!
 //! This crate is the node: it composes a storage engine (`cartwheel-engines`) and a conflict
-//! resolver (`cartwheel-resolvers`) per bucket and serves them over Cap'n Proto RPC.
+//! resolver (`cartwheel-resolvers`) per bucket and serves them over Cap'n Proto RPC. It is
+//! also the Rust client library: [`SharedClient`] (start there), [`Client`], and every type
+//! in their signatures at this root.
+//!
+//! ## Features
+//! | feature | adds | rooms |
+//! |---|---|---|
+//! | (none: `default-features = false`) | the client library alone: capnp, tokio, rustls, the resolvers' types; no engines, no CLI | [`client`], [`error`], [`security`] (credentials, TLS client), [`node::transport`], [`node::wire`] (client half), [`ring`], [`cartwheel_capnp`] |
+//! | `server` | the node and the simulation (engines, TOML, certificates) | [`config`], [`actors`], [`store`], [`cluster`], [`node::server`], [`sim`], [`rng`] |
+//! | `cli` (default) | `server`, the `cartwheel` binary, the benchmark and its plots, mimalloc | [`cli`], [`bench`](mod@bench), [`exit`] |
 //!
 //! ## The map
 //! | room | what it owns |
@@ -12,7 +21,7 @@
 //! | [`store`] | the local half: buckets (engine + resolver), [`store::hints`], [`store::sync_group`] |
 //! | [`cluster`] | everything between nodes, decisions pure, each in its room: [`cluster::coordinator`] (who coordinates, W/DW/R, quorum), [`cluster::replica`], [`cluster::peers`] (every call to another node), [`cluster::gossip`] and [`cluster::membership`], [`cluster::handoff`], [`cluster::anti_entropy`], [`cluster::quorum`], [`cluster::membership_file`] |
 //! | [`node`] | one process: [`node::server`] (accept loop, limits, client and peer APIs, [`node::NodeHandle`]), [`node::transport`], [`node::wire`] |
-//! | [`client`] | the Rust client library (one node), and [`client::router`] (zero-hop routing over the ring) |
+//! | [`client`] | the Rust client library (one node): [`SharedClient`] for any runtime, [`Client`] inside a `LocalSet`, and [`client::router`] (zero-hop routing over the ring) |
 //! | [`sim`] | the seeded cluster simulation: many nodes, simulated network, disks and time |
 //! | [`rng`] | the seeded random source of the workload, the simulation and actor epochs |
 //! | [`error`] | the typed errors a client can tell apart |
@@ -22,8 +31,9 @@
 //! | [`cartwheel_capnp`] | code generated from `schema/cartwheel.capnp` (committed; see the README's "The wire schema") |
 //!
 //! Imports go down this table's layers: `node` and `sim` use `cluster`, which uses `store`,
-//! `actors` and `ring`; `client` uses only `node`'s transport and wire glue; only `cli`
-//! imports `bench`, and nothing imports `cli`.
+//! `actors` and `ring`; `client` uses only `node`'s transport and wire glue, `security`'s
+//! credentials and `ring`'s key hash (so it builds without `server`); only `cli` imports
+//! `bench`, and nothing imports `cli`.
 //!
 //! ## The path of a request
 //! A client calls `put(bucket, key, value, context, options)` on a node's `Cartwheel`
@@ -43,20 +53,34 @@
 #[path = "generated/cartwheel_capnp.rs"]
 pub mod cartwheel_capnp;
 
+#[cfg(feature = "server")]
 pub mod actors;
+#[cfg(feature = "cli")]
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
+#[cfg(feature = "server")]
 pub mod cluster;
+#[cfg(feature = "server")]
 pub mod config;
 pub mod error;
+#[cfg(feature = "cli")]
 pub mod exit;
 pub mod node;
 pub mod ring;
+#[cfg(feature = "server")]
 pub mod rng;
 pub mod security;
+#[cfg(feature = "server")]
 pub mod sim;
+#[cfg(feature = "server")]
 pub mod store;
 
-pub use client::Client;
+pub use cartwheel_resolvers::{Op, Read, Value};
+pub use client::{
+    BucketStatus, Client, MemberStatus, NodeStatus, ReadOptions, RingInfo, SharedClient,
+    WriteOptions,
+};
 pub use error::Error;
+pub use security::Credentials;

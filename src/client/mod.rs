@@ -1,42 +1,71 @@
 //! # The Rust client library
 //!
-//! [`Client`] holds one Cap'n Proto RPC connection to one node and offers the client API of
-//! schema/cartwheel.capnp with the node's own types: [`Read`] for what a key holds,
-//! [`Op`] for CRDT operations, [`Error`] for typed failures (the same variants the node sends,
-//! plus `Connect` and `Transport` for the connection itself).
+//! Two clients speak the client API of schema/cartwheel.capnp with the node's own types:
+//! [`Read`] for what a key holds ([`Value`]: siblings, a set, a counter or a cart, plus the
+//! context for the next write), [`Op`] for CRDT operations, [`Error`] for typed failures (the
+//! same variants the node sends, plus `Connect` and `Transport` for the connection itself).
 //!
-//! capnp-rpc is single-threaded: a `Client` must be created and used inside a tokio
-//! `LocalSet` on a current-thread runtime, like the node. [`block_on`] runs a future that way
-//! for programs that are not async themselves (the CLI uses it).
+//! - [`SharedClient`] ([`shared`]): for applications. `Send + Sync + Clone`, usable from any
+//!   tokio runtime (multi-threaded included) or any executor; it runs the connection on a
+//!   thread of its own and reconnects after a lost connection. Start here.
+//! - [`Client`]: the engine under it. One connection, `!Send`: capnp-rpc is single-threaded,
+//!   so a `Client` must be created and used inside a tokio `LocalSet` on a current-thread
+//!   runtime, like the node, which uses it to forward writes. [`block_on`] runs a future that
+//!   way for programs that are not async themselves (the CLI uses it). It costs no thread hop,
+//!   which is why the benchmark uses it.
+//!
+//! Every type in these signatures is re-exported at the crate root: `cartwheel::{SharedClient,
+//! Client, Credentials, Error, Op, Read, Value, ReadOptions, WriteOptions}`. With
+//! `default-features = false` the crate is this library alone (no node, no CLI).
+//!
+//! ```no_run
+#![doc = include_str!("../../examples/client.rs")]
+//! ```
+//!
+//! That program is `examples/client.rs` (`cargo run --example client` while `up` runs); the
+//! README's "Use it from Rust" shows the same and a test keeps the two equal.
 //!
 //! The library checks a value against its own copy of the value limit
-//! ([`Client::set_value_bytes_max`], 1 MiB by default, the node's default) before sending, so
-//! an oversized value fails at once with `ValueTooLarge` and never costs a round trip or,
-//! beyond the node's message limit, the connection.
+//! ([`Client::set_value_bytes_max`], [`VALUE_BYTES_MAX_DEFAULT`] by default, the node's
+//! default) before sending, so an oversized value fails at once with `ValueTooLarge` and never
+//! costs a round trip or, beyond the node's message limit, the connection.
 //!
-//! Routing: this client talks to the node it connected to, which coordinates. Zero-hop
-//! routing over the ring belongs with the cluster layer.
+//! Routing: a client talks to the node it connected to, which coordinates. Zero-hop routing
+//! over the ring is [`router::ClusterClient`] (local, like [`Client`]).
 //!
-//! Connecting: [`Client::connect_with`] takes [`Credentials`] (a token and the cluster CA's
-//! certificate, as `up` writes them): it opens a TLS 1.3 session, checks the node's
-//! certificate against the CA, and logs in with the token (`Gate.login`); every call after
-//! that is scoped to the token's grants. [`Client::connect`] is for a node in insecure mode
-//! (plain TCP, an empty token).
+//! Connecting: [`Client::connect_with`] and [`SharedClient::connect`] take [`Credentials`] (a
+//! token and the cluster CA's certificate, as `up` writes them to `data/admin.credentials`):
+//! they open a TLS 1.3 session, check the node's certificate against the CA, and log in with
+//! the token (`Gate.login`); every call after that is scoped to the token's grants.
+//! [`Client::connect`] (and `Credentials::default()`) is for a node in insecure mode (plain
+//! TCP, an empty token).
 
 pub mod router;
+pub mod shared;
 
 use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, RpcSystem};
-use cartwheel_resolvers::{Op, Read};
+pub use cartwheel_resolvers::{Op, Read, Value};
 use tokio::net::TcpStream;
 
 use crate::cartwheel_capnp::{cartwheel, gate, get_result, write_result, NodeState};
-use crate::config::VALUE_BYTES_MAX_DEFAULT;
-use crate::error::Error;
+pub use crate::error::Error;
 use crate::node::wire::{self};
 pub use crate::node::wire::{ReadOptions, WriteOptions};
 pub use crate::security::Credentials;
+pub use shared::SharedClient;
+
+/// The value size a client refuses locally unless told another: the node's default
+/// `limits.value_bytes_max` (1 MiB). The library holds its own copy, so it builds without the
+/// node's configuration.
+pub const VALUE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+
+#[cfg(feature = "server")]
+const _: () = assert!(
+    VALUE_BYTES_MAX_DEFAULT == crate::config::VALUE_BYTES_MAX_DEFAULT,
+    "the client's value limit is the node's default"
+);
 
 /// How long `connect` waits for the TCP handshake.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;

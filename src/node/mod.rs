@@ -8,9 +8,14 @@
 //!
 //! What a request *does* lives in [`crate::cluster`] and [`crate::store`]; this folder only
 //! carries it in and out.
+//!
+//! The client library uses `transport` and the client half of `wire` too, so those two are
+//! built without the `server` feature; `server` and the node-to-node half of `wire` are not.
 
+#[cfg(feature = "server")]
 pub mod server;
 pub mod transport;
 pub mod wire;
 
+#[cfg(feature = "server")]
 pub use server::{bind, serve, NodeHandle, ServeError};

@@ -4,18 +4,24 @@
 //! operations, errors), so the conversions live here once. Readers return [`Error`] for
 //! anything malformed (a missing field, an unknown union member): a bad message gets a typed
 //! `badRequest`, never a panic.
+//!
+//! The ring and the gossip view (the last four functions) are the node-to-node half: they
+//! exist only with the `server` feature, since they read the cluster's own types.
 
+#[cfg(feature = "server")]
 use std::collections::BTreeSet;
 
 use cartwheel_resolvers::{Op, Read, Value};
 
-use crate::cartwheel_capnp::{
-    cart_item, error, op, read_options, ring, value, view, write_options, ErrorKind,
-};
+use crate::cartwheel_capnp::{cart_item, error, op, read_options, value, write_options, ErrorKind};
+#[cfg(feature = "server")]
+use crate::cartwheel_capnp::{ring, view};
+#[cfg(feature = "server")]
 use crate::cluster::membership::{
     check_token_id, MemberInfo, View, MEMBERS_MAX, REVOKED_TOKENS_MAX,
 };
 use crate::error::Error;
+#[cfg(feature = "server")]
 use crate::ring::Ownership;
 
 /// Per-request read options; 0 means "the bucket's default".
@@ -187,6 +193,7 @@ pub fn bad(e: capnp::Error) -> Error {
     Error::BadRequest(format!("malformed message: {e}"))
 }
 
+#[cfg(feature = "server")]
 /// Fill a `Ring` structure from an ownership (node states are left `up`; `status` and `ring`
 /// set them from the failure detector).
 pub fn set_ring(
@@ -213,6 +220,7 @@ pub fn set_ring(
     }
 }
 
+#[cfg(feature = "server")]
 /// Read a `Ring` structure into an ownership.
 pub fn get_ring(reader: ring::Reader<'_>) -> Result<Ownership, Error> {
     let nodes = reader.get_nodes().map_err(bad)?;
@@ -235,6 +243,7 @@ pub fn get_ring(reader: ring::Reader<'_>) -> Result<Ownership, Error> {
     Ok(Ownership { epoch: reader.get_epoch(), owners })
 }
 
+#[cfg(feature = "server")]
 /// Fill a gossip `View`.
 pub fn set_view(mut builder: view::Builder<'_>, v: &View) {
     let mut tokens = builder.reborrow().init_revoked_tokens(v.revoked_tokens.len() as u32);
@@ -257,6 +266,7 @@ pub fn set_view(mut builder: view::Builder<'_>, v: &View) {
     set_ring(builder.init_ring(), &v.ring, &addresses);
 }
 
+#[cfg(feature = "server")]
 /// Read a gossip `View`. A view naming more than [`MEMBERS_MAX`] members, or more than
 /// [`REVOKED_TOKENS_MAX`] revoked tokens, or a token id that is not 16 lowercase hex digits,
 /// is refused whole with `badRequest` (member entries are checked one by one when merged:

@@ -26,23 +26,32 @@
 //! secure: they create a development secret (and the admin credentials file the CLI reads
 //! by default) under the data directory.
 //!
+//! Built without the `server` feature (the client library alone), this module holds only
+//! what a client needs: [`Credentials`], [`client_config`] and [`server_name`]; the secret,
+//! the keys, node identities and tokens come with `server`.
+//!
 //! The secret never crosses the wire. A client's credentials hold a token and the CA
 //! *certificate* (public), never the secret. Rotating the secret rotates everything: every
 //! node certificate and every token.
 
+#[cfg(feature = "server")]
 pub mod token;
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(feature = "server")]
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, PKCS_ED25519,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
+#[cfg(feature = "server")]
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::RootCertStore;
 
+#[cfg(feature = "server")]
 pub use token::{Grants, Right};
 
 /// The name every node certificate carries and every connection checks: the cluster CA is
@@ -79,16 +88,19 @@ pub enum SecurityError {
     Tls(String),
 }
 
+#[cfg(feature = "server")]
 /// The cluster secret. Never logged, never sent.
 #[derive(Clone)]
 pub struct Secret([u8; SECRET_BYTES]);
 
+#[cfg(feature = "server")]
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
     }
 }
 
+#[cfg(feature = "server")]
 impl Secret {
     /// A new secret from the operating system's random source.
     pub fn generate() -> Result<Self, SecurityError> {
@@ -165,6 +177,7 @@ pub fn write_private_file(path: &Path, text: &str) -> io::Result<()> {
     write_private(path, text.as_bytes(), false)
 }
 
+#[cfg(feature = "server")]
 /// The cluster's keys, derived from its secret: the CA and the token key.
 pub struct ClusterKeys {
     ca_key: KeyPair,
@@ -172,12 +185,14 @@ pub struct ClusterKeys {
     token_key: ring::hmac::Key,
 }
 
+#[cfg(feature = "server")]
 impl std::fmt::Debug for ClusterKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClusterKeys(..)")
     }
 }
 
+#[cfg(feature = "server")]
 /// PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410): a fixed prefix, then the 32 bytes.
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
@@ -187,6 +202,7 @@ fn tls_error(e: impl std::fmt::Display) -> SecurityError {
     SecurityError::Tls(e.to_string())
 }
 
+#[cfg(feature = "server")]
 impl ClusterKeys {
     /// Derive the CA and the token key from `secret`. The same secret gives the same CA
     /// certificate on every node.
@@ -244,6 +260,7 @@ impl ClusterKeys {
     }
 }
 
+#[cfg(feature = "server")]
 /// A node's certificate and key for this run, with the CA that signed it.
 pub struct Identity {
     cert: CertificateDer<'static>,
@@ -266,6 +283,7 @@ pub fn server_name() -> ServerName<'static> {
     ServerName::try_from(SERVER_NAME).expect("a fixed, valid DNS name")
 }
 
+#[cfg(feature = "server")]
 impl Identity {
     /// The node's TLS server: TLS 1.3 only; a client certificate is optional, and when
     /// present must chain to the cluster CA (such a connection is a member's).
@@ -316,6 +334,7 @@ pub fn client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Security
     Ok(Arc::new(config))
 }
 
+#[cfg(feature = "server")]
 /// What a running node secures its connections with: its cluster's keys, and a TLS server
 /// and client made for this run's node certificate.
 pub struct NodeSecurity {
@@ -326,6 +345,7 @@ pub struct NodeSecurity {
     pub connector: tokio_rustls::TlsConnector,
 }
 
+#[cfg(feature = "server")]
 impl NodeSecurity {
     /// Build it from `config.security`; `None` in insecure mode. Reads the secret (or creates
     /// it, where the configuration allows: then also writes the admin credentials beside it,
@@ -357,6 +377,7 @@ impl NodeSecurity {
     }
 }
 
+#[cfg(feature = "server")]
 impl ClusterKeys {
     /// Write credentials with every grant (`*=rw,admin`) to `path`, unless it already holds
     /// credentials that are valid for this cluster.
@@ -494,7 +515,7 @@ pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "server"))]
 mod tests {
     use super::*;
 
