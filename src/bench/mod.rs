@@ -140,6 +140,10 @@ pub struct BenchArgs {
     /// The credentials for a --cluster (the command line's --credentials / --token).
     #[arg(skip)]
     pub cluster_credentials: crate::client::Credentials,
+    /// On a --cluster, leave the keys the run wrote (under its own prefix) instead of
+    /// deleting them at the end.
+    #[arg(long)]
+    pub keep: bool,
     /// Bucket to use on a --cluster (embedded nodes always use `bench`).
     #[arg(long, default_value = target::BUCKET)]
     pub bucket: String,
@@ -234,7 +238,12 @@ pub fn run(mut args: BenchArgs, auth: &crate::cli::Auth) -> ExitCode {
 
 /// The validated parameters of a run.
 struct Plan {
-    label: String,
+    /// The run's time, as labels show it.
+    stamp: String,
+    /// Nodes targeted.
+    nodes: usize,
+    /// Before every key written (empty for embedded nodes).
+    prefix: Vec<u8>,
     bucket: BucketConfig,
     bucket_name: String,
     keys: KeyChooser,
@@ -308,23 +317,19 @@ impl Plan {
         }
         let keys = KeyChooser::new(args.keys, args.distribution, args.zipf_theta)?;
         let nodes = if args.cluster.is_empty() { args.nodes } else { args.cluster.len() };
-        let label = match &args.label {
-            Some(label) => label.clone(),
-            None => format!(
-                "{}-{}-{}-{}-{}n",
-                utc_stamp(unix_time_s),
-                args.workload,
-                engine.name(),
-                resolver.name(),
-                nodes
-            ),
-        };
-        if label.is_empty() || label.contains(['/', '\\']) {
-            return Err(format!("label {label:?} must be a plain file name"));
+        let stamp = utc_stamp(unix_time_s);
+        if let Some(label) = &args.label {
+            if label.is_empty() || label.contains(['/', '\\']) {
+                return Err(format!("label {label:?} must be a plain file name"));
+            }
         }
-        let bucket_name =
-            if args.cluster.is_empty() { target::BUCKET.to_string() } else { args.bucket.clone() };
-        Ok(Self { label, bucket, bucket_name, keys, schedule, sweep_rates })
+        let (bucket_name, prefix) = if args.cluster.is_empty() {
+            (target::BUCKET.to_string(), Vec::new())
+        } else {
+            // A user's bucket: the run's keys get a prefix of their own.
+            (args.bucket.clone(), format!("bench-{stamp}-").into_bytes())
+        };
+        Ok(Self { stamp, nodes, bucket, bucket_name, prefix, keys, schedule, sweep_rates })
     }
 }
 
@@ -388,7 +393,8 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
 
     let progress = progress_bar();
     let (cluster, addresses, credentials) = if args.cluster.is_empty() {
-        progress.set_message(format!("starting {} nodes", args.nodes));
+        let plural = if args.nodes == 1 { "" } else { "s" };
+        progress.set_message(format!("starting {} node{plural}", args.nodes));
         let cluster = EmbeddedCluster::start(args.nodes, &plan.bucket, args.security)?;
         let addresses = cluster.addresses();
         let credentials = cluster.credentials().clone();
@@ -404,11 +410,28 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
         cluster.stop().map_err(|e| format!("a node stopped with an error: {e}"))?;
     }
     let measured = measured?;
+    let bucket_report = measured.bucket.clone().unwrap_or_else(|| BucketReport {
+        name: plan.bucket_name.clone(),
+        engine: plan.bucket.engine.name().to_string(),
+        resolver: plan.bucket.resolver.name().to_string(),
+        n: plan.bucket.n,
+        r: plan.bucket.r,
+        w: plan.bucket.w,
+        dw: plan.bucket.dw,
+    });
+    // Named after what was measured: on a --cluster, the bucket's own settings.
+    let label = args.label.clone().unwrap_or_else(|| {
+        let b = &bucket_report;
+        format!(
+            "{}-{}-{}-{}-n{}r{}w{}dw{}-{}n",
+            plan.stamp, args.workload, b.engine, b.resolver, b.n, b.r, b.w, b.dw, plan.nodes
+        )
+    });
 
     let report = BenchReport {
         format: report::FORMAT.to_string(),
         version: report::VERSION,
-        label: plan.label.clone(),
+        label,
         command,
         unix_time_s,
         machine,
@@ -418,15 +441,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
             addresses,
             security,
         },
-        bucket: measured.bucket.clone().unwrap_or_else(|| BucketReport {
-            name: plan.bucket_name.clone(),
-            engine: plan.bucket.engine.name().to_string(),
-            resolver: plan.bucket.resolver.name().to_string(),
-            n: plan.bucket.n,
-            r: plan.bucket.r,
-            w: plan.bucket.w,
-            dw: plan.bucket.dw,
-        }),
+        bucket: bucket_report,
         workload: WorkloadReport {
             name: args.workload.name().to_string(),
             keys: args.keys,
@@ -475,7 +490,8 @@ async fn measure(
         args.value_bytes,
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_prefix(&plan.prefix);
     progress.set_message(format!("preloading {} keys", args.keys));
     let (failed, first) = store.preload(args.keys, args.workload.is_cart()).await;
     if let Some(e) = first {
@@ -527,6 +543,25 @@ async fn measure(
         let result =
             floor_run(&plan.schedule, connections, frame_bytes, &mut pacer, progress).await?;
         runs.push(("floor".to_string(), result));
+    }
+    if !plan.prefix.is_empty() {
+        let prefix = String::from_utf8_lossy(&plan.prefix);
+        let what = if args.workload.is_cart() { "carts" } else { "keys" };
+        if args.keep {
+            eprintln!(
+                "cartwheel bench: left up to {} {what} under the prefix {prefix:?} in bucket {} \
+                 (--keep)",
+                args.keys, plan.bucket_name
+            );
+        } else {
+            progress.set_message(format!("removing the {} {what} written", args.keys));
+            let failed = store.remove_written(args.keys, args.workload.is_cart()).await;
+            eprintln!(
+                "cartwheel bench: removed the {what} written under {prefix:?} in bucket {} \
+                 ({failed} deletes failed)",
+                plan.bucket_name
+            );
+        }
     }
     Ok(Measured { runs, sweep, zero_hop: store.zero_hop(), bucket })
 }
@@ -591,6 +626,7 @@ fn sweep_step(result: &RunResult, p999_target_ms: f64) -> SweepStep {
         p999_us: r.latency.p999_us,
         max_us: r.latency.max_us,
         errors,
+        errors_by_kind: r.errors.clone(),
         late: r.late,
         overloaded,
         passed,
@@ -620,11 +656,14 @@ fn on_tick(progress: &ProgressBar, name: &str, rate: f64) -> impl FnMut(Tick) + 
     move |tick: Tick| {
         let done = tick.elapsed.as_secs_f64() / tick.planned.as_secs_f64().max(1e-9);
         progress.set_position((done.min(1.0) * 1000.0) as u64);
-        let phase = if tick.warming_up { " (warm-up)" } else { "" };
-        progress.set_message(format!(
-            "offered {rate:.0}/s, achieved {:.0}/s, p99.9 {}{phase}",
-            tick.rate_per_s,
+        let p999 = if tick.warming_up || tick.p999_ns == 0 {
+            "(warm-up)".to_string()
+        } else {
             report::latency_text(tick.p999_ns as f64 / 1000.0)
+        };
+        progress.set_message(format!(
+            "offered {rate:.0}/s, achieved {:.0}/s, p99.9 {p999}",
+            tick.rate_per_s
         ));
     }
 }
@@ -678,11 +717,18 @@ fn write_outputs(
         plots.push(path);
     }
 
+    let nodes = report.target.nodes;
+    let effective = if usize::from(report.bucket.n) > nodes {
+        format!(" (each key on all {nodes} node{})", if nodes == 1 { "" } else { "s" })
+    } else {
+        String::new()
+    };
     println!(
-        "cartwheel bench {label}: workload {} on {} {} node(s), bucket {} ({} / {}, n={} r={} w={} dw={})",
+        "cartwheel bench {label}: workload {} on {} {nodes} node{}, bucket {} ({} / {}, n={}{effective} \
+         r={} w={} dw={})",
         report.workload.name,
         report.target.kind,
-        report.target.nodes,
+        if nodes == 1 { "" } else { "s" },
         report.bucket.name,
         report.bucket.engine,
         report.bucket.resolver,
@@ -697,11 +743,15 @@ fn write_outputs(
         ("non-primary", _) => "each key to the last node of its preference list (nodes forward)",
         _ => "round-robin routing (nodes forward)",
     };
+    let values = if report.bucket.resolver == "cart" {
+        "carts of items".to_string()
+    } else {
+        format!("{} B values", report.workload.value_bytes)
+    };
     println!(
-        "{} keys, {} B values, {}; {} connection(s) per node, {routing}; {:.1} s measured \
+        "{} keys, {values}, {}; {} connection(s) per node, {routing}; {:.1} s measured \
          after {:.1} s warm-up; latency from each request's intended start\n",
         report.workload.keys,
-        report.workload.value_bytes,
         report.workload.distribution,
         report.schedule.connections_per_node,
         report.schedule.duration_s,

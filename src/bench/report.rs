@@ -325,6 +325,9 @@ pub struct SweepStep {
     pub max_us: f64,
     /// Failed requests.
     pub errors: u64,
+    /// Failed requests by error kind (empty in files from before it was recorded).
+    #[serde(default)]
+    pub errors_by_kind: BTreeMap<String, u64>,
     /// Late requests.
     pub late: u64,
     /// Whether the step had errors or achieved less than 95% of the offered rate.
@@ -477,13 +480,13 @@ pub fn sweep_table(sweep: &SweepReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7} {:>6}",
+        "{:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7} {:>6}  errors by kind",
         "offered/s", "achieved/s", "p50", "p99", "p99.9", "max", "errors", "pass"
     );
     for s in &sweep.steps {
         let _ = writeln!(
             out,
-            "{:>10.0} {:>10.0} {:>10} {:>10} {:>10} {:>10} {:>7} {:>6}",
+            "{:>10.0} {:>10.0} {:>10} {:>10} {:>10} {:>10} {:>7} {:>6}  {}",
             s.offered_rate_per_s,
             s.achieved_rate_per_s,
             latency_text(s.p50_us),
@@ -491,7 +494,12 @@ pub fn sweep_table(sweep: &SweepReport) -> String {
             latency_text(s.p999_us),
             latency_text(s.max_us),
             s.errors,
-            if s.passed { "yes" } else { "no" }
+            if s.passed { "yes" } else { "no" },
+            s.errors_by_kind
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let _ = match sweep.best_rate_per_s {

@@ -103,7 +103,7 @@ impl Routes {
 /// How requests are spread over connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Routing {
-    /// Each key to its coordinator ([`Routes`]), round-robin over that node's connections.
+    /// Each key to its coordinator (by the ring), round-robin over that node's connections.
     PerKey,
     /// Every request to the next connection, whatever its key.
     RoundRobin,
@@ -231,6 +231,9 @@ type Contexts = Rc<RefCell<HashMap<u64, Vec<u8>>>>;
 /// Connections to every node and the state the workload keeps between requests.
 pub struct Store {
     bucket: String,
+    /// Put before every key this run writes (a run against a user's cluster writes under a
+    /// prefix of its own, see [`Store::remove_written`]).
+    prefix: Vec<u8>,
     per_node: Vec<Vec<Rc<Client>>>,
     routing: Routing,
     routes: Routes,
@@ -269,6 +272,7 @@ impl Store {
         let needs_context = matches!(resolver, ResolverKind::Siblings | ResolverKind::Cart);
         Ok(Self {
             bucket: bucket.to_string(),
+            prefix: Vec::new(),
             per_node,
             routing,
             routes,
@@ -315,7 +319,7 @@ impl Store {
         &self,
         request: Request,
     ) -> impl std::future::Future<Output = Outcome> + 'static {
-        let key = request.key();
+        let key = [self.prefix.as_slice(), &request.key()].concat();
         let client = self.client(&key);
         let bucket = self.bucket.clone();
         let value = Rc::clone(&self.value);
@@ -357,6 +361,32 @@ impl Store {
         }
     }
 
+    /// Set the prefix of every key this run writes.
+    pub fn with_prefix(mut self, prefix: &[u8]) -> Self {
+        self.prefix = prefix.to_vec();
+        self
+    }
+
+    /// Delete every key the run may have written (`keys` of them, carts or values), reading
+    /// each first for its context. Returns how many deletes failed.
+    pub async fn remove_written(&self, keys: u64, carts: bool) -> u64 {
+        use futures::StreamExt;
+        let deletes = (0..keys).map(|i| {
+            let name =
+                if carts { super::workload::cart_name(i) } else { super::workload::key_name(i) };
+            let key = [self.prefix.as_slice(), &name].concat();
+            let client = self.client(&key);
+            let bucket = self.bucket.clone();
+            async move {
+                let context = client.get(&bucket, &key).await?.context;
+                client.delete(&bucket, &key, &context).await.map(|_| ())
+            }
+        });
+        let results: Vec<Result<(), crate::Error>> =
+            futures::stream::iter(deletes).buffer_unordered(PRELOAD_INFLIGHT).collect().await;
+        results.iter().filter(|r| r.is_err()).count() as u64
+    }
+
     /// Write every key once (a cart: one item added) so that reads find values. Returns the
     /// number of failed writes and the first error.
     pub async fn preload(&self, keys: u64, carts: bool) -> (u64, Option<crate::Error>) {
@@ -368,6 +398,7 @@ impl Store {
             } else {
                 (super::workload::key_name(i), Vec::new())
             };
+            let key = [self.prefix.as_slice(), &key].concat();
             let client = self.client(&key);
             let (bucket, value, options) =
                 (self.bucket.clone(), Rc::clone(&self.value), self.write_options);
