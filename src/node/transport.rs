@@ -28,7 +28,11 @@
 //!   held back longer than that.
 //! - Order is kept: bytes leave in the order they were written.
 //! - Memory is bounded: past [`WRITE_BUFFER_BYTES_MAX`] waiting bytes, the write queue waits
-//!   for the socket (one message larger than that is still taken when nothing waits).
+//!   for the socket, and what waits is sent at once, flushed or not, so that a message
+//!   written in pieces larger than the buffer gets through (one piece larger than that is
+//!   still taken when nothing waits). A busy connection holds at most two such buffers (one
+//!   waiting, one being sent); an idle one keeps at most [`WRITE_BUFFER_RETAINED_BYTES`] of
+//!   each for the next burst.
 //! - A socket error is kept and returned by every later write or flush, which ends the
 //!   connection's RPC system as a failed plain writer would.
 //! - Closing or dropping the writer sends what is waiting and then shuts the socket's write
@@ -50,8 +54,16 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
-/// Bytes a connection's writer holds for the socket before the write queue waits.
-pub const WRITE_BUFFER_BYTES_MAX: usize = 4 << 20;
+/// Bytes a connection's writer holds for the socket before the write queue waits. Coalescing
+/// pays off for small messages, and 1 MiB of them is thousands per system call; a large
+/// message (a value) is sent on its own either way. Every connection may hold two of these
+/// (see the module doc), so this is also per-connection memory (src/node/server.rs).
+pub const WRITE_BUFFER_BYTES_MAX: usize = 1 << 20;
+
+/// Capacity a connection's writer keeps in each of its two buffers once a batch has been
+/// sent; a larger one is freed, so a burst of large messages leaves no megabytes behind on
+/// a connection that then idles.
+pub const WRITE_BUFFER_RETAINED_BYTES: usize = 64 << 10;
 
 /// The message deadline of connections that are not told another (the client's).
 pub const MESSAGE_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
@@ -307,7 +319,7 @@ async fn send_loop(shared: Rc<RefCell<Shared>>, mut socket: Writer) {
             return;
         }
         sending.clear();
-        if sending.capacity() > WRITE_BUFFER_BYTES_MAX {
+        if sending.capacity() > WRITE_BUFFER_RETAINED_BYTES {
             sending = Vec::new();
         }
     }
@@ -325,6 +337,11 @@ impl futures::io::AsyncWrite for CoalescingWriter {
         }
         if !state.waiting.is_empty() && state.waiting.len() + bytes.len() > WRITE_BUFFER_BYTES_MAX {
             state.queue = Some(cx.waker().clone());
+            // What waits may be the start of this very message, not flushed yet (a segment
+            // table before a large segment): send it now, or nothing would make room.
+            if let Some(task) = state.task.take() {
+                task.wake();
+            }
             return Poll::Pending;
         }
         state.waiting.extend_from_slice(bytes);
@@ -400,6 +417,40 @@ mod tests {
             writer.close().await.unwrap();
             drop(writer);
             assert_eq!(reading.await.unwrap(), expected);
+        });
+    }
+
+    /// A message written in pieces larger than the buffer, with no flush between them (a
+    /// segment table, then a large segment), gets through whole: what waits is sent to make
+    /// room rather than held for a flush that only comes after the last piece.
+    #[test]
+    fn pieces_larger_than_the_buffer_get_through_before_a_flush() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let reading = tokio::task::spawn_local(async move {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut all = Vec::new();
+                socket.read_to_end(&mut all).await.unwrap();
+                all
+            });
+            let stream = TcpStream::connect(address).await.unwrap();
+            let (_reader, writer) = stream.into_split();
+            let mut writer = CoalescingWriter::spawn(Box::new(writer));
+            let pieces = [vec![1u8; 16], vec![2u8; 3 * WRITE_BUFFER_BYTES_MAX], vec![3u8; 8]];
+            let writing = async {
+                for piece in &pieces {
+                    writer.write_all(piece).await.unwrap();
+                }
+                writer.flush().await.unwrap();
+                writer.close().await.unwrap();
+            };
+            tokio::time::timeout(Duration::from_secs(30), writing)
+                .await
+                .expect("the large piece is taken once what waits is sent");
+            drop(writer);
+            assert_eq!(reading.await.unwrap(), pieces.concat());
         });
     }
 
