@@ -25,6 +25,13 @@
 //! write may still meet W elsewhere) and counted in `hints_refused`, shown by `status`. Hints
 //! are durable once the hint engine's flusher synced them (or at once for `dw` writes).
 //!
+//! ## Memory
+//! Hints live in the engine, on disk: the node holds none in memory beyond the `log` engine's
+//! keydir (one entry per hint) and the per-owner counts here. Delivery reads one batch at a
+//! time ([`Hints::pending`]): at most `hint_replay_per_round` hints and about
+//! [`HINT_BATCH_BYTES_MAX`] of states (always at least one hint), so a round that delivers
+//! hints of 1 MiB does not read hundreds of them into memory at once.
+//!
 //! Only the RPC thread touches a `Hints` (it is `!Sync`), so its read-merge-write of a hint is
 //! atomic in the same way the store's is.
 
@@ -44,6 +51,11 @@ pub const HINT_COUNT_MAX_DEFAULT: u64 = 1_000_000;
 
 /// Default bound on the bytes of hints a node holds: 1 GiB.
 pub const HINT_BYTES_MAX_DEFAULT: u64 = 1 << 30;
+
+/// Bytes of hint states one delivery batch reads into memory ([`Hints::pending`]): it stops
+/// at the first hint that reaches this total (always taking at least one), and the rest wait
+/// for the next round.
+pub const HINT_BATCH_BYTES_MAX: usize = 4 << 20;
 
 /// One hint to deliver.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,14 +184,17 @@ impl Hints {
         Ok(self.engine.get(&hint_key(owner, bucket, key))?)
     }
 
-    /// Up to `max` hints for `owner`.
+    /// Up to `max` hints for `owner`, and no more once their states reach
+    /// [`HINT_BATCH_BYTES_MAX`] bytes (at least one hint when there is any).
     pub fn pending(&self, owner: &str, max: usize) -> Result<Vec<Hint>, Error> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         self.engine.scan_prefix(&owner_prefix(owner), &mut |stored, state| {
             if let Some((owner, bucket, key)) = parse_hint_key(stored) {
+                bytes += state.len();
                 out.push(Hint { owner, bucket, key, state: state.to_vec() });
             }
-            if out.len() >= max {
+            if out.len() >= max || bytes >= HINT_BATCH_BYTES_MAX {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
@@ -267,6 +282,24 @@ mod tests {
         assert!(matches!(err, Error::Overloaded(_)), "{err:?}");
         assert_eq!(hints.refused(), 1);
         hints.add("n2", "b", b"a", &state("2", 2), &Lww).unwrap();
+    }
+
+    /// A delivery batch stops once its states reach the byte bound, and always holds at
+    /// least one hint, however large.
+    #[test]
+    fn a_batch_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = Hints::open(dir.path(), 100, 1 << 30).unwrap();
+        let large = "x".repeat(HINT_BATCH_BYTES_MAX / 3);
+        for key in [b"a", b"b", b"c", b"d", b"e"] {
+            hints.add("n2", "b", key, &state(&large, 1), &Lww).unwrap();
+        }
+        assert_eq!(hints.pending("n2", 100).unwrap().len(), 3, "the third reaches the bound");
+        assert_eq!(hints.pending("n2", 2).unwrap().len(), 2);
+        let huge = "y".repeat(HINT_BATCH_BYTES_MAX + 1);
+        hints.add("n3", "b", b"k", &state(&huge, 1), &Lww).unwrap();
+        hints.add("n3", "b", b"l", &state("small", 1), &Lww).unwrap();
+        assert_eq!(hints.pending("n3", 100).unwrap().len(), 1, "one hint over the bound alone");
     }
 
     /// Hints survive a restart.
