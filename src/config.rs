@@ -22,6 +22,7 @@
 //! [limits]
 //! key_bytes_max = 1024
 //! value_bytes_max = 1048576
+//! inflight_bytes_max = 67108864
 //!
 //! [buckets.carts]
 //! engine = "memory"
@@ -57,6 +58,13 @@ pub const KEY_BYTES_MAX_DEFAULT: usize = 1024;
 /// Default value limit: 1 MiB.
 pub const VALUE_BYTES_MAX_DEFAULT: usize = 1 << 20;
 
+/// Default budget of bytes a node holds for requests in flight: 64 MiB. With the default
+/// value limit that is 64 puts of 1 MiB on one node, or 21 replicated to two peers each, in
+/// flight at once: enough to keep a disk and a 10 Gbit/s link busy for tens of
+/// milliseconds, so the budget turns load away only when the node is already behind, while
+/// the node's memory for them stays a small multiple of it (src/node/server.rs).
+pub const INFLIGHT_BYTES_MAX_DEFAULT: usize = 64 << 20;
+
 /// Node-wide limits. Each says what happens at the limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -69,6 +77,14 @@ pub struct Limits {
     /// Requests one connection may have in flight. More are answered at once with
     /// `overloaded` and nothing is done for them.
     pub inflight_per_connection_max: usize,
+    /// Bytes the node may hold for requests in flight, all connections together: client
+    /// values being written, states being sent to peers or received from them
+    /// ([`crate::cluster::budget`]). A request that would pass it is answered at once with
+    /// `overloaded` and nothing is done for it. At least twice
+    /// [`Limits::message_bytes_max`], so a write of the largest value, replicated to two
+    /// peers, always fits into an idle node's budget; when not set, 64 MiB or that floor,
+    /// whichever is larger.
+    pub inflight_bytes_max: usize,
     /// Open client and peer connections. A connection over the limit is closed on accept.
     pub connections_max: usize,
     /// Default request timeout, in milliseconds, when a request gives 0.
@@ -98,6 +114,7 @@ impl Default for Limits {
             key_bytes_max: KEY_BYTES_MAX_DEFAULT,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             inflight_per_connection_max: 256,
+            inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
             connections_max: 1024,
             request_timeout_ms: 5_000,
             message_read_timeout_ms: 30_000,
@@ -423,6 +440,7 @@ struct RawLimits {
     key_bytes_max: Option<usize>,
     value_bytes_max: Option<usize>,
     inflight_per_connection_max: Option<usize>,
+    inflight_bytes_max: Option<usize>,
     connections_max: Option<usize>,
     request_timeout_ms: Option<u64>,
     message_read_timeout_ms: Option<u64>,
@@ -553,6 +571,7 @@ impl RawLimits {
             inflight_per_connection_max: self
                 .inflight_per_connection_max
                 .unwrap_or(defaults.inflight_per_connection_max),
+            inflight_bytes_max: 0,
             connections_max: self.connections_max.unwrap_or(defaults.connections_max),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
             message_read_timeout_ms: self
@@ -582,6 +601,23 @@ impl RawLimits {
         }
         if limits.inflight_per_connection_max == 0 {
             return Err(refuse.at("limits.inflight_per_connection_max", "must be at least 1"));
+        }
+        // Unset: the default, or the floor where a larger value limit needs more.
+        let budget_floor = 2 * limits.message_bytes_max();
+        let limits = Limits {
+            inflight_bytes_max: self
+                .inflight_bytes_max
+                .unwrap_or(defaults.inflight_bytes_max.max(budget_floor)),
+            ..limits
+        };
+        if limits.inflight_bytes_max < budget_floor {
+            return Err(refuse.at(
+                "limits.inflight_bytes_max",
+                format!(
+                    "must be at least {budget_floor} (twice the largest message, from \
+                     value_bytes_max), so the largest write always fits"
+                ),
+            ));
         }
         if limits.connections_max == 0 {
             return Err(refuse.at("limits.connections_max", "must be at least 1"));
@@ -785,12 +821,30 @@ mod tests {
             ("[buckets.\"a b\"]\n", "buckets.a b"),
             ("[limits]\nkey_bytes_max = 0\n", "limits.key_bytes_max"),
             ("[limits]\nvalue_bytes_max = 999999999999\n", "limits.value_bytes_max"),
+            ("[limits]\ninflight_bytes_max = 4194304\n", "limits.inflight_bytes_max"),
+            (
+                "[limits]\nvalue_bytes_max = 4194304\ninflight_bytes_max = 16777216\n",
+                "limits.inflight_bytes_max",
+            ),
         ];
         for (section, key) in cases {
             let err = refused(&format!("{MINIMAL}{section}"));
             assert_eq!(err.key, key, "for {section:?}: {err}");
             assert!(!err.reason.is_empty());
         }
+    }
+
+    /// An unset budget is 64 MiB, or twice the largest message where a larger value limit
+    /// needs more; a budget that is set is kept as it is.
+    #[test]
+    fn an_unset_budget_follows_the_value_limit() {
+        let parse =
+            |limits: &str| Config::parse(&format!("{MINIMAL}[limits]\n{limits}"), "n").unwrap();
+        let large = parse("value_bytes_max = 16777216\n").limits;
+        assert_eq!(large.inflight_bytes_max, 2 * large.message_bytes_max());
+        assert!(large.inflight_bytes_max > INFLIGHT_BYTES_MAX_DEFAULT);
+        let set = parse("inflight_bytes_max = 8388608\n").limits;
+        assert_eq!(set.inflight_bytes_max, 8 << 20);
     }
 
     /// A bad listen address and a bad node id are refused.

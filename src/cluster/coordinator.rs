@@ -9,6 +9,12 @@
 //! below only carry messages: apply the write locally, send it to the targets through
 //! [`super::peers`], count the answers, and repair what a read found stale.
 //!
+//! A write holds its bytes against the node's budget ([`super::budget`]): the coordinator
+//! reserves its replication before it applies the write ([`write_bytes`] once per target other
+//! than itself), so that a refusal is `overloaded` with nothing done, and each target's send
+//! then takes the new state's bytes out of that reservation and holds them until the target
+//! answered, after the client's answer if that comes first.
+//!
 //! It may not touch a peer connection directly (that is [`super::peers`]), nor decide what a
 //! replica keeps ([`super::replica`]). A read does not take a peer's answer on trust either:
 //! a state stamped too far ahead of this node's clock
@@ -18,7 +24,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use cartwheel_resolvers::{Read, Write};
+use cartwheel_resolvers::{Op, Read, Write};
 use futures::StreamExt;
 
 use super::membership::Health;
@@ -102,6 +108,24 @@ pub fn plan_write(
     let first = targets.first()?;
     let owner = first.hint_for.clone().unwrap_or_else(|| first.id.clone());
     Some(WritePlan::CoordinateAsHint { owner, counts: false })
+}
+
+/// What a write weighs against the node's budget ([`super::budget`]): its key, value,
+/// context and operations (each one's element or item, and 8 bytes for a number). Pure.
+pub fn write_bytes(key: &[u8], write: &Write) -> usize {
+    let op_bytes = |op: &Op| match op {
+        Op::CounterIncrement(_) => 8,
+        Op::SetAdd(element) | Op::SetRemove(element) | Op::CartRemove(element) => element.len(),
+        Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } => item.len() + 8,
+    };
+    key.len()
+        + match write {
+            Write::Put { value, context } => value.len() + context.len(),
+            Write::Delete { context } => context.len(),
+            Write::Update { ops, context } => {
+                ops.iter().map(op_bytes).sum::<usize>() + context.len()
+            }
+        }
 }
 
 /// What a write asked of W and DW (0 and `None` mean the bucket's), and whether the
@@ -204,22 +228,30 @@ impl Cluster {
         let timeout = self.timeout(options.timeout_ms);
         let mut quorum = WriteQuorum::new(targets.len().max(1), w, dw);
         let (events, mut answers) = futures::channel::mpsc::unbounded::<bool>();
+        // The replication's bytes, reserved before anything is done (super::budget).
+        let remote = targets.iter().filter(|t| t.id != me).count();
+        let reserve = || {
+            let bytes = remote * write_bytes(key, &write);
+            self.budget().try_charge(bytes, "replicating a write")
+        };
         // Apply the write and keep the new state on this node before anything yields, so no
         // other write to the key reads the state in between (crate::actors).
-        let (state, read) = match plan {
+        let (state, read, mut replication) = match plan {
             WritePlan::Forward(primary) => {
                 return self.forward(&primary, bucket, key, &write, options).await
             }
             WritePlan::Coordinate => {
+                let replication = reserve()?;
                 let (state, read) = self.store.write(bucket, key, &write)?;
                 if dw > 0 {
                     self.sync_then_answer(&engine, &events);
                 } else {
                     quorum.stored(false);
                 }
-                (state, read)
+                (state, read, replication)
             }
             WritePlan::CoordinateAsHint { owner, counts } => {
+                let replication = reserve()?;
                 let hinted = self.hinted_state(bucket, key)?;
                 let (state, read) =
                     self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
@@ -231,26 +263,45 @@ impl Cluster {
                 } else if counts {
                     quorum.stored(false);
                 }
-                (state, read)
+                (state, read, replication)
             }
         };
+        // One copy of the state for every target's send.
+        let state = Rc::new(state);
+        let mut not_sent = 0usize;
         for target in targets.into_iter().filter(|t| t.id != me) {
+            // The state may weigh more than the write reserved (a cart that grew): the rest
+            // is charged now, and a target it does not fit for counts as a failed replica.
+            let charge = match replication.split(key.len() + state.len(), "replicating a write") {
+                Ok(charge) => charge,
+                Err(e) => {
+                    tracing::debug!(replica = %target.id, error = %e, "write not replicated");
+                    not_sent += 1;
+                    let _ = events.unbounded_send(false);
+                    continue;
+                }
+            };
             let cluster = Rc::clone(self);
             let events = events.clone();
-            let (bucket, key, state) = (bucket.to_string(), key.to_vec(), state.clone());
+            let (bucket, key, state) = (bucket.to_string(), key.to_vec(), Rc::clone(&state));
             tokio::task::spawn_local(async move {
-                let stored = cluster.replicate(&target, &bucket, &key, &state, dw > 0).await;
+                let stored =
+                    cluster.replicate_charged(&target, &bucket, &key, &state, dw > 0, charge).await;
                 let _ = events.unbounded_send(stored);
             });
         }
-        drop(events);
+        drop((events, replication));
+        let not_sent = match not_sent {
+            0 => String::new(),
+            n => format!("; {n} not sent, over this node's in-flight budget"),
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match quorum.outcome() {
                 Outcome::Succeeded => return Ok(read),
                 Outcome::Failed => {
                     return Err(Error::QuorumNotMet(format!(
-                        "{} of w = {w} (dw = {dw}) replicas stored the write",
+                        "{} of w = {w} (dw = {dw}) replicas stored the write{not_sent}",
                         quorum.stored_count()
                     )))
                 }
@@ -259,9 +310,9 @@ impl Cluster {
             match tokio::time::timeout_at(deadline, answers.next()).await {
                 Err(_) => return Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
                 Ok(None) => {
-                    return Err(Error::QuorumNotMet(
-                        "every replica answered; too few stored".into(),
-                    ))
+                    return Err(Error::QuorumNotMet(format!(
+                        "every replica answered; too few stored{not_sent}"
+                    )))
                 }
                 Ok(Some(true)) => {
                     quorum.stored(dw > 0);
@@ -547,6 +598,20 @@ mod tests {
         assert_eq!(effective_read_quorum(&bucket, 0, 3, true).unwrap(), 2);
         assert_eq!(effective_read_quorum(&bucket, 3, 2, true).unwrap(), 2);
         assert!(matches!(effective_read_quorum(&bucket, 4, 3, true), Err(Error::BadRequest(_))));
+    }
+
+    /// A write weighs its key, value, context and operations.
+    #[test]
+    fn a_write_weighs_its_bytes() {
+        let put = Write::Put { value: vec![0; 1000], context: vec![0; 20] };
+        assert_eq!(write_bytes(b"key", &put), 1023);
+        assert_eq!(write_bytes(b"key", &Write::Delete { context: vec![0; 20] }), 23);
+        let ops = vec![
+            Op::CounterIncrement(1),
+            Op::SetAdd(vec![0; 10]),
+            Op::CartAdd { item: vec![0; 5], quantity: 2 },
+        ];
+        assert_eq!(write_bytes(b"", &Write::Update { ops, context: vec![] }), 8 + 10 + 13);
     }
 
     /// With no healthy fallback, the down primary stays (and will fail); small clusters get

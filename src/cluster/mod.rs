@@ -11,6 +11,7 @@
 //! | [`quorum`] | when a request has met R, W and DW; which replicas a read repairs | |
 //! | [`replica`] | what this node keeps of a state a peer sends (its copy, or a hint), and what it refuses | |
 //! | [`peers`] | | every call to another node: deadline, in-flight bound, typed errors, failure detector |
+//! | [`budget`] | how many bytes the node may hold for work in flight, and who holds them | |
 //! | [`membership`] | members, failure detection, the ring and the claimant; which views, rings and entries to refuse; revoked tokens | |
 //! | [`gossip`] | | the view exchange and probes each round, the membership file ([`membership_file`]), token revocation |
 //! | [`handoff`] | which partitions go where after a ring change; which hints to deliver | ownership and hinted handoff |
@@ -63,6 +64,7 @@
 //! round by at most that, and never the heartbeat.
 
 pub mod anti_entropy;
+pub mod budget;
 pub mod coordinator;
 pub mod gossip;
 pub mod handoff;
@@ -87,6 +89,7 @@ use crate::config::Config;
 use crate::ring::{key_hash, partition_of, Ownership};
 use crate::store::hints::Hints;
 use crate::store::Store;
+use budget::Budget;
 use handoff::Handoff;
 use membership::{Health, MemberInfo, Membership, Timing};
 use peers::PeerConnection;
@@ -120,6 +123,8 @@ pub struct Cluster {
     membership_file: Option<std::path::PathBuf>,
     /// The shape of the view last written there.
     saved_shape: RefCell<Option<membership_file::Shape>>,
+    /// Bytes held for work in flight, against `limits.inflight_bytes_max`.
+    budget: Budget,
 }
 
 /// What a node runs in: a real process, or the seeded simulation.
@@ -213,6 +218,7 @@ impl Cluster {
             syncs: crate::store::sync_group::SyncGroups::default(),
             membership_file: environment.membership_file,
             saved_shape: RefCell::new(saved_shape),
+            budget: Budget::new(config.limits.inflight_bytes_max),
         }
     }
 
@@ -228,6 +234,11 @@ impl Cluster {
     /// The hint store.
     pub fn hints(&self) -> &Hints {
         &self.hints
+    }
+
+    /// The node's budget of bytes in flight ([`budget`]).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// This node's id.

@@ -14,6 +14,11 @@
 //! The calls: `replicate`, `fetch`, `gossip`, `treeLeaves`, `segmentEntries` on the peer
 //! API, and a forwarded client write on the client API. No other room opens a connection.
 //!
+//! A state sent with `replicate`, and a forwarded write, hold their bytes against the node's
+//! budget ([`super::budget`]) until the peer answered or the deadline passed: charged here
+//! before anything is sent (a refusal sends nothing, and says nothing about the peer), or
+//! handed in already charged by the coordinator (`replicate_charged`).
+//!
 //! ## Other networks
 //! A node reaches its peers over [`Network::Tcp`] (Cap'n Proto), or over a [`Transport`] of
 //! another kind: the seeded simulation ([`crate::sim`]) carries each call as a
@@ -34,7 +39,8 @@ use cartwheel_resolvers::{Read, Write};
 use tokio::net::TcpStream;
 
 use super::anti_entropy::Leaves;
-use super::coordinator::Target;
+use super::budget::Charge;
+use super::coordinator::{write_bytes, Target};
 use super::membership::View;
 use super::Cluster;
 use crate::cartwheel_capnp::{cartwheel, fetch_result, gate, peer, replica_result};
@@ -253,7 +259,8 @@ impl Cluster {
         address.ok_or_else(|| Error::Internal(format!("no address for {id}")))
     }
 
-    /// Send a state to one target; true once it stored it.
+    /// Send a state to one target; true once it stored it. Its bytes are charged to the
+    /// node's budget while it is sent; over the budget it is not sent (false).
     pub(super) async fn replicate(
         &self,
         target: &Target,
@@ -262,6 +269,26 @@ impl Cluster {
         state: &[u8],
         sync: bool,
     ) -> bool {
+        let Ok(charge) = self.budget().try_charge(key.len() + state.len(), "sending a state")
+        else {
+            tracing::debug!(replica = %target.id, "state not sent: over the in-flight budget");
+            return false;
+        };
+        self.replicate_charged(target, bucket, key, state, sync, charge).await
+    }
+
+    /// [`Cluster::replicate`] with the bytes charged already; `charge` is held until the
+    /// target answered or the deadline passed.
+    pub(super) async fn replicate_charged(
+        &self,
+        target: &Target,
+        bucket: &str,
+        key: &[u8],
+        state: &[u8],
+        sync: bool,
+        charge: Charge,
+    ) -> bool {
+        let _charge = charge;
         let Ok(address) = self.address(&target.id) else { return false };
         let request = |connection: PeerConnection| async move {
             let mut request = connection.peer.replicate_request();
@@ -305,6 +332,7 @@ impl Cluster {
         options: WriteOptions,
     ) -> Result<Read, Error> {
         let address = self.address(primary)?;
+        let _charge = self.budget().try_charge(write_bytes(key, write), "forwarding a write")?;
         let deadline = self.timeout(options.timeout_ms);
         let value = || PeerRequest::Forward {
             bucket: bucket.to_string(),

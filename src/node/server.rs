@@ -17,6 +17,50 @@
 //!   `Limits::message_bytes_max`: a larger message (or any bytes that are not Cap'n Proto)
 //!   ends that connection only; the node keeps serving everyone else.
 //! - Keys and values over the limits get `keyTooLarge` / `valueTooLarge` and store nothing.
+//! - The bytes a request brings (a put's key, value and context; a peer's state) are charged
+//!   to the node's budget, `limits.inflight_bytes_max`, when it is admitted, and given back
+//!   when it is answered ([`crate::cluster::budget`], which also lists what the coordinator
+//!   charges for replication). A request they do not fit is answered at once with
+//!   `overloaded` and nothing is done for it; both refusals count in `requestsRefused`.
+//!
+//! ## Memory
+//! What a node's resident memory (RSS) is made of, with the defaults (1 MiB values, so
+//! `Limits::message_bytes_max` is 2.06 MiB; a 64 MiB budget):
+//!
+//! ```text
+//! anonymous  <=  base + c * inflight_bytes_max + busy connections * 6.2 MiB
+//!                     + idle connections * ~0.2 MiB
+//! file       =   pages of the log engine's segment files the node has read through its
+//!                mappings (page cache, reclaimable; bounded by the files, not by load)
+//! ```
+//!
+//! - **base**, about 16 to 18 MB idle: the binary, the runtime, the tables; plus what the
+//!   engines keep in memory by design (the `log` engine's keydir grows with the keys, the
+//!   `memory` and `buffer` engines hold their data), which grows with the data, not the load.
+//! - **c × the budget**: the budget counts each byte once, the node holds it a few times
+//!   over: the message it came in, the decoded value, the new state (one copy for all its
+//!   targets), the message it goes out in to each replica. Measured with 1 MiB puts at full
+//!   speed on three nodes, c is about 2.5: anonymous memory peaked at 159 to 187 MB per node
+//!   (docs/BENCHMARKS.md, "Bounded memory"; 569 to 692 MB before the budget).
+//! - **per connection**, while busy: one message being read (at most `message_bytes_max`;
+//!   it is charged once it is admitted, and dropped at once when refused) and the coalescing
+//!   writer's two buffers of at most
+//!   [`WRITE_BUFFER_BYTES_MAX`](crate::node::transport::WRITE_BUFFER_BYTES_MAX) (1 MiB) or
+//!   one message each. Idle: the 8 KiB read buffer, at most
+//!   [`WRITE_BUFFER_RETAINED_BYTES`](crate::node::transport::WRITE_BUFFER_RETAINED_BYTES)
+//!   (64 KiB) in each write buffer, TLS state. `limits.connections_max`
+//!   (1024) times the busy figure is a far bound; a connection is busy only while a large
+//!   message passes, and a message begun must arrive whole within
+//!   `limits.message_read_timeout_ms`.
+//! - **file pages**: the `log` engine maps its segment files read-only; every page it reads
+//!   through a mapping (the old state at each overwrite, a merge) counts in RSS until the
+//!   kernel reclaims it or the segment is deleted. With 1 MiB puts on one node this was
+//!   nearly all of the RSS: 0.85 to 1.3 GB at the peak, with 19 to 20 MB anonymous.
+//!
+//! Not bounded in bytes, only by the request counts: the states a read fetches from its
+//! replicas (R to N per read, until it and its read repair end), answers capnp-rpc queues for
+//! a client that does not read them, and the background rounds' own reads (a handoff reads a
+//! whole partition, an anti-entropy exchange a peer's differing segments).
 //!
 //! ## Requests
 //! This module is the Cap'n Proto glue: it admits a request, decodes it, hands it to
@@ -64,6 +108,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::cartwheel_capnp::{cartwheel, gate, peer, write_result, NodeState};
+use crate::cluster::budget::Charge;
+use crate::cluster::coordinator::write_bytes;
 use crate::cluster::{Cluster, Network};
 use crate::config::Config;
 use crate::error::Error;
@@ -112,6 +158,11 @@ struct Shared {
 impl Shared {
     fn store(&self) -> &Store {
         self.cluster.store()
+    }
+
+    /// Count a request answered with `overloaded`.
+    fn refused(&self) {
+        self.requests_refused.set(self.requests_refused.get() + 1);
     }
 }
 
@@ -550,18 +601,24 @@ struct Api {
     grants: Rc<Grants>,
 }
 
-/// Holds one in-flight slot of a connection until dropped.
-struct Admitted(Rc<Cell<usize>>);
+/// Holds one in-flight slot of a connection, and the call's bytes of the node's budget,
+/// until dropped.
+struct Admitted {
+    slot: Rc<Cell<usize>>,
+    _charge: Charge,
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.slot.set(self.slot.get() - 1);
     }
 }
 
 impl Api {
-    /// Take an in-flight slot for a call, once the token is known not to be revoked.
-    fn admit(&self) -> Result<Admitted, Error> {
+    /// Take an in-flight slot and `bytes` of the node's budget for a call, once the token is
+    /// known not to be revoked. Either bound refuses at once with `overloaded` (counted in
+    /// `requestsRefused`), and then nothing is done for the call.
+    fn admit(&self, bytes: usize) -> Result<Admitted, Error> {
         let id = &self.grants.id;
         if !id.is_empty() && self.shared.cluster.is_token_revoked(id) {
             return Err(Error::Unauthorized(format!("token {id} was revoked")));
@@ -569,27 +626,45 @@ impl Api {
         let inflight = &self.conn.inflight;
         self.conn.last_call.set(Instant::now());
         let max = self.shared.store().limits().inflight_per_connection_max;
-        if inflight.get() >= max {
-            self.shared.requests_refused.set(self.shared.requests_refused.get() + 1);
-            return Err(Error::Overloaded(format!("{max} requests in flight on this connection")));
-        }
+        let admitted = if inflight.get() >= max {
+            Err(Error::Overloaded(format!("{max} requests in flight on this connection")))
+        } else {
+            self.shared.cluster.budget().try_charge(bytes, "this request")
+        };
+        let charge = admitted.inspect_err(|_| self.shared.refused())?;
         inflight.set(inflight.get() + 1);
         self.shared.requests_served.set(self.shared.requests_served.get() + 1);
-        Ok(Admitted(Rc::clone(inflight)))
+        Ok(Admitted { slot: Rc::clone(inflight), _charge: charge })
     }
 
     /// [`Api::admit`], for a call that needs `right` on `bucket`.
-    fn admit_on(&self, bucket: &str, right: Right) -> Result<Admitted, Error> {
-        let admitted = self.admit()?;
+    fn admit_on(&self, bucket: &str, right: Right, bytes: usize) -> Result<Admitted, Error> {
+        let admitted = self.admit(bytes)?;
         self.grants.check(bucket, right)?;
         Ok(admitted)
     }
 
-    /// [`Api::admit`], for a call that needs the admin grant.
+    /// [`Api::admit`], for a call that needs the admin grant (and brings no data).
     fn admit_admin(&self, what: &str) -> Result<Admitted, Error> {
-        let admitted = self.admit()?;
+        let admitted = self.admit(0)?;
         self.grants.check_admin(what)?;
         Ok(admitted)
+    }
+
+    /// Coordinate a client write admitted with its bytes; a refusal further in (the
+    /// replication's reservation, a full hint store) is counted in `requestsRefused` too.
+    async fn write(
+        &self,
+        bucket: &str,
+        key: &[u8],
+        write: Write,
+        options: wire::WriteOptions,
+    ) -> Result<Read, Error> {
+        let outcome = self.shared.cluster.write(bucket, key, write, options).await;
+        if let Err(Error::Overloaded(_)) = &outcome {
+            self.shared.refused();
+        }
+        outcome
     }
 
     /// The same connection's client API with every grant (a member's).
@@ -635,8 +710,9 @@ impl cartwheel::Server for Api {
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
-            let _admitted = self.admit_on(&bucket, Right::Read)?;
-            let key = p.get_key().map_err(wire::bad)?.to_vec();
+            let key = p.get_key().map_err(wire::bad)?;
+            let _admitted = self.admit_on(&bucket, Right::Read, key.len())?;
+            let key = key.to_vec();
             let o = p.get_options().map_err(wire::bad)?;
             let options = ReadOptions { r: o.get_r(), timeout_ms: o.get_timeout_ms() };
             self.shared.cluster.read(&bucket, &key, options).await
@@ -663,16 +739,18 @@ impl cartwheel::Server for Api {
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
-            let _admitted = self.admit_on(&bucket, Right::Write)?;
-            let key = p.get_key().map_err(wire::bad)?.to_vec();
+            let key = p.get_key().map_err(wire::bad)?;
             let value = p.get_value().map_err(wire::bad)?;
+            let context = p.get_context().map_err(wire::bad)?;
+            // The value is held from here until answered (in the message, then decoded).
+            let bytes = key.len() + value.len() + context.len();
+            let _admitted = self.admit_on(&bucket, Right::Write, bytes)?;
             // Check before copying: an oversized value is refused without a second copy.
             self.shared.store().check_value(value)?;
-            let context = p.get_context().map_err(wire::bad)?.to_vec();
-            let write = Write::Put { value: value.to_vec(), context };
+            let write = Write::Put { value: value.to_vec(), context: context.to_vec() };
             let options = wire::get_write_options(p.get_options())?;
             return_body = options.return_body;
-            self.shared.cluster.write(&bucket, &key, write, options).await
+            self.write(&bucket, key, write, options).await
         }
         .await;
         fill_write_result(results.get().init_result(), outcome, return_body);
@@ -688,12 +766,13 @@ impl cartwheel::Server for Api {
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
-            let _admitted = self.admit_on(&bucket, Right::Write)?;
-            let key = p.get_key().map_err(wire::bad)?.to_vec();
-            let write = Write::Delete { context: p.get_context().map_err(wire::bad)?.to_vec() };
+            let key = p.get_key().map_err(wire::bad)?;
+            let context = p.get_context().map_err(wire::bad)?;
+            let _admitted = self.admit_on(&bucket, Right::Write, key.len() + context.len())?;
+            let write = Write::Delete { context: context.to_vec() };
             let options = wire::get_write_options(p.get_options())?;
             return_body = options.return_body;
-            self.shared.cluster.write(&bucket, &key, write, options).await
+            self.write(&bucket, key, write, options).await
         }
         .await;
         fill_write_result(results.get().init_result(), outcome, return_body);
@@ -709,8 +788,7 @@ impl cartwheel::Server for Api {
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
-            let _admitted = self.admit_on(&bucket, Right::Write)?;
-            let key = p.get_key().map_err(wire::bad)?.to_vec();
+            let key = p.get_key().map_err(wire::bad)?;
             let ops = p.get_ops().map_err(wire::bad)?;
             if ops.is_empty() {
                 return Err(Error::BadRequest("update carries no operations".to_string()));
@@ -718,9 +796,10 @@ impl cartwheel::Server for Api {
             let ops = ops.iter().map(wire::get_op).collect::<Result<Vec<Op>, Error>>()?;
             let context = p.get_context().map_err(wire::bad)?.to_vec();
             let write = Write::Update { ops, context };
+            let _admitted = self.admit_on(&bucket, Right::Write, write_bytes(key, &write))?;
             let options = wire::get_write_options(p.get_options())?;
             return_body = options.return_body;
-            self.shared.cluster.write(&bucket, &key, write, options).await
+            self.write(&bucket, key, write, options).await
         }
         .await;
         fill_write_result(results.get().init_result(), outcome, return_body);
@@ -992,12 +1071,13 @@ impl peer::Server for PeerApi {
     ) -> Result<(), capnp::Error> {
         let cluster = Rc::clone(&self.api.shared.cluster);
         let outcome = async {
-            let _admitted = self.api.admit()?;
             let p = params.get().map_err(wire::bad)?;
-            let bucket = text(p.get_bucket(), "bucket")?;
-            let hint_for = text(p.get_hint_for(), "hintFor")?;
             let key = p.get_key().map_err(wire::bad)?;
             let state = p.get_state().map_err(wire::bad)?;
+            // The state is held until stored (and synced, if asked).
+            let _admitted = self.api.admit(key.len() + state.len())?;
+            let bucket = text(p.get_bucket(), "bucket")?;
+            let hint_for = text(p.get_hint_for(), "hintFor")?;
             cluster.receive_replica_synced(&bucket, key, state, &hint_for, p.get_sync()).await?;
             Ok::<(), Error>(())
         }
@@ -1016,10 +1096,11 @@ impl peer::Server for PeerApi {
         mut results: peer::FetchResults,
     ) -> Result<(), capnp::Error> {
         let outcome = (|| {
-            let _admitted = self.api.admit()?;
             let p = params.get().map_err(wire::bad)?;
+            let key = p.get_key().map_err(wire::bad)?;
+            let _admitted = self.api.admit(key.len())?;
             let bucket = text(p.get_bucket(), "bucket")?;
-            self.api.shared.cluster.fetch_for_peer(&bucket, p.get_key().map_err(wire::bad)?)
+            self.api.shared.cluster.fetch_for_peer(&bucket, key)
         })();
         let mut result = results.get().init_result();
         match outcome {
@@ -1036,7 +1117,7 @@ impl peer::Server for PeerApi {
         mut results: peer::TreeLeavesResults,
     ) -> Result<(), capnp::Error> {
         let outcome = async {
-            let _admitted = self.api.admit()?;
+            let _admitted = self.api.admit(0)?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
             self.api.shared.cluster.tree_leaves(&bucket, p.get_partition()).await
@@ -1060,15 +1141,22 @@ impl peer::Server for PeerApi {
         mut results: peer::SegmentEntriesResults,
     ) -> Result<(), capnp::Error> {
         let outcome = async {
-            let _admitted = self.api.admit()?;
+            let admitted = self.api.admit(0)?;
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
             let segments: Vec<u16> = p.get_segments().map_err(wire::bad)?.iter().collect();
-            self.api.shared.cluster.segment_entries(&bucket, p.get_partition(), &segments).await
+            let shared = &self.api.shared;
+            let entries =
+                shared.cluster.segment_entries(&bucket, p.get_partition(), &segments).await?;
+            // Known only once scanned: held until the answer is built, or refused (dropped).
+            let bytes = entries.iter().map(|(key, state)| key.len() + state.len()).sum();
+            let charge = shared.cluster.budget().try_charge(bytes, "segment entries");
+            let charge = charge.inspect_err(|_| shared.refused())?;
+            Ok::<_, Error>((entries, admitted, charge))
         }
         .await;
         match outcome {
-            Ok(entries) => {
+            Ok((entries, _admitted, _charge)) => {
                 let mut list = results.get().init_entries(entries.len() as u32);
                 for (i, (key, state)) in entries.iter().enumerate() {
                     let mut entry = list.reborrow().get(i as u32);
@@ -1096,7 +1184,8 @@ impl peer::Server for PeerApi {
         mut results: peer::GossipResults,
     ) -> Result<(), capnp::Error> {
         let outcome = (|| {
-            let _admitted = self.api.admit()?;
+            // Charged nothing: the heartbeat is never refused for bytes.
+            let _admitted = self.api.admit(0)?;
             let theirs =
                 wire::get_view(params.get().map_err(wire::bad)?.get_view().map_err(wire::bad)?)?;
             let cluster = &self.api.shared.cluster;
