@@ -292,7 +292,7 @@ pub struct Config {
 
 /// A configuration refused at start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {key}: {reason}")]
+#[error("{file}: {}{reason}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
 pub struct ConfigError {
     /// The file (or [`EMBEDDED_SOURCE`]).
     pub file: String,
