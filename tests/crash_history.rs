@@ -30,11 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cartwheel::client::{block_on, Client, ReadOptions, RingInfo, WriteOptions};
-use cartwheel::Error;
-use cartwheel_resolvers::Op;
+use cartwheel::client::{block_on, Client, ReadOptions, RingInfo};
 
-use common::history::{FinalState, History, Operation, Outcome};
+use common::history::History;
+use common::workload::{self, key_name, Bucket, Kind, WriterPlan};
 use common::{free_port, members_up, wait_until, Process};
 
 /// Nodes in the cluster.
@@ -42,11 +41,11 @@ const NODES: usize = 5;
 
 /// The buckets written: name, resolver, number of keys. The siblings bucket has more keys
 /// (and a raised sibling limit, see [`node_config`]) because every blind put adds a sibling.
-const BUCKETS: [(&str, &str, usize); 4] = [
-    ("carts", "cart", 5),
-    ("counters", "pncounter", 5),
-    ("sets", "orset", 5),
-    ("siblings", "siblings", 10),
+const BUCKETS: [Bucket; 4] = [
+    Bucket { name: "carts", kind: Kind::CartAdd, keys: 5 },
+    Bucket { name: "counters", kind: Kind::CounterIncrement, keys: 5 },
+    Bucket { name: "sets", kind: Kind::SetAdd, keys: 5 },
+    Bucket { name: "siblings", kind: Kind::BlindPut, keys: 10 },
 ];
 
 /// Kill rounds of the nemesis.
@@ -78,7 +77,13 @@ fn node_config(id: usize, addresses: &[String], data_dir: &std::path::Path) -> S
         data = data_dir.display(),
         seed = addresses[0],
     );
-    for (name, resolver, _) in BUCKETS {
+    for Bucket { name, kind, .. } in BUCKETS {
+        let resolver = match kind {
+            Kind::CartAdd => "cart",
+            Kind::CounterIncrement => "pncounter",
+            Kind::SetAdd => "orset",
+            _ => "siblings",
+        };
         text.push_str(&format!(
             "[buckets.{name}]\nengine = \"log\"\nresolver = \"{resolver}\"\nn = 3\nr = 2\nw = 2\ndw = 0\n"
         ));
@@ -87,10 +92,6 @@ fn node_config(id: usize, addresses: &[String], data_dir: &std::path::Path) -> S
         }
     }
     text
-}
-
-fn key_name(bucket: &str, index: usize) -> Vec<u8> {
-    format!("{bucket}-{index}").into_bytes()
 }
 
 /// Five nodes on free ports, each with its data in one temporary directory. (Fields drop in
@@ -135,82 +136,23 @@ impl Cluster {
     }
 }
 
-/// A writer: one thread, one node, until `stop`. Returns its history.
-fn writer(node: usize, address: String, stop: Arc<AtomicBool>) -> History {
-    block_on(async move {
-        let mut history = History::default();
-        let mut client: Option<Client> = None;
-        let mut random = 0x9E37_79B9_7F4A_7C15u64 ^ (node as u64 + 1);
-        let mut sequence = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let Some(connected) = &client else {
-                match Client::connect(&address).await {
-                    Ok(c) => client = Some(c),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-                continue;
-            };
-            sequence += 1;
-            random = xorshift(random);
-            let (bucket, _, keys) = BUCKETS[sequence as usize % BUCKETS.len()];
-            let key = key_name(bucket, (random >> 32) as usize % keys);
-            let unique = format!("n{}-{sequence:06}", node + 1).into_bytes();
-            let operation = match bucket {
-                "carts" => Operation::CartAdd { item: unique, quantity: 1 },
-                "counters" => Operation::CounterIncrement(1),
-                "sets" => Operation::SetAdd(unique),
-                _ => Operation::BlindPut(unique),
-            };
-            let guard = Duration::from_millis(u64::from(WRITE_TIMEOUT_MS) + 3_000);
-            let result = tokio::time::timeout(guard, send(connected, bucket, &key, &operation))
-                .await
-                .unwrap_or_else(|_| Err(Error::Timeout("no answer at the client".into())));
-            if matches!(
-                result,
-                Err(Error::Transport(_) | Error::Connect { .. } | Error::Timeout(_))
-            ) {
-                // The node may be gone (killed) or restarted: connect again.
-                client = None;
-            }
-            history.record(bucket, &key, operation, Outcome::of(&result));
-        }
-        history
-    })
-}
-
-/// Send one recorded operation.
-async fn send(
-    client: &Client,
-    bucket: &str,
-    key: &[u8],
-    operation: &Operation,
-) -> Result<(), Error> {
-    let options = WriteOptions { timeout_ms: WRITE_TIMEOUT_MS, ..WriteOptions::default() };
-    let op = match operation {
-        Operation::BlindPut(value) => {
-            return client.put_with(bucket, key, value, &[], &options).await.map(drop)
-        }
-        Operation::CartAdd { item, quantity } => {
-            Op::CartAdd { item: item.clone(), quantity: *quantity }
-        }
-        Operation::CounterIncrement(amount) => Op::CounterIncrement(*amount),
-        Operation::SetAdd(element) => Op::SetAdd(element.clone()),
-    };
-    client.update(bucket, key, &[op], &[], &options).await.map(drop)
-}
-
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
+/// The writer of node `node`: unique writes through that node, in turn to each bucket.
+fn writer_plan(node: usize, address: String) -> WriterPlan {
+    WriterPlan {
+        number: node + 1,
+        address,
+        buckets: BUCKETS.to_vec(),
+        seed: 0x9E37_79B9_7F4A_7C15u64 ^ (node as u64 + 1),
+        timeout_ms: WRITE_TIMEOUT_MS,
+        pause: Duration::ZERO,
+    }
 }
 
 /// The pairs the nemesis kills, one per round: two of the three primaries of cart
 /// `round % carts`, the two killed least often so far, so that every node is killed (and
 /// restarted) about as often as the others.
 fn kill_plan(cluster: &Cluster, ring: &RingInfo) -> Vec<(usize, usize)> {
-    let (_, _, carts) = BUCKETS[0];
+    let carts = BUCKETS[0].keys;
     let mut kills = [0usize; NODES];
     (0..ROUNDS)
         .map(|round| {
@@ -224,46 +166,6 @@ fn kill_plan(cluster: &Cluster, ring: &RingInfo) -> Vec<(usize, usize)> {
             pair
         })
         .collect()
-}
-
-/// Every key's value as read at R = 3 through `address`, or the first error.
-fn read_all(address: &str, keys: &[(String, Vec<u8>)]) -> Result<FinalState, Error> {
-    block_on(async {
-        let client = Client::connect(address).await?;
-        let options = ReadOptions { r: 3, timeout_ms: 5_000 };
-        let mut state = FinalState::new();
-        for (bucket, key) in keys {
-            let read = client.get_with(bucket, key, &options).await?;
-            state.insert((bucket.clone(), key.clone()), read.value);
-        }
-        Ok(state)
-    })
-}
-
-/// Hints held by the node at `address` for any member (`None` if it does not answer).
-fn hints_held(address: &str) -> Option<u64> {
-    block_on(async {
-        let status = Client::connect(address).await.ok()?.status().await.ok()?;
-        Some(status.members.iter().map(|m| m.hints_queued).sum())
-    })
-}
-
-/// Whether the three primaries of every key store the same bytes.
-fn primaries_agree(ring: &RingInfo, keys: &[(String, Vec<u8>)]) -> bool {
-    block_on(async {
-        for (bucket, key) in keys {
-            let mut states = Vec::new();
-            for address in ring.preference_addresses(bucket, key).iter().take(3) {
-                let Ok(client) = Client::connect(address).await else { return false };
-                let Ok(state) = client.replica_state(bucket, key).await else { return false };
-                states.push(state);
-            }
-            if states.iter().any(|s| s != &states[0]) {
-                return false;
-            }
-        }
-        true
-    })
 }
 
 /// How many actors (node, epoch) each cart's clock names: what the fix for reused dots
@@ -283,28 +185,6 @@ fn cart_clock_sizes(cluster: &Cluster, keys: &[(String, Vec<u8>)]) -> Vec<usize>
     })
 }
 
-/// Wait until no node holds hints, the primaries of every key agree and reads at R = 3
-/// through every node agree; return the state read and whether that happened in time.
-fn converge(cluster: &Cluster, ring: &RingInfo, keys: &[(String, Vec<u8>)]) -> (FinalState, bool) {
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < CONVERGE {
-        let hints: Option<u64> = cluster.addresses.iter().map(|a| hints_held(a)).sum();
-        let reads: Result<Vec<FinalState>, Error> =
-            cluster.addresses.iter().map(|a| read_all(a, keys)).collect();
-        if let Ok(reads) = reads {
-            let agree = reads.iter().all(|r| r == &reads[0]);
-            if hints == Some(0) && agree && primaries_agree(ring, keys) {
-                return (reads.into_iter().next().unwrap(), true);
-            }
-            last = reads.into_iter().next();
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let state = last.or_else(|| read_all(&cluster.addresses[0], keys).ok());
-    (state.expect("the final state is readable from n1"), false)
-}
-
 /// Kill -9 pairs of nodes (two primaries of a cart at a time) and restart them while every
 /// node coordinates unique cart adds, counter increments, set adds and blind sibling puts:
 /// no acknowledged write is missing from the converged state.
@@ -319,8 +199,9 @@ fn no_acknowledged_write_is_lost_when_pairs_of_nodes_are_killed() {
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..NODES)
         .map(|node| {
-            let (address, stop) = (cluster.addresses[node].clone(), Arc::clone(&stop));
-            std::thread::spawn(move || writer(node, address, stop))
+            let (plan, stop) =
+                (writer_plan(node, cluster.addresses[node].clone()), Arc::clone(&stop));
+            std::thread::spawn(move || workload::writer(plan, stop))
         })
         .collect();
 
@@ -349,7 +230,8 @@ fn no_acknowledged_write_is_lost_when_pairs_of_nodes_are_killed() {
     }
     cluster.wait_all_up("every node is up again after the nemesis");
     let keys: Vec<(String, Vec<u8>)> = history.keys().into_iter().collect();
-    let (final_state, converged) = converge(&cluster, &ring, &keys);
+    let (final_state, converged) =
+        workload::converge(&cluster.addresses, &ring, &keys, 3, CONVERGE);
 
     let report = history.check(&final_state);
     eprint!("{report}");

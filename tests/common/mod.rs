@@ -1,18 +1,20 @@
 //! Helpers shared by the process-level tests: free loopback ports, `cartwheel serve`
-//! processes that can be killed with SIGKILL and restarted, polling with a deadline, and the
-//! history checker ([`history`]).
+//! processes that can be killed with SIGKILL and restarted (in a network namespace of their
+//! own if asked), polling with a deadline, the history checker ([`history`]), writers and
+//! convergence ([`workload`]).
 //!
 //! The binary under test is the one this package builds, unless the environment variable
 //! `CARTWHEEL_TEST_BIN` names another `cartwheel` binary: that is how a fault test is run
 //! against an older build to show that it catches a bug the newer one fixed. Set
-//! `CARTWHEEL_TEST_LOG_DIR` to a directory to keep each node's stderr there (at `info`)
-//! instead of discarding it.
+//! `CARTWHEEL_TEST_LOG_DIR` to a directory to keep each node's stderr there (at `info`, or
+//! at the level `CARTWHEEL_TEST_LOG_LEVEL` names, e.g. `debug`) instead of discarding it.
 //!
 //! Each test binary uses a subset of these helpers, hence `dead_code` is allowed here.
 
 #![allow(dead_code)]
 
 pub mod history;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -48,19 +50,35 @@ pub fn binary() -> PathBuf {
 /// killed when dropped.
 pub struct Process {
     config: PathBuf,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's.
+    namespace: Option<String>,
     child: Option<Child>,
 }
 
 impl Process {
     /// A process for the node configured in `config`; not started yet.
     pub fn new(config: PathBuf) -> Self {
-        Self { config, child: None }
+        Self { config, namespace: None, child: None }
+    }
+
+    /// A process for the node configured in `config`, run inside the network namespace
+    /// `namespace` (see [`netns`]); not started yet. `ip netns exec` execs the binary, so
+    /// the child is the node itself and [`Process::kill`] kills the node.
+    pub fn in_namespace(config: PathBuf, namespace: String) -> Self {
+        Self { config, namespace: Some(namespace), child: None }
     }
 
     /// Start the node (it must not be running).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.config.display());
-        let mut command = Command::new(binary());
+        let mut command = match &self.namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
         command.args(["serve", "--config"]).arg(&self.config).stdout(Stdio::null());
         match std::env::var_os("CARTWHEEL_TEST_LOG_DIR") {
             Some(dir) => {
@@ -70,7 +88,8 @@ impl Process {
                     .append(true)
                     .open(Path::new(&dir).join(name).with_extension("log"))
                     .expect("the log directory is writable");
-                command.env("RUST_LOG", "info").stderr(log);
+                let level = std::env::var("CARTWHEEL_TEST_LOG_LEVEL");
+                command.env("RUST_LOG", level.as_deref().unwrap_or("info")).stderr(log);
             }
             None => {
                 command.env("RUST_LOG", "warn").stderr(Stdio::null());
