@@ -1,7 +1,7 @@
 //! Helpers shared by the process-level tests: free loopback ports, `cartwheel serve`
 //! processes that can be killed with SIGKILL and restarted (in a network namespace of their
 //! own if asked), polling with a deadline, the history checker ([`history`]), writers and
-//! convergence ([`workload`]).
+//! convergence ([`workload`]), private networks with partitions ([`netns`]).
 //!
 //! The binary under test is the one this package builds, unless the environment variable
 //! `CARTWHEEL_TEST_BIN` names another `cartwheel` binary: that is how a fault test is run
@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod history;
+pub mod netns;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
