@@ -1,7 +1,8 @@
 //! Helpers shared by the process-level tests: free loopback ports, `cartwheel serve`
 //! processes that can be killed with SIGKILL and restarted (in a network namespace of their
 //! own if asked), polling with a deadline, the history checker ([`history`]), writers and
-//! convergence ([`workload`]), private networks with partitions ([`netns`]).
+//! convergence ([`workload`]), private networks with partitions ([`netns`]) and small disks
+//! ([`tmpfs`]).
 //!
 //! The binary under test is the one this package builds, unless the environment variable
 //! `CARTWHEEL_TEST_BIN` names another `cartwheel` binary: that is how a fault test is run
@@ -15,6 +16,7 @@
 
 pub mod history;
 pub mod netns;
+pub mod tmpfs;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
