@@ -116,6 +116,8 @@ pub struct Cluster {
     anti_entropy_per_round: usize,
     /// Index into the (bucket, partition) pairs of the next anti-entropy exchange.
     anti_entropy_cursor: std::cell::Cell<usize>,
+    /// The hint store's failure was seen (and the hint actor renewed), until it is reopened.
+    hints_failure_noticed: std::cell::Cell<bool>,
     /// dw > 0 waits: one blocking sync at a time per engine.
     syncs: crate::store::sync_group::SyncGroups,
     /// Where the view is kept across restarts ([`crate::cluster::membership_file`]); none
@@ -215,6 +217,7 @@ impl Cluster {
             handoff: RefCell::new(Handoff::default()),
             anti_entropy_per_round: config.cluster.anti_entropy_partitions_per_round,
             anti_entropy_cursor: std::cell::Cell::new(0),
+            hints_failure_noticed: std::cell::Cell::new(false),
             syncs: crate::store::sync_group::SyncGroups::default(),
             membership_file: environment.membership_file,
             saved_shape: RefCell::new(saved_shape),
@@ -320,6 +323,27 @@ impl Cluster {
     /// [`Store::failed_buckets`]); one that cannot be reopened yet (the disk is still full) is
     /// tried again next round.
     async fn recovery_round(&self) {
+        let hints = std::sync::Arc::clone(self.hints.engine());
+        if hints.failed() {
+            // As for a bucket: the hint actor takes a new epoch before anything is reopened
+            // (a reopen may drop unsynced hints, and with them dots of the hint actor).
+            if !self.hints_failure_noticed.replace(true) {
+                self.store.renew_actor(crate::actors::Role::Hint);
+                tracing::error!("the hint store failed a write or a sync: reopened each round");
+            }
+            match tokio::task::spawn_blocking(move || hints.try_recover()).await {
+                Ok(Ok(cartwheel_engines::Recovery::Reopened)) => {
+                    self.hints_failure_noticed.set(false);
+                    if let Err(e) = self.hints.recount() {
+                        tracing::error!(error = %e, "cannot count the reopened hints");
+                    }
+                    tracing::warn!("hint store reopened from its files; hints resume");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot reopen the hint store yet"),
+                Err(e) => tracing::error!(error = %e, "the reopen panicked"),
+            }
+        }
         for (bucket, engine) in self.store.failed_buckets() {
             match tokio::task::spawn_blocking(move || engine.try_recover()).await {
                 Ok(Ok(cartwheel_engines::Recovery::Reopened)) => {

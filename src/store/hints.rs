@@ -102,6 +102,20 @@ fn owner_prefix(owner: &str) -> Vec<u8> {
     out
 }
 
+/// Hints held per owner in `engine`.
+fn count(
+    engine: &dyn StorageEngine,
+) -> Result<BTreeMap<String, u64>, cartwheel_engines::EngineError> {
+    let mut counts = BTreeMap::new();
+    engine.scan_prefix(&[], &mut |stored, _| {
+        if let Some((owner, _, _)) = parse_hint_key(stored) {
+            *counts.entry(owner).or_insert(0) += 1;
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(counts)
+}
+
 fn parse_hint_key(stored: &[u8]) -> Option<(String, String, Vec<u8>)> {
     let (&owner_len, rest) = stored.split_first()?;
     let owner = rest.get(..owner_len as usize)?;
@@ -123,8 +137,13 @@ impl Hints {
         count_max: u64,
         bytes_max: u64,
     ) -> Result<Self, cartwheel_engines::EngineError> {
-        let engine = cartwheel_engines::open(EngineKind::Log, dir, &EngineOptions::default())?;
-        Self::with_engine(engine, count_max, bytes_max)
+        // Reopened in place after a failed write or sync, like the buckets' engines.
+        let engine = cartwheel_engines::recovering::Recovering::open(
+            EngineKind::Log,
+            dir.to_path_buf(),
+            EngineOptions::default(),
+        )?;
+        Self::with_engine(Arc::new(engine), count_max, bytes_max)
     }
 
     /// The hint store kept in `engine` (the seeded simulation's disk).
@@ -133,13 +152,7 @@ impl Hints {
         count_max: u64,
         bytes_max: u64,
     ) -> Result<Self, cartwheel_engines::EngineError> {
-        let mut counts = BTreeMap::new();
-        engine.scan_prefix(&[], &mut |stored, _| {
-            if let Some((owner, _, _)) = parse_hint_key(stored) {
-                *counts.entry(owner).or_insert(0) += 1;
-            }
-            ControlFlow::Continue(())
-        })?;
+        let counts = count(engine.as_ref())?;
         Ok(Self {
             engine,
             count_max,
@@ -147,6 +160,13 @@ impl Hints {
             refused: Cell::new(0),
             counts: RefCell::new(counts),
         })
+    }
+
+    /// Count the hints again from the engine: after it was reopened from its files (which may
+    /// have dropped hints no sync covered).
+    pub fn recount(&self) -> Result<(), cartwheel_engines::EngineError> {
+        *self.counts.borrow_mut() = count(self.engine.as_ref())?;
+        Ok(())
     }
 
     /// Keep `state` for `owner`, merged with any hint already held for the same key.

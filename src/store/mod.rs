@@ -213,6 +213,12 @@ impl Store {
         failed
     }
 
+    /// Give this node's actor for `role` a new epoch (see src/actors.rs), e.g. before the hint
+    /// store is reopened after a failure.
+    pub fn renew_actor(&self, role: Role) {
+        self.actors.renew(role);
+    }
+
     /// A bucket's engine was reopened from its files after a failure: it takes writes again.
     pub fn engine_reopened(&self, bucket: &str) {
         self.failures_noticed.lock().unwrap_or_else(|p| p.into_inner()).remove(bucket);
