@@ -40,8 +40,8 @@
 //! - **c × the budget**: the budget counts each byte once, the node holds it a few times
 //!   over: the message it came in, the decoded value, the new state (one copy for all its
 //!   targets), the message it goes out in to each replica. Measured with 1 MiB puts at full
-//!   speed on three nodes, c is about 2.5: anonymous memory peaked at 159 to 187 MB per node
-//!   (docs/BENCHMARKS.md, "Bounded memory"; 569 to 692 MB before the budget).
+//!   speed on three nodes, c is 2.2 to 2.5: anonymous memory peaked at 159 to 187 MB per
+//!   node (docs/BENCHMARKS.md, "Bounded memory"; 0.57 to 2.6 GB before the budget).
 //! - **per connection**, while busy: one message being read (at most `message_bytes_max`;
 //!   it is charged once it is admitted, and dropped at once when refused) and the coalescing
 //!   writer's two buffers of at most
@@ -55,7 +55,7 @@
 //! - **file pages**: the `log` engine maps its segment files read-only; every page it reads
 //!   through a mapping (the old state at each overwrite, a merge) counts in RSS until the
 //!   kernel reclaims it or the segment is deleted. With 1 MiB puts on one node this was
-//!   nearly all of the RSS: 0.85 to 1.3 GB at the peak, with 19 to 20 MB anonymous.
+//!   nearly all of the RSS: 0.86 to 1.34 GB at the peak, with 19 to 30 MB anonymous.
 //!
 //! Not bounded in bytes, only by the request counts: the states a read fetches from its
 //! replicas (R to N per read, until it and its read repair end), answers capnp-rpc queues for
