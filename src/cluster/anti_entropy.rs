@@ -173,7 +173,9 @@ impl Cluster {
                 out.push((key.to_vec(), state.to_vec()));
             }
         };
-        self.store.fold_partition(bucket, partition, Vec::new(), pick).await
+        let entries = self.store.fold_partition(bucket, partition, Vec::new(), pick).await?;
+        let budget = self.store.limits().message_bytes_max() / 2;
+        Ok(fit_answer(entries, budget, self.now_ms() as usize))
     }
 
     /// Compare a few partitions with another primary and merge what differs, both ways.
@@ -233,9 +235,60 @@ impl Cluster {
     }
 }
 
+/// Bytes an entry adds to a `segmentEntries` answer beyond its key and state (list and
+/// pointer overhead, rounded up).
+const ENTRY_OVERHEAD_BYTES: usize = 32;
+
+/// What of `entries` one `segmentEntries` answer carries: all of them when they fit in
+/// `budget` bytes (half the message limit), else as many as fit, starting at `turn` (mod
+/// the count) and wrapping. A partition whose differing segments hold more than one message
+/// (large values) is then repaired over several rounds: the leaves still differ after a
+/// partial answer, the next comparison asks again, and another `turn` starts elsewhere, so
+/// every entry is carried in time. An entry too large for the budget alone is still sent
+/// alone (a state always fits one message: `Limits::state_bytes_max`).
+pub(super) fn fit_answer(entries: Vec<Entry>, budget: usize, turn: usize) -> Vec<Entry> {
+    let size = |(key, state): &Entry| key.len() + state.len() + ENTRY_OVERHEAD_BYTES;
+    if entries.iter().map(size).sum::<usize>() <= budget {
+        return entries;
+    }
+    let count = entries.len();
+    let start = turn % count;
+    let mut rotated = entries;
+    rotated.rotate_left(start);
+    let mut used = 0;
+    let mut out = Vec::new();
+    for entry in rotated {
+        let bytes = size(&entry);
+        if !out.is_empty() && used + bytes > budget {
+            break;
+        }
+        used += bytes;
+        out.push(entry);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An answer over the budget carries what fits, from a rotating start, so that every
+    /// entry is carried by some answer; one that fits is whole.
+    #[test]
+    fn answers_fit_the_message_and_rotate() {
+        let entries: Vec<Entry> =
+            (0..10u8).map(|i| (vec![i], vec![i; 100 - ENTRY_OVERHEAD_BYTES - 1])).collect();
+        assert_eq!(fit_answer(entries.clone(), 1_000, 3), entries);
+        let mut carried = std::collections::BTreeSet::new();
+        for turn in 0..10 {
+            let answer = fit_answer(entries.clone(), 350, turn);
+            assert_eq!(answer.len(), 3, "three of 100 bytes fit in 350");
+            carried.extend(answer.into_iter().map(|(key, _)| key));
+        }
+        assert_eq!(carried.len(), 10, "every entry carried by some answer");
+        let huge = vec![(vec![1], vec![0; 5_000])];
+        assert_eq!(fit_answer(huge.clone(), 350, 0), huge, "one entry always goes");
+    }
 
     fn entries(pairs: &[(&str, &str)]) -> Leaves {
         leaves(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))

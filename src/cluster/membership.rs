@@ -704,10 +704,13 @@ impl Membership {
         self.ring.owners.iter().map(String::as_str).collect()
     }
 
-    /// An RPC to `id` succeeded.
-    pub fn rpc_succeeded(&mut self, id: &str) {
+    /// An RPC to `id` succeeded at `now_ms`: it answered, so it is alive now, whatever gossip
+    /// says of its heartbeat (a node that gossip has not reached for a while, e.g. because
+    /// its rounds picked members cut off by a partition, is not taken for silent).
+    pub fn rpc_succeeded(&mut self, id: &str, now_ms: u64) {
         if let Some(known) = self.members.get_mut(id) {
             known.rpc_failures = 0;
+            known.advanced_at_ms = known.advanced_at_ms.max(now_ms);
         }
     }
 
@@ -931,8 +934,15 @@ mod tests {
         a.rpc_failed("b");
         a.rpc_failed("b");
         assert_eq!(a.health("b", 10), Health::Down);
-        a.rpc_succeeded("b");
+        a.rpc_succeeded("b", 10);
         assert_eq!(a.health("b", 10), Health::Up);
+        // A direct answer counts as a sign of life, as a heartbeat would: long after the last
+        // gossip news of b, b that answered is up.
+        let (_, down_after_ms) = a.timing.thresholds_ms(2);
+        let later = 10 + 2 * down_after_ms;
+        assert_eq!(a.health("b", later), Health::Down);
+        a.rpc_succeeded("b", later);
+        assert_eq!(a.health("b", later), Health::Up);
     }
 
     /// An older heartbeat does not overwrite a newer one; a restart (new incarnation) does.

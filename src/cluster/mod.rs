@@ -116,6 +116,9 @@ pub struct Cluster {
     anti_entropy_per_round: usize,
     /// Index into the (bucket, partition) pairs of the next anti-entropy exchange.
     anti_entropy_cursor: std::cell::Cell<usize>,
+    /// Peer addresses a connection is being opened to, and how to wake the calls waiting for
+    /// it (src/cluster/peers.rs).
+    connecting: RefCell<HashMap<String, Rc<tokio::sync::Notify>>>,
     /// The hint store's failure was seen (and the hint actor renewed), until it is reopened.
     hints_failure_noticed: std::cell::Cell<bool>,
     /// dw > 0 waits: one blocking sync at a time per engine.
@@ -218,6 +221,7 @@ impl Cluster {
             anti_entropy_per_round: config.cluster.anti_entropy_partitions_per_round,
             anti_entropy_cursor: std::cell::Cell::new(0),
             hints_failure_noticed: std::cell::Cell::new(false),
+            connecting: RefCell::new(HashMap::new()),
             syncs: crate::store::sync_group::SyncGroups::default(),
             membership_file: environment.membership_file,
             saved_shape: RefCell::new(saved_shape),

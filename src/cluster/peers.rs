@@ -194,6 +194,21 @@ impl FromReply for BTreeMap<Vec<u8>, Vec<u8>> {
     }
 }
 
+/// A connection attempt in progress; when it ends (or is cancelled), the calls that waited
+/// for it are woken.
+struct Attempt<'a> {
+    cluster: &'a Cluster,
+    address: &'a str,
+    done: Rc<tokio::sync::Notify>,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.cluster.connecting.borrow_mut().remove(self.address);
+        self.done.notify_waiters();
+    }
+}
+
 /// Holds one in-flight slot of a peer connection until dropped.
 struct Slot(Rc<Cell<usize>>);
 
@@ -473,6 +488,30 @@ impl Cluster {
         if let Some(connection) = self.connections.borrow().get(address) {
             return Ok(connection.clone());
         }
+        // One attempt per address at a time: the others wait for it. A peer that is down then
+        // costs one failed attempt per connect timeout, not one per call (a burst of calls to
+        // an unreachable peer would otherwise open hundreds of connections, and the ones
+        // started just before a heal would time out after it and mark the healed peer).
+        let pending = self.connecting.borrow().get(address).cloned();
+        if let Some(attempt) = pending {
+            let done = attempt.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.connecting.borrow().contains_key(address) {
+                done.await;
+            }
+            return match self.connections.borrow().get(address) {
+                Some(connection) => Ok(connection.clone()),
+                // The attempt's own failure is what tells the failure detector; this call
+                // says nothing more about the peer.
+                None => {
+                    Err(Error::Overloaded(format!("no connection to {address} could be opened")))
+                }
+            };
+        }
+        let attempt = Rc::new(tokio::sync::Notify::new());
+        self.connecting.borrow_mut().insert(address.to_string(), Rc::clone(&attempt));
+        let _attempt = Attempt { cluster: self, address, done: attempt };
         let failed = |reason: String| Error::Connect { address: address.to_string(), reason };
         let connecting = async {
             let stream = TcpStream::connect(address).await.map_err(|e| failed(e.to_string()))?;
@@ -518,12 +557,12 @@ impl Cluster {
     /// Feed a call's outcome to the failure detector.
     fn record<T>(&self, id: &str, address: &str, outcome: &Result<T, Error>) {
         match outcome {
-            Ok(_) => self.membership.borrow_mut().rpc_succeeded(id),
+            Ok(_) => self.membership.borrow_mut().rpc_succeeded(id, self.now_ms()),
             Err(Error::Connect { .. } | Error::Transport(_)) => self.peer_failed(id, address),
             // Refused before sending: says nothing about the peer.
             Err(Error::Overloaded(_)) => {}
             // The peer answered: it is up, whatever it said.
-            Err(_) => self.membership.borrow_mut().rpc_succeeded(id),
+            Err(_) => self.membership.borrow_mut().rpc_succeeded(id, self.now_ms()),
         }
     }
 
