@@ -59,8 +59,8 @@
 //!
 //! Not bounded in bytes, only by the request counts: the states a read fetches from its
 //! replicas (R to N per read, until it and its read repair end), answers capnp-rpc queues for
-//! a client that does not read them, and the background rounds' own reads (a handoff reads a
-//! whole partition, an anti-entropy exchange a peer's differing segments).
+//! a client that does not read them, and a handoff's read of a whole partition (an
+//! anti-entropy answer is at most half a message).
 //!
 //! ## Requests
 //! This module is the Cap'n Proto glue: it admits a request, decodes it, hands it to
