@@ -29,7 +29,7 @@
 //! replay with `CARTWHEEL_TEST_SEED=<seed>`. `CARTWHEEL_SOAK=1` runs longer: every node is
 //! cut off in turn for a minute, and three different splits of a minute.
 //! `CARTWHEEL_PARTITION_STRICT=1` asserts the membership checks as stated above, in both
-//! tests. The two tests take turns (a lock): ten nodes at once would be too much for a
+//! tests (.ci/run sets it wherever the namespace tests run). The two tests take turns (a lock): ten nodes at once would be too much for a
 //! 2-core machine.
 
 mod common;

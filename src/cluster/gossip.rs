@@ -137,7 +137,8 @@ impl Cluster {
             if let Some(address) = membership.gossip_peer(&self.seeds, random) {
                 exchanges.push((membership.id_at(&address).map(str::to_string), address));
             }
-            for (id, address) in membership.probes() {
+            let probe = membership.recovery_probe(random);
+            for (id, address) in membership.probes().into_iter().chain(probe) {
                 if exchanges.iter().all(|(_, a)| *a != address) {
                     exchanges.push((Some(id), address));
                 }

@@ -454,7 +454,22 @@ impl Membership {
         if others.is_empty() {
             return None;
         }
-        Some(others[random as usize % others.len()].info.address.clone())
+        // Members whose last call failed are left to [`Membership::recovery_probe`]: a round
+        // spent on an unreachable member is a round without news for the reachable ones (on
+        // the small side of a split, members would take each other for silent).
+        let reachable: Vec<&Known> =
+            others.iter().copied().filter(|k| k.rpc_failures == 0).collect();
+        let pool = if reachable.is_empty() { &others } else { &reachable };
+        Some(pool[random as usize % pool.len()].info.address.clone())
+    }
+
+    /// One member whose last call failed, to gossip with this round as well (a random one):
+    /// how a member cut off comes back within a round or two of a heal.
+    pub fn recovery_probe(&self, random: u64) -> Option<(String, String)> {
+        let failing: Vec<&Known> =
+            self.members.values().filter(|k| k.info.id != self.me && k.rpc_failures > 0).collect();
+        let known = failing.get((random >> 17) as usize % failing.len().max(1))?;
+        Some((known.info.id.clone(), known.info.address.clone()))
     }
 
     /// The unproven members to send this node's view to this round, as (id, address): at
