@@ -199,6 +199,9 @@ impl Shared {
     }
 }
 
+/// Records at least this long have their pages let go once read ([`sys::Map::release`]).
+const RELEASE_AFTER_READ_BYTES: usize = 64 << 10;
+
 fn corrupt(path: &Path, reason: impl Into<String>) -> EngineError {
     EngineError::Corrupt { path: path.display().to_string(), reason: reason.into() }
 }
@@ -346,7 +349,14 @@ impl MemLog {
             // The common case, copied out under the table's read lock (no reference count).
             if let Some(bytes) = segment.readable_from(at.offset) {
                 return match decode_record(bytes) {
-                    Some((record, _)) => Ok(f(record)),
+                    Some((record, len)) => {
+                        let read = f(record);
+                        // Large records (1 MiB values) would otherwise stay resident.
+                        if len >= RELEASE_AFTER_READ_BYTES {
+                            segment.map.release(u64::from(at.offset), len as u64);
+                        }
+                        Ok(read)
+                    }
                     None => Err(corrupt(&segment.path, format!("bad record at {}", at.offset))),
                 };
             }
@@ -385,7 +395,10 @@ impl MemLog {
         let Some(found) = found else {
             return Err(corrupt(&self.shared.dir, format!("no segment {segment}")));
         };
-        Ok(scan_bytes(&found, visit))
+        let end = scan_bytes(&found, visit);
+        // A whole segment was read (a merge, a snapshot): its pages need not stay resident.
+        found.map.release(0, found.map.len());
+        Ok(end)
     }
 
     /// Ids and file lengths of the sealed segments, in order (the active one excluded).

@@ -205,6 +205,31 @@ impl Map {
         self.len
     }
 
+    /// Let go of the pages of `[offset, offset + len)` (whole pages inside it): they leave
+    /// this process's resident memory and stay in the page cache, so reading large records
+    /// does not grow the node's RSS by what it read. Best effort: errors are ignored.
+    pub(super) fn release(&self, offset: u64, len: u64) {
+        const PAGE: u64 = 4096;
+        let Some(map) = self.map.as_ref() else { return };
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset + len).min(self.len) / PAGE * PAGE;
+        if end <= start {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a read-only shared mapping of a file only drops this
+        // process's page table entries: a later access faults the same bytes back in from
+        // the page cache or the file (it does not zero them, as it would for private or
+        // anonymous memory), and the bytes below the readable mark never change. So slices
+        // other threads hold into the range stay valid and read the same data.
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                (end - start) as usize,
+            )
+        };
+    }
+
     /// The bytes `[offset, readable)`, or `None` when `offset` is not below `readable`.
     pub(super) fn bytes(&self, offset: u64, readable: u64) -> Option<&[u8]> {
         let end = readable.min(self.len);
