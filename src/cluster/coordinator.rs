@@ -86,18 +86,23 @@ pub enum WritePlan {
 ///
 /// Dot-issuing writes must be coordinated where the actor's history of the key is complete
 /// ([`crate::actors`]): a primary, on its own copy, or any node on its own hints with its hint
-/// actor. A node that is neither forwards to the first primary it sees up.
+/// actor. A node that is neither forwards to the first primary it sees up. A primary whose
+/// engine for the bucket failed (`me_can_store` false: a full disk) takes the write as a node
+/// that is not a primary would: it forwards it to another primary.
 pub fn plan_write(
     me: &str,
     targets: &[Target],
     forwarded: bool,
+    me_can_store: bool,
     health: impl Fn(&str) -> Health,
 ) -> Option<WritePlan> {
-    if targets.iter().any(|t| t.id == me && t.hint_for.is_none()) {
+    if me_can_store && targets.iter().any(|t| t.id == me && t.hint_for.is_none()) {
         return Some(WritePlan::Coordinate);
     }
     if !forwarded {
-        let up = targets.iter().find(|t| t.hint_for.is_none() && health(&t.id) == Health::Up);
+        let up = targets
+            .iter()
+            .find(|t| t.hint_for.is_none() && t.id != me && health(&t.id) == Health::Up);
         if let Some(primary) = up {
             return Some(WritePlan::Forward(primary.id.clone()));
         }
@@ -223,8 +228,9 @@ impl Cluster {
         let targets = self.targets(bucket, key, n);
         let known = self.knows_cluster();
         let (w, dw) = effective_write_quorum(&bucket_ref.config, asked, targets.len(), known)?;
-        let plan = plan_write(&me, &targets, options.forwarded, |id| self.health(id))
-            .ok_or_else(|| Error::QuorumNotMet("no member is known to own the key".into()))?;
+        let plan =
+            plan_write(&me, &targets, options.forwarded, !engine.failed(), |id| self.health(id))
+                .ok_or_else(|| Error::QuorumNotMet("no member is known to own the key".into()))?;
         let timeout = self.timeout(options.timeout_ms);
         let mut quorum = WriteQuorum::new(targets.len().max(1), w, dw);
         let (events, mut answers) = futures::channel::mpsc::unbounded::<bool>();
@@ -514,12 +520,20 @@ mod tests {
     fn writes_are_coordinated_at_a_primary() {
         let targets = [target("a", None), target("b", None), target("c", None)];
         let up = |_: &str| Health::Up;
-        assert_eq!(plan_write("b", &targets, false, up), Some(WritePlan::Coordinate));
-        assert_eq!(plan_write("b", &targets, true, up), Some(WritePlan::Coordinate));
-        assert_eq!(plan_write("x", &targets, false, up), Some(WritePlan::Forward("a".into())));
+        assert_eq!(plan_write("b", &targets, false, true, up), Some(WritePlan::Coordinate));
+        // A primary whose engine failed forwards to another primary, as a non-primary would.
+        assert_eq!(
+            plan_write("b", &targets, false, false, up),
+            Some(WritePlan::Forward("a".into()))
+        );
+        assert_eq!(plan_write("b", &targets, true, true, up), Some(WritePlan::Coordinate));
+        assert_eq!(
+            plan_write("x", &targets, false, true, up),
+            Some(WritePlan::Forward("a".into()))
+        );
         let a_suspect = |id: &str| if id == "a" { Health::Suspect } else { Health::Up };
         assert_eq!(
-            plan_write("x", &targets, false, a_suspect),
+            plan_write("x", &targets, false, true, a_suspect),
             Some(WritePlan::Forward("b".into()))
         );
     }
@@ -532,20 +546,20 @@ mod tests {
         let only_fallbacks_up =
             |id: &str| if "de".contains(id) { Health::Up } else { Health::Down };
         assert_eq!(
-            plan_write("e", &targets, false, only_fallbacks_up),
+            plan_write("e", &targets, false, true, only_fallbacks_up),
             Some(WritePlan::CoordinateAsHint { owner: "b".into(), counts: true })
         );
         assert_eq!(
-            plan_write("x", &targets, false, only_fallbacks_up),
+            plan_write("x", &targets, false, true, only_fallbacks_up),
             Some(WritePlan::CoordinateAsHint { owner: "a".into(), counts: false })
         );
         // Forwarded here although this node is no primary (the views differ): no second hop.
         let up = |_: &str| Health::Up;
         assert_eq!(
-            plan_write("x", &targets, true, up),
+            plan_write("x", &targets, true, true, up),
             Some(WritePlan::CoordinateAsHint { owner: "a".into(), counts: false })
         );
-        assert_eq!(plan_write("x", &[], false, up), None);
+        assert_eq!(plan_write("x", &[], false, true, up), None);
     }
 
     /// W and DW: the request's replace the bucket's, bad combinations are refused, and a
