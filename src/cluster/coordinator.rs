@@ -96,7 +96,8 @@ pub fn plan_write(
     me_can_store: bool,
     health: impl Fn(&str) -> Health,
 ) -> Option<WritePlan> {
-    if me_can_store && targets.iter().any(|t| t.id == me && t.hint_for.is_none()) {
+    let me_primary = targets.iter().any(|t| t.id == me && t.hint_for.is_none());
+    if me_primary && me_can_store {
         return Some(WritePlan::Coordinate);
     }
     if !forwarded {
@@ -106,6 +107,10 @@ pub fn plan_write(
         if let Some(primary) = up {
             return Some(WritePlan::Forward(primary.id.clone()));
         }
+    }
+    if me_primary {
+        // No other primary to take it: this one answers with its engine's own error.
+        return Some(WritePlan::Coordinate);
     }
     if let Some(owner) = targets.iter().find(|t| t.id == me).and_then(|t| t.hint_for.clone()) {
         return Some(WritePlan::CoordinateAsHint { owner, counts: true });
@@ -521,11 +526,14 @@ mod tests {
         let targets = [target("a", None), target("b", None), target("c", None)];
         let up = |_: &str| Health::Up;
         assert_eq!(plan_write("b", &targets, false, true, up), Some(WritePlan::Coordinate));
-        // A primary whose engine failed forwards to another primary, as a non-primary would.
+        // A primary whose engine failed forwards to another primary, as a non-primary would;
+        // with none up, it coordinates (and answers with its engine's error).
         assert_eq!(
             plan_write("b", &targets, false, false, up),
             Some(WritePlan::Forward("a".into()))
         );
+        let only_b = |id: &str| if id == "b" { Health::Up } else { Health::Down };
+        assert_eq!(plan_write("b", &targets, false, false, only_b), Some(WritePlan::Coordinate));
         assert_eq!(plan_write("b", &targets, true, true, up), Some(WritePlan::Coordinate));
         assert_eq!(
             plan_write("x", &targets, false, true, up),
