@@ -3,9 +3,12 @@
 //! write it acknowledged durable (dw = 1) is lost — not those before the first refusal, and
 //! not any it still acknowledged after it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
+
+use common::tmpfs::Tmpfs;
 
 use cartwheel::client::{block_on, Client, WriteOptions};
 use cartwheel::config::{BucketConfig, Config};
@@ -15,42 +18,6 @@ use cartwheel_resolvers::{ResolverKind, Value};
 
 /// Size of the tmpfs: less than one default segment (64 MiB).
 const FS_BYTES: u64 = 24 << 20;
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount() -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fs");
-        std::fs::create_dir(&path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={FS_BYTES}"), "tmpfs"])
-            .arg(&path)
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Tmpfs { path, _dir: dir }),
-            other => {
-                let required = std::env::var("CARTWHEEL_REQUIRE_TMPFS").is_ok_and(|v| v == "1");
-                assert!(
-                    !required,
-                    "cannot mount a tmpfs ({other:?}) and CARTWHEEL_REQUIRE_TMPFS=1"
-                );
-                eprintln!("skipped: cannot mount a tmpfs here ({other:?}); run as root");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 fn config(data_dir: PathBuf) -> Config {
     let mut config = Config::embedded();
@@ -69,7 +36,7 @@ fn config(data_dir: PathBuf) -> Config {
 /// and a restart, every acknowledged put reads back.
 #[test]
 fn no_durable_write_is_lost_when_the_disk_fills() {
-    let Some(fs) = Tmpfs::mount() else { return };
+    let Some(fs) = Tmpfs::mount(FS_BYTES) else { return };
     let data_dir = fs.path.join("node");
     let node =
         NodeHandle::start(config(data_dir.clone())).expect("the node starts on a small disk");
@@ -125,7 +92,7 @@ fn no_durable_write_is_lost_when_the_disk_fills() {
 /// a restart.
 #[test]
 fn a_full_bucket_takes_writes_again_once_space_is_back() {
-    let Some(fs) = Tmpfs::mount() else { return };
+    let Some(fs) = Tmpfs::mount(FS_BYTES) else { return };
     let data_dir = fs.path.join("node");
     let mut node_config = config(data_dir.clone());
     node_config.cluster.gossip_interval_ms = 100;
@@ -160,12 +127,7 @@ fn a_full_bucket_takes_writes_again_once_space_is_back() {
         }
 
         // Space is back: writes resume within a few rounds, no restart.
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={}", 4 * FS_BYTES)])
-            .arg(&fs.path)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        fs.resize(4 * FS_BYTES);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let put = client.put_with("durable", b"after", b"space", &[], &options).await;
