@@ -350,13 +350,7 @@ impl Client {
         context: &[u8],
         options: &WriteOptions,
     ) -> Result<Read, Error> {
-        if value.len() > self.value_bytes_max {
-            return Err(Error::ValueTooLarge(format!(
-                "value of {} bytes is over the limit of {} bytes",
-                value.len(),
-                self.value_bytes_max
-            )));
-        }
+        check_value_size(value, self.value_bytes_max)?;
         let mut request = self.api.put_request();
         {
             let mut p = request.get();
@@ -530,6 +524,18 @@ impl Client {
 struct NoGate;
 
 impl gate::Server for NoGate {}
+
+/// Refuse locally a value over the client's copy of the node's value limit: it would cost a
+/// round trip (or, far over it, the connection) to learn the same. Both clients use it.
+pub(crate) fn check_value_size(value: &[u8], max: usize) -> Result<(), Error> {
+    if value.len() > max {
+        return Err(Error::ValueTooLarge(format!(
+            "value of {} bytes is over the limit of {max} bytes",
+            value.len()
+        )));
+    }
+    Ok(())
+}
 
 fn write_outcome(result: write_result::Reader<'_>) -> Result<Read, Error> {
     match result.which().map_err(|e| Error::Transport(e.to_string()))? {

@@ -159,13 +159,7 @@ impl SharedClient {
         context: &[u8],
         options: &WriteOptions,
     ) -> Result<Read, Error> {
-        if value.len() > self.value_bytes_max {
-            return Err(Error::ValueTooLarge(format!(
-                "value of {} bytes is over the limit of {} bytes",
-                value.len(),
-                self.value_bytes_max
-            )));
-        }
+        super::check_value_size(value, self.value_bytes_max)?;
         let (bucket, key, value, context, options) =
             (bucket.to_string(), key.to_vec(), value.to_vec(), context.to_vec(), *options);
         self.call(

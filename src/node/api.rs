@@ -98,11 +98,12 @@ impl Api {
 
     /// The same connection's client API with every grant (a member's).
     fn for_member(&self) -> Api {
-        Api {
-            shared: Rc::clone(&self.shared),
-            conn: Rc::clone(&self.conn),
-            grants: Rc::new(Grants::all()),
-        }
+        Api::new(&self.shared, &self.conn, Grants::all())
+    }
+
+    /// The client API of connection `conn`, scoped to `grants`.
+    fn new(shared: &Rc<Shared>, conn: &Rc<Connection>, grants: Grants) -> Api {
+        Api { shared: Rc::clone(shared), conn: Rc::clone(conn), grants: Rc::new(grants) }
     }
 }
 
@@ -439,11 +440,7 @@ impl gate::Server for Gate {
         match outcome {
             Ok(grants) => {
                 self.conn.logged_in(shared);
-                let api = Api {
-                    shared: Rc::clone(shared),
-                    conn: Rc::clone(&self.conn),
-                    grants: Rc::new(grants),
-                };
+                let api = Api::new(shared, &self.conn, grants);
                 results.get().set_node(capnp_rpc::new_client(api));
             }
             Err(e) => {
@@ -470,11 +467,7 @@ impl gate::Server for Gate {
         let claimed = text(params.get()?.get_from(), "from").unwrap_or_default();
         tracing::debug!(%claimed, caller = ?self.caller, "peer session opened");
         self.conn.logged_in(&self.shared);
-        let api = Api {
-            shared: Rc::clone(&self.shared),
-            conn: Rc::clone(&self.conn),
-            grants: Rc::new(Grants::all()),
-        };
+        let api = Api::new(&self.shared, &self.conn, Grants::all());
         let from = match &self.caller {
             Caller::Member(id) => Some(id.clone()),
             Caller::Anonymous | Caller::Insecure => None,
