@@ -219,6 +219,8 @@ struct Known {
     /// When this node last saw the heartbeat advance (or learnt of the member).
     advanced_at_ms: u64,
     rpc_failures: u32,
+    /// When it last answered a call of this node, or called this node (0: never).
+    answered_at_ms: u64,
     /// This node has had a direct exchange with it (always true for this node itself).
     proven: bool,
     /// This node's round when it learnt of the member (again, after forgetting it).
@@ -340,6 +342,7 @@ impl Membership {
             info: me,
             advanced_at_ms: now_ms,
             rpc_failures: 0,
+            answered_at_ms: 0,
             proven: true,
             learned_round: 0,
         };
@@ -560,6 +563,7 @@ impl Membership {
         }
         if let Some(known) = proven.and_then(|sender| self.members.get_mut(sender)) {
             known.proven = true;
+            known.answered_at_ms = known.answered_at_ms.max(now_ms);
         }
         notices
     }
@@ -662,6 +666,7 @@ impl Membership {
             info,
             advanced_at_ms: now_ms,
             rpc_failures: 0,
+            answered_at_ms: 0,
             proven: false,
             learned_round: self.round,
         };
@@ -726,13 +731,19 @@ impl Membership {
         if let Some(known) = self.members.get_mut(id) {
             known.rpc_failures = 0;
             known.advanced_at_ms = known.advanced_at_ms.max(now_ms);
+            known.answered_at_ms = known.answered_at_ms.max(now_ms);
         }
     }
 
-    /// An RPC to `id` failed (connection refused, reset, timed out).
-    pub fn rpc_failed(&mut self, id: &str) {
+    /// An RPC to `id` that started at `started_ms` failed (connection refused, reset, timed
+    /// out). Ignored if `id` answered a call, or called this node, after it started: the
+    /// failure is older news than that (a call sent into a partition that times out after the
+    /// heal says nothing about the healed peer).
+    pub fn rpc_failed(&mut self, id: &str, started_ms: u64) {
         if let Some(known) = self.members.get_mut(id) {
-            known.rpc_failures = known.rpc_failures.saturating_add(1);
+            if known.answered_at_ms <= started_ms {
+                known.rpc_failures = known.rpc_failures.saturating_add(1);
+            }
         }
     }
 

@@ -131,10 +131,10 @@ fn failure_detection_by_rpc() {
     let mut a = node("a");
     let mut b = node("b");
     a.merge(b.tick_ok(0).0, 0);
-    a.rpc_failed("b");
+    a.rpc_failed("b", 0);
     assert_eq!(a.health("b", 10), Health::Suspect);
-    a.rpc_failed("b");
-    a.rpc_failed("b");
+    a.rpc_failed("b", 0);
+    a.rpc_failed("b", 0);
     assert_eq!(a.health("b", 10), Health::Down);
     a.rpc_succeeded("b", 10);
     assert_eq!(a.health("b", 10), Health::Up);
@@ -145,6 +145,28 @@ fn failure_detection_by_rpc() {
     assert_eq!(a.health("b", later), Health::Down);
     a.rpc_succeeded("b", later);
     assert_eq!(a.health("b", later), Health::Up);
+}
+
+/// A call that started before the member last answered fails as old news: a call sent into
+/// a partition that times out after the heal does not make the healed member suspect again.
+#[test]
+fn a_failure_older_than_an_answer_is_ignored() {
+    let mut a = node("a");
+    let mut b = node("b");
+    a.merge(b.tick_ok(0).0, 0);
+    a.rpc_failed("b", 5);
+    assert_eq!(a.health("b", 10), Health::Suspect);
+    a.rpc_succeeded("b", 20);
+    assert_eq!(a.health("b", 20), Health::Up);
+    a.rpc_failed("b", 15);
+    assert_eq!(a.health("b", 25), Health::Up, "started at 15, before b answered at 20");
+    a.rpc_failed("b", 20);
+    assert_eq!(a.health("b", 25), Health::Suspect, "started when b last answered");
+    // A direct gossip exchange from b counts as an answer too.
+    a.merge_from("b", b.tick_ok(30).0, 30);
+    assert_eq!(a.health("b", 30), Health::Up);
+    a.rpc_failed("b", 29);
+    assert_eq!(a.health("b", 31), Health::Up, "started before b called at 30");
 }
 
 /// An older heartbeat does not overwrite a newer one; a restart (new incarnation) does.
@@ -324,7 +346,7 @@ fn probes_go_to_unproven_members() {
         .all(|(id, address)| id.starts_with('g') && *address == format!("{id}:1")));
     for _ in 0..RPC_FAILURES_DOWN {
         for ghost in ["g1", "g2", "g3"] {
-            a.rpc_failed(ghost);
+            a.rpc_failed(ghost, 0);
         }
     }
     assert!(a.probes().is_empty(), "down by failed calls: not probed any more");

@@ -58,6 +58,9 @@ pub(super) struct PeerConnection {
     api: cartwheel::Client,
     peer: peer::Client,
     inflight: Rc<Cell<usize>>,
+    /// When it was opened (the cluster's clock): a call that started before this did not
+    /// use it, so its failure does not drop it.
+    opened_ms: u64,
 }
 
 /// How a node reaches its peers.
@@ -237,6 +240,7 @@ impl Cluster {
         F: FnOnce(PeerConnection) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
+        let started_ms = self.now_ms();
         let work = async {
             let transport = match &self.network {
                 Network::Tcp(_) => None,
@@ -258,11 +262,11 @@ impl Cluster {
         };
         match tokio::time::timeout(deadline, work).await {
             Ok(outcome) => {
-                self.record(id, address, &outcome);
+                self.record(id, address, started_ms, &outcome);
                 outcome
             }
             Err(_) => {
-                self.peer_failed(id, address);
+                self.peer_failed(id, address, started_ms);
                 Err(Error::Timeout(format!("{id} did not answer within {deadline:?}")))
             }
         }
@@ -549,16 +553,19 @@ impl Cluster {
         request.get().set_from(self.me());
         let peer = request.send().pipeline.get_peer();
         let api = peer.node_request().send().pipeline.get_node();
-        let connection = PeerConnection { api, peer, inflight: Rc::new(Cell::new(0)) };
+        let inflight = Rc::new(Cell::new(0));
+        let connection = PeerConnection { api, peer, inflight, opened_ms: self.now_ms() };
         self.connections.borrow_mut().insert(address.to_string(), connection.clone());
         Ok(connection)
     }
 
-    /// Feed a call's outcome to the failure detector.
-    fn record<T>(&self, id: &str, address: &str, outcome: &Result<T, Error>) {
+    /// Feed the outcome of a call that started at `started_ms` to the failure detector.
+    fn record<T>(&self, id: &str, address: &str, started_ms: u64, outcome: &Result<T, Error>) {
         match outcome {
             Ok(_) => self.membership.borrow_mut().rpc_succeeded(id, self.now_ms()),
-            Err(Error::Connect { .. } | Error::Transport(_)) => self.peer_failed(id, address),
+            Err(Error::Connect { .. } | Error::Transport(_)) => {
+                self.peer_failed(id, address, started_ms)
+            }
             // Refused before sending: says nothing about the peer.
             Err(Error::Overloaded(_)) => {}
             // The peer answered: it is up, whatever it said.
@@ -566,10 +573,16 @@ impl Cluster {
         }
     }
 
-    /// A call to `id` failed in transport or missed its deadline: drop the connection (the
-    /// next call reconnects) and tell the failure detector.
-    fn peer_failed(&self, id: &str, address: &str) {
-        self.connections.borrow_mut().remove(address);
-        self.membership.borrow_mut().rpc_failed(id);
+    /// A call to `id` that started at `started_ms` failed in transport or missed its
+    /// deadline: drop the connection it used (the next call reconnects; one opened since, after
+    /// a heal, stays) and tell the failure detector, which ignores the failure if `id` has
+    /// answered since the call started (calls sent into a partition time out after it healed).
+    fn peer_failed(&self, id: &str, address: &str, started_ms: u64) {
+        let mut connections = self.connections.borrow_mut();
+        if connections.get(address).is_some_and(|c| c.opened_ms <= started_ms) {
+            connections.remove(address);
+        }
+        drop(connections);
+        self.membership.borrow_mut().rpc_failed(id, started_ms);
     }
 }
