@@ -49,6 +49,8 @@ enum ErrorKind {
   unauthorized @10;       # no valid credentials (bad or revoked token, not a member): log in
   forbidden @11;          # the credentials hold no grant for this: ask for one
   overflow @12;           # a counter or quantity would pass the 64-bit range: nothing stored
+  unavailable @13;        # the node's storage failed (a full disk): nothing was done; retry,
+                          # another node may take it
 }
 
 struct Error {

@@ -1,7 +1,7 @@
 //! # The node's errors, as a client sees them
 //!
 //! One enum for everything a request can end in, grouped by what the caller does next: fix the
-//! request, retry later, or give up. The first thirteen variants are exactly the wire's `ErrorKind`
+//! request, retry later, or give up. The first fourteen variants are exactly the wire's `ErrorKind`
 //! (schema/cartwheel.capnp), so a server error crosses the wire and comes out of the client
 //! library as the same variant. The last two exist only on the client side: the node could
 //! not be reached, or the connection failed mid-request.
@@ -54,6 +54,11 @@ pub enum Error {
     /// A counter or a quantity would leave the 64-bit range; nothing was stored.
     #[error("overflow: {0}")]
     Overflow(String),
+    /// The node's storage for the key failed (a full disk, an I/O error) and no other node
+    /// could take the write; nothing was done. Retry later: the node recovers by itself once
+    /// its disk has room, and another node may take it meanwhile.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The node could not be reached (client side). Retry later or try another node.
     #[error("cannot connect to {address}: {reason}")]
     Connect {
@@ -75,6 +80,7 @@ impl Error {
             Self::QuorumNotMet(_)
                 | Self::Timeout(_)
                 | Self::Overloaded(_)
+                | Self::Unavailable(_)
                 | Self::Connect { .. }
                 | Self::Transport(_)
         )
@@ -100,6 +106,7 @@ impl Error {
             Self::Unauthorized(_) => ErrorKind::Unauthorized,
             Self::Forbidden(_) => ErrorKind::Forbidden,
             Self::Overflow(_) => ErrorKind::Overflow,
+            Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Internal(_) | Self::Connect { .. } | Self::Transport(_) => ErrorKind::Internal,
         }
     }
@@ -119,6 +126,7 @@ impl Error {
             | Self::Unauthorized(m)
             | Self::Forbidden(m)
             | Self::Overflow(m)
+            | Self::Unavailable(m)
             | Self::Transport(m)
             | Self::UnknownBucket(m) => m.clone(),
             Self::Connect { .. } => self.to_string(),
@@ -141,6 +149,7 @@ impl Error {
             ErrorKind::Unauthorized => Self::Unauthorized(message),
             ErrorKind::Forbidden => Self::Forbidden(message),
             ErrorKind::Overflow => Self::Overflow(message),
+            ErrorKind::Unavailable => Self::Unavailable(message),
         }
     }
 }

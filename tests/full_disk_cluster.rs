@@ -8,6 +8,9 @@
 //! - **the other nodes keep serving**: a full disk is an error for the writes that hit it on
 //!   that node; the other replicas, and fallbacks with hints, still make W = 2 and DW = 1, so
 //!   writes through every other node go on being acknowledged;
+//! - **a full node's refusal is typed**: a write forwarded to it is refused with
+//!   `unavailable` (nothing done) and taken by another primary; no write through another node
+//!   fails with the full node's I/O error (`internal`);
 //! - **nothing acknowledged is lost**: not a cart add, not a blob, whether the full node
 //!   took it before it filled, refused it, or acknowledged something after its first refusal
 //!   (the history checker, [`common::history`]; blobs are `lww` puts to keys of their own, so
@@ -213,6 +216,7 @@ fn a_full_disk_on_one_node_loses_no_acknowledged_write() {
 
     let mut history = History::default();
     let mut served = Vec::new();
+    let mut internal_through_others = 0;
     for (node, h) in histories.into_iter().enumerate() {
         let after = |outcome| {
             h.records().iter().filter(|r| r.invoked >= full_at && r.outcome == outcome).count()
@@ -228,11 +232,14 @@ fn a_full_disk_on_one_node_loses_no_acknowledged_write() {
         );
         served.push(counts.0);
         let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut internal = 0;
         for record in h.records().iter().filter(|r| r.invoked >= full_at) {
             if let Some(error) = &record.error {
                 *errors.entry(error.chars().take(100).collect()).or_default() += 1;
+                internal += usize::from(error.starts_with("internal"));
             }
         }
+        internal_through_others += if node == full { 0 } else { internal };
         for (error, count) in errors {
             eprintln!("  {count} x {error}");
         }
@@ -260,6 +267,14 @@ fn a_full_disk_on_one_node_loses_no_acknowledged_write() {
             full + 1
         );
     }
+    // A write the full node cannot store is taken by another primary, or refused as
+    // `unavailable` (nothing done), never failed with the full node's I/O error.
+    assert_eq!(
+        internal_through_others,
+        0,
+        "writes through the other nodes failed with internal errors once n{}'s disk was full",
+        full + 1
+    );
     for name in ["carts", "blobs"] {
         let acknowledged = report.buckets[name].acknowledged;
         assert!(acknowledged >= 20, "too few acknowledged writes in {name}:\n{report}");

@@ -312,6 +312,7 @@ pub fn error_kind(e: &crate::Error) -> &'static str {
         E::Unauthorized(_) => "unauthorized",
         E::Forbidden(_) => "forbidden",
         E::Overflow(_) => "overflow",
+        E::Unavailable(_) => "unavailable",
         E::Connect { .. } => "connect",
         E::Transport(_) => "transport",
     }

@@ -15,6 +15,14 @@
 //! then takes the new state's bytes out of that reservation and holds them until the target
 //! answered, after the client's answer if that comes first.
 //!
+//! Storage that failed (a full disk: the engine refuses writes until it recovered, see the
+//! engines' docs) takes no write: a primary whose engine failed forwards a client's write to
+//! another primary, and a node asked to take a write on failed storage (its bucket engine, or
+//! its hint store for a hint) answers `unavailable` with nothing done, so the node that
+//! forwarded it tries the next primary, and a client may retry elsewhere. An engine that
+//! fails during the write answers the same: its write was not acknowledged, and the replica
+//! actor is renewed before the engine takes writes again.
+//!
 //! It may not touch a peer connection directly (that is [`super::peers`]), nor decide what a
 //! replica keeps ([`super::replica`]). A read does not take a peer's answer on trust either:
 //! a state stamped too far ahead of this node's clock
@@ -118,6 +126,13 @@ pub fn plan_write(
     let first = targets.first()?;
     let owner = first.hint_for.clone().unwrap_or_else(|| first.id.clone());
     Some(WritePlan::CoordinateAsHint { owner, counts: false })
+}
+
+/// Where this node takes a write it does not forward: [`WritePlan::Coordinate`] or
+/// [`WritePlan::CoordinateAsHint`].
+enum Here {
+    Coordinate,
+    AsHint { owner: String, counts: bool },
 }
 
 /// What a write weighs against the node's budget ([`super::budget`]): its key, value,
@@ -233,9 +248,48 @@ impl Cluster {
         let targets = self.targets(bucket, key, n);
         let known = self.knows_cluster();
         let (w, dw) = effective_write_quorum(&bucket_ref.config, asked, targets.len(), known)?;
-        let plan =
-            plan_write(&me, &targets, options.forwarded, !engine.failed(), |id| self.health(id))
+        // Forward to a primary that can take the write; one whose storage failed answers
+        // `unavailable` with nothing done, and the next primary is tried.
+        let mut unavailable: Vec<String> = Vec::new();
+        let here = loop {
+            let health = |id: &str| match unavailable.iter().any(|u| u == id) {
+                true => Health::Down,
+                false => self.health(id),
+            };
+            let plan = plan_write(&me, &targets, options.forwarded, !engine.failed(), health)
                 .ok_or_else(|| Error::QuorumNotMet("no member is known to own the key".into()))?;
+            match plan {
+                WritePlan::Forward(primary) => {
+                    match self.forward(&primary, bucket, key, &write, options).await {
+                        Err(Error::Unavailable(why)) => {
+                            tracing::debug!(%primary, %why, "forwarded write not taken");
+                            unavailable.push(primary);
+                        }
+                        answer => return answer,
+                    }
+                }
+                WritePlan::Coordinate => break Here::Coordinate,
+                WritePlan::CoordinateAsHint { owner, counts } => {
+                    break Here::AsHint { owner, counts }
+                }
+            }
+        };
+        // Storage that failed takes nothing: say so with `unavailable` (nothing done, retry
+        // elsewhere or later), not with the engine's I/O error.
+        let storage = match here {
+            Here::Coordinate => &engine,
+            Here::AsHint { .. } => self.hints.engine(),
+        };
+        let cannot_store = || {
+            Error::Unavailable(format!(
+                "the storage for bucket {bucket} on {me} failed (a full disk?) and no other \
+                 primary could take the write; nothing was stored"
+            ))
+        };
+        if storage.failed() {
+            return Err(cannot_store());
+        }
+        let stored_or_failed = |e: Error| if storage.failed() { cannot_store() } else { e };
         let timeout = self.timeout(options.timeout_ms);
         let mut quorum = WriteQuorum::new(targets.len().max(1), w, dw);
         let (events, mut answers) = futures::channel::mpsc::unbounded::<bool>();
@@ -247,13 +301,11 @@ impl Cluster {
         };
         // Apply the write and keep the new state on this node before anything yields, so no
         // other write to the key reads the state in between (crate::actors).
-        let (state, read, mut replication) = match plan {
-            WritePlan::Forward(primary) => {
-                return self.forward(&primary, bucket, key, &write, options).await
-            }
-            WritePlan::Coordinate => {
+        let (state, read, mut replication) = match here {
+            Here::Coordinate => {
                 let replication = reserve()?;
-                let (state, read) = self.store.write(bucket, key, &write)?;
+                let (state, read) =
+                    self.store.write(bucket, key, &write).map_err(stored_or_failed)?;
                 if dw > 0 {
                     self.sync_then_answer(&engine, &events);
                 } else {
@@ -261,14 +313,16 @@ impl Cluster {
                 }
                 (state, read, replication)
             }
-            WritePlan::CoordinateAsHint { owner, counts } => {
+            Here::AsHint { owner, counts } => {
                 let replication = reserve()?;
                 let hinted = self.hinted_state(bucket, key)?;
                 let (state, read) =
                     self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
                 let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
                 self.check_hint_owner(&owner)?;
-                self.hints.add(&owner, bucket, key, &state, &*resolver)?;
+                self.hints
+                    .add(&owner, bucket, key, &state, &*resolver)
+                    .map_err(stored_or_failed)?;
                 if counts && dw > 0 {
                     self.sync_then_answer(self.hints.engine(), &events);
                 } else if counts {
