@@ -216,6 +216,16 @@ impl BucketConfig {
             engine_options: EngineOptions::default(),
         }
     }
+
+    /// N, R, W and DW at most `nodes` (and at least 1; DW at most W): see
+    /// [`Config::fit_buckets_to`].
+    pub fn fit_to(&mut self, nodes: u8) {
+        let nodes = nodes.max(1);
+        self.n = self.n.min(nodes);
+        self.r = self.r.min(self.n);
+        self.w = self.w.min(self.n);
+        self.dw = self.dw.min(self.w);
+    }
 }
 
 /// `[node]`.
@@ -320,6 +330,17 @@ impl Config {
             limits: Limits::default(),
             buckets: embedded_buckets(),
             security: SecurityConfig::development(Path::new("data")),
+        }
+    }
+
+    /// Fit every bucket to a cluster of `nodes` nodes: N, R, W and DW at most `nodes` (and
+    /// at least 1, DW at most W). A write waits for W copies on W distinct nodes and is
+    /// refused when the ring has fewer, so a node that runs alone (a development node, a
+    /// benchmark or a test on one node) needs its buckets fitted to it.
+    pub fn fit_buckets_to(&mut self, nodes: usize) {
+        let most = u8::try_from(nodes.max(1)).unwrap_or(u8::MAX);
+        for bucket in self.buckets.values_mut() {
+            bucket.fit_to(most);
         }
     }
 

@@ -40,6 +40,7 @@ fn start_node(dir: &Path) -> (NodeHandle, PathBuf) {
     config.node.seeds = Vec::new();
     config.node.data_dir = dir.join("n1");
     config.security = cartwheel::config::SecurityConfig::development(dir);
+    config.fit_buckets_to(1);
     let node = NodeHandle::start(config).unwrap();
     (node, dir.join(cartwheel::security::ADMIN_CREDENTIALS_FILE))
 }

@@ -142,7 +142,9 @@ fn count(answers: &[(usize, Answer)], which: fn(&Answer) -> bool) -> usize {
 #[test]
 fn one_node_refuses_past_its_budget_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeHandle::start(config(dir.path(), 0, None)).unwrap();
+    let mut alone = config(dir.path(), 0, None);
+    alone.fit_buckets_to(1);
+    let node = NodeHandle::start(alone).unwrap();
     let address = node.address().to_string();
     let durable = options(1);
     let answers = burst(std::slice::from_ref(&address), 3, 16, &durable, false);

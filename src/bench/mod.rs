@@ -288,6 +288,10 @@ impl Plan {
         }
         let mut bucket = BucketConfig::new(engine, resolver);
         (bucket.n, bucket.r, bucket.w, bucket.dw) = (args.n, args.r, args.w, args.dw);
+        if args.cluster.is_empty() && args.nodes < usize::from(args.n) {
+            // W copies need W nodes: on fewer embedded nodes than N, the bucket fits them.
+            bucket.fit_to(u8::try_from(args.nodes).unwrap_or(u8::MAX));
+        }
 
         let (duration, warmup) = if args.sweep {
             (SWEEP_DURATION_S_DEFAULT, SWEEP_WARMUP_S_DEFAULT)

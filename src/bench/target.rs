@@ -155,6 +155,7 @@ impl EmbeddedCluster {
                 nodes.first().map(|n| vec![n.address().to_string()]).unwrap_or_default();
             config.cluster.gossip_interval_ms = GOSSIP_INTERVAL_MS;
             config.buckets.insert(BUCKET.to_string(), bucket.clone());
+            config.fit_buckets_to(count);
             config.security = match security {
                 super::Security::Tls => SecurityConfig::development(data.path()),
                 super::Security::Insecure => SecurityConfig::insecure(),

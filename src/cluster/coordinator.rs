@@ -4,9 +4,9 @@
 //! sockets: [`plan_targets`] (the key's N targets, a down primary replaced by the next healthy
 //! fallback with a hint: sloppy quorum), [`plan_write`] (coordinate here, forward to a
 //! primary, or keep the write as a hint), [`effective_write_quorum`] and
-//! [`effective_read_quorum`] (R, W and DW as a request and a small cluster bend them). Quorum
-//! progress and read-repair targets are [`super::quorum`]'s state machines. The async methods
-//! below only carry messages: apply the write locally, send it to the targets through
+//! [`effective_read_quorum`] (R, W and DW as a request asks them; a small cluster bends R,
+//! never W). Quorum progress and read-repair targets are [`super::quorum`]'s state machines.
+//! The async methods below only carry messages: apply the write locally, send it to the targets through
 //! [`super::peers`], count the answers, and repair what a read found stale.
 //!
 //! A write holds its bytes against the node's budget ([`super::budget`]): the coordinator
@@ -168,12 +168,13 @@ pub struct WriteQuorumAsked {
 /// The W and DW a write waits for, with `replicas` targets. Pure.
 ///
 /// The request's values replace the bucket's; W over N, DW over W, and DW on an engine that
-/// keeps nothing are refused as bad requests. A cluster smaller than N has fewer replicas:
-/// W and DW then count what exists, so a single development node takes N=3 writes. But only
-/// when `cluster_known`: a node that has not yet heard from any other node while its seeds
+/// keeps nothing are refused as bad requests. W means W copies on W distinct nodes: a ring
+/// with fewer nodes for the key than W (a cluster smaller than W, or still settling) refuses
+/// with `quorumNotMet` and says why, and nothing is stored; W is never bent down to the
+/// replicas that exist. A node that has not yet heard from any other node while its seeds
 /// name others (a node started on an empty disk, cut off from its seeds) cannot tell a
-/// small cluster from a large one it has not reached, and acknowledging alone there would
-/// break W, so it refuses with `quorumNotMet` until it has.
+/// small cluster from a large one it has not reached, so it refuses any write the whole
+/// ring's N would not fit until it has.
 pub fn effective_write_quorum(
     bucket: &BucketConfig,
     asked: WriteQuorumAsked,
@@ -196,7 +197,14 @@ pub fn effective_write_quorum(
         )));
     }
     check_cluster_known(replicas, n, cluster_known)?;
-    Ok((w.min(replicas), dw.min(replicas)))
+    if w > replicas {
+        return Err(Error::QuorumNotMet(format!(
+            "w = {w} asks for {w} nodes to store the write, and the ring has {replicas} for \
+             this key: start more nodes, wait for them to join, or write with a smaller w; \
+             nothing was stored"
+        )));
+    }
+    Ok((w, dw))
 }
 
 fn check_cluster_known(replicas: usize, n: usize, cluster_known: bool) -> Result<(), Error> {
@@ -625,9 +633,9 @@ mod tests {
     }
 
     /// W and DW: the request's replace the bucket's, bad combinations are refused, and a
-    /// small cluster counts the replicas it has.
+    /// cluster with fewer nodes for the key than W refuses: W is never bent down.
     #[test]
-    fn effective_write_quorum_bends_to_the_request_and_the_cluster() {
+    fn effective_write_quorum_bends_to_the_request_never_to_the_cluster() {
         use cartwheel_engines::EngineKind;
         use cartwheel_resolvers::ResolverKind;
         let mut bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Cart);
@@ -635,7 +643,11 @@ mod tests {
         let asked = |w, dw| WriteQuorumAsked { w, dw, durable: true };
         assert_eq!(effective_write_quorum(&bucket, asked(0, None), 3, true).unwrap(), (2, 1));
         assert_eq!(effective_write_quorum(&bucket, asked(3, Some(0)), 3, true).unwrap(), (3, 0));
-        assert_eq!(effective_write_quorum(&bucket, asked(3, Some(3)), 1, true).unwrap(), (1, 1));
+        for (w, replicas) in [(3, 2), (2, 1), (1, 0)] {
+            let err = effective_write_quorum(&bucket, asked(w, Some(0)), replicas, true);
+            assert!(matches!(err, Err(Error::QuorumNotMet(_))), "w = {w}: {err:?}");
+        }
+        assert_eq!(effective_write_quorum(&bucket, asked(1, Some(1)), 1, true).unwrap(), (1, 1));
         for refused in [asked(4, None), asked(1, Some(2))] {
             let err = effective_write_quorum(&bucket, refused, 3, true).unwrap_err();
             assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
@@ -650,7 +662,8 @@ mod tests {
     }
 
     /// A node that has not heard from its seeds does not take a small cluster for the whole
-    /// cluster: it refuses rather than acknowledging alone; with the cluster known, it clamps.
+    /// cluster: it refuses rather than acknowledging alone; with the cluster known, a write
+    /// that one node can hold (w = 1) is taken.
     #[test]
     fn a_node_that_does_not_know_the_cluster_does_not_clamp() {
         use cartwheel_engines::EngineKind;
@@ -660,7 +673,12 @@ mod tests {
         let err = effective_write_quorum(&bucket, asked, 1, false).unwrap_err();
         assert!(matches!(err, Error::QuorumNotMet(_)), "{err:?}");
         assert!(matches!(effective_read_quorum(&bucket, 0, 1, false), Err(Error::QuorumNotMet(_))));
-        assert_eq!(effective_write_quorum(&bucket, asked, 1, true).unwrap(), (1, 0));
+        let one = WriteQuorumAsked { w: 1, ..asked };
+        assert!(matches!(
+            effective_write_quorum(&bucket, one, 1, false),
+            Err(Error::QuorumNotMet(_))
+        ));
+        assert_eq!(effective_write_quorum(&bucket, one, 1, true).unwrap(), (1, 0));
         assert_eq!(effective_write_quorum(&bucket, asked, 3, false).unwrap(), (2, 0));
     }
 
