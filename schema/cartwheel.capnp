@@ -128,9 +128,19 @@ struct NodeInfo {
 
 struct Ring {
   partitionCount @0 :UInt32;     # Q, a power of two
-  nodes @1 :List(NodeInfo);
+  nodes @1 :List(NodeInfo);      # every owner, of this ring and of the next
   owners @2 :List(UInt16);       # owners[p] = index into `nodes` of partition p's owner
   epoch @3 :UInt64;              # changes whenever ownership changes
+  next @4 :RingTransition;       # a committed change on its way (unset: none)
+  left @5 :List(Text);           # members that left: given nothing until joined anew
+}
+
+# A committed ownership change, moving partition by partition (DESIGN "Membership changes").
+struct RingTransition {
+  id @0 :UInt64;                 # the ring epoch that committed it
+  owners @1 :List(UInt16);       # the next ring's owners, indexes into Ring.nodes
+  moved @2 :List(UInt16);        # partitions whose replicas are the next ring's already
+  removed @3 :List(Text);        # members forced out: no data is taken from them
 }
 
 struct BucketInfo {
@@ -232,6 +242,8 @@ struct Member {
   heartbeat @3 :UInt64;      # bumped by the node itself every gossip round
   leaving @4 :Bool;          # the member asked to leave the ring
   configDigest @5 :Data;     # digest of the member's bucket configuration
+  holdsFor @6 :UInt64;       # the ring transition `holds` is about (0: none)
+  holds @7 :List(UInt16);    # partitions of that transition the member copied and verified
 }
 
 # What a node knows of the cluster, exchanged by gossip.

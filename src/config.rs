@@ -166,6 +166,11 @@ pub struct ClusterSettings {
     /// milliseconds. A state stamped further ahead is refused (counted, logged): a peer's
     /// clock, or a forged state, cannot move last-write-wins into the future.
     pub max_clock_offset_ms: u64,
+    /// Partitions a node copies at once while the ring changes (DESIGN "Membership
+    /// changes"); at least 1.
+    pub transfer_limit: usize,
+    /// Whether the claimant joins new members by itself, or waits for `admin join`.
+    pub auto_join: bool,
 }
 
 impl Default for ClusterSettings {
@@ -177,6 +182,8 @@ impl Default for ClusterSettings {
             hint_replay_per_round: 512,
             anti_entropy_partitions_per_round: 1,
             max_clock_offset_ms: 500,
+            transfer_limit: 2,
+            auto_join: true,
         }
     }
 }
@@ -453,6 +460,8 @@ struct RawCluster {
     hint_replay_per_round: Option<usize>,
     anti_entropy_partitions_per_round: Option<usize>,
     max_clock_offset_ms: Option<u64>,
+    transfer_limit: Option<usize>,
+    auto_join: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -526,7 +535,12 @@ impl RawConfig {
                 .cluster
                 .max_clock_offset_ms
                 .unwrap_or(defaults.max_clock_offset_ms),
+            transfer_limit: self.cluster.transfer_limit.unwrap_or(defaults.transfer_limit),
+            auto_join: self.cluster.auto_join.unwrap_or(defaults.auto_join),
         };
+        if !(1..=64).contains(&cluster.transfer_limit) {
+            return Err(refuse.at("cluster.transfer_limit", "must be 1 to 64"));
+        }
         if !(10..=60_000).contains(&cluster.gossip_interval_ms) {
             return Err(refuse.at("cluster.gossip_interval_ms", "must be 10 to 60000"));
         }

@@ -27,9 +27,9 @@ impl TestNode {
         // A cluster of its own: the embedded seeds name the first port of a user's `up`.
         config.node.seeds = Vec::new();
         config.node.data_dir = dir.path().join("n1");
+        adjust(&mut config);
         // One node holds one copy: W copies need W nodes.
         config.fit_buckets_to(1);
-        adjust(&mut config);
         let node = NodeHandle::start(config).expect("node starts");
         Self { node, _dir: dir }
     }

@@ -378,6 +378,7 @@ mod tests {
         config.node.seeds = Vec::new();
         config.node.data_dir = dir.join("n1");
         config.security = SecurityConfig::development(dir);
+        config.fit_buckets_to(1);
         NodeHandle::start(config).unwrap()
     }
 

@@ -317,10 +317,8 @@ mod tests {
     /// another primary that is up, and goes on from where the last round stopped.
     #[test]
     fn exchanges_walk_the_partitions_this_node_replicates() {
-        let ring = crate::ring::Ownership {
-            epoch: 1,
-            owners: ["a", "b", "c", "d"].iter().map(|o| o.to_string()).collect(),
-        };
+        let mut ring = crate::ring::Ownership::single("a", 4);
+        (ring.epoch, ring.owners) = (1, ["a", "b", "c", "d"].iter().map(|o| o.to_string()).collect());
         let buckets = [("k".to_string(), 2)];
         let input = ExchangeInput { ring: &ring, buckets: &buckets, me: "b", round: 0 };
         let up = |_: &str| Health::Up;

@@ -363,13 +363,49 @@ impl Cluster {
                 let _ = events.unbounded_send(stored);
             });
         }
-        drop((events, replication));
+        // While the key's partition moves, its receivers store the write too, each of
+        // them: with W of the serving replicas that makes W copies among the replicas that
+        // serve it after the move ([`crate::ring::transition`]).
+        let receivers = self.receivers(bucket, key, n);
+        let mut receivers_waiting = receivers.len();
+        let (receiver_events, mut receiver_answers) = futures::channel::mpsc::unbounded::<bool>();
+        for receiver in receivers {
+            let charge = match replication.split(key.len() + state.len(), "replicating a write") {
+                Ok(charge) => charge,
+                Err(_) => {
+                    let _ = receiver_events.unbounded_send(false);
+                    continue;
+                }
+            };
+            let cluster = Rc::clone(self);
+            let events = receiver_events.clone();
+            let (bucket, key, state) = (bucket.to_string(), key.to_vec(), Rc::clone(&state));
+            let target = Target { id: receiver, hint_for: None };
+            tokio::task::spawn_local(async move {
+                let stored =
+                    cluster.replicate_charged(&target, &bucket, &key, &state, dw > 0, charge).await;
+                let _ = events.unbounded_send(stored);
+            });
+        }
+        drop((events, receiver_events, replication));
         let not_sent = match not_sent {
             0 => String::new(),
             n => format!("; {n} not sent, over this node's in-flight budget"),
         };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            while receivers_waiting > 0 {
+                match tokio::time::timeout_at(deadline, receiver_answers.next()).await {
+                    Ok(Some(true)) => receivers_waiting -= 1,
+                    Ok(Some(false) | None) => {
+                        return Err(Error::QuorumNotMet(
+                            "a node taking over the key's partition did not store the write"
+                                .into(),
+                        ))
+                    }
+                    Err(_) => return Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
+                }
+            }
             match quorum.outcome() {
                 Outcome::Succeeded => return Ok(read),
                 Outcome::Failed => {

@@ -60,7 +60,9 @@ pub fn plan_partition(
         ring.primaries(partition, n).into_iter().map(str::to_string).collect()
     };
     let now = primaries(ring);
-    let keep = now.iter().any(|p| p == me);
+    // A node keeps what it serves, and, during a transition, what it will serve once the
+    // partition moved (a receiver's copy).
+    let keep = ring.holds(partition, n, me);
     let targets: Vec<String> = if keep {
         let before = primaries(previous?);
         now.into_iter().filter(|p| p != me && !before.contains(p)).collect()
@@ -159,7 +161,7 @@ impl Cluster {
         }
     }
 
-    /// If this node is not one of the primaries of `key` by its ring, queue the key's
+    /// If this node neither serves `key` by its ring nor will once a transition moved it, queue the key's
     /// partition for ownership handoff (which sends the copy on and drops it), unless it is
     /// queued already.
     pub(super) fn note_if_stray(&self, bucket: &str, key: &[u8]) {
@@ -169,7 +171,7 @@ impl Cluster {
             let ring = membership.ring();
             let partition =
                 crate::ring::partition_of(crate::ring::key_hash(bucket, key), ring.partitions());
-            if ring.is_primary(partition, n, membership.me()) {
+            if ring.holds(partition, n, membership.me()) {
                 return;
             }
             partition
@@ -221,7 +223,9 @@ mod tests {
     use super::*;
 
     fn ring(owners: &[&str]) -> Ownership {
-        Ownership { epoch: 1, owners: owners.iter().map(|o| o.to_string()).collect() }
+        let mut ring = Ownership::single("a", owners.len() as u32);
+        (ring.epoch, ring.owners) = (1, owners.iter().map(|o| o.to_string()).collect());
+        ring
     }
 
     /// A node that lost a partition sends it to every new primary; one that keeps it sends

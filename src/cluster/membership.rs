@@ -93,6 +93,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::changes::{self, Change, Plan};
 use crate::error::Error;
 use crate::ring::Ownership;
 
@@ -153,6 +154,19 @@ pub struct MemberInfo {
     pub leaving: bool,
     /// Digest of its bucket configuration.
     pub config_digest: Vec<u8>,
+    /// The partitions of the ring transition in flight it copied and verified.
+    pub holds: Holds,
+}
+
+/// What a member says it holds of a ring transition ([`crate::ring::transition`]): the
+/// partitions it copied from their current replicas and verified, for the transition named
+/// by its id (0 and nothing: none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holds {
+    /// The transition's id.
+    pub transition: u64,
+    /// Partitions it holds for that transition.
+    pub partitions: BTreeSet<u16>,
 }
 
 /// A gossiped view: members, ring and revoked tokens.
@@ -284,6 +298,10 @@ pub struct Membership {
     /// Members forgotten unproven, by id.
     forgotten: BTreeMap<String, Forgotten>,
     revoked_tokens: BTreeSet<String>,
+    /// Changes staged on this node (the claimant's are the ones that count).
+    staged: Vec<Change>,
+    /// Whether the claimant joins new members by itself (`cluster.auto_join`).
+    auto_join: bool,
 }
 
 /// Check a client token id: exactly [`TOKEN_ID_CHARS`] lowercase hex digits.
@@ -356,12 +374,26 @@ impl Membership {
             round: 0,
             forgotten: BTreeMap::new(),
             revoked_tokens: BTreeSet::new(),
+            staged: Vec::new(),
+            auto_join: true,
         }
+    }
+
+    /// Whether the claimant joins new members by itself (the default) or waits for a staged
+    /// `join` ([`super::changes`]).
+    pub fn set_auto_join(&mut self, auto_join: bool) {
+        self.auto_join = auto_join;
     }
 
     /// This node's id.
     pub fn me(&self) -> &str {
         &self.me
+    }
+
+    /// The largest N of the buckets: the ring layout's window, and the depth at which ring
+    /// transitions count receivers.
+    pub fn target_n(&self) -> usize {
+        self.target_n
     }
 
     /// The current ring.
@@ -618,7 +650,8 @@ impl Membership {
         }
         let named =
             |id: &String| self.members.contains_key(id) || members.iter().any(|m| &m.id == id);
-        if let Some(stranger) = theirs.owners.iter().find(|owner| !named(owner)) {
+        let next = theirs.next.iter().flat_map(|t| &t.owners);
+        if let Some(stranger) = theirs.owners.iter().chain(next).find(|owner| !named(owner)) {
             return refuse(format!("it names {stranger:?}, which is not a member"));
         }
         true
@@ -719,9 +752,81 @@ impl Membership {
         notices
     }
 
-    /// The ids that own partitions in the ring.
+    /// The ids that own partitions in the ring, or will in the next one.
     fn owners(&self) -> BTreeSet<&str> {
-        self.ring.owners.iter().map(String::as_str).collect()
+        let next = self.ring.next.iter().flat_map(|t| &t.owners);
+        self.ring.owners.iter().chain(next).map(String::as_str).collect()
+    }
+
+    /// The claimant as this node sees it: the smallest id among the members that count for
+    /// ownership and are up.
+    pub fn claimant(&self, now_ms: u64) -> Option<String> {
+        let owners = self.owners();
+        self.members
+            .values()
+            .filter(|k| self.counts_for_ownership(k, &owners))
+            .filter(|k| self.health_of(k, now_ms) == Health::Up)
+            .map(|k| k.info.id.clone())
+            .min()
+    }
+
+    /// Say which partitions of the transition in flight this node holds (gossiped with its
+    /// entry from the next round on).
+    pub fn set_holds(&mut self, holds: Holds) {
+        if let Some(me) = self.members.get_mut(&self.me) {
+            me.info.holds = holds;
+        }
+    }
+
+    /// What this node said it holds.
+    pub fn holds(&self) -> &Holds {
+        &self.members[&self.me].info.holds
+    }
+
+    /// What member `id` said it holds, as this node last heard.
+    pub fn holds_of(&self, id: &str) -> Option<&Holds> {
+        self.members.get(id).map(|k| &k.info.holds)
+    }
+
+    /// The changes staged here.
+    pub fn staged(&self) -> &[Change] {
+        &self.staged
+    }
+
+    /// Stage a change ([`super::changes::check`]).
+    pub fn stage(&mut self, change: Change) -> Result<(), Error> {
+        let proven: BTreeSet<String> =
+            self.members.values().filter(|k| k.proven).map(|k| k.info.id.clone()).collect();
+        changes::check(&change, &self.ring, &self.staged, &proven)?;
+        self.staged.push(change);
+        Ok(())
+    }
+
+    /// Drop the staged changes.
+    pub fn cancel(&mut self) {
+        self.staged.clear();
+    }
+
+    /// What committing the staged changes would do.
+    pub fn plan(&self) -> Result<Plan, Error> {
+        changes::plan(&self.ring, &self.staged, self.target_n)
+    }
+
+    /// Commit the staged changes as a ring transition, if no transition is in flight.
+    pub fn commit(&mut self) -> Result<Plan, Error> {
+        if self.ring.in_transition() {
+            return Err(Error::BadRequest(format!(
+                "a change is still moving {} partitions: commit once it is done",
+                self.ring.moving()
+            )));
+        }
+        let plan = self.plan()?;
+        self.ring = self
+            .ring
+            .begin(plan.next_owners.clone(), plan.removed.clone(), self.target_n)
+            .map_err(|e| Error::Overflow(e.to_string()))?;
+        self.staged.clear();
+        Ok(plan)
     }
 
     /// An RPC to `id` succeeded at `now_ms`: it answered, so it is alive now, whatever gossip
@@ -787,39 +892,65 @@ impl Membership {
         known.info.id == self.me || known.proven || owners.contains(known.info.id.as_str())
     }
 
-    /// If this node is the claimant and the ring's members differ from the members that
-    /// count for ownership and have not left, rebalance.
+    /// If this node is the claimant: move the transition in flight on (mark moved the
+    /// partitions every receiver holds, finish when all moved), or else, with
+    /// `auto_join`, begin one that joins the members that count for ownership, own nothing
+    /// and have not left.
     fn claim(&mut self, now_ms: u64) -> Vec<Notice> {
+        if self.claimant(now_ms).as_deref() != Some(self.me.as_str()) {
+            return Vec::new();
+        }
+        if let Some(transition) = &self.ring.next {
+            let id = transition.id;
+            let holds = |node: &str, p: u16| {
+                self.members.get(node).is_some_and(|k| {
+                    k.info.holds.transition == id && k.info.holds.partitions.contains(&p)
+                })
+            };
+            return match self.ring.settle(self.target_n, holds) {
+                Ok(Some(ring)) => {
+                    self.ring = ring;
+                    vec![Notice::RingChanged(self.ring.epoch)]
+                }
+                Ok(None) => Vec::new(),
+                Err(_) => vec![Notice::EpochExhausted],
+            };
+        }
+        if !self.auto_join {
+            return Vec::new();
+        }
         let owners = self.owners();
-        let counted: Vec<&Known> =
-            self.members.values().filter(|k| self.counts_for_ownership(k, &owners)).collect();
-        let claimant = counted
-            .iter()
-            .filter(|k| self.health_of(k, now_ms) == Health::Up)
-            .map(|k| k.info.id.as_str())
-            .min();
-        if claimant != Some(self.me.as_str()) {
+        let joining: Vec<String> = self
+            .members
+            .values()
+            .filter(|k| self.counts_for_ownership(k, &owners))
+            .filter(|k| !k.info.leaving && !self.ring.left.contains(&k.info.id))
+            .filter(|k| !owners.contains(k.info.id.as_str()))
+            .map(|k| k.info.id.clone())
+            .collect();
+        if joining.is_empty() {
             return Vec::new();
         }
-        let wanted: Vec<String> =
-            counted.iter().filter(|k| !k.info.leaving).map(|k| k.info.id.clone()).collect();
-        let mut owning: Vec<String> = self.ring.owners.clone();
-        owning.sort();
-        owning.dedup();
-        if owning == wanted {
-            return Vec::new();
-        }
+        let mut members: Vec<String> = owners.iter().map(|o| o.to_string()).collect();
+        members.extend(joining);
+        members.sort();
+        members.dedup();
         // With more members than partitions some own nothing however the ring is laid out:
-        // change it (and its epoch) only when rebalancing moves something, or the claimant
-        // would take a new epoch every round and the ring would never settle.
-        let Ok(rebalanced) = self.ring.try_rebalance(&wanted, self.target_n) else {
+        // change it only when the layout moves something, or the claimant would begin a
+        // transition every round and the ring would never settle.
+        let Ok(rebalanced) = self.ring.try_rebalance(&members, self.target_n) else {
             return vec![Notice::EpochExhausted];
         };
         if rebalanced.owners == self.ring.owners {
             return Vec::new();
         }
-        self.ring = rebalanced;
-        vec![Notice::RingChanged(self.ring.epoch)]
+        match self.ring.begin(rebalanced.owners, BTreeSet::new(), self.target_n) {
+            Ok(ring) => {
+                self.ring = ring;
+                vec![Notice::RingChanged(self.ring.epoch)]
+            }
+            Err(_) => vec![Notice::EpochExhausted],
+        }
     }
 }
 

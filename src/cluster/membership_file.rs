@@ -114,6 +114,7 @@ mod tests {
             heartbeat: 3,
             leaving: false,
             config_digest: vec![1, 2, 3],
+            holds: Default::default(),
         };
         let mut ring = Ownership::single("a", 8);
         ring.owners = ["a", "b", "a", "b", "a", "b", "a", "b"].map(String::from).to_vec();
@@ -153,6 +154,7 @@ mod tests {
             heartbeat: 0,
             leaving: false,
             config_digest: vec![1, 2, 3],
+            holds: Default::default(),
         };
         let timing = Timing::for_interval(100);
         let mut restarted = Membership::new(me, 8, 3, timing, 0);

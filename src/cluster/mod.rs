@@ -59,12 +59,15 @@
 //! Every `gossip_interval_ms` ([`Cluster::run_rounds`]), each on a timer of its own so that
 //! none waits for another: exchange views with one peer; deliver up to
 //! `hint_replay_per_round` hints to each owner that is up again; hand off partitions after a
-//! ring change; compare `anti_entropy_partitions_per_round` partitions with another primary.
+//! ring change; compare `anti_entropy_partitions_per_round` partitions with another primary;
+//! copy up to `transfer_limit` partitions this node takes over in a ring transition
+//! ([`transfer`]).
 //! Each peer call has a deadline ([`peers`]), so an unreachable peer delays its own kind of
 //! round by at most that, and never the heartbeat.
 
 pub mod anti_entropy;
 pub mod budget;
+pub mod changes;
 pub mod coordinator;
 pub mod gossip;
 pub mod handoff;
@@ -73,6 +76,7 @@ pub mod membership_file;
 pub mod peers;
 pub mod quorum;
 pub mod replica;
+pub mod transfer;
 
 pub use coordinator::{plan_targets, plan_write, Target, WritePlan};
 pub use peers::Network;
@@ -91,7 +95,7 @@ use crate::store::hints::Hints;
 use crate::store::Store;
 use budget::Budget;
 use handoff::Handoff;
-use membership::{Health, MemberInfo, Membership, Timing};
+use membership::{Health, Holds, MemberInfo, Membership, Timing};
 use peers::PeerConnection;
 
 /// The node's cluster state, shared by every connection on the RPC thread.
@@ -114,6 +118,10 @@ pub struct Cluster {
     hint_replay_per_round: usize,
     handoff: RefCell<Handoff>,
     anti_entropy_per_round: usize,
+    /// Partitions copied at once during a ring transition (`cluster.transfer_limit`).
+    transfer_limit: usize,
+    /// Progress of this node's copies during a ring transition ([`transfer`]).
+    transfers: RefCell<transfer::Transfers>,
     /// Index into the (bucket, partition) pairs of the next anti-entropy exchange.
     anti_entropy_cursor: std::cell::Cell<usize>,
     /// Peer addresses a connection is being opened to, and how to wake the calls waiting for
@@ -184,10 +192,12 @@ impl Cluster {
             heartbeat: 0,
             leaving: false,
             config_digest: environment.config_digest,
+            holds: Holds::default(),
         };
         let target_n = config.buckets.values().map(|b| b.n as usize).max().unwrap_or(3);
         let timing = Timing::for_interval(config.cluster.gossip_interval_ms);
         let mut membership = Membership::new(me, config.partitions, target_n, timing, 0);
+        membership.set_auto_join(config.cluster.auto_join);
         let mut saved_shape = None;
         let restored = match environment.membership_file.as_deref().map(membership_file::load) {
             None => Some(Ok(environment.restored_view)),
@@ -219,6 +229,8 @@ impl Cluster {
             hint_replay_per_round: config.cluster.hint_replay_per_round,
             handoff: RefCell::new(Handoff::default()),
             anti_entropy_per_round: config.cluster.anti_entropy_partitions_per_round,
+            transfer_limit: config.cluster.transfer_limit,
+            transfers: RefCell::new(transfer::Transfers::default()),
             anti_entropy_cursor: std::cell::Cell::new(0),
             hints_failure_noticed: std::cell::Cell::new(false),
             connecting: RefCell::new(HashMap::new()),
@@ -277,6 +289,25 @@ impl Cluster {
         plan_targets(&preference, n, |id| membership.health(id, now))
     }
 
+    /// The nodes that must also store a write to `key` while its partition moves in a ring
+    /// transition ([`crate::ring::transition`]): its next replicas that do not serve it yet,
+    /// but for those this node sees down (they copy what they missed before the partition
+    /// moves).
+    fn receivers(&self, bucket: &str, key: &[u8], n: usize) -> Vec<String> {
+        let membership = self.membership.borrow();
+        let ring = membership.ring();
+        let partition = partition_of(key_hash(bucket, key), ring.partitions());
+        let sets = ring.write_sets(partition, n);
+        let now = self.now_ms();
+        sets.next
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| !sets.serving.contains(id))
+            .filter(|id| membership.health(id, now) != Health::Down)
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Whether this node knows the cluster it is part of: it has heard of another member,
     /// exchanged views with a seed (which may be itself under another name), or its seeds
     /// name only itself (a cluster that starts here).
@@ -304,6 +335,7 @@ impl Cluster {
             self.every_round(|_| self.deliver_hints()),
             self.every_round(|_| self.handoff_round()),
             self.every_round(|round| self.anti_entropy_round(round)),
+            self.every_round(|_| self.transfer_round()),
             self.every_round(|_| self.recovery_round()),
         );
     }

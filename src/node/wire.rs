@@ -18,11 +18,11 @@ use crate::cartwheel_capnp::{cart_item, error, op, read_options, value, write_op
 use crate::cartwheel_capnp::{ring, view};
 #[cfg(feature = "server")]
 use crate::cluster::membership::{
-    check_token_id, MemberInfo, View, MEMBERS_MAX, REVOKED_TOKENS_MAX,
+    check_token_id, Holds, MemberInfo, View, MEMBERS_MAX, REVOKED_TOKENS_MAX,
 };
 use crate::error::Error;
 #[cfg(feature = "server")]
-use crate::ring::Ownership;
+use crate::ring::{Ownership, Transition};
 
 /// Per-request read options; 0 means "the bucket's default".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -201,7 +201,9 @@ pub fn set_ring(
     ownership: &Ownership,
     addresses: &dyn Fn(&str) -> String,
 ) {
-    let mut nodes: Vec<&String> = ownership.owners.iter().collect();
+    let next = ownership.next.as_ref();
+    let mut nodes: Vec<&String> =
+        ownership.owners.iter().chain(next.into_iter().flat_map(|t| &t.owners)).collect();
     nodes.sort();
     nodes.dedup();
     builder.set_partition_count(ownership.partitions());
@@ -213,34 +215,84 @@ pub fn set_ring(
         node.set_address(addresses(id));
         node.set_partitions_owned(ownership.owned_by(id) as u32);
     }
-    let mut owners = builder.init_owners(ownership.partitions());
+    let index = |owner: &String| {
+        nodes.binary_search(&owner).expect("every owner is in the node list") as u16
+    };
+    let mut owners = builder.reborrow().init_owners(ownership.partitions());
     for (p, owner) in ownership.owners.iter().enumerate() {
-        let index = nodes.binary_search(&owner).expect("every owner is in the node list");
-        owners.set(p as u32, index as u16);
+        owners.set(p as u32, index(owner));
+    }
+    set_texts(builder.reborrow().init_left(ownership.left.len() as u32), &ownership.left);
+    if let Some(next) = next {
+        let mut t = builder.init_next();
+        t.set_id(next.id);
+        let mut owners = t.reborrow().init_owners(next.owners.len() as u32);
+        for (p, owner) in next.owners.iter().enumerate() {
+            owners.set(p as u32, index(owner));
+        }
+        let mut moved = t.reborrow().init_moved(next.moved.len() as u32);
+        for (i, p) in next.moved.iter().enumerate() {
+            moved.set(i as u32, *p);
+        }
+        set_texts(t.init_removed(next.removed.len() as u32), &next.removed);
+    }
+}
+
+#[cfg(feature = "server")]
+fn set_texts(mut list: capnp::text_list::Builder<'_>, texts: &BTreeSet<String>) {
+    for (i, text) in texts.iter().enumerate() {
+        list.set(i as u32, text.as_str());
     }
 }
 
 #[cfg(feature = "server")]
 /// Read a `Ring` structure into an ownership.
 pub fn get_ring(reader: ring::Reader<'_>) -> Result<Ownership, Error> {
+    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, Error> {
+        t.map_err(bad)?.to_string().map_err(|e| bad(e.into()))
+    };
     let nodes = reader.get_nodes().map_err(bad)?;
-    let ids: Vec<String> = nodes
-        .iter()
-        .map(|n| n.get_id().map_err(bad)?.to_string().map_err(|e| bad(e.into())))
-        .collect::<Result<_, _>>()?;
-    let owners = reader.get_owners().map_err(bad)?;
-    if owners.len() != reader.get_partition_count() {
-        return Err(Error::BadRequest("ring owners do not match the partition count".into()));
+    if nodes.len() as usize > MEMBERS_MAX {
+        return Err(Error::BadRequest(format!("the ring names {} nodes", nodes.len())));
     }
-    let owners = owners
-        .iter()
-        .map(|i| {
-            ids.get(i as usize)
-                .cloned()
-                .ok_or_else(|| Error::BadRequest(format!("ring owner index {i} out of range")))
+    let ids: Vec<String> = nodes.iter().map(|n| text(n.get_id())).collect::<Result<_, _>>()?;
+    let q = reader.get_partition_count();
+    let owners_of = |list: capnp::primitive_list::Reader<'_, u16>| -> Result<Vec<String>, Error> {
+        if list.len() != q {
+            return Err(Error::BadRequest("ring owners do not match the partition count".into()));
+        }
+        list.iter()
+            .map(|i| {
+                ids.get(i as usize)
+                    .cloned()
+                    .ok_or_else(|| Error::BadRequest(format!("ring owner index {i} out of range")))
+            })
+            .collect()
+    };
+    let texts = |list: capnp::text_list::Reader<'_>| -> Result<BTreeSet<String>, Error> {
+        if list.len() as usize > MEMBERS_MAX {
+            return Err(Error::BadRequest(format!("the ring lists {} members", list.len())));
+        }
+        list.iter().map(text).collect()
+    };
+    let owners = owners_of(reader.get_owners().map_err(bad)?)?;
+    let left = texts(reader.get_left().map_err(bad)?)?;
+    let next = if reader.has_next() {
+        let t = reader.get_next().map_err(bad)?;
+        let moved: BTreeSet<u16> = t.get_moved().map_err(bad)?.iter().collect();
+        if moved.iter().any(|p| u32::from(*p) >= q) {
+            return Err(Error::BadRequest("a moved partition is out of range".into()));
+        }
+        Some(Transition {
+            id: t.get_id(),
+            owners: owners_of(t.get_owners().map_err(bad)?)?,
+            moved,
+            removed: texts(t.get_removed().map_err(bad)?)?,
         })
-        .collect::<Result<_, _>>()?;
-    Ok(Ownership { epoch: reader.get_epoch(), owners })
+    } else {
+        None
+    };
+    Ok(Ownership { epoch: reader.get_epoch(), owners, next, left })
 }
 
 #[cfg(feature = "server")]
@@ -259,6 +311,11 @@ pub fn set_view(mut builder: view::Builder<'_>, v: &View) {
         b.set_heartbeat(m.heartbeat);
         b.set_leaving(m.leaving);
         b.set_config_digest(&m.config_digest);
+        b.set_holds_for(m.holds.transition);
+        let mut holds = b.init_holds(m.holds.partitions.len() as u32);
+        for (i, p) in m.holds.partitions.iter().enumerate() {
+            holds.set(i as u32, *p);
+        }
     }
     let addresses = |id: &str| {
         v.members.iter().find(|m| m.id == id).map(|m| m.address.clone()).unwrap_or_default()
@@ -304,6 +361,10 @@ pub fn get_view(reader: view::Reader<'_>) -> Result<View, Error> {
             heartbeat: m.get_heartbeat(),
             leaving: m.get_leaving(),
             config_digest: m.get_config_digest().map_err(bad)?.to_vec(),
+            holds: Holds {
+                transition: m.get_holds_for(),
+                partitions: m.get_holds().map_err(bad)?.iter().collect(),
+            },
         });
     }
     Ok(View { members, ring: get_ring(reader.get_ring().map_err(bad)?)?, revoked_tokens })

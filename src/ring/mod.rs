@@ -21,6 +21,10 @@
 //! partitions, a new member takes about Q/(S+1) partitions from the others, and no partition
 //! moves between two members that stay.
 //!
+//! A change does not switch the ring at once: the claimant commits it as a transition to a
+//! next layout, and each partition moves when its new replicas hold its data
+//! ([`transition`]: reads stay where the data is, writes go to both sets meanwhile).
+//!
 //! It also tries to keep every window of `target_n` consecutive partitions on distinct nodes,
 //! so that a key's N replicas are its partition's owner and the next owners on the ring. That
 //! is not always possible (Q = 64 on 3 nodes with N = 3 leaves a wrap-around window with a
@@ -29,7 +33,13 @@
 //! layout. Preference lists skip repeated nodes anyway: a key's N replicas are always N
 //! distinct nodes when the cluster has N nodes.
 
+use std::collections::BTreeSet;
+
 use md5::{Digest, Md5};
+
+mod transition;
+
+pub use transition::{Transition, WriteSets};
 
 /// Default partition count (Q).
 pub const PARTITIONS_DEFAULT: u32 = 64;
@@ -75,19 +85,30 @@ pub fn storage_key(partition: u16, key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Which node owns each partition, with the epoch of the change that made it so.
+/// Which node owns each partition, with the epoch of the change that made it so, and the
+/// change on its way if one is ([`transition`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ownership {
     /// Bumped by the claimant at every change; the highest epoch wins in gossip.
     pub epoch: u64,
     /// `owners[p]` is the id of partition `p`'s owner. The length is Q.
     pub owners: Vec<String>,
+    /// A committed change on its way, moving partition by partition.
+    pub next: Option<Transition>,
+    /// Members that left the ring (a leave, a replacement, a removal): given no partition
+    /// again until joined anew.
+    pub left: BTreeSet<String>,
 }
 
 impl Ownership {
     /// Every partition on `node` (a cluster of one), at epoch 0.
     pub fn single(node: &str, partitions: u32) -> Self {
-        Self { epoch: 0, owners: vec![node.to_string(); partitions as usize] }
+        Self {
+            epoch: 0,
+            owners: vec![node.to_string(); partitions as usize],
+            next: None,
+            left: BTreeSet::new(),
+        }
     }
 
     /// The partition count Q.
@@ -97,7 +118,8 @@ impl Ownership {
 
     /// Distinct nodes in ring order starting at `partition`'s owner: the preference list,
     /// at most `limit` long (pass the member count to stop the walk once all are found).
-    /// Its first N entries are the key's primary replicas; the rest are fallbacks.
+    /// Its first N entries are the key's primary replicas; the rest are fallbacks. During a
+    /// transition, the ring that serves the partition now ([`Ownership::serving`]).
     pub fn preference_list(&self, partition: u16, limit: usize) -> Vec<&str> {
         self.walk(partition, limit)
     }
@@ -113,19 +135,10 @@ impl Ownership {
         self.walk(partition, n).contains(&node)
     }
 
+    /// The walk that serves `partition` now: the next ring's once it moved in a
+    /// transition, the current one's otherwise ([`Ownership::serving`]).
     fn walk(&self, partition: u16, limit: usize) -> Vec<&str> {
-        let q = self.owners.len();
-        let mut list: Vec<&str> = Vec::new();
-        for step in 0..q {
-            if list.len() >= limit {
-                break;
-            }
-            let owner = self.owners[(partition as usize + step) % q].as_str();
-            if !list.contains(&owner) {
-                list.push(owner);
-            }
-        }
-        list
+        self.serving(partition, limit)
     }
 
     /// Partitions owned by `node`.
@@ -175,8 +188,25 @@ impl Ownership {
         } else {
             incremental
         };
-        Ok(Ownership { epoch, owners: chosen.into_iter().map(|m| members[m].clone()).collect() })
+        let owners = chosen.into_iter().map(|m| members[m].clone()).collect();
+        Ok(Ownership { epoch, owners, next: None, left: self.left.clone() })
     }
+}
+
+/// Distinct owners in ring order from `partition`, at most `limit`.
+fn walk(owners: &[String], partition: u16, limit: usize) -> Vec<&str> {
+    let q = owners.len();
+    let mut list: Vec<&str> = Vec::new();
+    for step in 0..q {
+        if list.len() >= limit {
+            break;
+        }
+        let owner = owners[(partition as usize + step) % q].as_str();
+        if !list.contains(&owner) {
+            list.push(owner);
+        }
+    }
+    list
 }
 
 /// A ring whose epoch is at `u64::MAX` cannot change again.
