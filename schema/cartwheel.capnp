@@ -114,8 +114,9 @@ enum NodeState {
   up @0;
   suspect @1;
   down @2;
-  joining @3;
-  leaving @4;
+  joining @3;    # gets partitions in the ring change in flight
+  leaving @4;    # hands its partitions off in the ring change in flight
+  left @5;       # left the ring (leave, replace, remove): owns nothing; can be stopped
 }
 
 struct NodeInfo {
@@ -176,6 +177,52 @@ struct Status {
   statesRefused @13 :UInt64;     # replicated states refused (timestamp past the clock offset)
   connectionsUnauthenticated @14 :UInt32;  # of `connections`, those not yet logged in
   security @15 :Text;            # "tls" or "insecure"
+  claimant @16 :Text;            # the member that commits ring changes, as this node sees it
+  transfers @17 :Transfers;      # the ring change in flight, and this node's part in it
+}
+
+# A ring change in flight (DESIGN "Membership changes"), as one node sees it.
+struct Transfers {
+  transition @0 :UInt64;         # its id (the epoch that committed it); 0: none in flight
+  moving @1 :UInt32;             # partitions of the ring not moved yet
+  receiving @2 :UInt32;          # partitions this node takes over
+  held @3 :UInt32;               # of those, copied and verified
+  running @4 :List(UInt16);      # being copied now
+  segmentsCopied @5 :UInt64;     # hash-tree segments exchanged by this node's copies
+  elapsedMs @6 :UInt64;          # since this node's first copy in it
+  waiting @7 :Text;              # why a copy waits (a source down), if one does
+}
+
+# A membership change request (admin): staged on the claimant, applied by `commit`.
+struct ClusterRequest {
+  union {
+    join @0 :Text;               # a member that owns nothing gets its share
+    leave @1 :Text;              # a member hands its partitions to the others
+    replace :group {             # `new` takes exactly `old`'s partitions
+      old @2 :Text;
+      new @3 :Text;
+    }
+    remove @4 :Text;             # a member gone for good: rebuilt from the other replicas
+    plan @5 :Void;               # what a commit would do
+    commit @6 :Void;             # begin the ring change
+    cancel @7 :Void;             # drop the staged changes
+  }
+}
+
+struct PartitionMove {
+  partition @0 :UInt16;
+  from @1 :Text;
+  to @2 :Text;
+}
+
+struct ClusterAnswer {
+  claimant @0 :Text;             # the node that answered
+  staged @1 :List(Text);         # the staged changes ("leave n4", ...)
+  moves @2 :List(PartitionMove); # partitions whose owner the plan changes
+  bytesPerPartition @3 :UInt64;  # data per partition, estimated from the claimant's copy
+  keysPerPartition @4 :UInt64;
+  ringEpoch @5 :UInt64;
+  moving @6 :UInt32;             # partitions of the ring change in flight not moved yet
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +261,9 @@ interface Cartwheel {
   createToken @7 (grants :Text) -> (token :Text, id :Text, error :Error);
   # Admin: revoke the token with this id on every node (spread by gossip, kept across restarts).
   revokeToken @8 (id :Text) -> (error :Error);
+  # Admin: stage, plan, commit or cancel membership changes. The claimant answers; another
+  # node passes the request on to it.
+  cluster @9 (request :ClusterRequest) -> (answer :ClusterAnswer, error :Error);
 }
 
 # ---------------------------------------------------------------------------------------------

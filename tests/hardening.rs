@@ -173,7 +173,7 @@ fn gossip(address: &str, from: &str, view: &View) -> Result<View, Error> {
 fn view_of(address: &str) -> View {
     let nothing = View {
         members: Vec::new(),
-        ring: Ownership { epoch: 0, owners: Vec::new() },
+        ring: Ownership { epoch: 0, owners: Vec::new(), next: None, left: BTreeSet::new() },
         revoked_tokens: BTreeSet::new(),
     };
     gossip(address, "n2", &nothing).unwrap()
@@ -267,6 +267,7 @@ fn a_gossiped_stranger_gets_no_partition_and_is_forgotten() {
         heartbeat: 1,
         leaving: false,
         config_digest: digest,
+        holds: Default::default(),
     });
     for address in &cluster.addresses {
         gossip(address, "n2", &forged).unwrap();

@@ -144,7 +144,7 @@ fn use_it_commands_run_against_up_as_written() {
             // The cluster may still be forming its ring on the first command.
             let (code, stdout) = run(&command, dir.path(), &node);
             attempt += 1;
-            if code == expected_code || attempt == 20 {
+            if code == expected_code || attempt == 80 {
                 break (code, stdout);
             }
             std::thread::sleep(Duration::from_millis(500));

@@ -6,7 +6,7 @@
 //! [`BUCKET`], configured from the command line. `n1` starts first; the others get its
 //! address as their seed. Gossip runs every [`GOSSIP_INTERVAL_MS`] so the cluster forms
 //! quickly, and the run starts only once every node sees every member up and one ring
-//! spread over all of them (at most [`CONVERGE_MS`]).
+//! spread over all of them, with no ring change in flight (at most [`CONVERGE_MS`]).
 //!
 //! Routing is zero-hop, as a Dynamo client does it: the benchmark fetches the ring once and
 //! [`Routes`] sends each key to the first node of its preference list (its coordinator), so
@@ -188,6 +188,7 @@ impl EmbeddedCluster {
                 };
                 let Ok(status) = client.status().await else { break };
                 let formed = status.members.len() == addresses.len()
+                    && status.transfers.transition == 0
                     && status.members.iter().all(|m| m.state == "up" && m.partitions_owned > 0);
                 if !formed {
                     break;

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use cartwheel_resolvers::{Op, Value};
 use clap::{Parser, Subcommand};
 
-use crate::client::{block_on, Client, Credentials, WriteOptions};
+use crate::client::{block_on, Client, ClusterRequest, Credentials, WriteOptions};
 use crate::config::{Config, SecurityConfig, LISTEN_PORT_DEFAULT};
 use crate::error::Error;
 use crate::node::server::NodeHandle;
@@ -244,6 +244,16 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
         node: String,
     },
+    /// Membership changes: stage join, leave, replace or remove; look at the plan; commit
+    /// or cancel (needs the admin grant; sent to the claimant, found through --node).
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        action: AdminAction,
+        /// Node to ask (any member: the request goes on to the claimant).
+        #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
+        node: String,
+    },
     /// Create a new cluster secret in FILE (for `security.secret_file`; copy it to every node).
     Secret {
         /// Where to write it; must not exist.
@@ -336,6 +346,40 @@ pub enum TokenAction {
         /// The token's id (16 hex digits, printed by `token create`).
         id: String,
     },
+}
+
+/// `cartwheel admin ...`.
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Stage: member ID (up, owning nothing) gets its share of the partitions.
+    Join {
+        /// The member's id.
+        id: String,
+    },
+    /// Stage: member ID hands its partitions to the others, then owns nothing (stop it once
+    /// `status` shows it as left).
+    Leave {
+        /// The member's id.
+        id: String,
+    },
+    /// Stage: member NEW (up, owning nothing) takes exactly OLD's partitions.
+    Replace {
+        /// The member that goes.
+        old: String,
+        /// The member that takes its place.
+        new: String,
+    },
+    /// Stage: member ID is gone for good; its partitions are rebuilt from the other replicas.
+    Remove {
+        /// The member's id.
+        id: String,
+    },
+    /// Show what a commit of the staged changes would move.
+    Plan,
+    /// Begin moving partitions as planned (`status` shows the transfers).
+    Commit,
+    /// Drop the staged changes.
+    Cancel,
 }
 
 /// `cartwheel counter ...`.
@@ -475,6 +519,17 @@ fn status_json(status: &crate::client::NodeStatus) -> serde_json::Value {
         "hints_refused": status.hints_refused,
         "states_refused": status.states_refused,
         "config_mismatches": status.config_mismatches,
+        "claimant": status.claimant,
+        "transfers": {
+            "transition": status.transfers.transition,
+            "moving": status.transfers.moving,
+            "receiving": status.transfers.receiving,
+            "held": status.transfers.held,
+            "running": status.transfers.running,
+            "segments_copied": status.transfers.segments_copied,
+            "elapsed_ms": status.transfers.elapsed_ms,
+            "waiting": status.transfers.waiting,
+        },
         "members": status.members.iter().map(|m| json!({
             "id": m.id,
             "address": m.address,
@@ -660,6 +715,24 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Admin { action, node } => request(&node, auth, |client| async move {
+            let request = match action {
+                AdminAction::Join { id } => ClusterRequest::Join(id),
+                AdminAction::Leave { id } => ClusterRequest::Leave(id),
+                AdminAction::Replace { old, new } => ClusterRequest::Replace { old, new },
+                AdminAction::Remove { id } => ClusterRequest::Remove(id),
+                AdminAction::Plan => ClusterRequest::Plan,
+                AdminAction::Commit => ClusterRequest::Commit,
+                AdminAction::Cancel => ClusterRequest::Cancel,
+            };
+            let answer = ask_claimant(&client, &request, auth).await?;
+            if output.json {
+                emit_line(&cluster_answer_json(&answer).to_string());
+            } else {
+                print_cluster_answer(&request, &answer);
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Secret { file } => match crate::security::Secret::create(&file) {
             Ok(_) => {
                 out!("cluster secret written to {}", file.display());
@@ -824,6 +897,106 @@ fn print_value(value: &Value) {
     emit(&out);
 }
 
+/// Send a membership request to the claimant: the node `client` talks to, if it is the
+/// claimant, else the claimant it names in its status.
+async fn ask_claimant(
+    client: &Client,
+    request: &ClusterRequest,
+    auth: &Auth,
+) -> Result<crate::client::ClusterAnswer, Error> {
+    let status = client.status().await?;
+    if status.claimant.is_empty() || status.claimant == status.node_id {
+        return client.cluster(request).await;
+    }
+    let address = status
+        .members
+        .iter()
+        .find(|m| m.id == status.claimant)
+        .map(|m| m.address.clone())
+        .ok_or_else(|| {
+            Error::QuorumNotMet(format!("no address for the claimant {}", status.claimant))
+        })?;
+    let credentials = auth.resolve().map_err(Error::BadRequest)?;
+    let claimant = Client::connect_with(&address, &credentials).await?;
+    claimant.cluster(request).await
+}
+
+fn cluster_answer_json(answer: &crate::client::ClusterAnswer) -> serde_json::Value {
+    serde_json::json!({
+        "claimant": answer.claimant,
+        "staged": answer.staged,
+        "moves": answer.moves.iter().map(|(p, from, to)| serde_json::json!({
+            "partition": p, "from": from, "to": to,
+        })).collect::<Vec<_>>(),
+        "bytes_per_partition": answer.bytes_per_partition,
+        "keys_per_partition": answer.keys_per_partition,
+        "ring_epoch": answer.ring_epoch,
+        "moving": answer.moving,
+    })
+}
+
+fn print_cluster_answer(request: &ClusterRequest, answer: &crate::client::ClusterAnswer) {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match request {
+        ClusterRequest::Commit => {
+            let _ = writeln!(
+                out,
+                "committed on {}: {} partitions change owner (ring epoch {}); `status` shows the transfers",
+                answer.claimant,
+                answer.moves.len(),
+                answer.ring_epoch
+            );
+        }
+        ClusterRequest::Cancel => {
+            let _ = writeln!(out, "staged changes dropped on {}", answer.claimant);
+        }
+        _ => {
+            let staged =
+                if answer.staged.is_empty() { "nothing".into() } else { answer.staged.join(", ") };
+            let _ = writeln!(out, "staged on {}: {staged}", answer.claimant);
+            if answer.moving > 0 {
+                let _ = writeln!(
+                    out,
+                    "a ring change is still moving {} partitions: commit once it is done",
+                    answer.moving
+                );
+            }
+            let mut flows: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+            for (_, from, to) in &answer.moves {
+                *flows.entry((from.as_str(), to.as_str())).or_default() += 1;
+            }
+            let moved = answer.moves.len() as u64;
+            let _ = writeln!(
+                out,
+                "plan: {moved} partitions change owner, about {} keys and {} (from the claimant's copy)",
+                moved * answer.keys_per_partition,
+                human_bytes(moved * answer.bytes_per_partition)
+            );
+            for ((from, to), count) in flows {
+                let _ = writeln!(out, "  {from} -> {to}: {count} partitions");
+            }
+        }
+    }
+    emit(out.as_bytes());
+}
+
+/// Bytes in binary units: `512 B`, `1.5 KiB`, `3.2 GiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 fn print_status(status: &crate::client::NodeStatus) {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -848,6 +1021,25 @@ fn print_status(status: &crate::client::NodeStatus) {
         "security {}, {} of the connections not logged in",
         status.security, status.connections_unauthenticated
     );
+    let t = &status.transfers;
+    if t.transition != 0 {
+        let _ = writeln!(
+            out,
+            "ring change {} in flight: {} partitions still moving; this node takes over {} \
+             and holds {} of them ({} copying now, {} segments exchanged, {:.1} s){}",
+            t.transition,
+            t.moving,
+            t.receiving,
+            t.held,
+            t.running.len(),
+            t.segments_copied,
+            t.elapsed_ms as f64 / 1000.0,
+            if t.waiting.is_empty() { String::new() } else { format!("; waiting: {}", t.waiting) }
+        );
+    }
+    if !status.claimant.is_empty() {
+        let _ = writeln!(out, "claimant {}", status.claimant);
+    }
     if !status.config_mismatches.is_empty() {
         let _ = writeln!(
             out,

@@ -87,6 +87,13 @@ pub(super) fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
             data_dir.join(&node.id).display()
         );
     }
+    // W copies need W nodes: wait until every node owns its share of the ring.
+    let addresses: Vec<String> = children.iter().map(|n| n.address.clone()).collect();
+    let credentials = data_dir.join(crate::security::ADMIN_CREDENTIALS_FILE);
+    match wait_settled(&addresses, &credentials) {
+        Ok(()) => out!("ring settled: {} nodes own partitions", addresses.len()),
+        Err(e) => eprintln!("cartwheel: {e}; writes may fail with quorumNotMet until it has"),
+    }
     out!(
         "TLS on; cluster secret in {}, admin credentials in {} (client commands read them from \
          there by default)",
@@ -98,6 +105,33 @@ pub(super) fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
     out!("Ctrl-C stops them all.");
     block_on(stop_signal());
     stop_all(children, ExitCode::SUCCESS)
+}
+
+/// Wait (at most 60 s) until the node at the first address sees every node up, owning
+/// partitions, and no ring change in flight.
+fn wait_settled(addresses: &[String], credentials: &Path) -> Result<(), String> {
+    let credentials = crate::client::Credentials::load(credentials)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    block_on(async {
+        loop {
+            if let Ok(client) =
+                crate::client::Client::connect_with(&addresses[0], &credentials).await
+            {
+                if let Ok(status) = client.status().await {
+                    let settled = status.members.len() == addresses.len()
+                        && status.transfers.transition == 0
+                        && status.members.iter().all(|m| m.state == "up" && m.partitions_owned > 0);
+                    if settled {
+                        return Ok(());
+                    }
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("the ring did not settle within 60 s".to_string());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
 }
 
 /// Wait for Ctrl-C (SIGINT) or SIGTERM.

@@ -94,7 +94,8 @@ pub struct MemberStatus {
     pub id: String,
     /// Client API address.
     pub address: String,
-    /// `up`, `suspect`, `down`, `joining` or `leaving`, as the answering node sees it.
+    /// `up`, `suspect`, `down`, `joining`, `leaving` or `left`, as the answering node sees
+    /// it (joining and leaving: in the ring change in flight).
     pub state: String,
     /// Partitions it owns.
     pub partitions_owned: u32,
@@ -158,6 +159,74 @@ pub struct NodeStatus {
     pub connections_unauthenticated: u32,
     /// `tls` or `insecure`.
     pub security: String,
+    /// The member that commits ring changes, as the answering node sees it.
+    pub claimant: String,
+    /// The ring change in flight, and the answering node's part in it.
+    pub transfers: TransferStatus,
+}
+
+/// A ring change in flight, as one node reports it in `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransferStatus {
+    /// Its id (the epoch that committed it); 0 when none is in flight.
+    pub transition: u64,
+    /// Partitions of the ring not moved yet.
+    pub moving: u32,
+    /// Partitions the answering node takes over.
+    pub receiving: u32,
+    /// Of those, copied and verified.
+    pub held: u32,
+    /// Being copied now.
+    pub running: Vec<u16>,
+    /// Hash-tree segments exchanged by the node's copies.
+    pub segments_copied: u64,
+    /// Milliseconds since the node's first copy in it.
+    pub elapsed_ms: u64,
+    /// Why a copy waits, if one does.
+    pub waiting: String,
+}
+
+/// A membership change request (needs the admin grant): see [`Client::cluster`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterRequest {
+    /// Stage: a member that owns nothing gets its share.
+    Join(String),
+    /// Stage: a member hands its partitions to the others.
+    Leave(String),
+    /// Stage: `new` takes exactly `old`'s partitions.
+    Replace {
+        /// The member that goes.
+        old: String,
+        /// The member that takes its place.
+        new: String,
+    },
+    /// Stage: a member gone for good goes; its data is rebuilt from the other replicas.
+    Remove(String),
+    /// What a commit would do.
+    Plan,
+    /// Begin the ring change.
+    Commit,
+    /// Drop the staged changes.
+    Cancel,
+}
+
+/// The claimant's answer to a [`ClusterRequest`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterAnswer {
+    /// The node that answered.
+    pub claimant: String,
+    /// The staged changes, one line each ("leave n4").
+    pub staged: Vec<String>,
+    /// Partitions whose owner the plan changes: (partition, from, to).
+    pub moves: Vec<(u16, String, String)>,
+    /// Data per partition, estimated from the claimant's own copy.
+    pub bytes_per_partition: u64,
+    /// Keys per partition, estimated likewise.
+    pub keys_per_partition: u64,
+    /// The ring's epoch.
+    pub ring_epoch: u64,
+    /// Partitions of the ring change in flight not moved yet.
+    pub moving: u32,
 }
 
 /// The ring as a node describes it.
@@ -472,7 +541,35 @@ impl Client {
             states_refused: s.get_states_refused(),
             connections_unauthenticated: s.get_connections_unauthenticated(),
             security: text(s.get_security())?,
+            claimant: text(s.get_claimant())?,
+            transfers: {
+                let t = s.get_transfers()?;
+                TransferStatus {
+                    transition: t.get_transition(),
+                    moving: t.get_moving(),
+                    receiving: t.get_receiving(),
+                    held: t.get_held(),
+                    running: t.get_running()?.iter().collect(),
+                    segments_copied: t.get_segments_copied(),
+                    elapsed_ms: t.get_elapsed_ms(),
+                    waiting: text(t.get_waiting())?,
+                }
+            },
         })
+    }
+
+    /// Stage, plan, commit or cancel a membership change (needs the admin grant). Only the
+    /// claimant ([`NodeStatus::claimant`]) takes it; another node answers `badRequest` naming
+    /// the claimant.
+    pub async fn cluster(&self, request: &ClusterRequest) -> Result<ClusterAnswer, Error> {
+        let mut call = self.api.cluster_request();
+        wire::set_cluster_request(call.get().init_request(), request);
+        let response = self.within(0, call.send().promise).await?;
+        let result = response.get()?;
+        if result.has_error() {
+            return Err(wire::get_error(result.get_error()?));
+        }
+        wire::get_cluster_answer(result.get_answer()?)
     }
 
     /// Mint a token with `grants` (see [`crate::security::token`]; needs the admin grant).
@@ -562,6 +659,7 @@ fn member(node: crate::cartwheel_capnp::node_info::Reader<'_>) -> Result<MemberS
         Ok(NodeState::Down) => "down",
         Ok(NodeState::Joining) => "joining",
         Ok(NodeState::Leaving) => "leaving",
+        Ok(NodeState::Left) => "left",
         Err(_) => "unknown",
     };
     Ok(MemberStatus {

@@ -318,7 +318,8 @@ mod tests {
     #[test]
     fn exchanges_walk_the_partitions_this_node_replicates() {
         let mut ring = crate::ring::Ownership::single("a", 4);
-        (ring.epoch, ring.owners) = (1, ["a", "b", "c", "d"].iter().map(|o| o.to_string()).collect());
+        (ring.epoch, ring.owners) =
+            (1, ["a", "b", "c", "d"].iter().map(|o| o.to_string()).collect());
         let buckets = [("k".to_string(), 2)];
         let input = ExchangeInput { ring: &ring, buckets: &buckets, me: "b", round: 0 };
         let up = |_: &str| Health::Up;

@@ -28,6 +28,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::client::{ClusterAnswer, ClusterRequest};
 use crate::error::Error;
 use crate::ring::Ownership;
 
@@ -166,17 +167,92 @@ pub fn plan(ring: &Ownership, changes: &[Change], target_n: usize) -> Result<Pla
     let mut start = ring.clone();
     start.owners = owners;
     let distinct: BTreeSet<&String> = start.owners.iter().collect();
-    let next_owners = if distinct.len() == members.len() && distinct.iter().all(|o| members.contains(o))
+    let joins = changes.iter().any(|c| matches!(c, Change::Join(_)));
+    let next_owners = if distinct.len() == members.len()
+        && distinct.iter().all(|o| members.contains(o))
     {
         start.owners
-    } else {
+    } else if joins {
         start.try_rebalance(&members, target_n).map_err(|e| Error::Overflow(e.to_string()))?.owners
+    } else {
+        // Leaves and removals move only the partitions of those that go.
+        start.minimal_owners(&members, target_n)
     };
     let moves = (0..ring.owners.len())
         .filter(|&p| ring.owners[p] != next_owners[p])
         .map(|p| (p as u16, ring.owners[p].clone(), next_owners[p].clone()))
         .collect();
     Ok(Plan { changes: changes.to_vec(), next_owners, removed, moves })
+}
+
+impl super::Cluster {
+    /// Take an admin's membership request (see the module documentation). Only the
+    /// claimant does; another node answers `badRequest` naming the claimant and its address,
+    /// where the client sends it instead.
+    pub fn cluster_request(&self, request: &ClusterRequest) -> Result<ClusterAnswer, Error> {
+        let me = self.me();
+        let claimant = self.membership.borrow().claimant(self.now_ms());
+        if claimant.as_deref() != Some(me.as_str()) {
+            let claimant = claimant.unwrap_or_default();
+            let address = self.membership.borrow().address_of(&claimant).unwrap_or("").to_string();
+            return Err(Error::BadRequest(format!(
+                "{me} is not the claimant: send membership changes to {claimant} at {address}"
+            )));
+        }
+        let change = |c: Change| self.membership.borrow_mut().stage(c);
+        let plan = match request {
+            ClusterRequest::Join(id) => change(Change::Join(id.clone())).map(|()| None)?,
+            ClusterRequest::Leave(id) => change(Change::Leave(id.clone())).map(|()| None)?,
+            ClusterRequest::Remove(id) => change(Change::Remove(id.clone())).map(|()| None)?,
+            ClusterRequest::Replace { old, new } => {
+                change(Change::Replace { old: old.clone(), new: new.clone() }).map(|()| None)?
+            }
+            ClusterRequest::Plan => Some(self.membership.borrow().plan()?),
+            ClusterRequest::Commit => {
+                let plan = self.membership.borrow_mut().commit()?;
+                tracing::info!(changes = ?plan.changes.iter().map(ToString::to_string).collect::<Vec<_>>(), moves = plan.moves.len(), "ring change committed");
+                Some(plan)
+            }
+            ClusterRequest::Cancel => {
+                self.membership.borrow_mut().cancel();
+                None
+            }
+        };
+        let plan = match plan {
+            Some(plan) => Some(plan),
+            None => self.membership.borrow().plan().ok(),
+        };
+        let membership = self.membership.borrow();
+        let (keys, bytes) = self.partition_size_estimate();
+        Ok(ClusterAnswer {
+            claimant: me,
+            staged: membership.staged().iter().map(ToString::to_string).collect(),
+            moves: plan.map(|p| p.moves).unwrap_or_default(),
+            bytes_per_partition: bytes,
+            keys_per_partition: keys,
+            ring_epoch: membership.ring().epoch,
+            moving: membership.ring().moving() as u32,
+        })
+    }
+
+    /// Keys and bytes per partition, estimated from this node's own copy: its entries and
+    /// live bytes over the partitions it holds, summed over the buckets.
+    fn partition_size_estimate(&self) -> (u64, u64) {
+        let membership = self.membership.borrow();
+        let ring = membership.ring();
+        let me = membership.me();
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        for bucket in self.store.buckets() {
+            let n = bucket.config.n as usize;
+            let held = (0..ring.partitions() as u16).filter(|&p| ring.holds(p, n, me)).count();
+            let stats = bucket.engine.stats();
+            if held > 0 {
+                keys += stats.entries / held as u64;
+                bytes += stats.live_bytes / held as u64;
+            }
+        }
+        (keys, bytes)
+    }
 }
 
 #[cfg(test)]

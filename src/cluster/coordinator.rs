@@ -399,8 +399,7 @@ impl Cluster {
                     Ok(Some(true)) => receivers_waiting -= 1,
                     Ok(Some(false) | None) => {
                         return Err(Error::QuorumNotMet(
-                            "a node taking over the key's partition did not store the write"
-                                .into(),
+                            "a node taking over the key's partition did not store the write".into(),
                         ))
                     }
                     Err(_) => return Err(Error::Timeout(format!("no quorum within {timeout:?}"))),

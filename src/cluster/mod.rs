@@ -403,6 +403,35 @@ impl Cluster {
     }
 
     /// A member's state as the wire names it.
+    /// How `status` and `ring` show member `id`: its health, or where it stands in the ring
+    /// change in flight (joining, leaving), or left.
+    pub fn member_state(&self, id: &str, health: Health, leaving: bool) -> NodeState {
+        let membership = self.membership.borrow();
+        let ring = membership.ring();
+        if ring.left.contains(id) && ring.owned_by(id) == 0 {
+            return NodeState::Left;
+        }
+        if ring.in_transition() && health != Health::Down {
+            match (ring.owned_by(id) > 0, ring.will_own(id) > 0) {
+                (false, true) => return NodeState::Joining,
+                (true, false) => return NodeState::Leaving,
+                _ => {}
+            }
+        }
+        Self::node_state(health, leaving)
+    }
+
+    /// This node's transfer progress in the ring change in flight.
+    pub fn transfers(&self) -> transfer::Transfers {
+        self.transfers.borrow().clone()
+    }
+
+    /// The claimant, as this node sees it.
+    pub fn claimant(&self) -> Option<String> {
+        self.membership.borrow().claimant(self.now_ms())
+    }
+
+    /// A member's state from its health alone (and whether it asked to leave).
     pub fn node_state(health: Health, leaving: bool) -> NodeState {
         match (health, leaving) {
             (_, true) => NodeState::Leaving,

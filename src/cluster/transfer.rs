@@ -9,8 +9,8 @@
 //! so in its gossiped entry ([`super::membership::Holds`]), and the claimant moves the
 //! partition once all its receivers hold it.
 //!
-//! Throttled: at most `cluster.transfer_limit` partitions are copied at once, one round at a
-//! time (each round every gossip interval). A source that is down makes the partition wait
+//! Throttled: at most `cluster.transfer_limit` partitions are copied at once, batch after
+//! batch for at most one gossip interval per round. A source that is down makes the partition wait
 //! (its data may be the only copy of some writes): `remove` the source if it is gone for
 //! good. Resumable: what a node holds is in memory, and after a restart it copies again
 //! only the partitions that have not moved yet; an exchange of equal partitions reads no
@@ -73,33 +73,45 @@ impl Cluster {
         let receiving: Vec<u16> = (0..ring.partitions() as u16)
             .filter(|&p| ring.receivers(p, target_n).contains(&me.as_str()))
             .collect();
-        let todo: Vec<u16> = receiving
-            .iter()
-            .copied()
-            .filter(|p| !holds.partitions.contains(p))
-            .take(self.transfer_limit)
-            .collect();
         {
             let mut transfers = self.transfers.borrow_mut();
             transfers.receiving = receiving.len();
             transfers.held = holds.partitions.len();
-            transfers.running = todo.clone();
             transfers.started.get_or_insert_with(Instant::now);
         }
-        let copies = todo.iter().map(|&p| self.copy_partition(&ring, p));
-        let results = futures::future::join_all(copies).await;
+        // Batches of `transfer_limit` partitions, one after another, for at most one round
+        // interval: empty or equal partitions cost one comparison each, so a new cluster's
+        // ring settles in a round or two.
+        let round_started = Instant::now();
         let mut waiting = None;
-        for (&partition, result) in todo.iter().zip(results) {
-            match result {
-                Ok(None) => {
-                    holds.partitions.insert(partition);
-                }
-                Ok(Some(why)) => waiting = Some(format!("partition {partition}: {why}")),
-                Err(e) => {
-                    tracing::debug!(partition, error = %e, "partition copy failed; next round");
-                    waiting = Some(format!("partition {partition}: {e}"));
+        let mut tried: BTreeSet<u16> = BTreeSet::new();
+        while round_started.elapsed() < self.gossip_interval {
+            let todo: Vec<u16> = receiving
+                .iter()
+                .copied()
+                .filter(|p| !holds.partitions.contains(p) && !tried.contains(p))
+                .take(self.transfer_limit)
+                .collect();
+            if todo.is_empty() {
+                break;
+            }
+            tried.extend(&todo);
+            self.transfers.borrow_mut().running = todo.clone();
+            let copies = todo.iter().map(|&p| self.copy_partition(&ring, p));
+            let results = futures::future::join_all(copies).await;
+            for (&partition, result) in todo.iter().zip(results) {
+                match result {
+                    Ok(None) => {
+                        holds.partitions.insert(partition);
+                    }
+                    Ok(Some(why)) => waiting = Some(format!("partition {partition}: {why}")),
+                    Err(e) => {
+                        tracing::debug!(partition, error = %e, "partition copy failed; next round");
+                        waiting = Some(format!("partition {partition}: {e}"));
+                    }
                 }
             }
+            self.transfers.borrow_mut().held = holds.partitions.len();
         }
         {
             let mut transfers = self.transfers.borrow_mut();

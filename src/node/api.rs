@@ -17,7 +17,6 @@ use super::server::{Connection, Shared};
 use crate::cartwheel_capnp::{cartwheel, gate, peer, write_result, NodeState};
 use crate::cluster::budget::Charge;
 use crate::cluster::coordinator::write_bytes;
-use crate::cluster::Cluster;
 use crate::error::Error;
 use crate::node::wire::{self, ReadOptions};
 use crate::security::token::{self, Grants, Right};
@@ -263,10 +262,10 @@ impl cartwheel::Server for Api {
         for i in 0..nodes.len() {
             let mut node = nodes.reborrow().get(i);
             let id = node.reborrow_as_reader().get_id()?.to_string().unwrap_or_default();
-            let state = members
-                .iter()
-                .find(|(m, _)| m.id == id)
-                .map_or(NodeState::Down, |(m, health)| Cluster::node_state(*health, m.leaving));
+            let state =
+                members.iter().find(|(m, _)| m.id == id).map_or(NodeState::Down, |(m, health)| {
+                    cluster.member_state(&id, *health, m.leaving)
+                });
             node.set_state(state);
         }
         Ok(())
@@ -316,9 +315,28 @@ impl cartwheel::Server for Api {
             let mut info = list.reborrow().get(i as u32);
             info.set_id(member.id.as_str());
             info.set_address(member.address.as_str());
-            info.set_state(Cluster::node_state(*health, member.leaving));
+            info.set_state(cluster.member_state(&member.id, *health, member.leaving));
             info.set_partitions_owned(ring.owned_by(&member.id) as u32);
             info.set_hints_queued(hint_counts.get(&member.id).copied().unwrap_or(0));
+        }
+        status.set_claimant(cluster.claimant().unwrap_or_default());
+        let transfers = cluster.transfers();
+        let mut t = status.reborrow().init_transfers();
+        if let Some(next) = &ring.next {
+            t.set_transition(next.id);
+            t.set_moving(ring.moving() as u32);
+            if transfers.transition == next.id {
+                t.set_receiving(transfers.receiving as u32);
+                t.set_held(transfers.held as u32);
+                t.set_segments_copied(transfers.segments);
+                let elapsed = transfers.started.map_or(0, |s| s.elapsed().as_millis() as u64);
+                t.set_elapsed_ms(elapsed);
+                t.set_waiting(transfers.waiting.as_deref().unwrap_or(""));
+                let mut running = t.init_running(transfers.running.len() as u32);
+                for (i, p) in transfers.running.iter().enumerate() {
+                    running.set(i as u32, *p);
+                }
+            }
         }
         let buckets: Vec<_> = store.buckets().collect();
         let mut list = status.init_buckets(buckets.len() as u32);
@@ -340,6 +358,24 @@ impl cartwheel::Server for Api {
             info.set_sibling_warnings(
                 bucket.sibling_warnings.load(std::sync::atomic::Ordering::Relaxed),
             );
+        }
+        Ok(())
+    }
+
+    async fn cluster(
+        self: Rc<Self>,
+        params: cartwheel::ClusterParams,
+        mut results: cartwheel::ClusterResults,
+    ) -> Result<(), capnp::Error> {
+        let outcome = (|| {
+            let _admitted = self.admit_admin("changing the cluster")?;
+            let request = params.get().map_err(wire::bad)?.get_request().map_err(wire::bad)?;
+            let request = wire::get_cluster_request(request)?;
+            self.shared.cluster.cluster_request(&request)
+        })();
+        match outcome {
+            Ok(answer) => wire::set_cluster_answer(results.get().init_answer(), &answer),
+            Err(e) => wire::set_error(results.get().init_error(), &e),
         }
         Ok(())
     }

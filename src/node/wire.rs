@@ -369,3 +369,92 @@ pub fn get_view(reader: view::Reader<'_>) -> Result<View, Error> {
     }
     Ok(View { members, ring: get_ring(reader.get_ring().map_err(bad)?)?, revoked_tokens })
 }
+
+/// Fill a `ClusterRequest`.
+pub fn set_cluster_request(
+    builder: crate::cartwheel_capnp::cluster_request::Builder<'_>,
+    request: &crate::client::ClusterRequest,
+) {
+    use crate::client::ClusterRequest as R;
+    let mut builder = builder;
+    match request {
+        R::Join(id) => builder.set_join(id),
+        R::Leave(id) => builder.set_leave(id),
+        R::Replace { old, new } => {
+            let mut replace = builder.init_replace();
+            replace.set_old(old);
+            replace.set_new(new);
+        }
+        R::Remove(id) => builder.set_remove(id),
+        R::Plan => builder.set_plan(()),
+        R::Commit => builder.set_commit(()),
+        R::Cancel => builder.set_cancel(()),
+    }
+}
+
+/// Read a `ClusterRequest`.
+pub fn get_cluster_request(
+    reader: crate::cartwheel_capnp::cluster_request::Reader<'_>,
+) -> Result<crate::client::ClusterRequest, Error> {
+    use crate::cartwheel_capnp::cluster_request::Which as W;
+    use crate::client::ClusterRequest as R;
+    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, Error> {
+        t.map_err(bad)?.to_string().map_err(|e| bad(e.into()))
+    };
+    Ok(match reader.which().map_err(|e| Error::BadRequest(e.to_string()))? {
+        W::Join(id) => R::Join(text(id)?),
+        W::Leave(id) => R::Leave(text(id)?),
+        W::Replace(replace) => {
+            R::Replace { old: text(replace.get_old())?, new: text(replace.get_new())? }
+        }
+        W::Remove(id) => R::Remove(text(id)?),
+        W::Plan(()) => R::Plan,
+        W::Commit(()) => R::Commit,
+        W::Cancel(()) => R::Cancel,
+    })
+}
+
+/// Fill a `ClusterAnswer`.
+pub fn set_cluster_answer(
+    mut builder: crate::cartwheel_capnp::cluster_answer::Builder<'_>,
+    answer: &crate::client::ClusterAnswer,
+) {
+    builder.set_claimant(&answer.claimant);
+    builder.set_bytes_per_partition(answer.bytes_per_partition);
+    builder.set_keys_per_partition(answer.keys_per_partition);
+    builder.set_ring_epoch(answer.ring_epoch);
+    builder.set_moving(answer.moving);
+    let mut staged = builder.reborrow().init_staged(answer.staged.len() as u32);
+    for (i, change) in answer.staged.iter().enumerate() {
+        staged.set(i as u32, change.as_str());
+    }
+    let mut moves = builder.init_moves(answer.moves.len() as u32);
+    for (i, (partition, from, to)) in answer.moves.iter().enumerate() {
+        let mut m = moves.reborrow().get(i as u32);
+        m.set_partition(*partition);
+        m.set_from(from);
+        m.set_to(to);
+    }
+}
+
+/// Read a `ClusterAnswer`.
+pub fn get_cluster_answer(
+    reader: crate::cartwheel_capnp::cluster_answer::Reader<'_>,
+) -> Result<crate::client::ClusterAnswer, Error> {
+    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, Error> {
+        t.map_err(bad)?.to_string().map_err(|e| bad(e.into()))
+    };
+    let mut moves = Vec::new();
+    for m in reader.get_moves().map_err(bad)?.iter() {
+        moves.push((m.get_partition(), text(m.get_from())?, text(m.get_to())?));
+    }
+    Ok(crate::client::ClusterAnswer {
+        claimant: text(reader.get_claimant())?,
+        staged: reader.get_staged().map_err(bad)?.iter().map(text).collect::<Result<_, _>>()?,
+        moves,
+        bytes_per_partition: reader.get_bytes_per_partition(),
+        keys_per_partition: reader.get_keys_per_partition(),
+        ring_epoch: reader.get_ring_epoch(),
+        moving: reader.get_moving(),
+    })
+}

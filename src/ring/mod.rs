@@ -179,7 +179,7 @@ impl Ownership {
             "members must be sorted and distinct"
         );
         let w = window(target_n, members.len());
-        let incremental = incremental_layout(&self.owners, members, w);
+        let incremental = incremental_layout(&self.owners, members, w, true);
         let fresh = fresh_layout(self.owners.len(), members);
         // A fresh layout moves most partitions: take it only when it repairs many windows.
         let margin = self.owners.len() / 16;
@@ -207,6 +207,20 @@ fn walk(owners: &[String], partition: u16, limit: usize) -> Vec<&str> {
         }
     }
     list
+}
+
+impl Ownership {
+    /// The owners for `members` (sorted, distinct ids) moving only what must move: the
+    /// partitions of members that go, and the excess of over-full members, to those with a
+    /// deficit; no partition moves between two members that stay just to spread replicas
+    /// better (what [`Ownership::rebalance`] may do). For a leave or a removal: exactly the
+    /// leaver's partitions move.
+    pub fn minimal_owners(&self, members: &[String], target_n: usize) -> Vec<String> {
+        assert!(!members.is_empty(), "a ring needs at least one member");
+        let w = window(target_n, members.len());
+        let layout = incremental_layout(&self.owners, members, w, false);
+        layout.into_iter().map(|m| members[m].clone()).collect()
+    }
 }
 
 /// A ring whose epoch is at `u64::MAX` cannot change again.
@@ -271,7 +285,7 @@ fn targets(current: &[usize], q: usize) -> Vec<usize> {
 /// members, spread evenly around the ring (so a newcomer's partitions land far apart), then
 /// give every free partition to the member with the largest deficit that does not conflict
 /// there (or, failing that, the largest deficit).
-fn incremental_layout(old: &[String], members: &[String], w: usize) -> Vec<usize> {
+fn incremental_layout(old: &[String], members: &[String], w: usize, repairs: bool) -> Vec<usize> {
     let q = old.len();
     let mut owners: Vec<Option<usize>> =
         old.iter().map(|o| members.binary_search(o).ok()).collect();
@@ -311,8 +325,9 @@ fn incremental_layout(old: &[String], members: &[String], w: usize) -> Vec<usize
         owners.into_iter().map(|o| o.expect("every partition assigned")).collect();
     let before: Vec<Option<usize>> = old.iter().map(|o| members.binary_search(o).ok()).collect();
     let moved = owners.iter().zip(&before).filter(|(m, b)| Some(**m) != **b).count();
-    // Repairs may move more, within a tenth over the fair share Q/S.
-    let allowed = moved.max(q * 11 / (10 * members.len()));
+    // Repairs may move more, within a tenth over the fair share Q/S (none at all when
+    // `repairs` is off: only what must move moves).
+    let allowed = if repairs { moved.max(q * 11 / (10 * members.len())) } else { moved };
     repair(&mut owners, w, &before, allowed);
     owners
 }

@@ -304,7 +304,8 @@ mod tests {
     #[test]
     fn moving_up_the_list_is_receiving() {
         let ring = Ownership::single("a", 4);
-        let mut ring = Ownership { owners: ["a", "b", "c", "d"].map(String::from).to_vec(), ..ring };
+        let mut ring =
+            Ownership { owners: ["a", "b", "c", "d"].map(String::from).to_vec(), ..ring };
         ring.epoch = 3;
         // Partition 0: [a, b, c] now; next [a, c, b]: c moves up from third to second.
         let next = ["a", "c", "b", "d"].map(String::from).to_vec();
