@@ -140,6 +140,7 @@ enum Here {
 pub fn write_bytes(key: &[u8], write: &Write) -> usize {
     let op_bytes = |op: &Op| match op {
         Op::CounterIncrement(_) => 8,
+        Op::CounterReset | Op::SetClear | Op::CartClear => 0,
         Op::SetAdd(element) | Op::SetRemove(element) | Op::CartRemove(element) => element.len(),
         Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } => item.len() + 8,
     };

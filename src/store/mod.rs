@@ -526,7 +526,9 @@ fn check_write_sizes(store: &Store, write: &Write) -> Result<(), Error> {
         Write::Update { ops, .. } => {
             for op in ops {
                 let element = match op {
-                    Op::CounterIncrement(_) => continue,
+                    Op::CounterIncrement(_) | Op::CounterReset | Op::SetClear | Op::CartClear => {
+                        continue
+                    }
                     Op::SetAdd(e) | Op::SetRemove(e) | Op::CartRemove(e) => e,
                     Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } => item,
                 };
