@@ -199,7 +199,7 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE")]
         node: String,
     },
-    /// Shopping carts (a `cart` bucket): add, remove, set quantities, show.
+    /// Shopping carts (a `cart` bucket): add, remove, set quantities, clear, show.
     Cart {
         /// What to do.
         #[command(subcommand)]
@@ -211,7 +211,7 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
         node: String,
     },
-    /// Counters (a `pncounter` bucket): increment, decrement, show.
+    /// Counters (a `pncounter` bucket): increment, decrement, reset, show.
     Counter {
         /// What to do.
         #[command(subcommand)]
@@ -223,7 +223,7 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
         node: String,
     },
-    /// Sets (an `orset` bucket): add, remove, show.
+    /// Sets (an `orset` bucket): add, remove, clear, show.
     Set {
         /// What to do.
         #[command(subcommand)]
@@ -315,6 +315,11 @@ pub enum CartAction {
         /// The cart's key.
         cart: String,
     },
+    /// Empty CART: remove every item the read before it saw (items added meanwhile stay).
+    Clear {
+        /// The cart's key.
+        cart: String,
+    },
 }
 
 /// `cartwheel token ...`.
@@ -362,6 +367,12 @@ pub enum CounterAction {
         /// The counter's key.
         key: String,
     },
+    /// Bring KEY back to 0: take off what the read before it saw (increments made
+    /// meanwhile still count); prints the new value.
+    Reset {
+        /// The counter's key.
+        key: String,
+    },
 }
 
 /// `cartwheel set ...`.
@@ -383,6 +394,12 @@ pub enum SetAction {
     },
     /// Print KEY's members, one per line.
     Show {
+        /// The set's key.
+        key: String,
+    },
+    /// Empty KEY: remove every element the read before it saw (elements added meanwhile
+    /// stay).
+    Clear {
         /// The set's key.
         key: String,
     },
@@ -587,6 +604,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     update_after_read(&client, &bucket, &cart, vec![op], output).await
                 }
                 CartAction::Show { cart } => show(&client, &bucket, &cart, output).await,
+                CartAction::Clear { cart } => {
+                    update_after_read(&client, &bucket, &cart, vec![Op::CartClear], output).await
+                }
             }
         }),
         Command::Counter { action, bucket, node } => request(&node, auth, |client| async move {
@@ -615,6 +635,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     .await
                 }
                 CounterAction::Show { key } => show(&client, &bucket, &key, output).await,
+                CounterAction::Reset { key } => {
+                    update_after_read(&client, &bucket, &key, vec![Op::CounterReset], output).await
+                }
             }
         }),
         Command::Set { action, bucket, node } => request(&node, auth, |client| async move {
@@ -640,6 +663,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     .await
                 }
                 SetAction::Show { key } => show(&client, &bucket, &key, output).await,
+                SetAction::Clear { key } => {
+                    update_after_read(&client, &bucket, &key, vec![Op::SetClear], output).await
+                }
             }
         }),
         Command::Token {
