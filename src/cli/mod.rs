@@ -47,6 +47,29 @@ pub struct Cli {
     /// How client commands print.
     #[command(flatten)]
     pub output: Output,
+    /// The log's format on stderr: `text` (the default) or `json` (one object a line, for
+    /// log collectors). `RUST_LOG` sets the level.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of the log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colour on a terminal).
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `fields` (with `message`), `target`.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 /// How client commands print their results.
@@ -536,11 +559,11 @@ fn read_value(value: Option<&str>, file: Option<&Path>) -> Result<Vec<u8>, Strin
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    let Cli { command, auth, output } = cli;
+    let Cli { command, auth, output, log_format } = cli;
     let auth = &auth;
     match command {
         Command::Serve { config } => serve(config),
-        Command::Up { nodes, port, data_dir } => up(nodes, port, data_dir),
+        Command::Up { nodes, port, data_dir } => up(nodes, port, data_dir, log_format),
         Command::Put { bucket, key, value, file, blind, node } => {
             let value = match read_value(value.as_deref(), file.as_deref()) {
                 Ok(value) => value,

@@ -370,11 +370,11 @@ impl Cluster {
             n => format!("; {n} not sent, over this node's in-flight budget"),
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let answer = loop {
             match quorum.outcome() {
-                Outcome::Succeeded => return Ok(read),
+                Outcome::Succeeded => break Ok(read),
                 Outcome::Failed => {
-                    return Err(Error::QuorumNotMet(format!(
+                    break Err(Error::QuorumNotMet(format!(
                         "{} of w = {w} (dw = {dw}) replicas stored the write{not_sent}",
                         quorum.stored_count()
                     )))
@@ -382,9 +382,9 @@ impl Cluster {
                 Outcome::Pending => {}
             }
             match tokio::time::timeout_at(deadline, answers.next()).await {
-                Err(_) => return Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
+                Err(_) => break Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
                 Ok(None) => {
-                    return Err(Error::QuorumNotMet(format!(
+                    break Err(Error::QuorumNotMet(format!(
                         "every replica answered; too few stored{not_sent}"
                     )))
                 }
@@ -395,7 +395,9 @@ impl Cluster {
                     quorum.failed();
                 }
             }
-        }
+        };
+        self.metrics().write_quorum(bucket, &answer);
+        answer
     }
 
     /// Sync `engine` (shared with other waiting writes), then report the outcome on `events`.
@@ -504,18 +506,22 @@ impl Cluster {
                     )))),
                 };
                 if let Some(result) = decided {
+                    self.metrics().read_quorum(bucket, &result);
                     let _ = reply.take().expect("checked").send(result);
                 }
             }
         }
         if let Some(reply) = reply {
-            let _ = reply.send(Err(Error::Timeout(format!(
+            let timed_out = Err(Error::Timeout(format!(
                 "fewer than r = {r} replicas answered within {timeout:?}"
-            ))));
+            )));
+            self.metrics().read_quorum(bucket, &timed_out);
+            let _ = reply.send(timed_out);
         }
         // Read repair: everyone who answered with something other than the merge gets it.
         let Ok(Some(merged)) = quorum.merged(merge) else { return };
         for target in quorum.stale(&merged) {
+            self.metrics().read_repair(bucket);
             if target.id == me {
                 // A fallback's repair goes to its hint, never into a stray copy.
                 let hint_for = target.hint_for.as_deref().unwrap_or("");

@@ -19,6 +19,7 @@ use crate::cluster::budget::Charge;
 use crate::cluster::coordinator::write_bytes;
 use crate::cluster::Cluster;
 use crate::error::Error;
+use crate::metrics::Operation;
 use crate::node::wire::{self, ReadOptions};
 use crate::security::token::{self, Grants, Right};
 
@@ -137,9 +138,11 @@ impl cartwheel::Server for Api {
         params: cartwheel::GetParams,
         mut results: cartwheel::GetResults,
     ) -> Result<(), capnp::Error> {
+        let request = self.shared.cluster.metrics().request(Operation::Get);
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            request.bucket(&bucket);
             let key = p.get_key().map_err(wire::bad)?;
             let _admitted = self.admit_on(&bucket, Right::Read, key.len())?;
             let key = key.to_vec();
@@ -148,6 +151,7 @@ impl cartwheel::Server for Api {
             self.shared.cluster.read(&bucket, &key, options).await
         }
         .await;
+        request.end(&outcome);
         let mut result = results.get().init_result();
         match outcome {
             Ok(None) => result.set_not_found(&[]),
@@ -166,9 +170,11 @@ impl cartwheel::Server for Api {
         mut results: cartwheel::PutResults,
     ) -> Result<(), capnp::Error> {
         let mut return_body = false;
+        let request = self.shared.cluster.metrics().request(Operation::Put);
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            request.bucket(&bucket);
             let key = p.get_key().map_err(wire::bad)?;
             let value = p.get_value().map_err(wire::bad)?;
             let context = p.get_context().map_err(wire::bad)?;
@@ -183,6 +189,7 @@ impl cartwheel::Server for Api {
             self.write(&bucket, key, write, options).await
         }
         .await;
+        request.end(&outcome);
         fill_write_result(results.get().init_result(), outcome, return_body);
         Ok(())
     }
@@ -193,9 +200,11 @@ impl cartwheel::Server for Api {
         mut results: cartwheel::DeleteResults,
     ) -> Result<(), capnp::Error> {
         let mut return_body = false;
+        let request = self.shared.cluster.metrics().request(Operation::Delete);
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            request.bucket(&bucket);
             let key = p.get_key().map_err(wire::bad)?;
             let context = p.get_context().map_err(wire::bad)?;
             let _admitted = self.admit_on(&bucket, Right::Write, key.len() + context.len())?;
@@ -205,6 +214,7 @@ impl cartwheel::Server for Api {
             self.write(&bucket, key, write, options).await
         }
         .await;
+        request.end(&outcome);
         fill_write_result(results.get().init_result(), outcome, return_body);
         Ok(())
     }
@@ -215,9 +225,11 @@ impl cartwheel::Server for Api {
         mut results: cartwheel::UpdateResults,
     ) -> Result<(), capnp::Error> {
         let mut return_body = false;
+        let request = self.shared.cluster.metrics().request(Operation::Update);
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            request.bucket(&bucket);
             let key = p.get_key().map_err(wire::bad)?;
             let ops = p.get_ops().map_err(wire::bad)?;
             if ops.is_empty() {
@@ -232,6 +244,7 @@ impl cartwheel::Server for Api {
             self.write(&bucket, key, write, options).await
         }
         .await;
+        request.end(&outcome);
         fill_write_result(results.get().init_result(), outcome, return_body);
         Ok(())
     }
