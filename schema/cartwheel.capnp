@@ -83,7 +83,11 @@ struct Op {
     setRemove @2 :Data;           # orset; removes only what the context observed
     cartAdd @3 :CartItem;         # cart: add quantity (> 0) of an item
     cartRemove @4 :Data;          # cart: remove an item (observed quantities only)
-    cartSetQuantity @5 :CartItem; # cart: set an item's quantity (0 removes it)
+    cartSetQuantity @5 :CartItem; # cart: set an item's quantity (0 removes it); concurrent
+                                  # sets read the largest, adds concurrent with it count on top
+    cartClear @6 :Void;           # cart: remove every item the context observed
+    setClear @7 :Void;            # orset: remove every element the context observed
+    counterReset @8 :Void;        # pncounter: take off what the context observed (0 if it saw all)
   }
 }
 

@@ -15,6 +15,7 @@
 //! listen = "127.0.0.1:7401"
 //! data_dir = "data/n1"
 //! seeds = ["127.0.0.1:7401"]
+//! metrics_listen = "127.0.0.1:9401"   # optional: GET /metrics (crate::metrics)
 //!
 //! [cluster]
 //! partitions = 64
@@ -246,6 +247,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Addresses of nodes to join through.
     pub seeds: Vec<String>,
+    /// Where to serve the metrics (`GET /metrics`, Prometheus text format); `None` (the
+    /// default): not served. No authentication: bind it to loopback or a monitoring network
+    /// ([`crate::metrics::http`]).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How connections are secured (`[security]`, DESIGN "Trust").
@@ -331,6 +336,7 @@ impl Config {
                 listen,
                 data_dir: PathBuf::from("data/n1"),
                 seeds: vec![listen.to_string()],
+                metrics_listen: None,
             },
             partitions: PARTITIONS_DEFAULT,
             cluster: ClusterSettings::default(),
@@ -448,6 +454,7 @@ struct RawNode {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     seeds: Vec<String>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -591,9 +598,19 @@ impl RawNode {
                 );
             }
         }
+        let metrics_listen = match &self.metrics_listen {
+            None => None,
+            Some(address) => Some(address.parse::<SocketAddr>().map_err(|_| {
+                refuse
+                    .at("node.metrics_listen", format!("{address:?} is not an IP address and port"))
+            })?),
+        };
+        if metrics_listen.is_some_and(|m| m == listen && m.port() != 0) {
+            return Err(refuse.at("node.metrics_listen", "is node.listen's address".to_string()));
+        }
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("data").join(&self.id));
         let seeds = if self.seeds.is_empty() { vec![listen.to_string()] } else { self.seeds };
-        Ok(NodeConfig { id: self.id, listen, data_dir, seeds })
+        Ok(NodeConfig { id: self.id, listen, data_dir, seeds, metrics_listen })
     }
 }
 

@@ -111,6 +111,29 @@ impl Error {
         }
     }
 
+    /// The kind's name in reports, metrics and logs: snake case, as the wire schema's
+    /// `ErrorKind` (client-side errors have names of their own).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::UnknownBucket(_) => "unknown_bucket",
+            Self::WrongOperation(_) => "wrong_operation",
+            Self::KeyTooLarge(_) => "key_too_large",
+            Self::ValueTooLarge(_) => "value_too_large",
+            Self::TooManySiblings(_) => "too_many_siblings",
+            Self::QuorumNotMet(_) => "quorum_not_met",
+            Self::Timeout(_) => "timeout",
+            Self::Overloaded(_) => "overloaded",
+            Self::Internal(_) => "internal",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::Overflow(_) => "overflow",
+            Self::Unavailable(_) => "unavailable",
+            Self::Connect { .. } => "connect",
+            Self::Transport(_) => "transport",
+        }
+    }
+
     /// The message without the kind's prefix, as sent on the wire.
     pub fn message(&self) -> String {
         match self {

@@ -9,7 +9,7 @@
 //! | feature | adds | rooms |
 //! |---|---|---|
 //! | (none: `default-features = false`) | the client library alone: capnp, tokio, rustls, the resolvers' types; no engines, no CLI | [`client`], [`error`], [`security`] (credentials, TLS client), [`node::transport`], [`node::wire`] (client half), [`ring`], [`cartwheel_capnp`] |
-//! | `server` | the node and the simulation (engines, TOML, certificates) | [`config`], [`actors`], [`store`], [`cluster`], [`node::server`], [`sim`], [`rng`] |
+//! | `server` | the node and the simulation (engines, TOML, certificates) | [`config`], [`actors`], [`store`], [`cluster`], [`node::server`], [`metrics`], [`sim`], [`rng`] |
 //! | `cli` (default) | `server`, the `cartwheel` binary, the benchmark and its plots, mimalloc | [`cli`], [`bench`](mod@bench), [`exit`] |
 //!
 //! ## The map
@@ -22,6 +22,7 @@
 //! | [`cluster`] | everything between nodes, decisions pure, each in its room: [`cluster::coordinator`] (who coordinates, W/DW/R, quorum), [`cluster::replica`], [`cluster::peers`] (every call to another node), [`cluster::gossip`] and [`cluster::membership`], [`cluster::handoff`], [`cluster::anti_entropy`], [`cluster::quorum`], [`cluster::membership_file`] |
 //! | [`node`] | one process: [`node::server`] (accept loop, limits, client and peer APIs, [`node::NodeHandle`]), [`node::transport`], [`node::wire`] |
 //! | [`client`] | the Rust client library (one node): [`SharedClient`] for any runtime, [`Client`] inside a `LocalSet`, and [`client::router`] (zero-hop routing over the ring) |
+//! | [`metrics`] | what a node counts, its registry, and the `GET /metrics` endpoint on `node.metrics_listen` |
 //! | [`sim`] | the seeded cluster simulation: many nodes, simulated network, disks and time |
 //! | [`rng`] | the seeded random source of the workload, the simulation and actor epochs |
 //! | [`error`] | the typed errors a client can tell apart |
@@ -67,6 +68,8 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "cli")]
 pub mod exit;
+#[cfg(feature = "server")]
+pub mod metrics;
 pub mod node;
 pub mod ring;
 #[cfg(feature = "server")]

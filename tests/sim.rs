@@ -123,3 +123,19 @@ fn isolating_a_node_marks_no_healthy_node_down() {
         }
     }
 }
+
+/// Deletes end without zombies: with a primary down through the deletes (and hints
+/// refused, so it can learn of them only from its peers), no tombstone is collected while
+/// it is down, none of its old values comes back after it restarts, and afterwards every
+/// node's storage of every deleted key is reclaimed. Collecting on age alone fails this.
+#[test]
+fn tombstones_are_collected_without_resurrecting_keys() {
+    for seed in seeds(2) {
+        let figures = sim::run(sim::tombstone_collection(SimConfig::new(5, seed), 40, 40, 600));
+        eprintln!("seed {seed}: {figures}");
+        assert_eq!(figures.deleted, 80, "{figures}; {}", replay(seed, 5));
+        assert_eq!(figures.collected_while_down, 0, "{figures}; {}", replay(seed, 5));
+        assert_eq!(figures.resurrected, 0, "{figures}; {}", replay(seed, 5));
+        assert!(figures.reclaimed_rounds.is_some(), "{figures}; {}", replay(seed, 5));
+    }
+}

@@ -199,6 +199,8 @@ struct Shared {
     log_bytes: AtomicU64,
     /// Held while a snapshot is taken, so that two never overlap.
     snapshotting: Mutex<()>,
+    /// Snapshots taken since open.
+    snapshots: AtomicU64,
     options: EngineOptions,
     stop: Mutex<bool>,
     wake: Condvar,
@@ -261,6 +263,7 @@ impl BufferEngine {
             write_order: Mutex::new(()),
             log_bytes: AtomicU64::new(replayed),
             snapshotting: Mutex::new(()),
+            snapshots: AtomicU64::new(0),
             options: options.clone(),
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -359,6 +362,7 @@ impl Shared {
         file.sync_all().map_err(EngineError::io("fsync snapshot"))?;
         fs::rename(&temp, &path).map_err(EngineError::io("rename snapshot"))?;
         sync_dir(dir)?;
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
         self.remove_before(segment)
     }
 
@@ -447,6 +451,8 @@ impl StorageEngine for BufferEngine {
     fn stats(&self) -> EngineStats {
         EngineStats {
             dead_bytes: self.shared.log_bytes.load(Ordering::Relaxed),
+            merges: self.shared.snapshots.load(Ordering::Relaxed),
+            syncs: self.shared.log.syncs(),
             ..self.shared.map.stats()
         }
     }

@@ -159,6 +159,12 @@ pub struct EngineStats {
     pub dead_bytes: u64,
     /// Approximate bytes of memory the engine holds (indexes, caches, in-memory data).
     pub memory_bytes: u64,
+    /// Compactions finished since the engine opened: segments merged (`log`), snapshots
+    /// taken (`buffer`); 0 for engines that do not compact.
+    pub merges: u64,
+    /// Syncs that wrote to disk since the engine opened: the memory log's `fdatasync`s
+    /// (`log`, `buffer`; one covers every write waiting for it), commits (`btree`).
+    pub syncs: u64,
 }
 
 /// The engines a bucket may name in its configuration.

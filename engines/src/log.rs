@@ -47,6 +47,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -389,6 +390,8 @@ struct Shared {
     /// Held for a round of background work, so that rounds (the thread's and a test's) never
     /// overlap.
     round: Mutex<()>,
+    /// Segments merged since open.
+    merges: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -434,6 +437,7 @@ impl LogEngine {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             round: Mutex::new(()),
+            merges: AtomicU64::new(0),
         });
         let background = {
             let shared = Arc::clone(&shared);
@@ -655,6 +659,7 @@ impl Shared {
             state.log_bytes -= usage.bytes;
             state.live_record_bytes -= usage.live;
         }
+        self.merges.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -808,6 +813,8 @@ impl StorageEngine for LogEngine {
             live_bytes: state.live_bytes,
             dead_bytes: state.log_bytes - state.live_record_bytes,
             memory_bytes: state.keydir.memory_bytes(),
+            merges: self.shared.merges.load(Ordering::Relaxed),
+            syncs: self.shared.log.syncs(),
         }
     }
 }

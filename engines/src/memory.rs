@@ -164,6 +164,8 @@ impl StorageEngine for MemoryEngine {
             live_bytes: inner.live_bytes,
             dead_bytes: 0,
             memory_bytes: inner.live_bytes + entries * ENTRY_OVERHEAD_BYTES,
+            merges: 0,
+            syncs: 0,
         }
     }
 }

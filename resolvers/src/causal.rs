@@ -11,12 +11,15 @@
 //!   every dot it covers was either seen and is still in the state, or seen and superseded.
 //!   That is why a state needs no tombstones: a dot covered by one side's clock and absent
 //!   from its payload was removed there, and the merge drops it.
-//! - A **dot map** ([`DotMap`]) is a keyed store of live dots with a small payload each, at
-//!   most one dot per `(key, actor)`: the optimized observed-remove set of Bieniusa et al.
-//!   ("An optimized conflict-free replicated set", 2012) generalised to a payload, the way
-//!   Riak's `riak_dt_orswot` and its embedded counters are built. A new write by `actor`
-//!   to `key` replaces that actor's dot for the key, so the size is bounded by keys × actors,
-//!   never by the number of writes.
+//! - A **dot map** ([`DotMap`]) is a keyed store of live dots with a small payload each:
+//!   the optimized observed-remove set of Bieniusa et al. ("An optimized conflict-free
+//!   replicated set", 2012) generalised to a payload, the way Riak's `riak_dt_orswot` and its
+//!   embedded counters are built. A key may hold several dots of one actor (ascending by
+//!   counter); the resolvers bound how many. [`DotMap::write`] replaces the actor's dots of
+//!   the key with one fresh dot (`orset`: one dot per `(key, actor)`), [`DotMap::rewrite`]
+//!   lets the caller keep a few (`cart`: a few per `(item, actor)`, so that a remove can tell
+//!   observed adds from concurrent ones). Either way the size is bounded by keys × actors ×
+//!   a constant, never by the number of writes.
 //!
 //! ## Contexts ahead of the coordinator: deferred removes
 //! A client may read from a replica that has seen more than the coordinator of its next write
@@ -24,9 +27,17 @@
 //! clock would claim dots it never saw, and the merge rule would then drop them for *every*
 //! key, not only the removed one. So a remove whose context the coordinator's clock does not
 //! cover removes what it can at once and is kept as a **deferred remove** `(context, keys)`
-//! (as `riak_dt_orswot` does); it is applied by the first merge after which the clock covers
-//! the context, and then forgotten. A state is kept *normalised*: no deferred remove whose
+//! (as `riak_dt_orswot` does); every replica that holds it removes the dots it covers as they
+//! arrive, and forgets it after the first merge that makes its clock cover the context. A state is kept *normalised*: no deferred remove whose
 //! context its clock covers.
+//!
+//! ## Clearing the whole map
+//! [`DotMap::clear`] is a remove of every key at once: it drops every dot the context
+//! covers, so a write concurrent with the clear (a dot the context does not cover) survives
+//! it. A clear whose context is ahead of the coordinator is deferred like a remove, as a
+//! deferred remove with an empty key list, which stands for *every* key: the coordinator
+//! cannot list the keys the client saw. It is joined with other deferred removes of the
+//! same context by absorbing them (every key covers any keys).
 //!
 //! ## Encoding
 //! Actors are length-prefixed with one byte (at most [`ACTOR_BYTES_MAX`]); a dot inside a
@@ -46,10 +57,12 @@
 //! | 4      | key count K (u32)                                            |
 //! | K × .. | per key, ascending: key (u32 length + bytes), dot count E (u32, ≥ 1), then E × (actor index u32, counter u64, payload), actor indexes ascending |
 //! | 4      | deferred remove count D (u32)                                |
-//! | D × .. | per deferred remove, contexts ascending (entry by entry: actor, then counter): context (version vector), key count M (u32, ≥ 1), M × key (u32 length + bytes), ascending |
+//! | D × .. | per deferred remove, contexts ascending (entry by entry: actor, then counter): context (version vector), key count M (u32; 0 = every key, a deferred clear), M × key (u32 length + bytes), ascending |
 //!
-//! Decoding checks every ordering and that every dot is covered by the clock, so a state that
-//! decodes is canonical and re-encodes to the same bytes.
+//! Within a key, dots are ascending by actor index, then by counter. Decoding checks every
+//! ordering and that every dot is covered by the clock, so a state that decodes is canonical
+//! and re-encodes to the same bytes. A resolver whose format version predates deferred
+//! clears refuses a state that holds one ([`DotMap::deferred_clears`]).
 
 use std::cmp::Ordering;
 
@@ -275,14 +288,20 @@ pub struct DotEntry<'a, P> {
 }
 
 /// A deferred remove: remove the dots of `keys` that `context` covers, once the clock does.
+/// An empty `keys` is a deferred clear: every key.
 type Deferred<'a> = (VersionVector<'a>, Vec<&'a [u8]>);
+
+/// Whether a deferred remove's key list covers `key` (an empty list is every key).
+fn deferred_covers(keys: &[&[u8]], key: &[u8]) -> bool {
+    keys.is_empty() || keys.binary_search(&key).is_ok()
+}
 
 /// A keyed dot store with a causal context; see the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DotMap<'a, P> {
     /// The causal context: every dot seen.
     clock: VersionVector<'a>,
-    /// Live dots, sorted by `(key, actor)`, at most one per pair, each covered by `clock`.
+    /// Live dots, sorted by `(key, actor, counter)`, each covered by `clock`.
     entries: Vec<DotEntry<'a, P>>,
     /// Deferred removes, sorted by context, keys sorted; no context covered by `clock`.
     deferred: Vec<Deferred<'a>>,
@@ -324,16 +343,36 @@ impl<'a, P: Payload> DotMap<'a, P> {
         &self.entries
     }
 
-    /// The entries of `key`, one per actor.
+    /// The entries of `key`, ascending by actor and counter.
     pub fn key_entries(&self, key: &[u8]) -> &[DotEntry<'a, P>] {
         let start = self.entries.partition_point(|e| e.key < key);
         let end = start + self.entries[start..].partition_point(|e| e.key == key);
         &self.entries[start..end]
     }
 
-    /// Whether the map holds deferred removes (for tests and stats).
+    /// The same map with every payload converted by `f` (a format migration).
+    pub fn map_payloads<Q: Payload>(self, f: impl Fn(P) -> Q) -> DotMap<'a, Q> {
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|e| DotEntry {
+                key: e.key,
+                actor: e.actor,
+                counter: e.counter,
+                payload: f(e.payload),
+            })
+            .collect();
+        DotMap { clock: self.clock, entries, deferred: self.deferred }
+    }
+
+    /// How many deferred removes the map holds (for tests and stats).
     pub fn deferred_count(&self) -> usize {
         self.deferred.len()
+    }
+
+    /// How many of the deferred removes are deferred clears (every key).
+    pub fn deferred_clears(&self) -> usize {
+        self.deferred.iter().filter(|(_, keys)| keys.is_empty()).count()
     }
 
     /// A new dot for `actor`, greater than anything the clock or a pending deferred remove
@@ -362,29 +401,72 @@ impl<'a, P: Payload> DotMap<'a, P> {
         }
     }
 
-    /// Write `key` at `actor`: a fresh dot replaces that actor's dot for the key, carrying
-    /// `payload(previous payload of this actor's dot, if any)`. A refused payload (an
-    /// overflowing quantity) or dot counter leaves the map unchanged.
+    /// Write `key` at `actor`: a fresh dot replaces that actor's dots for the key, carrying
+    /// `payload(payload of this actor's newest dot of the key, if any)`. A refused payload
+    /// (an overflowing quantity) or dot counter leaves the map unchanged.
     pub fn write(
         &mut self,
         key: &'a [u8],
         actor: &'a [u8],
         payload: impl FnOnce(Option<P>) -> Result<P, ResolveError>,
     ) -> Result<(), ResolveError> {
+        self.rewrite(key, actor, |dots, counter| {
+            let fresh = payload(dots.last().map(|(_, p)| *p))?;
+            *dots = vec![(counter, fresh)];
+            Ok(())
+        })
+    }
+
+    /// Rewrite `actor`'s dots of `key`: `edit` gets them as `(counter, payload)`, ascending,
+    /// and the counter of a fresh dot, and leaves the dots the key should hold. It may drop
+    /// dots, change payloads (a payload may only grow: [`DotMap::join`] keeps the greater of
+    /// two payloads of one dot) and must add the fresh dot, last. A refused edit (an
+    /// overflowing quantity) or dot counter leaves the map unchanged.
+    pub fn rewrite(
+        &mut self,
+        key: &'a [u8],
+        actor: &'a [u8],
+        edit: impl FnOnce(&mut Vec<(u64, P)>, u64) -> Result<(), ResolveError>,
+    ) -> Result<(), ResolveError> {
         let counter = self.next_counter(actor)?;
-        let previous = self.clock.index_of(actor).and_then(|index| {
-            let at = self.entries.binary_search_by(|e| (e.key, e.actor).cmp(&(key, index as u32)));
-            at.ok().map(|i| self.entries[i].payload)
-        });
-        let payload = payload(previous)?;
+        let (start, end) = match self.clock.entries.binary_search_by(|(a, _)| (*a).cmp(actor)) {
+            Ok(index) => self.actor_range(key, index as u32),
+            Err(index) => {
+                // A new actor: its dots go before those of the actor now at its index.
+                let at = self.entries.partition_point(|e| (e.key, e.actor) < (key, index as u32));
+                (at, at)
+            }
+        };
+        let mut dots: Vec<(u64, P)> =
+            self.entries[start..end].iter().map(|e| (e.counter, e.payload)).collect();
+        let before: Vec<u64> = dots.iter().map(|(c, _)| *c).collect();
+        edit(&mut dots, counter)?;
+        assert_eq!(dots.last().map(|(c, _)| *c), Some(counter), "rewrite must add the fresh dot");
+        assert!(
+            dots.windows(2).all(|w| w[0].0 < w[1].0)
+                && dots[..dots.len() - 1].iter().all(|(c, _)| before.contains(c)),
+            "rewrite keeps some of the actor's dots, ascending, and adds one"
+        );
         let index = self.actor_index(actor);
         self.clock.entries[index as usize].1 = counter;
-        let entry = DotEntry { key, actor: index, counter, payload };
-        match self.entries.binary_search_by(|e| (e.key, e.actor).cmp(&(key, index))) {
-            Ok(i) => self.entries[i] = entry,
-            Err(i) => self.entries.insert(i, entry),
-        }
+        // `actor_index` may have shifted later actors' indexes, never this range's positions.
+        let fresh = dots.into_iter().map(|(counter, payload)| DotEntry {
+            key,
+            actor: index,
+            counter,
+            payload,
+        });
+        self.entries.splice(start..end, fresh);
         Ok(())
+    }
+
+    /// The positions of `actor`'s dots of `key` in `entries` (an empty range where they
+    /// would go if there are none).
+    fn actor_range(&self, key: &[u8], actor: u32) -> (usize, usize) {
+        let start = self.entries.partition_point(|e| (e.key, e.actor) < (key, actor));
+        let end =
+            start + self.entries[start..].partition_point(|e| (e.key, e.actor) == (key, actor));
+        (start, end)
     }
 
     /// Remove the dots of `key` that `context` covers. No context stands for this map's own
@@ -401,14 +483,44 @@ impl<'a, P: Payload> DotMap<'a, P> {
         };
         let seen = counters_in(&self.clock, context);
         self.entries.retain(|e| e.key != key || e.counter > seen[e.actor as usize]);
+        self.defer(context, Some(key))
+    }
+
+    /// Remove every dot that `context` covers, of every key: a clear. No context stands for
+    /// this map's own clock (remove everything the coordinator holds). A context this map's
+    /// clock does not cover is also kept as a deferred clear; see the module documentation.
+    pub fn clear(&mut self, context: Option<&VersionVector<'a>>) -> Result<(), ResolveError> {
+        let Some(context) = context else {
+            self.entries.clear();
+            return Ok(());
+        };
+        let seen = counters_in(&self.clock, context);
+        self.entries.retain(|e| e.counter > seen[e.actor as usize]);
+        self.defer(context, None)
+    }
+
+    /// Keep a remove of `key` (`None`: every key) as a deferred remove, if the clock does
+    /// not cover its context.
+    fn defer(
+        &mut self,
+        context: &VersionVector<'a>,
+        key: Option<&'a [u8]>,
+    ) -> Result<(), ResolveError> {
         if self.clock.descends(context) {
             return Ok(());
         }
         match self.deferred.binary_search_by(|(ctx, _)| ctx.cmp(context)) {
             Ok(i) => {
                 let keys = &mut self.deferred[i].1;
-                if let Err(at) = keys.binary_search(&key) {
-                    keys.insert(at, key);
+                match key {
+                    // Already a clear: it covers the key.
+                    _ if keys.is_empty() => {}
+                    None => keys.clear(),
+                    Some(key) => {
+                        if let Err(at) = keys.binary_search(&key) {
+                            keys.insert(at, key);
+                        }
+                    }
                 }
             }
             Err(i) => {
@@ -418,7 +530,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
                          {DEFERRED_REMOVES_MAX} deferred removes: read again and retry"
                     )));
                 }
-                self.deferred.insert(i, (context.clone(), vec![key]));
+                self.deferred.insert(i, (context.clone(), key.into_iter().collect()));
             }
         }
         Ok(())
@@ -441,7 +553,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
         let a_keeps = |e: &DotEntry<'a, P>| e.counter > a_seen_by_b[e.actor as usize];
         let b_keeps = |e: &DotEntry<'a, P>| e.counter > b_seen_by_a[e.actor as usize];
         // Walk both sides key by key (one byte comparison per key, not per dot), and within
-        // a key actor by actor (integers in the joined clock's order).
+        // a key dot by dot (actor in the joined clock's order, then counter: integers).
         let (mut i, mut j) = (0, 0);
         while i < a.len() && j < b.len() {
             let (a_end, b_end) = (key_group_end(a, i), key_group_end(b, j));
@@ -462,23 +574,14 @@ impl<'a, P: Payload> DotMap<'a, P> {
                         let x = (i < a_end).then(|| from_a(&a[i]));
                         let y = (j < b_end).then(|| DotEntry { key, ..from_b(&b[j]) });
                         match (x, y) {
-                            (Some(x), Some(y)) if x.actor == y.actor => {
-                                if x.counter == y.counter {
-                                    entries.push(if x.payload >= y.payload { x } else { y });
-                                } else if x.counter > y.counter {
-                                    // The older dot is covered by the side holding the newer
-                                    // one; the newer survives unless the other side saw it
-                                    // and removed it.
-                                    if a_keeps(&a[i]) {
-                                        entries.push(x);
-                                    }
-                                } else if b_keeps(&b[j]) {
-                                    entries.push(y);
-                                }
+                            (Some(x), Some(y)) if (x.actor, x.counter) == (y.actor, y.counter) => {
+                                // One dot on both sides: its payload may have grown on one
+                                // (see `rewrite`); keep the greater.
+                                entries.push(if x.payload >= y.payload { x } else { y });
                                 i += 1;
                                 j += 1;
                             }
-                            (Some(x), Some(y)) if x.actor > y.actor => {
+                            (Some(x), Some(y)) if (x.actor, x.counter) > (y.actor, y.counter) => {
                                 if b_keeps(&b[j]) {
                                     entries.push(y);
                                 }
@@ -510,21 +613,21 @@ impl<'a, P: Payload> DotMap<'a, P> {
         out
     }
 
-    /// Apply and forget every deferred remove whose context the clock now covers.
+    /// Apply every deferred remove to the dots the map holds, and forget those whose
+    /// context the clock now covers (no dot they remove can arrive any more). A dot that a
+    /// deferred remove's context covers was observed by its client, so it goes as soon as
+    /// any replica holding the remove holds it, not only once the clock has caught up.
     pub fn normalize(&mut self) {
-        if self.deferred.iter().all(|(ctx, _)| !self.clock.descends(ctx)) {
+        if self.deferred.is_empty() {
             return;
         }
-        let (ready, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
-            .into_iter()
-            .partition(|(ctx, _)| self.clock.descends(ctx));
-        self.deferred = pending;
-        for (ctx, keys) in ready {
-            let seen = counters_in(&self.clock, &ctx);
-            self.entries.retain(|e| {
-                keys.binary_search(&e.key).is_err() || e.counter > seen[e.actor as usize]
-            });
+        for (ctx, keys) in &self.deferred {
+            let seen = counters_in(&self.clock, ctx);
+            self.entries
+                .retain(|e| !deferred_covers(keys, e.key) || e.counter > seen[e.actor as usize]);
         }
+        let clock = &self.clock;
+        self.deferred.retain(|(ctx, _)| !clock.descends(ctx));
     }
 
     /// Append the body encoding (see the module table).
@@ -585,10 +688,10 @@ impl<'a, P: Payload> DotMap<'a, P> {
                         "actor index {actor} outside the clock"
                     )));
                 };
-                if last_index.is_some_and(|last| last >= actor) {
+                if last_index.is_some_and(|last| last >= (actor, counter)) {
                     return Err(ResolveError::Corrupt("dots of a key out of order".into()));
                 }
-                last_index = Some(actor);
+                last_index = Some((actor, counter));
                 if counter == 0 || counter > seen {
                     return Err(ResolveError::Corrupt("a dot the clock does not cover".into()));
                 }
@@ -605,10 +708,8 @@ impl<'a, P: Payload> DotMap<'a, P> {
             if deferred.last().is_some_and(|(last, _)| *last >= ctx) {
                 return Err(ResolveError::Corrupt("deferred removes out of order".into()));
             }
+            // 0 keys: a deferred clear (every key).
             let m = d.count("deferred keys", 4)?;
-            if m == 0 {
-                return Err(ResolveError::Corrupt("a deferred remove without keys".into()));
-            }
             let mut keys: Vec<&'a [u8]> = Vec::with_capacity(m);
             for _ in 0..m {
                 let key = d.bytes("deferred key")?;
@@ -670,7 +771,12 @@ fn join_deferred<'a>(a: &[Deferred<'a>], b: &[Deferred<'a>]) -> Vec<Deferred<'a>
                 j += 1;
             }
             Ordering::Equal => {
-                let mut keys: Vec<&'a [u8]> = a[i].1.iter().chain(&b[j].1).copied().collect();
+                // A clear (no keys) absorbs any keys.
+                let mut keys: Vec<&'a [u8]> = if a[i].1.is_empty() || b[j].1.is_empty() {
+                    Vec::new()
+                } else {
+                    a[i].1.iter().chain(&b[j].1).copied().collect()
+                };
                 keys.sort_unstable();
                 keys.dedup();
                 out.push((a[i].0.clone(), keys));

@@ -18,11 +18,16 @@
 //!   tombstone with a clock, and a sibling hard limit refuses puts (never merges).
 //! - [`lww`]: last write wins by HLC timestamp, ties broken by actor id.
 //! - [`orset`]: add-wins observed-remove set without tombstones (dots + version vector).
-//! - [`pncounter`]: per-actor increment and decrement totals; a write that would overflow
-//!   them or the value is refused ([`ResolveError::Overflow`]).
-//! - [`cart`]: the shopping cart, an observed-remove map from item to a per-actor quantity;
-//!   a concurrent add and remove keeps the item, quantities from replicas add up, and the
-//!   size is bounded by items × actors.
+//! - [`pncounter`]: per-actor increment and decrement totals, and per-actor baselines that an
+//!   observed reset raises; a write that would overflow them or the value is refused
+//!   ([`ResolveError::Overflow`]).
+//! - [`cart`]: the shopping cart, an observed-remove map from item to quantity; a concurrent
+//!   add and remove keeps the item, adds from replicas add up, concurrent set-quantities
+//!   resolve to the largest value set, and the size is bounded by items × actors.
+//!
+//! Every CRDT has a whole-object delete with observed-remove semantics ([`Op::CartClear`],
+//! [`Op::SetClear`], [`Op::CounterReset`]): it takes off what the write's context observed,
+//! and what was written concurrently survives it.
 //! - [`ResolverKind`] and [`build`]: the names a bucket's configuration uses, and the factory.
 //!
 //! The shared law suite lives in `resolvers/tests/laws.rs`: every resolver runs it.
@@ -117,13 +122,24 @@ pub enum Op {
     },
     /// Remove an item from a cart (only what the context observed).
     CartRemove(Vec<u8>),
-    /// Set an item's quantity (0 removes it).
+    /// Set an item's quantity (0 removes it): what the context observed of the item is
+    /// replaced; concurrent set-quantities resolve to the largest value set, and adds
+    /// concurrent with a set-quantity count on top of it.
     CartSetQuantity {
         /// The item id.
         item: Vec<u8>,
         /// The new quantity.
         quantity: i64,
     },
+    /// Remove every item of a cart that the context observed (items added concurrently
+    /// stay).
+    CartClear,
+    /// Remove every element of a set that the context observed (elements added
+    /// concurrently stay).
+    SetClear,
+    /// Bring a counter back to 0 by taking off what the context observed (increments and
+    /// decrements made concurrently still count).
+    CounterReset,
 }
 
 impl Op {
@@ -136,6 +152,9 @@ impl Op {
             Self::CartAdd { .. } => "cart add",
             Self::CartRemove(_) => "cart remove",
             Self::CartSetQuantity { .. } => "cart set quantity",
+            Self::CartClear => "cart clear",
+            Self::SetClear => "set clear",
+            Self::CounterReset => "counter reset",
         }
     }
 }

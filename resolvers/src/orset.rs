@@ -24,31 +24,46 @@
 //!   the coordinator has not seen. A client that wants the precise observed-remove semantics
 //!   sends the context of its read (the context of a read that found nothing is not "no
 //!   context": it observed nothing and removes nothing).
+//! - **clear** ([`Op::SetClear`]) is a remove of every element at once: it drops every dot
+//!   the context observed, so an element added concurrently stays (with only its
+//!   unobserved dots), and the clear never removes what its context did not see. No context
+//!   clears what the coordinator holds. A context ahead of the coordinator becomes a
+//!   deferred clear ([`crate::causal`]).
 //! - Operations of one write apply in order. A context is the same for all of them, so
 //!   `[add e, remove e]` with a context keeps `e` (the add was not observed).
 //! - **read** returns the members in byte order, or `None` for the empty set, and the clock
 //!   as the context (header with the `orset` tag, version 1, then the version vector).
 //!
-//! Only [`Op::SetAdd`] and [`Op::SetRemove`] are taken; puts, deletes and other resolvers'
-//! operations are [`ResolveError::WrongOperation`].
+//! Only [`Op::SetAdd`], [`Op::SetRemove`] and [`Op::SetClear`] are taken; puts, deletes and
+//! other resolvers' operations are [`ResolveError::WrongOperation`].
 //!
 //! The size is bounded by elements × actors plus the clock (one entry per actor), never by
 //! the number of operations; removed elements leave nothing behind.
 //!
-//! Body layout, version 1: the [`DotMap`] body of [`crate::causal`] with an empty payload:
+//! Body layout, versions 1 and 2: the [`DotMap`] body of [`crate::causal`] with an empty
+//! payload, one dot per (element, actor):
 //!
 //! | size   | field                                                             |
 //! |--------|-------------------------------------------------------------------|
 //! | ..     | clock (version vector)                                            |
 //! | 4 + .. | element count, then per element: bytes (u32 length), dot count, dots (actor index u32, counter u64) |
 //! | 4 + .. | deferred remove count, then the deferred removes                  |
+//!
+//! Version 2 is version 1 plus deferred clears (a deferred remove with no keys). A state is
+//! written in the lowest version that holds it: version 1 unless it has a deferred clear,
+//! so the states of sets that were never cleared by a coordinator behind its client keep
+//! their bytes (and stay readable by nodes that only know version 1). Decoding takes both
+//! and refuses a version 2 state without a deferred clear (it would not be canonical).
 
 use crate::causal::{check_actor, decode_context, encode_context, DotMap};
 use crate::codec::{Decoder, Encoder, Tag};
 use crate::{Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
 
-/// Current body format version.
+/// The version of a state without deferred clears, and of the contexts reads return.
 pub const VERSION: u8 = 1;
+
+/// The version of a state that holds a deferred clear.
+pub const VERSION_WITH_CLEARS: u8 = 2;
 
 /// The observed-remove set resolver. See the module documentation.
 #[derive(Clone, Copy, Debug, Default)]
@@ -56,16 +71,34 @@ pub struct OrSet;
 
 fn decode(bytes: &[u8]) -> Result<DotMap<'_, ()>, ResolveError> {
     let (mut d, version) = Decoder::new(bytes, Tag::Orset)?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WITH_CLEARS {
         return Err(ResolveError::Corrupt(format!("orset state version {version} is unknown")));
     }
     let map = DotMap::decode(&mut d)?;
     d.finish()?;
+    if version != version_of(&map) {
+        return Err(ResolveError::Corrupt(format!(
+            "orset state of version {version} with {} deferred clears",
+            map.deferred_clears()
+        )));
+    }
+    if map.entries().windows(2).any(|w| (w[0].key, w[0].actor) == (w[1].key, w[1].actor)) {
+        return Err(ResolveError::Corrupt("two dots of one actor for an element".into()));
+    }
     Ok(map)
 }
 
+/// The lowest version that holds `map`.
+fn version_of(map: &DotMap<'_, ()>) -> u8 {
+    if map.deferred_clears() > 0 {
+        VERSION_WITH_CLEARS
+    } else {
+        VERSION
+    }
+}
+
 fn encode(map: &DotMap<'_, ()>) -> Vec<u8> {
-    let mut e = Encoder::new(Tag::Orset, VERSION);
+    let mut e = Encoder::new(Tag::Orset, version_of(map));
     map.encode(&mut e);
     e.finish()
 }
@@ -93,7 +126,8 @@ impl Resolver for OrSet {
         let Write::Update { ops, context } = write else {
             return Err(wrong(write.name()));
         };
-        if let Some(op) = ops.iter().find(|op| !matches!(op, Op::SetAdd(_) | Op::SetRemove(_))) {
+        let ours = |op: &&Op| matches!(op, Op::SetAdd(_) | Op::SetRemove(_) | Op::SetClear);
+        if let Some(op) = ops.iter().find(|op| !ours(op)) {
             return Err(wrong(op.name()));
         }
         let context = decode_context(Tag::Orset, VERSION, context)?;
@@ -105,6 +139,7 @@ impl Resolver for OrSet {
             match op {
                 Op::SetAdd(element) => map.write(element, &stamp.actor, |_| Ok(()))?,
                 Op::SetRemove(element) => map.remove(element, context.as_ref())?,
+                Op::SetClear => map.clear(context.as_ref())?,
                 _ => unreachable!("operations were checked above"),
             }
         }
@@ -230,6 +265,30 @@ mod tests {
         assert_eq!(decode(&merged).unwrap().deferred_count(), 0);
     }
 
+    /// Clear removes every element the context observed and keeps the ones added
+    /// concurrently; a context ahead of the coordinator is a deferred clear, written as
+    /// version 2 until it applies, then as version 1 again.
+    #[test]
+    fn clear_removes_what_it_observed() {
+        let s = OrSet.apply(None, &update(vec![add("x"), add("y")], b""), &stamp("n1")).unwrap();
+        let cleared =
+            OrSet.apply(Some(&s), &update(vec![Op::SetClear], &ctx(&s)), &stamp("n2")).unwrap();
+        assert_eq!(set(&cleared), Vec::<String>::new());
+        let added =
+            OrSet.apply(Some(&s), &update(vec![add("x"), add("z")], b""), &stamp("n3")).unwrap();
+        assert_eq!(set(&OrSet.merge(&cleared, &added).unwrap()), ["x", "z"]);
+        let deferred =
+            OrSet.apply(Some(&s), &update(vec![Op::SetClear], &ctx(&added)), &stamp("n1")).unwrap();
+        assert_eq!(deferred[1], VERSION_WITH_CLEARS);
+        assert_eq!(set(&deferred), Vec::<String>::new());
+        let caught_up = OrSet.merge(&deferred, &added).unwrap();
+        assert_eq!(set(&caught_up), Vec::<String>::new());
+        assert_eq!(caught_up[1], VERSION);
+        let blind =
+            OrSet.apply(Some(&added), &update(vec![Op::SetClear], b""), &stamp("n1")).unwrap();
+        assert_eq!(set(&blind), Vec::<String>::new());
+    }
+
     /// Other resolvers' operations, puts and deletes are WrongOperation; bad contexts are
     /// BadContext.
     #[test]
@@ -268,6 +327,8 @@ mod tests {
         Add(usize, u8),
         /// Remove with the context of a read of `from`'s replica.
         Remove(usize, u8, usize),
+        /// Clear with the context of a read of `from`'s replica.
+        Clear(usize, usize),
         Sync(usize, usize),
     }
 
@@ -275,13 +336,14 @@ mod tests {
         prop_oneof![
             (0usize..3, 0u8..4).prop_map(|(r, e)| ModelOp::Add(r, e)),
             (0usize..3, 0u8..4, 0usize..3).prop_map(|(r, e, f)| ModelOp::Remove(r, e, f)),
+            (0usize..3, 0usize..3).prop_map(|(r, f)| ModelOp::Clear(r, f)),
             (0usize..3, 0usize..3).prop_map(|(f, t)| ModelOp::Sync(f, t)),
         ]
     }
 
     proptest! {
         /// Against a model that tracks every add by a unique id: after all replicas merge,
-        /// the set is exactly the elements with an add that no remove observed.
+        /// the set is exactly the elements with an add that no remove or clear observed.
         #[test]
         fn set_is_adds_not_observed_removed(ops in proptest::collection::vec(model_op(), 1..60)) {
             let mut replicas: Vec<Option<Vec<u8>>> = vec![None; 3];
@@ -306,6 +368,15 @@ mod tests {
                         // The remover's replica does not learn `from`'s adds from the
                         // context: a context ahead of it becomes a deferred remove.
                         removed.extend(observed);
+                    }
+                    ModelOp::Clear(r, from) => {
+                        let context = replicas[from].as_deref().map(ctx).unwrap_or_default();
+                        if context.is_empty() {
+                            continue;
+                        }
+                        let w = update(vec![Op::SetClear], &context);
+                        replicas[r] = Some(OrSet.apply(replicas[r].as_deref(), &w, &stamp(&format!("n{r}"))).unwrap());
+                        removed.extend(seen[from].iter().copied());
                     }
                     ModelOp::Sync(f, t) => {
                         if let Some(from) = replicas[f].clone() {

@@ -272,6 +272,9 @@ fn any_op() -> impl Strategy<Value = Op> {
         (item.clone(), 1i64..4).prop_map(|(item, quantity)| Op::CartAdd { item, quantity }),
         item.clone().prop_map(Op::CartRemove),
         (item, 0i64..4).prop_map(|(item, quantity)| Op::CartSetQuantity { item, quantity }),
+        Just(Op::CartClear),
+        Just(Op::SetClear),
+        Just(Op::CounterReset),
     ]
 }
 
@@ -291,6 +294,7 @@ fn counter_ops() -> BoxedStrategy<Op> {
     prop_oneof![
         8 => (-5i64..5).prop_map(Op::CounterIncrement),
         1 => prop_oneof![Just(i64::MIN), Just(i64::MAX)].prop_map(Op::CounterIncrement),
+        2 => Just(Op::CounterReset),
     ]
     .boxed()
 }
@@ -301,11 +305,13 @@ fn set_ops() -> BoxedStrategy<Op> {
     prop_oneof![
         3 => element.clone().prop_map(Op::SetAdd),
         2 => element.prop_map(Op::SetRemove),
+        1 => Just(Op::SetClear),
     ]
     .boxed()
 }
 
-/// Cart adds, removes and set-quantities over three items, with some bad quantities.
+/// Cart adds, removes, set-quantities and clears over three items, with some bad
+/// quantities.
 fn cart_ops() -> BoxedStrategy<Op> {
     let item = proptest::collection::vec(0u8..3, 1..2);
     prop_oneof![
@@ -314,6 +320,7 @@ fn cart_ops() -> BoxedStrategy<Op> {
         2 => (item.clone(), 0i64..4)
             .prop_map(|(item, quantity)| Op::CartSetQuantity { item, quantity }),
         1 => (item, -2i64..1).prop_map(|(item, quantity)| Op::CartAdd { item, quantity }),
+        1 => Just(Op::CartClear),
     ]
     .boxed()
 }
@@ -373,14 +380,19 @@ fn every_resolver_refuses_a_garbage_context() {
                 Write::Put { value: b"v".to_vec(), context: context.clone() },
                 Write::Delete { context: context.clone() },
             ],
-            ResolverKind::Orset => {
-                vec![update(Op::SetAdd(b"e".to_vec())), update(Op::SetRemove(b"e".to_vec()))]
+            ResolverKind::Orset => vec![
+                update(Op::SetAdd(b"e".to_vec())),
+                update(Op::SetRemove(b"e".to_vec())),
+                update(Op::SetClear),
+            ],
+            ResolverKind::Pncounter => {
+                vec![update(Op::CounterIncrement(1)), update(Op::CounterReset)]
             }
-            ResolverKind::Pncounter => vec![update(Op::CounterIncrement(1))],
             ResolverKind::Cart => vec![
                 update(Op::CartAdd { item: b"i".to_vec(), quantity: 1 }),
                 update(Op::CartRemove(b"i".to_vec())),
                 update(Op::CartSetQuantity { item: b"i".to_vec(), quantity: 2 }),
+                update(Op::CartClear),
             ],
         }
     };

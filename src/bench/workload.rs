@@ -297,25 +297,7 @@ impl Request {
 
 /// The name of an error kind in reports (snake case, as in the wire schema's `ErrorKind`).
 pub fn error_kind(e: &crate::Error) -> &'static str {
-    use crate::Error as E;
-    match e {
-        E::BadRequest(_) => "bad_request",
-        E::UnknownBucket(_) => "unknown_bucket",
-        E::WrongOperation(_) => "wrong_operation",
-        E::KeyTooLarge(_) => "key_too_large",
-        E::ValueTooLarge(_) => "value_too_large",
-        E::TooManySiblings(_) => "too_many_siblings",
-        E::QuorumNotMet(_) => "quorum_not_met",
-        E::Timeout(_) => "timeout",
-        E::Overloaded(_) => "overloaded",
-        E::Internal(_) => "internal",
-        E::Unauthorized(_) => "unauthorized",
-        E::Forbidden(_) => "forbidden",
-        E::Overflow(_) => "overflow",
-        E::Unavailable(_) => "unavailable",
-        E::Connect { .. } => "connect",
-        E::Transport(_) => "transport",
-    }
+    e.kind_name()
 }
 
 #[cfg(test)]

@@ -47,6 +47,29 @@ pub struct Cli {
     /// How client commands print.
     #[command(flatten)]
     pub output: Output,
+    /// The log's format on stderr: `text` (the default) or `json` (one object a line, for
+    /// log collectors). `RUST_LOG` sets the level.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of the log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colour on a terminal).
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `fields` (with `message`), `target`.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 /// How client commands print their results.
@@ -199,7 +222,7 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE")]
         node: String,
     },
-    /// Shopping carts (a `cart` bucket): add, remove, set quantities, show.
+    /// Shopping carts (a `cart` bucket): add, remove, set quantities, clear, show.
     Cart {
         /// What to do.
         #[command(subcommand)]
@@ -211,7 +234,7 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
         node: String,
     },
-    /// Counters (a `pncounter` bucket): increment, decrement, show.
+    /// Counters (a `pncounter` bucket): increment, decrement, reset, show.
     Counter {
         /// What to do.
         #[command(subcommand)]
@@ -223,7 +246,7 @@ pub enum Command {
         #[arg(long, default_value = NODE_DEFAULT, env = "CARTWHEEL_NODE", global = true)]
         node: String,
     },
-    /// Sets (an `orset` bucket): add, remove, show.
+    /// Sets (an `orset` bucket): add, remove, clear, show.
     Set {
         /// What to do.
         #[command(subcommand)]
@@ -325,6 +348,11 @@ pub enum CartAction {
         /// The cart's key.
         cart: String,
     },
+    /// Empty CART: remove every item the read before it saw (items added meanwhile stay).
+    Clear {
+        /// The cart's key.
+        cart: String,
+    },
 }
 
 /// `cartwheel token ...`.
@@ -406,6 +434,12 @@ pub enum CounterAction {
         /// The counter's key.
         key: String,
     },
+    /// Bring KEY back to 0: take off what the read before it saw (increments made
+    /// meanwhile still count); prints the new value.
+    Reset {
+        /// The counter's key.
+        key: String,
+    },
 }
 
 /// `cartwheel set ...`.
@@ -427,6 +461,12 @@ pub enum SetAction {
     },
     /// Print KEY's members, one per line.
     Show {
+        /// The set's key.
+        key: String,
+    },
+    /// Empty KEY: remove every element the read before it saw (elements added meanwhile
+    /// stay).
+    Clear {
         /// The set's key.
         key: String,
     },
@@ -574,11 +614,11 @@ fn read_value(value: Option<&str>, file: Option<&Path>) -> Result<Vec<u8>, Strin
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    let Cli { command, auth, output } = cli;
+    let Cli { command, auth, output, log_format } = cli;
     let auth = &auth;
     match command {
         Command::Serve { config } => serve(config),
-        Command::Up { nodes, port, data_dir } => up(nodes, port, data_dir),
+        Command::Up { nodes, port, data_dir } => up(nodes, port, data_dir, log_format),
         Command::Put { bucket, key, value, file, blind, node } => {
             let value = match read_value(value.as_deref(), file.as_deref()) {
                 Ok(value) => value,
@@ -642,6 +682,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     update_after_read(&client, &bucket, &cart, vec![op], output).await
                 }
                 CartAction::Show { cart } => show(&client, &bucket, &cart, output).await,
+                CartAction::Clear { cart } => {
+                    update_after_read(&client, &bucket, &cart, vec![Op::CartClear], output).await
+                }
             }
         }),
         Command::Counter { action, bucket, node } => request(&node, auth, |client| async move {
@@ -670,6 +713,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     .await
                 }
                 CounterAction::Show { key } => show(&client, &bucket, &key, output).await,
+                CounterAction::Reset { key } => {
+                    update_after_read(&client, &bucket, &key, vec![Op::CounterReset], output).await
+                }
             }
         }),
         Command::Set { action, bucket, node } => request(&node, auth, |client| async move {
@@ -695,6 +741,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     .await
                 }
                 SetAction::Show { key } => show(&client, &bucket, &key, output).await,
+                SetAction::Clear { key } => {
+                    update_after_read(&client, &bucket, &key, vec![Op::SetClear], output).await
+                }
             }
         }),
         Command::Token {

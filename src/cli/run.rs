@@ -18,7 +18,7 @@ pub(super) fn serve(path: Option<PathBuf>) -> ExitCode {
     run_until_ctrl_c(vec![config])
 }
 
-pub(super) fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
+pub(super) fn up(nodes: u16, port: u16, data_dir: PathBuf, log_format: LogFormat) -> ExitCode {
     if nodes == 0 || u32::from(port) + u32::from(nodes) > 65_536 {
         eprintln!("cartwheel: --nodes must be at least 1 and the ports must fit below 65536");
         return ExitCode::from(EXIT_FAILED);
@@ -44,13 +44,16 @@ pub(super) fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
     for i in 0..nodes {
         let id = format!("n{}", i + 1);
         let address = format!("127.0.0.1:{}", port + i);
+        let metrics = up_metrics_port(port, nodes).map(|first| format!("127.0.0.1:{}", first + i));
+        let metrics_line =
+            metrics.as_ref().map(|m| format!("metrics_listen = \"{m}\"\n")).unwrap_or_default();
         let config = data_dir.join(format!("{id}.toml"));
         let quoted = |path: &Path| toml::Value::from(path.display().to_string()).to_string();
         let text = format!(
             "# written by `cartwheel up`; start this node alone with\n\
              # cartwheel serve --config {config}\n\
              [node]\nid = \"{id}\"\nlisten = \"{address}\"\ndata_dir = {data}\n\
-             seeds = [\"127.0.0.1:{port}\"]\n\n[security]\nsecret_file = {secret}\n",
+             seeds = [\"127.0.0.1:{port}\"]\n{metrics_line}\n[security]\nsecret_file = {secret}\n",
             config = config.display(),
             data = quoted(&data_dir.join(&id)),
             secret = quoted(&security.secret_file),
@@ -60,13 +63,13 @@ pub(super) fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
             return stop_all(children, ExitCode::from(EXIT_UNREACHABLE));
         }
         let spawned = std::process::Command::new(&exe)
-            .args(["serve", "--config"])
+            .args(["--log-format", log_format.name(), "serve", "--config"])
             .arg(&config)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .spawn();
         match spawned {
-            Ok(child) => children.push(UpNode { id, address, config, child }),
+            Ok(child) => children.push(UpNode { id, address, metrics, config, child }),
             Err(e) => {
                 eprintln!("cartwheel: cannot start node {id}: {e}");
                 return stop_all(children, ExitCode::from(EXIT_UNREACHABLE));
@@ -78,8 +81,13 @@ pub(super) fn up(nodes: u16, port: u16, data_dir: PathBuf) -> ExitCode {
             eprintln!("cartwheel: node {} did not start: {e} (see its log above)", node.id);
             return stop_all(children, ExitCode::from(EXIT_UNREACHABLE));
         }
+        let metrics = node
+            .metrics
+            .as_ref()
+            .map(|m| format!(", metrics http://{m}/metrics"))
+            .unwrap_or_default();
         out!(
-            "node {} pid {} listening on {} (config {}, data in {})",
+            "node {} pid {} listening on {}{metrics} (config {}, data in {})",
             node.id,
             node.child.id(),
             node.address,
@@ -134,6 +142,16 @@ fn wait_settled(addresses: &[String], credentials: &Path) -> Result<(), String> 
     })
 }
 
+/// How far above its client port `up` puts a node's metrics endpoint: 7401 serves its
+/// metrics on 9401.
+pub const UP_METRICS_PORT_OFFSET: u16 = 2_000;
+
+/// The metrics port of `up`'s first node, when every node's fits below 65536.
+fn up_metrics_port(port: u16, nodes: u16) -> Option<u16> {
+    let first = port.checked_add(UP_METRICS_PORT_OFFSET)?;
+    first.checked_add(nodes).map(|_| first)
+}
+
 /// Wait for Ctrl-C (SIGINT) or SIGTERM.
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -159,6 +177,8 @@ async fn stop_signal() {
 struct UpNode {
     id: String,
     address: String,
+    /// Its metrics endpoint's address, if it has one.
+    metrics: Option<String>,
     config: PathBuf,
     child: std::process::Child,
 }

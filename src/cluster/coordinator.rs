@@ -140,6 +140,7 @@ enum Here {
 pub fn write_bytes(key: &[u8], write: &Write) -> usize {
     let op_bytes = |op: &Op| match op {
         Op::CounterIncrement(_) => 8,
+        Op::CounterReset | Op::SetClear | Op::CartClear => 0,
         Op::SetAdd(element) | Op::SetRemove(element) | Op::CartRemove(element) => element.len(),
         Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } => item.len() + 8,
     };
@@ -393,22 +394,24 @@ impl Cluster {
             n => format!("; {n} not sent, over this node's in-flight budget"),
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let answer = 'answer: loop {
             while receivers_waiting > 0 {
                 match tokio::time::timeout_at(deadline, receiver_answers.next()).await {
                     Ok(Some(true)) => receivers_waiting -= 1,
                     Ok(Some(false) | None) => {
-                        return Err(Error::QuorumNotMet(
+                        break 'answer Err(Error::QuorumNotMet(
                             "a node taking over the key's partition did not store the write".into(),
                         ))
                     }
-                    Err(_) => return Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
+                    Err(_) => {
+                        break 'answer Err(Error::Timeout(format!("no quorum within {timeout:?}")))
+                    }
                 }
             }
             match quorum.outcome() {
-                Outcome::Succeeded => return Ok(read),
+                Outcome::Succeeded => break Ok(read),
                 Outcome::Failed => {
-                    return Err(Error::QuorumNotMet(format!(
+                    break Err(Error::QuorumNotMet(format!(
                         "{} of w = {w} (dw = {dw}) replicas stored the write{not_sent}",
                         quorum.stored_count()
                     )))
@@ -416,9 +419,9 @@ impl Cluster {
                 Outcome::Pending => {}
             }
             match tokio::time::timeout_at(deadline, answers.next()).await {
-                Err(_) => return Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
+                Err(_) => break Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
                 Ok(None) => {
-                    return Err(Error::QuorumNotMet(format!(
+                    break Err(Error::QuorumNotMet(format!(
                         "every replica answered; too few stored{not_sent}"
                     )))
                 }
@@ -429,7 +432,9 @@ impl Cluster {
                     quorum.failed();
                 }
             }
-        }
+        };
+        self.metrics().write_quorum(bucket, &answer);
+        answer
     }
 
     /// Sync `engine` (shared with other waiting writes), then report the outcome on `events`.
@@ -538,18 +543,22 @@ impl Cluster {
                     )))),
                 };
                 if let Some(result) = decided {
+                    self.metrics().read_quorum(bucket, &result);
                     let _ = reply.take().expect("checked").send(result);
                 }
             }
         }
         if let Some(reply) = reply {
-            let _ = reply.send(Err(Error::Timeout(format!(
+            let timed_out = Err(Error::Timeout(format!(
                 "fewer than r = {r} replicas answered within {timeout:?}"
-            ))));
+            )));
+            self.metrics().read_quorum(bucket, &timed_out);
+            let _ = reply.send(timed_out);
         }
         // Read repair: everyone who answered with something other than the merge gets it.
         let Ok(Some(merged)) = quorum.merged(merge) else { return };
         for target in quorum.stale(&merged) {
+            self.metrics().read_repair(bucket);
             if target.id == me {
                 // A fallback's repair goes to its hint, never into a stray copy.
                 let hint_for = target.hint_for.as_deref().unwrap_or("");

@@ -152,6 +152,7 @@ impl Cluster {
                 }
             }
             budget = budget.saturating_sub(entries.len());
+            self.metrics().transfer(&bucket, entries.len() as u64, complete);
             if complete {
                 tracing::info!(%bucket, partition, keys = entries.len(), to = ?targets, "partition handed off");
             } else {

@@ -138,6 +138,8 @@ pub struct Cluster {
     saved_shape: RefCell<Option<membership_file::Shape>>,
     /// Bytes held for work in flight, against `limits.inflight_bytes_max`.
     budget: Budget,
+    /// What this node counts ([`crate::metrics`]).
+    metrics: crate::metrics::Metrics,
 }
 
 /// What a node runs in: a real process, or the seeded simulation.
@@ -215,6 +217,7 @@ impl Cluster {
                 tracing::warn!(error = %e, "membership file ignored; starting as a new node")
             }
         }
+        let metrics = crate::metrics::Metrics::new(config);
         Self {
             store,
             hints,
@@ -234,10 +237,11 @@ impl Cluster {
             anti_entropy_cursor: std::cell::Cell::new(0),
             hints_failure_noticed: std::cell::Cell::new(false),
             connecting: RefCell::new(HashMap::new()),
-            syncs: crate::store::sync_group::SyncGroups::default(),
+            syncs: crate::store::sync_group::SyncGroups::observed_by(metrics.sync_observer()),
             membership_file: environment.membership_file,
             saved_shape: RefCell::new(saved_shape),
             budget: Budget::new(config.limits.inflight_bytes_max),
+            metrics,
         }
     }
 
@@ -258,6 +262,11 @@ impl Cluster {
     /// The node's budget of bytes in flight ([`budget`]).
     pub fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// What this node counts ([`crate::metrics`]).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// This node's id.

@@ -131,7 +131,7 @@ impl Cluster {
             } else {
                 std::sync::Arc::clone(self.hints.engine())
             };
-            self.syncs.sync(&engine).await?;
+            self.sync_engine(&engine).await?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use crate::cartwheel_capnp::{cartwheel, gate, peer, write_result, NodeState};
 use crate::cluster::budget::Charge;
 use crate::cluster::coordinator::write_bytes;
 use crate::error::Error;
+use crate::metrics::Operation;
 use crate::node::wire::{self, ReadOptions};
 use crate::security::token::{self, Grants, Right};
 
@@ -136,9 +137,11 @@ impl cartwheel::Server for Api {
         params: cartwheel::GetParams,
         mut results: cartwheel::GetResults,
     ) -> Result<(), capnp::Error> {
+        let request = self.shared.cluster.metrics().request(Operation::Get);
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            request.bucket(&bucket);
             let key = p.get_key().map_err(wire::bad)?;
             let _admitted = self.admit_on(&bucket, Right::Read, key.len())?;
             let key = key.to_vec();
@@ -147,6 +150,7 @@ impl cartwheel::Server for Api {
             self.shared.cluster.read(&bucket, &key, options).await
         }
         .await;
+        request.end(&outcome);
         let mut result = results.get().init_result();
         match outcome {
             Ok(None) => result.set_not_found(&[]),
@@ -165,9 +169,11 @@ impl cartwheel::Server for Api {
         mut results: cartwheel::PutResults,
     ) -> Result<(), capnp::Error> {
         let mut return_body = false;
+        let request = self.shared.cluster.metrics().request(Operation::Put);
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            request.bucket(&bucket);
             let key = p.get_key().map_err(wire::bad)?;
             let value = p.get_value().map_err(wire::bad)?;
             let context = p.get_context().map_err(wire::bad)?;
@@ -182,6 +188,7 @@ impl cartwheel::Server for Api {
             self.write(&bucket, key, write, options).await
         }
         .await;
+        request.end(&outcome);
         fill_write_result(results.get().init_result(), outcome, return_body);
         Ok(())
     }
@@ -192,9 +199,11 @@ impl cartwheel::Server for Api {
         mut results: cartwheel::DeleteResults,
     ) -> Result<(), capnp::Error> {
         let mut return_body = false;
+        let request = self.shared.cluster.metrics().request(Operation::Delete);
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            request.bucket(&bucket);
             let key = p.get_key().map_err(wire::bad)?;
             let context = p.get_context().map_err(wire::bad)?;
             let _admitted = self.admit_on(&bucket, Right::Write, key.len() + context.len())?;
@@ -204,6 +213,7 @@ impl cartwheel::Server for Api {
             self.write(&bucket, key, write, options).await
         }
         .await;
+        request.end(&outcome);
         fill_write_result(results.get().init_result(), outcome, return_body);
         Ok(())
     }
@@ -214,9 +224,11 @@ impl cartwheel::Server for Api {
         mut results: cartwheel::UpdateResults,
     ) -> Result<(), capnp::Error> {
         let mut return_body = false;
+        let request = self.shared.cluster.metrics().request(Operation::Update);
         let outcome = async {
             let p = params.get().map_err(wire::bad)?;
             let bucket = text(p.get_bucket(), "bucket")?;
+            request.bucket(&bucket);
             let key = p.get_key().map_err(wire::bad)?;
             let ops = p.get_ops().map_err(wire::bad)?;
             if ops.is_empty() {
@@ -231,6 +243,7 @@ impl cartwheel::Server for Api {
             self.write(&bucket, key, write, options).await
         }
         .await;
+        request.end(&outcome);
         fill_write_result(results.get().init_result(), outcome, return_body);
         Ok(())
     }

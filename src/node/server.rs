@@ -171,6 +171,15 @@ pub fn bind(config: &Config) -> Result<std::net::TcpListener, ServeError> {
     Ok(listener)
 }
 
+/// Bind `config.node.metrics_listen`, if set: the metrics endpoint ([`crate::metrics::http`]).
+pub fn bind_metrics(config: &Config) -> Result<Option<std::net::TcpListener>, ServeError> {
+    let Some(address) = config.node.metrics_listen else { return Ok(None) };
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(|source| ServeError::Bind { address, source })?;
+    listener.set_nonblocking(true).map_err(|source| ServeError::Bind { address, source })?;
+    Ok(Some(listener))
+}
+
 /// How long a stopping node gives each connection to be told (a capnp `abort`) and shut.
 /// At the limit the connection is dropped as it is; its calls are cancelled either way.
 pub const CLOSE_TIMEOUT_MS: u64 = 1_000;
@@ -187,6 +196,7 @@ pub const ENGINE_RELEASE_TIMEOUT_MS: u64 = 10_000;
 pub async fn serve(
     config: Config,
     listener: std::net::TcpListener,
+    metrics: Option<std::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let address = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
@@ -234,7 +244,7 @@ pub async fn serve(
     tracing::info!(node = %config.node.id, %address, buckets = config.buckets.len(), mode, "serving");
     // Every task of the node is spawned in `tasks`: dropping it cancels whatever is left.
     let tasks = tokio::task::LocalSet::new();
-    tasks.run_until(accept_until(&shared, listener, shutdown)).await;
+    tasks.run_until(accept_until(&shared, listener, metrics, shutdown)).await;
     drop(tasks);
     tracing::info!(node = %config.node.id, "stopping: syncing buckets and hints");
     for bucket in shared.store().buckets() {
@@ -258,9 +268,11 @@ pub async fn serve(
 async fn accept_until(
     shared: &Rc<Shared>,
     listener: TcpListener,
+    metrics: Option<std::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
     let rounds = tokio::task::spawn_local(Rc::clone(&shared.cluster).run_rounds());
+    let metrics = metrics.and_then(|listener| serve_metrics(shared, listener));
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let closing = Closing { stop: CancellationToken::new(), open };
     tokio::pin!(shutdown);
@@ -279,6 +291,9 @@ async fn accept_until(
     }
     drop(listener);
     rounds.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     let Closing { stop, open } = closing;
     stop.cancel();
     drop(open);
@@ -288,6 +303,64 @@ async fn accept_until(
         let open = shared.connections.borrow().open.len();
         tracing::warn!(open, "connections still closing; dropped");
     }
+}
+
+/// Serve `GET /metrics` on `listener` ([`crate::metrics::http`]), in a task of the node's.
+fn serve_metrics(
+    shared: &Rc<Shared>,
+    listener: std::net::TcpListener,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: cannot serve");
+            return None;
+        }
+    };
+    let scraped = Rc::clone(shared);
+    let render = Rc::new(move || scrape(&scraped));
+    Some(tokio::task::spawn_local(crate::metrics::http::serve(listener, render)))
+}
+
+/// The metrics text: the node's counters and what the other rooms count themselves.
+fn scrape(shared: &Shared) -> String {
+    let cluster = &shared.cluster;
+    let engines = shared.store().buckets().map(|bucket| crate::metrics::EngineScrape {
+        bucket: bucket.name.clone(),
+        stats: bucket.engine.stats(),
+        failed: bucket.engine.failed(),
+    });
+    let members = cluster.members();
+    let connections = shared.connections.borrow();
+    let scrape = crate::metrics::Scrape {
+        engines: engines.collect(),
+        hints_held: cluster.hints().counts().values().sum(),
+        hints_queued: cluster.hints().queued_count(),
+        hints_delivered: cluster.hints().delivered_count(),
+        hints_refused: cluster.hints().refused(),
+        requests_refused: shared.requests_refused.get(),
+        states_refused: cluster.states_refused(),
+        connections_open: connections.open.len(),
+        connections_unauthenticated: connections.unauthenticated(),
+        inflight_bytes: cluster.budget().used(),
+        inflight_bytes_max: cluster.budget().max(),
+        members: members
+            .iter()
+            .map(|(member, health)| {
+                match cluster.member_state(&member.id, *health, member.leaving) {
+                    crate::cartwheel_capnp::NodeState::Up => "up",
+                    crate::cartwheel_capnp::NodeState::Suspect => "suspect",
+                    crate::cartwheel_capnp::NodeState::Down => "down",
+                    crate::cartwheel_capnp::NodeState::Joining => "joining",
+                    crate::cartwheel_capnp::NodeState::Leaving => "leaving",
+                    crate::cartwheel_capnp::NodeState::Left => "left",
+                }
+            })
+            .collect(),
+        partitions_owned: cluster.ring().owned_by(&cluster.me()),
+    };
+    drop(connections);
+    cluster.metrics().collect(&scrape)
 }
 
 /// What every connection task gets to be closed at a stop: the signal, and a sender whose
@@ -339,7 +412,9 @@ async fn engines_released(cluster: &Cluster) {
 
 fn accept(shared: &Rc<Shared>, closing: &Closing, stream: TcpStream, peer: SocketAddr) {
     let limits = shared.store().limits().clone();
-    let Some((id, evicted)) = shared.connections.borrow_mut().admit(peer.ip(), &limits) else {
+    let admitted = shared.connections.borrow_mut().admit(peer.ip(), &limits);
+    shared.cluster.metrics().connection(admitted.is_some());
+    let Some((id, evicted)) = admitted else {
         shared.requests_refused.set(shared.requests_refused.get() + 1);
         tracing::warn!(%peer, "connection refused: at the connection limits, all logged in");
         return;
@@ -520,6 +595,7 @@ fn config_digest(config: &Config) -> Vec<u8> {
 #[derive(Debug)]
 pub struct NodeHandle {
     address: SocketAddr,
+    metrics_address: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
 }
@@ -530,6 +606,13 @@ impl NodeHandle {
     pub fn start(config: Config) -> Result<Self, ServeError> {
         let listener = bind(&config)?;
         let address = listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?;
+        let metrics = bind_metrics(&config)?;
+        let metrics_address = match &metrics {
+            Some(listener) => {
+                Some(listener.local_addr().map_err(|e| ServeError::Runtime(e.to_string()))?)
+            }
+            None => None,
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let name = format!("cartwheel-{}", config.node.id);
@@ -549,7 +632,7 @@ impl NodeHandle {
                         let _ = ready.send(Ok(()));
                         let _ = stopped.await;
                     };
-                    serve(config, listener, shutdown).await
+                    serve(config, listener, metrics, shutdown).await
                 });
                 if let Err(e) = &result {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -557,7 +640,7 @@ impl NodeHandle {
                 result
             })
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
-        let mut handle = Self { address, stop: Some(stop), thread: Some(thread) };
+        let mut handle = Self { address, metrics_address, stop: Some(stop), thread: Some(thread) };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(handle),
             _ => Err(handle
@@ -570,6 +653,12 @@ impl NodeHandle {
     /// The address the node listens on.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The address of the node's metrics endpoint (`GET /metrics`), if it has one
+    /// (`node.metrics_listen`).
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
     }
 
     /// Stop the node (see "Stopping" in the module doc) and wait for its thread: when this

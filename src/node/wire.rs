@@ -164,6 +164,9 @@ pub fn set_op(mut builder: op::Builder<'_>, operation: &Op) {
         Op::CartSetQuantity { item: i, quantity } => {
             item(builder.init_cart_set_quantity(), i, *quantity)
         }
+        Op::CartClear => builder.set_cart_clear(()),
+        Op::SetClear => builder.set_set_clear(()),
+        Op::CounterReset => builder.set_counter_reset(()),
     }
 }
 
@@ -185,6 +188,9 @@ pub fn get_op(reader: op::Reader<'_>) -> Result<Op, Error> {
                 quantity: i.get_quantity(),
             }
         }
+        op::CartClear(()) => Op::CartClear,
+        op::SetClear(()) => Op::SetClear,
+        op::CounterReset(()) => Op::CounterReset,
     })
 }
 

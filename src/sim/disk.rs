@@ -183,6 +183,8 @@ impl StorageEngine for DiskEngine {
             live_bytes: state.visible.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum(),
             dead_bytes: 0,
             memory_bytes: 0,
+            merges: 0,
+            syncs: 0,
         }
     }
 }

@@ -558,3 +558,181 @@ async fn read_all(world: &World, bucket: &str, keys: &[Vec<u8>]) {
         let _ = cluster.read(bucket, key, options).await;
     }
 }
+
+/// What [`tombstone_collection`] measured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TombstoneFigures {
+    /// Keys written and then deleted, per bucket (an `lww` one and a `siblings` one).
+    pub keys: usize,
+    /// Deletes acknowledged (every one should be).
+    pub deleted: usize,
+    /// Keys (of both buckets) with the down node among their primaries whose tombstone a
+    /// running primary had collected by the end of the down time (must be 0: nobody can know
+    /// that the down node holds the tombstone).
+    pub collected_while_down: usize,
+    /// Rounds after the restart until no node held any state or hint of any key (`None`:
+    /// not within the limit).
+    pub reclaimed_rounds: Option<u64>,
+    /// Keys that came back: held as a live state by a node other than the restarted one
+    /// after its restart, read as found through some node once reclaimed, or held live by
+    /// any node a while later.
+    pub resurrected: usize,
+    /// Older states dropped against a remembered collected tombstone, over all nodes.
+    pub fenced: u64,
+}
+
+impl fmt::Display for TombstoneFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rounds = self.reclaimed_rounds.map_or("never".to_string(), |r| format!("{r} rounds"));
+        write!(
+            f,
+            "{} keys per bucket, {} deletes acknowledged, {} collected while a primary was \
+             down, storage reclaimed after {rounds}, {} resurrected, {} late states fenced",
+            self.keys, self.deleted, self.collected_while_down, self.resurrected, self.fenced
+        )
+    }
+}
+
+/// Deletes while a primary is down, with hints refused (a fallback whose hint store is
+/// full, or that died: the down node can learn of the deletes only from its peers): keys
+/// are written to an `lww` and a `siblings` bucket at W = N = 3, node `sim-n2` is killed
+/// (its disk keeps the old values), every key is deleted (siblings with the context of a
+/// read) at W = 2, and the cluster runs `down_rounds` rounds. Then `sim-n2` restarts and the
+/// cluster runs until no node holds anything of the keys. A tombstone collected before
+/// every replica held it lets `sim-n2`'s old value come back: the figures count that.
+pub async fn tombstone_collection(
+    mut config: SimConfig,
+    keys: usize,
+    down_rounds: u64,
+    max_rounds: u64,
+) -> TombstoneFigures {
+    config.config.buckets.retain(|name, _| name == "default" || name == "siblings");
+    config.config.cluster.hint_count_max = 0;
+    let buckets: Vec<String> = config.config.buckets.keys().cloned().collect();
+    let nodes = config.nodes;
+    let interval = config.config.cluster.gossip_interval_ms;
+    let world = World::new(config);
+    for i in 0..nodes {
+        world.start(i);
+    }
+    world.converge_views(600).await;
+    let keys: Vec<Vec<u8>> = (0..keys).map(|i| format!("doomed-{i}").into_bytes()).collect();
+    for bucket in &buckets {
+        for (k, key) in keys.iter().enumerate() {
+            let cluster = world.cluster(k % nodes).expect("every node runs");
+            let write = Write::Put { value: b"old".to_vec(), context: Vec::new() };
+            let options = WriteOptions { w: 3, ..WriteOptions::default() };
+            let _ = cluster.write(bucket, key, write, options).await;
+        }
+    }
+    world.sleep_ms(interval * 5).await;
+    let down = 1;
+    let down_id = world.id(down);
+    world.crash(down);
+    world.sleep_ms(interval * 15).await;
+    let mut deleted = 0;
+    let running: Vec<usize> = world.running();
+    for bucket in &buckets {
+        for (k, key) in keys.iter().enumerate() {
+            let cluster = world.cluster(running[k % running.len()]).expect("running");
+            let read = crate::node::wire::ReadOptions { r: 2, timeout_ms: 0 };
+            let context = match cluster.read(bucket, key, read).await {
+                Ok(Some(read)) => read.context,
+                _ => Vec::new(),
+            };
+            let options = WriteOptions { w: 2, ..WriteOptions::default() };
+            if cluster.write(bucket, key, Write::Delete { context }, options).await.is_ok() {
+                deleted += 1;
+            }
+        }
+    }
+    world.sleep_ms(interval * down_rounds).await;
+    let mut collected_while_down = 0;
+    for bucket in &buckets {
+        for key in &keys {
+            let replicas = world.replicas(bucket, key);
+            if replicas.iter().any(|(id, _)| *id == down_id)
+                && replicas.iter().any(|(id, state)| *id != down_id && state.is_none())
+            {
+                collected_while_down += 1;
+            }
+        }
+    }
+    world.start(down);
+    let mut reclaimed_rounds = None;
+    let mut resurrected = BTreeSet::new();
+    for round in 1..=max_rounds {
+        world.sleep_ms(interval).await;
+        // The restarted node holds its old values until it is repaired: not a resurrection
+        // unless they spread.
+        let spread =
+            live_keys(&world, &buckets, &keys).into_iter().filter(|(id, ..)| *id != down_id);
+        resurrected.extend(spread.map(|(_, bucket, key)| (bucket, key)));
+        if holds_nothing(&world, &buckets, &keys) {
+            reclaimed_rounds = Some(round);
+            break;
+        }
+    }
+    // Read every key through every node, and look again a while later.
+    for &i in &world.running() {
+        let cluster = world.cluster(i).expect("running");
+        for bucket in &buckets {
+            for key in &keys {
+                let read = crate::node::wire::ReadOptions { r: 3, timeout_ms: 0 };
+                if let Ok(Some(read)) = cluster.read(bucket, key, read).await {
+                    if read.value.is_some() {
+                        resurrected.insert((bucket.clone(), key.clone()));
+                    }
+                }
+            }
+        }
+    }
+    world.sleep_ms(interval * 20).await;
+    resurrected.extend(live_keys(&world, &buckets, &keys).into_iter().map(|(_, b, k)| (b, k)));
+    let fenced = world
+        .running()
+        .iter()
+        .filter_map(|&i| world.cluster(i))
+        .map(|c| c.store().states_fenced())
+        .sum();
+    TombstoneFigures {
+        keys: keys.len(),
+        deleted,
+        collected_while_down,
+        reclaimed_rounds,
+        resurrected: resurrected.len(),
+        fenced,
+    }
+}
+
+/// The (node, bucket, key) triples of live (not deleted) states running nodes hold.
+fn live_keys(
+    world: &World,
+    buckets: &[String],
+    keys: &[Vec<u8>],
+) -> Vec<(String, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for cluster in world.running().iter().filter_map(|&i| world.cluster(i)) {
+        for bucket in buckets {
+            let Ok(resolver) = cluster.store().bucket(bucket) else { continue };
+            for key in keys {
+                if let Ok(Some(state)) = cluster.store().fetch(bucket, key) {
+                    if !resolver.is_tombstone(&state) {
+                        out.push((cluster.me(), bucket.clone(), key.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether no running node holds a state or a hint of any of the keys.
+fn holds_nothing(world: &World, buckets: &[String], keys: &[Vec<u8>]) -> bool {
+    world.running().iter().filter_map(|&i| world.cluster(i)).all(|cluster| {
+        cluster.hints().counts().values().all(|&n| n == 0)
+            && buckets.iter().all(|bucket| {
+                keys.iter().all(|key| cluster.store().fetch(bucket, key).ok().flatten().is_none())
+            })
+    })
+}

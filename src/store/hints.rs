@@ -77,6 +77,10 @@ pub struct Hints {
     count_max: u64,
     bytes_max: u64,
     refused: Cell<u64>,
+    /// States kept as hints since start (new hints and merges into one held).
+    queued: Cell<u64>,
+    /// Hints delivered and dropped since start.
+    delivered: Cell<u64>,
     /// Hints held per owner, kept in step with the engine (counted once at open), so the
     /// read path can skip owners without hints without scanning.
     counts: RefCell<BTreeMap<String, u64>>,
@@ -158,6 +162,8 @@ impl Hints {
             count_max,
             bytes_max,
             refused: Cell::new(0),
+            queued: Cell::new(0),
+            delivered: Cell::new(0),
             counts: RefCell::new(counts),
         })
     }
@@ -196,6 +202,7 @@ impl Hints {
             }
         };
         self.engine.put(&stored_key, &merged)?;
+        self.queued.set(self.queued.get() + 1);
         Ok(())
     }
 
@@ -229,6 +236,7 @@ impl Hints {
         let stored_key = hint_key(&hint.owner, &hint.bucket, &hint.key);
         if self.engine.get(&stored_key)?.as_deref() == Some(hint.state.as_slice()) {
             self.engine.delete(&stored_key)?;
+            self.delivered.set(self.delivered.get() + 1);
             let mut counts = self.counts.borrow_mut();
             if let Some(count) = counts.get_mut(&hint.owner) {
                 *count = count.saturating_sub(1);
@@ -249,6 +257,16 @@ impl Hints {
     /// Hinted writes refused at the bounds since start.
     pub fn refused(&self) -> u64 {
         self.refused.get()
+    }
+
+    /// States kept as hints since start: new hints and merges into one held.
+    pub fn queued_count(&self) -> u64 {
+        self.queued.get()
+    }
+
+    /// Hints delivered to their owner (and dropped here) since start.
+    pub fn delivered_count(&self) -> u64 {
+        self.delivered.get()
     }
 
     /// The engine, for syncing.

@@ -51,6 +51,7 @@
 
 pub mod hints;
 pub mod sync_group;
+pub mod trees;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,6 +86,44 @@ pub struct Bucket {
     pub sibling_warnings: std::sync::atomic::AtomicU64,
     /// What its states mean.
     pub resolver: Arc<dyn Resolver>,
+    /// Its anti-entropy trees, by partition, kept up to date by every write ([`trees`]).
+    trees: std::sync::Mutex<trees::Trees>,
+    /// Tombstones collected recently, remembered against states in flight ([`trees::Collected`]).
+    collected: std::sync::Mutex<trees::Collected>,
+}
+
+impl Bucket {
+    fn trees(&self) -> std::sync::MutexGuard<'_, trees::Trees> {
+        self.trees.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn collected(&self) -> std::sync::MutexGuard<'_, trees::Collected> {
+        self.collected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `state` is a tombstone: it reads as not found, and only makes older writes
+    /// lose ([`trees`], "Tombstones"). Undecodable states are not.
+    pub fn is_tombstone(&self, state: &[u8]) -> bool {
+        is_tombstone(&*self.resolver, state)
+    }
+}
+
+/// Whether `state` of `resolver` reads as not found (a tombstone).
+fn is_tombstone(resolver: &dyn Resolver, state: &[u8]) -> bool {
+    match resolver.kind() {
+        // Decodes without copying the values.
+        ResolverKind::Siblings => {
+            cartwheel_resolvers::siblings::is_tombstone(state).unwrap_or(false)
+        }
+        // A counter always reads as a number.
+        ResolverKind::Pncounter => false,
+        _ => resolver.read(state).is_ok_and(|read| read.value.is_none()),
+    }
+}
+
+/// What a tree keeps of `key` holding `state`.
+fn summary(resolver: &dyn Resolver, key: &[u8], state: &[u8]) -> trees::Summary {
+    trees::Summary { hash: trees::entry_hash(key, state), tombstone: is_tombstone(resolver, state) }
 }
 
 /// The node's buckets, clock and limits.
@@ -106,6 +145,10 @@ pub struct Store {
     /// Buckets whose engine failure was seen (and the replica actor renewed for it), until
     /// the engine is reopened.
     failures_noticed: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// One tree build at a time ([`Store::tree_leaves`]).
+    tree_builder: tokio::sync::Mutex<()>,
+    /// States from peers dropped because a tombstone collected for their key supersedes them.
+    states_fenced: AtomicU64,
 }
 
 /// A store that could not open.
@@ -174,6 +217,8 @@ impl Store {
             max_clock_offset_ms: config.cluster.max_clock_offset_ms,
             states_refused: AtomicU64::new(0),
             failures_noticed: std::sync::Mutex::default(),
+            tree_builder: tokio::sync::Mutex::new(()),
+            states_fenced: AtomicU64::new(0),
         })
     }
 
@@ -182,6 +227,12 @@ impl Store {
     pub fn scan_on_calling_thread(mut self) -> Self {
         self.scans = None;
         self
+    }
+
+    /// Whether partition scans (and syncs the cluster waits for) run on the calling thread
+    /// ([`Store::scan_on_calling_thread`]).
+    pub fn scans_on_calling_thread(&self) -> bool {
+        self.scans.is_none()
     }
 
     /// The buckets whose engine failed a write or a sync (and so refuses writes: the bucket
@@ -220,8 +271,13 @@ impl Store {
     }
 
     /// A bucket's engine was reopened from its files after a failure: it takes writes again.
+    /// Its trees are dropped (recovery may have lost unsynced writes they counted) and built
+    /// again when next asked for.
     pub fn engine_reopened(&self, bucket: &str) {
         self.failures_noticed.lock().unwrap_or_else(|p| p.into_inner()).remove(bucket);
+        if let Some(bucket) = self.buckets.get(bucket) {
+            bucket.trees().clear();
+        }
         tracing::warn!(%bucket, "engine reopened from its files after a failure; writes resume");
     }
 
@@ -305,10 +361,28 @@ impl Store {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
         let storage_key = self.storage_key(bucket_name, key);
-        let current = bucket.engine.get(&storage_key)?;
+        let mut current = bucket.engine.get(&storage_key)?;
+        if current.is_none() {
+            // A tombstone collected moments ago still stands for the key's history.
+            current = self.remembered(bucket, key);
+        }
         let (state, read) = self.apply(bucket, current.as_deref(), write, Role::Replica)?;
         bucket.engine.put(&storage_key, &state)?;
+        self.noted(bucket, key, Some(&state));
         Ok((state, read))
+    }
+
+    /// The tombstone this node collected for `key` and still remembers, if any.
+    fn remembered(&self, bucket: &Bucket, key: &[u8]) -> Option<Vec<u8>> {
+        bucket.collected().get(key, self.clock.wall_ms()).map(<[u8]>::to_vec)
+    }
+
+    /// `key` of `bucket` now holds `state` (`None`: deleted): keep its partition's tree up
+    /// to date, if built.
+    fn noted(&self, bucket: &Bucket, key: &[u8], state: Option<&[u8]>) {
+        let partition = partition_of(key_hash(&bucket.name, key), self.partitions);
+        let resolver = &*bucket.resolver;
+        bucket.trees().note(partition, key, || state.map(|state| summary(resolver, key, state)));
     }
 
     /// Apply a client write for a key this node does not replicate, with the hint actor, to
@@ -401,9 +475,25 @@ impl Store {
         self.check_key(key)?;
         self.check_incoming(bucket_name, incoming)?;
         let storage_key = self.storage_key(bucket_name, key);
-        let merged = match bucket.engine.get(&storage_key)? {
-            Some(current) => bucket.resolver.merge(&current, incoming)?,
-            None => {
+        let current = bucket.engine.get(&storage_key)?;
+        let remembered = match current {
+            Some(_) => None,
+            None => self.remembered(bucket, key),
+        };
+        let merged = match (current.as_deref(), remembered) {
+            (Some(current), _) => bucket.resolver.merge(current, incoming)?,
+            (None, Some(tombstone)) => {
+                let merged = bucket.resolver.merge(&tombstone, incoming)?;
+                if merged == tombstone {
+                    // An older state, in flight while its tombstone was collected: it stays
+                    // deleted (see crate::cluster::anti_entropy, "Deletes that end").
+                    self.states_fenced.fetch_add(1, Ordering::Relaxed);
+                    return Ok(merged);
+                }
+                bucket.collected().forget(key);
+                merged
+            }
+            (None, None) => {
                 // Decoding checks the incoming state before it is stored.
                 bucket.resolver.read(incoming)?;
                 // No copy here, yet the state names this node's current replica actor: its
@@ -417,8 +507,19 @@ impl Store {
                 incoming.to_vec()
             }
         };
+        if current.as_deref() == Some(merged.as_slice()) {
+            // Nothing new: nothing to write, and the tree is right.
+            return Ok(merged);
+        }
         bucket.engine.put(&storage_key, &merged)?;
+        self.noted(bucket, key, Some(&merged));
         Ok(merged)
+    }
+
+    /// States from peers dropped since the start because a tombstone this node collected
+    /// supersedes them (a state that was in flight when it was collected).
+    pub fn states_fenced(&self) -> u64 {
+        self.states_fenced.load(Ordering::Relaxed)
     }
 
     /// Every (key, state) of one partition of a bucket: a prefix scan that reads no other
@@ -467,6 +568,182 @@ impl Store {
             .map_err(|e| Error::Internal(format!("a partition scan failed: {e}")))?
     }
 
+    /// The anti-entropy leaves of one partition of a bucket, from its tree ([`trees`]): at
+    /// once when the tree is built; else the tree is built first, one build at a time per
+    /// node, by a paced scan of the partition off the RPC thread.
+    pub async fn tree_leaves(
+        &self,
+        bucket_name: &str,
+        partition: u16,
+    ) -> Result<trees::Leaves, Error> {
+        let bucket = self.bucket(bucket_name)?;
+        if let Some(tree) = bucket.trees().built(partition) {
+            return Ok(tree.leaves().clone());
+        }
+        let _builder = self.tree_builder.lock().await;
+        if let Some(tree) = bucket.trees().built(partition) {
+            return Ok(tree.leaves().clone());
+        }
+        self.build_tree(bucket, partition).await?;
+        match bucket.trees().built(partition) {
+            Some(tree) => Ok(tree.leaves().clone()),
+            None => Err(Error::Overloaded(format!(
+                "the anti-entropy tree of partition {partition} of {bucket_name} was written \
+                 to too much while it was built: try again later"
+            ))),
+        }
+    }
+
+    /// Build one partition's tree (the caller holds the builder lock): scan, then re-read
+    /// the keys written meanwhile on this thread ([`trees`], "Building, once").
+    async fn build_tree(&self, bucket: &Bucket, partition: u16) -> Result<(), Error> {
+        if !bucket.trees().begin_build(partition) {
+            return Ok(());
+        }
+        /// Abandons the build unless it finished: a scan that failed, or a caller that
+        /// stopped waiting, leaves no half-built slot behind.
+        struct Abandon<'a>(&'a Bucket, u16);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                self.0.trees().abandon_build(self.1);
+            }
+        }
+        let abandon = Abandon(bucket, partition);
+        let resolver = Arc::clone(&bucket.resolver);
+        let mut pace = Pace::new(self.scans.is_some(), trees::TREE_BUILD_KEYS_PER_SECOND);
+        let visit = move |tree: &mut trees::PartitionTree, key: &[u8], state: &[u8]| {
+            tree.set(key, Some(summary(&*resolver, key, state)));
+            pace.tick();
+        };
+        let scanned = self
+            .fold_partition(&bucket.name, partition, trees::PartitionTree::default(), visit)
+            .await?;
+        let mut failed = None;
+        let reread = |key: &[u8]| match bucket.engine.get(&self.storage_key(&bucket.name, key)) {
+            Ok(state) => state.map(|state| summary(&*bucket.resolver, key, &state)),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        };
+        let built = bucket.trees().finish_build(partition, scanned, reread);
+        drop(abandon);
+        if let Some(e) = failed {
+            bucket.trees().abandon_build(partition);
+            if built {
+                bucket.trees().clear();
+            }
+            return Err(e.into());
+        }
+        if built {
+            tracing::debug!(bucket = %bucket.name, partition, "anti-entropy tree built");
+        }
+        Ok(())
+    }
+
+    /// Whether one partition's tree is built.
+    pub fn tree_built(&self, bucket: &str, partition: u16) -> Result<bool, Error> {
+        Ok(self.bucket(bucket)?.trees().built(partition).is_some())
+    }
+
+    /// The keys of some segments of a partition with their entry hashes, from its tree (no
+    /// value is read); `None` when the tree is not built.
+    pub fn tree_hashes(
+        &self,
+        bucket: &str,
+        partition: u16,
+        segments: &[u16],
+    ) -> Result<Option<trees::KeyHashes>, Error> {
+        Ok(self.bucket(bucket)?.trees().built(partition).map(|tree| tree.hashes(segments)))
+    }
+
+    /// The states of `keys` (those that have one), read in that order off the RPC thread
+    /// like a scan, until they pass `budget` bytes (the first is always read).
+    pub async fn fetch_many(
+        &self,
+        bucket: &str,
+        keys: Vec<Vec<u8>>,
+        budget: usize,
+    ) -> Result<Vec<Entry>, Error> {
+        let engine = Arc::clone(&self.bucket(bucket)?.engine);
+        let stored: Vec<(Vec<u8>, Vec<u8>)> =
+            keys.into_iter().map(|key| (self.storage_key(bucket, &key), key)).collect();
+        let read = move || -> Result<Vec<Entry>, Error> {
+            let mut out = Vec::new();
+            let mut used = 0;
+            for (stored, key) in stored {
+                if let Some(state) = engine.get(&stored)? {
+                    used += key.len() + state.len();
+                    out.push((key, state));
+                    if used > budget {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let Some(scans) = &self.scans else { return read() };
+        let _admitted = Arc::clone(scans)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Internal("the partition scan queue is closed".into()))?;
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| Error::Internal(format!("a read of keys failed: {e}")))?
+    }
+
+    /// Up to `max` tombstones of built trees of a bucket, as (partition, key), starting at
+    /// the `skip`-th (mod their number) so that successive calls go round them all.
+    pub fn tombstones(
+        &self,
+        bucket: &str,
+        max: usize,
+        skip: usize,
+    ) -> Result<Vec<(u16, Vec<u8>)>, Error> {
+        let bucket = self.bucket(bucket)?;
+        let trees = bucket.trees();
+        let total: usize = trees.all_built().map(|(_, tree)| tree.tombstone_count()).sum();
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let all =
+            || trees.all_built().flat_map(|(p, tree)| tree.tombstones().map(move |key| (p, key)));
+        let picked = all().chain(all()).skip(skip % total).take(max.min(total));
+        Ok(picked.map(|(p, key)| (p, key.to_vec())).collect())
+    }
+
+    /// Collect a tombstone: delete `key` if it still holds `tombstone`, and remember it until
+    /// `until_ms` (this node's wall clock) against older states in flight. Returns whether
+    /// it was deleted, and what the deleted state recorded of the replica actor (the caller
+    /// takes a new replica epoch when that is not 0: [`crate::actors`]). Refuses (false) when
+    /// [`trees::COLLECTED_REMEMBERED_MAX`] tombstones are remembered already.
+    pub fn collect(
+        &self,
+        bucket_name: &str,
+        key: &[u8],
+        tombstone: &[u8],
+        until_ms: u64,
+    ) -> Result<(bool, u64), Error> {
+        let bucket = self.bucket(bucket_name)?;
+        if bucket.collected().prune(self.clock.wall_ms()) >= trees::COLLECTED_REMEMBERED_MAX {
+            return Ok((false, 0));
+        }
+        let storage_key = self.storage_key(bucket_name, key);
+        if bucket.engine.get(&storage_key)?.as_deref() != Some(tombstone) {
+            return Ok((false, 0));
+        }
+        bucket.engine.delete(&storage_key)?;
+        bucket.collected().remember(key, tombstone, until_ms);
+        self.noted(bucket, key, None);
+        let recorded = bucket.resolver.issued(tombstone, &self.actors.actor(Role::Replica))?;
+        Ok((true, recorded))
+    }
+
+    /// This node's wall clock, in milliseconds (the simulation's, in a simulation).
+    pub fn wall_ms(&self) -> u64 {
+        self.clock.wall_ms()
+    }
+
     /// Delete a key's state if it is still `state` (a handed-off copy that no write touched
     /// since it was sent). Returns whether it was deleted. A deleted copy that held writes of
     /// the current replica actor makes the node take a new replica epoch.
@@ -482,6 +759,7 @@ impl Store {
             return Ok(false);
         }
         bucket.engine.delete(&storage_key)?;
+        self.noted(bucket, key, None);
         let recorded = bucket.resolver.issued(state, &self.actors.actor(Role::Replica))?;
         if self.actors.dropped(Role::Replica, recorded) {
             tracing::info!(bucket = %bucket_name, "handed off a copy with this node's writes: new replica epoch");
@@ -500,6 +778,32 @@ impl Store {
 
     fn storage_key(&self, bucket: &str, key: &[u8]) -> Vec<u8> {
         storage_key(partition_of(key_hash(bucket, key), self.partitions), key)
+    }
+}
+
+/// Paces a scan on the blocking pool at `per_second` keys: every 1 024 keys it sleeps for
+/// what it ran ahead. A scan on the calling thread (the simulation) is not paced.
+struct Pace {
+    on: bool,
+    per_second: u64,
+    started: std::time::Instant,
+    keys: u64,
+}
+
+impl Pace {
+    fn new(on: bool, per_second: u64) -> Self {
+        Self { on, per_second: per_second.max(1), started: std::time::Instant::now(), keys: 0 }
+    }
+
+    fn tick(&mut self) {
+        self.keys += 1;
+        if !self.on || self.keys % 1_024 != 0 {
+            return;
+        }
+        let due = std::time::Duration::from_micros(self.keys * 1_000_000 / self.per_second);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
     }
 }
 
@@ -526,7 +830,9 @@ fn check_write_sizes(store: &Store, write: &Write) -> Result<(), Error> {
         Write::Update { ops, .. } => {
             for op in ops {
                 let element = match op {
-                    Op::CounterIncrement(_) => continue,
+                    Op::CounterIncrement(_) | Op::CounterReset | Op::SetClear | Op::CartClear => {
+                        continue
+                    }
                     Op::SetAdd(e) | Op::SetRemove(e) | Op::CartRemove(e) => e,
                     Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } => item,
                 };
@@ -544,6 +850,8 @@ fn bucket(name: &str, config: &BucketConfig, engine: Arc<dyn StorageEngine>) -> 
         engine,
         resolver: cartwheel_resolvers::build(config.resolver, config.resolver_config),
         sibling_warnings: std::sync::atomic::AtomicU64::new(0),
+        trees: std::sync::Mutex::default(),
+        collected: std::sync::Mutex::default(),
     }
 }
 

@@ -41,9 +41,16 @@ pub struct SyncGroups {
     groups: Rc<RefCell<HashMap<usize, Group>>>,
     /// Blocking syncs started, over all engines.
     syncs: Rc<std::cell::Cell<u64>>,
+    /// Told of each sync and how long it took ([`crate::metrics`]).
+    observer: Option<crate::metrics::SyncObserver>,
 }
 
 impl SyncGroups {
+    /// Sync groups that tell `observer` of every sync they run.
+    pub fn observed_by(observer: crate::metrics::SyncObserver) -> Self {
+        Self { observer: Some(observer), ..Self::default() }
+    }
+
     /// Wait until everything `engine` took before this call is durable (see the module doc).
     pub async fn sync(&self, engine: &Arc<dyn StorageEngine>) -> Result<(), Error> {
         let id = Arc::as_ptr(engine).cast::<()>() as usize;
@@ -56,7 +63,8 @@ impl SyncGroups {
         };
         if start {
             let (groups, syncs) = (Rc::clone(&self.groups), Rc::clone(&self.syncs));
-            tokio::task::spawn_local(rounds(groups, syncs, id, Arc::clone(engine)));
+            let observer = self.observer.clone();
+            tokio::task::spawn_local(rounds(groups, syncs, observer, id, Arc::clone(engine)));
         }
         answer.await.map_err(|_| Error::Internal("the sync task ended without an answer".into()))?
     }
@@ -71,6 +79,7 @@ impl SyncGroups {
 async fn rounds(
     groups: Rc<RefCell<HashMap<usize, Group>>>,
     syncs: Rc<std::cell::Cell<u64>>,
+    observer: Option<crate::metrics::SyncObserver>,
     id: usize,
     engine: Arc<dyn StorageEngine>,
 ) {
@@ -86,7 +95,12 @@ async fn rounds(
         };
         syncs.set(syncs.get() + 1);
         let engine = Arc::clone(&engine);
-        let outcome = match tokio::task::spawn_blocking(move || engine.sync()).await {
+        let started = std::time::Instant::now();
+        let synced = tokio::task::spawn_blocking(move || engine.sync()).await;
+        if let Some(observer) = &observer {
+            observer.synced(started);
+        }
+        let outcome = match synced {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::from(e)),
             Err(e) => Err(Error::Internal(format!("sync task failed: {e}"))),

@@ -66,6 +66,7 @@ impl Shared {
         state.committing = false;
         if let Ok(Some(txn)) = committed {
             state.durable_txn = txn;
+            self.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.commit_done.notify_all();
         // The open transaction at the freeze held every write of the target, or had no

@@ -254,6 +254,8 @@ struct Shared {
     commit_done: Condvar,
     /// Set after an I/O failure while writing: later writes and syncs are refused.
     failed: AtomicBool,
+    /// Commits written since open.
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -346,6 +348,8 @@ impl Shared {
             live_bytes: tree.live_bytes,
             dead_bytes: dead_pages * PAGE_SIZE as u64,
             memory_bytes: cached + tree.dirty_bytes,
+            merges: 0,
+            syncs: self.commits.load(Ordering::Relaxed),
         }
     }
 }

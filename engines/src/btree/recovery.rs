@@ -45,6 +45,7 @@ impl Shared {
             commit_state: Mutex::new(CommitState::default()),
             commit_done: Condvar::new(),
             failed: AtomicBool::new(false),
+            commits: std::sync::atomic::AtomicU64::new(0),
         };
         let (meta, (free, held)) = engine.recover()?;
         let tree = engine.tree.get_mut().unwrap_or_else(|p| p.into_inner());

@@ -68,6 +68,14 @@ impl MemLog {
     }
 }
 
+impl MemLog {
+    /// Flushes that made appends durable with an `fdatasync` since open (group commits:
+    /// one serves every `sync` caller waiting for it).
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+}
+
 impl Shared {
     /// Write what is pending and fdatasync it, through `ring` when the flusher has one.
     /// Returns the append count now durable.
@@ -91,6 +99,7 @@ impl Shared {
                 None => segment.file.sync_data(),
             }
             .map_err(EngineError::io("fdatasync segment"))?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
             self.durable_to(segment.id, written);
         }
         Ok(target)

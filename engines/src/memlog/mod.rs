@@ -173,6 +173,8 @@ struct Shared {
     durable: Mutex<(u32, u64)>,
     /// The segment id a spare was last started for, so appends check it without a lock.
     spare_started: AtomicU32,
+    /// `fdatasync`s of the active segment done by flushes, since open.
+    syncs: AtomicU64,
 }
 
 /// An open memory log. See the module documentation.
@@ -312,6 +314,7 @@ impl MemLog {
             spare: Mutex::new(None),
             preparer: Mutex::new(None),
             spare_started: AtomicU32::new(0),
+            syncs: AtomicU64::new(0),
             durable: Mutex::new((active_id, end)),
         });
         // The ring is made here, so that the backend in use is known when `open` returns;
