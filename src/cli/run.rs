@@ -45,6 +45,14 @@ pub(super) fn up(nodes: u16, port: u16, data_dir: PathBuf, log_format: LogFormat
         let id = format!("n{}", i + 1);
         let address = format!("127.0.0.1:{}", port + i);
         let metrics = up_metrics_port(port, nodes).map(|first| format!("127.0.0.1:{}", first + i));
+        // A busy metrics port must not keep the node from starting: it then serves none.
+        let metrics = metrics.filter(|address| {
+            let free = std::net::TcpListener::bind(address.as_str()).is_ok();
+            if !free {
+                eprintln!("cartwheel: {address} is in use; node {id} serves no metrics");
+            }
+            free
+        });
         let metrics_line =
             metrics.as_ref().map(|m| format!("metrics_listen = \"{m}\"\n")).unwrap_or_default();
         let config = data_dir.join(format!("{id}.toml"));

@@ -20,7 +20,7 @@
 //! 1. both sides' leaves (2 KiB each, from memory: no value is read);
 //! 2. for the segments whose leaves differ, the peer's entries (`segmentEntries`: the peer
 //!    reads the values of those segments' keys only, which its tree lists, at most half a
-//!    message: [`fit_answer`]);
+//!    message, from a rotating start);
 //! 3. each entry whose hash differs from this node's hash of the key is merged here
 //!    ([`crate::store::Store::merge`]; one stamped too far ahead of this node's clock is
 //!    refused and skipped, and the rest of the segment is still repaired);
@@ -204,7 +204,7 @@ impl Cluster {
 
     /// This node's (key, state) pairs in some segments of a partition: the tree lists the
     /// segments' keys, and only their values are read, off the RPC thread, at most half a
-    /// message from a rotating start ([`fit_answer`]).
+    /// message from a rotating start.
     pub async fn segment_entries(
         &self,
         bucket: &str,
@@ -258,7 +258,6 @@ impl Cluster {
         let theirs = self.tree_leaves_of(peer, bucket, partition).await?;
         let ours = self.tree_leaves(bucket, partition).await?;
         let segments = differing(&ours, &theirs);
-        self.metrics().anti_entropy_exchange(bucket);
         if segments.is_empty() {
             return Ok(());
         }
@@ -308,7 +307,6 @@ impl Cluster {
             }
         }
         tracing::info!(%peer, %bucket, partition, segments = segments.len(), received = remote.len(), sent = repaired, "anti-entropy repaired a partition");
-        self.metrics().anti_entropy_repairs(bucket, remote.len(), repaired);
         Ok(())
     }
 
