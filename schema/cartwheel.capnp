@@ -129,6 +129,7 @@ struct NodeInfo {
   state @2 :NodeState;    # as the answering node sees it
   partitionsOwned @3 :UInt32;
   hintsQueued @4 :UInt64; # hints the answering node holds for this member
+  dataBytes @5 :UInt64;   # live bytes the member stores, all buckets (gossiped; status only)
 }
 
 struct Ring {
@@ -183,6 +184,7 @@ struct Status {
   security @15 :Text;            # "tls" or "insecure"
   claimant @16 :Text;            # the member that commits ring changes, as this node sees it
   transfers @17 :Transfers;      # the ring change in flight, and this node's part in it
+  partitions @18 :UInt32;        # Q
 }
 
 # A ring change in flight (DESIGN "Membership changes"), as one node sees it.
@@ -195,6 +197,8 @@ struct Transfers {
   segmentsCopied @5 :UInt64;     # hash-tree segments exchanged by this node's copies
   elapsedMs @6 :UInt64;          # since this node's first copy in it
   waiting @7 :Text;              # why a copy waits (a source down), if one does
+  keysCopied @8 :UInt64;         # entries this node's copies received
+  bytesCopied @9 :UInt64;        # and their bytes
 }
 
 # A membership change request (admin): staged on the claimant, applied by `commit`.
@@ -298,6 +302,7 @@ struct Member {
   configDigest @5 :Data;     # digest of the member's bucket configuration
   holdsFor @6 :UInt64;       # the ring transition `holds` is about (0: none)
   holds @7 :List(UInt16);    # partitions of that transition the member copied and verified
+  dataBytes @8 :UInt64;      # live bytes the member stores, all buckets (as it last said)
 }
 
 # What a node knows of the cluster, exchanged by gossip.

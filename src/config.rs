@@ -170,6 +170,8 @@ pub struct ClusterSettings {
     /// Partitions a node copies at once while the ring changes (DESIGN "Membership
     /// changes"); at least 1.
     pub transfer_limit: usize,
+    /// Bytes per second a node copies at most while the ring changes; 0: no limit.
+    pub transfer_bytes_per_s: u64,
     /// Whether the claimant joins new members by itself, or waits for `admin join`.
     pub auto_join: bool,
 }
@@ -184,6 +186,7 @@ impl Default for ClusterSettings {
             anti_entropy_partitions_per_round: 1,
             max_clock_offset_ms: 500,
             transfer_limit: 2,
+            transfer_bytes_per_s: 0,
             auto_join: true,
         }
     }
@@ -468,6 +471,7 @@ struct RawCluster {
     anti_entropy_partitions_per_round: Option<usize>,
     max_clock_offset_ms: Option<u64>,
     transfer_limit: Option<usize>,
+    transfer_bytes_per_s: Option<u64>,
     auto_join: Option<bool>,
 }
 
@@ -543,6 +547,10 @@ impl RawConfig {
                 .max_clock_offset_ms
                 .unwrap_or(defaults.max_clock_offset_ms),
             transfer_limit: self.cluster.transfer_limit.unwrap_or(defaults.transfer_limit),
+            transfer_bytes_per_s: self
+                .cluster
+                .transfer_bytes_per_s
+                .unwrap_or(defaults.transfer_bytes_per_s),
             auto_join: self.cluster.auto_join.unwrap_or(defaults.auto_join),
         };
         if !(1..=64).contains(&cluster.transfer_limit) {

@@ -268,6 +268,7 @@ fn a_gossiped_stranger_gets_no_partition_and_is_forgotten() {
         leaving: false,
         config_digest: digest,
         holds: Default::default(),
+        data_bytes: 0,
     });
     for address in &cluster.addresses {
         gossip(address, "n2", &forged).unwrap();

@@ -436,6 +436,7 @@ mod tests {
             state: "up".into(),
             partitions_owned: 0,
             hints_queued: 0,
+            data_bytes: 0,
         }
     }
 

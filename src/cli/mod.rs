@@ -567,6 +567,8 @@ fn status_json(status: &crate::client::NodeStatus) -> serde_json::Value {
             "held": status.transfers.held,
             "running": status.transfers.running,
             "segments_copied": status.transfers.segments_copied,
+            "keys_copied": status.transfers.keys_copied,
+            "bytes_copied": status.transfers.bytes_copied,
             "elapsed_ms": status.transfers.elapsed_ms,
             "waiting": status.transfers.waiting,
         },
@@ -576,7 +578,9 @@ fn status_json(status: &crate::client::NodeStatus) -> serde_json::Value {
             "state": m.state,
             "partitions_owned": m.partitions_owned,
             "hints_queued": m.hints_queued,
+            "data_bytes": m.data_bytes,
         })).collect::<Vec<_>>(),
+        "partitions": status.partitions,
         "buckets": status.buckets.iter().map(|b| json!({
             "name": b.name,
             "engine": b.engine,
@@ -1072,17 +1076,27 @@ fn print_status(status: &crate::client::NodeStatus) {
     );
     let t = &status.transfers;
     if t.transition != 0 {
+        let seconds = t.elapsed_ms as f64 / 1000.0;
+        let rate = if seconds > 0.0 { t.bytes_copied as f64 / seconds } else { 0.0 };
+        let eta = match (t.held, t.receiving) {
+            (_, 0) => "nothing to copy here".to_string(),
+            (0, _) => "ETA unknown".to_string(),
+            (held, receiving) => {
+                format!("ETA {:.0} s", seconds * f64::from(receiving - held) / f64::from(held))
+            }
+        };
         let _ = writeln!(
             out,
-            "ring change {} in flight: {} partitions still moving; this node takes over {} \
-             and holds {} of them ({} copying now, {} segments exchanged, {:.1} s){}",
+            "ring change {} in flight: {} partitions still moving; this node takes over {} and \
+             holds {} of them ({} copying now); copied {} keys, {} in {seconds:.1} s ({}/s); {eta}{}",
             t.transition,
             t.moving,
             t.receiving,
             t.held,
             t.running.len(),
-            t.segments_copied,
-            t.elapsed_ms as f64 / 1000.0,
+            t.keys_copied,
+            human_bytes(t.bytes_copied),
+            human_bytes(rate as u64),
             if t.waiting.is_empty() { String::new() } else { format!("; waiting: {}", t.waiting) }
         );
     }
@@ -1099,14 +1113,24 @@ fn print_status(status: &crate::client::NodeStatus) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<12} {:<24} {:<8} {:>10} {:>12}",
-        "MEMBER", "ADDRESS", "STATE", "PARTITIONS", "HINTS HERE"
+        "{:<12} {:<24} {:<8} {:>10} {:>7} {:>10} {:>12}",
+        "MEMBER", "ADDRESS", "STATE", "PARTITIONS", "OWNED", "DATA", "HINTS HERE"
     );
     for m in &status.members {
+        let share = match status.partitions {
+            0 => String::from("-"),
+            q => format!("{:.1}%", 100.0 * f64::from(m.partitions_owned) / f64::from(q)),
+        };
         let _ = writeln!(
             out,
-            "{:<12} {:<24} {:<8} {:>10} {:>12}",
-            m.id, m.address, m.state, m.partitions_owned, m.hints_queued
+            "{:<12} {:<24} {:<8} {:>10} {:>7} {:>10} {:>12}",
+            m.id,
+            m.address,
+            m.state,
+            m.partitions_owned,
+            share,
+            human_bytes(m.data_bytes),
+            m.hints_queued
         );
     }
     let _ = writeln!(out);
@@ -1125,8 +1149,8 @@ fn print_status(status: &crate::client::NodeStatus) {
             b.resolver,
             format!("{n}/{r}/{w}/{dw}"),
             b.entries,
-            b.live_bytes,
-            b.memory_bytes,
+            human_bytes(b.live_bytes),
+            human_bytes(b.memory_bytes),
             if b.durable { "yes" } else { "no" }
         );
     }

@@ -101,6 +101,8 @@ pub struct MemberStatus {
     pub partitions_owned: u32,
     /// Hints the answering node holds for it.
     pub hints_queued: u64,
+    /// Live bytes it stores, all buckets, as it last gossiped (`status` only; 0 in `ring`).
+    pub data_bytes: u64,
 }
 
 /// One bucket as `status` reports it.
@@ -163,6 +165,8 @@ pub struct NodeStatus {
     pub claimant: String,
     /// The ring change in flight, and the answering node's part in it.
     pub transfers: TransferStatus,
+    /// The partition count Q.
+    pub partitions: u32,
 }
 
 /// A ring change in flight, as one node reports it in `status`.
@@ -184,6 +188,10 @@ pub struct TransferStatus {
     pub elapsed_ms: u64,
     /// Why a copy waits, if one does.
     pub waiting: String,
+    /// Entries the node's copies received.
+    pub keys_copied: u64,
+    /// And their bytes.
+    pub bytes_copied: u64,
 }
 
 /// A membership change request (needs the admin grant): see [`Client::cluster`].
@@ -553,8 +561,11 @@ impl Client {
                     segments_copied: t.get_segments_copied(),
                     elapsed_ms: t.get_elapsed_ms(),
                     waiting: text(t.get_waiting())?,
+                    keys_copied: t.get_keys_copied(),
+                    bytes_copied: t.get_bytes_copied(),
                 }
             },
+            partitions: s.get_partitions(),
         })
     }
 
@@ -668,6 +679,7 @@ fn member(node: crate::cartwheel_capnp::node_info::Reader<'_>) -> Result<MemberS
         state: state.to_string(),
         partitions_owned: node.get_partitions_owned(),
         hints_queued: node.get_hints_queued(),
+        data_bytes: node.get_data_bytes(),
     })
 }
 

@@ -121,6 +121,8 @@ impl Cluster {
 
     pub(super) async fn gossip_round(&self, round: u64) {
         self.save_membership().await;
+        let data_bytes = self.store.buckets().map(|b| b.engine.stats().live_bytes).sum();
+        self.membership.borrow_mut().set_data_bytes(data_bytes);
         let ticked = self.membership.borrow_mut().tick(self.now_ms());
         let (view, notices) = match ticked {
             Ok(ticked) => ticked,

@@ -156,6 +156,8 @@ pub struct MemberInfo {
     pub config_digest: Vec<u8>,
     /// The partitions of the ring transition in flight it copied and verified.
     pub holds: Holds,
+    /// Live bytes it stores, all buckets, as it last said (for `status`).
+    pub data_bytes: u64,
 }
 
 /// What a member says it holds of a ring transition ([`crate::ring::transition`]): the
@@ -775,6 +777,13 @@ impl Membership {
     pub fn set_holds(&mut self, holds: Holds) {
         if let Some(me) = self.members.get_mut(&self.me) {
             me.info.holds = holds;
+        }
+    }
+
+    /// Say how many live bytes this node stores (gossiped with its entry).
+    pub fn set_data_bytes(&mut self, bytes: u64) {
+        if let Some(me) = self.members.get_mut(&self.me) {
+            me.info.data_bytes = bytes;
         }
     }
 

@@ -115,6 +115,7 @@ mod tests {
             leaving: false,
             config_digest: vec![1, 2, 3],
             holds: Default::default(),
+            data_bytes: 0,
         };
         let mut ring = Ownership::single("a", 8);
         ring.owners = ["a", "b", "a", "b", "a", "b", "a", "b"].map(String::from).to_vec();
@@ -155,6 +156,7 @@ mod tests {
             leaving: false,
             config_digest: vec![1, 2, 3],
             holds: Default::default(),
+            data_bytes: 0,
         };
         let timing = Timing::for_interval(100);
         let mut restarted = Membership::new(me, 8, 3, timing, 0);

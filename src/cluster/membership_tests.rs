@@ -12,6 +12,7 @@ fn info(id: &str) -> MemberInfo {
         leaving: false,
         config_digest: vec![1],
         holds: Default::default(),
+        data_bytes: 0,
     }
 }
 

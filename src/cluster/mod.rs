@@ -120,6 +120,8 @@ pub struct Cluster {
     anti_entropy_per_round: usize,
     /// Partitions copied at once during a ring transition (`cluster.transfer_limit`).
     transfer_limit: usize,
+    /// Bytes per second copied at most during a ring transition (`None`: no limit).
+    transfer_bytes_per_s: Option<u64>,
     /// Progress of this node's copies during a ring transition ([`transfer`]).
     transfers: RefCell<transfer::Transfers>,
     /// Index into the (bucket, partition) pairs of the next anti-entropy exchange.
@@ -195,6 +197,7 @@ impl Cluster {
             leaving: false,
             config_digest: environment.config_digest,
             holds: Holds::default(),
+            data_bytes: 0,
         };
         let target_n = config.buckets.values().map(|b| b.n as usize).max().unwrap_or(3);
         let timing = Timing::for_interval(config.cluster.gossip_interval_ms);
@@ -233,6 +236,7 @@ impl Cluster {
             handoff: RefCell::new(Handoff::default()),
             anti_entropy_per_round: config.cluster.anti_entropy_partitions_per_round,
             transfer_limit: config.cluster.transfer_limit,
+            transfer_bytes_per_s: Some(config.cluster.transfer_bytes_per_s).filter(|r| *r > 0),
             transfers: RefCell::new(transfer::Transfers::default()),
             anti_entropy_cursor: std::cell::Cell::new(0),
             hints_failure_noticed: std::cell::Cell::new(false),

@@ -10,7 +10,8 @@
 //! partition once all its receivers hold it.
 //!
 //! Throttled: at most `cluster.transfer_limit` partitions are copied at once, batch after
-//! batch for at most one gossip interval per round. A source that is down makes the partition wait
+//! batch for at most one gossip interval per round, and at most
+//! `cluster.transfer_bytes_per_s` bytes per second (0: no limit). A source that is down makes the partition wait
 //! (its data may be the only copy of some writes): `remove` the source if it is gone for
 //! good. Resumable: what a node holds is in memory, and after a restart it copies again
 //! only the partitions that have not moved yet; an exchange of equal partitions reads no
@@ -46,6 +47,10 @@ pub struct Transfers {
     pub running: Vec<u16>,
     /// Hash-tree segments found differing and exchanged in this transition.
     pub segments: u64,
+    /// Entries received from sources in this transition.
+    pub keys: u64,
+    /// Their bytes (keys and states).
+    pub bytes: u64,
     /// When the transition's first copy started.
     pub started: Option<Instant>,
     /// Why a partition waits, if one does (a source down).
@@ -160,10 +165,13 @@ impl Cluster {
         Ok(None)
     }
 
-    /// Exchange `bucket`'s `partition` with `source` and compare leaves, up to
-    /// [`VERIFY_ATTEMPTS`] times: whether they came out equal.
+    /// Copy `bucket`'s `partition` from `source` and verify it, up to [`VERIFY_ATTEMPTS`]
+    /// times: compare leaves; pull the entries of the segments that differ and merge them
+    /// (throttled to `cluster.transfer_bytes_per_s`); when leaves still differ (this node
+    /// holds something the source lacks: a write it missed), exchange both ways. Whether
+    /// the leaves came out equal.
     async fn verify_copy(&self, source: &str, bucket: &str, partition: u16) -> Result<bool, Error> {
-        for _ in 0..VERIFY_ATTEMPTS {
+        for attempt in 0..VERIFY_ATTEMPTS {
             let theirs = self.tree_leaves_of(source, bucket, partition).await?;
             let ours = self.tree_leaves(bucket, partition).await?;
             let segments = differing(&ours, &theirs);
@@ -171,8 +179,43 @@ impl Cluster {
                 return Ok(true);
             }
             self.transfers.borrow_mut().segments += segments.len() as u64;
-            self.exchange_partition(source, bucket, partition).await?;
+            if attempt > 0 {
+                self.exchange_partition(source, bucket, partition).await?;
+                continue;
+            }
+            let entries = self.segment_entries_of(source, bucket, partition, &segments).await?;
+            let mut bytes = 0u64;
+            for (key, state) in &entries {
+                match self.store.merge(bucket, key, state) {
+                    Ok(_) => {}
+                    // Refused (stamped too far ahead): the next comparison shows it.
+                    Err(Error::BadRequest(_) | Error::KeyTooLarge(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                bytes += (key.len() + state.len()) as u64;
+            }
+            {
+                let mut transfers = self.transfers.borrow_mut();
+                transfers.keys += entries.len() as u64;
+                transfers.bytes += bytes;
+            }
+            self.metrics().transfer(bucket, entries.len() as u64, false);
+            self.throttle().await;
         }
         Ok(false)
+    }
+
+    /// Sleep until this transition's copies are back under `cluster.transfer_bytes_per_s`.
+    async fn throttle(&self) {
+        let Some(rate) = self.transfer_bytes_per_s else { return };
+        let (bytes, started) = {
+            let transfers = self.transfers.borrow();
+            (transfers.bytes, transfers.started)
+        };
+        let Some(started) = started else { return };
+        let due = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
     }
 }

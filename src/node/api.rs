@@ -331,8 +331,10 @@ impl cartwheel::Server for Api {
             info.set_state(cluster.member_state(&member.id, *health, member.leaving));
             info.set_partitions_owned(ring.owned_by(&member.id) as u32);
             info.set_hints_queued(hint_counts.get(&member.id).copied().unwrap_or(0));
+            info.set_data_bytes(member.data_bytes);
         }
         status.set_claimant(cluster.claimant().unwrap_or_default());
+        status.set_partitions(ring.partitions());
         let transfers = cluster.transfers();
         let mut t = status.reborrow().init_transfers();
         if let Some(next) = &ring.next {
@@ -342,6 +344,8 @@ impl cartwheel::Server for Api {
                 t.set_receiving(transfers.receiving as u32);
                 t.set_held(transfers.held as u32);
                 t.set_segments_copied(transfers.segments);
+                t.set_keys_copied(transfers.keys);
+                t.set_bytes_copied(transfers.bytes);
                 let elapsed = transfers.started.map_or(0, |s| s.elapsed().as_millis() as u64);
                 t.set_elapsed_ms(elapsed);
                 t.set_waiting(transfers.waiting.as_deref().unwrap_or(""));

@@ -318,6 +318,7 @@ pub fn set_view(mut builder: view::Builder<'_>, v: &View) {
         b.set_leaving(m.leaving);
         b.set_config_digest(&m.config_digest);
         b.set_holds_for(m.holds.transition);
+        b.set_data_bytes(m.data_bytes);
         let mut holds = b.init_holds(m.holds.partitions.len() as u32);
         for (i, p) in m.holds.partitions.iter().enumerate() {
             holds.set(i as u32, *p);
@@ -371,6 +372,7 @@ pub fn get_view(reader: view::Reader<'_>) -> Result<View, Error> {
                 transition: m.get_holds_for(),
                 partitions: m.get_holds().map_err(bad)?.iter().collect(),
             },
+            data_bytes: m.get_data_bytes(),
         });
     }
     Ok(View { members, ring: get_ring(reader.get_ring().map_err(bad)?)?, revoked_tokens })
