@@ -258,6 +258,7 @@ impl Cluster {
         let theirs = self.tree_leaves_of(peer, bucket, partition).await?;
         let ours = self.tree_leaves(bucket, partition).await?;
         let segments = differing(&ours, &theirs);
+        self.metrics().anti_entropy_exchange(bucket);
         if segments.is_empty() {
             return Ok(());
         }
@@ -307,6 +308,7 @@ impl Cluster {
             }
         }
         tracing::info!(%peer, %bucket, partition, segments = segments.len(), received = remote.len(), sent = repaired, "anti-entropy repaired a partition");
+        self.metrics().anti_entropy_repairs(bucket, remote.len(), repaired);
         Ok(())
     }
 
