@@ -185,6 +185,17 @@ struct Status {
   claimant @16 :Text;            # the member that commits ring changes, as this node sees it
   transfers @17 :Transfers;      # the ring change in flight, and this node's part in it
   partitions @18 :UInt32;        # Q
+  antiEntropy @19 :AntiEntropyStatus;
+}
+
+# Anti-entropy on one node since it started.
+struct AntiEntropyStatus {
+  exchanges @0 :UInt64;          # partitions compared with another replica
+  keysReceived @1 :UInt64;       # keys repaired here from the other replica
+  keysSent @2 :UInt64;           # keys repaired at the other replica
+  lastExchangeMsAgo @3 :UInt64;  # since the last comparison (0: none yet)
+  tombstonesCollected @4 :UInt64;  # deletes whose storage this node reclaimed
+  lateStatesDropped @5 :UInt64;  # states older than a collected tombstone, dropped
 }
 
 # A ring change in flight (DESIGN "Membership changes"), as one node sees it.

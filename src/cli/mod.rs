@@ -581,6 +581,14 @@ fn status_json(status: &crate::client::NodeStatus) -> serde_json::Value {
             "data_bytes": m.data_bytes,
         })).collect::<Vec<_>>(),
         "partitions": status.partitions,
+        "anti_entropy": {
+            "exchanges": status.anti_entropy.exchanges,
+            "keys_received": status.anti_entropy.keys_received,
+            "keys_sent": status.anti_entropy.keys_sent,
+            "last_exchange_ms_ago": status.anti_entropy.last_exchange_ms_ago,
+            "tombstones_collected": status.anti_entropy.tombstones_collected,
+            "late_states_dropped": status.anti_entropy.late_states_dropped,
+        },
         "buckets": status.buckets.iter().map(|b| json!({
             "name": b.name,
             "engine": b.engine,
@@ -1103,6 +1111,21 @@ fn print_status(status: &crate::client::NodeStatus) {
     if !status.claimant.is_empty() {
         let _ = writeln!(out, "claimant {}", status.claimant);
     }
+    let ae = &status.anti_entropy;
+    let last = match ae.last_exchange_ms_ago {
+        0 => "none yet".to_string(),
+        ms => format!("last {:.1} s ago", ms as f64 / 1000.0),
+    };
+    let _ = writeln!(
+        out,
+        "anti-entropy: {} partitions compared ({last}), {} keys repaired here, {} at peers; \
+         {} deletes reclaimed, {} late states dropped",
+        ae.exchanges,
+        ae.keys_received,
+        ae.keys_sent,
+        ae.tombstones_collected,
+        ae.late_states_dropped
+    );
     if !status.config_mismatches.is_empty() {
         let _ = writeln!(
             out,

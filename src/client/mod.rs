@@ -167,6 +167,25 @@ pub struct NodeStatus {
     pub transfers: TransferStatus,
     /// The partition count Q.
     pub partitions: u32,
+    /// What anti-entropy did on the answering node since it started.
+    pub anti_entropy: AntiEntropyStatus,
+}
+
+/// Anti-entropy on one node since it started, as `status` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AntiEntropyStatus {
+    /// Partitions compared with another replica.
+    pub exchanges: u64,
+    /// Keys repaired here from the other replica.
+    pub keys_received: u64,
+    /// Keys repaired at the other replica.
+    pub keys_sent: u64,
+    /// Milliseconds since the last comparison (0: none yet).
+    pub last_exchange_ms_ago: u64,
+    /// Deletes whose storage the node reclaimed.
+    pub tombstones_collected: u64,
+    /// States older than a collected tombstone, dropped.
+    pub late_states_dropped: u64,
 }
 
 /// A ring change in flight, as one node reports it in `status`.
@@ -566,6 +585,17 @@ impl Client {
                 }
             },
             partitions: s.get_partitions(),
+            anti_entropy: {
+                let a = s.get_anti_entropy()?;
+                AntiEntropyStatus {
+                    exchanges: a.get_exchanges(),
+                    keys_received: a.get_keys_received(),
+                    keys_sent: a.get_keys_sent(),
+                    last_exchange_ms_ago: a.get_last_exchange_ms_ago(),
+                    tombstones_collected: a.get_tombstones_collected(),
+                    late_states_dropped: a.get_late_states_dropped(),
+                }
+            },
         })
     }
 

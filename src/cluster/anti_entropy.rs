@@ -246,7 +246,8 @@ impl Cluster {
                 tracing::debug!(%peer, %bucket, partition, error = %e, "anti-entropy exchange failed");
             }
         }
-        self.collect_tombstones(round).await;
+        let collected = self.collect_tombstones(round).await;
+        self.anti_entropy_progress.borrow_mut().tombstones_collected += collected as u64;
     }
 
     pub(super) async fn exchange_partition(
@@ -259,6 +260,7 @@ impl Cluster {
         let ours = self.tree_leaves(bucket, partition).await?;
         let segments = differing(&ours, &theirs);
         self.metrics().anti_entropy_exchange(bucket);
+        self.anti_entropy_progress.borrow_mut().exchanged();
         if segments.is_empty() {
             return Ok(());
         }
@@ -309,6 +311,7 @@ impl Cluster {
         }
         tracing::info!(%peer, %bucket, partition, segments = segments.len(), received = remote.len(), sent = repaired, "anti-entropy repaired a partition");
         self.metrics().anti_entropy_repairs(bucket, remote.len(), repaired);
+        self.anti_entropy_progress.borrow_mut().repaired(remote.len(), repaired);
         Ok(())
     }
 
@@ -466,6 +469,33 @@ pub(super) fn fit_answer(entries: Vec<Entry>, budget: usize, turn: usize) -> Vec
         out.push(entry);
     }
     out
+}
+
+/// What anti-entropy did on this node since it started, for `status`.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// Partitions compared with another replica.
+    pub exchanges: u64,
+    /// Keys repaired here from the other replica.
+    pub keys_received: u64,
+    /// Keys repaired at the other replica.
+    pub keys_sent: u64,
+    /// When the last comparison ran.
+    pub last_exchange: Option<std::time::Instant>,
+    /// Deletes whose storage this node reclaimed.
+    pub tombstones_collected: u64,
+}
+
+impl Progress {
+    fn exchanged(&mut self) {
+        self.exchanges += 1;
+        self.last_exchange = Some(std::time::Instant::now());
+    }
+
+    fn repaired(&mut self, received: usize, sent: usize) {
+        self.keys_received += received as u64;
+        self.keys_sent += sent as u64;
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@
 //! | any other state sent to a peer (read repair, hint delivery, handoff, anti-entropy) | key and state | before it is sent | when the peer answered |
 //! | a peer's `replicate` | key and state | at admission | when stored (and synced, if asked) |
 //! | the entries a peer's `segmentEntries` answers with | keys and states | after the scan | when the answer is built |
-//! | any other request (reads, status, gossip, ...) | its key, or nothing | at admission | when answered |
+//! | the answers a coordinated read fetches | key plus [`super::coordinator::READ_ANSWER_FLOOR_BYTES`] per remote target, then each answer's real size as it arrives | before anything is asked; as answers arrive | when the read and its read repair are done |
+//! | any other request (status, gossip, ...) | its key, or nothing | at admission | when answered |
 //!
 //! Bytes are counted once, as the data: the node holds each of them a few times over while
 //! the work runs (the message it came in, the decoded copy, the new state, the message it goes
@@ -44,11 +45,12 @@
 //! at once, counts each as a failed replica, and fails the write with `quorumNotMet` as soon
 //! as W can no longer be met. No node ever waits on another node's budget.
 //!
+//! A read's answer that does not fit counts as a failed answer; a read that fails for that
+//! answers `overloaded` (a read changes nothing, so it may be retried as it is).
+//!
 //! ## Not charged
-//! Reads are charged their key only: the states a read fetches arrive as answers and are held
-//! until the read (and its read repair) ends, at most R to N states per read for at most the
-//! request timeout, bounded by the in-flight request counts rather than by bytes. Answers
-//! queued in capnp-rpc for a client that does not read them are not charged either. Hints
+//! Answers queued in capnp-rpc for a client that does not read them, and the partition an
+//! ownership handoff loads to send (it holds one partition's entries at a time). Hints
 //! live in a `log` engine on disk; the node keeps none in memory beyond the engine's own
 //! keydir and one delivery batch ([`crate::store::hints::HINT_BATCH_BYTES_MAX`]).
 

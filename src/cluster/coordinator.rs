@@ -128,6 +128,10 @@ pub fn plan_write(
     Some(WritePlan::CoordinateAsHint { owner, counts: false })
 }
 
+/// Bytes a read holds against the budget for each remote answer before it has arrived; the
+/// answer's real size is charged when it does.
+pub const READ_ANSWER_FLOOR_BYTES: usize = 1024;
+
 /// Where this node takes a write it does not forward: [`WritePlan::Coordinate`] or
 /// [`WritePlan::CoordinateAsHint`].
 enum Here {
@@ -467,12 +471,19 @@ impl Cluster {
         let known = self.knows_cluster();
         let r = effective_read_quorum(&bucket_ref.config, options.r, targets.len(), known)?;
         let timeout = self.timeout(options.timeout_ms);
+        // The answers' bytes are held against the budget (super::budget): a floor per remote
+        // target now, so that a read past the budget is refused before anything is asked,
+        // and each answer's real size as it arrives.
+        let me = self.me();
+        let remote = targets.iter().filter(|t| t.id != me).count();
+        let charge =
+            self.budget().try_charge(remote * (key.len() + READ_ANSWER_FLOOR_BYTES), "a read")?;
         let (reply, replied) =
             futures::channel::oneshot::channel::<Result<Option<Vec<u8>>, Error>>();
         let cluster = Rc::clone(self);
         let (bucket_name, key) = (bucket.to_string(), key.to_vec());
         tokio::task::spawn_local(async move {
-            cluster.read_and_repair(targets, r, &bucket_name, &key, timeout, reply).await;
+            cluster.read_and_repair(targets, r, &bucket_name, &key, timeout, reply, charge).await;
         });
         let merged = match replied.await {
             Ok(result) => result?,
@@ -484,6 +495,11 @@ impl Cluster {
         }
     }
 
+    /// Gather R answers for `key` from `targets`, reply with their merge, then repair the
+    /// targets that answered stale. `charge` holds the answers' bytes against the budget
+    /// until the repair is done; an answer that does not fit counts as failed, and a read
+    /// that fails for that answers `overloaded` (a read changes nothing).
+    #[allow(clippy::too_many_arguments)] // one read's parts, handed over to its own task
     pub(super) async fn read_and_repair(
         self: Rc<Self>,
         targets: Vec<Target>,
@@ -492,6 +508,7 @@ impl Cluster {
         key: &[u8],
         timeout: Duration,
         reply: futures::channel::oneshot::Sender<Result<Option<Vec<u8>>, Error>>,
+        mut charge: super::budget::Charge,
     ) {
         let Ok(resolver) = self.store.bucket(bucket).map(|b| std::sync::Arc::clone(&b.resolver))
         else {
@@ -524,20 +541,40 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut reply = Some(reply);
         let merge = |a: &[u8], b: &[u8]| resolver.merge(a, b);
+        let mut held = Vec::new();
+        let mut over_budget = false;
         while !quorum.complete() {
             let Ok(Some((target, answer))) =
                 tokio::time::timeout_at(deadline, pending.next()).await
             else {
                 break;
             };
+            let remote_bytes = match (&answer, target.id == me) {
+                (Ok(Some(state)), false) => key.len() + state.len(),
+                _ => 0,
+            };
+            let fits = match charge.split(remote_bytes, "a read's answers") {
+                Ok(bytes) => {
+                    held.push(bytes);
+                    true
+                }
+                Err(_) => {
+                    over_budget = true;
+                    false
+                }
+            };
             match answer {
-                Ok(state) => quorum.answered(target, state),
-                Err(_) => quorum.failed(),
+                Ok(state) if fits => quorum.answered(target, state),
+                _ => quorum.failed(),
             };
             if reply.is_some() {
                 let decided = match quorum.outcome() {
                     Outcome::Pending => None,
                     Outcome::Succeeded => Some(quorum.merged(merge).map_err(Error::from)),
+                    Outcome::Failed if over_budget => Some(Err(Error::Overloaded(format!(
+                        "the answers of r = {r} replicas do not fit this node's in-flight \
+                         budget now: retry later"
+                    )))),
                     Outcome::Failed => Some(Err(Error::QuorumNotMet(format!(
                         "fewer than r = {r} replicas answered"
                     )))),

@@ -124,6 +124,8 @@ pub struct Cluster {
     transfer_bytes_per_s: Option<u64>,
     /// Progress of this node's copies during a ring transition ([`transfer`]).
     transfers: RefCell<transfer::Transfers>,
+    /// What anti-entropy did since the start.
+    anti_entropy_progress: RefCell<anti_entropy::Progress>,
     /// Index into the (bucket, partition) pairs of the next anti-entropy exchange.
     anti_entropy_cursor: std::cell::Cell<usize>,
     /// Peer addresses a connection is being opened to, and how to wake the calls waiting for
@@ -238,6 +240,7 @@ impl Cluster {
             transfer_limit: config.cluster.transfer_limit,
             transfer_bytes_per_s: Some(config.cluster.transfer_bytes_per_s).filter(|r| *r > 0),
             transfers: RefCell::new(transfer::Transfers::default()),
+            anti_entropy_progress: RefCell::new(anti_entropy::Progress::default()),
             anti_entropy_cursor: std::cell::Cell::new(0),
             hints_failure_noticed: std::cell::Cell::new(false),
             connecting: RefCell::new(HashMap::new()),
@@ -432,6 +435,11 @@ impl Cluster {
             }
         }
         Self::node_state(health, leaving)
+    }
+
+    /// What anti-entropy did on this node since it started.
+    pub fn anti_entropy_progress(&self) -> anti_entropy::Progress {
+        self.anti_entropy_progress.borrow().clone()
     }
 
     /// This node's transfer progress in the ring change in flight.

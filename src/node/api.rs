@@ -335,6 +335,15 @@ impl cartwheel::Server for Api {
         }
         status.set_claimant(cluster.claimant().unwrap_or_default());
         status.set_partitions(ring.partitions());
+        let progress = cluster.anti_entropy_progress();
+        let mut ae = status.reborrow().init_anti_entropy();
+        ae.set_exchanges(progress.exchanges);
+        ae.set_keys_received(progress.keys_received);
+        ae.set_keys_sent(progress.keys_sent);
+        let ago = progress.last_exchange.map_or(0, |t| t.elapsed().as_millis().max(1) as u64);
+        ae.set_last_exchange_ms_ago(ago);
+        ae.set_tombstones_collected(progress.tombstones_collected);
+        ae.set_late_states_dropped(store.states_fenced());
         let transfers = cluster.transfers();
         let mut t = status.reborrow().init_transfers();
         if let Some(next) = &ring.next {

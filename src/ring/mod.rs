@@ -37,7 +37,7 @@ use std::collections::BTreeSet;
 
 use md5::{Digest, Md5};
 
-mod transition;
+pub mod transition;
 
 pub use transition::{Transition, WriteSets};
 

@@ -16,7 +16,7 @@
 //!
 //! A partition moves when every node that is a replica of it in the next ring and was not
 //! one in the current ring (its **receivers**) has copied it from the current replicas and
-//! verified the copy by comparing hash trees with each of them ([`Transition::sources`]: the
+//! verified the copy by comparing hash trees with each of them ([`Ownership::sources`]: the
 //! current replicas not forced out). Each receiver says which partitions it holds in its own
 //! gossiped entry; the claimant, seeing every receiver of a partition say so, adds it to
 //! `moved` ([`Ownership::settle`]), and when every partition has moved the next ring becomes
