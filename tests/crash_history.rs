@@ -178,7 +178,8 @@ fn cart_clock_sizes(cluster: &Cluster, keys: &[(String, Vec<u8>)]) -> Vec<usize>
         for (bucket, key) in keys.iter().filter(|(bucket, _)| bucket == "carts") {
             let read = client.get_with(bucket, key, &ReadOptions::default()).await;
             let context = read.expect("a cart reads").context;
-            let clock = decode_context(Tag::Cart, cart::CONTEXT_VERSION, &context).expect("decodes");
+            let clock =
+                decode_context(Tag::Cart, cart::CONTEXT_VERSION, &context).expect("decodes");
             sizes.push(clock.map_or(0, |clock| clock.len()));
         }
         sizes

@@ -29,6 +29,8 @@ fn config(data_dir: PathBuf) -> Config {
     let mut bucket = BucketConfig::new(EngineKind::Log, ResolverKind::Lww);
     bucket.dw = 1;
     config.buckets.insert("durable".into(), bucket);
+    // One node holds one copy: W copies need W nodes.
+    config.fit_buckets_to(1);
     config
 }
 
@@ -117,13 +119,14 @@ fn a_full_bucket_takes_writes_again_once_space_is_back() {
         }
         let refusal = first_refusal.expect("the disk filled");
         eprintln!("{} puts acknowledged, then: {refusal}", acknowledged.len());
-        // Read-only: reads go on, small writes are refused (typed), none acknowledged.
+        // Read-only: reads go on, small writes are refused as `unavailable` (nothing done),
+        // none acknowledged.
         let (key, value) = acknowledged.iter().next().unwrap();
         let read = client.get("durable", key.as_bytes()).await.unwrap();
         assert_eq!(read.value, Some(Value::Siblings(vec![value.clone()])));
         for i in 0..3 {
             let put = client.put_with("durable", b"small", &[i], &[], &options).await;
-            assert!(matches!(put, Err(cartwheel::Error::Internal(_))), "{put:?}");
+            assert!(matches!(put, Err(cartwheel::Error::Unavailable(_))), "{put:?}");
         }
 
         // Space is back: writes resume within a few rounds, no restart.

@@ -230,8 +230,16 @@ fn a_replacement_takes_exactly_the_old_members_partitions() {
         status(&addresses[0]).members.iter().filter(|m| m.state == "up").count() == 4
     });
     assert_eq!(status(&addresses[0]).members.iter().filter(|m| m.partitions_owned > 0).count(), 1);
+    // A join is taken once the claimant has talked to the member itself (a member only
+    // heard of proves nothing): within a few gossip rounds.
     for id in ["n2", "n3", "n4"] {
-        admin(&addresses[0], ClusterRequest::Join(id.into()));
+        common::wait_until_within(SETTLE, &format!("{id} can be staged"), || {
+            let claimant = status(&addresses[0]).claimant;
+            let at = status(&addresses[0]).members.into_iter().find(|m| m.id == claimant);
+            let request = ClusterRequest::Join(id.into());
+            block_on(async { Client::connect(&at.unwrap().address).await?.cluster(&request).await })
+                .is_ok()
+        });
     }
     let plan = admin(&addresses[0], ClusterRequest::Plan);
     assert_eq!(plan.staged, ["join n2", "join n3", "join n4"]);
