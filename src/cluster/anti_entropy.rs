@@ -481,7 +481,7 @@ pub struct Progress {
     /// Keys repaired at the other replica.
     pub keys_sent: u64,
     /// When the last comparison ran.
-    pub last_exchange: Option<std::time::Instant>,
+    pub last_exchange: Option<tokio::time::Instant>,
     /// Deletes whose storage this node reclaimed.
     pub tombstones_collected: u64,
 }
@@ -489,7 +489,7 @@ pub struct Progress {
 impl Progress {
     fn exchanged(&mut self) {
         self.exchanges += 1;
-        self.last_exchange = Some(std::time::Instant::now());
+        self.last_exchange = Some(tokio::time::Instant::now());
     }
 
     fn repaired(&mut self, received: usize, sent: usize) {

@@ -24,7 +24,7 @@
 //! differs is tried again next round.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::anti_entropy::differing;
 use super::membership::{Health, Holds};
