@@ -193,6 +193,55 @@ fn json_output_holds_documented_fields() {
     assert!(svg.contains("t store") && svg.contains("t floor"));
 }
 
+/// `--reference` adds a run of the bare reference client after the store run, with the same
+/// schedule and operations: every request sent, answered without error and measured, its
+/// report fields filled from real measurements (counts match, percentiles ordered).
+#[test]
+fn reference_run_reports_real_fields() {
+    let out = tempfile::tempdir().unwrap();
+    let args = bench_args(&[
+        "--nodes",
+        "2",
+        "--rate",
+        "400",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--keys",
+        "200",
+        "--reference",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--label",
+        "r",
+    ]);
+    let written = execute(&args, Vec::new()).unwrap();
+    let report = written.report.unwrap();
+    let names: Vec<_> = report.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["store", "reference"]);
+    let (store, reference) = (&report.runs[0], &report.runs[1]);
+    assert_eq!(reference.requests, 400);
+    assert_eq!(reference.answered, 400, "errors: {:?}", reference.errors);
+    assert_eq!(reference.error_count(), 0, "{:?}", reference.errors);
+    assert_eq!(reference.late, 0, "the reference has no in-flight bound");
+    assert!(reference.achieved_rate_per_s > 0.0 && reference.measured_s > 0.0);
+    for p in [&reference.latency, &reference.service, &reference.send_lag] {
+        assert_eq!(p.count, 400);
+        assert!(p.p50_us <= p.p999_us && p.p999_us <= p.max_us, "{p:?}");
+        assert!(p.spectrum.len() > 5);
+    }
+    assert!(reference.latency.p50_us > 0.0 && reference.service.p50_us > 0.0);
+    // Latency runs from the intended start, service from the send: never shorter.
+    assert!(reference.latency.max_us >= reference.service.max_us);
+    // The same seeded operations as the store run, on the same keys.
+    for op in ["read", "update"] {
+        let (a, b) = (&store.ops[op], &reference.ops[op]);
+        assert_eq!(a.latency.count, b.latency.count, "{op}");
+    }
+    assert!(written.hgrm.iter().any(|p| p.ends_with("r-reference.hgrm")));
+}
+
 /// A sweep runs its steps in order and reports them, with the highest passing rate.
 #[test]
 fn sweep_reports_steps() {
@@ -281,8 +330,9 @@ fn cart_workload_runs() {
 fn bad_arguments_are_refused() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--dw", "1"], "memory engine"),
+        (&["--reference", "--workload", "cart"], "--reference"),
         (&["--workload", "cart", "--resolver", "lww"], "--resolver cart"),
         (&["--rate", "0"], "rate"),
         (&["--engine", "rocks"], "unknown engine"),

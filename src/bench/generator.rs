@@ -33,11 +33,22 @@
 //! How late the generator itself issued each request is recorded too (`send_lag`), so a
 //! generator that cannot keep up is visible in the results rather than hidden in them.
 //!
+//! ## One thread sends, another records
+//! The thread that paces and sends does nothing else: a request's send and its answer are
+//! each one message on a channel to a recorder thread of the run's own, which keeps the
+//! histograms, the in-flight table and the progress window, and calls the progress callback.
+//! Before that split, the sending thread also recorded every answer into five histograms and
+//! every 250 ms scanned and cleared the progress window and redrew the progress bar; whatever
+//! it did while a request was due made that request late, and a late send is latency the
+//! store did not cause (docs/BENCHMARKS.md, "The benchmark against a bare client"). The
+//! recorder polls the channel every [`RECORD_INTERVAL_MS`] instead of blocking on it, so
+//! that a send never has to wake it.
+//!
 //! The generator is generic over the request: `issue(i)` returns a future that performs
 //! request `i` and says which operation it was and how it ended. The store workloads, the
 //! TCP echo floor and the tests all drive the same loop.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::rc::Rc;
@@ -61,6 +72,10 @@ pub const SPIN_MAX_US: u64 = 40;
 
 /// How often the progress callback is called.
 pub const TICK_MS: u64 = 250;
+
+/// How often the recorder thread takes the events of the sending thread, in milliseconds.
+/// Events wait at most this long in the channel (a few hundred at 10 000 requests/s).
+pub const RECORD_INTERVAL_MS: u64 = 10;
 
 /// The name under which `unfinished` requests are counted among errors.
 pub const UNFINISHED: &str = "unfinished";
@@ -221,7 +236,18 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).clamp(1, LATENCY_NS_MAX)
 }
 
-/// The run's shared bookkeeping, owned by the generator loop and the request tasks.
+/// What the sending thread tells the recorder thread, one message per event.
+#[derive(Debug)]
+enum Event {
+    /// Request `i`, measured, was sent at `sent`; `late` if it waited for an in-flight slot.
+    Sent { i: u64, intended: Instant, sent: Instant, late: bool },
+    /// Request `i` was answered at `done`.
+    Answered { i: u64, intended: Instant, sent: Instant, done: Instant, outcome: Outcome },
+    /// The run is over at `now`; these intended starts were never issued.
+    Close { now: Instant, never_issued: Vec<Instant> },
+}
+
+/// The run's bookkeeping, owned by the recorder thread.
 struct Recorder {
     measure_from: Instant,
     result: RunResult,
@@ -233,6 +259,20 @@ struct Recorder {
 }
 
 impl Recorder {
+    fn apply(&mut self, event: Event) {
+        match event {
+            Event::Sent { i, intended, sent, late } => {
+                self.inflight.insert(i, intended);
+                self.result.send_lag.saturating_record(nanos(sent - intended));
+                self.result.late += u64::from(late);
+            }
+            Event::Answered { i, intended, sent, done, outcome } => {
+                self.record(i, intended, sent, done, outcome);
+            }
+            Event::Close { now, never_issued } => self.close(now, never_issued.into_iter()),
+        }
+    }
+
     fn record(&mut self, i: u64, intended: Instant, sent: Instant, done: Instant, out: Outcome) {
         if intended < self.measure_from {
             self.window_answers += 1;
@@ -288,6 +328,50 @@ impl Recorder {
         }
         let end = self.last_answer.unwrap_or(self.measure_from);
         self.result.measured_s = end.saturating_duration_since(self.measure_from).as_secs_f64();
+    }
+
+    /// The progress of the last window, which starts anew.
+    fn tick(&mut self, now: Instant, since: Instant, start: Instant, planned: Duration) -> Tick {
+        let p999_ns = if self.window.is_empty() { 0 } else { self.window.value_at_quantile(0.999) };
+        let answers = std::mem::take(&mut self.window_answers);
+        self.window.reset();
+        Tick {
+            elapsed: now.saturating_duration_since(start),
+            planned,
+            rate_per_s: answers as f64 / (now - since).as_secs_f64().max(1e-6),
+            p999_ns,
+            warming_up: now < self.measure_from,
+        }
+    }
+}
+
+/// The recorder thread: every [`RECORD_INTERVAL_MS`] it takes the events sent since, records
+/// them, and every [`TICK_MS`] calls `on_tick`, until the run's `Close` event. It polls
+/// rather than blocks on the channel so that sending an event never wakes a thread (a
+/// system call on the sending thread), and so that its own work, the histograms and the
+/// progress output, never runs on the sending thread.
+fn record_loop(
+    mut recorder: Recorder,
+    events: std::sync::mpsc::Receiver<Event>,
+    start: Instant,
+    planned: Duration,
+    mut on_tick: impl FnMut(Tick),
+) -> RunResult {
+    let mut last_tick = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(RECORD_INTERVAL_MS));
+        for event in events.try_iter() {
+            let closing = matches!(event, Event::Close { .. });
+            recorder.apply(event);
+            if closing {
+                return recorder.result;
+            }
+        }
+        let now = Instant::now();
+        if now - last_tick >= Duration::from_millis(TICK_MS) {
+            on_tick(recorder.tick(now, last_tick, start, planned));
+            last_tick = now;
+        }
     }
 }
 
@@ -395,15 +479,19 @@ async fn precise_sleep(
 }
 
 /// Run `schedule`, issuing request `i` with `issue(i)` at its intended start, and call
-/// `on_tick` every [`TICK_MS`]. Must run inside a tokio `LocalSet`.
+/// `on_tick` every [`TICK_MS`] from the recorder thread. Must run inside a tokio
+/// `LocalSet`.
 ///
-/// Returns once every measured request was answered, or when the run's time is up (the
-/// planned length plus `schedule.drain`), whichever comes first.
+/// The calling thread only paces, issues and timestamps: each send and each answer is one
+/// message to a recorder thread of the run's own, which keeps the histograms and calls
+/// `on_tick` (see [`record_loop`]). Returns once every measured request was answered, or
+/// when the run's time is up (the planned length plus `schedule.drain`), whichever comes
+/// first.
 pub async fn run<F, Fut>(
     schedule: &Schedule,
     pacer: &mut Pacer,
     mut issue: F,
-    on_tick: impl FnMut(Tick) + 'static,
+    on_tick: impl FnMut(Tick) + Send + 'static,
 ) -> RunResult
 where
     F: FnMut(u64) -> Fut,
@@ -416,7 +504,7 @@ where
     let measure_from = start + schedule.warmup;
     let planned = schedule.warmup + schedule.duration;
     let time_up = start + planned + schedule.drain;
-    let recorder = Rc::new(RefCell::new(Recorder {
+    let recorder = Recorder {
         measure_from,
         result: RunResult {
             schedule: schedule.clone(),
@@ -435,27 +523,27 @@ where
         last_answer: None,
         window: new_histogram(),
         window_answers: 0,
-    }));
+    };
+    let (events, received) = std::sync::mpsc::channel();
+    let recording = std::thread::Builder::new()
+        .name("bench-recorder".into())
+        .spawn(move || record_loop(recorder, received, start, planned, on_tick))
+        .expect("the recorder thread starts");
     let interval = Duration::from_secs_f64(1.0 / schedule.rate_per_s);
     pacer.set_spin((interval / 10).min(Duration::from_micros(SPIN_MAX_US)));
     let inflight = Rc::new(Cell::new(0usize));
     let slot_freed = Rc::new(tokio::sync::Notify::new());
-    let ticker = tokio::task::spawn_local(tick_loop(Rc::clone(&recorder), start, planned, on_tick));
 
     let mut issued = 0;
     'schedule: while issued < total {
         let i = issued;
         let intended = start + schedule.offset(i);
         pacer.sleep_until(intended).await;
-        if inflight.get() >= schedule.inflight_max {
-            if intended >= measure_from {
-                recorder.borrow_mut().result.late += 1;
-            }
-            while inflight.get() >= schedule.inflight_max {
-                tokio::select! {
-                    () = slot_freed.notified() => {}
-                    () = tokio::time::sleep_until(time_up.into()) => break 'schedule,
-                }
+        let late = inflight.get() >= schedule.inflight_max;
+        while inflight.get() >= schedule.inflight_max {
+            tokio::select! {
+                () = slot_freed.notified() => {}
+                () = tokio::time::sleep_until(time_up.into()) => break 'schedule,
             }
         }
         let sent = Instant::now();
@@ -463,20 +551,20 @@ where
             break;
         }
         if intended >= measure_from {
-            let mut r = recorder.borrow_mut();
-            r.inflight.insert(i, intended);
-            r.result.send_lag.saturating_record(nanos(sent - intended));
+            // The receiver lives until the `Close` event below: sending cannot fail here.
+            let _ = events.send(Event::Sent { i, intended, sent, late });
         }
         inflight.set(inflight.get() + 1);
         let request = issue(i);
-        let (recorder, inflight, slot_freed) =
-            (Rc::clone(&recorder), Rc::clone(&inflight), Rc::clone(&slot_freed));
+        let (events, inflight, slot_freed) =
+            (events.clone(), Rc::clone(&inflight), Rc::clone(&slot_freed));
         tokio::task::spawn_local(async move {
             let outcome = request.await;
             let done = Instant::now();
             inflight.set(inflight.get() - 1);
             slot_freed.notify_one();
-            recorder.borrow_mut().record(i, intended, sent, done, outcome);
+            // After the run closed, nobody listens any more: the answer is dropped.
+            let _ = events.send(Event::Answered { i, intended, sent, done, outcome });
         });
         issued += 1;
     }
@@ -487,45 +575,9 @@ where
             () = tokio::time::sleep_until(time_up.into()) => {}
         }
     }
-    ticker.abort();
-    let now = Instant::now();
-    let mut r = recorder.borrow_mut();
-    r.close(now, (issued..total).map(|i| start + schedule.offset(i)));
-    let result = r.result.clone();
-    // Requests still running record into a recorder nobody reads any more.
-    r.inflight.clear();
-    r.measure_from = now + Duration::from_secs(3600 * 24 * 365);
-    result
-}
-
-async fn tick_loop(
-    recorder: Rc<RefCell<Recorder>>,
-    start: Instant,
-    planned: Duration,
-    mut on_tick: impl FnMut(Tick),
-) {
-    let period = Duration::from_millis(TICK_MS);
-    let mut last = Instant::now();
-    loop {
-        tokio::time::sleep(period).await;
-        let now = Instant::now();
-        let (answers, p999_ns, warming_up) = {
-            let mut r = recorder.borrow_mut();
-            let p999 = if r.window.is_empty() { 0 } else { r.window.value_at_quantile(0.999) };
-            let answers = std::mem::take(&mut r.window_answers);
-            r.window.reset();
-            (answers, p999, now < r.measure_from)
-        };
-        let seconds = (now - last).as_secs_f64().max(1e-6);
-        last = now;
-        on_tick(Tick {
-            elapsed: now.saturating_duration_since(start),
-            planned,
-            rate_per_s: answers as f64 / seconds,
-            p999_ns,
-            warming_up,
-        });
-    }
+    let never_issued = (issued..total).map(|i| start + schedule.offset(i)).collect();
+    let _ = events.send(Event::Close { now: Instant::now(), never_issued });
+    recording.join().expect("the recorder thread does not panic")
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@
 pub mod floor;
 pub mod generator;
 pub mod plot;
+pub mod reference;
 pub mod report;
 pub mod target;
 pub mod workload;
@@ -151,6 +152,11 @@ pub struct BenchArgs {
     /// and request size, over as many connections.
     #[arg(long)]
     pub floor: bool,
+    /// Also run the bare reference client (one connection per node, nothing else on its
+    /// thread) after the store run, at the same rate with the same requests: the benchmark's
+    /// own cost at the tail is the gap between the two. Value workloads, lww buckets.
+    #[arg(long, conflicts_with = "sweep")]
+    pub reference: bool,
     /// Raise the rate step by step; report the highest with p99.9 under --p999-target.
     #[arg(long)]
     pub sweep: bool,
@@ -272,6 +278,11 @@ impl Plan {
                     args.workload
                 ))
             }
+        }
+        if args.reference && resolver != ResolverKind::Lww {
+            return Err("--reference sends blind puts and reads: use a value workload on an lww \
+                        bucket"
+                .into());
         }
         if args.cluster.is_empty() {
             if !(1..=args.n).contains(&args.r) || !(1..=args.n).contains(&args.w) {
@@ -541,6 +552,22 @@ async fn measure(
             steps.iter().filter(|s| s.passed).map(|s| s.offered_rate_per_s).reduce(f64::max);
         sweep = Some(SweepReport { p999_target_ms: args.p999_target, best_rate_per_s, steps });
     }
+    if args.reference {
+        progress.set_prefix("reference");
+        progress.set_message(format!("offered {:.0}/s, bare client", plan.schedule.rate_per_s));
+        let result = reference::run(reference::ReferencePlan {
+            addresses: addresses.to_vec(),
+            credentials: credentials.clone(),
+            bucket: plan.bucket_name.clone(),
+            prefix: plan.prefix.clone(),
+            workload: args.workload,
+            keys: plan.keys.clone(),
+            seed: args.seed,
+            value_bytes: args.value_bytes,
+            schedule: plan.schedule.clone(),
+        })?;
+        runs.push(("reference".to_string(), result));
+    }
     if args.floor {
         let frame_bytes = workload::key_name(0).len() + args.value_bytes;
         let connections = args.connections * addresses.len();
@@ -652,7 +679,7 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-fn on_tick(progress: &ProgressBar, name: &str, rate: f64) -> impl FnMut(Tick) + 'static {
+fn on_tick(progress: &ProgressBar, name: &str, rate: f64) -> impl FnMut(Tick) + Send + 'static {
     let progress = progress.clone();
     progress.set_prefix(name.to_string());
     progress.set_position(0);
