@@ -484,7 +484,7 @@ async fn precise_sleep(
 ///
 /// The calling thread only paces, issues and timestamps: each send and each answer is one
 /// message to a recorder thread of the run's own, which keeps the histograms and calls
-/// `on_tick` (see [`record_loop`]). Returns once every measured request was answered, or
+/// `on_tick` (see `record_loop`). Returns once every measured request was answered, or
 /// when the run's time is up (the planned length plus `schedule.drain`), whichever comes
 /// first.
 pub async fn run<F, Fut>(
