@@ -247,8 +247,9 @@ pub struct EngineOptions {
     /// waiting for durability. Writes younger than this are what a crash may lose.
     pub flush_interval_ms: u64,
     /// Size of one memory-log segment file (`log` and `buffer`), preallocated when the segment
-    /// is created. When the next record would not fit, the segment is sealed (one fdatasync)
-    /// and a new one started; a record larger than this gets a segment of its own.
+    /// is created. When the next record would not fit, the segment is sealed and the next one,
+    /// made ahead by a background thread, takes its place (the sealed segment's fdatasync is
+    /// the flusher's, not the writer's); a record larger than this gets a segment of its own.
     pub segment_bytes_max: u64,
     /// `log`: a sealed segment is merged (its live records copied forward, the file deleted)
     /// once at least this percentage of its bytes is dead. 100 turns merging off.

@@ -495,7 +495,7 @@ async fn measure(
     credentials: &crate::client::Credentials,
     progress: &ProgressBar,
 ) -> Result<Measured, String> {
-    let store = Store::connect(
+    let mut store = Store::connect(
         addresses,
         credentials,
         args.connections,
@@ -507,6 +507,7 @@ async fn measure(
     .await
     .map_err(|e| e.to_string())?
     .with_prefix(&plan.prefix);
+    store.prepare_keys(args.keys, args.workload.is_cart());
     progress.set_message(format!("preloading {} keys", args.keys));
     let (failed, first) = store.preload(args.keys, args.workload.is_cart()).await;
     if let Some(e) = first {

@@ -46,6 +46,10 @@ pub const CONNECTIONS_PER_NODE_MAX: usize = 64;
 /// Requests in flight while preloading keys.
 pub const PRELOAD_INFLIGHT: usize = 64;
 
+/// Most keys whose bytes and nodes [`Store::prepare_keys`] computes before a run (about 70
+/// bytes each); a run over more keys computes them per request.
+pub const PREPARED_KEYS_MAX: u64 = 1 << 18;
+
 /// Gossip interval of embedded nodes, in milliseconds.
 pub const GOSSIP_INTERVAL_MS: u64 = 100;
 
@@ -232,11 +236,14 @@ type Contexts = Rc<RefCell<HashMap<u64, Vec<u8>>>>;
 
 /// Connections to every node and the state the workload keeps between requests.
 pub struct Store {
-    bucket: String,
+    bucket: Rc<str>,
     /// Put before every key this run writes (a run against a user's cluster writes under a
     /// prefix of its own, see [`Store::remove_written`]).
     prefix: Vec<u8>,
     per_node: Vec<Vec<Rc<Client>>>,
+    /// Per key index: its bytes (prefix included), its coordinator's and its preference
+    /// list's last node index; computed before the run (see [`Store::prepare_keys`]).
+    prepared: Vec<(Rc<[u8]>, usize, usize)>,
     routing: Routing,
     routes: Routes,
     next: Cell<usize>,
@@ -273,9 +280,10 @@ impl Store {
             (0..value_bytes).map(|i| ((i as u64 * 2_654_435_761) >> 13) as u8).collect();
         let needs_context = matches!(resolver, ResolverKind::Siblings | ResolverKind::Cart);
         Ok(Self {
-            bucket: bucket.to_string(),
+            bucket: bucket.into(),
             prefix: Vec::new(),
             per_node,
+            prepared: Vec::new(),
             routing,
             routes,
             next: Cell::new(0),
@@ -289,7 +297,7 @@ impl Store {
     /// The bucket under test as the first node reports it, if it does.
     pub async fn bucket_status(&self) -> Option<crate::client::BucketStatus> {
         let status = self.per_node[0][0].status().await.ok()?;
-        status.buckets.into_iter().find(|b| b.name == self.bucket)
+        status.buckets.into_iter().find(|b| *b.name == *self.bucket)
     }
 
     /// Whether per-key routing follows the ring (zero-hop).
@@ -297,22 +305,49 @@ impl Store {
         self.routing == Routing::PerKey && self.routes.from_ring()
     }
 
+    /// Compute every key's bytes and nodes now, so that a request of the run only looks
+    /// them up (at most [`PREPARED_KEYS_MAX`] keys; call after [`Store::with_prefix`]).
+    pub fn prepare_keys(&mut self, keys: u64, carts: bool) {
+        if keys > PREPARED_KEYS_MAX {
+            return;
+        }
+        self.prepared = (0..keys)
+            .map(|i| {
+                let name = if carts {
+                    super::workload::cart_name(i)
+                } else {
+                    super::workload::key_name(i)
+                };
+                let key: Rc<[u8]> = [self.prefix.as_slice(), &name].concat().into();
+                let first = self.routes.route(&self.bucket, &key, false);
+                let last = self.routes.route(&self.bucket, &key, true);
+                (key, first, last)
+            })
+            .collect();
+    }
+
     /// The connection a request for `key` goes to.
     fn client(&self, key: &[u8]) -> Rc<Client> {
+        let nodes = match self.routing {
+            Routing::PerKey => Some(self.routes.route(&self.bucket, key, false)),
+            Routing::NonPrimary => Some(self.routes.route(&self.bucket, key, true)),
+            Routing::RoundRobin => None,
+        };
+        self.client_of(nodes)
+    }
+
+    /// The next connection to `node`, or with `None` the next connection of all.
+    fn client_of(&self, node: Option<usize>) -> Rc<Client> {
         let turn = self.next.get();
         self.next.set(turn.wrapping_add(1));
-        let clients = match self.routing {
-            Routing::PerKey => &self.per_node[self.routes.route(&self.bucket, key, false)],
-            Routing::NonPrimary => &self.per_node[self.routes.route(&self.bucket, key, true)],
-            Routing::RoundRobin => {
+        let clients = match node {
+            Some(node) => &self.per_node[node],
+            None => {
                 let nodes = self.per_node.len();
                 &self.per_node[turn % nodes]
             }
         };
-        let index = match self.routing {
-            Routing::PerKey | Routing::NonPrimary => turn,
-            Routing::RoundRobin => turn / self.per_node.len(),
-        };
+        let index = if node.is_some() { turn } else { turn / self.per_node.len() };
         Rc::clone(&clients[index % clients.len()])
     }
 
@@ -321,13 +356,26 @@ impl Store {
         &self,
         request: Request,
     ) -> impl std::future::Future<Output = Outcome> + 'static {
-        let key = [self.prefix.as_slice(), &request.key()].concat();
-        let client = self.client(&key);
-        let bucket = self.bucket.clone();
+        let index = request.key_index();
+        let (key, client) = match self.prepared.get(index as usize) {
+            Some((key, first, last)) => {
+                let node = match self.routing {
+                    Routing::PerKey => Some(*first),
+                    Routing::NonPrimary => Some(*last),
+                    Routing::RoundRobin => None,
+                };
+                (Rc::clone(key), self.client_of(node))
+            }
+            None => {
+                let key: Rc<[u8]> = [self.prefix.as_slice(), &request.key()].concat().into();
+                let client = self.client(&key);
+                (key, client)
+            }
+        };
+        let bucket = Rc::clone(&self.bucket);
         let value = Rc::clone(&self.value);
         let contexts = self.contexts.clone();
         let (read_options, write_options) = (self.read_options, self.write_options);
-        let index = request.key_index();
         async move {
             let context =
                 contexts.as_ref().and_then(|c| c.borrow().get(&index).cloned()).unwrap_or_default();
@@ -378,7 +426,7 @@ impl Store {
                 if carts { super::workload::cart_name(i) } else { super::workload::key_name(i) };
             let key = [self.prefix.as_slice(), &name].concat();
             let client = self.client(&key);
-            let bucket = self.bucket.clone();
+            let bucket = Rc::clone(&self.bucket);
             async move {
                 let context = client.get(&bucket, &key).await?.context;
                 client.delete(&bucket, &key, &context).await.map(|_| ())
@@ -403,7 +451,7 @@ impl Store {
             let key = [self.prefix.as_slice(), &key].concat();
             let client = self.client(&key);
             let (bucket, value, options) =
-                (self.bucket.clone(), Rc::clone(&self.value), self.write_options);
+                (Rc::clone(&self.bucket), Rc::clone(&self.value), self.write_options);
             let contexts = self.contexts.clone();
             async move {
                 let read = if ops.is_empty() {

@@ -3,19 +3,42 @@
 //! Records are appended to the *pending* buffer of the active segment under one lock and are
 //! readable from it at once; the flusher (or the appender itself, past
 //! [`PENDING_BYTES_MAX`]) writes the buffer to the file and moves the segment's readable mark.
-//! When the next record would not fit, the active segment is sealed (seal record, write,
-//! fdatasync) and the next one takes its place: a *spare* made ahead of time by a helper
-//! thread when there is one, a freshly created segment otherwise.
 //!
+//! ## Rolls, off the appender's path
+//! When the next record would not fit, the active segment is *sealed* and the next one takes
+//! its place. An appender does only the part of that which needs no disk: it encodes the seal
+//! record into the old segment's pending bytes, moves the old segment to the *sealed* queue of
+//! [`Active`], and switches to the *spare*, a segment file that the preparer thread made ahead
+//! of time: zero-filled, header written, fsynced, renamed to its final name, directory fsynced.
+//! Writing the old segment's last bytes and its seal, and its `fdatasync`, are the flusher's
+//! (`flusher.rs`): it syncs every sealed segment, oldest first, before the active one, so a
+//! `sync` that returns has made durable every segment its records are in, seals included.
+//! The preparer keeps the next two spares ready once the log rolled (the first one is asked
+//! for when the first segment after open is half full), so in steady state a roll waits for
+//! nothing, even when one spare was slow to make.
+//!
+//! Only when the spare is not ready (appends outran the preparer, or it failed) does the roll
+//! wait for it, and the preparer then stops zero-filling and only preallocates the rest of the
+//! file; a record larger than a segment gets a segment of its own, made by the appender. Both
+//! are the exception, and both wait on the disk.
+//!
+//! ## Why a named spare is safe
+//! The spares for segments `n + 1` and `n + 2` carry their final names while `n` is still
+//! active. A crash then leaves `n` without a seal record, and recovery ends the log in `n` and
+//! deletes every later segment, the spares included; a spare is only ever read once the seal of
+//! the segment before it is on disk, and that seal is written only after the roll switched to
+//! the spare. Only the preparer makes segment files ahead of the active one, in id order and
+//! each id once (the roll waits for it rather than racing it), so two files never claim one id.
+//!
+//! ## After a failure
 //! After a failed write the tail of the file is unknown, so the active segment refuses every
-//! later append; only reopening (recovery) makes the log writable again. The same after a
-//! seal whose next segment could not be made (a full disk): recovery reads nothing past a
-//! seal record, so a record appended there would be acknowledged and then lost.
+//! later append; only reopening (recovery) makes the log writable again. A roll whose next
+//! segment cannot be made (a full disk) seals nothing: the append that needed it is refused and
+//! the log stays as it was.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -35,6 +58,13 @@ use crate::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 /// records stays bounded however rarely anyone syncs.
 pub const PENDING_BYTES_MAX: usize = 1 << 20;
 
+/// When the pending buffer reaches this many bytes the appender wakes the flusher, so that in
+/// the common case the flusher writes it long before the appender would have to
+/// ([`PENDING_BYTES_MAX`]).
+const PENDING_WAKE_BYTES: usize = PENDING_BYTES_MAX / 4;
+
+const _: () = assert!(PENDING_WAKE_BYTES < PENDING_BYTES_MAX, "the flusher is woken first");
+
 #[derive(Debug)]
 pub(super) struct Active {
     pub(super) segment: Arc<Segment>,
@@ -44,38 +74,77 @@ pub(super) struct Active {
     pub(super) end: u64,
     /// Records appended but not yet written to the file; they start at `segment.readable`.
     pub(super) pending: Vec<u8>,
+    /// Segments sealed by a roll and not yet known durable, oldest first: the flusher writes
+    /// their last bytes (seal record included) and fdatasyncs them before the active segment.
+    pub(super) sealed: Vec<Sealed>,
     /// Set after a write failed: the file's tail is unknown, so appends are refused.
     pub(super) failed: bool,
 }
 
+/// A segment a roll sealed whose seal is not yet durable (see the module documentation).
+#[derive(Debug)]
+pub(super) struct Sealed {
+    pub(super) segment: Arc<Segment>,
+    /// Offset just past its seal record.
+    pub(super) end: u64,
+    /// Its bytes not yet written to the file (they start at `segment.readable`), ending with
+    /// the seal record; empty once written.
+    pub(super) pending: Vec<u8>,
+}
+
 /// A segment file made ahead of the roll that will need it: written full of zeros (so its
-/// blocks are allocated *and initialized*), header written, fsynced, and kept under a
-/// temporary name until the roll renames it into place.
+/// blocks are allocated *and initialized*), header written, fsynced, renamed to its final
+/// name and the directory fsynced (see "Why a named spare is safe" above).
 ///
 /// Why zeros rather than `posix_fallocate` alone: on ext4 and XFS a preallocated block is
 /// "unwritten", and the first write into it changes extent metadata, so the `fdatasync` that
 /// follows must commit the file system journal, about as slow as appending to a file. Writes
 /// into initialized blocks need no metadata, and their `fdatasync` is a plain data flush,
 /// which is what group commit latency is made of. The cost is writing each segment twice
-/// (zeros, then records), off the write path. Segments made in a hurry (no spare ready, or
-/// the segment recovered at open) are only preallocated.
+/// (zeros, then records), off the write path. A spare finished in a hurry (a roll is waiting
+/// for it) and the segment recovered at open are only preallocated past what was zeroed.
 #[derive(Debug)]
 pub(super) struct Spare {
-    segment: Segment,
-    pub(super) temp: PathBuf,
+    pub(super) segment: Segment,
     capacity: u64,
 }
 
-/// The helper starts filling the spare once the active segment is this full (in percent):
-/// early enough to be done before the roll, late enough that short-lived logs (tests, small
-/// engines) never pay for it.
+/// What the appenders and the preparer thread share about the next segment.
+#[derive(Debug)]
+pub(super) struct SpareState {
+    /// The preparer makes spares for every segment id up to this one.
+    wanted: u32,
+    /// The highest segment id the preparer made a spare for (or failed to).
+    made: u32,
+    /// Spares made and waiting for their rolls, in id order.
+    pub(super) ready: Vec<Spare>,
+    /// The segment id whose spare could not be made, and why.
+    failure: Option<(u32, io::ErrorKind, String)>,
+    pub(super) shutdown: bool,
+}
+
+impl SpareState {
+    /// No spare yet, for a log whose active segment is `active`.
+    pub(super) fn new(active: u32) -> SpareState {
+        SpareState { wanted: 0, made: active, ready: Vec::new(), failure: None, shutdown: false }
+    }
+}
+
+/// The first spare after open is asked for once the active segment is this full (in
+/// percent): early enough to be done before the roll, late enough that short-lived logs
+/// (tests, small engines) never pay for it. After a roll the next spare is asked for at once.
 const SPARE_START_PERCENT: u64 = 50;
+/// Spares kept ready ahead of the active segment once it rolled: two, so that one slow spare
+/// (a slow fsync of the directory under load) does not make a roll wait. Each holds a
+/// segment's worth of disk space.
+const SPARES_AHEAD: u32 = 2;
 /// Bytes of zeros written per `write` call while filling a spare.
 const SPARE_FILL_CHUNK_BYTES: usize = 1 << 20;
 
 impl MemLog {
     /// Append one record and return where it starts. Visible to [`MemLog::read`] at once;
-    /// durable after a later [`MemLog::sync`] returns.
+    /// durable after a later [`MemLog::sync`] returns. Waits on the disk only in the
+    /// exceptions named in the module documentation.
     pub fn append(
         &self,
         kind: RecordKind,
@@ -93,23 +162,30 @@ impl MemLog {
             self.shared.roll(&mut active, len)?;
         }
         let at = Location { segment: active.segment.id, offset: active.end as u32 };
+        let pending_before = active.pending.len();
         encode_record(kind, key, value, &mut active.pending);
         active.end += len;
         // Counted under the lock, so that a flush that reads the count has the bytes too.
         self.shared.appended.fetch_add(1, Ordering::Release);
         if active.pending.len() >= PENDING_BYTES_MAX {
             write_pending(&mut active)?;
+        } else if pending_before < PENDING_WAKE_BYTES && active.pending.len() >= PENDING_WAKE_BYTES
+        {
+            self.shared.flush_wanted.notify_one();
         }
-        if active.end * 100 >= active.capacity * SPARE_START_PERCENT {
-            let next = active.segment.id + 1;
-            drop(active);
-            self.start_spare(next);
+        let half_full = active.end * 100 >= active.capacity * SPARE_START_PERCENT;
+        let next = active.segment.id + 1;
+        drop(active);
+        if half_full {
+            self.shared.want_spare(next);
         }
         Ok(at)
     }
 
     /// Seal the active segment now and start a new one; returns the new active segment's id.
-    /// Every record appended before this call is in a segment with a smaller id, and durable.
+    /// Every record appended before this call is in a segment with a smaller id; like every
+    /// append, it is durable after a later [`MemLog::sync`] returns (this call does not wait
+    /// for the disk unless the spare is not ready).
     pub fn roll(&self) -> Result<u32, EngineError> {
         let mut active = lock(&self.shared.active);
         if active.failed {
@@ -117,36 +193,6 @@ impl MemLog {
         }
         self.shared.roll(&mut active, 0)?;
         Ok(active.segment.id)
-    }
-
-    /// Start the helper thread that fills the spare for segment `id`, unless a spare is ready
-    /// or being filled.
-    fn start_spare(&self, id: u32) {
-        if self.shared.spare_started.swap(id, Ordering::Relaxed) == id {
-            return;
-        }
-        let mut preparer = lock(&self.shared.preparer);
-        if preparer.as_ref().is_some_and(|p| !p.is_finished()) {
-            return;
-        }
-        if lock(&self.shared.spare).as_ref().is_some_and(|spare| spare.segment.id == id) {
-            return;
-        }
-        if let Some(done) = preparer.take() {
-            let _ = done.join();
-        }
-        let shared = Arc::clone(&self.shared);
-        let spawned = std::thread::Builder::new().name("memlog-spare".into()).spawn(move || {
-            // A spare that fails to fill is simply not there: the roll then makes its
-            // segment itself.
-            if let Ok(Some(spare)) = shared.fill_spare(id) {
-                let old = lock(&shared.spare).replace(spare);
-                if let Some(old) = old {
-                    let _ = fs::remove_file(&old.temp);
-                }
-            }
-        });
-        *preparer = spawned.ok();
     }
 }
 
@@ -157,125 +203,227 @@ pub(super) fn failed_error() -> EngineError {
     }
 }
 
-/// Write the pending buffer to the active segment's file and move the readable mark.
+/// Write the pending buffers (the sealed segments', then the active one's) to their files
+/// and move their readable marks.
 fn write_pending(active: &mut Active) -> Result<(), EngineError> {
     write_pending_with(active, None)
 }
 
-/// [`write_pending`], through `ring` when there is one (the flusher's io_uring).
+/// [`write_pending`], through `ring` when there is one (the flusher's io_uring). A failed
+/// write makes the log failed.
 pub(super) fn write_pending_with(
     active: &mut Active,
-    ring: Option<&mut sys::Uring>,
+    mut ring: Option<&mut sys::Uring>,
 ) -> Result<(), EngineError> {
-    if active.pending.is_empty() {
-        return Ok(());
-    }
-    let at = active.segment.readable.load(Ordering::Relaxed);
-    let written = at + active.pending.len() as u64;
-    let outcome = match ring {
-        None => active.segment.file.write_all_at(&active.pending, at),
-        Some(ring) => {
-            let (result, buffer) =
-                ring.write_all_at(&active.segment.file, std::mem::take(&mut active.pending), at);
-            active.pending = buffer;
-            result
+    let Active { segment, end, pending, sealed, failed, .. } = active;
+    for old in sealed.iter_mut() {
+        if let Err(e) = write_bytes(&old.segment, &mut old.pending, old.end, ring.as_deref_mut()) {
+            *failed = true;
+            return Err(e);
         }
-    };
-    if let Err(e) = outcome {
-        active.failed = true;
-        return Err(EngineError::io("write segment")(e));
     }
-    debug_assert_eq!(written, active.end, "pending ends at the log end");
-    active.segment.readable.store(written, Ordering::Release);
-    active.pending.clear();
-    if active.pending.capacity() > 4 * PENDING_BYTES_MAX {
-        active.pending.shrink_to(PENDING_BYTES_MAX);
+    if let Err(e) = write_bytes(segment, pending, *end, ring) {
+        *failed = true;
+        return Err(e);
+    }
+    if pending.capacity() > 4 * PENDING_BYTES_MAX {
+        pending.shrink_to(PENDING_BYTES_MAX);
     }
     Ok(())
 }
 
-impl Shared {
-    /// Seal the active segment (write, seal record, fdatasync) and start a new one with room
-    /// for a record of `next_len` bytes. Called with the active lock held: appenders wait for
-    /// one fdatasync per segment.
-    fn roll(&self, active: &mut Active, next_len: u64) -> Result<(), EngineError> {
-        encode_record(RecordKind::Seal, &[], &[], &mut active.pending);
-        active.end += SEAL_RECORD_BYTES as u64;
-        write_pending(active)?;
-        if let Err(e) = active.segment.file.sync_data() {
-            active.failed = true;
-            return Err(EngineError::io("fdatasync segment")(e));
-        }
-        self.durable_to(active.segment.id, active.end);
-        // The active segment is sealed now: recovery reads nothing after its seal record, so
-        // if the next segment cannot be made (a full disk), nothing may be appended here
-        // again. Without this, small records that still fitted after the seal were
-        // acknowledged as synced and then lost at the next open.
-        let rolled = self.start_next_segment(active, next_len);
-        if rolled.is_err() {
-            active.failed = true;
-        }
-        rolled
+/// Write `pending` at `segment`'s readable mark, which it brings to `end`, and empty it.
+fn write_bytes(
+    segment: &Segment,
+    pending: &mut Vec<u8>,
+    end: u64,
+    ring: Option<&mut sys::Uring>,
+) -> Result<(), EngineError> {
+    if pending.is_empty() {
+        return Ok(());
     }
+    let at = segment.readable.load(Ordering::Relaxed);
+    let written = at + pending.len() as u64;
+    let outcome = match ring {
+        None => segment.file.write_all_at(pending, at),
+        Some(ring) => {
+            let (result, buffer) = ring.write_all_at(&segment.file, std::mem::take(pending), at);
+            *pending = buffer;
+            result
+        }
+    };
+    outcome.map_err(EngineError::io("write segment"))?;
+    debug_assert_eq!(written, end, "pending ends at the segment's end");
+    segment.readable.store(written, Ordering::Release);
+    pending.clear();
+    Ok(())
+}
 
-    /// After a seal: make the next segment (the spare if it is ready, else a new file) and
-    /// make it the active one.
-    fn start_next_segment(&self, active: &mut Active, next_len: u64) -> Result<(), EngineError> {
+impl Shared {
+    /// Seal the active segment and make the next one (room for a record of `next_len` bytes)
+    /// the active one. Called with the active lock held; needs no disk when the spare is ready
+    /// (see the module documentation). If the next segment cannot be had, nothing is sealed
+    /// and the error is returned.
+    fn roll(&self, active: &mut Active, next_len: u64) -> Result<(), EngineError> {
         let id = active.segment.id.checked_add(1).expect("segment ids do not run out");
         let needed = (SEGMENT_HEADER_BYTES + SEAL_RECORD_BYTES) as u64 + next_len;
-        let spare = lock(&self.spare).take();
-        let (segment, capacity) = match spare {
-            Some(spare) if spare.segment.id == id && spare.capacity >= needed => {
-                fs::rename(&spare.temp, &spare.segment.path)
-                    .map_err(EngineError::io("rename spare segment"))?;
-                sync_dir(&self.dir)?;
-                (spare.segment, spare.capacity)
-            }
-            other => {
-                if let Some(stale) = other {
-                    let _ = fs::remove_file(&stale.temp);
-                }
+        let (segment, capacity) = match self.take_spare(id)? {
+            Some(spare) if spare.capacity >= needed => (spare.segment, spare.capacity),
+            // A record larger than a segment: a segment of its own size, renamed over the
+            // spare's name (the spare is dropped unused).
+            _ => {
                 let capacity = segment_capacity(&self.dir, self.options.segment_bytes_max, needed);
                 (create_segment(&self.dir, id, capacity)?, capacity)
             }
         };
+        encode_record(RecordKind::Seal, &[], &[], &mut active.pending);
+        active.end += SEAL_RECORD_BYTES as u64;
         let segment = Arc::new(segment);
         self.segments.write().unwrap_or_else(|p| p.into_inner()).push(Arc::clone(&segment));
-        active.segment = segment;
+        let old = std::mem::replace(&mut active.segment, segment);
+        let pending = std::mem::take(&mut active.pending);
+        active.sealed.push(Sealed { segment: old, end: active.end, pending });
         active.capacity = capacity;
         active.end = SEGMENT_HEADER_BYTES as u64;
+        // Memory held by unwritten sealed bytes stays bounded like the pending buffer's.
+        let unwritten: usize = active.sealed.iter().map(|s| s.pending.len()).sum();
+        if unwritten >= PENDING_BYTES_MAX {
+            write_pending(active)?;
+        }
+        // The seal's fdatasync, soon; and the next spares, at once.
+        self.flush_wanted.notify_one();
+        self.want_spare(id + SPARES_AHEAD);
         Ok(())
+    }
+
+    /// Ask the preparer for the spares of the segments up to `id`, unless it was asked already.
+    pub(super) fn want_spare(&self, id: u32) {
+        if self.spare_wanted.load(Ordering::Relaxed) >= id {
+            return;
+        }
+        let mut state = lock(&self.spare);
+        if state.wanted < id {
+            state.wanted = id;
+            self.spare_changed.notify_all();
+        }
+        self.spare_wanted.store(state.wanted, Ordering::Relaxed);
+    }
+
+    /// The spare of segment `id`, waiting for the preparer (and hurrying it) if it is not
+    /// ready. `Ok(None)` only if the log is closing.
+    fn take_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
+        self.want_spare(id);
+        let mut state = lock(&self.spare);
+        loop {
+            if let Some(at) = state.ready.iter().position(|spare| spare.segment.id == id) {
+                return Ok(Some(state.ready.remove(at)));
+            }
+            if let Some((_, kind, message)) = state.failure.take_if(|(failed, ..)| *failed == id) {
+                // Made again at the next roll's request (the disk may have room by then).
+                state.made = id - 1;
+                return Err(EngineError::Io {
+                    during: "prepare segment",
+                    source: io::Error::new(kind, message),
+                });
+            }
+            if state.shutdown {
+                return Ok(None);
+            }
+            self.spare_hurry.store(true, Ordering::Relaxed);
+            state = self.spare_changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The preparer thread: make the spare of every segment asked for, one at a time.
+    pub(super) fn run_preparer(&self) {
+        let mut state = lock(&self.spare);
+        loop {
+            if state.shutdown {
+                return;
+            }
+            // After a failure nothing more is made until a roll took the failure (and asked
+            // for that id again): spares are made in id order, each id once.
+            if state.made >= state.wanted || state.failure.is_some() {
+                state = self.spare_changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let id = state.made + 1;
+            drop(state);
+            let made = self.make_spare(id);
+            state = lock(&self.spare);
+            self.spare_hurry.store(false, Ordering::Relaxed);
+            state.made = state.made.max(id);
+            match made {
+                Ok(Some(spare)) => {
+                    assert!(
+                        state.ready.last().is_none_or(|last| last.segment.id < id),
+                        "spares are made in id order, each once"
+                    );
+                    state.ready.push(spare);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let kind = std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<io::Error>())
+                        .map_or(io::ErrorKind::Other, io::Error::kind);
+                    state.failure = Some((id, kind, e.to_string()));
+                }
+            }
+            self.spare_changed.notify_all();
+        }
     }
 
     /// Make the spare for segment `id` (see [`Spare`]). `Ok(None)` if the log began closing
     /// first.
-    fn fill_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
+    fn make_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
         let capacity = segment_capacity(&self.dir, self.options.segment_bytes_max, 0);
         let temp = self.dir.join(format!("{id:010}{SEGMENT_SUFFIX}.spare{TEMP_SUFFIX}"));
         let file = create_temp_file(&temp, "create spare segment")?;
+        let made = match self.fill_zeros(&file, capacity) {
+            Ok(true) => self.finish_spare(id, &temp, file, capacity).map(Some),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
+        if !matches!(made, Ok(Some(_))) {
+            let _ = fs::remove_file(&temp);
+        }
+        Ok(made?.map(|segment| Spare { segment, capacity }))
+    }
+
+    /// Write zeros over `[0, capacity)` of `file` in chunks until done or a roll hurries the
+    /// preparer; false if the log began closing.
+    fn fill_zeros(&self, file: &fs::File, capacity: u64) -> Result<bool, EngineError> {
         let zeros = vec![0u8; SPARE_FILL_CHUNK_BYTES];
         let mut at = 0;
-        while at < capacity {
-            if lock(&self.sync).shutdown {
-                drop(file);
-                let _ = fs::remove_file(&temp);
-                return Ok(None);
+        while at < capacity && !self.spare_hurry.load(Ordering::Relaxed) {
+            if lock(&self.spare).shutdown {
+                return Ok(false);
             }
             let len = (capacity - at).min(zeros.len() as u64) as usize;
             file.write_all_at(&zeros[..len], at).map_err(EngineError::io("fill spare segment"))?;
             at += len as u64;
         }
+        Ok(true)
+    }
+
+    /// Header, the rest of the blocks allocated (past what was zeroed, if a roll hurried us),
+    /// fsync, rename to the segment's name, directory fsync, map.
+    fn finish_spare(
+        &self,
+        id: u32,
+        temp: &std::path::Path,
+        file: fs::File,
+        capacity: u64,
+    ) -> Result<Segment, EngineError> {
+        sys::preallocate(&file, capacity).map_err(EngineError::io("preallocate segment"))?;
         file.write_all_at(&encode_segment_header(id), 0)
             .map_err(EngineError::io("write segment"))?;
         file.sync_all().map_err(EngineError::io("fsync spare segment"))?;
+        let path = segment_path(&self.dir, id);
+        fs::rename(temp, &path).map_err(EngineError::io("rename spare segment"))?;
+        sync_dir(&self.dir)?;
         let map = sys::Map::new(&file, capacity).map_err(EngineError::io("map segment"))?;
-        let segment = Segment {
-            id,
-            path: segment_path(&self.dir, id),
-            file,
-            map,
-            readable: AtomicU64::new(SEGMENT_HEADER_BYTES as u64),
-        };
-        Ok(Some(Spare { segment, temp, capacity }))
+        let readable = AtomicU64::new(SEGMENT_HEADER_BYTES as u64);
+        Ok(Segment { id, path, file, map, readable })
     }
 }

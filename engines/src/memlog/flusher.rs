@@ -1,7 +1,8 @@
 //! # Group commit: the flusher thread
 //!
 //! One flusher thread per log writes the pending bytes and makes them durable with one
-//! `fdatasync` for every waiting writer at once: on its own every `flush_interval_ms`, and at
+//! `fdatasync` for every waiting writer at once (after one for each segment a roll sealed
+//! since the last flush: a roll leaves that to the flusher, see `active.rs`): on its own every `flush_interval_ms`, and at
 //! once when a [`MemLog::sync`] caller waits. Each caller sleeps until the append count it
 //! needs is durable and is woken on its own. The thread makes its two calls as plain system
 //! calls or through an io_uring of its own ([`crate::FlusherBackend`]).
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::active::{failed_error, write_pending_with};
+use super::segment::Segment;
 use super::{lock, sys, EngineError, MemLog, Shared};
 
 #[derive(Debug, Default)]
@@ -77,28 +79,37 @@ impl MemLog {
 }
 
 impl Shared {
-    /// Write what is pending and fdatasync it, through `ring` when the flusher has one.
-    /// Returns the append count now durable.
+    /// Write what is pending and fdatasync it, through `ring` when the flusher has one:
+    /// first every segment a roll sealed since the last flush (their last bytes and seal
+    /// records), oldest first, then the active segment. Returns the append count now durable.
     pub(super) fn flush(
         &self,
         synced: u64,
         mut ring: Option<&mut sys::Uring>,
     ) -> Result<u64, EngineError> {
-        let (target, segment, written) = {
+        let (sealed, target, segment, written) = {
             let mut active = lock(&self.active);
             if active.failed {
                 return Err(failed_error());
             }
             write_pending_with(&mut active, ring.as_deref_mut())?;
-            (self.appended.load(Ordering::Acquire), Arc::clone(&active.segment), active.end)
+            let sealed: Vec<(Arc<Segment>, u64)> =
+                active.sealed.iter().map(|s| (Arc::clone(&s.segment), s.end)).collect();
+            let target = self.appended.load(Ordering::Acquire);
+            (sealed, target, Arc::clone(&active.segment), active.end)
         };
+        // Oldest first: a later segment's records are durable only once every segment before
+        // it is, seal included (recovery reads nothing past a segment that lacks its seal).
+        for (old, end) in &sealed {
+            sync_data(&mut ring, old)?;
+            self.durable_to(old.id, *end);
+        }
+        if !sealed.is_empty() {
+            // Rolls only ever add at the end: the first ones are those just synced.
+            lock(&self.active).sealed.drain(..sealed.len());
+        }
         if target > synced {
-            // Segments sealed since the last flush were fdatasynced when they were sealed.
-            match ring {
-                Some(ring) => ring.sync_data(&segment.file),
-                None => segment.file.sync_data(),
-            }
-            .map_err(EngineError::io("fdatasync segment"))?;
+            sync_data(&mut ring, &segment)?;
             self.syncs.fetch_add(1, Ordering::Relaxed);
             self.durable_to(segment.id, written);
         }
@@ -164,4 +175,13 @@ impl Shared {
             state = lock(&self.sync);
         }
     }
+}
+
+/// `fdatasync` of `segment`'s file, through `ring` when there is one.
+fn sync_data(ring: &mut Option<&mut sys::Uring>, segment: &Segment) -> Result<(), EngineError> {
+    match ring {
+        Some(ring) => ring.sync_data(&segment.file),
+        None => segment.file.sync_data(),
+    }
+    .map_err(EngineError::io("fdatasync segment"))
 }

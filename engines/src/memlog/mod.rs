@@ -79,7 +79,7 @@ use crate::data_dir::{sync_dir, DirLock};
 use crate::{EngineError, FlusherBackend};
 
 pub use active::PENDING_BYTES_MAX;
-use active::{Active, Spare};
+use active::{Active, SpareState};
 use flusher::SyncState;
 pub use format::{
     decode_record, encode_record, record_bytes, Record, RecordKind, FORMAT_VERSION,
@@ -164,15 +164,17 @@ struct Shared {
     synced: AtomicU64,
     /// Set with `SyncState::failed`, readable without the lock.
     sync_failed: AtomicBool,
-    /// The next segment, zero-filled ahead of time by a helper thread (see [`Spare`]).
-    spare: Mutex<Option<Spare>>,
-    /// The helper thread filling the spare, if one runs.
-    preparer: Mutex<Option<JoinHandle<()>>>,
+    /// The next segment, made ahead of time by the preparer thread (see `active.rs`).
+    spare: Mutex<SpareState>,
+    /// Signalled when a spare is asked for, made, or failed, and at shutdown.
+    spare_changed: Condvar,
+    /// Set by a roll waiting for the spare: the preparer stops zero-filling.
+    spare_hurry: AtomicBool,
     /// How far the log is known durable: (segment id, offset in it). Everything before it,
     /// and every segment with a smaller id, was fdatasynced ([`MemLog::durable_image`]).
     durable: Mutex<(u32, u64)>,
-    /// The segment id a spare was last started for, so appends check it without a lock.
-    spare_started: AtomicU32,
+    /// The highest segment id a spare was asked for, so appends check it without a lock.
+    spare_wanted: AtomicU32,
     /// `fdatasync`s of the active segment done by flushes, since open.
     syncs: AtomicU64,
 }
@@ -182,6 +184,7 @@ struct Shared {
 pub struct MemLog {
     shared: Arc<Shared>,
     flusher: Option<JoinHandle<()>>,
+    preparer: Option<JoinHandle<()>>,
     backend: FlusherBackend,
 }
 
@@ -304,6 +307,7 @@ impl MemLog {
                 capacity,
                 end,
                 pending: Vec::new(),
+                sealed: Vec::new(),
                 failed: false,
             }),
             appended: AtomicU64::new(0),
@@ -311,9 +315,10 @@ impl MemLog {
             flush_wanted: Condvar::new(),
             synced: AtomicU64::new(0),
             sync_failed: AtomicBool::new(false),
-            spare: Mutex::new(None),
-            preparer: Mutex::new(None),
-            spare_started: AtomicU32::new(0),
+            spare: Mutex::new(SpareState::new(active_id)),
+            spare_changed: Condvar::new(),
+            spare_hurry: AtomicBool::new(false),
+            spare_wanted: AtomicU32::new(0),
             syncs: AtomicU64::new(0),
             durable: Mutex::new((active_id, end)),
         });
@@ -331,7 +336,16 @@ impl MemLog {
                 .spawn(move || shared.run_flusher(ring))
                 .map_err(EngineError::io("start flusher thread"))?
         };
-        Ok(MemLog { shared, flusher: Some(flusher), backend })
+        let mut log = MemLog { shared, flusher: Some(flusher), preparer: None, backend };
+        let preparer = {
+            let shared = Arc::clone(&log.shared);
+            std::thread::Builder::new()
+                .name("memlog-spare".into())
+                .spawn(move || shared.run_preparer())
+                .map_err(EngineError::io("start spare segment thread"))?
+        };
+        log.preparer = Some(preparer);
+        Ok(log)
     }
 
     /// The backend the flusher uses: the configured one, or [`FlusherBackend::Thread`] where
@@ -367,15 +381,21 @@ impl MemLog {
             // other way round).
             Arc::clone(segment)
         };
-        // Not written yet: it is in the pending buffer of the active segment.
+        // Not written yet: it is in the pending buffer of the active segment, or of a segment
+        // a roll sealed since the last flush.
         let active = lock(&self.shared.active);
-        let start = active.segment.readable.load(Ordering::Acquire);
-        if active.segment.id == at.segment && u64::from(at.offset) >= start {
-            let from = (u64::from(at.offset) - start) as usize;
-            return match active.pending.get(from..).and_then(decode_record) {
-                Some((record, _)) => Ok(f(record)),
-                None => Err(corrupt(&segment.path, format!("no record at {}", at.offset))),
-            };
+        let unwritten = std::iter::once((&active.segment, &active.pending))
+            .chain(active.sealed.iter().map(|s| (&s.segment, &s.pending)))
+            .find(|(s, _)| s.id == at.segment);
+        if let Some((segment, pending)) = unwritten {
+            let start = segment.readable.load(Ordering::Acquire);
+            if u64::from(at.offset) >= start {
+                let from = (u64::from(at.offset) - start) as usize;
+                return match pending.get(from..).and_then(decode_record) {
+                    Some((record, _)) => Ok(f(record)),
+                    None => Err(corrupt(&segment.path, format!("no record at {}", at.offset))),
+                };
+            }
         }
         // The flusher wrote it between the two checks; the mapping has it now.
         match segment.readable_from(at.offset).and_then(decode_record) {
@@ -509,13 +529,16 @@ impl Drop for MemLog {
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.join();
         }
-        // The spare helper sees `shutdown` between chunks and gives up; an unused spare is a
-        // temporary file that the next open removes.
-        if let Some(preparer) = lock(&self.shared.preparer).take() {
+        // The preparer sees `shutdown` between chunks and gives up. An unused spare carries
+        // the name of a segment after the active one; the next open would delete it (the
+        // active segment has no seal), and so does this.
+        lock(&self.shared.spare).shutdown = true;
+        self.shared.spare_changed.notify_all();
+        if let Some(preparer) = self.preparer.take() {
             let _ = preparer.join();
         }
-        if let Some(spare) = lock(&self.shared.spare).take() {
-            let _ = fs::remove_file(&spare.temp);
+        for spare in lock(&self.shared.spare).ready.drain(..) {
+            let _ = fs::remove_file(&spare.segment.path);
         }
         // A clean close makes every append durable. Errors here have no one to go to; the
         // files stay recoverable by reopening.
@@ -571,6 +594,80 @@ mod tests {
         assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
         let loc = log.append(RecordKind::Tombstone, b"x", b"").unwrap();
         assert!(loc > at[199], "appends resume after the recovered end");
+    }
+
+    /// What the directory holds now, before a clean close could write anything more.
+    fn copy_files(from: &Path) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "LOCK" {
+                fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+            }
+        }
+        copy
+    }
+
+    /// Rolls leave the old segment's last bytes and its fdatasync to the flusher: records in
+    /// segments sealed but not yet written read back at once, and after a `sync` every one of
+    /// them survives a power loss (the durable image), in order.
+    #[test]
+    fn records_of_sealed_unwritten_segments_read_back_and_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut collect = Collect(Vec::new());
+        // The flusher stays asleep unless a caller syncs.
+        let options = MemLogOptions {
+            segment_bytes_max: 4096,
+            flush_interval_ms: 3_600_000,
+            ..MemLogOptions::default()
+        };
+        let log =
+            MemLog::open(dir.path(), lock_dir(dir.path()).unwrap(), options, &mut collect).unwrap();
+        let mut at = Vec::new();
+        for i in 0..300u32 {
+            at.push(log.append(RecordKind::Put, &i.to_be_bytes(), &[i as u8; 50]).unwrap());
+        }
+        assert!(at.last().unwrap().segment >= 4, "several rolls: {:?}", at.last());
+        for (i, &loc) in at.iter().enumerate() {
+            let value = log.read(loc, |r| r.value.to_vec()).unwrap();
+            assert_eq!(value, vec![i as u8; 50], "record {i} at {loc:?}");
+        }
+        log.sync().unwrap();
+        let image = tempfile::tempdir().unwrap();
+        log.durable_image(image.path()).unwrap();
+        let (_, collected) = open(image.path(), 4096);
+        assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
+    }
+
+    /// A spare made ahead carries the next segment's name while the active segment has no
+    /// seal: a crash then (the files copied as they are) recovers every synced record, deletes
+    /// the spare, and appends resume in the active segment.
+    #[test]
+    fn a_named_spare_is_dropped_by_recovery_and_by_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 64 << 10);
+        let spare = segment_path(dir.path(), 2);
+        let mut at = Vec::new();
+        let mut i = 0u32;
+        // Past half of the first segment the spare of segment 2 is asked for.
+        while at.len() < 600 {
+            at.push(log.append(RecordKind::Put, &i.to_be_bytes(), &[7; 50]).unwrap());
+            i += 1;
+        }
+        log.sync().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !spare.exists() {
+            assert!(std::time::Instant::now() < deadline, "no spare made");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(log.active_segment(), 1);
+        let copy = copy_files(dir.path());
+        drop(log);
+        assert!(!spare.exists(), "a clean close removes the unused spare");
+        let (log, collected) = open(copy.path(), 64 << 10);
+        assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
+        assert!(!segment_path(copy.path(), 2).exists(), "recovery deleted the spare");
+        assert_eq!(log.append(RecordKind::Put, b"k", b"v").unwrap().segment, 1);
     }
 
     /// With the io_uring flusher (where this kernel allows io_uring), synced appends survive
