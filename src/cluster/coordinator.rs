@@ -305,7 +305,17 @@ impl Cluster {
         let stored_or_failed = |e: Error| if storage.failed() { cannot_store() } else { e };
         let timeout = self.timeout(options.timeout_ms);
         let mut quorum = WriteQuorum::new(targets.len().max(1), w, dw);
-        let (events, mut answers) = futures::channel::mpsc::unbounded::<bool>();
+        // Each replica's answer: `Some(durable)` when it stored the write (and whether it
+        // synced it), `None` when it failed or refused.
+        let (events, mut answers) = futures::channel::mpsc::unbounded::<Option<bool>>();
+        // DW counts synced copies, this node's own sync included: with dw = 1 this node syncs
+        // its copy and the others only store (none of them delays the answer with an fsync);
+        // only a DW this node's copy cannot cover asks the others to sync.
+        let local_counts = match &here {
+            Here::Coordinate => true,
+            Here::AsHint { counts, .. } => *counts,
+        };
+        let remote_sync = dw > usize::from(local_counts);
         // The replication's bytes, reserved before anything is done (super::budget).
         let remote = targets.iter().filter(|t| t.id != me).count();
         let reserve = || {
@@ -355,7 +365,7 @@ impl Cluster {
                 Err(e) => {
                     tracing::debug!(replica = %target.id, error = %e, "write not replicated");
                     not_sent += 1;
-                    let _ = events.unbounded_send(false);
+                    let _ = events.unbounded_send(None);
                     continue;
                 }
             };
@@ -363,9 +373,10 @@ impl Cluster {
             let events = events.clone();
             let (bucket, key, state) = (bucket.to_string(), key.to_vec(), Rc::clone(&state));
             tokio::task::spawn_local(async move {
-                let stored =
-                    cluster.replicate_charged(&target, &bucket, &key, &state, dw > 0, charge).await;
-                let _ = events.unbounded_send(stored);
+                let stored = cluster
+                    .replicate_charged(&target, &bucket, &key, &state, remote_sync, charge)
+                    .await;
+                let _ = events.unbounded_send(stored.then_some(remote_sync));
             });
         }
         // While the key's partition moves, its receivers store the write too, each of
@@ -387,8 +398,9 @@ impl Cluster {
             let (bucket, key, state) = (bucket.to_string(), key.to_vec(), Rc::clone(&state));
             let target = Target { id: receiver, hint_for: None };
             tokio::task::spawn_local(async move {
-                let stored =
-                    cluster.replicate_charged(&target, &bucket, &key, &state, dw > 0, charge).await;
+                let stored = cluster
+                    .replicate_charged(&target, &bucket, &key, &state, remote_sync, charge)
+                    .await;
                 let _ = events.unbounded_send(stored);
             });
         }
@@ -429,10 +441,10 @@ impl Cluster {
                         "every replica answered; too few stored{not_sent}"
                     )))
                 }
-                Ok(Some(true)) => {
-                    quorum.stored(dw > 0);
+                Ok(Some(Some(durable))) => {
+                    quorum.stored(durable);
                 }
-                Ok(Some(false)) => {
+                Ok(Some(None)) => {
                     quorum.failed();
                 }
             }
@@ -445,13 +457,13 @@ impl Cluster {
     pub(super) fn sync_then_answer(
         self: &Rc<Self>,
         engine: &std::sync::Arc<dyn cartwheel_engines::StorageEngine>,
-        events: &futures::channel::mpsc::UnboundedSender<bool>,
+        events: &futures::channel::mpsc::UnboundedSender<Option<bool>>,
     ) {
         let (cluster, engine, events) =
             (Rc::clone(self), std::sync::Arc::clone(engine), events.clone());
         tokio::task::spawn_local(async move {
             let synced = cluster.syncs.sync(&engine).await;
-            let _ = events.unbounded_send(synced.is_ok());
+            let _ = events.unbounded_send(synced.is_ok().then_some(true));
         });
     }
 
