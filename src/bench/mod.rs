@@ -2,7 +2,7 @@
 //!
 //! The question it answers: at a given arrival rate, how long does a request take, up to
 //! p99.9 and beyond, and how much of that is the store rather than the machine? It answers
-//! with three ideas:
+//! with four ideas:
 //!
 //! 1. **Open loop.** Requests arrive at a fixed rate whatever the server does, and latency
 //!    is measured from each request's *intended* start ([`generator`]). A stalled server
@@ -14,6 +14,12 @@
 //!    same process at the same rate and request size ([`floor`]), so each figure can be read
 //!    beside what one loopback round trip costs on the same machine.
 //!
+//! 4. **A reference.** `--reference` runs a bare client of its own after the store run
+//!    ([`reference`]), with the same requests at the same rate: what the benchmark's own
+//!    machinery adds shows as the gap between the two lines. That machinery is kept off the
+//!    sending thread: it paces, sends and timestamps, and a recorder thread keeps the
+//!    histograms and the progress bar ([`generator`]).
+//!
 //! By default it starts its own nodes (`--nodes 3`) on loopback with a bucket named `bench`
 //! configured from the command line ([`target`]), preloads every key, runs the workload
 //! ([`workload`]: YCSB A/B/C, write-only, shopping carts), tears the nodes down, prints a
@@ -21,8 +27,8 @@
 //! raises the rate step by step and reports the highest one whose p99.9 stays under
 //! `--p999-target`; `--compare` overlays earlier JSON files on the plot.
 //!
-//! Left out on purpose: a distributed load generator (one process drives everything, on one
-//! thread, as capnp-rpc requires) and closed-loop modes (they measure the wrong thing).
+//! Left out on purpose: a distributed load generator (one process drives everything, its
+//! requests leaving from one thread, as capnp-rpc requires) and closed-loop modes (they measure the wrong thing).
 //! README's "Reading a benchmark" says how to read the output.
 
 pub mod floor;

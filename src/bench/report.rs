@@ -14,7 +14,7 @@
 //!   "workload": { "name", "keys", "value_bytes", "distribution", "zipf_theta" },
 //!   "schedule": { "rate_per_s", "warmup_s", "duration_s", "inflight_max",
 //!                 "connections_per_node", "routing", "zero_hop" },
-//!   "runs": [ {                       // "store", then "floor" with --floor
+//!   "runs": [ {                       // "store"; "reference" with --reference; "floor" with --floor
 //!     "name", "offered_rate_per_s", "achieved_rate_per_s", "measured_s",
 //!     "requests", "answered", "late", "unfinished", "not_issued",
 //!     "errors": { "<kind>": count },  // cartwheel::Error kinds, unfinished, not_issued
@@ -131,7 +131,7 @@ impl OpReport {
 /// One run of the generator: the store, or the floor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
-    /// `store` or `floor` (or a label from a compared file).
+    /// `store`, `reference` or `floor` (or a label from a compared file).
     pub name: String,
     /// The schedule's rate.
     pub offered_rate_per_s: f64,

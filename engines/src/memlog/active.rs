@@ -32,9 +32,9 @@
 //!
 //! ## After a failure
 //! After a failed write the tail of the file is unknown, so the active segment refuses every
-//! later append; only reopening (recovery) makes the log writable again. A roll whose next
-//! segment cannot be made (a full disk) seals nothing: the append that needed it is refused and
-//! the log stays as it was.
+//! later append; only reopening (recovery) makes the log writable again. The same after a roll
+//! whose next segment cannot be made (a full disk): it seals nothing, but the log is failed, so
+//! that a full disk turns the engine read-only until it is reopened with room to go on.
 
 use std::fs;
 use std::io;
@@ -262,18 +262,27 @@ fn write_bytes(
 impl Shared {
     /// Seal the active segment and make the next one (room for a record of `next_len` bytes)
     /// the active one. Called with the active lock held; needs no disk when the spare is ready
-    /// (see the module documentation). If the next segment cannot be had, nothing is sealed
-    /// and the error is returned.
+    /// (see the module documentation). If the next segment cannot be had, nothing is sealed,
+    /// the log is failed and the error is returned.
     fn roll(&self, active: &mut Active, next_len: u64) -> Result<(), EngineError> {
         let id = active.segment.id.checked_add(1).expect("segment ids do not run out");
         let needed = (SEGMENT_HEADER_BYTES + SEAL_RECORD_BYTES) as u64 + next_len;
-        let (segment, capacity) = match self.take_spare(id)? {
-            Some(spare) if spare.capacity >= needed => (spare.segment, spare.capacity),
+        let next = self.take_spare(id).and_then(|spare| match spare {
+            Some(spare) if spare.capacity >= needed => Ok((spare.segment, spare.capacity)),
             // A record larger than a segment: a segment of its own size, renamed over the
             // spare's name (the spare is dropped unused).
             _ => {
                 let capacity = segment_capacity(&self.dir, self.options.segment_bytes_max, needed);
-                (create_segment(&self.dir, id, capacity)?, capacity)
+                Ok((create_segment(&self.dir, id, capacity)?, capacity))
+            }
+        });
+        let (segment, capacity) = match next {
+            Ok(next) => next,
+            Err(e) => {
+                // Nothing is sealed, but the log cannot go on: failed, as after a failed
+                // write, until it is reopened (which `Recovering` does once there is room).
+                active.failed = true;
+                return Err(e);
             }
         };
         encode_record(RecordKind::Seal, &[], &[], &mut active.pending);
@@ -329,7 +338,10 @@ impl Shared {
             if state.shutdown {
                 return Ok(None);
             }
+            // The preparer may be asleep (after a failure this roll's predecessor took): wake it
+            // to look again, and tell it that a roll waits.
             self.spare_hurry.store(true, Ordering::Relaxed);
+            self.spare_changed.notify_all();
             state = self.spare_changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }
