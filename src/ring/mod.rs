@@ -414,11 +414,13 @@ mod tests {
         assert_eq!(storage_key(0x0102, b"k"), vec![1, 2, b'k']);
     }
 
-    fn names(n: usize) -> Vec<String> {
+    /// `n01` … ids of `n` members, in order.
+    pub(super) fn names(n: usize) -> Vec<String> {
         (1..=n).map(|i| format!("n{i:02}")).collect()
     }
 
-    fn grow(q: u32, nodes: usize) -> Ownership {
+    /// A ring grown one member at a time to `nodes` members (N = 3), as a cluster grows.
+    pub(super) fn grow(q: u32, nodes: usize) -> Ownership {
         let members = names(nodes);
         let mut ring = Ownership::single(&members[0], q);
         for s in 2..=nodes {

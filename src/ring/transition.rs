@@ -220,20 +220,8 @@ impl Ownership {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{grow as grown, names};
     use super::*;
-
-    fn names(n: usize) -> Vec<String> {
-        (1..=n).map(|i| format!("n{i}")).collect()
-    }
-
-    fn grown(q: u32, nodes: usize) -> Ownership {
-        let members = names(nodes);
-        let mut ring = Ownership::single(&members[0], q);
-        for s in 2..=nodes {
-            ring = ring.rebalance(&members[..s], 3);
-        }
-        ring
-    }
 
     /// A join: while a partition moves, reads go to the current replicas and writes to
     /// both sets; its receivers are the nodes new to its first N; once they hold it, it
@@ -250,7 +238,7 @@ mod tests {
         assert!(!moving.is_empty());
         for p in 0..16u16 {
             let receivers = ring.receivers(p, 3);
-            assert!(receivers.iter().all(|r| *r == "n4"), "only the newcomer receives");
+            assert!(receivers.iter().all(|r| *r == "n04"), "only the newcomer receives");
             let sets = ring.write_sets(p, 3);
             assert_eq!(sets.serving, before.primaries(p, 3), "reads stay on the current ring");
             if receivers.is_empty() {
@@ -258,12 +246,12 @@ mod tests {
             } else {
                 let then = Ownership { owners: next.clone(), ..before.clone() };
                 assert_eq!(sets.next, Some(then.primaries(p, 3)));
-                assert!(ring.holds(p, 3, "n4"));
+                assert!(ring.holds(p, 3, "n04"));
             }
         }
         // n4 holds the first moving partition: only that one moves.
         let first = moving[0];
-        let step = ring.settle(3, |node, p| node == "n4" && p == first).unwrap().unwrap();
+        let step = ring.settle(3, |node, p| node == "n04" && p == first).unwrap().unwrap();
         assert_eq!(step.epoch, ring.epoch + 1);
         assert!(step.next.as_ref().unwrap().moved.contains(&first));
         let then = Ownership { owners: next.clone(), ..before.clone() };
@@ -286,17 +274,17 @@ mod tests {
         let next = before.rebalance(&members[..3], 3).owners;
         let leave = before.begin(next.clone(), BTreeSet::new(), 3).unwrap();
         for p in 0..16u16 {
-            assert!(!leave.receivers(p, 3).contains(&"n4"));
+            assert!(!leave.receivers(p, 3).contains(&"n04"));
         }
-        let sources_with_n4 = (0..16u16).filter(|&p| leave.sources(p, 3).contains(&"n4"));
+        let sources_with_n4 = (0..16u16).filter(|&p| leave.sources(p, 3).contains(&"n04"));
         assert!(sources_with_n4.count() > 0);
         let done = leave.settle(3, |_, _| true).unwrap().unwrap();
-        assert_eq!(done.owned_by("n4"), 0);
-        assert!(done.left.contains("n4"));
+        assert_eq!(done.owned_by("n04"), 0);
+        assert!(done.left.contains("n04"));
 
-        let removal = before.begin(next, BTreeSet::from(["n4".to_string()]), 3).unwrap();
+        let removal = before.begin(next, BTreeSet::from(["n04".to_string()]), 3).unwrap();
         for p in 0..16u16 {
-            assert!(!removal.sources(p, 3).contains(&"n4"), "a removed member is no source");
+            assert!(!removal.sources(p, 3).contains(&"n04"), "a removed member is no source");
         }
     }
 
