@@ -15,7 +15,7 @@
 //!    beside what one loopback round trip costs on the same machine.
 //!
 //! 4. **A reference.** `--reference` runs a bare client of its own after the store run
-//!    ([`reference`]), with the same requests at the same rate: what the benchmark's own
+//!    ([`mod@reference`]), with the same requests at the same rate: what the benchmark's own
 //!    machinery adds shows as the gap between the two lines. That machinery is kept off the
 //!    sending thread: it paces, sends and timestamps, and a recorder thread keeps the
 //!    histograms and the progress bar ([`generator`]).
