@@ -1126,6 +1126,15 @@ fn print_status(status: &crate::client::NodeStatus) {
         ae.tombstones_collected,
         ae.late_states_dropped
     );
+    let owners = status.members.iter().filter(|m| m.partitions_owned > 0).count();
+    for b in status.buckets.iter().filter(|b| usize::from(b.nrw.2) > owners) {
+        let _ = writeln!(
+            out,
+            "WARNING: bucket {} has w = {} and the ring has {owners} node(s): its writes are \
+             refused (quorumNotMet) until more nodes join",
+            b.name, b.nrw.2
+        );
+    }
     if !status.config_mismatches.is_empty() {
         let _ = writeln!(
             out,

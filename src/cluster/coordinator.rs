@@ -260,7 +260,8 @@ impl Cluster {
         let me = self.me();
         let targets = self.targets(bucket, key, n);
         let known = self.knows_cluster();
-        let (w, dw) = effective_write_quorum(&bucket_ref.config, asked, targets.len(), known)?;
+        let (w, dw) = effective_write_quorum(&bucket_ref.config, asked, targets.len(), known)
+            .inspect_err(|e| self.warn_quorum_refusal(bucket, e))?;
         // Forward to a primary that can take the write; one whose storage failed answers
         // `unavailable` with nothing done, and the next primary is tried.
         let mut unavailable: Vec<String> = Vec::new();
@@ -451,6 +452,22 @@ impl Cluster {
         };
         self.metrics().write_quorum(bucket, &answer);
         answer
+    }
+
+    /// Log why writes are refused before anything is stored (W over the nodes the ring has for
+    /// the key, a cluster not known yet), at most once every ten seconds: the client's error
+    /// says it each time, the log says it to the operator.
+    fn warn_quorum_refusal(&self, bucket: &str, error: &Error) {
+        if !matches!(error, Error::QuorumNotMet(_)) {
+            return;
+        }
+        let now = self.now_ms();
+        let last = self.quorum_refusal_warned_ms.get();
+        if last != 0 && now.saturating_sub(last) < 10_000 {
+            return;
+        }
+        self.quorum_refusal_warned_ms.set(now.max(1));
+        tracing::warn!(%bucket, %error, "writes refused before anything is stored");
     }
 
     /// Sync `engine` (shared with other waiting writes), then report the outcome on `events`.

@@ -126,6 +126,8 @@ pub struct Cluster {
     transfers: RefCell<transfer::Transfers>,
     /// What anti-entropy did since the start.
     anti_entropy_progress: RefCell<anti_entropy::Progress>,
+    /// When a refused write was last logged (`now_ms`, 0: never).
+    quorum_refusal_warned_ms: std::cell::Cell<u64>,
     /// Index into the (bucket, partition) pairs of the next anti-entropy exchange.
     anti_entropy_cursor: std::cell::Cell<usize>,
     /// Peer addresses a connection is being opened to, and how to wake the calls waiting for
@@ -241,6 +243,7 @@ impl Cluster {
             transfer_bytes_per_s: Some(config.cluster.transfer_bytes_per_s).filter(|r| *r > 0),
             transfers: RefCell::new(transfer::Transfers::default()),
             anti_entropy_progress: RefCell::new(anti_entropy::Progress::default()),
+            quorum_refusal_warned_ms: std::cell::Cell::new(0),
             anti_entropy_cursor: std::cell::Cell::new(0),
             hints_failure_noticed: std::cell::Cell::new(false),
             connecting: RefCell::new(HashMap::new()),
