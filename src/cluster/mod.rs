@@ -132,7 +132,7 @@ pub struct Cluster {
     anti_entropy_cursor: std::cell::Cell<usize>,
     /// Peer addresses a connection is being opened to, and how to wake the calls waiting for
     /// it (src/cluster/peers.rs).
-    connecting: RefCell<HashMap<String, Rc<tokio::sync::Notify>>>,
+    connecting: RefCell<HashMap<String, (Rc<tokio::sync::Notify>, tokio::time::Instant)>>,
     /// The hint store's failure was seen (and the hint actor renewed), until it is reopened.
     hints_failure_noticed: std::cell::Cell<bool>,
     /// dw > 0 waits: one blocking sync at a time per engine.

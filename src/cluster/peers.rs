@@ -207,7 +207,12 @@ struct Attempt<'a> {
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        self.cluster.connecting.borrow_mut().remove(self.address);
+        // A newer attempt may have taken this one's place (this one went stale): leave it.
+        let mut connecting = self.cluster.connecting.borrow_mut();
+        if connecting.get(self.address).is_some_and(|(a, _)| Rc::ptr_eq(a, &self.done)) {
+            connecting.remove(self.address);
+        }
+        drop(connecting);
         self.done.notify_waiters();
     }
 }
@@ -495,13 +500,27 @@ impl Cluster {
         // One attempt per address at a time: the others wait for it. A peer that is down then
         // costs one failed attempt per connect timeout, not one per call (a burst of calls to
         // an unreachable peer would otherwise open hundreds of connections, and the ones
-        // started just before a heal would time out after it and mark the healed peer).
-        let pending = self.connecting.borrow().get(address).cloned();
+        // started just before a heal would time out after it and mark the healed peer). An
+        // attempt pending for longer than half a gossip interval is not waited for: a new one
+        // starts (a connect sent into a partition waits for a SYN retransmit long after the
+        // heal, and the healed peer would stay unreachable from here until it gave up).
+        let stale = (self.gossip_interval / 2).max(Duration::from_millis(50));
+        let pending = self
+            .connecting
+            .borrow()
+            .get(address)
+            .filter(|(_, started)| started.elapsed() < stale)
+            .map(|(attempt, _)| Rc::clone(attempt));
         if let Some(attempt) = pending {
             let done = attempt.notified();
             tokio::pin!(done);
             done.as_mut().enable();
-            if self.connecting.borrow().contains_key(address) {
+            let still_pending = self
+                .connecting
+                .borrow()
+                .get(address)
+                .is_some_and(|(pending, _)| Rc::ptr_eq(pending, &attempt));
+            if still_pending {
                 done.await;
             }
             return match self.connections.borrow().get(address) {
@@ -514,7 +533,8 @@ impl Cluster {
             };
         }
         let attempt = Rc::new(tokio::sync::Notify::new());
-        self.connecting.borrow_mut().insert(address.to_string(), Rc::clone(&attempt));
+        let started = tokio::time::Instant::now();
+        self.connecting.borrow_mut().insert(address.to_string(), (Rc::clone(&attempt), started));
         let _attempt = Attempt { cluster: self, address, done: attempt };
         let failed = |reason: String| Error::Connect { address: address.to_string(), reason };
         let connecting = async {
