@@ -263,7 +263,9 @@ impl Cluster {
         let (w, dw) = effective_write_quorum(&bucket_ref.config, asked, targets.len(), known)
             .inspect_err(|e| self.warn_quorum_refusal(bucket, e))?;
         // Forward to a primary that can take the write; one whose storage failed answers
-        // `unavailable` with nothing done, and the next primary is tried.
+        // `unavailable` with nothing done, and one that cannot be reached (no connection:
+        // nothing was sent) may have gone down since this node last heard of it: either way
+        // the next primary is tried, or the write is kept as a hint.
         let mut unavailable: Vec<String> = Vec::new();
         let here = loop {
             let health = |id: &str| match unavailable.iter().any(|u| u == id) {
@@ -275,8 +277,8 @@ impl Cluster {
             match plan {
                 WritePlan::Forward(primary) => {
                     match self.forward(&primary, bucket, key, &write, options).await {
-                        Err(Error::Unavailable(why)) => {
-                            tracing::debug!(%primary, %why, "forwarded write not taken");
+                        Err(e @ (Error::Unavailable(_) | Error::Connect { .. })) => {
+                            tracing::debug!(%primary, error = %e, "forwarded write not taken");
                             unavailable.push(primary);
                         }
                         answer => return answer,
