@@ -1,0 +1,228 @@
+//! The store's unit tests (a file of their own: src/store/mod.rs holds the store).
+
+use super::*;
+use cartwheel_engines::EngineKind;
+
+/// A partition scan finds exactly the keys of its partition, without their prefix, and
+/// the same on the blocking pool as on the calling thread. Method: 200 keys in a store of
+/// 8 partitions; scan every partition both ways and compare with the ring's placement.
+#[test]
+fn partition_scans_find_their_partition_on_the_pool_and_on_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::embedded();
+    config.node.data_dir = dir.path().to_path_buf();
+    config.partitions = 8;
+    config.buckets.clear();
+    let bucket = BucketConfig::new(EngineKind::Memory, ResolverKind::Lww);
+    config.buckets.insert("b".into(), bucket);
+    let pool = Store::open(&config).unwrap();
+    let caller = Store::open(&config).unwrap().scan_on_calling_thread();
+    let mut expected: Vec<Vec<Entry>> = vec![Vec::new(); 8];
+    for i in 0..200u32 {
+        let key = format!("key-{i}").into_bytes();
+        let write = Write::Put { value: i.to_be_bytes().to_vec(), context: Vec::new() };
+        let (state, _) = pool.write("b", &key, &write).unwrap();
+        caller.merge("b", &key, &state).unwrap();
+        let partition = partition_of(key_hash("b", &key), 8);
+        expected[partition as usize].push((key, state));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for (partition, mut expected) in expected.into_iter().enumerate() {
+        expected.sort();
+        for store in [&pool, &caller] {
+            let scan = store.partition_entries("b", partition as u16);
+            let mut found = runtime.block_on(scan).unwrap();
+            found.sort();
+            assert_eq!(found, expected, "partition {partition}");
+        }
+    }
+    let unknown = runtime.block_on(pool.partition_entries("nope", 0));
+    assert!(matches!(unknown, Err(Error::UnknownBucket(_))), "{unknown:?}");
+}
+
+/// An engine that failed turns up in `failed_buckets`, and the replica actor is renewed
+/// once for it (before any reopen), not every round; after `engine_reopened` a new failure
+/// renews it again. Method: a memory engine whose `failed` a test flag drives.
+#[test]
+fn a_failed_engine_renews_the_replica_actor_once_per_failure() {
+    #[derive(Debug, Default)]
+    struct Flaky {
+        inner: cartwheel_engines::memory::MemoryEngine,
+        failed: std::sync::atomic::AtomicBool,
+    }
+    impl StorageEngine for Flaky {
+        fn kind(&self) -> EngineKind {
+            EngineKind::Memory
+        }
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+            self.inner.put(key, value)
+        }
+        fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
+            self.inner.delete(key)
+        }
+        fn scan_prefix(
+            &self,
+            prefix: &[u8],
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> std::ops::ControlFlow<()>,
+        ) -> Result<(), EngineError> {
+            self.inner.scan_prefix(prefix, visit)
+        }
+        fn sync(&self) -> Result<(), EngineError> {
+            Ok(())
+        }
+        fn is_durable(&self) -> bool {
+            false
+        }
+        fn stats(&self) -> cartwheel_engines::EngineStats {
+            self.inner.stats()
+        }
+        fn failed(&self) -> bool {
+            self.failed.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+    let mut config = Config::embedded();
+    config.buckets.clear();
+    config.buckets.insert("b".into(), BucketConfig::new(EngineKind::Memory, ResolverKind::Lww));
+    let engine = Arc::new(Flaky::default());
+    let handed = Arc::clone(&engine);
+    let open = move |_: &str, _: &BucketConfig| Ok(Arc::clone(&handed) as _);
+    let store = Store::with_engines(&config, Actors::new("n1"), HybridClock::new(), open).unwrap();
+    let actor = || store.actors.actor(Role::Replica);
+    let before = actor();
+    assert!(store.failed_buckets().is_empty());
+    assert_eq!(actor(), before);
+    engine.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(store.failed_buckets().len(), 1);
+    let renewed = actor();
+    assert_ne!(renewed, before, "a failure renews the replica actor");
+    assert_eq!(store.failed_buckets().len(), 1);
+    assert_eq!(actor(), renewed, "once per failure, not every round");
+    engine.failed.store(false, std::sync::atomic::Ordering::Relaxed);
+    store.engine_reopened("b");
+    engine.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+    store.failed_buckets();
+    assert_ne!(actor(), renewed, "a new failure renews it again");
+}
+
+/// A peer's lww state stamped further ahead of the store's clock than
+/// max_clock_offset_ms is refused by merge (badRequest, counted, nothing stored); one
+/// within the offset is taken; states of resolvers without timestamps are not held to
+/// it. Method: a store whose wall clock is fixed at 1 000 000 ms.
+#[test]
+fn states_stamped_too_far_ahead_are_refused() {
+    use cartwheel_resolvers::{Resolver, Timestamp};
+    let mut config = Config::embedded();
+    config.buckets.clear();
+    config.buckets.insert("b".into(), BucketConfig::new(EngineKind::Memory, ResolverKind::Lww));
+    config.cluster.max_clock_offset_ms = 500;
+    let open = |_: &str, _: &BucketConfig| {
+        Ok(Arc::new(cartwheel_engines::memory::MemoryEngine::default()) as _)
+    };
+    let clock = HybridClock::with_wall_clock(|| 1_000_000);
+    let store = Store::with_engines(&config, Actors::new("n1"), clock, open).unwrap();
+    let lww = cartwheel_resolvers::lww::Lww;
+    let stamped = |physical_ms: u64, logical: u32| {
+        let stamp = Stamp { actor: b"peer".to_vec(), time: Timestamp { physical_ms, logical } };
+        let put = Write::Put { value: b"v".to_vec(), context: Vec::new() };
+        lww.apply(None, &put, &stamp).unwrap()
+    };
+    for forged in [stamped(u64::MAX, u32::MAX), stamped(1_000_501, 0)] {
+        let err = store.merge("b", b"k", &forged).unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+    }
+    assert_eq!(store.states_refused(), 2);
+    assert_eq!(store.fetch("b", b"k").unwrap(), None, "nothing stored");
+    let honest = stamped(1_000_500, 7);
+    assert_eq!(store.merge("b", b"k", &honest).unwrap(), honest);
+    assert_eq!(store.states_refused(), 2);
+    // A client write after it is stamped past it, and wins.
+    let write = Write::Put { value: b"mine".to_vec(), context: Vec::new() };
+    let (state, _) = store.write("b", b"k", &write).unwrap();
+    assert_eq!(lww.merge(&honest, &state).unwrap(), state);
+}
+
+/// An engine whose scans take a while and count how many run at once.
+#[derive(Debug, Default)]
+struct SlowScans {
+    inner: cartwheel_engines::memory::MemoryEngine,
+    running: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl StorageEngine for SlowScans {
+    fn kind(&self) -> EngineKind {
+        self.inner.kind()
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.inner.get(key)
+    }
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
+        self.inner.put(key, value)
+    }
+    fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
+        self.inner.delete(key)
+    }
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), EngineError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        self.running.fetch_sub(1, SeqCst);
+        self.inner.scan_prefix(prefix, visit)
+    }
+    fn sync(&self) -> Result<(), EngineError> {
+        self.inner.sync()
+    }
+    fn is_durable(&self) -> bool {
+        false
+    }
+    fn stats(&self) -> cartwheel_engines::EngineStats {
+        self.inner.stats()
+    }
+}
+
+/// Scans run off the calling thread, at most [`PARTITION_SCANS_MAX`] at once, and one whose
+/// caller stopped waiting still counts until it ends. Method: an engine whose scans sleep
+/// and count; a scan given up early, then eight at once, while a local timer must keep
+/// ticking on the runtime's one thread.
+#[test]
+fn scans_leave_the_thread_and_are_bounded() {
+    let mut config = Config::embedded();
+    config.buckets.clear();
+    config.buckets.insert("b".into(), BucketConfig::new(EngineKind::Memory, ResolverKind::Lww));
+    let engine = Arc::new(SlowScans::default());
+    let shared: Arc<dyn StorageEngine> = Arc::clone(&engine) as _;
+    let open = |_: &str, _: &BucketConfig| Ok(Arc::clone(&shared));
+    let store = Store::with_engines(&config, Actors::new("n1"), HybridClock::new(), open).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let given_up = tokio::time::timeout(
+            std::time::Duration::from_millis(5),
+            store.partition_entries("b", 0),
+        );
+        assert!(given_up.await.is_err(), "the slow scan outlasts its caller");
+        let scans = async {
+            let scanned =
+                futures::future::join_all((0..8).map(|p| store.partition_entries("b", p)));
+            (scanned.await, std::time::Instant::now())
+        };
+        let ticks = async {
+            for _ in 0..10 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            std::time::Instant::now()
+        };
+        let ((scanned, scans_done), ticks_done) = futures::future::join(scans, ticks).await;
+        assert!(scanned.iter().all(Result::is_ok));
+        assert!(ticks_done < scans_done, "the thread ran its timers while the scans ran");
+    });
+    let most = engine.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(most, PARTITION_SCANS_MAX, "scans at once");
+}
