@@ -1,0 +1,542 @@
+//! The cart resolver's unit tests (src/cart.rs holds the resolver).
+
+use super::*;
+use crate::causal::DEFERRED_REMOVES_MAX;
+use crate::Timestamp;
+use proptest::prelude::*;
+
+fn stamp(actor: &str) -> Stamp {
+    Stamp { actor: actor.as_bytes().to_vec(), time: Timestamp::default() }
+}
+
+fn update(ops: Vec<Op>, context: &[u8]) -> Write {
+    Write::Update { ops, context: context.to_vec() }
+}
+
+fn add(item: &str, quantity: i64) -> Op {
+    Op::CartAdd { item: item.as_bytes().to_vec(), quantity }
+}
+
+fn set(item: &str, quantity: i64) -> Op {
+    Op::CartSetQuantity { item: item.as_bytes().to_vec(), quantity }
+}
+
+fn remove(item: &str) -> Op {
+    Op::CartRemove(item.as_bytes().to_vec())
+}
+
+fn cart(state: &[u8]) -> Vec<(String, i64)> {
+    match Cart.read(state).unwrap().value {
+        Some(Value::Cart(items)) => {
+            items.into_iter().map(|(i, q)| (String::from_utf8(i).unwrap(), q)).collect()
+        }
+        None => Vec::new(),
+        other => panic!("unexpected value {other:?}"),
+    }
+}
+
+fn ctx(state: &[u8]) -> Vec<u8> {
+    Cart.read(state).unwrap().context
+}
+
+fn owned(items: &[(&str, i64)]) -> Vec<(String, i64)> {
+    items.iter().map(|(i, q)| (i.to_string(), *q)).collect()
+}
+
+/// Concurrent adds of one item through different coordinators add up; each add is a dot
+/// of its own; items read in byte order.
+#[test]
+fn quantities_add_up() {
+    let a = Cart
+        .apply(None, &update(vec![add("pear", 1), add("apple", 2)], b""), &stamp("n1"))
+        .unwrap();
+    let a = Cart.apply(Some(&a), &update(vec![add("apple", 1)], b""), &stamp("n1")).unwrap();
+    let b = Cart.apply(None, &update(vec![add("apple", 4)], b""), &stamp("n2")).unwrap();
+    let m = Cart.merge(&a, &b).unwrap();
+    assert_eq!(cart(&m), owned(&[("apple", 7), ("pear", 1)]));
+    assert_eq!(decode(&m).unwrap().key_entries(b"apple").len(), 3, "one dot per add");
+}
+
+/// A remove concurrent with an add keeps the item with the concurrent add's quantity
+/// (add wins); a remove that observed everything removes the item everywhere.
+#[test]
+fn concurrent_add_and_remove_keeps_the_item() {
+    let base = Cart.apply(None, &update(vec![add("x", 2)], b""), &stamp("n1")).unwrap();
+    let removed =
+        Cart.apply(Some(&base), &update(vec![remove("x")], &ctx(&base)), &stamp("n1")).unwrap();
+    let added = Cart.apply(Some(&base), &update(vec![add("x", 3)], b""), &stamp("n2")).unwrap();
+    assert_eq!(cart(&removed), owned(&[]));
+    assert_eq!(cart(&Cart.merge(&removed, &added).unwrap()), owned(&[("x", 3)]));
+    assert_eq!(cart(&Cart.merge(&added, &removed).unwrap()), owned(&[("x", 3)]));
+    // Once the remover has seen the add, a remove with its context removes it all.
+    let both = Cart.merge(&removed, &added).unwrap();
+    let gone =
+        Cart.apply(Some(&both), &update(vec![remove("x")], &ctx(&both)), &stamp("n3")).unwrap();
+    assert_eq!(cart(&Cart.merge(&gone, &added).unwrap()), owned(&[]));
+}
+
+/// A remove that observed an actor's earlier add does not bring it back when the same
+/// actor adds concurrently: only the concurrent add stays.
+#[test]
+fn an_observed_add_does_not_come_back_with_a_concurrent_add() {
+    let base = Cart.apply(None, &update(vec![add("x", 2)], b""), &stamp("n1")).unwrap();
+    let removed =
+        Cart.apply(Some(&base), &update(vec![remove("x")], &ctx(&base)), &stamp("n2")).unwrap();
+    let added = Cart.apply(Some(&base), &update(vec![add("x", 1)], b""), &stamp("n1")).unwrap();
+    assert_eq!(cart(&Cart.merge(&removed, &added).unwrap()), owned(&[("x", 1)]));
+    // The same through one coordinator: the remove arrives after the add, with the
+    // context of a read before it.
+    let late =
+        Cart.apply(Some(&added), &update(vec![remove("x")], &ctx(&base)), &stamp("n1")).unwrap();
+    assert_eq!(cart(&late), owned(&[("x", 1)]));
+}
+
+/// Set-quantity, as a shopper expects: sequentially it sets; two devices that set an
+/// item from 3 to 1 concurrently read 1 (not 2), and to 1 and 4 read 4; an add
+/// concurrent with a set counts on top of it; the add the set observed does not come
+/// back, whichever coordinator made it; 0 removes the item.
+#[test]
+fn set_quantity() {
+    let s = Cart.apply(None, &update(vec![add("x", 3)], b""), &stamp("n1")).unwrap();
+    let one = Cart.apply(Some(&s), &update(vec![set("x", 1)], &ctx(&s)), &stamp("n2")).unwrap();
+    assert_eq!(cart(&one), owned(&[("x", 1)]));
+    let other = Cart.apply(Some(&s), &update(vec![set("x", 1)], &ctx(&s)), &stamp("n3")).unwrap();
+    assert_eq!(cart(&Cart.merge(&one, &other).unwrap()), owned(&[("x", 1)]));
+    let four = Cart.apply(Some(&s), &update(vec![set("x", 4)], &ctx(&s)), &stamp("n3")).unwrap();
+    assert_eq!(cart(&Cart.merge(&one, &four).unwrap()), owned(&[("x", 4)]));
+    assert_eq!(cart(&Cart.merge(&four, &one).unwrap()), owned(&[("x", 4)]));
+    // Concurrent with an add of 2 by the coordinator of the observed add, and by another.
+    for adder in ["n1", "n4"] {
+        let added = Cart.apply(Some(&s), &update(vec![add("x", 2)], b""), &stamp(adder)).unwrap();
+        assert_eq!(cart(&Cart.merge(&one, &added).unwrap()), owned(&[("x", 3)]), "{adder}");
+        let both = Cart.merge(&Cart.merge(&one, &four).unwrap(), &added).unwrap();
+        assert_eq!(cart(&both), owned(&[("x", 6)]), "{adder}");
+    }
+    // Sequentially, an add after a set adds to the set value; a set after both sets.
+    let more = Cart.apply(Some(&one), &update(vec![add("x", 2)], b""), &stamp("n1")).unwrap();
+    assert_eq!(cart(&more), owned(&[("x", 3)]));
+    let again =
+        Cart.apply(Some(&more), &update(vec![set("x", 5)], &ctx(&more)), &stamp("n1")).unwrap();
+    assert_eq!(cart(&again), owned(&[("x", 5)]));
+    assert_eq!(decode(&again).unwrap().key_entries(b"x").len(), 1);
+    let zero = Cart.apply(Some(&one), &update(vec![set("x", 0)], b""), &stamp("n1")).unwrap();
+    assert_eq!(cart(&zero), owned(&[]));
+    assert_eq!(Cart.merge(&one, &zero).unwrap(), zero);
+}
+
+/// A coordinator's set that did not observe its own earlier set keeps the larger value,
+/// as two concurrent sets through two coordinators read.
+#[test]
+fn a_set_replaces_its_coordinators_unobserved_set_with_the_larger_value() {
+    let s = Cart.apply(None, &update(vec![add("x", 3)], b""), &stamp("n1")).unwrap();
+    let four = Cart.apply(Some(&s), &update(vec![set("x", 4)], &ctx(&s)), &stamp("n2")).unwrap();
+    let one = Cart.apply(Some(&four), &update(vec![set("x", 1)], &ctx(&s)), &stamp("n2")).unwrap();
+    assert_eq!(cart(&one), owned(&[("x", 4)]));
+    assert_eq!(decode(&one).unwrap().key_entries(b"x").len(), 1);
+}
+
+/// A coordinator keeps at most ADD_DOTS_MAX add dots of an item: the next add folds the
+/// two oldest, and the quantity is unchanged by it.
+#[test]
+fn add_dots_are_bounded() {
+    let mut s: Option<Vec<u8>> = None;
+    for i in 1..=10 {
+        let next = Cart.apply(s.as_deref(), &update(vec![add("x", 1)], b""), &stamp("n1")).unwrap();
+        assert_eq!(cart(&next), owned(&[("x", i)]));
+        assert_eq!(decode(&next).unwrap().key_entries(b"x").len(), (i as usize).min(ADD_DOTS_MAX));
+        s = Some(next);
+    }
+}
+
+/// Clear removes every item the context observed, and keeps items and amounts added
+/// concurrently; no context clears what the coordinator holds; a context ahead of the
+/// coordinator is a deferred clear, applied once the coordinator catches up.
+#[test]
+fn clear() {
+    let s = Cart.apply(None, &update(vec![add("x", 3), add("y", 1)], b""), &stamp("n1")).unwrap();
+    let cleared =
+        Cart.apply(Some(&s), &update(vec![Op::CartClear], &ctx(&s)), &stamp("n2")).unwrap();
+    assert_eq!(cart(&cleared), owned(&[]));
+    let added =
+        Cart.apply(Some(&s), &update(vec![add("x", 2), add("z", 1)], b""), &stamp("n1")).unwrap();
+    assert_eq!(cart(&Cart.merge(&cleared, &added).unwrap()), owned(&[("x", 2), ("z", 1)]));
+    let blind = Cart.apply(Some(&added), &update(vec![Op::CartClear], b""), &stamp("n3")).unwrap();
+    assert_eq!(cart(&blind), owned(&[]));
+    // Ahead: a client read `added`, the coordinator only holds `s`.
+    let deferred =
+        Cart.apply(Some(&s), &update(vec![Op::CartClear], &ctx(&added)), &stamp("n2")).unwrap();
+    assert_eq!(cart(&deferred), owned(&[]));
+    assert_eq!(decode(&deferred).unwrap().deferred_clears(), 1);
+    let caught_up = Cart.merge(&deferred, &added).unwrap();
+    assert_eq!(cart(&caught_up), owned(&[]));
+    assert_eq!(decode(&caught_up).unwrap().deferred_count(), 0);
+}
+
+/// A version 1 state (one add amount per item and actor) decodes as a version 2 state
+/// of add dots, reads the same, and is written back as version 2.
+#[test]
+fn version_1_states_decode() {
+    let mut e = Encoder::new(Tag::Cart, VERSION_ADDS_ONLY);
+    // Clock: n1 at 2, n2 at 1.
+    e.u32(2).u8(2).raw(b"n1").u64(2).u8(2).raw(b"n2").u64(1);
+    // Item x: n1's dot 2 of 3, n2's dot 1 of 4.
+    e.u32(1).bytes(b"x").u32(2).u32(0).u64(2).u64(3).u32(1).u64(1).u64(4);
+    e.u32(0);
+    let old = e.finish();
+    assert_eq!(cart(&old), owned(&[("x", 7)]));
+    let merged = Cart.merge(&old, &old).unwrap();
+    assert_eq!(merged[1], VERSION);
+    assert_eq!(cart(&merged), owned(&[("x", 7)]));
+    assert_eq!(Cart.read(&old).unwrap().context, Cart.read(&merged).unwrap().context);
+    let set = Cart.apply(Some(&old), &update(vec![set("x", 1)], &ctx(&old)), &stamp("n1")).unwrap();
+    assert_eq!(cart(&set), owned(&[("x", 1)]));
+}
+
+/// Bad quantities are BadRequest; other operations WrongOperation; nothing is stored.
+#[test]
+fn refusals() {
+    for op in [add("x", 0), add("x", -1), set("x", -1)] {
+        assert!(matches!(
+            Cart.apply(None, &update(vec![op], b""), &stamp("n1")),
+            Err(ResolveError::BadRequest(_))
+        ));
+    }
+    for write in [
+        Write::Put { value: b"v".to_vec(), context: Vec::new() },
+        Write::Delete { context: Vec::new() },
+        update(vec![add("x", 1), Op::SetAdd(b"x".to_vec())], b""),
+    ] {
+        assert!(matches!(
+            Cart.apply(None, &write, &stamp("n1")),
+            Err(ResolveError::WrongOperation { resolver: "cart", .. })
+        ));
+    }
+}
+
+/// A coordinator far behind the client's context refuses new deferred removes past the
+/// limit, with BadContext.
+#[test]
+fn deferred_removes_are_bounded() {
+    let mut ahead = Cart.apply(None, &update(vec![add("x", 1)], b""), &stamp("n2")).unwrap();
+    let mut behind: Option<Vec<u8>> = None;
+    for i in 0..DEFERRED_REMOVES_MAX {
+        ahead = Cart.apply(Some(&ahead), &update(vec![add("x", 1)], b""), &stamp("n2")).unwrap();
+        let w = update(vec![remove(&format!("i{i}"))], &ctx(&ahead));
+        behind = Some(Cart.apply(behind.as_deref(), &w, &stamp("n1")).unwrap());
+    }
+    ahead = Cart.apply(Some(&ahead), &update(vec![add("x", 1)], b""), &stamp("n2")).unwrap();
+    let w = update(vec![remove("x")], &ctx(&ahead));
+    assert!(matches!(
+        Cart.apply(behind.as_deref(), &w, &stamp("n1")),
+        Err(ResolveError::BadContext(_))
+    ));
+    let caught_up = Cart.merge(behind.as_deref().unwrap(), &ahead).unwrap();
+    assert_eq!(decode(&caught_up).unwrap().deferred_count(), 0);
+}
+
+fn overflows(current: Option<&[u8]>, ops: Vec<Op>, actor: &str) -> bool {
+    matches!(Cart.apply(current, &update(ops, b""), &stamp(actor)), Err(ResolveError::Overflow(_)))
+}
+
+/// An add that would take an item's quantity past i64::MAX is Overflow and produces no
+/// state, whichever actors contributed; a set-quantity that replaces what it observed
+/// is taken; other items are unaffected.
+#[test]
+fn quantities_never_pass_the_limit() {
+    let max = Cart.apply(None, &update(vec![add("x", i64::MAX)], b""), &stamp("n1")).unwrap();
+    assert_eq!(cart(&max), owned(&[("x", i64::MAX)]));
+    assert!(overflows(Some(&max), vec![add("x", 1)], "n1"));
+    assert!(overflows(Some(&max), vec![add("x", 1)], "n2"));
+    assert!(overflows(None, vec![add("x", i64::MAX), add("x", 1)], "n1"), "in one write");
+    let other = Cart.apply(Some(&max), &update(vec![add("y", 5)], b""), &stamp("n2")).unwrap();
+    assert_eq!(cart(&other), owned(&[("x", i64::MAX), ("y", 5)]));
+    let set = Cart.apply(Some(&max), &update(vec![set("x", 3)], &ctx(&max)), &stamp("n2")).unwrap();
+    assert_eq!(cart(&set), owned(&[("x", 3)]));
+}
+
+/// Two replicas each at the limit merge to a quantity past it: a read shows it
+/// saturated at i64::MAX (never wrapped), and a further add is refused.
+#[test]
+fn a_merged_quantity_past_the_limit_reads_saturated() {
+    let a = Cart.apply(None, &update(vec![add("x", i64::MAX)], b""), &stamp("n1")).unwrap();
+    let b = Cart.apply(None, &update(vec![add("x", i64::MAX)], b""), &stamp("n2")).unwrap();
+    let merged = Cart.merge(&a, &b).unwrap();
+    assert_eq!(cart(&merged), owned(&[("x", i64::MAX)]));
+    assert!(overflows(Some(&merged), vec![add("x", 1)], "n3"));
+}
+
+/// A context that does not decode, or is another resolver's, is BadContext.
+#[test]
+fn garbage_context_is_bad_context() {
+    let s = Cart.apply(None, &update(vec![add("x", 1)], b""), &stamp("n1")).unwrap();
+    let orset_context = crate::causal::encode_context(
+        Tag::Orset,
+        VERSION,
+        &crate::causal::VersionVector::default(),
+    );
+    for garbage in [b"x".as_slice(), &ctx(&s)[..3], &orset_context] {
+        let w = update(vec![remove("x")], garbage);
+        assert!(matches!(Cart.apply(Some(&s), &w, &stamp("n1")), Err(ResolveError::BadContext(_))));
+    }
+}
+
+/// Encoding round-trips; every truncation is Corrupt.
+#[test]
+fn encoding() {
+    let a = Cart.apply(None, &update(vec![add("x", 2), add("y", 1)], b""), &stamp("n1")).unwrap();
+    let b = Cart.apply(None, &update(vec![add("x", 5)], b""), &stamp("n2")).unwrap();
+    let s = Cart.merge(&a, &b).unwrap();
+    assert_eq!(encode(&decode(&s).unwrap()), s);
+    for cut in 0..s.len() {
+        assert!(matches!(Cart.read(&s[..cut]), Err(ResolveError::Corrupt(_))));
+    }
+}
+
+/// Encoded size bound for a cart of `items` items of `item_bytes` bytes each, written
+/// by `actors` actors of `actor_bytes` bytes each, with no deferred remove pending:
+/// header, clock, and per item its id and, per actor, ADD_DOTS_MAX add dots and a set
+/// dot.
+fn size_bound(items: usize, item_bytes: usize, actors: usize, actor_bytes: usize) -> usize {
+    2 + 4
+        + actors * (1 + actor_bytes + 8)
+        + 4
+        + items * (4 + item_bytes + 4 + actors * (ADD_DOTS_MAX + 1) * (4 + 8 + 9))
+        + 4
+}
+
+/// 100 000 operations by 3 actors on 10 items, with replication now and then: every
+/// state stays within the items × actors bound (plus its pending deferred removes), and
+/// once all replicas merge, within the bound without them: 2 667 bytes (ADD_DOTS_MAX add
+/// dots and a set dot per item and actor).
+#[test]
+fn size_is_bounded_by_items_and_actors() {
+    const ITEMS: usize = 10;
+    const ACTORS: usize = 3;
+    let bound = size_bound(ITEMS, 2, ACTORS, 2);
+    assert_eq!(bound, 2_667);
+    let mut replicas: Vec<Option<Vec<u8>>> = vec![None; ACTORS];
+    // A small deterministic generator, so the test is reproducible.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..100_000 {
+        let r = (next() % ACTORS as u64) as usize;
+        let item = format!("i{}", next() % ITEMS as u64);
+        let from = (next() % ACTORS as u64) as usize;
+        let context = match next() % 3 {
+            0 => replicas[from].as_deref().map(ctx).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let op = match next() % 50 {
+            0..=29 => Op::CartAdd { item: item.into_bytes(), quantity: 1 + (next() % 3) as i64 },
+            30..=39 => {
+                Op::CartSetQuantity { item: item.into_bytes(), quantity: (next() % 4) as i64 }
+            }
+            40 => Op::CartClear,
+            _ => Op::CartRemove(item.into_bytes()),
+        };
+        let actor = format!("n{r}");
+        let write = update(vec![op], &context);
+        if let Ok(s) = Cart.apply(replicas[r].as_deref(), &write, &stamp(&actor)) {
+            let deferred = decode(&s).unwrap().deferred_count();
+            // A deferred remove: a 3-actor context, one 2-byte key.
+            assert!(s.len() <= bound + deferred * (4 + ACTORS * 11 + 4 + 6), "{}", s.len());
+            replicas[r] = Some(s);
+        }
+        if next() % 8 == 0 {
+            let (f, t) = ((next() % ACTORS as u64) as usize, (next() % ACTORS as u64) as usize);
+            if let (Some(from), Some(to)) = (replicas[f].clone(), replicas[t].clone()) {
+                replicas[t] = Some(Cart.merge(&to, &from).unwrap());
+            }
+        }
+    }
+    let states: Vec<Vec<u8>> = replicas.into_iter().flatten().collect();
+    let merged = states[1..].iter().fold(states[0].clone(), |acc, s| Cart.merge(&acc, s).unwrap());
+    assert!(merged.len() <= bound, "{} > {bound}", merged.len());
+    assert_eq!(decode(&merged).unwrap().deferred_count(), 0);
+}
+
+#[derive(Clone, Debug)]
+enum ModelOp {
+    /// Replica `r` adds `q` of item `i`.
+    Add(usize, u8, u8),
+    /// Replica `r` sets item `i` to `q` with the context of replica `from` (`None`: no
+    /// context).
+    Set(usize, u8, u8, Option<usize>),
+    /// Replica `r` removes item `i` with the context of `from`.
+    Remove(usize, u8, Option<usize>),
+    /// Replica `r` clears the cart with the context of `from`.
+    Clear(usize, Option<usize>),
+    /// Replica `to` merges replica `from`'s state.
+    Sync(usize, usize),
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    let from = proptest::option::weighted(0.8, 0usize..3);
+    prop_oneof![
+        4 => (0usize..3, 0u8..3, 1u8..4).prop_map(|(r, i, q)| ModelOp::Add(r, i, q)),
+        2 => (0usize..3, 0u8..3, 0u8..5, from.clone())
+            .prop_map(|(r, i, q, f)| ModelOp::Set(r, i, q, f)),
+        1 => (0usize..3, 0u8..3, from.clone()).prop_map(|(r, i, f)| ModelOp::Remove(r, i, f)),
+        1 => (0usize..3, from).prop_map(|(r, f)| ModelOp::Clear(r, f)),
+        3 => (0usize..3, 0usize..3).prop_map(|(f, t)| ModelOp::Sync(f, t)),
+    ]
+}
+
+/// The model: every add and set is an operation with an id. A replica knows the
+/// operations it has seen, the ones it knows are gone (observed by a remove, set or
+/// clear, or folded or replaced by their own coordinator), and their amounts (which a
+/// fold makes grow). Removes take exactly the operations their context (the `seen` of
+/// the replica the client read) observed, including ones the coordinator has not seen
+/// yet. An item's quantity is the largest live set plus the live adds.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    seen: std::collections::BTreeSet<usize>,
+    gone: std::collections::BTreeSet<usize>,
+    amounts: std::collections::BTreeMap<usize, u64>,
+}
+
+/// What each operation id is: (item, replica, is a set).
+type Ops = std::collections::BTreeMap<usize, (u8, usize, bool)>;
+
+impl Model {
+    fn live<'o>(&'o self, ops: &'o Ops) -> impl Iterator<Item = (usize, (u8, usize, bool))> + 'o {
+        self.seen.iter().filter(|id| !self.gone.contains(id)).map(|id| (*id, ops[id]))
+    }
+
+    fn merge(&mut self, other: &Model) {
+        self.seen.extend(&other.seen);
+        self.gone.extend(&other.gone);
+        for (id, q) in &other.amounts {
+            let mine = self.amounts.entry(*id).or_default();
+            *mine = (*mine).max(*q);
+        }
+    }
+
+    fn quantities(&self, ops: &Ops) -> std::collections::BTreeMap<u8, i64> {
+        let mut sets = std::collections::BTreeMap::<u8, u64>::new();
+        let mut adds = std::collections::BTreeMap::<u8, u64>::new();
+        for (id, (item, _, is_set)) in self.live(ops) {
+            if is_set {
+                let v = sets.entry(item).or_default();
+                *v = (*v).max(self.amounts[&id]);
+            } else {
+                *adds.entry(item).or_default() += self.amounts[&id];
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        for item in sets.keys().chain(adds.keys()) {
+            let q = sets.get(item).copied().unwrap_or(0) + adds.get(item).copied().unwrap_or(0);
+            out.insert(*item, q as i64);
+        }
+        out
+    }
+}
+
+proptest! {
+    /// Against the per-operation model above, with adds, sets, removes and clears with
+    /// contexts from any replica (behind or ahead of the coordinator) or none, and
+    /// merges in between: every replica, and the merge of all of them, reads exactly the
+    /// model's items and quantities. The model folds a coordinator's two oldest adds of
+    /// an item when it has more than ADD_DOTS_MAX, as the resolver does, and nothing else.
+    #[test]
+    fn carts_follow_the_per_operation_model(ops in proptest::collection::vec(model_op(), 1..60)) {
+        let mut replicas: Vec<Option<Vec<u8>>> = vec![None; 3];
+        let mut models: Vec<Model> = vec![Model::default(); 3];
+        let mut what: Ops = Ops::new();
+        for (id, op) in ops.iter().enumerate() {
+            let (r, from) = match *op {
+                ModelOp::Add(r, ..) => (r, None),
+                ModelOp::Set(r, _, _, f) | ModelOp::Remove(r, _, f) | ModelOp::Clear(r, f) => (r, f),
+                ModelOp::Sync(f, t) => {
+                    if let Some(from) = replicas[f].clone() {
+                        replicas[t] = Some(match &replicas[t] {
+                            Some(to) => Cart.merge(to, &from).unwrap(),
+                            None => from,
+                        });
+                        let m = models[f].clone();
+                        models[t].merge(&m);
+                    }
+                    continue;
+                }
+            };
+            // The context, and what it observed (no context: the coordinator's state).
+            let (context, observed) = match from {
+                Some(f) => match replicas[f].as_deref() {
+                    Some(state) => (ctx(state), models[f].seen.clone()),
+                    None => continue,
+                },
+                None => (Vec::new(), models[r].seen.clone()),
+            };
+            let write = match *op {
+                ModelOp::Add(_, i, q) => add_op(i, q.into()),
+                ModelOp::Set(_, i, q, _) => Op::CartSetQuantity { item: vec![i], quantity: q.into() },
+                ModelOp::Remove(_, i, _) => Op::CartRemove(vec![i]),
+                ModelOp::Clear(..) => Op::CartClear,
+                ModelOp::Sync(..) => unreachable!(),
+            };
+            let next = Cart.apply(replicas[r].as_deref(), &update(vec![write], &context), &stamp(&format!("n{r}"))).unwrap();
+            replicas[r] = Some(next);
+            let m = &mut models[r];
+            let observed_of = |item: Option<u8>| -> Vec<usize> {
+                observed.iter().copied().filter(|o| what.get(o).is_some_and(|w| item.is_none_or(|i| w.0 == i))).collect()
+            };
+            match *op {
+                ModelOp::Add(_, i, q) => {
+                    what.insert(id, (i, r, false));
+                    m.seen.insert(id);
+                    m.amounts.insert(id, q.into());
+                    let mine: Vec<usize> = m.live(&what).filter(|(_, w)| *w == (i, r, false)).map(|(o, _)| o).collect();
+                    if mine.len() > ADD_DOTS_MAX {
+                        let older = m.amounts[&mine[0]];
+                        *m.amounts.get_mut(&mine[1]).unwrap() += older;
+                        m.gone.insert(mine[0]);
+                    }
+                }
+                ModelOp::Set(_, i, q, _) => {
+                    m.gone.extend(observed_of(Some(i)));
+                    if q > 0 {
+                        let mut value = u64::from(q);
+                        let own: Vec<usize> = m.live(&what).filter(|(_, w)| *w == (i, r, true)).map(|(o, _)| o).collect();
+                        for o in own {
+                            value = value.max(m.amounts[&o]);
+                            m.gone.insert(o);
+                        }
+                        what.insert(id, (i, r, true));
+                        m.seen.insert(id);
+                        m.amounts.insert(id, value);
+                    }
+                }
+                ModelOp::Remove(_, i, _) => m.gone.extend(observed_of(Some(i))),
+                ModelOp::Clear(..) => m.gone.extend(observed_of(None)),
+                ModelOp::Sync(..) => unreachable!(),
+            }
+            let got = quantities(replicas[r].as_deref().unwrap());
+            prop_assert_eq!(&got, &models[r].quantities(&what), "replica {} after {:?}", r, op);
+        }
+        let states: Vec<Vec<u8>> = replicas.into_iter().flatten().collect();
+        let Some(first) = states.first() else { return Ok(()) };
+        let merged = states[1..].iter().fold(first.clone(), |acc, s| Cart.merge(&acc, s).unwrap());
+        let mut all = Model::default();
+        for m in &models {
+            all.merge(m);
+        }
+        prop_assert_eq!(quantities(&merged), all.quantities(&what), "after every merge");
+    }
+}
+
+fn add_op(item: u8, quantity: i64) -> Op {
+    Op::CartAdd { item: vec![item], quantity }
+}
+
+fn quantities(state: &[u8]) -> std::collections::BTreeMap<u8, i64> {
+    match Cart.read(state).unwrap().value {
+        Some(Value::Cart(items)) => items.into_iter().map(|(i, q)| (i[0], q)).collect(),
+        None => std::collections::BTreeMap::new(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
