@@ -344,6 +344,36 @@ interface Peer {
       -> (entries :List(Entry), error :Error);
   # The client API with every grant, for a member that forwards a client's write.
   node @5 () -> (node :Cartwheel);
+  # Several `replicate` and `fetch` calls in one message: what a node has for this peer in one
+  # scheduler turn travels together (src/cluster/peers.rs, "Batches"). Each call is admitted,
+  # done and answered as its single form would be; `answers` has one entry per call, in
+  # order. The whole batch is refused (`error` set, no answers) only when it is malformed.
+  batch @6 (calls :List(PeerCall)) -> (answers :List(PeerAnswer), error :Error);
+}
+
+# One call of a `Peer.batch`: the parameters of `replicate` or of `fetch`.
+struct PeerCall {
+  union {
+    replicate :group {
+      bucket @0 :Text;
+      key @1 :Data;
+      state @2 :Data;
+      sync @3 :Bool;
+      hintFor @4 :Text;
+    }
+    fetch :group {
+      bucket @5 :Text;
+      key @6 :Data;
+    }
+  }
+}
+
+# The answer to one call of a `Peer.batch`, as its single form answers it.
+struct PeerAnswer {
+  union {
+    replicate @0 :ReplicaResult;
+    fetch @1 :FetchResult;
+  }
 }
 
 struct Entry {

@@ -38,6 +38,7 @@ fn node_config(
     config.node.listen = listen.parse().unwrap();
     config.node.data_dir = dir.join(format!("n{}", i + 1));
     config.node.seeds = seed.map(|s| vec![s.to_string()]).unwrap_or_default();
+    config.node.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     config.cluster.gossip_interval_ms = 50;
     config.cluster.anti_entropy_partitions_per_round = anti_entropy;
     config.limits.request_timeout_ms = 2_000;
@@ -198,6 +199,46 @@ fn three_nodes_put_here_get_everywhere() {
     }
     let s = status(&cluster.addresses[0]);
     assert_eq!(s.members.iter().map(|m| m.partitions_owned).sum::<u32>(), 64);
+}
+
+/// One counter's value in a node's metrics (scraped over HTTP, as a monitoring system would).
+fn counter(node: &NodeHandle, name: &str) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(node.metrics_address().unwrap()).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let line = answer.lines().find(|l| l.split(' ').next() == Some(name));
+    line.and_then(|l| l.split(' ').nth(1)?.parse().ok()).unwrap_or_else(|| panic!("no {name}"))
+}
+
+/// Writes that reach a coordinator together travel to each replica together: a burst of
+/// concurrent puts to one node leaves fewer messages to its peers than calls, and every put
+/// is stored on every replica all the same.
+#[test]
+fn concurrent_writes_travel_to_replicas_in_batches() {
+    let cluster = TestCluster::start(3);
+    let coordinator = cluster.nodes[0].as_ref().unwrap();
+    let batches_before = counter(coordinator, "cartwheel_peer_batches_total");
+    let calls_before = counter(coordinator, "cartwheel_peer_batched_calls_total");
+    // Every node of three replicates every key: node 0 coordinates each put itself.
+    let keys: Vec<String> = (0..200).map(|k| format!("burst-{k}")).collect();
+    block_on(async {
+        let client = Client::connect(&cluster.addresses[0]).await.unwrap();
+        let puts = keys.iter().map(|key| client.put("b", key.as_bytes(), key.as_bytes(), &[]));
+        for answer in futures::future::join_all(puts).await {
+            answer.expect("every put of the burst is acknowledged");
+        }
+    });
+    let batches = counter(coordinator, "cartwheel_peer_batches_total") - batches_before;
+    let calls = counter(coordinator, "cartwheel_peer_batched_calls_total") - calls_before;
+    assert!(calls >= 2 * 200, "each put went to both other replicas: {calls} calls");
+    assert!(batches < calls, "{calls} calls in {batches} messages: none shared a message");
+    for address in &cluster.addresses {
+        wait_until("every replica stores every key of the burst", || {
+            keys.iter().all(|key| replica(address, key.as_bytes()).is_some())
+        });
+    }
 }
 
 /// Five nodes: each key lives on its three primaries only; a put sent to a node that is not

@@ -193,6 +193,12 @@ pub struct RunResult {
     pub not_issued: u64,
     /// Seconds from the end of the warm-up to the last measured answer.
     pub measured_s: f64,
+    /// CPU seconds (user + system) this whole process used from the first measured send to
+    /// the end of the run: with embedded nodes, the nodes' and the generator's.
+    pub cpu_s: Option<f64>,
+    /// Of those, the generator's own thread's (the sending thread: pacing, issuing, its
+    /// connections' I/O).
+    pub generator_cpu_s: Option<f64>,
 }
 
 impl RunResult {
@@ -518,6 +524,8 @@ where
             unfinished: 0,
             not_issued: 0,
             measured_s: 0.0,
+            cpu_s: None,
+            generator_cpu_s: None,
         },
         inflight: HashMap::new(),
         last_answer: None,
@@ -535,6 +543,7 @@ where
     let slot_freed = Rc::new(tokio::sync::Notify::new());
 
     let mut issued = 0;
+    let mut cpu_from = None;
     'schedule: while issued < total {
         let i = issued;
         let intended = start + schedule.offset(i);
@@ -551,6 +560,7 @@ where
             break;
         }
         if intended >= measure_from {
+            cpu_from = cpu_from.or_else(|| Some((process_cpu_s(), thread_cpu_s())));
             // The receiver lives until the `Close` event below: sending cannot fail here.
             let _ = events.send(Event::Sent { i, intended, sent, late });
         }
@@ -575,9 +585,28 @@ where
             () = tokio::time::sleep_until(time_up.into()) => {}
         }
     }
+    let cpu =
+        cpu_from.map(|(process, thread)| (process_cpu_s() - process, thread_cpu_s() - thread));
     let never_issued = (issued..total).map(|i| start + schedule.offset(i)).collect();
     let _ = events.send(Event::Close { now: Instant::now(), never_issued });
-    recording.join().expect("the recorder thread does not panic")
+    let mut result = recording.join().expect("the recorder thread does not panic");
+    (result.cpu_s, result.generator_cpu_s) = (cpu.map(|c| c.0), cpu.map(|c| c.1));
+    result
+}
+
+/// CPU seconds (user + system) this process has used since it started, every thread.
+pub fn process_cpu_s() -> f64 {
+    cpu_s(rustix::time::ClockId::ProcessCPUTime)
+}
+
+/// CPU seconds (user + system) the calling thread has used since it started.
+pub fn thread_cpu_s() -> f64 {
+    cpu_s(rustix::time::ClockId::ThreadCPUTime)
+}
+
+fn cpu_s(clock: rustix::time::ClockId) -> f64 {
+    let t = rustix::time::clock_gettime(clock);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 #[cfg(test)]

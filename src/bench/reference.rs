@@ -310,6 +310,8 @@ fn result(
         unfinished: 0,
         not_issued: 0,
         measured_s: 0.0,
+        cpu_s: None,
+        generator_cpu_s: None,
     };
     let mut last = measure_from;
     for (i, slot) in slots.iter().enumerate().skip(warmup as usize) {

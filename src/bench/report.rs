@@ -139,6 +139,13 @@ pub struct RunReport {
     pub achieved_rate_per_s: f64,
     /// Seconds from the end of the warm-up to the last answer.
     pub measured_s: f64,
+    /// CPU seconds (user + system) the bench process used over the measured time: with
+    /// embedded nodes, the nodes' and the generator's (absent in older files).
+    #[serde(default)]
+    pub cpu_s: Option<f64>,
+    /// Of those, the generator's sending thread's (absent in older files).
+    #[serde(default)]
+    pub generator_cpu_s: Option<f64>,
     /// Measured requests.
     pub requests: u64,
     /// Of those, answered (successfully or not).
@@ -170,6 +177,8 @@ impl RunReport {
             offered_rate_per_s: r.schedule.rate_per_s,
             achieved_rate_per_s: r.achieved_rate_per_s(),
             measured_s: r.measured_s,
+            cpu_s: r.cpu_s,
+            generator_cpu_s: r.generator_cpu_s,
             requests: r.requests,
             answered: r.answered,
             late: r.late,
@@ -468,6 +477,18 @@ pub fn table(runs: &[RunReport]) -> String {
             latency_text(run.send_lag.p999_us),
             errors
         );
+        if let (Some(cpu_s), Some(generator_s)) = (run.cpu_s, run.generator_cpu_s) {
+            let per = |s: f64| s * 100_000.0 / run.answered.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "{:<7} cpu (user + system) over the measured time: {cpu_s:.2} s for this process \
+                 ({:.2} s per 100 000 requests), of which the generator's thread {generator_s:.2} \
+                 s; without it {:.2} s per 100 000 requests",
+                "",
+                per(cpu_s),
+                per(cpu_s - generator_s)
+            );
+        }
         for warning in run.warnings() {
             let _ = writeln!(out, "{:<7} note: {warning}", "");
         }

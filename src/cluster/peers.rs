@@ -19,6 +19,18 @@
 //! before anything is sent (a refusal sends nothing, and says nothing about the peer), or
 //! handed in already charged by the coordinator (`replicate_charged`).
 //!
+//! ## Batches
+//! `replicate` and `fetch` calls to one peer do not each travel as a call of their own: a call
+//! is queued on the connection, and the first one queued spawns a task that yields once (so
+//! that every task ready in this scheduler turn queues its calls too), then sends the queue
+//! as one `Peer.batch` (a single call as its single form). The peer admits, does and answers
+//! each call as it would a single one; each caller gets its own answer, under its own
+//! deadline and in-flight slot. Calls that wait for a sync are batched apart from the rest,
+//! so that a sync never holds back an answer that needs none. At low rates a batch is one
+//! call; as the rate rises, more calls share a message, its framing, its TLS record and the
+//! peer's per-call work. `CARTWHEEL_PEER_BATCHES=off` in a node's environment sends every
+//! call on its own (to measure what batches save).
+//!
 //! ## Other networks
 //! A node reaches its peers over [`Network::Tcp`] (Cap'n Proto), or over a [`Transport`] of
 //! another kind: the seeded simulation ([`crate::sim`]) carries each call as a
@@ -27,7 +39,7 @@
 //! unchanged. Deadlines and the failure detector work the same on both; the in-flight bound
 //! is the TCP connection's.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +48,7 @@ use std::time::Duration;
 
 use capnp_rpc::{rpc_twoparty_capnp, RpcSystem};
 use cartwheel_resolvers::{Read, Write};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
 use super::anti_entropy::Leaves;
@@ -43,7 +56,7 @@ use super::budget::Charge;
 use super::coordinator::{write_bytes, Target};
 use super::membership::View;
 use super::Cluster;
-use crate::cartwheel_capnp::{cartwheel, fetch_result, gate, peer, replica_result};
+use crate::cartwheel_capnp::{cartwheel, fetch_result, gate, peer, peer_answer, replica_result};
 use crate::error::Error;
 use crate::node::wire::{self, WriteOptions};
 use crate::store::Entry;
@@ -61,6 +74,166 @@ pub(super) struct PeerConnection {
     /// When it was opened (the cluster's clock): a call that started before this did not
     /// use it, so its failure does not drop it.
     opened_ms: u64,
+    /// The calls waiting for its next batch.
+    batches: Rc<Batches>,
+}
+
+/// A call waiting for a batch, and where its answer goes.
+type Queued = (PeerRequest, futures::channel::oneshot::Sender<Result<PeerReply, Error>>);
+
+/// The calls waiting for a connection's next batches: those that wait for a sync apart from
+/// the rest.
+struct Batches {
+    queues: [RefCell<Vec<Queued>>; 2],
+    /// Messages sent with queued calls, and the calls they carried (the node's metrics).
+    sent: (Counter, Counter),
+}
+
+impl PeerConnection {
+    /// Queue a `replicate` or `fetch` for this connection's next batch and wait for its
+    /// answer. The batch is sent once every task ready now has run; a batch whose peer does
+    /// not answer within `deadline` ends its calls with `timeout`.
+    async fn batched(&self, request: PeerRequest, deadline: Duration) -> Result<PeerReply, Error> {
+        if !batches_on() {
+            return send_one(&self.peer, &request).await;
+        }
+        let (answer, answered) = futures::channel::oneshot::channel();
+        let index = usize::from(matches!(request, PeerRequest::Replicate { sync: true, .. }));
+        let first = {
+            let mut queue = self.batches.queues[index].borrow_mut();
+            queue.push((request, answer));
+            queue.len() == 1
+        };
+        if first {
+            let (peer, batches) = (self.peer.clone(), Rc::clone(&self.batches));
+            tokio::task::spawn_local(async move {
+                tokio::task::yield_now().await;
+                let calls = std::mem::take(&mut *batches.queues[index].borrow_mut());
+                batches.sent.0.inc();
+                batches.sent.1.inc_by(calls.len() as u64);
+                // On the deadline the calls' answers are dropped: each caller's own deadline
+                // (no later than this one) has ended it already.
+                let _ = tokio::time::timeout(deadline, send_batch(&peer, calls)).await;
+            });
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(Error::Timeout("the peer did not answer the batch".into())))
+    }
+}
+
+/// Whether calls are batched: unless `CARTWHEEL_PEER_BATCHES=off`.
+fn batches_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CARTWHEEL_PEER_BATCHES").map_or(true, |v| v != "off"))
+}
+
+/// Send `calls` to a peer, one call in its single form, more as one `batch`, and give each
+/// caller its answer.
+async fn send_batch(peer: &peer::Client, calls: Vec<Queued>) {
+    let (requests, senders): (Vec<_>, Vec<_>) = calls.into_iter().unzip();
+    let answers = match requests.as_slice() {
+        [one] => vec![send_one(peer, one).await],
+        many => match send_many(peer, many).await {
+            Ok(answers) => answers,
+            Err(e) => vec![Err(e); many.len()],
+        },
+    };
+    for (sender, answer) in senders.into_iter().zip(answers) {
+        let _ = sender.send(answer);
+    }
+}
+
+/// One `replicate` or `fetch` as its own call.
+async fn send_one(peer: &peer::Client, request: &PeerRequest) -> Result<PeerReply, Error> {
+    match request {
+        PeerRequest::Replicate { bucket, key, state, sync, hint_for } => {
+            let mut call = peer.replicate_request();
+            {
+                let mut p = call.get();
+                p.set_bucket(bucket);
+                p.set_key(key);
+                p.set_state(state);
+                p.set_sync(*sync);
+                p.set_hint_for(hint_for);
+            }
+            let response = call.send().promise.await?;
+            replica_reply(response.get()?.get_result()?)
+        }
+        PeerRequest::Fetch { bucket, key } => {
+            let mut call = peer.fetch_request();
+            call.get().set_bucket(bucket);
+            call.get().set_key(key);
+            let response = call.send().promise.await?;
+            fetch_reply(response.get()?.get_result()?)
+        }
+        other => Err(Error::Internal(format!("not a batched call: {other:?}"))),
+    }
+}
+
+/// Several `replicate` and `fetch` calls as one `batch`; one answer each, in order.
+async fn send_many(
+    peer: &peer::Client,
+    requests: &[PeerRequest],
+) -> Result<Vec<Result<PeerReply, Error>>, Error> {
+    let mut call = peer.batch_request();
+    let mut list = call.get().init_calls(requests.len() as u32);
+    for (i, request) in requests.iter().enumerate() {
+        let entry = list.reborrow().get(i as u32);
+        match request {
+            PeerRequest::Replicate { bucket, key, state, sync, hint_for } => {
+                let mut p = entry.init_replicate();
+                p.set_bucket(bucket);
+                p.set_key(key);
+                p.set_state(state);
+                p.set_sync(*sync);
+                p.set_hint_for(hint_for);
+            }
+            PeerRequest::Fetch { bucket, key } => {
+                let mut p = entry.init_fetch();
+                p.set_bucket(bucket);
+                p.set_key(key);
+            }
+            other => return Err(Error::Internal(format!("not a batched call: {other:?}"))),
+        }
+    }
+    let response = call.send().promise.await?;
+    let response = response.get()?;
+    if response.has_error() {
+        return Err(wire::get_error(response.get_error()?));
+    }
+    let answers = response.get_answers()?;
+    if answers.len() as usize != requests.len() {
+        return Err(Error::Transport(format!(
+            "a batch of {} calls got {} answers",
+            requests.len(),
+            answers.len()
+        )));
+    }
+    Ok(answers
+        .iter()
+        .map(|answer| match answer.which().map_err(|e| Error::Transport(e.to_string()))? {
+            peer_answer::Replicate(result) => replica_reply(result?),
+            peer_answer::Fetch(result) => fetch_reply(result?),
+        })
+        .collect())
+}
+
+/// A `replicate` answer as a [`PeerReply`].
+fn replica_reply(result: replica_result::Reader<'_>) -> Result<PeerReply, Error> {
+    match result.which().map_err(|e| Error::Transport(e.to_string()))? {
+        replica_result::Stored(stored) => Ok(PeerReply::Stored(stored)),
+        replica_result::Error(e) => Err(wire::get_error(e?)),
+    }
+}
+
+/// A `fetch` answer as a [`PeerReply`].
+fn fetch_reply(result: fetch_result::Reader<'_>) -> Result<PeerReply, Error> {
+    match result.which().map_err(|e| Error::Transport(e.to_string()))? {
+        fetch_result::NotFound(()) => Ok(PeerReply::State(None)),
+        fetch_result::State(state) => Ok(PeerReply::State(Some(state?.to_vec()))),
+        fetch_result::Error(e) => Err(wire::get_error(e?)),
+    }
 }
 
 /// How a node reaches its peers.
@@ -314,27 +487,6 @@ impl Cluster {
     ) -> bool {
         let _charge = charge;
         let Ok(address) = self.address(&target.id) else { return false };
-        let request = |connection: PeerConnection| async move {
-            let mut request = connection.peer.replicate_request();
-            {
-                let mut p = request.get();
-                p.set_bucket(bucket);
-                p.set_key(key);
-                p.set_state(state);
-                p.set_sync(sync);
-                p.set_hint_for(target.hint_for.as_deref().unwrap_or(""));
-            }
-            let response = request.send().promise.await?;
-            match response
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| Error::Transport(e.to_string()))?
-            {
-                replica_result::Stored(stored) => Ok(stored),
-                replica_result::Error(e) => Err(wire::get_error(e?)),
-            }
-        };
         let value = || PeerRequest::Replicate {
             bucket: bucket.to_string(),
             key: key.to_vec(),
@@ -342,7 +494,11 @@ impl Cluster {
             sync,
             hint_for: target.hint_for.clone().unwrap_or_default(),
         };
-        let outcome = self.call(&target.id, &address, self.timeout(0), request, value).await;
+        let deadline = self.timeout(0);
+        let request = |connection: PeerConnection| async move {
+            bool::from_reply(connection.batched(value(), deadline).await?)
+        };
+        let outcome = self.call(&target.id, &address, deadline, request, value).await;
         matches!(outcome, Ok(true))
     }
 
@@ -391,23 +547,11 @@ impl Cluster {
     ) -> Result<Option<Vec<u8>>, Error> {
         let address = self.address(&target.id)?;
         let value = || PeerRequest::Fetch { bucket: bucket.to_string(), key: key.to_vec() };
+        let deadline = self.timeout(0);
         let request = |connection: PeerConnection| async move {
-            let mut request = connection.peer.fetch_request();
-            request.get().set_bucket(bucket);
-            request.get().set_key(key);
-            let response = request.send().promise.await?;
-            match response
-                .get()?
-                .get_result()?
-                .which()
-                .map_err(|e| Error::Transport(e.to_string()))?
-            {
-                fetch_result::NotFound(()) => Ok(None),
-                fetch_result::State(state) => Ok(Some(state?.to_vec())),
-                fetch_result::Error(e) => Err(wire::get_error(e?)),
-            }
+            Option::<Vec<u8>>::from_reply(connection.batched(value(), deadline).await?)
         };
-        self.call(&target.id, &address, self.timeout(0), request, value).await
+        self.call(&target.id, &address, deadline, request, value).await
     }
 
     /// Exchange views with the node at `address` (a member `id`, or a seed not yet known by
@@ -574,7 +718,9 @@ impl Cluster {
         let peer = request.send().pipeline.get_peer();
         let api = peer.node_request().send().pipeline.get_node();
         let inflight = Rc::new(Cell::new(0));
-        let connection = PeerConnection { api, peer, inflight, opened_ms: self.now_ms() };
+        let queues = Default::default();
+        let batches = Rc::new(Batches { queues, sent: self.metrics().peer_batch_counters() });
+        let connection = PeerConnection { api, peer, inflight, opened_ms: self.now_ms(), batches };
         self.connections.borrow_mut().insert(address.to_string(), connection.clone());
         Ok(connection)
     }

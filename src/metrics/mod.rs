@@ -192,6 +192,8 @@ pub struct Metrics {
     requests_refused: Counter,
     quorum: Family<QuorumLabels, Counter>,
     read_repairs: Family<BucketLabels, Counter>,
+    peer_batches: Counter,
+    peer_batched_calls: Counter,
     hints_queued: Counter,
     hints_delivered: Counter,
     hints_refused: Counter,
@@ -274,6 +276,18 @@ impl Metrics {
         );
         let read_repairs = Family::default();
         r.register("read_repairs", "Replicas sent a read repair", read_repairs.clone());
+        let peer_batches = Counter::default();
+        r.register(
+            "peer_batches",
+            "Messages this node sent a peer carrying replicate and fetch calls (src/cluster/peers.rs)",
+            peer_batches.clone(),
+        );
+        let peer_batched_calls = Counter::default();
+        r.register(
+            "peer_batched_calls",
+            "Replicate and fetch calls those messages carried",
+            peer_batched_calls.clone(),
+        );
         let hints_queued = Counter::default();
         r.register(
             "hints_queued",
@@ -483,6 +497,8 @@ impl Metrics {
             requests_refused,
             quorum,
             read_repairs,
+            peer_batches,
+            peer_batched_calls,
             hints_queued,
             hints_delivered,
             hints_refused,
@@ -561,6 +577,11 @@ impl Metrics {
     /// A read repair was sent to one replica of a key of `bucket`.
     pub fn read_repair(&self, bucket: &str) {
         self.read_repairs.get_or_create(&self.bucket_labels(bucket)).inc();
+    }
+
+    /// The counters of peer batches: messages sent, and the calls they carried.
+    pub fn peer_batch_counters(&self) -> (Counter, Counter) {
+        (self.peer_batches.clone(), self.peer_batched_calls.clone())
     }
 
     /// Ownership handoff sent `keys` keys of a partition of `bucket`; `complete` when that

@@ -14,7 +14,9 @@ use std::time::Instant;
 use cartwheel_resolvers::{Op, Read, Write};
 
 use super::server::{Connection, Shared};
-use crate::cartwheel_capnp::{cartwheel, gate, peer, write_result, NodeState};
+use crate::cartwheel_capnp::{
+    cartwheel, fetch_result, gate, peer, peer_call, replica_result, write_result, NodeState,
+};
 use crate::cluster::budget::Charge;
 use crate::cluster::coordinator::write_bytes;
 use crate::error::Error;
@@ -539,6 +541,12 @@ impl gate::Server for Gate {
     }
 }
 
+/// The outcome of one call of a `Peer.batch`.
+enum Answer {
+    Replicate(Result<(), Error>),
+    Fetch(Result<Option<Vec<u8>>, Error>),
+}
+
 /// The node-to-node API of one connection; shares the connection's in-flight bound.
 struct PeerApi {
     api: Api,
@@ -547,30 +555,72 @@ struct PeerApi {
     from: Option<String>,
 }
 
+impl PeerApi {
+    /// One `replicate`, single or in a batch: admitted (its state held until stored, and
+    /// synced if asked), then merged or kept as a hint.
+    async fn replicate_one(
+        &self,
+        bucket: capnp::Result<capnp::text::Reader<'_>>,
+        key: capnp::Result<&[u8]>,
+        state: capnp::Result<&[u8]>,
+        hint_for: capnp::Result<capnp::text::Reader<'_>>,
+        sync: bool,
+    ) -> Result<(), Error> {
+        let (key, state) = (key.map_err(wire::bad)?, state.map_err(wire::bad)?);
+        let _admitted = self.api.admit(key.len() + state.len())?;
+        let bucket = text(bucket, "bucket")?;
+        let hint_for = text(hint_for, "hintFor")?;
+        let cluster = &self.api.shared.cluster;
+        cluster.receive_replica_synced(&bucket, key, state, &hint_for, sync).await
+    }
+
+    /// One `fetch`, single or in a batch.
+    fn fetch_one(
+        &self,
+        bucket: capnp::Result<capnp::text::Reader<'_>>,
+        key: capnp::Result<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let key = key.map_err(wire::bad)?;
+        let _admitted = self.api.admit(key.len())?;
+        let bucket = text(bucket, "bucket")?;
+        self.api.shared.cluster.fetch_for_peer(&bucket, key)
+    }
+}
+
+/// A `replicate` outcome as its answer says it.
+fn set_replica_result(mut result: replica_result::Builder<'_>, outcome: &Result<(), Error>) {
+    match outcome {
+        Ok(()) => result.set_stored(true),
+        Err(e) => wire::set_error(result.init_error(), e),
+    }
+}
+
+/// A `fetch` outcome as its answer says it.
+fn set_fetch_result(
+    mut result: fetch_result::Builder<'_>,
+    outcome: &Result<Option<Vec<u8>>, Error>,
+) {
+    match outcome {
+        Ok(None) => result.set_not_found(()),
+        Ok(Some(state)) => result.set_state(state),
+        Err(e) => wire::set_error(result.init_error(), e),
+    }
+}
+
 impl peer::Server for PeerApi {
     async fn replicate(
         self: Rc<Self>,
         params: peer::ReplicateParams,
         mut results: peer::ReplicateResults,
     ) -> Result<(), capnp::Error> {
-        let cluster = Rc::clone(&self.api.shared.cluster);
-        let outcome = async {
-            let p = params.get().map_err(wire::bad)?;
-            let key = p.get_key().map_err(wire::bad)?;
-            let state = p.get_state().map_err(wire::bad)?;
-            // The state is held until stored (and synced, if asked).
-            let _admitted = self.api.admit(key.len() + state.len())?;
-            let bucket = text(p.get_bucket(), "bucket")?;
-            let hint_for = text(p.get_hint_for(), "hintFor")?;
-            cluster.receive_replica_synced(&bucket, key, state, &hint_for, p.get_sync()).await?;
-            Ok::<(), Error>(())
-        }
-        .await;
-        let mut result = results.get().init_result();
-        match outcome {
-            Ok(()) => result.set_stored(true),
-            Err(e) => wire::set_error(result.init_error(), &e),
-        }
+        let outcome = match params.get() {
+            Ok(p) => {
+                let (bucket, hint_for) = (p.get_bucket(), p.get_hint_for());
+                self.replicate_one(bucket, p.get_key(), p.get_state(), hint_for, p.get_sync()).await
+            }
+            Err(e) => Err(wire::bad(e)),
+        };
+        set_replica_result(results.get().init_result(), &outcome);
         Ok(())
     }
 
@@ -579,18 +629,56 @@ impl peer::Server for PeerApi {
         params: peer::FetchParams,
         mut results: peer::FetchResults,
     ) -> Result<(), capnp::Error> {
-        let outcome = (|| {
-            let p = params.get().map_err(wire::bad)?;
-            let key = p.get_key().map_err(wire::bad)?;
-            let _admitted = self.api.admit(key.len())?;
-            let bucket = text(p.get_bucket(), "bucket")?;
-            self.api.shared.cluster.fetch_for_peer(&bucket, key)
-        })();
-        let mut result = results.get().init_result();
-        match outcome {
-            Ok(None) => result.set_not_found(()),
-            Ok(Some(state)) => result.set_state(&state),
-            Err(e) => wire::set_error(result.init_error(), &e),
+        let outcome = match params.get() {
+            Ok(p) => self.fetch_one(p.get_bucket(), p.get_key()),
+            Err(e) => Err(wire::bad(e)),
+        };
+        set_fetch_result(results.get().init_result(), &outcome);
+        Ok(())
+    }
+
+    async fn batch(
+        self: Rc<Self>,
+        params: peer::BatchParams,
+        mut results: peer::BatchResults,
+    ) -> Result<(), capnp::Error> {
+        let calls = match params.get().and_then(|p| p.get_calls()) {
+            Ok(calls) => calls,
+            Err(e) => {
+                wire::set_error(results.get().init_error(), &wire::bad(e));
+                return Ok(());
+            }
+        };
+        // Every call's store happens in order on the first poll (a store does not wait);
+        // only the syncs asked for are waited on, together.
+        let outcomes = futures::future::join_all(calls.iter().map(|call| {
+            let this = &self;
+            async move {
+                match call.which() {
+                    Ok(peer_call::Replicate(p)) => {
+                        let (bucket, hint_for) = (p.get_bucket(), p.get_hint_for());
+                        let (key, state, sync) = (p.get_key(), p.get_state(), p.get_sync());
+                        Answer::Replicate(
+                            this.replicate_one(bucket, key, state, hint_for, sync).await,
+                        )
+                    }
+                    Ok(peer_call::Fetch(p)) => {
+                        Answer::Fetch(this.fetch_one(p.get_bucket(), p.get_key()))
+                    }
+                    Err(e) => Answer::Replicate(Err(Error::BadRequest(format!(
+                        "a batched call of an unknown kind: {e}"
+                    )))),
+                }
+            }
+        }))
+        .await;
+        let mut answers = results.get().init_answers(outcomes.len() as u32);
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let answer = answers.reborrow().get(i as u32);
+            match outcome {
+                Answer::Replicate(outcome) => set_replica_result(answer.init_replicate(), outcome),
+                Answer::Fetch(outcome) => set_fetch_result(answer.init_fetch(), outcome),
+            }
         }
         Ok(())
     }
