@@ -594,6 +594,21 @@ where
     result
 }
 
+/// The nice value [`prioritize`] gives the generator's thread.
+pub const GENERATOR_NICE: i32 = -10;
+
+/// Run the calling thread (the generator's) ahead of the process's other threads: at nice
+/// [`GENERATOR_NICE`], so that a request due is sent when it is due, not after a node's
+/// thread that shares the CPU finishes its time slice (with embedded nodes on a small
+/// machine, that wait was most of the send lag). Linux keeps nice values per thread; threads
+/// this one starts afterwards inherit it. The nice value it runs at, or `None` when the
+/// process may not raise it (no CAP_SYS_NICE).
+pub fn prioritize() -> Option<i32> {
+    let me = rustix::thread::gettid();
+    rustix::process::setpriority_process(Some(me), GENERATOR_NICE).ok()?;
+    Some(GENERATOR_NICE)
+}
+
 /// CPU seconds (user + system) this process has used since it started, every thread.
 pub fn process_cpu_s() -> f64 {
     cpu_s(rustix::time::ClockId::ProcessCPUTime)
