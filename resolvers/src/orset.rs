@@ -9,8 +9,10 @@
 //! (the [`DotMap`] with a `()` payload), including deferred removes.
 //!
 //! ## Semantics
-//! - **add(e)** at actor `A` gives `e` a fresh dot `(A, n)` that replaces `A`'s earlier dot
-//!   of `e`, if any (so an element holds at most one dot per actor). Nobody has observed
+//! - **add(e)** at actor `A` gives `e` a fresh dot `(A, n)` that replaces `A`'s earlier dots
+//!   of `e`, if any (so an element holds at most one dot per actor at its coordinator; a
+//!   replica that took deltas out of order may hold an older one of `A` too, until the
+//!   delta that replaced it arrives and removes it). Nobody has observed
 //!   that dot yet, so an add concurrent with a remove of the same element survives the
 //!   remove: **add wins**.
 //! - **remove(e)** drops the dots of `e` that the write's **context** observed. An element
@@ -40,8 +42,8 @@
 //! The size is bounded by elements × actors plus the clock (one entry per actor), never by
 //! the number of operations; removed elements leave nothing behind.
 //!
-//! Body layout, versions 1 and 2: the [`DotMap`] body of [`crate::causal`] with an empty
-//! payload, one dot per (element, actor):
+//! Body layout, versions 1, 2 and 3: the [`DotMap`] body of [`crate::causal`] with an empty
+//! payload:
 //!
 //! | size   | field                                                             |
 //! |--------|-------------------------------------------------------------------|
@@ -49,11 +51,14 @@
 //! | 4 + .. | element count, then per element: bytes (u32 length), dot count, dots (actor index u32, counter u64) |
 //! | 4 + .. | deferred remove count, then the deferred removes                  |
 //!
-//! Version 2 is version 1 plus deferred clears (a deferred remove with no keys). A state is
-//! written in the lowest version that holds it: version 1 unless it has a deferred clear,
-//! so the states of sets that were never cleared by a coordinator behind its client keep
-//! their bytes (and stay readable by nodes that only know version 1). Decoding takes both
-//! and refuses a version 2 state without a deferred clear (it would not be canonical).
+//! Version 2 is version 1 plus deferred clears (a deferred remove with no keys); version 3
+//! is version 2 with dot clouds in its version vectors (the encoding with clouds of
+//! [`crate::causal`]): a delta, or a replica that took a delta ahead of an earlier one. A
+//! state is written in the lowest version that holds it: version 1 unless it has a deferred
+//! clear or a cloud, version 2 unless it has a cloud, so the states of sets that were never
+//! cleared by a coordinator behind its client and that hold no gap keep their bytes (and
+//! stay readable by nodes that only know version 1). Decoding takes all three and refuses a
+//! state written in a higher version than it needs (it would not be canonical).
 
 use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap};
 use crate::codec::{Decoder, Encoder, Tag};
@@ -85,9 +90,6 @@ fn decode(bytes: &[u8]) -> Result<DotMap<'_, ()>, ResolveError> {
             map.deferred_clears(),
             map.has_cloud()
         )));
-    }
-    if map.entries().windows(2).any(|w| (w[0].key, w[0].actor) == (w[1].key, w[1].actor)) {
-        return Err(ResolveError::Corrupt("two dots of one actor for an element".into()));
     }
     Ok(map)
 }
