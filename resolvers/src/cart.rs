@@ -84,18 +84,23 @@
 //! (item, actor), and no deferred clears. It decodes as a version 2 state whose dots are all
 //! adds, and is written back as version 2. Contexts did not change (version 1).
 
-use crate::causal::{check_actor, decode_context, encode_context, DotMap, Payload};
+use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap, Payload};
 use crate::codec::{Decoder, Encoder, Tag};
-use crate::{Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
+use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
 
-/// Current body format version.
+/// Current body format version of a state without dot clouds.
 pub const VERSION: u8 = 2;
+
+/// The body format version of a state with a dot cloud (a delta, or a replica that took a
+/// delta ahead of one it has not had yet): version 2 with clouds.
+pub const VERSION_WITH_CLOUD: u8 = 3;
 
 /// The body format version before set dots: add amounts only, one dot per (item, actor).
 pub const VERSION_ADDS_ONLY: u8 = 1;
 
-/// The version of the contexts a read returns (a version vector).
-pub const CONTEXT_VERSION: u8 = 1;
+/// The version of the contexts a read returns while the cart's clock has no cloud (a
+/// version vector); with a cloud, [`crate::causal::CONTEXT_VERSION_WITH_CLOUD`].
+pub const CONTEXT_VERSION: u8 = crate::causal::CONTEXT_VERSION;
 
 /// Most add dots one coordinator keeps for one item; one more folds its two oldest (see
 /// "Bounding the dots"). 3: a set or remove is exact for contexts up to two of one
@@ -165,9 +170,10 @@ impl Payload for AddsOnly {
 fn decode(bytes: &[u8]) -> Result<DotMap<'_, Dot>, ResolveError> {
     let (mut d, version) = Decoder::new(bytes, Tag::Cart)?;
     let map = match version {
-        VERSION => DotMap::decode(&mut d)?,
+        VERSION => DotMap::decode(&mut d, false)?,
+        VERSION_WITH_CLOUD => DotMap::decode(&mut d, true)?,
         VERSION_ADDS_ONLY => {
-            let old: DotMap<'_, AddsOnly> = DotMap::decode(&mut d)?;
+            let old: DotMap<'_, AddsOnly> = DotMap::decode(&mut d, false)?;
             let one_per_actor =
                 old.entries().windows(2).all(|w| (w[0].key, w[0].actor) != (w[1].key, w[1].actor));
             if old.deferred_clears() > 0 || !one_per_actor {
@@ -181,8 +187,10 @@ fn decode(bytes: &[u8]) -> Result<DotMap<'_, Dot>, ResolveError> {
     Ok(map)
 }
 
+/// Encode in the lowest version that holds `map`.
 fn encode(map: &DotMap<'_, Dot>) -> Vec<u8> {
-    let mut e = Encoder::new(Tag::Cart, VERSION);
+    let version = if map.has_cloud() { VERSION_WITH_CLOUD } else { VERSION };
+    let mut e = Encoder::new(Tag::Cart, version);
     map.encode(&mut e);
     e.finish()
 }
@@ -321,6 +329,42 @@ fn set<'a>(
     check_quantity(map, item, "setting it")
 }
 
+/// Apply a write to `current`: the map before and after it.
+fn apply_ops<'a>(
+    current: Option<&'a [u8]>,
+    write: &'a Write,
+    stamp: &'a Stamp,
+) -> Result<(DotMap<'a, Dot>, DotMap<'a, Dot>), ResolveError> {
+    check_actor(&stamp.actor)?;
+    let Write::Update { ops, context } = write else {
+        return Err(ResolveError::WrongOperation { resolver: "cart", operation: write.name() });
+    };
+    check_ops(ops)?;
+    let context = decode_dots_context(Tag::Cart, context)?;
+    let old = match current {
+        Some(bytes) => decode(bytes)?,
+        None => DotMap::default(),
+    };
+    let mut map = old.clone();
+    let actor = stamp.actor.as_slice();
+    for op in ops {
+        match op {
+            Op::CartAdd { item, quantity } => add(&mut map, item, actor, *quantity)?,
+            Op::CartRemove(item) => map.remove(item, context.as_ref())?,
+            Op::CartSetQuantity { item, quantity } => {
+                map.remove(item, context.as_ref())?;
+                if *quantity > 0 {
+                    set(&mut map, item, actor, *quantity)?;
+                }
+            }
+            Op::CartClear => map.clear(context.as_ref())?,
+            _ => unreachable!("operations were checked above"),
+        }
+    }
+    map.normalize();
+    Ok((old, map))
+}
+
 impl Resolver for Cart {
     fn kind(&self) -> ResolverKind {
         ResolverKind::Cart
@@ -332,33 +376,19 @@ impl Resolver for Cart {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Vec<u8>, ResolveError> {
-        check_actor(&stamp.actor)?;
-        let Write::Update { ops, context } = write else {
-            return Err(ResolveError::WrongOperation { resolver: "cart", operation: write.name() });
-        };
-        check_ops(ops)?;
-        let context = decode_context(Tag::Cart, CONTEXT_VERSION, context)?;
-        let mut map = match current {
-            Some(bytes) => decode(bytes)?,
-            None => DotMap::default(),
-        };
-        let actor = stamp.actor.as_slice();
-        for op in ops {
-            match op {
-                Op::CartAdd { item, quantity } => add(&mut map, item, actor, *quantity)?,
-                Op::CartRemove(item) => map.remove(item, context.as_ref())?,
-                Op::CartSetQuantity { item, quantity } => {
-                    map.remove(item, context.as_ref())?;
-                    if *quantity > 0 {
-                        set(&mut map, item, actor, *quantity)?;
-                    }
-                }
-                Op::CartClear => map.clear(context.as_ref())?,
-                _ => unreachable!("operations were checked above"),
-            }
-        }
-        map.normalize();
-        Ok(encode(&map))
+        let (_, new) = apply_ops(current, write, stamp)?;
+        Ok(encode(&new))
+    }
+
+    fn apply_with_delta(
+        &self,
+        current: Option<&[u8]>,
+        write: &Write,
+        stamp: &Stamp,
+    ) -> Result<Applied, ResolveError> {
+        let (old, new) = apply_ops(current, write, stamp)?;
+        let delta = new.delta_from(&old).map(|delta| encode(&delta));
+        Ok(Applied::new(encode(&new), delta))
     }
 
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {
@@ -367,7 +397,7 @@ impl Resolver for Cart {
     }
 
     fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {
-        Ok(decode(state)?.clock().get(actor))
+        Ok(decode(state)?.clock().highest(actor))
     }
 
     fn max_timestamp_ms(&self, _state: &[u8]) -> Result<Option<u64>, ResolveError> {
@@ -379,7 +409,7 @@ impl Resolver for Cart {
         let map = decode(state)?;
         let items = items(&map);
         let value = (!items.is_empty()).then_some(Value::Cart(items));
-        Ok(Read { context: encode_context(Tag::Cart, CONTEXT_VERSION, map.clock()), value })
+        Ok(Read { context: encode_dots_context(Tag::Cart, map.clock()), value })
     }
 }
 

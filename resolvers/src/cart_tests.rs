@@ -373,6 +373,9 @@ enum ModelOp {
     Clear(usize, Option<usize>),
     /// Replica `to` merges replica `from`'s state.
     Sync(usize, usize),
+    /// Replica `to` takes the `k`-th (modulo) of the deltas sent to it and not yet taken,
+    /// when writes replicate by deltas: out of order, and some never.
+    Deliver(usize, usize),
 }
 
 fn model_op() -> impl Strategy<Value = ModelOp> {
@@ -384,6 +387,7 @@ fn model_op() -> impl Strategy<Value = ModelOp> {
         1 => (0usize..3, 0u8..3, from.clone()).prop_map(|(r, i, f)| ModelOp::Remove(r, i, f)),
         1 => (0usize..3, from).prop_map(|(r, f)| ModelOp::Clear(r, f)),
         3 => (0usize..3, 0usize..3).prop_map(|(f, t)| ModelOp::Sync(f, t)),
+        3 => (0usize..3, 0usize..4).prop_map(|(t, k)| ModelOp::Deliver(t, k)),
     ]
 }
 
@@ -406,6 +410,21 @@ type Ops = std::collections::BTreeMap<usize, (u8, usize, bool)>;
 impl Model {
     fn live<'o>(&'o self, ops: &'o Ops) -> impl Iterator<Item = (usize, (u8, usize, bool))> + 'o {
         self.seen.iter().filter(|id| !self.gone.contains(id)).map(|id| (*id, ops[id]))
+    }
+
+    /// What `self` knows and `old` did not: the model of a delta. An operation whose
+    /// amount grew (a fold) travels whole with it, as its dot does.
+    fn since(&self, old: &Model) -> Model {
+        let amounts: std::collections::BTreeMap<usize, u64> = self
+            .amounts
+            .iter()
+            .filter(|(id, q)| old.amounts.get(id) != Some(q))
+            .map(|(id, q)| (*id, *q))
+            .collect();
+        let mut seen: std::collections::BTreeSet<usize> =
+            self.seen.difference(&old.seen).copied().collect();
+        seen.extend(amounts.keys().filter(|id| self.seen.contains(id)));
+        Model { seen, gone: self.gone.difference(&old.gone).copied().collect(), amounts }
     }
 
     fn merge(&mut self, other: &Model) {
@@ -445,88 +464,166 @@ proptest! {
     /// an item when it has more than ADD_DOTS_MAX, as the resolver does, and nothing else.
     #[test]
     fn carts_follow_the_per_operation_model(ops in proptest::collection::vec(model_op(), 1..60)) {
-        let mut replicas: Vec<Option<Vec<u8>>> = vec![None; 3];
-        let mut models: Vec<Model> = vec![Model::default(); 3];
-        let mut what: Ops = Ops::new();
-        for (id, op) in ops.iter().enumerate() {
-            let (r, from) = match *op {
-                ModelOp::Add(r, ..) => (r, None),
-                ModelOp::Set(r, _, _, f) | ModelOp::Remove(r, _, f) | ModelOp::Clear(r, f) => (r, f),
-                ModelOp::Sync(f, t) => {
-                    if let Some(from) = replicas[f].clone() {
-                        replicas[t] = Some(match &replicas[t] {
-                            Some(to) => Cart.merge(to, &from).unwrap(),
-                            None => from,
-                        });
-                        let m = models[f].clone();
-                        models[t].merge(&m);
-                    }
-                    continue;
-                }
-            };
-            // The context, and what it observed (no context: the coordinator's state).
-            let (context, observed) = match from {
-                Some(f) => match replicas[f].as_deref() {
-                    Some(state) => (ctx(state), models[f].seen.clone()),
-                    None => continue,
-                },
-                None => (Vec::new(), models[r].seen.clone()),
-            };
-            let write = match *op {
-                ModelOp::Add(_, i, q) => add_op(i, q.into()),
-                ModelOp::Set(_, i, q, _) => Op::CartSetQuantity { item: vec![i], quantity: q.into() },
-                ModelOp::Remove(_, i, _) => Op::CartRemove(vec![i]),
-                ModelOp::Clear(..) => Op::CartClear,
-                ModelOp::Sync(..) => unreachable!(),
-            };
-            let next = Cart.apply(replicas[r].as_deref(), &update(vec![write], &context), &stamp(&format!("n{r}"))).unwrap();
-            replicas[r] = Some(next);
-            let m = &mut models[r];
-            let observed_of = |item: Option<u8>| -> Vec<usize> {
-                observed.iter().copied().filter(|o| what.get(o).is_some_and(|w| item.is_none_or(|i| w.0 == i))).collect()
-            };
-            match *op {
-                ModelOp::Add(_, i, q) => {
-                    what.insert(id, (i, r, false));
-                    m.seen.insert(id);
-                    m.amounts.insert(id, q.into());
-                    let mine: Vec<usize> = m.live(&what).filter(|(_, w)| *w == (i, r, false)).map(|(o, _)| o).collect();
-                    if mine.len() > ADD_DOTS_MAX {
-                        let older = m.amounts[&mine[0]];
-                        *m.amounts.get_mut(&mine[1]).unwrap() += older;
-                        m.gone.insert(mine[0]);
-                    }
-                }
-                ModelOp::Set(_, i, q, _) => {
-                    m.gone.extend(observed_of(Some(i)));
-                    if q > 0 {
-                        let mut value = u64::from(q);
-                        let own: Vec<usize> = m.live(&what).filter(|(_, w)| *w == (i, r, true)).map(|(o, _)| o).collect();
-                        for o in own {
-                            value = value.max(m.amounts[&o]);
-                            m.gone.insert(o);
-                        }
-                        what.insert(id, (i, r, true));
-                        m.seen.insert(id);
-                        m.amounts.insert(id, value);
-                    }
-                }
-                ModelOp::Remove(_, i, _) => m.gone.extend(observed_of(Some(i))),
-                ModelOp::Clear(..) => m.gone.extend(observed_of(None)),
-                ModelOp::Sync(..) => unreachable!(),
-            }
-            let got = quantities(replicas[r].as_deref().unwrap());
-            prop_assert_eq!(&got, &models[r].quantities(&what), "replica {} after {:?}", r, op);
-        }
-        let states: Vec<Vec<u8>> = replicas.into_iter().flatten().collect();
-        let Some(first) = states.first() else { return Ok(()) };
-        let merged = states[1..].iter().fold(first.clone(), |acc, s| Cart.merge(&acc, s).unwrap());
-        let mut all = Model::default();
-        for m in &models {
-            all.merge(m);
-        }
-        prop_assert_eq!(quantities(&merged), all.quantities(&what), "after every merge");
+        check_model(&ops, false)?;
     }
+
+    /// The same, with every write replicated as its delta to the other replicas, taken out
+    /// of order and some never, and whole-state merges in between (anti-entropy): replicas
+    /// with gaps in what they saw (dot clouds) read the model's quantities, and a context
+    /// read from one of them observes exactly what it holds.
+    #[test]
+    fn carts_follow_the_model_with_deltas(ops in proptest::collection::vec(model_op(), 1..60)) {
+        check_model(&ops, true)?;
+    }
+}
+
+/// Run `ops` against the resolver and the model; `deltas`: writes replicate as deltas.
+fn check_model(ops: &[ModelOp], deltas: bool) -> Result<(), TestCaseError> {
+    let mut replicas: Vec<Option<Vec<u8>>> = vec![None; 3];
+    let mut models: Vec<Model> = vec![Model::default(); 3];
+    let mut what: Ops = Ops::new();
+    // Deltas sent and not taken yet: (to, delta, its model).
+    let mut in_flight: Vec<(usize, Vec<u8>, Model)> = Vec::new();
+    for (id, op) in ops.iter().enumerate() {
+        let (r, from) = match *op {
+            ModelOp::Deliver(to, k) => {
+                let mine: Vec<usize> =
+                    (0..in_flight.len()).filter(|i| in_flight[*i].0 == to).collect();
+                if let Some(&i) = mine.get(k % mine.len().max(1)) {
+                    let (_, delta, m) = in_flight.remove(i);
+                    replicas[to] = Some(match &replicas[to] {
+                        Some(state) => Cart.merge(state, &delta).unwrap(),
+                        None => delta,
+                    });
+                    models[to].merge(&m);
+                    let got = quantities(replicas[to].as_deref().unwrap());
+                    prop_assert_eq!(
+                        &got,
+                        &models[to].quantities(&what),
+                        "replica {} after a delta",
+                        to
+                    );
+                }
+                continue;
+            }
+            ModelOp::Add(r, ..) => (r, None),
+            ModelOp::Set(r, _, _, f) | ModelOp::Remove(r, _, f) | ModelOp::Clear(r, f) => (r, f),
+            ModelOp::Sync(f, t) => {
+                if let Some(from) = replicas[f].clone() {
+                    replicas[t] = Some(match &replicas[t] {
+                        Some(to) => Cart.merge(to, &from).unwrap(),
+                        None => from,
+                    });
+                    let m = models[f].clone();
+                    models[t].merge(&m);
+                }
+                continue;
+            }
+        };
+        // The context, and what it observed (no context: the coordinator's state).
+        let (context, observed) = match from {
+            Some(f) => match replicas[f].as_deref() {
+                Some(state) => (ctx(state), models[f].seen.clone()),
+                None => continue,
+            },
+            None => (Vec::new(), models[r].seen.clone()),
+        };
+        let write = match *op {
+            ModelOp::Add(_, i, q) => add_op(i, q.into()),
+            ModelOp::Set(_, i, q, _) => Op::CartSetQuantity { item: vec![i], quantity: q.into() },
+            ModelOp::Remove(_, i, _) => Op::CartRemove(vec![i]),
+            ModelOp::Clear(..) => Op::CartClear,
+            ModelOp::Sync(..) | ModelOp::Deliver(..) => unreachable!(),
+        };
+        let applied = Cart
+            .apply_with_delta(
+                replicas[r].as_deref(),
+                &update(vec![write], &context),
+                &stamp(&format!("n{r}")),
+            )
+            .unwrap();
+        let whole = applied.delta.is_none();
+        let sent = applied.delta.unwrap_or_else(|| applied.state.clone());
+        replicas[r] = Some(applied.state);
+        let before = models[r].clone();
+        let m = &mut models[r];
+        let observed_of = |item: Option<u8>| -> Vec<usize> {
+            observed
+                .iter()
+                .copied()
+                .filter(|o| what.get(o).is_some_and(|w| item.is_none_or(|i| w.0 == i)))
+                .collect()
+        };
+        match *op {
+            ModelOp::Add(_, i, q) => {
+                what.insert(id, (i, r, false));
+                m.seen.insert(id);
+                m.amounts.insert(id, q.into());
+                let mine: Vec<usize> =
+                    m.live(&what).filter(|(_, w)| *w == (i, r, false)).map(|(o, _)| o).collect();
+                if mine.len() > ADD_DOTS_MAX {
+                    let older = m.amounts[&mine[0]];
+                    *m.amounts.get_mut(&mine[1]).unwrap() += older;
+                    m.gone.insert(mine[0]);
+                }
+            }
+            ModelOp::Set(_, i, q, _) => {
+                m.gone.extend(observed_of(Some(i)));
+                if q > 0 {
+                    let mut value = u64::from(q);
+                    let own: Vec<usize> =
+                        m.live(&what).filter(|(_, w)| *w == (i, r, true)).map(|(o, _)| o).collect();
+                    for o in own {
+                        value = value.max(m.amounts[&o]);
+                        m.gone.insert(o);
+                    }
+                    what.insert(id, (i, r, true));
+                    m.seen.insert(id);
+                    m.amounts.insert(id, value);
+                }
+            }
+            ModelOp::Remove(_, i, _) => m.gone.extend(observed_of(Some(i))),
+            ModelOp::Clear(..) => m.gone.extend(observed_of(None)),
+            ModelOp::Sync(..) | ModelOp::Deliver(..) => unreachable!(),
+        }
+        if deltas {
+            // No delta (not smaller): the whole state went, and all its coordinator knew.
+            // A delta carries what the write changed; the dots it removed from the
+            // coordinator are in its clock (seen), and a remove it deferred (a context
+            // ahead of the coordinator) travels whole, with everything its context observed.
+            let delta_model =
+                if whole {
+                    models[r].clone()
+                } else {
+                    let mut m = models[r].since(&before);
+                    m.seen.extend(m.gone.intersection(&before.seen).copied().collect::<Vec<_>>());
+                    if decode(&sent).unwrap().deferred_count() > 0 {
+                        let item = match *op {
+                            ModelOp::Set(_, i, ..) | ModelOp::Remove(_, i, _) => Some(i),
+                            _ => None,
+                        };
+                        m.gone.extend(observed.iter().copied().filter(|o| {
+                            what.get(o).is_some_and(|w| item.is_none_or(|i| w.0 == i))
+                        }));
+                    }
+                    m
+                };
+            for to in (0..3).filter(|to| *to != r) {
+                in_flight.push((to, sent.clone(), delta_model.clone()));
+            }
+        }
+        let got = quantities(replicas[r].as_deref().unwrap());
+        prop_assert_eq!(&got, &models[r].quantities(&what), "replica {} after {:?}", r, op);
+    }
+    let states: Vec<Vec<u8>> = replicas.into_iter().flatten().collect();
+    let Some(first) = states.first() else { return Ok(()) };
+    let merged = states[1..].iter().fold(first.clone(), |acc, s| Cart.merge(&acc, s).unwrap());
+    let mut all = Model::default();
+    for m in &models {
+        all.merge(m);
+    }
+    prop_assert_eq!(quantities(&merged), all.quantities(&what), "after every merge");
+    Ok(())
 }
 
 fn add_op(item: u8, quantity: i64) -> Op {

@@ -75,6 +75,11 @@ use crate::ResolveError;
 /// are never refused, so a state may hold more after merging several replicas.
 pub const DEFERRED_REMOVES_MAX: usize = 64;
 
+/// Most dots a delta's clock may name as issued by one write ([`DotMap::delta_from`]). A
+/// write issues one dot per operation, far fewer; only a forged context that made a counter
+/// jump gets past it, and the coordinator then sends its whole state instead.
+pub const DELTA_ISSUED_DOTS_MAX: u64 = 1 << 16;
+
 /// Encoded dot inside a dot map: actor index (u32) and counter (u64).
 const DOT_BYTES: usize = 4 + 8;
 
@@ -83,6 +88,10 @@ const _: () = assert!(ACTOR_BYTES_MAX <= u8::MAX as usize);
 
 /// Smallest encoded version vector entry: length byte, empty actor, counter.
 const VV_ENTRY_BYTES_MIN: usize = 1 + 8;
+
+/// Encoded cloud dot: actor index (u32) and counter (u64), as a dot of a dot map.
+const CLOUD_DOT_BYTES: usize = 4 + 8;
+const _: () = assert!(CLOUD_DOT_BYTES == DOT_BYTES);
 
 fn dot_overflow() -> ResolveError {
     ResolveError::Overflow(
@@ -101,14 +110,25 @@ pub fn check_actor(actor: &[u8]) -> Result<(), ResolveError> {
     Ok(())
 }
 
-/// A version vector: for each actor, the highest counter seen. Sorted by actor, counters ≥ 1.
+/// A version vector with a dot cloud: the set of dots a state has seen.
+///
+/// For each actor, a **contiguous counter** `n` stands for the dots `1..=n`; the **cloud**
+/// holds the dots seen beyond them, which a delta brings (see "Deltas" in the module
+/// documentation). It is kept compact: a cloud dot is never next to its actor's counter (it
+/// would be folded into it) nor below it, so equal sets of dots are equal vectors, and a
+/// vector without a cloud is exactly the plain version vector it always was. Actors are
+/// sorted; a counter is ≥ 1, or 0 for an actor seen only through cloud dots.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VersionVector<'a> {
+    /// Per actor, ascending: the contiguous counter.
     entries: Vec<(&'a [u8], u64)>,
+    /// Dots beyond the contiguous counters, ascending by actor then counter; every actor
+    /// of the cloud has an entry, and each counter is above that entry's counter + 1.
+    cloud: Vec<(&'a [u8], u64)>,
 }
 
 impl<'a> VersionVector<'a> {
-    /// The counter seen from `actor` (0 if none).
+    /// The contiguous counter of `actor` (0 if none): every dot up to it is covered.
     pub fn get(&self, actor: &[u8]) -> u64 {
         match self.entries.binary_search_by(|(a, _)| (*a).cmp(actor)) {
             Ok(i) => self.entries[i].1,
@@ -116,14 +136,30 @@ impl<'a> VersionVector<'a> {
         }
     }
 
+    /// The highest counter of `actor` this vector covers, in the cloud included (0 if none).
+    pub fn highest(&self, actor: &[u8]) -> u64 {
+        self.cloud_of(actor).last().map_or_else(|| self.get(actor), |(_, counter)| *counter)
+    }
+
+    /// The cloud dots of `actor`, ascending.
+    fn cloud_of(&self, actor: &[u8]) -> &[(&'a [u8], u64)] {
+        let start = self.cloud.partition_point(|(a, _)| *a < actor);
+        let end = start + self.cloud[start..].partition_point(|(a, _)| *a == actor);
+        &self.cloud[start..end]
+    }
+
     /// Whether the dot `(actor, counter)` is covered.
     pub fn covers(&self, actor: &[u8], counter: u64) -> bool {
         counter <= self.get(actor)
+            || (!self.cloud.is_empty() && self.cloud.binary_search(&(actor, counter)).is_ok())
     }
 
     /// Whether every dot `other` covers, `self` covers too (`self` descends from `other`).
     pub fn descends(&self, other: &VersionVector<'_>) -> bool {
-        other.entries.iter().all(|(actor, counter)| self.covers(actor, *counter))
+        // A cloud dot is never next to its counter, so `1..=n` is covered only if the
+        // contiguous counter reaches `n`.
+        other.entries.iter().all(|(actor, counter)| self.get(actor) >= *counter)
+            && other.cloud.iter().all(|(actor, counter)| self.covers(actor, *counter))
     }
 
     /// Whether no actor is present.
@@ -131,12 +167,17 @@ impl<'a> VersionVector<'a> {
         self.entries.is_empty()
     }
 
+    /// Whether some dots are covered beyond the contiguous counters.
+    pub fn has_cloud(&self) -> bool {
+        !self.cloud.is_empty()
+    }
+
     /// Number of actors.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// The actors and counters, ascending by actor.
+    /// The actors and contiguous counters, ascending by actor.
     pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], u64)> + '_ {
         self.entries.iter().copied()
     }
@@ -146,18 +187,78 @@ impl<'a> VersionVector<'a> {
         self.entries.binary_search_by(|(a, _)| (*a).cmp(actor)).ok()
     }
 
-    /// Raise `actor`'s counter to at least `counter`.
+    /// The index of `actor`, added with a counter of 0 if it is new.
+    fn entry_index(&mut self, actor: &'a [u8]) -> usize {
+        match self.entries.binary_search_by(|(a, _)| (*a).cmp(actor)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.entries.insert(i, (actor, 0));
+                i
+            }
+        }
+    }
+
+    /// Cover every dot of `actor` up to `counter`.
     pub fn raise(&mut self, actor: &'a [u8], counter: u64) {
         if counter == 0 {
             return;
         }
-        match self.entries.binary_search_by(|(a, _)| (*a).cmp(actor)) {
-            Ok(i) => self.entries[i].1 = self.entries[i].1.max(counter),
-            Err(i) => self.entries.insert(i, (actor, counter)),
-        }
+        let i = self.entry_index(actor);
+        self.entries[i].1 = self.entries[i].1.max(counter);
+        self.compact();
     }
 
-    /// The least upper bound: the pointwise maximum.
+    /// Cover the one dot `(actor, counter)`, and no other.
+    pub fn add_dot(&mut self, actor: &'a [u8], counter: u64) {
+        if counter == 0 || self.covers(actor, counter) {
+            return;
+        }
+        let i = self.entry_index(actor);
+        if counter == self.entries[i].1 + 1 {
+            self.entries[i].1 = counter;
+        } else {
+            let at = self.cloud.partition_point(|dot| *dot < (actor, counter));
+            self.cloud.insert(at, (actor, counter));
+        }
+        self.compact();
+    }
+
+    /// The vector that covers exactly `dots` (in any order, duplicates allowed).
+    pub fn from_dots(mut dots: Vec<(&'a [u8], u64)>) -> Self {
+        dots.retain(|(_, counter)| *counter > 0);
+        dots.sort_unstable();
+        dots.dedup();
+        let mut entries: Vec<(&'a [u8], u64)> = dots.iter().map(|(actor, _)| (*actor, 0)).collect();
+        entries.dedup();
+        let mut out = VersionVector { entries, cloud: dots };
+        out.compact();
+        out
+    }
+
+    /// Fold cloud dots next to their counters into them and drop those below: the one
+    /// representation of a set of dots.
+    fn compact(&mut self) {
+        if self.cloud.is_empty() {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.cloud.len());
+        let mut i = 0;
+        for &(actor, counter) in &self.cloud {
+            // Both are sorted by actor and every cloud actor has an entry.
+            while self.entries[i].0 != actor {
+                i += 1;
+            }
+            let seen = &mut self.entries[i].1;
+            if counter == *seen + 1 {
+                *seen = counter;
+            } else if counter > *seen {
+                kept.push((actor, counter));
+            }
+        }
+        self.cloud = kept;
+    }
+
+    /// The least upper bound: the pointwise maximum of the counters, the union of the clouds.
     pub fn join(&self, other: &VersionVector<'a>) -> VersionVector<'a> {
         let mut out = Vec::with_capacity(self.entries.len().max(other.entries.len()));
         let (mut i, mut j) = (0, 0);
@@ -181,49 +282,156 @@ impl<'a> VersionVector<'a> {
         }
         out.extend_from_slice(&self.entries[i..]);
         out.extend_from_slice(&other.entries[j..]);
-        VersionVector { entries: out }
+        let cloud = match (self.cloud.is_empty(), other.cloud.is_empty()) {
+            (true, true) => Vec::new(),
+            _ => {
+                let mut cloud: Vec<(&'a [u8], u64)> =
+                    self.cloud.iter().chain(&other.cloud).copied().collect();
+                cloud.sort_unstable();
+                cloud.dedup();
+                cloud
+            }
+        };
+        let mut joined = VersionVector { entries: out, cloud };
+        joined.compact();
+        joined
     }
 
-    /// The counter of a new dot for `actor`: one past what this vector has seen, or
+    /// The counter of a new dot for `actor`: one past the highest this vector covers, or
     /// [`ResolveError::Overflow`] if that would pass `u64::MAX` (only a forged context or
     /// state gets there: a dot is never reissued by wrapping).
     pub fn next_counter(&self, actor: &[u8]) -> Result<u64, ResolveError> {
-        self.get(actor).checked_add(1).ok_or_else(dot_overflow)
+        self.highest(actor).checked_add(1).ok_or_else(dot_overflow)
     }
 
-    /// Append the encoding (see the module table).
+    /// Append the plain encoding (see the module table). Only for a vector without a cloud:
+    /// the formats that predate clouds cannot hold one.
     pub fn encode(&self, e: &mut Encoder) {
+        assert!(self.cloud.is_empty(), "a version vector with a cloud in a plain encoding");
         e.u32(self.entries.len() as u32);
         for (actor, counter) in &self.entries {
             e.u8(actor.len() as u8).raw(actor).u64(*counter);
         }
     }
 
-    /// Decode and check order and counters.
-    pub fn decode(d: &mut Decoder<'a>) -> Result<Self, ResolveError> {
-        let n = d.count("version vector", VV_ENTRY_BYTES_MIN)?;
-        let mut entries: Vec<(&'a [u8], u64)> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let len = d.u8("actor length")? as usize;
-            let actor = d.take_exact(len, "actor")?;
-            let counter = d.u64("counter")?;
-            if counter == 0 {
-                return Err(ResolveError::Corrupt("version vector counter of 0".into()));
-            }
-            if entries.last().is_some_and(|(last, _)| *last >= actor) {
-                return Err(ResolveError::Corrupt("version vector actors out of order".into()));
-            }
-            entries.push((actor, counter));
+    /// Append the encoding with a cloud (see the module table).
+    pub fn encode_with_cloud(&self, e: &mut Encoder) {
+        e.u32(self.entries.len() as u32);
+        for (actor, counter) in &self.entries {
+            e.u8(actor.len() as u8).raw(actor).u64(*counter);
         }
-        Ok(Self { entries })
+        e.u32(self.cloud.len() as u32);
+        let mut i = 0;
+        for &(actor, counter) in &self.cloud {
+            while self.entries[i].0 != actor {
+                i += 1;
+            }
+            e.u32(i as u32).u64(counter);
+        }
+    }
+
+    /// Decode the plain encoding and check order and counters.
+    pub fn decode(d: &mut Decoder<'a>) -> Result<Self, ResolveError> {
+        let entries = decode_entries(d, false)?;
+        Ok(Self { entries, cloud: Vec::new() })
+    }
+
+    /// Decode the encoding with a cloud and check that it is compact.
+    pub fn decode_with_cloud(d: &mut Decoder<'a>) -> Result<Self, ResolveError> {
+        let entries = decode_entries(d, true)?;
+        let n = d.count("cloud dots", CLOUD_DOT_BYTES)?;
+        let mut cloud: Vec<(&'a [u8], u64)> = Vec::with_capacity(n);
+        let mut last: Option<(u32, u64)> = None;
+        for _ in 0..n {
+            let index = d.u32("cloud actor")?;
+            let counter = d.u64("cloud counter")?;
+            let Some(&(actor, seen)) = entries.get(index as usize) else {
+                return Err(ResolveError::Corrupt(format!(
+                    "cloud actor {index} outside the clock"
+                )));
+            };
+            if last.is_some_and(|last| last >= (index, counter)) {
+                return Err(ResolveError::Corrupt("cloud dots out of order".into()));
+            }
+            if counter <= seen.saturating_add(1) {
+                return Err(ResolveError::Corrupt(
+                    "a cloud dot next to or below its counter".into(),
+                ));
+            }
+            last = Some((index, counter));
+            cloud.push((actor, counter));
+        }
+        let clock = Self { entries, cloud };
+        if clock
+            .entries
+            .iter()
+            .any(|(actor, counter)| *counter == 0 && clock.cloud_of(actor).is_empty())
+        {
+            return Err(ResolveError::Corrupt(
+                "a version vector counter of 0 without cloud dots".into(),
+            ));
+        }
+        Ok(clock)
     }
 }
 
-/// Encode a version vector as a client context: the resolver's header, then the vector.
+/// Read a version vector's actors and counters; `zeros` lets a counter be 0 (the encoding
+/// with a cloud, whose caller checks the actor has cloud dots).
+fn decode_entries<'a>(
+    d: &mut Decoder<'a>,
+    zeros: bool,
+) -> Result<Vec<(&'a [u8], u64)>, ResolveError> {
+    let n = d.count("version vector", VV_ENTRY_BYTES_MIN)?;
+    let mut entries: Vec<(&'a [u8], u64)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = d.u8("actor length")? as usize;
+        let actor = d.take_exact(len, "actor")?;
+        let counter = d.u64("counter")?;
+        if counter == 0 && !zeros {
+            return Err(ResolveError::Corrupt("version vector counter of 0".into()));
+        }
+        if entries.last().is_some_and(|(last, _)| *last >= actor) {
+            return Err(ResolveError::Corrupt("version vector actors out of order".into()));
+        }
+        entries.push((actor, counter));
+    }
+    Ok(entries)
+}
+
+/// The version of a dot-map context (`orset`, `cart`) whose clock has no cloud: the plain
+/// version vector, as it always was.
+pub const CONTEXT_VERSION: u8 = 1;
+
+/// The version of a dot-map context whose clock has a cloud: the vector with its cloud.
+pub const CONTEXT_VERSION_WITH_CLOUD: u8 = 2;
+
+/// Encode a version vector as a client context: the resolver's header, then the vector
+/// (plain: `siblings`, whose clocks never have a cloud).
 pub fn encode_context(tag: Tag, version: u8, clock: &VersionVector<'_>) -> Vec<u8> {
     let mut e = Encoder::new(tag, version);
     clock.encode(&mut e);
     e.finish()
+}
+
+/// Encode a dot map's clock as a client context: [`CONTEXT_VERSION`] and the plain vector
+/// while it has no cloud, [`CONTEXT_VERSION_WITH_CLOUD`] and the vector with its cloud
+/// otherwise. A context must name exactly the dots its client saw, no more: a remove with
+/// it takes what it covers.
+pub fn encode_dots_context(tag: Tag, clock: &VersionVector<'_>) -> Vec<u8> {
+    if !clock.has_cloud() {
+        return encode_context(tag, CONTEXT_VERSION, clock);
+    }
+    let mut e = Encoder::new(tag, CONTEXT_VERSION_WITH_CLOUD);
+    clock.encode_with_cloud(&mut e);
+    e.finish()
+}
+
+/// Map a decoding error of a client's bytes to [`ResolveError::BadContext`].
+fn bad_context(e: ResolveError) -> ResolveError {
+    match e {
+        ResolveError::Corrupt(why) => ResolveError::BadContext(why),
+        other => other,
+    }
 }
 
 /// Decode a client context written by [`encode_context`]: `None` when the client sent no
@@ -238,16 +446,39 @@ pub fn decode_context<'a>(
     if bytes.is_empty() {
         return Ok(None);
     }
-    let bad = |e: ResolveError| match e {
-        ResolveError::Corrupt(why) => ResolveError::BadContext(why),
-        other => other,
-    };
-    let (mut d, found) = Decoder::new(bytes, tag).map_err(bad)?;
+    let (mut d, found) = Decoder::new(bytes, tag).map_err(bad_context)?;
     if found != version {
         return Err(ResolveError::BadContext(format!("context version {found} is unknown")));
     }
-    let clock = VersionVector::decode(&mut d).map_err(bad)?;
-    d.finish().map_err(bad)?;
+    let clock = VersionVector::decode(&mut d).map_err(bad_context)?;
+    d.finish().map_err(bad_context)?;
+    Ok(Some(clock))
+}
+
+/// Decode a client context written by [`encode_dots_context`], either version; as
+/// [`decode_context`] otherwise.
+pub fn decode_dots_context(
+    tag: Tag,
+    bytes: &[u8],
+) -> Result<Option<VersionVector<'_>>, ResolveError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let (mut d, found) = Decoder::new(bytes, tag).map_err(bad_context)?;
+    let clock = match found {
+        CONTEXT_VERSION => VersionVector::decode(&mut d),
+        CONTEXT_VERSION_WITH_CLOUD => {
+            VersionVector::decode_with_cloud(&mut d).and_then(|clock| match clock.has_cloud() {
+                true => Ok(clock),
+                false => {
+                    Err(ResolveError::Corrupt("a context of version 2 without a cloud".into()))
+                }
+            })
+        }
+        _ => return Err(ResolveError::BadContext(format!("context version {found} is unknown"))),
+    }
+    .map_err(bad_context)?;
+    d.finish().map_err(bad_context)?;
     Ok(Some(clock))
 }
 
@@ -313,9 +544,31 @@ impl<P> Default for DotMap<'_, P> {
     }
 }
 
-/// For each actor of `clock`, the counter `other` has for it.
-fn counters_in<'a>(clock: &VersionVector<'a>, other: &VersionVector<'_>) -> Vec<u64> {
-    clock.iter().map(|(actor, _)| other.get(actor)).collect()
+/// What one vector has seen of one actor: its contiguous counter and its cloud counters.
+#[derive(Debug, Default)]
+struct Seen {
+    counter: u64,
+    cloud: Vec<u64>,
+}
+
+impl Seen {
+    /// Whether the dot of this actor at `counter` was seen.
+    fn covers(&self, counter: u64) -> bool {
+        counter <= self.counter
+            || (!self.cloud.is_empty() && self.cloud.binary_search(&counter).is_ok())
+    }
+}
+
+/// For each actor of `clock`, what `other` has seen of it (indexed as `clock`'s actors, so
+/// the hot loops look dots up by integer).
+fn seen_in(clock: &VersionVector<'_>, other: &VersionVector<'_>) -> Vec<Seen> {
+    clock
+        .iter()
+        .map(|(actor, _)| Seen {
+            counter: other.get(actor),
+            cloud: other.cloud_of(actor).iter().map(|(_, counter)| *counter).collect(),
+        })
+        .collect()
 }
 
 /// For each actor of `from`, its index in `into` (which holds every actor of `from`).
@@ -378,8 +631,9 @@ impl<'a, P: Payload> DotMap<'a, P> {
     /// A new dot for `actor`, greater than anything the clock or a pending deferred remove
     /// covers (so no deferred remove can ever take a write made after it).
     fn next_counter(&self, actor: &[u8]) -> Result<u64, ResolveError> {
-        let deferred_max = self.deferred.iter().map(|(ctx, _)| ctx.get(actor)).max().unwrap_or(0);
-        self.clock.get(actor).max(deferred_max).checked_add(1).ok_or_else(dot_overflow)
+        let deferred_max =
+            self.deferred.iter().map(|(ctx, _)| ctx.highest(actor)).max().unwrap_or(0);
+        self.clock.highest(actor).max(deferred_max).checked_add(1).ok_or_else(dot_overflow)
     }
 
     /// The index of `actor` in the clock, adding it (and shifting the indexes of the dots
@@ -448,7 +702,9 @@ impl<'a, P: Payload> DotMap<'a, P> {
             "rewrite keeps some of the actor's dots, ascending, and adds one"
         );
         let index = self.actor_index(actor);
-        self.clock.entries[index as usize].1 = counter;
+        // Exactly the fresh dot: a counter past a deferred remove's context does not claim
+        // the dots in between (they stay unseen, in the cloud).
+        self.clock.add_dot(actor, counter);
         // `actor_index` may have shifted later actors' indexes, never this range's positions.
         let fresh = dots.into_iter().map(|(counter, payload)| DotEntry {
             key,
@@ -481,8 +737,8 @@ impl<'a, P: Payload> DotMap<'a, P> {
             self.entries.retain(|e| e.key != key);
             return Ok(());
         };
-        let seen = counters_in(&self.clock, context);
-        self.entries.retain(|e| e.key != key || e.counter > seen[e.actor as usize]);
+        let seen = seen_in(&self.clock, context);
+        self.entries.retain(|e| e.key != key || !seen[e.actor as usize].covers(e.counter));
         self.defer(context, Some(key))
     }
 
@@ -494,8 +750,8 @@ impl<'a, P: Payload> DotMap<'a, P> {
             self.entries.clear();
             return Ok(());
         };
-        let seen = counters_in(&self.clock, context);
-        self.entries.retain(|e| e.counter > seen[e.actor as usize]);
+        let seen = seen_in(&self.clock, context);
+        self.entries.retain(|e| !seen[e.actor as usize].covers(e.counter));
         self.defer(context, None)
     }
 
@@ -543,15 +799,15 @@ impl<'a, P: Payload> DotMap<'a, P> {
         // side's actor index in the joined clock, and what the other side has seen of it.
         let (a_index, b_index) = (reindex(&self.clock, &clock), reindex(&other.clock, &clock));
         let (a_seen_by_b, b_seen_by_a) =
-            (counters_in(&self.clock, &other.clock), counters_in(&other.clock, &self.clock));
+            (seen_in(&self.clock, &other.clock), seen_in(&other.clock, &self.clock));
         let (a, b) = (&self.entries, &other.entries);
         let mut entries = Vec::with_capacity(a.len().max(b.len()));
         let from_a = |e: &DotEntry<'a, P>| DotEntry { actor: a_index[e.actor as usize], ..*e };
         let from_b = |e: &DotEntry<'a, P>| DotEntry { actor: b_index[e.actor as usize], ..*e };
         // A dot present on one side only survives unless the other side has seen it (its
         // clock covers it), which means the other side removed or replaced it.
-        let a_keeps = |e: &DotEntry<'a, P>| e.counter > a_seen_by_b[e.actor as usize];
-        let b_keeps = |e: &DotEntry<'a, P>| e.counter > b_seen_by_a[e.actor as usize];
+        let a_keeps = |e: &DotEntry<'a, P>| !a_seen_by_b[e.actor as usize].covers(e.counter);
+        let b_keeps = |e: &DotEntry<'a, P>| !b_seen_by_a[e.actor as usize].covers(e.counter);
         // Walk both sides key by key (one byte comparison per key, not per dot), and within
         // a key dot by dot (actor in the joined clock's order, then counter: integers).
         let (mut i, mut j) = (0, 0);
@@ -622,17 +878,124 @@ impl<'a, P: Payload> DotMap<'a, P> {
             return;
         }
         for (ctx, keys) in &self.deferred {
-            let seen = counters_in(&self.clock, ctx);
-            self.entries
-                .retain(|e| !deferred_covers(keys, e.key) || e.counter > seen[e.actor as usize]);
+            let seen = seen_in(&self.clock, ctx);
+            self.entries.retain(|e| {
+                !deferred_covers(keys, e.key) || !seen[e.actor as usize].covers(e.counter)
+            });
         }
         let clock = &self.clock;
         self.deferred.retain(|(ctx, _)| !clock.descends(ctx));
     }
 
-    /// Append the body encoding (see the module table).
+    /// The delta of `self` over `old`, for a `self` that a write made from `old`: the
+    /// smallest map `δ` with `old ⊔ δ = self` and `self ⊔ δ = self`, so that any replica
+    /// state `x` that descends from `old` gets `x ⊔ δ = x ⊔ self` (see "Deltas" in the
+    /// module documentation). It holds the dots that are new or whose payload changed,
+    /// the deferred removes that are new, and a clock of exactly the dots the write
+    /// touched: those it issued, those it removed, those it changed. `None` when the clock
+    /// moved by more than [`DELTA_ISSUED_DOTS_MAX`] dots (a forged context; the caller then
+    /// sends the state).
+    pub fn delta_from(&self, old: &DotMap<'a, P>) -> Option<DotMap<'a, P>> {
+        let mut dots: Vec<(&'a [u8], u64)> = Vec::new();
+        // The dots the write issued: what the clock covers now and did not before.
+        for (actor, counter) in self.clock.iter() {
+            let was = old.clock.get(actor);
+            if counter > was {
+                if counter - was > DELTA_ISSUED_DOTS_MAX {
+                    return None;
+                }
+                let issued = (was + 1..=counter).filter(|c| !old.clock.covers(actor, *c));
+                dots.extend(issued.map(|c| (actor, c)));
+            }
+        }
+        let cloud = self.clock.cloud.iter().filter(|(actor, c)| !old.clock.covers(actor, *c));
+        dots.extend(cloud);
+        if dots.len() as u64 > DELTA_ISSUED_DOTS_MAX {
+            return None;
+        }
+        // The dots removed, added or changed: both sides walked in (key, actor, counter)
+        // order (actor index order is actor byte order on each side).
+        let actor_of =
+            |map: &DotMap<'a, P>, e: &DotEntry<'a, P>| map.clock.entries[e.actor as usize].0;
+        let (a, b) = (&old.entries, &self.entries);
+        let mut changed: Vec<DotEntry<'a, P>> = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let order = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => {
+                    (x.key, actor_of(old, x), x.counter).cmp(&(y.key, actor_of(self, y), y.counter))
+                }
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            match order {
+                Ordering::Less => {
+                    dots.push((actor_of(old, &a[i]), a[i].counter));
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    dots.push((actor_of(self, &b[j]), b[j].counter));
+                    changed.push(b[j]);
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    if a[i].payload != b[j].payload {
+                        dots.push((actor_of(self, &b[j]), b[j].counter));
+                        changed.push(b[j]);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        let clock = VersionVector::from_dots(dots);
+        let entries = changed
+            .into_iter()
+            .map(|e| {
+                let actor = clock.index_of(actor_of(self, &e)).expect("a changed dot's actor");
+                DotEntry { actor: actor as u32, ..e }
+            })
+            .collect();
+        // New deferred removes, and the keys a write added to one of the same context (the
+        // join takes the union of their keys; a clear, no keys, absorbs them).
+        let deferred: Vec<Deferred<'a>> = self
+            .deferred
+            .iter()
+            .filter_map(|(ctx, keys)| {
+                let Ok(i) = old.deferred.binary_search_by(|(c, _)| c.cmp(ctx)) else {
+                    return Some((ctx.clone(), keys.clone()));
+                };
+                let had = &old.deferred[i].1;
+                match (had == keys, keys.is_empty()) {
+                    (true, _) => None,
+                    (false, true) => Some((ctx.clone(), Vec::new())),
+                    (false, false) => Some((
+                        ctx.clone(),
+                        keys.iter().filter(|k| !had.contains(k)).copied().collect(),
+                    )),
+                }
+            })
+            .collect();
+        // `self` is normalised and the delta's clock is part of its clock.
+        debug_assert!(deferred.iter().all(|(ctx, _)| !clock.descends(ctx)));
+        Some(DotMap { clock, entries, deferred })
+    }
+
+    /// Whether the clock or a deferred remove's context has a cloud: the map then needs the
+    /// encoding with clouds ([`DotMap::encode`]).
+    pub fn has_cloud(&self) -> bool {
+        self.clock.has_cloud() || self.deferred.iter().any(|(ctx, _)| ctx.has_cloud())
+    }
+
+    /// Append the body encoding (see the module table): every version vector plain while
+    /// [`DotMap::has_cloud`] is false, every one with its cloud otherwise.
     pub fn encode(&self, e: &mut Encoder) {
-        self.clock.encode(e);
+        let clouds = self.has_cloud();
+        let clock = |vv: &VersionVector<'_>, e: &mut Encoder| match clouds {
+            true => vv.encode_with_cloud(e),
+            false => vv.encode(e),
+        };
+        clock(&self.clock, e);
         let keys = count_keys(&self.entries);
         e.u32(keys as u32);
         let mut rest = &self.entries[..];
@@ -647,7 +1010,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
         }
         e.u32(self.deferred.len() as u32);
         for (ctx, keys) in &self.deferred {
-            ctx.encode(e);
+            clock(ctx, e);
             e.u32(keys.len() as u32);
             for key in keys {
                 e.bytes(key);
@@ -655,9 +1018,16 @@ impl<'a, P: Payload> DotMap<'a, P> {
         }
     }
 
-    /// Decode a body and check every invariant (order, coverage, normal form).
-    pub fn decode(d: &mut Decoder<'a>) -> Result<Self, ResolveError> {
-        let clock = VersionVector::decode(d)?;
+    /// Decode a body and check every invariant (order, coverage, normal form). `clouds`:
+    /// the encoding with clouds, which must then hold one ([`DotMap::has_cloud`]), or a
+    /// lower format version would hold the map.
+    pub fn decode(d: &mut Decoder<'a>, clouds: bool) -> Result<Self, ResolveError> {
+        let vector = |d: &mut Decoder<'a>| match clouds {
+            true => VersionVector::decode_with_cloud(d),
+            false => VersionVector::decode(d),
+        };
+        let clock = vector(d)?;
+        let seen = seen_in(&clock, &clock);
         let key_count = d.count("keys", 4 + 4)?;
         // A guess of a few dots per key; not keys × actors, which a corrupt state could make
         // huge (both counts are only bounded by the input length, their product is not).
@@ -683,7 +1053,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
                     dot[4], dot[5], dot[6], dot[7], dot[8], dot[9], dot[10], dot[11],
                 ]);
                 let payload = P::parse(&dot[DOT_BYTES..])?;
-                let Some(&(_, seen)) = clock.entries.get(actor as usize) else {
+                let Some(seen) = seen.get(actor as usize) else {
                     return Err(ResolveError::Corrupt(format!(
                         "actor index {actor} outside the clock"
                     )));
@@ -692,7 +1062,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
                     return Err(ResolveError::Corrupt("dots of a key out of order".into()));
                 }
                 last_index = Some((actor, counter));
-                if counter == 0 || counter > seen {
+                if counter == 0 || !seen.covers(counter) {
                     return Err(ResolveError::Corrupt("a dot the clock does not cover".into()));
                 }
                 entries.push(DotEntry { key, actor, counter, payload });
@@ -701,7 +1071,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
         let deferred_count = d.count("deferred removes", 4 + 4 + 4)?;
         let mut deferred: Vec<Deferred<'a>> = Vec::with_capacity(deferred_count);
         for _ in 0..deferred_count {
-            let ctx = VersionVector::decode(d)?;
+            let ctx = vector(d)?;
             if clock.descends(&ctx) {
                 return Err(ResolveError::Corrupt("a deferred remove the clock covers".into()));
             }
@@ -720,7 +1090,11 @@ impl<'a, P: Payload> DotMap<'a, P> {
             }
             deferred.push((ctx, keys));
         }
-        Ok(Self { clock, entries, deferred })
+        let map = Self { clock, entries, deferred };
+        if clouds && !map.has_cloud() {
+            return Err(ResolveError::Corrupt("a state with clouds that holds none".into()));
+        }
+        Ok(map)
     }
 }
 

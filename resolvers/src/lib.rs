@@ -11,8 +11,8 @@
 //! - [`hlc`]: the hybrid logical clock that stamps writes (physical ms + logical counter).
 //! - [`codec`]: the canonical byte encoding shared by every state: a type tag and a version
 //!   byte in front, then fixed-width big-endian fields and sorted collections.
-//! - [`causal`]: dots, version vectors and the dot map shared by the causal resolvers, with
-//!   client contexts and deferred removes.
+//! - [`causal`]: dots, version vectors (with dot clouds) and the dot map shared by the
+//!   causal resolvers, with client contexts, deferred removes and deltas.
 //! - [`siblings`]: Dynamo versioning with dotted version vectors; concurrent puts become
 //!   siblings, a put with a read's context supersedes exactly what was read, deletes leave a
 //!   tombstone with a clock, and a sibling hard limit refuses puts (never merges).
@@ -30,7 +30,16 @@
 //! and what was written concurrently survives it.
 //! - [`ResolverKind`] and [`build`]: the names a bucket's configuration uses, and the factory.
 //!
-//! The shared law suite lives in `resolvers/tests/laws.rs`: every resolver runs it.
+//! The shared law suite lives in `resolvers/tests/laws.rs`: every resolver runs it, and the
+//! CRDTs the delta laws on top.
+//!
+//! ## Deltas
+//! A CRDT write ([`Resolver::apply_with_delta`]) returns, next to the new state, a **delta**:
+//! the smallest state that carries the write (the dots it added, a causal context of exactly
+//! the dots it issued or removed; for `pncounter`, the actor entries it changed). The node
+//! stores the new state and sends the delta to the other replicas, which take it with
+//! [`Resolver::merge`] like any state; anti-entropy, read repair and handoff move whole
+//! states. The coordinator still decodes and encodes the whole state for each write.
 //!
 //! ## Actors and clocks
 //! The coordinator of a write passes a [`Stamp`]: its **actor** id (the node id, never a client
@@ -181,6 +190,24 @@ pub enum Value {
     Cart(Vec<(Vec<u8>, i64)>),
 }
 
+/// A write applied at the coordinator ([`Resolver::apply_with_delta`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The new state, which the coordinator stores.
+    pub state: Vec<u8>,
+    /// The delta to send to the other replicas in place of the state, when the resolver has
+    /// one and it is smaller than the state.
+    pub delta: Option<Vec<u8>>,
+}
+
+impl Applied {
+    /// A new state and a candidate delta, kept only if it is shorter than the state.
+    pub fn new(state: Vec<u8>, delta: Option<Vec<u8>>) -> Self {
+        let delta = delta.filter(|delta| delta.len() < state.len());
+        Self { state, delta }
+    }
+}
+
 /// The resolver contract.
 ///
 /// # States
@@ -221,6 +248,24 @@ pub enum Value {
 /// different write, and `merge` then keeps only one of the two (or neither, for the causal
 /// resolvers, whose clocks say both were seen). In the node, `src/actors.rs` keeps this
 /// promise; [`Resolver::issued`] lets it check what a state records of an actor.
+///
+/// # Deltas
+/// [`Resolver::apply_with_delta`] may also return a **delta**: a state of the same type
+/// (it decodes, reads and merges like any other) that carries the write and little else, so
+/// that a write to a large CRDT costs the size of the change on the wire, not the size of
+/// the object (delta-state CRDTs: Almeida, Shoker and Baquero, "Delta state replicated data
+/// types", 2018). With `old` the state the write was applied to, `new` the result and `δ`
+/// the delta:
+/// - `old ⊔ δ = new` and `new ⊔ δ = new`;
+/// - hence for every state `x` that descends from `old` (`x = old ⊔ y`): `x ⊔ δ = x ⊔ new`,
+///   as bytes; a replica that has not seen all of `old` gets less than `new` would give it,
+///   and anti-entropy brings the rest, as for a lost message;
+/// - `δ` is only returned when it is shorter than `new`.
+///
+/// Deltas obey the merge laws like any state. `siblings` and `lww` have none (their new
+/// state is the write); the causal resolvers' deltas name exactly the dots the write
+/// touched, which a plain version vector cannot say, hence the dot clouds of
+/// [`causal::VersionVector`].
 pub trait Resolver: Send + Sync + fmt::Debug {
     /// The resolver's configuration name.
     fn kind(&self) -> ResolverKind;
@@ -232,6 +277,17 @@ pub trait Resolver: Send + Sync + fmt::Debug {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Vec<u8>, ResolveError>;
+
+    /// [`Resolver::apply`], and the delta to replicate in place of the new state (see
+    /// "Deltas"). The default has no delta.
+    fn apply_with_delta(
+        &self,
+        current: Option<&[u8]>,
+        write: &Write,
+        stamp: &Stamp,
+    ) -> Result<Applied, ResolveError> {
+        Ok(Applied { state: self.apply(current, write, stamp)?, delta: None })
+    }
 
     /// Merge two states into their least upper bound. See the laws above.
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError>;

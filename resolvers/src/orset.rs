@@ -9,8 +9,10 @@
 //! (the [`DotMap`] with a `()` payload), including deferred removes.
 //!
 //! ## Semantics
-//! - **add(e)** at actor `A` gives `e` a fresh dot `(A, n)` that replaces `A`'s earlier dot
-//!   of `e`, if any (so an element holds at most one dot per actor). Nobody has observed
+//! - **add(e)** at actor `A` gives `e` a fresh dot `(A, n)` that replaces `A`'s earlier dots
+//!   of `e`, if any (so an element holds at most one dot per actor at its coordinator; a
+//!   replica that took deltas out of order may hold an older one of `A` too, until the
+//!   delta that replaced it arrives and removes it). Nobody has observed
 //!   that dot yet, so an add concurrent with a remove of the same element survives the
 //!   remove: **add wins**.
 //! - **remove(e)** drops the dots of `e` that the write's **context** observed. An element
@@ -40,8 +42,8 @@
 //! The size is bounded by elements × actors plus the clock (one entry per actor), never by
 //! the number of operations; removed elements leave nothing behind.
 //!
-//! Body layout, versions 1 and 2: the [`DotMap`] body of [`crate::causal`] with an empty
-//! payload, one dot per (element, actor):
+//! Body layout, versions 1, 2 and 3: the [`DotMap`] body of [`crate::causal`] with an empty
+//! payload:
 //!
 //! | size   | field                                                             |
 //! |--------|-------------------------------------------------------------------|
@@ -49,15 +51,18 @@
 //! | 4 + .. | element count, then per element: bytes (u32 length), dot count, dots (actor index u32, counter u64) |
 //! | 4 + .. | deferred remove count, then the deferred removes                  |
 //!
-//! Version 2 is version 1 plus deferred clears (a deferred remove with no keys). A state is
-//! written in the lowest version that holds it: version 1 unless it has a deferred clear,
-//! so the states of sets that were never cleared by a coordinator behind its client keep
-//! their bytes (and stay readable by nodes that only know version 1). Decoding takes both
-//! and refuses a version 2 state without a deferred clear (it would not be canonical).
+//! Version 2 is version 1 plus deferred clears (a deferred remove with no keys); version 3
+//! is version 2 with dot clouds in its version vectors (the encoding with clouds of
+//! [`crate::causal`]): a delta, or a replica that took a delta ahead of an earlier one. A
+//! state is written in the lowest version that holds it: version 1 unless it has a deferred
+//! clear or a cloud, version 2 unless it has a cloud, so the states of sets that were never
+//! cleared by a coordinator behind its client and that hold no gap keep their bytes (and
+//! stay readable by nodes that only know version 1). Decoding takes all three and refuses a
+//! state written in a higher version than it needs (it would not be canonical).
 
-use crate::causal::{check_actor, decode_context, encode_context, DotMap};
+use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap};
 use crate::codec::{Decoder, Encoder, Tag};
-use crate::{Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
+use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
 
 /// The version of a state without deferred clears, and of the contexts reads return.
 pub const VERSION: u8 = 1;
@@ -65,32 +70,35 @@ pub const VERSION: u8 = 1;
 /// The version of a state that holds a deferred clear.
 pub const VERSION_WITH_CLEARS: u8 = 2;
 
+/// The version of a state with a dot cloud (deferred clears or not).
+pub const VERSION_WITH_CLOUD: u8 = 3;
+
 /// The observed-remove set resolver. See the module documentation.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OrSet;
 
 fn decode(bytes: &[u8]) -> Result<DotMap<'_, ()>, ResolveError> {
     let (mut d, version) = Decoder::new(bytes, Tag::Orset)?;
-    if version != VERSION && version != VERSION_WITH_CLEARS {
+    if ![VERSION, VERSION_WITH_CLEARS, VERSION_WITH_CLOUD].contains(&version) {
         return Err(ResolveError::Corrupt(format!("orset state version {version} is unknown")));
     }
-    let map = DotMap::decode(&mut d)?;
+    let map = DotMap::decode(&mut d, version == VERSION_WITH_CLOUD)?;
     d.finish()?;
     if version != version_of(&map) {
         return Err(ResolveError::Corrupt(format!(
-            "orset state of version {version} with {} deferred clears",
-            map.deferred_clears()
+            "orset state of version {version} with {} deferred clears and clouds: {}",
+            map.deferred_clears(),
+            map.has_cloud()
         )));
-    }
-    if map.entries().windows(2).any(|w| (w[0].key, w[0].actor) == (w[1].key, w[1].actor)) {
-        return Err(ResolveError::Corrupt("two dots of one actor for an element".into()));
     }
     Ok(map)
 }
 
 /// The lowest version that holds `map`.
 fn version_of(map: &DotMap<'_, ()>) -> u8 {
-    if map.deferred_clears() > 0 {
+    if map.has_cloud() {
+        VERSION_WITH_CLOUD
+    } else if map.deferred_clears() > 0 {
         VERSION_WITH_CLEARS
     } else {
         VERSION
@@ -110,6 +118,39 @@ fn members<'a>(map: &DotMap<'a, ()>) -> Vec<&'a [u8]> {
     out
 }
 
+/// Apply a write to `current`: the map before and after it.
+fn apply_ops<'a>(
+    current: Option<&'a [u8]>,
+    write: &'a Write,
+    stamp: &'a Stamp,
+) -> Result<(DotMap<'a, ()>, DotMap<'a, ()>), ResolveError> {
+    check_actor(&stamp.actor)?;
+    let wrong = |operation| ResolveError::WrongOperation { resolver: "orset", operation };
+    let Write::Update { ops, context } = write else {
+        return Err(wrong(write.name()));
+    };
+    let ours = |op: &&Op| matches!(op, Op::SetAdd(_) | Op::SetRemove(_) | Op::SetClear);
+    if let Some(op) = ops.iter().find(|op| !ours(op)) {
+        return Err(wrong(op.name()));
+    }
+    let context = decode_dots_context(Tag::Orset, context)?;
+    let old = match current {
+        Some(bytes) => decode(bytes)?,
+        None => DotMap::default(),
+    };
+    let mut map = old.clone();
+    for op in ops {
+        match op {
+            Op::SetAdd(element) => map.write(element, &stamp.actor, |_| Ok(()))?,
+            Op::SetRemove(element) => map.remove(element, context.as_ref())?,
+            Op::SetClear => map.clear(context.as_ref())?,
+            _ => unreachable!("operations were checked above"),
+        }
+    }
+    map.normalize();
+    Ok((old, map))
+}
+
 impl Resolver for OrSet {
     fn kind(&self) -> ResolverKind {
         ResolverKind::Orset
@@ -121,30 +162,19 @@ impl Resolver for OrSet {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Vec<u8>, ResolveError> {
-        check_actor(&stamp.actor)?;
-        let wrong = |operation| ResolveError::WrongOperation { resolver: "orset", operation };
-        let Write::Update { ops, context } = write else {
-            return Err(wrong(write.name()));
-        };
-        let ours = |op: &&Op| matches!(op, Op::SetAdd(_) | Op::SetRemove(_) | Op::SetClear);
-        if let Some(op) = ops.iter().find(|op| !ours(op)) {
-            return Err(wrong(op.name()));
-        }
-        let context = decode_context(Tag::Orset, VERSION, context)?;
-        let mut map = match current {
-            Some(bytes) => decode(bytes)?,
-            None => DotMap::default(),
-        };
-        for op in ops {
-            match op {
-                Op::SetAdd(element) => map.write(element, &stamp.actor, |_| Ok(()))?,
-                Op::SetRemove(element) => map.remove(element, context.as_ref())?,
-                Op::SetClear => map.clear(context.as_ref())?,
-                _ => unreachable!("operations were checked above"),
-            }
-        }
-        map.normalize();
-        Ok(encode(&map))
+        let (_, new) = apply_ops(current, write, stamp)?;
+        Ok(encode(&new))
+    }
+
+    fn apply_with_delta(
+        &self,
+        current: Option<&[u8]>,
+        write: &Write,
+        stamp: &Stamp,
+    ) -> Result<Applied, ResolveError> {
+        let (old, new) = apply_ops(current, write, stamp)?;
+        let delta = new.delta_from(&old).map(|delta| encode(&delta));
+        Ok(Applied::new(encode(&new), delta))
     }
 
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {
@@ -153,7 +183,7 @@ impl Resolver for OrSet {
     }
 
     fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {
-        Ok(decode(state)?.clock().get(actor))
+        Ok(decode(state)?.clock().highest(actor))
     }
 
     fn max_timestamp_ms(&self, _state: &[u8]) -> Result<Option<u64>, ResolveError> {
@@ -166,7 +196,7 @@ impl Resolver for OrSet {
         let members = members(&map);
         let value = (!members.is_empty())
             .then(|| Value::Set(members.into_iter().map(<[u8]>::to_vec).collect()));
-        Ok(Read { context: encode_context(Tag::Orset, VERSION, map.clock()), value })
+        Ok(Read { context: encode_dots_context(Tag::Orset, map.clock()), value })
     }
 }
 

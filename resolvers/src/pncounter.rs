@@ -82,7 +82,7 @@
 
 use crate::causal::check_actor;
 use crate::codec::{Decoder, Encoder, Tag};
-use crate::{Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
+use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
 
 /// The version of a state without baselines (never reset), and of the contexts.
 pub const VERSION: u8 = 1;
@@ -288,6 +288,18 @@ impl<'a> State<'a> {
         State { entries }
     }
 
+    /// The delta of `self` over `old`, for a `self` that a write made from `old`: the
+    /// entries that changed, whole (merge takes each number's maximum, and every number of
+    /// a changed entry is at least its old value).
+    fn delta_from(&self, old: &State<'a>) -> State<'a> {
+        let unchanged = |e: &Entry<'a>| {
+            old.entries
+                .binary_search_by(|o| o.actor.cmp(e.actor))
+                .is_ok_and(|i| old.entries[i] == *e)
+        };
+        State { entries: self.entries.iter().filter(|e| !unchanged(e)).copied().collect() }
+    }
+
     /// The exact value, in 128 bits (see "Arithmetic at the edges").
     fn exact(&self) -> i128 {
         self.entries.iter().map(Entry::share).sum()
@@ -323,6 +335,46 @@ fn excess(value: i128) -> u128 {
     value.abs_diff(value.clamp(i128::from(i64::MIN), i128::from(i64::MAX)))
 }
 
+/// Apply a write to `current`: the counter before and after it.
+fn apply_ops<'a>(
+    current: Option<&'a [u8]>,
+    write: &'a Write,
+    stamp: &'a Stamp,
+) -> Result<(State<'a>, State<'a>), ResolveError> {
+    check_actor(&stamp.actor)?;
+    let wrong = |operation| ResolveError::WrongOperation { resolver: "pncounter", operation };
+    let Write::Update { ops, context } = write else {
+        return Err(wrong(write.name()));
+    };
+    let ours = |op: &&Op| matches!(op, Op::CounterIncrement(_) | Op::CounterReset);
+    if let Some(op) = ops.iter().find(|op| !ours(op)) {
+        return Err(wrong(op.name()));
+    }
+    let observed = decode_context(context)?;
+    let old = match current {
+        Some(bytes) => State::decode(bytes)?,
+        None => State::default(),
+    };
+    let mut state = old.clone();
+    let before = state.exact();
+    for op in ops {
+        match op {
+            Op::CounterIncrement(delta) => state.add(&stamp.actor, *delta)?,
+            Op::CounterReset => state.reset(observed.as_deref()),
+            _ => unreachable!("operations were checked above"),
+        }
+    }
+    let after = state.exact();
+    if excess(after) > excess(before) {
+        return Err(ResolveError::Overflow(format!(
+            "the counter would be {after}, outside the 64-bit range [{}, {}]",
+            i64::MIN,
+            i64::MAX
+        )));
+    }
+    Ok((old, state))
+}
+
 impl Resolver for PnCounter {
     fn kind(&self) -> ResolverKind {
         ResolverKind::Pncounter
@@ -334,37 +386,19 @@ impl Resolver for PnCounter {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Vec<u8>, ResolveError> {
-        check_actor(&stamp.actor)?;
-        let wrong = |operation| ResolveError::WrongOperation { resolver: "pncounter", operation };
-        let Write::Update { ops, context } = write else {
-            return Err(wrong(write.name()));
-        };
-        let ours = |op: &&Op| matches!(op, Op::CounterIncrement(_) | Op::CounterReset);
-        if let Some(op) = ops.iter().find(|op| !ours(op)) {
-            return Err(wrong(op.name()));
-        }
-        let observed = decode_context(context)?;
-        let mut state = match current {
-            Some(bytes) => State::decode(bytes)?,
-            None => State::default(),
-        };
-        let before = state.exact();
-        for op in ops {
-            match op {
-                Op::CounterIncrement(delta) => state.add(&stamp.actor, *delta)?,
-                Op::CounterReset => state.reset(observed.as_deref()),
-                _ => unreachable!("operations were checked above"),
-            }
-        }
-        let after = state.exact();
-        if excess(after) > excess(before) {
-            return Err(ResolveError::Overflow(format!(
-                "the counter would be {after}, outside the 64-bit range [{}, {}]",
-                i64::MIN,
-                i64::MAX
-            )));
-        }
-        Ok(state.encode())
+        let (_, new) = apply_ops(current, write, stamp)?;
+        Ok(new.encode())
+    }
+
+    fn apply_with_delta(
+        &self,
+        current: Option<&[u8]>,
+        write: &Write,
+        stamp: &Stamp,
+    ) -> Result<Applied, ResolveError> {
+        let (old, new) = apply_ops(current, write, stamp)?;
+        let delta = new.delta_from(&old).encode();
+        Ok(Applied::new(new.encode(), Some(delta)))
     }
 
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {

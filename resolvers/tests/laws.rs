@@ -16,11 +16,25 @@
 //!   state is stamped later than the latest clock reading of the run;
 //! - random garbage, and real states with a flipped byte or cut short, never panic.
 //!
+//! The CRDTs run the delta laws on top (`delta_laws!`): replicas that send each write's
+//! delta ([`Resolver::apply_with_delta`]) to the others, delivered out of order, some never,
+//! with whole-state merges in between (anti-entropy), and for every write, with `old` its
+//! input, `new` its state and `δ` its delta:
+//!
+//! - `apply_with_delta` gives the state `apply` gives;
+//! - `old ⊔ δ = new` and `new ⊔ δ = new`;
+//! - for every replica state `y`, `x = old ⊔ y` descends from `old` and `x ⊔ δ = x ⊔ new`;
+//! - `δ` is shorter than `new`;
+//! - deltas, and the states with gaps (dot clouds) they leave, obey the merge laws above,
+//!   and merging every replica at the end gives the merge of every state ever written.
+//!
 //! A resolver whose merge broke a law (say, kept the left side on a tie) fails here.
 
 use std::sync::Arc;
 
-use cartwheel_resolvers::{HybridClock, Op, Resolver, ResolverConfig, ResolverKind, Stamp, Write};
+use cartwheel_resolvers::{
+    Applied, HybridClock, Op, Resolver, ResolverConfig, ResolverKind, Stamp, Write,
+};
 use proptest::prelude::*;
 
 /// One simulation step.
@@ -96,6 +110,109 @@ fn simulate(resolver: &dyn Resolver, steps: &[Step], seed: u64) -> Vec<Vec<u8>> 
         }
     }
     seen
+}
+
+/// Run the steps with writes replicated as deltas: every write's delta (or its state, when
+/// it has none) is queued for the other replicas; a `Sync` from a replica to itself takes
+/// one queued delta, chosen by the seed (out of order), and other `Sync`s merge whole
+/// states. Check the delta laws on every write; return every replica state and delta that
+/// existed, and every state a write produced.
+fn simulate_deltas(
+    resolver: &dyn Resolver,
+    steps: &[Step],
+    seed: u64,
+) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), TestCaseError> {
+    let clock = HybridClock::with_wall_clock(move || 1_000 + seed % 1_000);
+    let mut replicas: Vec<Option<Vec<u8>>> = vec![None; REPLICAS];
+    let mut in_flight: Vec<(usize, Vec<u8>)> = Vec::new();
+    let (mut seen, mut written) = (Vec::new(), Vec::new());
+    for (i, step) in steps.iter().enumerate() {
+        match step {
+            Step::Write { replica, write } => {
+                let other = replicas[(*replica + 1 + i % 2) % REPLICAS].as_deref();
+                let write =
+                    with_read_context(resolver, replicas[*replica].as_deref(), other, write, i);
+                let stamp =
+                    Stamp { actor: format!("n{replica}").into_bytes(), time: clock.now().unwrap() };
+                let old = replicas[*replica].clone();
+                let Ok(Applied { state: new, delta }) =
+                    resolver.apply_with_delta(old.as_deref(), &write, &stamp)
+                else {
+                    continue;
+                };
+                let plain = resolver.apply(old.as_deref(), &write, &stamp).unwrap();
+                prop_assert_eq!(&plain, &new, "apply_with_delta's state is apply's");
+                if let Some(delta) = &delta {
+                    prop_assert!(delta.len() < new.len(), "a delta is shorter than the state");
+                    check_delta(resolver, old.as_deref(), &new, delta, &replicas)?;
+                    seen.push(delta.clone());
+                }
+                let sent = delta.unwrap_or_else(|| new.clone());
+                for to in (0..REPLICAS).filter(|to| to != replica) {
+                    in_flight.push((to, sent.clone()));
+                }
+                written.push(new.clone());
+                seen.push(new.clone());
+                replicas[*replica] = Some(new);
+            }
+            Step::Sync { from, to } if from == to => {
+                let mine: Vec<usize> =
+                    (0..in_flight.len()).filter(|k| in_flight[*k].0 == *to).collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let (_, delta) = in_flight.remove(mine[(seed as usize ^ i) % mine.len()]);
+                let merged = match &replicas[*to] {
+                    Some(state) => resolver.merge(state, &delta).unwrap(),
+                    None => delta,
+                };
+                seen.push(merged.clone());
+                replicas[*to] = Some(merged);
+            }
+            Step::Sync { from, to } => {
+                if let Some(from_state) = replicas[*from].clone() {
+                    let merged = match &replicas[*to] {
+                        Some(to_state) => resolver.merge(to_state, &from_state).unwrap(),
+                        None => from_state,
+                    };
+                    seen.push(merged.clone());
+                    replicas[*to] = Some(merged);
+                }
+            }
+        }
+    }
+    let finals: Vec<Vec<u8>> = replicas.iter().flatten().cloned().collect();
+    if !written.is_empty() {
+        // Every write is kept by its coordinator, so the replicas hold them all between them.
+        prop_assert_eq!(merge_all(resolver, &finals), merge_all(resolver, &written), "convergence");
+    }
+    Ok((seen, written))
+}
+
+/// The delta laws of one write from `old` to `new` with delta `delta`, against every
+/// replica state `y` as `x = old ⊔ y`.
+fn check_delta(
+    resolver: &dyn Resolver,
+    old: Option<&[u8]>,
+    new: &[u8],
+    delta: &[u8],
+    replicas: &[Option<Vec<u8>>],
+) -> Result<(), TestCaseError> {
+    resolver.read(delta).unwrap();
+    let merge = |a: &[u8], b: &[u8]| resolver.merge(a, b).unwrap();
+    prop_assert_eq!(merge(new, delta), new.to_vec(), "new ⊔ δ = new");
+    match old {
+        Some(old) => prop_assert_eq!(merge(old, delta), new.to_vec(), "old ⊔ δ = new"),
+        None => prop_assert_eq!(delta, new, "from nothing, the delta is the state"),
+    }
+    for y in replicas.iter().flatten() {
+        let x = match old {
+            Some(old) => merge(old, y),
+            None => y.clone(),
+        };
+        prop_assert_eq!(merge(&x, delta), merge(&x, new), "x ⊔ δ = x ⊔ new for x ≥ old");
+    }
+    Ok(())
 }
 
 /// `result` records at least as much of every replica's actor as each of `inputs` does.
@@ -333,6 +450,27 @@ fn sibling_writes() -> impl Strategy<Value = Write> {
     ]
 }
 
+macro_rules! delta_laws {
+    ($name:ident, $resolver:expr, $writes:expr) => {
+        mod $name {
+            use super::*;
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(128))]
+
+                /// The delta laws on every write of random histories replicated by deltas,
+                /// and the merge laws on the deltas and the states they leave.
+                #[test]
+                fn delta_laws(steps in steps($writes.boxed()), seed in any::<u64>()) {
+                    let resolver: Arc<dyn Resolver> = $resolver;
+                    let (states, _) = simulate_deltas(&*resolver, &steps, seed)?;
+                    check_laws(&*resolver, &states, seed)?;
+                }
+            }
+        }
+    };
+}
+
 law_suite!(lww, Arc::new(cartwheel_resolvers::lww::Lww), value_writes());
 law_suite!(
     siblings,
@@ -355,6 +493,64 @@ law_suite!(
     update_writes(counter_ops())
 );
 law_suite!(cart, Arc::new(cartwheel_resolvers::cart::Cart), update_writes(cart_ops()));
+
+delta_laws!(orset_deltas, Arc::new(cartwheel_resolvers::orset::OrSet), update_writes(set_ops()));
+delta_laws!(
+    pncounter_deltas,
+    Arc::new(cartwheel_resolvers::pncounter::PnCounter),
+    update_writes(counter_ops())
+);
+delta_laws!(cart_deltas, Arc::new(cartwheel_resolvers::cart::Cart), update_writes(cart_ops()));
+
+/// `lww` and `siblings` have no delta: the new state is the write, and it is sent whole.
+#[test]
+fn value_resolvers_send_the_state() {
+    use cartwheel_resolvers::Timestamp;
+    let stamp = Stamp { actor: b"n1".to_vec(), time: Timestamp { physical_ms: 10, logical: 0 } };
+    let put = Write::Put { value: b"v".to_vec(), context: Vec::new() };
+    for kind in [ResolverKind::Lww, ResolverKind::Siblings] {
+        let resolver = cartwheel_resolvers::build(kind, ResolverConfig::default());
+        let first = resolver.apply(None, &put, &stamp).unwrap();
+        let applied = resolver.apply_with_delta(Some(&first), &put, &stamp).unwrap();
+        assert_eq!(applied.delta, None, "{kind}");
+        assert_eq!(applied.state, resolver.apply(Some(&first), &put, &stamp).unwrap(), "{kind}");
+    }
+}
+
+/// States written before dot clouds decode, read and re-encode to the same bytes, and a
+/// write with a delta applies to them. Method: a version 2 cart and a version 1 orset
+/// built byte by byte from their format tables (clock {n1: 1}, item or element "a" with the
+/// dot (n1, 1), an add of 2 for the cart, no deferred removes).
+#[test]
+fn states_before_clouds_still_decode() {
+    use cartwheel_resolvers::{Timestamp, Value};
+    let clock = [&[0, 0, 0, 1, 2][..], b"n1", &[0, 0, 0, 0, 0, 0, 0, 1]].concat();
+    let item = [&[0, 0, 0, 1][..], &[0, 0, 0, 1], b"a", &[0, 0, 0, 1]].concat();
+    let dot = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let cart = [&[5, 2][..], &clock, &item, &dot, &[0, 0, 0, 0, 0, 0, 0, 0, 2], &[0; 4]].concat();
+    let set = [&[3, 1][..], &clock, &item, &dot, &[0; 4]].concat();
+    let stamp = Stamp { actor: b"n2".to_vec(), time: Timestamp { physical_ms: 10, logical: 0 } };
+    let cases = [
+        (
+            ResolverKind::Cart,
+            cart,
+            Value::Cart(vec![(b"a".to_vec(), 2)]),
+            Op::CartAdd { item: b"b".to_vec(), quantity: 1 },
+        ),
+        (ResolverKind::Orset, set, Value::Set(vec![b"a".to_vec()]), Op::SetAdd(b"b".to_vec())),
+    ];
+    for (kind, state, value, op) in cases {
+        let resolver = cartwheel_resolvers::build(kind, ResolverConfig::default());
+        let read = resolver.read(&state).unwrap();
+        assert_eq!(read.value, Some(value), "{kind}");
+        assert_eq!(resolver.merge(&state, &state).unwrap(), state, "{kind}");
+        let write = Write::Update { ops: vec![op], context: read.context };
+        let applied = resolver.apply_with_delta(Some(&state), &write, &stamp).unwrap();
+        assert_eq!(applied.state[1], state[1], "{kind}: no cloud, same version");
+        let delta = applied.delta.expect("a delta smaller than the state");
+        assert_eq!(resolver.merge(&state, &delta).unwrap(), applied.state, "{kind}");
+    }
+}
 
 /// Every resolver name builds, and builds the resolver of that kind.
 #[test]

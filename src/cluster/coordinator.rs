@@ -327,43 +327,45 @@ impl Cluster {
         };
         // Apply the write and keep the new state on this node before anything yields, so no
         // other write to the key reads the state in between (crate::actors).
-        let (state, read, mut replication) = match here {
+        // What the other replicas get: the write's delta where the resolver has one (a
+        // state of its own, merged as one), else the new state (DESIGN §4, Resolver).
+        let (sent, read, mut replication) = match here {
             Here::Coordinate => {
                 let replication = reserve()?;
-                let (state, read) =
-                    self.store.write(bucket, key, &write).map_err(stored_or_failed)?;
+                let written =
+                    self.store.write_with_delta(bucket, key, &write).map_err(stored_or_failed)?;
                 if dw > 0 {
                     self.sync_then_answer(&engine, &events);
                 } else {
                     quorum.stored(false);
                 }
-                (state, read, replication)
+                (written.delta.unwrap_or(written.state), written.read, replication)
             }
             Here::AsHint { owner, counts } => {
                 let replication = reserve()?;
                 let hinted = self.hinted_state(bucket, key)?;
-                let (state, read) =
-                    self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
+                let written = self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
                 let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
                 self.check_hint_owner(&owner)?;
                 self.hints
-                    .add(&owner, bucket, key, &state, &*resolver)
+                    .add(&owner, bucket, key, &written.state, &*resolver)
                     .map_err(stored_or_failed)?;
                 if counts && dw > 0 {
                     self.sync_then_answer(self.hints.engine(), &events);
                 } else if counts {
                     quorum.stored(false);
                 }
-                (state, read, replication)
+                (written.delta.unwrap_or(written.state), written.read, replication)
             }
         };
-        // One copy of the state for every target's send.
-        let state = Rc::new(state);
+        // One copy of what is sent for every target's send.
+        let sent = Rc::new(sent);
         let mut not_sent = 0usize;
         for target in targets.into_iter().filter(|t| t.id != me) {
-            // The state may weigh more than the write reserved (a cart that grew): the rest
-            // is charged now, and a target it does not fit for counts as a failed replica.
-            let charge = match replication.split(key.len() + state.len(), "replicating a write") {
+            // What is sent may weigh more than the write reserved (a whole state, a large
+            // clear's delta): the rest is charged now, and a target it does not fit for
+            // counts as a failed replica.
+            let charge = match replication.split(key.len() + sent.len(), "replicating a write") {
                 Ok(charge) => charge,
                 Err(e) => {
                     tracing::debug!(replica = %target.id, error = %e, "write not replicated");
@@ -374,10 +376,10 @@ impl Cluster {
             };
             let cluster = Rc::clone(self);
             let events = events.clone();
-            let (bucket, key, state) = (bucket.to_string(), key.to_vec(), Rc::clone(&state));
+            let (bucket, key, sent) = (bucket.to_string(), key.to_vec(), Rc::clone(&sent));
             tokio::task::spawn_local(async move {
                 let stored = cluster
-                    .replicate_charged(&target, &bucket, &key, &state, remote_sync, charge)
+                    .replicate_charged(&target, &bucket, &key, &sent, remote_sync, charge)
                     .await;
                 let _ = events.unbounded_send(stored.then_some(remote_sync));
             });
@@ -389,7 +391,7 @@ impl Cluster {
         let mut receivers_waiting = receivers.len();
         let (receiver_events, mut receiver_answers) = futures::channel::mpsc::unbounded::<bool>();
         for receiver in receivers {
-            let charge = match replication.split(key.len() + state.len(), "replicating a write") {
+            let charge = match replication.split(key.len() + sent.len(), "replicating a write") {
                 Ok(charge) => charge,
                 Err(_) => {
                     let _ = receiver_events.unbounded_send(false);
@@ -398,11 +400,11 @@ impl Cluster {
             };
             let cluster = Rc::clone(self);
             let events = receiver_events.clone();
-            let (bucket, key, state) = (bucket.to_string(), key.to_vec(), Rc::clone(&state));
+            let (bucket, key, sent) = (bucket.to_string(), key.to_vec(), Rc::clone(&sent));
             let target = Target { id: receiver, hint_for: None };
             tokio::task::spawn_local(async move {
                 let stored = cluster
-                    .replicate_charged(&target, &bucket, &key, &state, remote_sync, charge)
+                    .replicate_charged(&target, &bucket, &key, &sent, remote_sync, charge)
                     .await;
                 let _ = events.unbounded_send(stored);
             });

@@ -6,6 +6,11 @@
 //! read the key's state, let the resolver apply the write, store the new state; or merge a
 //! state a peer sent (replication, read repair, handoff).
 //!
+//! A CRDT write also gives the write's **delta** ([`Store::write_with_delta`],
+//! [`Written::delta`]): the coordinator stores the whole new state and sends the delta, a
+//! state of its own that peers [`Store::merge`] like any other, so a large cart costs the
+//! change on the wire, not the cart. The write itself still reads and writes the whole state.
+//!
 //! ## Atomicity of read-modify-write
 //! `write` and `merge` read a state, compute a new one and put it, with no `.await` in between,
 //! and every call runs on the node's one RPC thread (DESIGN §7). So no two read-modify-writes
@@ -58,12 +63,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cartwheel_engines::{EngineError, StorageEngine};
-use cartwheel_resolvers::{HybridClock, Read, Resolver, ResolverKind, Stamp, Value, Write};
+use cartwheel_resolvers::{
+    Applied, HybridClock, Read, Resolver, ResolverKind, Stamp, Value, Write,
+};
 
 use crate::actors::{Actors, Role};
 use crate::config::{BucketConfig, Config, Limits};
 use crate::error::Error;
 use crate::ring::{key_hash, partition_of, storage_key};
+
+/// A client write applied at this node ([`Store::write_with_delta`],
+/// [`Store::write_as_hint`]).
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The key's new state, as stored (or kept as a hint).
+    pub state: Vec<u8>,
+    /// What to send the other replicas in place of the state: the write's delta, when the
+    /// resolver has one smaller than the state. A delta is a state of its own and peers
+    /// merge it as one.
+    pub delta: Option<Vec<u8>>,
+    /// What a client reading the new state sees.
+    pub read: Read,
+}
 
 /// A key and its stored state.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -358,6 +379,18 @@ impl Store {
         key: &[u8],
         write: &Write,
     ) -> Result<(Vec<u8>, Read), Error> {
+        let written = self.write_with_delta(bucket_name, key, write)?;
+        Ok((written.state, written.read))
+    }
+
+    /// [`Store::write`], with the delta to replicate in place of the new state, if the
+    /// bucket's resolver has one (see `Resolver::apply_with_delta`).
+    pub fn write_with_delta(
+        &self,
+        bucket_name: &str,
+        key: &[u8],
+        write: &Write,
+    ) -> Result<Written, Error> {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
         let storage_key = self.storage_key(bucket_name, key);
@@ -366,10 +399,10 @@ impl Store {
             // A tombstone collected moments ago still stands for the key's history.
             current = self.remembered(bucket, key);
         }
-        let (state, read) = self.apply(bucket, current.as_deref(), write, Role::Replica)?;
-        bucket.engine.put(&storage_key, &state)?;
-        self.noted(bucket, key, Some(&state));
-        Ok((state, read))
+        let written = self.apply(bucket, current.as_deref(), write, Role::Replica)?;
+        bucket.engine.put(&storage_key, &written.state)?;
+        self.noted(bucket, key, Some(&written.state));
+        Ok(written)
     }
 
     /// The tombstone this node collected for `key` and still remembers, if any.
@@ -395,7 +428,7 @@ impl Store {
         key: &[u8],
         current: Option<&[u8]>,
         write: &Write,
-    ) -> Result<(Vec<u8>, Read), Error> {
+    ) -> Result<Written, Error> {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
         self.apply(bucket, current, write, Role::Hint)
@@ -407,10 +440,10 @@ impl Store {
         current: Option<&[u8]>,
         write: &Write,
         role: Role,
-    ) -> Result<(Vec<u8>, Read), Error> {
+    ) -> Result<Written, Error> {
         check_write_sizes(self, write)?;
         let stamp = Stamp { actor: self.actors.actor(role), time: self.clock.now()? };
-        let state = bucket.resolver.apply(current, write, &stamp)?;
+        let Applied { state, delta } = bucket.resolver.apply_with_delta(current, write, &stamp)?;
         if state.len() > self.limits.state_bytes_max() {
             return Err(Error::ValueTooLarge(format!(
                 "the write would leave the key's state at {} bytes, over the limit of {} bytes \
@@ -432,7 +465,7 @@ impl Store {
                 );
             }
         }
-        Ok((state, read))
+        Ok(Written { state, delta, read })
     }
 
     /// Check a state that came from a peer before it is stored anywhere on this node (see
