@@ -25,6 +25,8 @@
 //!   pages for large values, a free list, two alternating meta pages, one commit per `sync`.
 //!   Its rooms: `page` (the page byte tables), `node`, `cache`, `freelist`, `tree`, `scan`,
 //!   `commit`, `recovery` and `check`.
+//! - `idle`: the handshake that lets every background thread (flusher, merge, snapshot,
+//!   committer) of an engine nobody writes to sleep without a timer, woken by the next write.
 //! - [`data_dir`]: the exclusive lock every durable engine takes on its data directory (a
 //!   second opener gets [`EngineError::Locked`] and touches nothing), and the directory fsync.
 //! - [`EngineError`]: one error type for every engine, classified by what the caller does next.
@@ -44,6 +46,7 @@
 pub mod btree;
 pub mod buffer;
 pub mod data_dir;
+mod idle;
 pub mod log;
 pub mod memlog;
 pub mod memory;

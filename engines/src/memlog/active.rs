@@ -32,7 +32,9 @@
 //!
 //! ## After a failure
 //! After a failed write the tail of the file is unknown, so the active segment refuses every
-//! later append; only reopening (recovery) makes the log writable again. The same after a roll
+//! later append; only reopening (recovery) makes the log writable again. After a failed
+//! `fdatasync` likewise: no later write could ever be acknowledged as durable, so appends are
+//! refused from the moment the flusher recorded the failure, not only the next `sync`. The same after a roll
 //! whose next segment cannot be made (a full disk): it seals nothing, but the log is failed, so
 //! that a full disk turns the engine read-only until it is reopened with room to go on.
 
@@ -155,9 +157,7 @@ impl MemLog {
         assert!(key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX, "checked sizes");
         let len = record_bytes(key.len(), value.len());
         let mut active = lock(&self.shared.active);
-        if active.failed {
-            return Err(failed_error());
-        }
+        self.shared.check_writable(&active)?;
         if active.end + len + SEAL_RECORD_BYTES as u64 > active.capacity {
             self.shared.roll(&mut active, len)?;
         }
@@ -165,8 +165,9 @@ impl MemLog {
         let pending_before = active.pending.len();
         encode_record(kind, key, value, &mut active.pending);
         active.end += len;
-        // Counted under the lock, so that a flush that reads the count has the bytes too.
-        self.shared.appended.fetch_add(1, Ordering::Release);
+        // Counted under the lock, so that a flush that reads the count has the bytes too;
+        // sequentially consistent for the flusher's idle handshake (`crate::idle`).
+        self.shared.appended.fetch_add(1, Ordering::SeqCst);
         if active.pending.len() >= PENDING_BYTES_MAX {
             write_pending(&mut active)?;
         } else if pending_before < PENDING_WAKE_BYTES && active.pending.len() >= PENDING_WAKE_BYTES
@@ -176,6 +177,7 @@ impl MemLog {
         let half_full = active.end * 100 >= active.capacity * SPARE_START_PERCENT;
         let next = active.segment.id + 1;
         drop(active);
+        self.shared.wake_idle_flusher();
         if half_full {
             self.shared.want_spare(next);
         }
@@ -188,11 +190,23 @@ impl MemLog {
     /// for the disk unless the spare is not ready).
     pub fn roll(&self) -> Result<u32, EngineError> {
         let mut active = lock(&self.shared.active);
+        self.shared.check_writable(&active)?;
+        self.shared.roll(&mut active, 0)?;
+        Ok(active.segment.id)
+    }
+}
+
+impl Shared {
+    /// Refuse to append after a failed write (the file's tail is unknown) or a failed
+    /// `fdatasync` (no later write could be acknowledged as durable): see "After a failure".
+    fn check_writable(&self, active: &Active) -> Result<(), EngineError> {
         if active.failed {
             return Err(failed_error());
         }
-        self.shared.roll(&mut active, 0)?;
-        Ok(active.segment.id)
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(self.sync_failure());
+        }
+        Ok(())
     }
 }
 
@@ -300,7 +314,7 @@ impl Shared {
             write_pending(active)?;
         }
         // The seal's fdatasync, soon; and the next spares, at once.
-        self.flush_wanted.notify_one();
+        self.flush_soon();
         self.want_spare(id + SPARES_AHEAD);
         Ok(())
     }
