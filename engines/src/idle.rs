@@ -31,7 +31,9 @@
 //! Shutdown, `sync` callers and other urgent wake-ups notify the same condition variable under
 //! the same mutex, as they did with the timer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 /// Whether a background thread is asleep until the next write. See the module documentation.
 #[derive(Debug, Default)]
@@ -56,6 +58,81 @@ impl Idle {
     /// notify its condition variable). Cheap when the sleeper is awake: one load.
     pub(crate) fn take(&self) -> bool {
         self.asleep.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// What an engine's background thread (the `log` merge, the `buffer` snapshot, the `btree`
+/// committer) shares with the engine: its stop flag, and its two ways of sleeping: for a while
+/// (its timer), or until the engine's work counter moves (idle, no timer). The memory log's
+/// flusher has more to wait for (`sync` callers) and uses [`Idle`] under its own lock.
+#[derive(Debug, Default)]
+pub(crate) struct Background {
+    stop: Mutex<bool>,
+    wake: Condvar,
+    idle: Idle,
+    /// Times the thread woke from an idle sleep, since it started.
+    idle_wakes: AtomicU64,
+}
+
+impl Background {
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        // A bool cannot be left half-written by a panic.
+        self.stop.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the engine is stopping.
+    pub(crate) fn stopped(&self) -> bool {
+        *self.lock()
+    }
+
+    /// Tell the thread to stop, waking it from either sleep at once.
+    pub(crate) fn stop(&self) {
+        *self.lock() = true;
+        self.wake.notify_all();
+    }
+
+    /// Sleep up to `duration`; true if the engine is stopping.
+    pub(crate) fn sleep(&self, duration: Duration) -> bool {
+        let stop = self.lock();
+        let (stop, _) = self
+            .wake
+            .wait_timeout_while(stop, duration, |stop| !*stop)
+            .unwrap_or_else(|p| p.into_inner());
+        *stop
+    }
+
+    /// Sleep, without a timer, until `moved` says the work counter moved (it must read it
+    /// sequentially consistent: see the module documentation) or the engine stops; true if
+    /// stopping. Returns at once if it moved already.
+    pub(crate) fn sleep_until(&self, moved: impl Fn() -> bool) -> bool {
+        let mut stop = self.lock();
+        loop {
+            if *stop {
+                return true;
+            }
+            self.idle.announce();
+            if moved() {
+                self.idle.clear();
+                return false;
+            }
+            stop = self.wake.wait(stop).unwrap_or_else(|p| p.into_inner());
+            self.idle.clear();
+            self.idle_wakes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A writer, after moving the work counter (sequentially consistent): wake the thread if
+    /// it sleeps until then. One atomic load when it does not.
+    pub(crate) fn wake_if_idle(&self) {
+        if self.idle.take() {
+            let _stop = self.lock();
+            self.wake.notify_all();
+        }
+    }
+
+    /// Times the thread woke from an idle sleep since it started.
+    pub(crate) fn idle_wakes(&self) -> u64 {
+        self.idle_wakes.load(Ordering::Relaxed)
     }
 }
 

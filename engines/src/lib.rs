@@ -247,7 +247,9 @@ impl FlusherBackend {
 #[non_exhaustive]
 pub struct EngineOptions {
     /// How often the group-commit flusher syncs on its own, in milliseconds, when no caller is
-    /// waiting for durability. Writes younger than this are what a crash may lose.
+    /// waiting for durability (and the `btree` commit thread commits). Writes younger than this
+    /// are what a crash may lose. An engine with nothing written since its last sync keeps the
+    /// thread asleep without a timer; the next write wakes it and starts the interval.
     pub flush_interval_ms: u64,
     /// Size of one memory-log segment file (`log` and `buffer`), preallocated when the segment
     /// is created. When the next record would not fit, the segment is sealed and the next one,
@@ -261,7 +263,9 @@ pub struct EngineOptions {
     /// it never takes the disk from foreground writes. Dead space is reclaimed more slowly.
     pub merge_bytes_per_sec: u64,
     /// `log` and `buffer`: how often, in milliseconds, the background thread looks for work
-    /// (hint files and merges for `log`, snapshots for `buffer`).
+    /// (hint files and merges for `log`, snapshots for `buffer`) while the engine takes writes.
+    /// Only writes make work, so after a look with no write since the previous one the thread
+    /// sleeps without a timer until the next write.
     pub background_interval_ms: u64,
     /// `buffer`: a snapshot is taken once the write-ahead log since the last one holds at
     /// least this many bytes and more than the live data. Restart replays at most about this

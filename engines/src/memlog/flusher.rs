@@ -86,6 +86,13 @@ impl MemLog {
         self.shared.syncs.load(Ordering::Relaxed)
     }
 
+    /// Records appended since open: a counter that moves with every append (read
+    /// sequentially consistent, so an engine's background thread can sleep until it moves,
+    /// see `crate::idle`).
+    pub fn appended(&self) -> u64 {
+        self.shared.appended.load(Ordering::SeqCst)
+    }
+
     /// Times the flusher thread woke from a wait since open; it stays put while nothing is
     /// appended. For tests.
     pub fn for_testing_flusher_wakes(&self) -> u64 {
