@@ -41,7 +41,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::format::{
@@ -79,8 +79,6 @@ pub(super) struct Active {
     /// Segments sealed by a roll and not yet known durable, oldest first: the flusher writes
     /// their last bytes (seal record included) and fdatasyncs them before the active segment.
     pub(super) sealed: Vec<Sealed>,
-    /// Set after a write failed: the file's tail is unknown, so appends are refused.
-    pub(super) failed: bool,
 }
 
 /// A segment a roll sealed whose seal is not yet durable (see the module documentation).
@@ -157,7 +155,7 @@ impl MemLog {
         assert!(key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX, "checked sizes");
         let len = record_bytes(key.len(), value.len());
         let mut active = lock(&self.shared.active);
-        self.shared.check_writable(&active)?;
+        self.shared.check_writable()?;
         if active.end + len + SEAL_RECORD_BYTES as u64 > active.capacity {
             self.shared.roll(&mut active, len)?;
         }
@@ -169,7 +167,7 @@ impl MemLog {
         // sequentially consistent for the flusher's idle handshake (`crate::idle`).
         self.shared.appended.fetch_add(1, Ordering::SeqCst);
         if active.pending.len() >= PENDING_BYTES_MAX {
-            write_pending(&mut active)?;
+            write_pending(&mut active, &self.shared.write_failed)?;
         } else if pending_before < PENDING_WAKE_BYTES && active.pending.len() >= PENDING_WAKE_BYTES
         {
             self.shared.flush_wanted.notify_one();
@@ -190,7 +188,7 @@ impl MemLog {
     /// for the disk unless the spare is not ready).
     pub fn roll(&self) -> Result<u32, EngineError> {
         let mut active = lock(&self.shared.active);
-        self.shared.check_writable(&active)?;
+        self.shared.check_writable()?;
         self.shared.roll(&mut active, 0)?;
         Ok(active.segment.id)
     }
@@ -199,8 +197,8 @@ impl MemLog {
 impl Shared {
     /// Refuse to append after a failed write (the file's tail is unknown) or a failed
     /// `fdatasync` (no later write could be acknowledged as durable): see "After a failure".
-    fn check_writable(&self, active: &Active) -> Result<(), EngineError> {
-        if active.failed {
+    fn check_writable(&self) -> Result<(), EngineError> {
+        if self.write_failed.load(Ordering::Acquire) {
             return Err(failed_error());
         }
         if self.sync_failed.load(Ordering::Acquire) {
@@ -218,26 +216,27 @@ pub(super) fn failed_error() -> EngineError {
 }
 
 /// Write the pending buffers (the sealed segments', then the active one's) to their files
-/// and move their readable marks.
-fn write_pending(active: &mut Active) -> Result<(), EngineError> {
-    write_pending_with(active, None)
+/// and move their readable marks. A failed write sets `failed` (the log's `write_failed`).
+fn write_pending(active: &mut Active, failed: &AtomicBool) -> Result<(), EngineError> {
+    write_pending_with(active, failed, None)
 }
 
 /// [`write_pending`], through `ring` when there is one (the flusher's io_uring). A failed
-/// write makes the log failed.
+/// write makes the log failed. Called with the active lock held.
 pub(super) fn write_pending_with(
     active: &mut Active,
+    failed: &AtomicBool,
     mut ring: Option<&mut sys::Uring>,
 ) -> Result<(), EngineError> {
-    let Active { segment, end, pending, sealed, failed, .. } = active;
+    let Active { segment, end, pending, sealed, .. } = active;
     for old in sealed.iter_mut() {
         if let Err(e) = write_bytes(&old.segment, &mut old.pending, old.end, ring.as_deref_mut()) {
-            *failed = true;
+            failed.store(true, Ordering::Release);
             return Err(e);
         }
     }
     if let Err(e) = write_bytes(segment, pending, *end, ring) {
-        *failed = true;
+        failed.store(true, Ordering::Release);
         return Err(e);
     }
     if pending.capacity() > 4 * PENDING_BYTES_MAX {
@@ -295,7 +294,7 @@ impl Shared {
             Err(e) => {
                 // Nothing is sealed, but the log cannot go on: failed, as after a failed
                 // write, until it is reopened (which `Recovering` does once there is room).
-                active.failed = true;
+                self.write_failed.store(true, Ordering::Release);
                 return Err(e);
             }
         };
@@ -311,7 +310,7 @@ impl Shared {
         // Memory held by unwritten sealed bytes stays bounded like the pending buffer's.
         let unwritten: usize = active.sealed.iter().map(|s| s.pending.len()).sum();
         if unwritten >= PENDING_BYTES_MAX {
-            write_pending(active)?;
+            write_pending(active, &self.write_failed)?;
         }
         // The seal's fdatasync, soon; and the next spares, at once.
         self.flush_soon();

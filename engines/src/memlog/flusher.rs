@@ -111,10 +111,10 @@ impl Shared {
     ) -> Result<u64, EngineError> {
         let (sealed, target, segment, written) = {
             let mut active = lock(&self.active);
-            if active.failed {
+            if self.write_failed.load(Ordering::Acquire) {
                 return Err(failed_error());
             }
-            write_pending_with(&mut active, ring.as_deref_mut())?;
+            write_pending_with(&mut active, &self.write_failed, ring.as_deref_mut())?;
             let sealed: Vec<(Arc<Segment>, u64)> =
                 active.sealed.iter().map(|s| (Arc::clone(&s.segment), s.end)).collect();
             let target = self.appended.load(Ordering::Acquire);

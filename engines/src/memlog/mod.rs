@@ -174,6 +174,10 @@ struct Shared {
     synced: AtomicU64,
     /// Set with `SyncState::failed`, readable without the lock.
     sync_failed: AtomicBool,
+    /// Set after a write to a segment failed (its tail is unknown) or a roll could not make
+    /// the next segment: appends are refused. Set and checked under the active lock, read
+    /// without it by [`MemLog::failed`] (asked on every write by the node).
+    write_failed: AtomicBool,
     /// The next segment, made ahead of time by the preparer thread (see `active.rs`).
     spare: Mutex<SpareState>,
     /// Signalled when a spare is asked for, made, or failed, and at shutdown.
@@ -318,8 +322,8 @@ impl MemLog {
                 end,
                 pending: Vec::new(),
                 sealed: Vec::new(),
-                failed: false,
             }),
+            write_failed: AtomicBool::new(false),
             appended: AtomicU64::new(0),
             sync: Mutex::new(SyncState::default()),
             flush_wanted: Condvar::new(),
@@ -465,7 +469,8 @@ impl MemLog {
     /// Whether a write or a sync failed: then the log refuses every append and sync (a failed
     /// fsync is never retried into success) until it is reopened from its files.
     pub fn failed(&self) -> bool {
-        lock(&self.shared.active).failed || self.shared.sync_failed.load(Ordering::Acquire)
+        self.shared.write_failed.load(Ordering::Acquire)
+            || self.shared.sync_failed.load(Ordering::Acquire)
     }
 
     /// Write to `dest` (a new directory) the files of this log as a power loss would leave
@@ -713,9 +718,13 @@ mod tests {
         assert!(wakes >= 1, "the append woke the flusher");
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(log.for_testing_flusher_wakes(), wakes, "idle again after the flush");
-        // A roll with nothing appended since is flushed (its seal made durable) at once.
+        // A roll with nothing appended since wakes it to make the seal durable.
+        let before = *lock(&log.shared.durable);
         log.roll().unwrap();
-        log.sync().unwrap();
+        while *lock(&log.shared.durable) == before {
+            assert!(std::time::Instant::now() < deadline, "the seal was never synced");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert!(log.for_testing_flusher_wakes() > wakes, "the roll woke the flusher");
     }
 
