@@ -137,7 +137,7 @@ fn json_output_holds_documented_fields() {
     assert_eq!(json["target"]["kind"], "embedded");
     assert_eq!(json["target"]["nodes"], 1);
     assert_eq!(json["bucket"]["name"], "bench");
-    assert_eq!(json["bucket"]["engine"], "memory");
+    assert_eq!(json["bucket"]["engine"], "log", "the default engine is what users get");
     assert_eq!(json["bucket"]["resolver"], "lww");
     assert_eq!(json["workload"]["name"], "a");
     assert_eq!(json["schedule"]["rate_per_s"], 400.0);
@@ -331,7 +331,7 @@ fn bad_arguments_are_refused() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().to_str().unwrap();
     let cases: [(&[&str], &str); 5] = [
-        (&["--dw", "1"], "memory engine"),
+        (&["--engine", "memory", "--dw", "1"], "memory engine"),
         (&["--reference", "--workload", "cart"], "--reference"),
         (&["--workload", "cart", "--resolver", "lww"], "--resolver cart"),
         (&["--rate", "0"], "rate"),

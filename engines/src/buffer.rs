@@ -10,7 +10,8 @@
 //! ## Snapshots
 //! The log would grow without end, so a background thread takes a *snapshot* once the log
 //! since the last one holds `snapshot_log_bytes` and more than the live data (so snapshots
-//! cost at most about as much I/O as the writes they absorb):
+//! cost at most about as much I/O as the writes they absorb). It looks every
+//! `background_interval_ms` while writes come, and sleeps without a timer when none did:
 //!
 //! 1. Under `write_order`, the log is rolled: every record in a segment before the new
 //!    active segment `s` has been applied to the map. A roll waits for no disk (the next
@@ -49,11 +50,12 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::data_dir::{lock_dir, sync_dir};
+use crate::idle::Background;
 use crate::memlog::{
     decode_record, encode_record, record_bytes, Location, MemLog, MemLogOptions, Record,
     RecordKind, Replay, ReplayMode, RECORD_HEADER_BYTES,
@@ -204,8 +206,8 @@ struct Shared {
     /// Snapshots taken since open.
     snapshots: AtomicU64,
     options: EngineOptions,
-    stop: Mutex<bool>,
-    wake: Condvar,
+    /// The snapshot thread's stop flag and sleeps.
+    background: Background,
 }
 
 impl std::fmt::Debug for Shared {
@@ -267,15 +269,15 @@ impl BufferEngine {
             snapshotting: Mutex::new(()),
             snapshots: AtomicU64::new(0),
             options: options.clone(),
-            stop: Mutex::new(false),
-            wake: Condvar::new(),
+            background: Background::default(),
         });
         shared.remove_before(first_segment)?;
+        let checked_at = (!shared.snapshot_due()).then(|| shared.log.appended());
         let background = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("buffer-snapshot".into())
-                .spawn(move || shared.run_background())
+                .spawn(move || shared.run_background(checked_at))
                 .map_err(EngineError::io("start snapshot thread"))?
         };
         Ok(BufferEngine { shared, background: Some(background) })
@@ -298,27 +300,37 @@ impl Shared {
         self.write_order.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sleep up to `duration`; returns true if the engine is stopping.
-    fn sleep(&self, duration: Duration) -> bool {
-        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
-        let (stop, _) = self
-            .wake
-            .wait_timeout_while(stop, duration, |stop| !*stop)
-            .unwrap_or_else(|p| p.into_inner());
-        *stop
-    }
-
-    fn run_background(&self) {
+    /// The snapshot thread: every `background_interval_ms` while the log takes appends, a
+    /// snapshot if one is due. Only appends make one due, so once a check found the log
+    /// unchanged since the previous one the thread sleeps without a timer until the next
+    /// append (`crate::idle`), then waits the interval and checks as before.
+    ///
+    /// `checked_at` is the append count at the last check; `None` when a check is due anyway.
+    /// The caller reads it before the engine takes writes, so none is missed.
+    fn run_background(&self, mut checked_at: Option<u64>) {
         let interval = Duration::from_millis(self.options.background_interval_ms.max(1));
-        while !self.sleep(interval) {
-            let log_bytes = self.log_bytes.load(Ordering::Relaxed);
-            let live = self.map.stats().live_bytes;
-            if log_bytes >= self.options.snapshot_log_bytes && log_bytes > live {
-                // A failed snapshot leaves the previous one and the whole log in place; the
-                // next round tries again.
-                let _ = self.snapshot();
+        loop {
+            if let Some(checked_at) = checked_at {
+                if self.background.sleep_until(|| self.log.appended() != checked_at) {
+                    return;
+                }
+            }
+            if self.background.sleep(interval) {
+                return;
+            }
+            checked_at = Some(self.log.appended());
+            // A failed snapshot leaves the previous one and the whole log in place; the next
+            // check, one interval on, tries again.
+            if self.snapshot_due() && self.snapshot().is_err() {
+                checked_at = None;
             }
         }
+    }
+
+    /// Whether the log since the last snapshot is large enough for a new one.
+    fn snapshot_due(&self) -> bool {
+        let log_bytes = self.log_bytes.load(Ordering::Relaxed);
+        log_bytes >= self.options.snapshot_log_bytes && log_bytes > self.map.stats().live_bytes
     }
 
     /// Take a snapshot (see the module documentation for the steps and why they are safe).
@@ -401,8 +413,7 @@ impl Shared {
 
 impl Drop for BufferEngine {
     fn drop(&mut self) {
-        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.shared.wake.notify_all();
+        self.shared.background.stop();
         if let Some(background) = self.background.take() {
             let _ = background.join();
         }
@@ -420,20 +431,29 @@ impl StorageEngine for BufferEngine {
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
         check_sizes(key, value)?;
-        let _order = self.shared.write_order();
-        self.shared.log.append(RecordKind::Put, key, value)?;
-        self.shared.log_bytes.fetch_add(record_bytes(key.len(), value.len()), Ordering::Relaxed);
-        self.shared.map.put(key, value)
+        {
+            let _order = self.shared.write_order();
+            self.shared.log.append(RecordKind::Put, key, value)?;
+            let bytes = record_bytes(key.len(), value.len());
+            self.shared.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.shared.map.put(key, value)?;
+        }
+        self.shared.background.wake_if_idle();
+        Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
-        let _order = self.shared.write_order();
-        if self.shared.map.get(key)?.is_none() {
-            return Ok(());
+        {
+            let _order = self.shared.write_order();
+            if self.shared.map.get(key)?.is_none() {
+                return Ok(());
+            }
+            self.shared.log.append(RecordKind::Tombstone, key, &[])?;
+            self.shared.log_bytes.fetch_add(record_bytes(key.len(), 0), Ordering::Relaxed);
+            self.shared.map.delete(key)?;
         }
-        self.shared.log.append(RecordKind::Tombstone, key, &[])?;
-        self.shared.log_bytes.fetch_add(record_bytes(key.len(), 0), Ordering::Relaxed);
-        self.shared.map.delete(key)
+        self.shared.background.wake_if_idle();
+        Ok(())
     }
 
     fn scan_prefix(

@@ -25,6 +25,8 @@
 //!   pages for large values, a free list, two alternating meta pages, one commit per `sync`.
 //!   Its rooms: `page` (the page byte tables), `node`, `cache`, `freelist`, `tree`, `scan`,
 //!   `commit`, `recovery` and `check`.
+//! - `idle`: the handshake that lets every background thread (flusher, merge, snapshot,
+//!   committer) of an engine nobody writes to sleep without a timer, woken by the next write.
 //! - [`data_dir`]: the exclusive lock every durable engine takes on its data directory (a
 //!   second opener gets [`EngineError::Locked`] and touches nothing), and the directory fsync.
 //! - [`EngineError`]: one error type for every engine, classified by what the caller does next.
@@ -44,6 +46,7 @@
 pub mod btree;
 pub mod buffer;
 pub mod data_dir;
+mod idle;
 pub mod log;
 pub mod memlog;
 pub mod memory;
@@ -244,7 +247,9 @@ impl FlusherBackend {
 #[non_exhaustive]
 pub struct EngineOptions {
     /// How often the group-commit flusher syncs on its own, in milliseconds, when no caller is
-    /// waiting for durability. Writes younger than this are what a crash may lose.
+    /// waiting for durability (and the `btree` commit thread commits). Writes younger than this
+    /// are what a crash may lose. An engine with nothing written since its last sync keeps the
+    /// thread asleep without a timer; the next write wakes it and starts the interval.
     pub flush_interval_ms: u64,
     /// Size of one memory-log segment file (`log` and `buffer`), preallocated when the segment
     /// is created. When the next record would not fit, the segment is sealed and the next one,
@@ -258,7 +263,9 @@ pub struct EngineOptions {
     /// it never takes the disk from foreground writes. Dead space is reclaimed more slowly.
     pub merge_bytes_per_sec: u64,
     /// `log` and `buffer`: how often, in milliseconds, the background thread looks for work
-    /// (hint files and merges for `log`, snapshots for `buffer`).
+    /// (hint files and merges for `log`, snapshots for `buffer`) while the engine takes writes.
+    /// Only writes make work, so after a look with no write since the previous one the thread
+    /// sleeps without a timer until the next write.
     pub background_interval_ms: u64,
     /// `buffer`: a snapshot is taken once the write-ahead log since the last one holds at
     /// least this many bytes and more than the live data. Restart replays at most about this

@@ -27,7 +27,9 @@
 //!
 //! ## Merge
 //! The background thread merges a sealed segment once `merge_dead_percent` of its bytes are
-//! dead (overwritten, deleted, or tombstones). Merging copies each record of the segment
+//! dead (overwritten, deleted, or tombstones). It looks every `background_interval_ms` while
+//! the engine takes writes, and sleeps without a timer once a look began after the last write
+//! (only writes seal segments or kill records), so an idle engine costs no wake-ups. Merging copies each record of the segment
 //! that the keydir still points at to the end of the log, as an ordinary append under the
 //! keydir lock that checks the keydir still points there, so a concurrent write of the same
 //! key always wins. Tombstones are copied too while an older segment may still hold a value
@@ -48,7 +50,7 @@ use std::io::{self, Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -56,6 +58,7 @@ use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::data_dir::{lock_dir, sync_dir};
+use crate::idle::Background;
 use crate::memlog::{
     record_bytes, Location, MemLog, MemLogOptions, Record, RecordKind, Replay, ReplayMode, ScanEnd,
 };
@@ -385,13 +388,15 @@ struct Shared {
     log: MemLog,
     state: RwLock<State>,
     options: EngineOptions,
-    stop: Mutex<bool>,
-    wake: Condvar,
+    /// The background thread's stop flag and sleeps.
+    background: Background,
     /// Held for a round of background work, so that rounds (the thread's and a test's) never
     /// overlap.
     round: Mutex<()>,
     /// Segments merged since open.
     merges: AtomicU64,
+    /// Rounds of background work the thread ran since open.
+    rounds: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -434,16 +439,17 @@ impl LogEngine {
             log,
             state: RwLock::new(state),
             options: options.clone(),
-            stop: Mutex::new(false),
-            wake: Condvar::new(),
+            background: Background::default(),
             round: Mutex::new(()),
             merges: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
         });
+        let began_at = (!shared.work_at_open(&hinted)).then(|| shared.log.appended());
         let background = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("log-merge".into())
-                .spawn(move || shared.run_background(hinted))
+                .spawn(move || shared.run_background(hinted, began_at))
                 .map_err(EngineError::io("start merge thread"))?
         };
         Ok(LogEngine { shared, background: Some(background) })
@@ -464,6 +470,12 @@ impl LogEngine {
     /// id than before it crossed a segment roll (benchmarks tell such puts apart with it).
     pub fn active_segment(&self) -> u32 {
         self.shared.log.active_segment()
+    }
+
+    /// Rounds of background work its thread ran since open (not those of
+    /// [`LogEngine::for_testing_background_round`]); none while nothing is written. For tests.
+    pub fn for_testing_background_rounds(&self) -> u64 {
+        self.shared.rounds.load(Ordering::Relaxed)
     }
 
     /// Ids of the sealed segments; for tests.
@@ -510,44 +522,73 @@ impl Shared {
     }
 
     fn stopped(&self) -> bool {
-        *self.stop.lock().unwrap_or_else(|p| p.into_inner())
+        self.background.stopped()
     }
 
     /// Sleep up to `duration`; returns true if the engine is stopping.
     fn sleep(&self, duration: Duration) -> bool {
-        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
-        let (stop, _) = self
-            .wake
-            .wait_timeout_while(stop, duration, |stop| !*stop)
-            .unwrap_or_else(|p| p.into_inner());
-        *stop
+        self.background.sleep(duration)
     }
 
-    fn run_background(&self, mut hinted: HashSet<u32>) {
+    /// The background thread: a round of work (merges, then hints) every
+    /// `background_interval_ms` while the log takes appends. Work only comes from appends
+    /// (sealed segments, dead bytes), so once a round began with no append after it, the
+    /// thread sleeps without a timer until the next one (`crate::idle`), then waits the
+    /// interval and runs a round as before.
+    ///
+    /// `began_at` is the append count when the last round began; `None` when a round is due
+    /// anyway (work found at open, or a round that failed and must be tried again). The
+    /// caller reads it before the engine takes writes, so none is missed.
+    fn run_background(&self, mut hinted: HashSet<u32>, mut began_at: Option<u64>) {
         let interval = Duration::from_millis(self.options.background_interval_ms.max(1));
-        while !self.sleep(interval) {
+        loop {
+            if let Some(began_at) = began_at {
+                if self.background.sleep_until(|| self.log.appended() != began_at) {
+                    return;
+                }
+            }
+            if self.sleep(interval) {
+                return;
+            }
+            began_at = Some(self.log.appended());
+            self.rounds.fetch_add(1, Ordering::Relaxed);
             // A failed round leaves everything as it was (a merge deletes its segment only
-            // after its copies are durable); the next round tries again.
-            let _ = self.background_round(&mut hinted);
+            // after its copies are durable); the next round, one interval on, tries again.
+            if self.background_round(&mut hinted).is_err() {
+                began_at = None;
+            }
         }
+    }
+
+    /// Whether the log as opened has background work: a sealed segment without a hint, or
+    /// one to merge.
+    fn work_at_open(&self, hinted: &HashSet<u32>) -> bool {
+        let sealed = self.log.sealed_segments();
+        sealed.iter().any(|(id, _)| !hinted.contains(id))
+            || !self.merge_candidates(&sealed).is_empty()
+    }
+
+    /// The sealed segments with `merge_dead_percent` of their bytes dead.
+    fn merge_candidates(&self, sealed: &[(u32, u64)]) -> Vec<u32> {
+        if self.options.merge_dead_percent >= 100 {
+            return Vec::new();
+        }
+        let state = self.read();
+        sealed
+            .iter()
+            .filter(|(id, _)| {
+                let usage = state.usage.get(id).copied().unwrap_or_default();
+                let dead = usage.bytes - usage.live;
+                dead * 100 >= usage.bytes * u64::from(self.options.merge_dead_percent)
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn background_round(&self, hinted: &mut HashSet<u32>) -> Result<(), EngineError> {
         let _round = self.round.lock().unwrap_or_else(|p| p.into_inner());
         let sealed = self.log.sealed_segments();
-        let candidates: Vec<u32> = {
-            let state = self.read();
-            sealed
-                .iter()
-                .filter(|(id, _)| {
-                    let usage = state.usage.get(id).copied().unwrap_or_default();
-                    let dead = usage.bytes - usage.live;
-                    self.options.merge_dead_percent < 100
-                        && dead * 100 >= usage.bytes * u64::from(self.options.merge_dead_percent)
-                })
-                .map(|(id, _)| *id)
-                .collect()
-        };
+        let candidates = self.merge_candidates(&sealed);
         for id in candidates {
             if self.stopped() {
                 return Ok(());
@@ -705,8 +746,7 @@ impl Shared {
 
 impl Drop for LogEngine {
     fn drop(&mut self) {
-        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.shared.wake.notify_all();
+        self.shared.background.stop();
         if let Some(background) = self.background.take() {
             let _ = background.join();
         }
@@ -735,19 +775,25 @@ impl StorageEngine for LogEngine {
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
         check_sizes(key, value)?;
-        let mut state = self.shared.write();
-        let at = self.shared.log.append(RecordKind::Put, key, value)?;
-        state.apply_put(key, at, value.len() as u32);
+        {
+            let mut state = self.shared.write();
+            let at = self.shared.log.append(RecordKind::Put, key, value)?;
+            state.apply_put(key, at, value.len() as u32);
+        }
+        self.shared.background.wake_if_idle();
         Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
-        let mut state = self.shared.write();
-        if state.keydir.get(key).is_none() {
-            return Ok(());
+        {
+            let mut state = self.shared.write();
+            if state.keydir.get(key).is_none() {
+                return Ok(());
+            }
+            let at = self.shared.log.append(RecordKind::Tombstone, key, &[])?;
+            state.apply_tombstone(key, at);
         }
-        let at = self.shared.log.append(RecordKind::Tombstone, key, &[])?;
-        state.apply_tombstone(key, at);
+        self.shared.background.wake_if_idle();
         Ok(())
     }
 

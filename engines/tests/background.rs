@@ -1,5 +1,6 @@
-//! Background work of the memory-log engines: the `log` engine's merge and hint files, the
-//! `buffer` engine's snapshots. Each runs while writers keep writing, and nothing may be lost.
+//! Background work of the engines: the `log` engine's merge and hint files, the `buffer`
+//! engine's snapshots, the `btree` engine's commits. Each runs while writers keep writing, and
+//! nothing may be lost; and each sleeps, without a timer, while nothing is written.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cartwheel_engines::btree::BtreeEngine;
 use cartwheel_engines::buffer::BufferEngine;
 use cartwheel_engines::log::LogEngine;
 use cartwheel_engines::{EngineError, EngineOptions, StorageEngine};
@@ -292,4 +294,74 @@ fn buffer_writes_after_a_cut_behind_the_snapshot_survive() {
     let engine = BufferEngine::open(dir.path(), &small_options()).unwrap();
     assert_eq!(engine.get(b"after the cut").unwrap(), Some(b"kept".to_vec()));
     assert_eq!(engine.stats().entries, 301);
+}
+
+/// Poll `done` until it holds; fails after 30 s (a hang, not a slow machine).
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A `log` engine nobody writes to runs no background round, however many intervals pass;
+/// one write wakes its thread for one round, after which it sleeps again.
+#[test]
+fn log_background_sleeps_while_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = small_options();
+    options.background_interval_ms = 1;
+    let engine = LogEngine::open(dir.path(), &options).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(engine.for_testing_background_rounds(), 0, "no round without a write");
+    engine.put(b"k", b"v").unwrap();
+    wait_for("a round after the write", || engine.for_testing_background_rounds() >= 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(engine.for_testing_background_rounds(), 1, "one write, one round");
+}
+
+/// Work found at open (sealed segments without hint files) gets its round without any write.
+#[test]
+fn log_background_does_the_work_found_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = small_options();
+    options.background_interval_ms = 3_600_000;
+    options.merge_dead_percent = 100;
+    let engine = LogEngine::open(dir.path(), &options).unwrap();
+    for i in 0..200u32 {
+        engine.put(&i.to_be_bytes(), &[7; 500]).unwrap();
+    }
+    engine.sync().unwrap();
+    let sealed = engine.for_testing_sealed_segments();
+    assert!(sealed.len() >= 2, "200 records of 500 bytes roll 32 KiB segments");
+    drop(engine);
+    let hints = || {
+        fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".hint"))
+            .count()
+    };
+    assert_eq!(hints(), 0, "the first engine's thread never ran");
+    options.background_interval_ms = 1;
+    let engine = LogEngine::open(dir.path(), &options).unwrap();
+    wait_for("hints of the segments found at open", || hints() == sealed.len());
+    assert_eq!(engine.for_testing_background_rounds(), 1);
+}
+
+/// A `btree` engine nobody writes to never wakes its commit thread; a write wakes it once and
+/// is committed with no `sync` caller, and then the thread sleeps again.
+#[test]
+fn btree_committer_sleeps_while_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = EngineOptions::default();
+    options.flush_interval_ms = 1;
+    let engine = BtreeEngine::open(dir.path(), &options).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(engine.for_testing_committer_wakes(), 0, "no wake-up without a write");
+    engine.put(b"k", b"v").unwrap();
+    wait_for("a commit of the write", || engine.for_testing_commits() >= 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(engine.for_testing_committer_wakes(), 1, "one write, one wake-up");
+    assert_eq!(engine.for_testing_commits(), 1);
 }

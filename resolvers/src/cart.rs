@@ -80,9 +80,25 @@
 //! | 4 + .. | item count, then per item: id (u32 length + bytes), dot count, dots (actor index u32, counter u64, kind u8: 0 add / 1 set, amount or value u64 ≥ 1) |
 //! | 4 + .. | deferred remove count, then the deferred removes                  |
 //!
+//! Version 3 is version 2 with dot clouds in its version vectors (the encoding with clouds of
+//! [`crate::causal`]): a delta, or a replica that took a delta ahead of an earlier one. A
+//! state is written in the lowest version that holds it (version 2 without a cloud), so
+//! carts written before deltas keep their bytes.
+//!
 //! Version 1 (before set dots) had an 8-byte payload, the amount of an add dot, one dot per
 //! (item, actor), and no deferred clears. It decodes as a version 2 state whose dots are all
-//! adds, and is written back as version 2. Contexts did not change (version 1).
+//! adds, and is written back as version 2. Contexts are version 1 (a version vector), or
+//! version 2 (with its cloud) when read from a state with a cloud.
+//!
+//! ## Deltas
+//! A write's delta ([`Resolver::apply_with_delta`], [`crate::causal`]) holds the dots it
+//! added or grew and a clock of the dots it issued or removed: an add sends its new dot (and,
+//! when it folds, the grown dot and the folded one), a set its set dot and the dots it
+//! replaced, a remove or clear the dots it removed and a deferred remove when its context was
+//! ahead. Its size depends on what the write touched, not on the cart's size (a clear of a
+//! large cart names every dot it removed). A replica that missed an earlier fold's delta can
+//! read an item higher than the coordinator until it catches up ([`crate::causal`], "Deltas
+//! and dot clouds").
 
 use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap, Payload};
 use crate::codec::{Decoder, Encoder, Tag};

@@ -1,7 +1,8 @@
 //! # Causal machinery: dots, version vectors and dot maps
 //!
 //! The causal resolvers (`siblings`, `orset`, `cart`) track *which writes a state has seen*
-//! with the same three pieces, defined here once.
+//! with the same three pieces, defined here once, and the CRDTs among them compute their
+//! deltas here.
 //!
 //! - A **dot** `(actor, counter)` names one write: the `counter`-th write coordinated by
 //!   `actor`. Actors are node ids (server-side actors), so a clock holds one entry per node
@@ -31,6 +32,34 @@
 //! arrive, and forgets it after the first merge that makes its clock cover the context. A state is kept *normalised*: no deferred remove whose
 //! context its clock covers.
 //!
+//! ## Deltas and dot clouds
+//! A write changes a few dots of a map that may hold thousands. [`DotMap::delta_from`]
+//! takes the map before and after a write and returns its **delta**: a map holding only the
+//! dots the write added or whose payload grew, the deferred removes (or keys of one) it added,
+//! and a clock of exactly the dots it touched: issued, removed, changed (Almeida, Shoker and
+//! Baquero's delta mutators, computed as a difference instead of written per operation, so
+//! that every operation and any sequence of them in one write has one). Merging it into any
+//! replica state that has seen the map before the write gives what merging the whole new map
+//! would: the dots it removed are covered by the delta's clock and absent from it, so the
+//! merge drops them; every other dot of the replica is outside the delta's clock and stays.
+//!
+//! That clock covers a few scattered dots, `{n1:7}` say, not `n1:1..=7`: read as a plain
+//! version vector it would claim `n1:1..=6` seen and remove them from the receiver. So a
+//! version vector carries a **dot cloud**, the dots seen beyond its contiguous counters; a
+//! receiver that had `n1:1..=5` and takes `{n1:7}` holds `n1:1..=5` and the cloud `{n1:7}`,
+//! and once `n1:6` arrives the cloud is folded into the counter. A client context read from
+//! a state with a cloud carries the cloud too ([`CONTEXT_VERSION_WITH_CLOUD`]), so that a
+//! remove takes exactly what its client saw. States and contexts without a cloud keep their
+//! plain encoding and bytes.
+//!
+//! A replica that missed some of a coordinator's deltas holds less than the coordinator had:
+//! anti-entropy or read repair brings the rest, as for any message lost. Until then it may
+//! hold a dot whose removal it missed: an `orset` element with an older dot of one actor
+//! beside a newer one, or (the cart folds a coordinator's oldest add dots into a newer one)
+//! an older add dot beside the newer dot that absorbed its amount, which reads higher than
+//! the coordinator's cart until the missed delta or a whole state arrives. Never lower, and
+//! no add is lost.
+//!
 //! ## Clearing the whole map
 //! [`DotMap::clear`] is a remove of every key at once: it drops every dot the context
 //! covers, so a write concurrent with the clear (a dot the context does not cover) survives
@@ -49,6 +78,16 @@
 //! | 4      | actor count N (u32)                          |
 //! | N × .. | per actor, ascending: length (u8), actor id, counter (u64, ≥ 1) |
 //!
+//! and, with a dot cloud (in the formats that hold one: `cart` version 3, `orset` version 3,
+//! contexts version 2), as:
+//!
+//! | size   | field                                                          |
+//! |--------|----------------------------------------------------------------|
+//! | 4      | actor count N (u32)                                            |
+//! | N × .. | per actor, ascending: length (u8), actor id, counter (u64; 0 only for an actor with cloud dots) |
+//! | 4      | cloud dot count C (u32)                                        |
+//! | C × 12 | per dot, ascending: actor index (u32), counter (u64, above its actor's counter + 1) |
+//!
 //! A dot map body is encoded as:
 //!
 //! | size   | field                                                        |
@@ -59,8 +98,10 @@
 //! | 4      | deferred remove count D (u32)                                |
 //! | D × .. | per deferred remove, contexts ascending (entry by entry: actor, then counter): context (version vector), key count M (u32; 0 = every key, a deferred clear), M × key (u32 length + bytes), ascending |
 //!
-//! Within a key, dots are ascending by actor index, then by counter. Decoding checks every
-//! ordering and that every dot is covered by the clock, so a state that decodes is canonical
+//! A map with a cloud in its clock or in a deferred remove's context encodes every vector of
+//! it with the cloud encoding, else every one plain. Within a key, dots are ascending by
+//! actor index, then by counter. Decoding checks every ordering, that every cloud is compact
+//! and that every dot is covered by the clock, so a state that decodes is canonical
 //! and re-encodes to the same bytes. A resolver whose format version predates deferred
 //! clears refuses a state that holds one ([`DotMap::deferred_clears`]).
 

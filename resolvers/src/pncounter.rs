@@ -53,6 +53,11 @@
 //!   refused (replicas must take in each other's states) and takes per-actor maxima, so it
 //!   cannot overflow.
 //!
+//! A write's delta ([`Resolver::apply_with_delta`]) is the entries it changed, whole: an
+//! increment's is its coordinator's entry, a reset's the entries whose baselines it raised.
+//! Merge takes each number's maximum and a write only raises numbers, so the old state
+//! merged with the delta is the new one.
+//!
 //! Writes take [`Op::CounterIncrement`] (negative = decrement) and [`Op::CounterReset`]. A
 //! read always returns a counter value (0 for a counter nobody changed). An increment of 0
 //! changes nothing.

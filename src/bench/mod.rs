@@ -116,7 +116,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1024)]
     pub value_bytes: usize,
     /// Storage engine of the bucket under test (embedded nodes).
-    #[arg(long, default_value = "memory")]
+    #[arg(long, default_value = "log")]
     pub engine: String,
     /// Resolver of the bucket under test [default: cart for the cart workload, else lww].
     #[arg(long)]

@@ -344,7 +344,8 @@ impl Cluster {
             Here::AsHint { owner, counts } => {
                 let replication = reserve()?;
                 let hinted = self.hinted_state(bucket, key)?;
-                let written = self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
+                let written =
+                    self.store.write_as_hint_with_delta(bucket, key, hinted.as_deref(), &write)?;
                 let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
                 self.check_hint_owner(&owner)?;
                 self.hints

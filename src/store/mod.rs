@@ -73,7 +73,7 @@ use crate::error::Error;
 use crate::ring::{key_hash, partition_of, storage_key};
 
 /// A client write applied at this node ([`Store::write_with_delta`],
-/// [`Store::write_as_hint`]).
+/// [`Store::write_as_hint_with_delta`]).
 #[derive(Clone, Debug)]
 pub struct Written {
     /// The key's new state, as stored (or kept as a hint).
@@ -423,6 +423,18 @@ impl Store {
     /// caller keeps the result as a hint before it yields, or the hint actor's history of the
     /// key is incomplete.
     pub fn write_as_hint(
+        &self,
+        bucket_name: &str,
+        key: &[u8],
+        current: Option<&[u8]>,
+        write: &Write,
+    ) -> Result<(Vec<u8>, Read), Error> {
+        let written = self.write_as_hint_with_delta(bucket_name, key, current, write)?;
+        Ok((written.state, written.read))
+    }
+
+    /// [`Store::write_as_hint`], with the delta to replicate in place of the new state.
+    pub fn write_as_hint_with_delta(
         &self,
         bucket_name: &str,
         key: &[u8],

@@ -4,14 +4,16 @@
 //! list written to fresh pages, the next transaction opened), then, outside the lock, writes the
 //! meta page into slot `txn % 2` and makes everything durable with one `fdatasync`. One caller
 //! commits at a time; the others wait until a commit covers their writes (group commit). A
-//! background thread commits on its own when there are writes.
+//! background thread commits on its own when there are writes, and sleeps without a timer
+//! when there are none.
 //!
 //! This room is the only writer of meta pages. What makes a commit safe to lose halfway is in
 //! the engine's essay, and how open tells a whole commit from a torn one is in `recovery.rs`.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use super::page::{Meta, PageId, META_PAGES, PAGE_SIZE};
@@ -185,27 +187,25 @@ impl Shared {
     }
 }
 
-/// The commit thread: every `interval`, commit if anything changed, until told to stop. A
-/// failed commit marks the engine failed; later `put`s and `sync`s report it.
-pub(super) fn commit_periodically(
-    shared: &Shared,
-    stop: &(Mutex<bool>, Condvar),
-    interval: Duration,
-) {
-    let (stopped, wake) = stop;
+/// The commit thread: `interval` after a write, commit if anything changed, until told to
+/// stop. With nothing written since its last look it sleeps without a timer until the next
+/// write ([`crate::idle`]), so an idle engine costs no wake-ups; a write is still committed
+/// within about `interval`. A failed commit marks the engine failed; later `put`s and `sync`s
+/// report it.
+pub(super) fn commit_periodically(shared: &Shared, interval: Duration) {
+    // The stop flag is read under its mutex before each wait: a stop requested while this
+    // thread was committing (or starting) is seen at once, not lost until a timeout.
+    // Zero, not a fresh read: writes made before this thread first ran must wake it too.
+    let mut looked_at = 0;
     loop {
-        {
-            // The flag is read under the mutex before waiting: a stop requested while this
-            // thread was committing (or starting) is seen here, not lost until the timeout.
-            let guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
-            if *guard {
-                return;
-            }
-            let (guard, _) = wake.wait_timeout(guard, interval).unwrap_or_else(|p| p.into_inner());
-            if *guard {
-                return;
-            }
+        if shared.committer.sleep_until(|| shared.writes.load(Ordering::SeqCst) != looked_at) {
+            return;
         }
+        if shared.committer.sleep(interval) {
+            return;
+        }
+        // Writes after this are seen at the next look, even if this commit carries them.
+        looked_at = shared.writes.load(Ordering::SeqCst);
         let changed = shared.read_tree().changed;
         if changed && shared.commit().is_err() {
             return;

@@ -119,6 +119,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::data_dir::DirLock;
+use crate::idle::Background;
 use crate::{EngineError, EngineKind, EngineOptions, EngineStats, StorageEngine};
 
 use cache::{PageCache, PageIdBuild};
@@ -145,13 +146,8 @@ pub const CACHE_BYTES_MAX_DEFAULT: u64 = 256 << 20;
 /// Dropping the engine stops the thread and releases the directory lock; it does not commit.
 pub struct BtreeEngine {
     shared: Arc<Shared>,
-    committer: Option<Committer>,
-}
-
-/// The background commit thread and the flag that stops it.
-struct Committer {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: JoinHandle<()>,
+    /// The background commit thread (its stop flag is `Shared::committer`).
+    committer: Option<JoinHandle<()>>,
 }
 
 impl BtreeEngine {
@@ -159,16 +155,26 @@ impl BtreeEngine {
     /// second opener gets [`EngineError::Locked`] and nothing is touched.
     pub fn open(dir: &Path, options: &EngineOptions) -> Result<BtreeEngine, EngineError> {
         let shared = Arc::new(Shared::open(dir, options)?);
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let interval = Duration::from_millis(options.flush_interval_ms.max(1));
         let thread = {
-            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("btree-commit".into())
-                .spawn(move || commit_periodically(&shared, &stop, interval))
+                .spawn(move || commit_periodically(&shared, interval))
                 .map_err(EngineError::io("starting the commit thread"))?
         };
-        Ok(BtreeEngine { shared, committer: Some(Committer { stop, thread }) })
+        Ok(BtreeEngine { shared, committer: Some(thread) })
+    }
+
+    /// Times the commit thread woke from sleeping until a write, since open; it stays put
+    /// while nothing is written. For tests.
+    pub fn for_testing_committer_wakes(&self) -> u64 {
+        self.shared.committer.idle_wakes()
+    }
+
+    /// Commits written since open (by `sync` callers and the commit thread). For tests.
+    pub fn for_testing_commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     /// Walk the whole tree and check its invariants: keys ordered within and across pages and
@@ -183,10 +189,9 @@ impl BtreeEngine {
 impl Drop for BtreeEngine {
     fn drop(&mut self) {
         if let Some(committer) = self.committer.take() {
-            *committer.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            committer.stop.1.notify_all();
+            self.shared.committer.stop();
             // A panic in the thread has already been reported; nothing more to do here.
-            let _ = committer.thread.join();
+            let _ = committer.join();
         }
     }
 }
@@ -207,11 +212,15 @@ impl StorageEngine for BtreeEngine {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
-        self.shared.put(key, value)
+        let result = self.shared.put(key, value);
+        self.shared.wrote();
+        result
     }
 
     fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
-        self.shared.delete(key)
+        let result = self.shared.delete(key);
+        self.shared.wrote();
+        result
     }
 
     fn scan_prefix(
@@ -256,6 +265,11 @@ struct Shared {
     failed: AtomicBool,
     /// Commits written since open.
     commits: std::sync::atomic::AtomicU64,
+    /// Calls that may have changed the tree since open (puts and deletes): the counter the
+    /// commit thread sleeps on while nothing changes ([`crate::idle`]).
+    writes: std::sync::atomic::AtomicU64,
+    /// The commit thread's stop flag and sleeps.
+    committer: Background,
 }
 
 impl std::fmt::Debug for Shared {
@@ -321,6 +335,13 @@ impl Shared {
 
     fn cache(&self) -> MutexGuard<'_, PageCache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a put or delete (the tree lock let go): count it, and wake the commit thread if
+    /// it sleeps until a write.
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.committer.wake_if_idle();
     }
 
     fn check_failed(&self) -> Result<(), EngineError> {

@@ -46,6 +46,8 @@ impl Shared {
             commit_done: Condvar::new(),
             failed: AtomicBool::new(false),
             commits: std::sync::atomic::AtomicU64::new(0),
+            writes: std::sync::atomic::AtomicU64::new(0),
+            committer: crate::idle::Background::default(),
         };
         let (meta, (free, held)) = engine.recover()?;
         let tree = engine.tree.get_mut().unwrap_or_else(|p| p.into_inner());

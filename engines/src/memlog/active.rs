@@ -32,14 +32,16 @@
 //!
 //! ## After a failure
 //! After a failed write the tail of the file is unknown, so the active segment refuses every
-//! later append; only reopening (recovery) makes the log writable again. The same after a roll
+//! later append; only reopening (recovery) makes the log writable again. After a failed
+//! `fdatasync` likewise: no later write could ever be acknowledged as durable, so appends are
+//! refused from the moment the flusher recorded the failure, not only the next `sync`. The same after a roll
 //! whose next segment cannot be made (a full disk): it seals nothing, but the log is failed, so
 //! that a full disk turns the engine read-only until it is reopened with room to go on.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::format::{
@@ -77,8 +79,6 @@ pub(super) struct Active {
     /// Segments sealed by a roll and not yet known durable, oldest first: the flusher writes
     /// their last bytes (seal record included) and fdatasyncs them before the active segment.
     pub(super) sealed: Vec<Sealed>,
-    /// Set after a write failed: the file's tail is unknown, so appends are refused.
-    pub(super) failed: bool,
 }
 
 /// A segment a roll sealed whose seal is not yet durable (see the module documentation).
@@ -155,9 +155,7 @@ impl MemLog {
         assert!(key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX, "checked sizes");
         let len = record_bytes(key.len(), value.len());
         let mut active = lock(&self.shared.active);
-        if active.failed {
-            return Err(failed_error());
-        }
+        self.shared.check_writable()?;
         if active.end + len + SEAL_RECORD_BYTES as u64 > active.capacity {
             self.shared.roll(&mut active, len)?;
         }
@@ -165,10 +163,11 @@ impl MemLog {
         let pending_before = active.pending.len();
         encode_record(kind, key, value, &mut active.pending);
         active.end += len;
-        // Counted under the lock, so that a flush that reads the count has the bytes too.
-        self.shared.appended.fetch_add(1, Ordering::Release);
+        // Counted under the lock, so that a flush that reads the count has the bytes too;
+        // sequentially consistent for the flusher's idle handshake (`crate::idle`).
+        self.shared.appended.fetch_add(1, Ordering::SeqCst);
         if active.pending.len() >= PENDING_BYTES_MAX {
-            write_pending(&mut active)?;
+            write_pending(&mut active, &self.shared.write_failed)?;
         } else if pending_before < PENDING_WAKE_BYTES && active.pending.len() >= PENDING_WAKE_BYTES
         {
             self.shared.flush_wanted.notify_one();
@@ -176,6 +175,7 @@ impl MemLog {
         let half_full = active.end * 100 >= active.capacity * SPARE_START_PERCENT;
         let next = active.segment.id + 1;
         drop(active);
+        self.shared.wake_idle_flusher();
         if half_full {
             self.shared.want_spare(next);
         }
@@ -188,11 +188,23 @@ impl MemLog {
     /// for the disk unless the spare is not ready).
     pub fn roll(&self) -> Result<u32, EngineError> {
         let mut active = lock(&self.shared.active);
-        if active.failed {
-            return Err(failed_error());
-        }
+        self.shared.check_writable()?;
         self.shared.roll(&mut active, 0)?;
         Ok(active.segment.id)
+    }
+}
+
+impl Shared {
+    /// Refuse to append after a failed write (the file's tail is unknown) or a failed
+    /// `fdatasync` (no later write could be acknowledged as durable): see "After a failure".
+    fn check_writable(&self) -> Result<(), EngineError> {
+        if self.write_failed.load(Ordering::Acquire) {
+            return Err(failed_error());
+        }
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(self.sync_failure());
+        }
+        Ok(())
     }
 }
 
@@ -204,26 +216,27 @@ pub(super) fn failed_error() -> EngineError {
 }
 
 /// Write the pending buffers (the sealed segments', then the active one's) to their files
-/// and move their readable marks.
-fn write_pending(active: &mut Active) -> Result<(), EngineError> {
-    write_pending_with(active, None)
+/// and move their readable marks. A failed write sets `failed` (the log's `write_failed`).
+fn write_pending(active: &mut Active, failed: &AtomicBool) -> Result<(), EngineError> {
+    write_pending_with(active, failed, None)
 }
 
 /// [`write_pending`], through `ring` when there is one (the flusher's io_uring). A failed
-/// write makes the log failed.
+/// write makes the log failed. Called with the active lock held.
 pub(super) fn write_pending_with(
     active: &mut Active,
+    failed: &AtomicBool,
     mut ring: Option<&mut sys::Uring>,
 ) -> Result<(), EngineError> {
-    let Active { segment, end, pending, sealed, failed, .. } = active;
+    let Active { segment, end, pending, sealed, .. } = active;
     for old in sealed.iter_mut() {
         if let Err(e) = write_bytes(&old.segment, &mut old.pending, old.end, ring.as_deref_mut()) {
-            *failed = true;
+            failed.store(true, Ordering::Release);
             return Err(e);
         }
     }
     if let Err(e) = write_bytes(segment, pending, *end, ring) {
-        *failed = true;
+        failed.store(true, Ordering::Release);
         return Err(e);
     }
     if pending.capacity() > 4 * PENDING_BYTES_MAX {
@@ -281,7 +294,7 @@ impl Shared {
             Err(e) => {
                 // Nothing is sealed, but the log cannot go on: failed, as after a failed
                 // write, until it is reopened (which `Recovering` does once there is room).
-                active.failed = true;
+                self.write_failed.store(true, Ordering::Release);
                 return Err(e);
             }
         };
@@ -297,10 +310,10 @@ impl Shared {
         // Memory held by unwritten sealed bytes stays bounded like the pending buffer's.
         let unwritten: usize = active.sealed.iter().map(|s| s.pending.len()).sum();
         if unwritten >= PENDING_BYTES_MAX {
-            write_pending(active)?;
+            write_pending(active, &self.write_failed)?;
         }
         // The seal's fdatasync, soon; and the next spares, at once.
-        self.flush_wanted.notify_one();
+        self.flush_soon();
         self.want_spare(id + SPARES_AHEAD);
         Ok(())
     }

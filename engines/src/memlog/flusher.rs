@@ -7,8 +7,16 @@
 //! needs is durable and is woken on its own. The thread makes its two calls as plain system
 //! calls or through an io_uring of its own ([`crate::FlusherBackend`]).
 //!
-//! A failed write or `fdatasync` is never retried into success: the failure is recorded and
-//! every later `sync` reports it until the log is reopened.
+//! ## Idle logs cost nothing
+//! A flusher with nothing appended since its last flush sleeps without a timeout
+//! ([`crate::idle`]): the first append after that wakes it once, and it then waits the flush
+//! interval before it flushes, exactly as a busy flusher does, so group commit and the window a
+//! crash may lose are unchanged. A `sync` caller, a roll (whose seal is synced at once) and
+//! shutdown wake it too. A node has many logs (one per bucket and the hint store), most of
+//! them idle; without this each would wake every `flush_interval_ms` for nothing.
+//!
+//! A failed write or `fdatasync` is never retried into success: the failure is recorded, and
+//! every later `sync` and `append` is refused with it until the log is reopened.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -25,6 +33,8 @@ pub(super) struct SyncState {
     pub(super) synced: u64,
     /// The highest append count a waiting `sync` caller asked for.
     wanted: u64,
+    /// A roll sealed a segment since the last flush: flush now, so the seal is durable soon.
+    pub(super) rolled: bool,
     pub(super) shutdown: bool,
     /// Set when a write or fdatasync failed; every later `sync` fails with it.
     failed: Option<(io::ErrorKind, String)>,
@@ -38,6 +48,10 @@ impl MemLog {
     /// `fdatasync` (group commit).
     pub fn sync(&self) -> Result<(), EngineError> {
         let target = self.shared.appended.load(Ordering::Acquire);
+        if self.shared.sync_failed.load(Ordering::Acquire) {
+            // Refused even with nothing new to sync: the log acknowledges nothing more.
+            return Err(self.shared.sync_failure());
+        }
         if self.shared.synced.load(Ordering::Acquire) >= target {
             return Ok(());
         }
@@ -56,12 +70,7 @@ impl MemLog {
                 return Ok(());
             }
             if self.shared.sync_failed.load(Ordering::Acquire) {
-                let state = lock(&self.shared.sync);
-                let (kind, message) = state.failed.clone().expect("failure recorded");
-                return Err(EngineError::Io {
-                    during: "group commit",
-                    source: io::Error::new(kind, message),
-                });
+                return Err(self.shared.sync_failure());
             }
             // Woken by the flusher once `synced` covers `target` or the log failed; a
             // spurious wake-up just goes round again.
@@ -76,6 +85,19 @@ impl MemLog {
     pub fn syncs(&self) -> u64 {
         self.shared.syncs.load(Ordering::Relaxed)
     }
+
+    /// Records appended since open: a counter that moves with every append (read
+    /// sequentially consistent, so an engine's background thread can sleep until it moves,
+    /// see `crate::idle`).
+    pub fn appended(&self) -> u64 {
+        self.shared.appended.load(Ordering::SeqCst)
+    }
+
+    /// Times the flusher thread woke from a wait since open; it stays put while nothing is
+    /// appended. For tests.
+    pub fn for_testing_flusher_wakes(&self) -> u64 {
+        self.shared.flusher_wakes.load(Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -89,10 +111,10 @@ impl Shared {
     ) -> Result<u64, EngineError> {
         let (sealed, target, segment, written) = {
             let mut active = lock(&self.active);
-            if active.failed {
+            if self.write_failed.load(Ordering::Acquire) {
                 return Err(failed_error());
             }
-            write_pending_with(&mut active, ring.as_deref_mut())?;
+            write_pending_with(&mut active, &self.write_failed, ring.as_deref_mut())?;
             let sealed: Vec<(Arc<Segment>, u64)> =
                 active.sealed.iter().map(|s| (Arc::clone(&s.segment), s.end)).collect();
             let target = self.appended.load(Ordering::Acquire);
@@ -123,16 +145,6 @@ impl Shared {
             if state.shutdown {
                 return;
             }
-            if state.wanted <= state.synced {
-                let (guard, _) = self
-                    .flush_wanted
-                    .wait_timeout(state, interval)
-                    .unwrap_or_else(|p| p.into_inner());
-                state = guard;
-                if state.shutdown {
-                    return;
-                }
-            }
             if state.failed.is_some() {
                 // Nothing more can be made durable; wake waiters so they see the failure.
                 for (_, waiter) in state.waiters.drain(..) {
@@ -141,6 +153,24 @@ impl Shared {
                 state = self.flush_wanted.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
+            if state.wanted <= state.synced && !state.rolled {
+                // No one waits: with nothing appended since the last flush, sleep until
+                // something happens (see the module documentation), else wait the interval.
+                let idle = self.nothing_appended(state.synced);
+                state = if idle {
+                    self.flush_wanted.wait(state).unwrap_or_else(|p| p.into_inner())
+                } else {
+                    let waited = self.flush_wanted.wait_timeout(state, interval);
+                    waited.map_or_else(|p| p.into_inner().0, |(guard, _)| guard)
+                };
+                self.flusher_idle.clear();
+                self.flusher_wakes.fetch_add(1, Ordering::Relaxed);
+                if idle || state.shutdown {
+                    // Look again: an append starts the interval, a caller or roll flushes now.
+                    continue;
+                }
+            }
+            state.rolled = false;
             let synced = state.synced;
             drop(state);
             let result = self.flush(synced, ring.as_mut());
@@ -150,13 +180,7 @@ impl Shared {
                     state.synced = state.synced.max(target);
                     self.synced.store(state.synced, Ordering::Release);
                 }
-                Err(e) => {
-                    let source = std::error::Error::source(&e)
-                        .and_then(|s| s.downcast_ref::<io::Error>())
-                        .map_or(io::ErrorKind::Other, io::Error::kind);
-                    state.failed = Some((source, e.to_string()));
-                    self.sync_failed.store(true, Ordering::Release);
-                }
+                Err(e) => self.record_failure(&mut state, &e),
             }
             let synced = state.synced;
             let failed = state.failed.is_some();
@@ -174,6 +198,50 @@ impl Shared {
             }
             state = lock(&self.sync);
         }
+    }
+}
+
+impl Shared {
+    /// Whether nothing was appended past `synced`, the append count of the last flush. When
+    /// so, the flusher's idle flag is up on return (the handshake of [`crate::idle`]; called
+    /// with the `sync` lock held), and the flusher may sleep until an append wakes it.
+    fn nothing_appended(&self, synced: u64) -> bool {
+        if self.appended.load(Ordering::Acquire) > synced {
+            return false;
+        }
+        self.flusher_idle.announce();
+        self.appended.load(Ordering::SeqCst) <= synced
+    }
+
+    /// Wake the flusher if it sleeps until the next append; called after an append counted.
+    pub(super) fn wake_idle_flusher(&self) {
+        if self.flusher_idle.take() {
+            let _state = lock(&self.sync);
+            self.flush_wanted.notify_one();
+        }
+    }
+
+    /// Ask the flusher to flush now (a roll sealed a segment). Called with the active lock
+    /// held (the active lock comes before the `sync` lock).
+    pub(super) fn flush_soon(&self) {
+        lock(&self.sync).rolled = true;
+        self.flush_wanted.notify_one();
+    }
+
+    /// Record that a flush failed: every later `sync` and `append` is refused with it.
+    pub(super) fn record_failure(&self, state: &mut SyncState, e: &EngineError) {
+        let source = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .map_or(io::ErrorKind::Other, io::Error::kind);
+        state.failed = Some((source, e.to_string()));
+        self.sync_failed.store(true, Ordering::Release);
+    }
+
+    /// The error a `sync` or `append` gets once a flush failed.
+    pub(super) fn sync_failure(&self) -> EngineError {
+        let state = lock(&self.sync);
+        let (kind, message) = state.failed.clone().expect("failure recorded");
+        EngineError::Io { during: "group commit", source: io::Error::new(kind, message) }
     }
 }
 

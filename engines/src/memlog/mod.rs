@@ -17,7 +17,9 @@
 //! returns its [`Location`] at once: the record is visible to [`MemLog::read`] immediately
 //! (from the pending buffer until it is written). A flusher thread, one per log, does the
 //! `write` of the pending bytes and then one `fdatasync` for every writer at once: on its
-//! own every `flush_interval_ms`, and at once when a caller of [`MemLog::sync`] waits.
+//! own every `flush_interval_ms` while there are appends to flush, and at once when a caller
+//! of [`MemLog::sync`] waits. A log with nothing to flush keeps its flusher asleep, without a
+//! timer, until the next append (`flusher.rs`), so idle logs cost no CPU.
 //! The flusher makes those two calls as plain system calls, or through an io_uring of its
 //! own ([`crate::FlusherBackend`]).
 //! Concurrent `sync` callers share one `fdatasync`; a caller that arrives while one is in
@@ -76,6 +78,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
 use crate::data_dir::{sync_dir, DirLock};
+use crate::idle::Idle;
 use crate::{EngineError, FlusherBackend};
 
 pub use active::PENDING_BYTES_MAX;
@@ -156,14 +159,25 @@ struct Shared {
     /// Every segment in id order; the last one is the active segment.
     segments: RwLock<Vec<Arc<Segment>>>,
     active: Mutex<Active>,
-    /// Records appended so far (the sequence `sync` waits for).
+    /// Records appended so far (the sequence `sync` waits for). Bumped sequentially
+    /// consistent: it is the work counter of the flusher's idle handshake ([`crate::idle`]).
     appended: AtomicU64,
     sync: Mutex<SyncState>,
     flush_wanted: Condvar,
+    /// Up while the flusher sleeps until the next append (nothing appended since its last
+    /// flush); the first append after that wakes it.
+    flusher_idle: Idle,
+    /// Times the flusher woke from a wait (its timer, an append after idle, a `sync` caller, a
+    /// roll), since open.
+    flusher_wakes: AtomicU64,
     /// `SyncState::synced`, readable without the lock (a woken or lucky caller checks it).
     synced: AtomicU64,
     /// Set with `SyncState::failed`, readable without the lock.
     sync_failed: AtomicBool,
+    /// Set after a write to a segment failed (its tail is unknown) or a roll could not make
+    /// the next segment: appends are refused. Set and checked under the active lock, read
+    /// without it by [`MemLog::failed`] (asked on every write by the node).
+    write_failed: AtomicBool,
     /// The next segment, made ahead of time by the preparer thread (see `active.rs`).
     spare: Mutex<SpareState>,
     /// Signalled when a spare is asked for, made, or failed, and at shutdown.
@@ -308,11 +322,13 @@ impl MemLog {
                 end,
                 pending: Vec::new(),
                 sealed: Vec::new(),
-                failed: false,
             }),
+            write_failed: AtomicBool::new(false),
             appended: AtomicU64::new(0),
             sync: Mutex::new(SyncState::default()),
             flush_wanted: Condvar::new(),
+            flusher_idle: Idle::default(),
+            flusher_wakes: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             sync_failed: AtomicBool::new(false),
             spare: Mutex::new(SpareState::new(active_id)),
@@ -453,7 +469,8 @@ impl MemLog {
     /// Whether a write or a sync failed: then the log refuses every append and sync (a failed
     /// fsync is never retried into success) until it is reopened from its files.
     pub fn failed(&self) -> bool {
-        lock(&self.shared.active).failed || self.shared.sync_failed.load(Ordering::Acquire)
+        self.shared.write_failed.load(Ordering::Acquire)
+            || self.shared.sync_failed.load(Ordering::Acquire)
     }
 
     /// Write to `dest` (a new directory) the files of this log as a power loss would leave
@@ -675,6 +692,63 @@ mod tests {
         assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
         assert!(!segment_path(copy.path(), 2).exists(), "recovery deleted the spare");
         assert_eq!(log.append(RecordKind::Put, b"k", b"v").unwrap().segment, 1);
+    }
+
+    /// An idle log's flusher never wakes: its wake-up count stays 0 over many flush
+    /// intervals. The first append wakes it and is flushed without any `sync` caller; once
+    /// flushed, the count stops again.
+    #[test]
+    fn an_idle_flusher_sleeps_until_an_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = MemLogOptions { flush_interval_ms: 1, ..MemLogOptions::default() };
+        let log =
+            MemLog::open(dir.path(), lock_dir(dir.path()).unwrap(), options, &mut Collect(vec![]))
+                .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(log.for_testing_flusher_wakes(), 0, "no wake-up while nothing is appended");
+        log.append(RecordKind::Put, b"k", b"v").unwrap();
+        // Made durable by the flusher on its own: no one calls `sync`.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while log.syncs() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the append was never flushed");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        log.sync().unwrap();
+        let wakes = log.for_testing_flusher_wakes();
+        assert!(wakes >= 1, "the append woke the flusher");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(log.for_testing_flusher_wakes(), wakes, "idle again after the flush");
+        // A roll with nothing appended since wakes it to make the seal durable.
+        let before = *lock(&log.shared.durable);
+        log.roll().unwrap();
+        while *lock(&log.shared.durable) == before {
+            assert!(std::time::Instant::now() < deadline, "the seal was never synced");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(log.for_testing_flusher_wakes() > wakes, "the roll woke the flusher");
+    }
+
+    /// Once a flush failed (an `fdatasync` error, recorded as the flusher records it), every
+    /// later append, roll and sync is refused, not only the next sync.
+    #[test]
+    fn a_failed_flush_refuses_every_later_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 64 << 10);
+        log.append(RecordKind::Put, b"before", b"v").unwrap();
+        log.sync().unwrap();
+        let injected = EngineError::io("fdatasync segment")(std::io::Error::other("injected"));
+        log.shared.record_failure(&mut lock(&log.shared.sync), &injected);
+        assert!(log.failed());
+        assert!(matches!(log.append(RecordKind::Put, b"after", b"v"), Err(EngineError::Io { .. })));
+        assert!(matches!(log.roll(), Err(EngineError::Io { .. })));
+        assert!(matches!(log.sync(), Err(EngineError::Io { .. })));
+        assert_eq!(
+            log.read(Location { segment: 1, offset: SEGMENT_HEADER_BYTES as u32 }, |r| r
+                .key
+                .to_vec())
+                .unwrap(),
+            b"before"
+        );
     }
 
     /// With the io_uring flusher (where this kernel allows io_uring), synced appends survive
