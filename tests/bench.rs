@@ -242,6 +242,41 @@ fn reference_run_reports_real_fields() {
     assert!(written.hgrm.iter().any(|p| p.ends_with("r-reference.hgrm")));
 }
 
+/// `--cart-items` fills each cart before the run: the run on carts of 80 items is clean, says
+/// their size, and reports the CPU the process used (the generator's thread apart, a part).
+#[test]
+fn cart_runs_on_filled_carts_and_reports_cpu() {
+    let out = tempfile::tempdir().unwrap();
+    let args = bench_args(&[
+        "--nodes",
+        "1",
+        "--workload",
+        "cart",
+        "--cart-items",
+        "80",
+        "--rate",
+        "300",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--keys",
+        "20",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--label",
+        "c",
+    ]);
+    let report = execute(&args, Vec::new()).unwrap().report.unwrap();
+    assert_eq!(report.workload.cart_items, Some(80));
+    let store = &report.runs[0];
+    assert_eq!(store.answered, 300);
+    assert_eq!(store.error_count(), 0, "{:?}", store.errors);
+    assert!(store.ops.contains_key("cart-add") && store.ops.contains_key("cart-show"));
+    let (cpu, generator) = (store.cpu_s.unwrap(), store.generator_cpu_s.unwrap());
+    assert!(cpu > 0.0 && generator > 0.0 && generator <= cpu, "{cpu} {generator}");
+}
+
 /// A sweep runs its steps in order and reports them, with the highest passing rate.
 #[test]
 fn sweep_reports_steps() {

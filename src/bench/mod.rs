@@ -115,6 +115,10 @@ pub struct BenchArgs {
     /// Bytes of each value written.
     #[arg(long, default_value_t = 1024)]
     pub value_bytes: usize,
+    /// Items each cart holds before the run (cart workload): the run's operations touch the
+    /// first 64, the others only make the cart as large as asked
+    #[arg(long, default_value_t = 1)]
+    pub cart_items: u64,
     /// Storage engine of the bucket under test (embedded nodes).
     #[arg(long, default_value = "log")]
     pub engine: String,
@@ -472,6 +476,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
             value_bytes: args.value_bytes,
             distribution: args.distribution.name().to_string(),
             zipf_theta: args.zipf_theta,
+            cart_items: args.workload.is_cart().then_some(args.cart_items.max(1)),
         },
         schedule: ScheduleReport {
             rate_per_s: plan.schedule.rate_per_s,
@@ -518,7 +523,8 @@ async fn measure(
     .with_prefix(&plan.prefix);
     store.prepare_keys(args.keys, args.workload.is_cart());
     progress.set_message(format!("preloading {} keys", args.keys));
-    let (failed, first) = store.preload(args.keys, args.workload.is_cart()).await;
+    let cart_items = args.workload.is_cart().then_some(args.cart_items.max(1));
+    let (failed, first) = store.preload(args.keys, cart_items).await;
     if let Some(e) = first {
         return Err(format!("preloading failed for {failed} of {} keys: {e}", args.keys));
     }
@@ -785,7 +791,10 @@ fn write_outputs(
         _ => "round-robin routing (nodes forward)",
     };
     let values = if report.bucket.resolver == "cart" {
-        "carts of items".to_string()
+        match report.workload.cart_items {
+            Some(items) => format!("carts of {items} item(s) each before the run"),
+            None => "carts of items".to_string(),
+        }
     } else {
         format!("{} B values", report.workload.value_bytes)
     };

@@ -301,6 +301,9 @@ pub struct WorkloadReport {
     pub distribution: String,
     /// The zipfian theta.
     pub zipf_theta: f64,
+    /// Items in each cart before the run (`cart`; absent otherwise and in older files).
+    #[serde(default)]
+    pub cart_items: Option<u64>,
 }
 
 /// The schedule.

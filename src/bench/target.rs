@@ -439,12 +439,18 @@ impl Store {
 
     /// Write every key once (a cart: one item added) so that reads find values. Returns the
     /// number of failed writes and the first error.
-    pub async fn preload(&self, keys: u64, carts: bool) -> (u64, Option<crate::Error>) {
+    pub async fn preload(&self, keys: u64, cart_items: Option<u64>) -> (u64, Option<crate::Error>) {
         use futures::StreamExt;
         let writes = (0..keys).map(|i| {
-            let (key, ops) = if carts {
+            let (key, ops) = if let Some(items) = cart_items {
                 let item = item_name(i % super::workload::CART_ITEMS);
-                (super::workload::cart_name(i), vec![Op::CartAdd { item, quantity: 1 }])
+                // The run touches items of the first 64 names only; these fill the cart.
+                let fill = (1..items).map(|j| Op::CartAdd {
+                    item: format!("fill-{j:06}").into_bytes(),
+                    quantity: 1,
+                });
+                let ops = std::iter::once(Op::CartAdd { item, quantity: 1 }).chain(fill);
+                (super::workload::cart_name(i), ops.collect())
             } else {
                 (super::workload::key_name(i), Vec::new())
             };
