@@ -594,22 +594,13 @@ where
     result
 }
 
-/// The nice value [`prioritize`] gives the generator's thread.
-pub const GENERATOR_NICE: i32 = -10;
-
-/// Run the calling thread (the generator's) ahead of the process's other threads: at nice
-/// [`GENERATOR_NICE`], so that a request due is sent when it is due, not after a node's
-/// thread that shares the CPU finishes its time slice (with embedded nodes on a small
-/// machine, that wait was most of the send lag). Linux keeps nice values per thread; threads
-/// this one starts afterwards inherit it. The nice value it runs at, or `None` when the
-/// process may not raise it (no CAP_SYS_NICE). Its timers are also made exact (a timer
-/// slack of 1 ns instead of the default 50 µs, which anyone may set), so the pacer's
-/// `timerfd` fires when asked.
-pub fn prioritize() -> Option<i32> {
+/// Make the calling thread's (the generator's) timers exact: a timer slack of 1 ns instead
+/// of the default 50 µs, so the pacer's `timerfd` fires when asked. (Raising the thread's
+/// priority as well was tried: at nice -10 it preempted the embedded nodes' threads at every
+/// send and answer, and p99.9 at 10 000/s grew from 6 to 8 ms to 30 to 49 ms with no less
+/// send lag; docs/BENCHMARKS.md, "Replica calls in batches".)
+pub fn precise_timers() {
     let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
-    let me = rustix::thread::gettid();
-    rustix::process::setpriority_process(Some(me), GENERATOR_NICE).ok()?;
-    Some(GENERATOR_NICE)
 }
 
 /// CPU seconds (user + system) this process has used since it started, every thread.

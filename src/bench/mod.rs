@@ -414,7 +414,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
         return Ok(Written { json: None, hgrm: Vec::new(), plots: vec![plot], report: None });
     }
     let plan = Plan::new(args, unix_time_s)?;
-    let mut machine = Machine::now();
+    let machine = Machine::now();
 
     let progress = progress_bar();
     let (cluster, addresses, credentials) = if args.cluster.is_empty() {
@@ -428,9 +428,7 @@ pub fn execute(args: &BenchArgs, command: Vec<String>) -> Result<Written, String
         (None, args.cluster.clone(), args.cluster_credentials.clone())
     };
     let security = if credentials.ca_pem.is_some() { "tls" } else { "insecure" }.to_string();
-    // Only now, with the embedded nodes' threads started (a thread starts at its creator's
-    // priority): the generator's thread alone runs ahead of them.
-    machine.generator_nice = generator::prioritize();
+    generator::precise_timers();
     let measured =
         crate::client::block_on(measure(args, &plan, &addresses, &credentials, &progress));
     progress.finish_and_clear();
@@ -811,13 +809,7 @@ fn write_outputs(
         let cpus = report.machine.cpus;
         let busy =
             if load > 0.5 * cpus as f64 { " (busy: other work shares the CPUs)" } else { "" };
-        let generator = match report.machine.generator_nice {
-            Some(nice) => format!("the generator's thread at nice {nice}"),
-            None => "the generator's thread could not be given priority (CAP_SYS_NICE): its \
-                     send lag includes waits behind other threads"
-                .to_string(),
-        };
-        println!("machine: {cpus} CPUs, load average {load:.2} at the start{busy}; {generator}\n");
+        println!("machine: {cpus} CPUs, load average {load:.2} at the start{busy}\n");
     }
     match &report.sweep {
         Some(sweep) => {

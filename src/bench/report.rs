@@ -233,10 +233,6 @@ pub struct Machine {
     /// The 1-minute load average when the run started (Linux), to tell a quiet machine from
     /// a busy one.
     pub load_average_1m: Option<f64>,
-    /// The nice value the generator's sending thread ran at, when it could be raised
-    /// (see [`super::generator::prioritize`]); absent when it could not, and in older files.
-    #[serde(default)]
-    pub generator_nice: Option<i32>,
 }
 
 impl Machine {
@@ -249,7 +245,6 @@ impl Machine {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             os: std::env::consts::OS.to_string(),
             load_average_1m,
-            generator_nice: None,
         }
     }
 }
