@@ -125,26 +125,8 @@ impl Bucket {
     /// Whether `state` is a tombstone: it reads as not found, and only makes older writes
     /// lose ([`trees`], "Tombstones"). Undecodable states are not.
     pub fn is_tombstone(&self, state: &[u8]) -> bool {
-        is_tombstone(&*self.resolver, state)
+        trees::is_tombstone(&*self.resolver, state)
     }
-}
-
-/// Whether `state` of `resolver` reads as not found (a tombstone).
-fn is_tombstone(resolver: &dyn Resolver, state: &[u8]) -> bool {
-    match resolver.kind() {
-        // Decodes without copying the values.
-        ResolverKind::Siblings => {
-            cartwheel_resolvers::siblings::is_tombstone(state).unwrap_or(false)
-        }
-        // A counter always reads as a number.
-        ResolverKind::Pncounter => false,
-        _ => resolver.read(state).is_ok_and(|read| read.value.is_none()),
-    }
-}
-
-/// What a tree keeps of `key` holding `state`.
-fn summary(resolver: &dyn Resolver, key: &[u8], state: &[u8]) -> trees::Summary {
-    trees::Summary { hash: trees::entry_hash(key, state), tombstone: is_tombstone(resolver, state) }
 }
 
 /// The node's buckets, clock and limits.
@@ -415,7 +397,9 @@ impl Store {
     fn noted(&self, bucket: &Bucket, key: &[u8], state: Option<&[u8]>) {
         let partition = partition_of(key_hash(&bucket.name, key), self.partitions);
         let resolver = &*bucket.resolver;
-        bucket.trees().note(partition, key, || state.map(|state| summary(resolver, key, state)));
+        bucket
+            .trees()
+            .note(partition, key, || state.map(|state| trees::summary(resolver, key, state)));
     }
 
     /// Apply a client write for a key this node does not replicate, with the hint actor, to
@@ -657,7 +641,7 @@ impl Store {
         let resolver = Arc::clone(&bucket.resolver);
         let mut pace = Pace::new(self.scans.is_some(), trees::TREE_BUILD_KEYS_PER_SECOND);
         let visit = move |tree: &mut trees::PartitionTree, key: &[u8], state: &[u8]| {
-            tree.set(key, Some(summary(&*resolver, key, state)));
+            tree.set(key, Some(trees::summary(&*resolver, key, state)));
             pace.tick();
         };
         let scanned = self
@@ -665,7 +649,7 @@ impl Store {
             .await?;
         let mut failed = None;
         let reread = |key: &[u8]| match bucket.engine.get(&self.storage_key(&bucket.name, key)) {
-            Ok(state) => state.map(|state| summary(&*bucket.resolver, key, &state)),
+            Ok(state) => state.map(|state| trees::summary(&*bucket.resolver, key, &state)),
             Err(e) => {
                 failed = Some(e);
                 None

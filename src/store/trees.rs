@@ -46,6 +46,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use cartwheel_resolvers::{Resolver, ResolverKind};
 use md5::{Digest, Md5};
 
 /// Segments per partition tree.
@@ -81,6 +82,24 @@ pub fn entry_hash(key: &[u8], state: &[u8]) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first)
+}
+
+/// Whether `state` of `resolver` reads as not found (a tombstone).
+pub(super) fn is_tombstone(resolver: &dyn Resolver, state: &[u8]) -> bool {
+    match resolver.kind() {
+        // Decodes without copying the values.
+        ResolverKind::Siblings => {
+            cartwheel_resolvers::siblings::is_tombstone(state).unwrap_or(false)
+        }
+        // A counter always reads as a number.
+        ResolverKind::Pncounter => false,
+        _ => resolver.read(state).is_ok_and(|read| read.value.is_none()),
+    }
+}
+
+/// What a tree keeps of `key` holding `state`.
+pub(super) fn summary(resolver: &dyn Resolver, key: &[u8], state: &[u8]) -> Summary {
+    Summary { hash: entry_hash(key, state), tombstone: is_tombstone(resolver, state) }
 }
 
 /// What a tree holds of one key: its entry hash and whether its state is a tombstone.
