@@ -164,6 +164,12 @@ impl Resolver for Lww {
     }
 }
 
+/// Whether an `lww` state is a tombstone (a delete won), decoded without copying its value:
+/// the node asks it of every state it stores, to keep its anti-entropy trees.
+pub fn is_tombstone(state: &[u8]) -> Result<bool, ResolveError> {
+    Ok(State::decode(state)?.value.is_none())
+}
+
 /// A write's context must be one a read returned: none, or a 12-byte timestamp.
 fn check_context(context: &[u8]) -> Result<(), ResolveError> {
     if context.is_empty() || context.len() == TIMESTAMP_BYTES {
@@ -231,6 +237,8 @@ mod tests {
         assert_eq!(read.value, None);
         assert_eq!(read.context, Timestamp { physical_ms: 11, logical: 0 }.to_bytes().to_vec());
         assert_eq!(Lww.merge(&v, &d).unwrap(), d);
+        assert_eq!((is_tombstone(&v).unwrap(), is_tombstone(&d).unwrap()), (false, true));
+        assert!(is_tombstone(b"not a state").is_err());
     }
 
     /// Two concurrent writes: exactly one survives (the documented loss).

@@ -91,6 +91,7 @@ pub(super) fn is_tombstone(resolver: &dyn Resolver, state: &[u8]) -> bool {
         ResolverKind::Siblings => {
             cartwheel_resolvers::siblings::is_tombstone(state).unwrap_or(false)
         }
+        ResolverKind::Lww => cartwheel_resolvers::lww::is_tombstone(state).unwrap_or(false),
         // A counter always reads as a number.
         ResolverKind::Pncounter => false,
         _ => resolver.read(state).is_ok_and(|read| read.value.is_none()),
