@@ -81,14 +81,14 @@ fn lost_tail(bucket: &str, same_actor_after_restart: bool) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let (before, other_replica) = {
         let store = Store::open_with(&config(dir.path()), Actors::with_seed("n1", 1)).unwrap();
-        let (before, _) = store.write(bucket, KEY, &nth_write(bucket, 0)).unwrap();
-        let (after, _) = store.write(bucket, KEY, &nth_write(bucket, 1)).unwrap();
+        let before = store.write(bucket, KEY, &nth_write(bucket, 0)).unwrap().state;
+        let after = store.write(bucket, KEY, &nth_write(bucket, 1)).unwrap().state;
         (before, after)
     };
     let seed = if same_actor_after_restart { 1 } else { 2 };
     let store = Store::open_with(&config(dir.path()), Actors::with_seed("n1", seed)).unwrap();
     roll_back(&store, bucket, &before);
-    let (new, _) = store.write(bucket, KEY, &nth_write(bucket, 2)).unwrap();
+    let new = store.write(bucket, KEY, &nth_write(bucket, 2)).unwrap().state;
     merge_and_count(&store, bucket, &[&other_replica, &new], 3)
 }
 
@@ -98,7 +98,7 @@ fn handed_away_and_back(bucket: &str, drop_behind_the_stores_back: bool) -> u64 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_with(&config(dir.path()), Actors::with_seed("n1", 1)).unwrap();
     store.write(bucket, KEY, &nth_write(bucket, 0)).unwrap();
-    let (handed, _) = store.write(bucket, KEY, &nth_write(bucket, 1)).unwrap();
+    let handed = store.write(bucket, KEY, &nth_write(bucket, 1)).unwrap().state;
     if drop_behind_the_stores_back {
         let storage = storage_key(partition_of(key_hash(bucket, KEY), store.partitions()), KEY);
         store.bucket(bucket).unwrap().engine.delete(&storage).unwrap();
@@ -106,7 +106,7 @@ fn handed_away_and_back(bucket: &str, drop_behind_the_stores_back: bool) -> u64 
         assert!(store.delete_if_unchanged(bucket, KEY, &handed).unwrap());
     }
     assert_eq!(store.fetch(bucket, KEY).unwrap(), None);
-    let (new, _) = store.write(bucket, KEY, &nth_write(bucket, 2)).unwrap();
+    let new = store.write(bucket, KEY, &nth_write(bucket, 2)).unwrap().state;
     merge_and_count(&store, bucket, &[&handed, &new], 3)
 }
 
@@ -115,11 +115,11 @@ fn handed_away_and_back(bucket: &str, drop_behind_the_stores_back: bool) -> u64 
 fn hint_delivered_in_between(bucket: &str, forget_to_report_the_drop: bool) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_with(&config(dir.path()), Actors::with_seed("n1", 1)).unwrap();
-    let (first, _) = store.write_as_hint(bucket, KEY, None, &nth_write(bucket, 0)).unwrap();
+    let first = store.write_as_hint(bucket, KEY, None, &nth_write(bucket, 0)).unwrap().state;
     if !forget_to_report_the_drop {
         store.hint_dropped(bucket, &first).unwrap();
     }
-    let (second, _) = store.write_as_hint(bucket, KEY, None, &nth_write(bucket, 1)).unwrap();
+    let second = store.write_as_hint(bucket, KEY, None, &nth_write(bucket, 1)).unwrap().state;
     // A stray copy in the bucket's engine is never written on this path.
     assert_eq!(store.fetch(bucket, KEY).unwrap(), None);
     merge_and_count(&store, bucket, &[&first, &second], 2)
@@ -175,13 +175,13 @@ fn a_missing_copy_named_by_a_replica_takes_a_new_epoch() {
     for bucket in BUCKETS {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_with(&config(dir.path()), Actors::with_seed("n1", 1)).unwrap();
-        let (replicated, _) = store.write(bucket, KEY, &nth_write(bucket, 0)).unwrap();
+        let replicated = store.write(bucket, KEY, &nth_write(bucket, 0)).unwrap().state;
         let storage = storage_key(partition_of(key_hash(bucket, KEY), store.partitions()), KEY);
         store.bucket(bucket).unwrap().engine.delete(&storage).unwrap();
         let before = store.actors().actor(Role::Replica);
         store.merge(bucket, KEY, &replicated).unwrap();
         assert_ne!(store.actors().actor(Role::Replica), before, "{bucket}: no new epoch");
-        let (new, _) = store.write(bucket, KEY, &nth_write(bucket, 1)).unwrap();
+        let new = store.write(bucket, KEY, &nth_write(bucket, 1)).unwrap().state;
         assert_eq!(merge_and_count(&store, bucket, &[&replicated, &new], 2), 2, "{bucket}");
     }
 }

@@ -332,8 +332,7 @@ impl Cluster {
         let (sent, read, mut replication) = match here {
             Here::Coordinate => {
                 let replication = reserve()?;
-                let written =
-                    self.store.write_with_delta(bucket, key, &write).map_err(stored_or_failed)?;
+                let written = self.store.write(bucket, key, &write).map_err(stored_or_failed)?;
                 if dw > 0 {
                     self.sync_then_answer(&engine, &events);
                 } else {
@@ -344,8 +343,7 @@ impl Cluster {
             Here::AsHint { owner, counts } => {
                 let replication = reserve()?;
                 let hinted = self.hinted_state(bucket, key)?;
-                let written =
-                    self.store.write_as_hint_with_delta(bucket, key, hinted.as_deref(), &write)?;
+                let written = self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
                 let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
                 self.check_hint_owner(&owner)?;
                 self.hints

@@ -6,7 +6,7 @@
 //! read the key's state, let the resolver apply the write, store the new state; or merge a
 //! state a peer sent (replication, read repair, handoff).
 //!
-//! A CRDT write also gives the write's **delta** ([`Store::write_with_delta`],
+//! A CRDT write also gives the write's **delta** ([`Store::write`],
 //! [`Written::delta`]): the coordinator stores the whole new state and sends the delta, a
 //! state of its own that peers [`Store::merge`] like any other, so a large cart costs the
 //! change on the wire, not the cart. The write itself still reads and writes the whole state.
@@ -72,8 +72,8 @@ use crate::config::{BucketConfig, Config, Limits};
 use crate::error::Error;
 use crate::ring::{key_hash, partition_of, storage_key};
 
-/// A client write applied at this node ([`Store::write_with_delta`],
-/// [`Store::write_as_hint_with_delta`]).
+/// A client write applied at this node ([`Store::write`],
+/// [`Store::write_as_hint`]).
 #[derive(Clone, Debug)]
 pub struct Written {
     /// The key's new state, as stored (or kept as a hint).
@@ -354,25 +354,9 @@ impl Store {
     /// Apply a client write at this node as one of the key's primaries, to its state in the
     /// bucket's engine, with the replica actor; store the new state and return it with what a
     /// client reading it would see. The write is visible when this returns; durable after a
-    /// sync of the bucket's engine.
-    pub fn write(
-        &self,
-        bucket_name: &str,
-        key: &[u8],
-        write: &Write,
-    ) -> Result<(Vec<u8>, Read), Error> {
-        let written = self.write_with_delta(bucket_name, key, write)?;
-        Ok((written.state, written.read))
-    }
-
-    /// [`Store::write`], with the delta to replicate in place of the new state, if the
-    /// bucket's resolver has one (see `Resolver::apply_with_delta`).
-    pub fn write_with_delta(
-        &self,
-        bucket_name: &str,
-        key: &[u8],
-        write: &Write,
-    ) -> Result<Written, Error> {
+    /// sync of the bucket's engine. With the state comes the delta to replicate in place of
+    /// it, when the bucket's resolver has one (see `Resolver::apply_with_delta`).
+    pub fn write(&self, bucket_name: &str, key: &[u8], write: &Write) -> Result<Written, Error> {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
         let storage_key = self.storage_key(bucket_name, key);
@@ -405,20 +389,8 @@ impl Store {
     /// Apply a client write for a key this node does not replicate, with the hint actor, to
     /// `current`: the merge of every hint this node holds for the key. Stores nothing: the
     /// caller keeps the result as a hint before it yields, or the hint actor's history of the
-    /// key is incomplete.
+    /// key is incomplete. Like [`Store::write`], it gives the delta too.
     pub fn write_as_hint(
-        &self,
-        bucket_name: &str,
-        key: &[u8],
-        current: Option<&[u8]>,
-        write: &Write,
-    ) -> Result<(Vec<u8>, Read), Error> {
-        let written = self.write_as_hint_with_delta(bucket_name, key, current, write)?;
-        Ok((written.state, written.read))
-    }
-
-    /// [`Store::write_as_hint`], with the delta to replicate in place of the new state.
-    pub fn write_as_hint_with_delta(
         &self,
         bucket_name: &str,
         key: &[u8],

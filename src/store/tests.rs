@@ -21,7 +21,7 @@ fn partition_scans_find_their_partition_on_the_pool_and_on_the_caller() {
     for i in 0..200u32 {
         let key = format!("key-{i}").into_bytes();
         let write = Write::Put { value: i.to_be_bytes().to_vec(), context: Vec::new() };
-        let (state, _) = pool.write("b", &key, &write).unwrap();
+        let state = pool.write("b", &key, &write).unwrap().state;
         caller.merge("b", &key, &state).unwrap();
         let partition = partition_of(key_hash("b", &key), 8);
         expected[partition as usize].push((key, state));
@@ -140,7 +140,7 @@ fn states_stamped_too_far_ahead_are_refused() {
     assert_eq!(store.states_refused(), 2);
     // A client write after it is stamped past it, and wins.
     let write = Write::Put { value: b"mine".to_vec(), context: Vec::new() };
-    let (state, _) = store.write("b", b"k", &write).unwrap();
+    let state = store.write("b", b"k", &write).unwrap().state;
     assert_eq!(lww.merge(&honest, &state).unwrap(), state);
 }
 
