@@ -199,6 +199,24 @@ pub struct RunResult {
     /// Of those, the generator's own thread's (the sending thread: pacing, issuing, its
     /// connections' I/O).
     pub generator_cpu_s: Option<f64>,
+    /// The worst latency of the successful requests whose intended start fell in each
+    /// [`WORST_WINDOW_MS`] of the measured time, in nanoseconds (0 for a window with none):
+    /// a timeline that tells one long stall from a tail spread over the run.
+    pub worst_ns: Vec<u64>,
+}
+
+/// The width of one window of [`RunResult::worst_ns`], in milliseconds.
+pub const WORST_WINDOW_MS: u64 = 100;
+
+impl RunResult {
+    /// Note a successful request of `latency_ns` intended `since` after the warm-up ended.
+    pub fn note_worst(&mut self, since: Duration, latency_ns: u64) {
+        let window = (since.as_millis() / u128::from(WORST_WINDOW_MS)) as usize;
+        if window >= self.worst_ns.len() {
+            self.worst_ns.resize(window + 1, 0);
+        }
+        self.worst_ns[window] = self.worst_ns[window].max(latency_ns);
+    }
 }
 
 impl RunResult {
@@ -298,6 +316,7 @@ impl Recorder {
                 self.result.all.latency.saturating_record(latency);
                 self.result.all.service.saturating_record(service);
                 self.window.saturating_record(latency);
+                self.result.note_worst(intended - self.measure_from, latency);
             }
             Some(kind) => {
                 op.errors += 1;
@@ -526,6 +545,7 @@ where
             measured_s: 0.0,
             cpu_s: None,
             generator_cpu_s: None,
+            worst_ns: Vec::new(),
         },
         inflight: HashMap::new(),
         last_answer: None,

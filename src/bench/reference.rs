@@ -312,6 +312,7 @@ fn result(
         measured_s: 0.0,
         cpu_s: None,
         generator_cpu_s: None,
+        worst_ns: Vec::new(),
     };
     let mut last = measure_from;
     for (i, slot) in slots.iter().enumerate().skip(warmup as usize) {
@@ -347,6 +348,7 @@ fn result(
                 entry.service.saturating_record(service);
                 r.all.latency.saturating_record(latency);
                 r.all.service.saturating_record(service);
+                r.note_worst(Duration::from_nanos(intended.saturating_sub(measure_from)), latency);
             }
             Some(kind) => {
                 entry.errors += 1;

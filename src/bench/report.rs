@@ -146,6 +146,10 @@ pub struct RunReport {
     /// Of those, the generator's sending thread's (absent in older files).
     #[serde(default)]
     pub generator_cpu_s: Option<f64>,
+    /// The worst successful latency per 100 ms window of intended starts, in microseconds
+    /// (0 for a window with none): when in the run the tail happened (empty in older files).
+    #[serde(default)]
+    pub worst_us_per_100ms: Vec<f64>,
     /// Measured requests.
     pub requests: u64,
     /// Of those, answered (successfully or not).
@@ -179,6 +183,7 @@ impl RunReport {
             measured_s: r.measured_s,
             cpu_s: r.cpu_s,
             generator_cpu_s: r.generator_cpu_s,
+            worst_us_per_100ms: r.worst_ns.iter().map(|&ns| ns as f64 / 1e3).collect(),
             requests: r.requests,
             answered: r.answered,
             late: r.late,
@@ -492,11 +497,34 @@ pub fn table(runs: &[RunReport]) -> String {
                 per(cpu_s - generator_s)
             );
         }
+        if let Some(worst) = worst_windows(&run.worst_us_per_100ms, 3) {
+            let _ = writeln!(out, "{:<7} worst 100 ms windows (by intended start): {worst}", "");
+        }
         for warning in run.warnings() {
             let _ = writeln!(out, "{:<7} note: {warning}", "");
         }
     }
     out
+}
+
+/// The `count` windows of `worst_us` with the highest latency, worst first, as "at 6.3 s:
+/// 87.2 ms, …" (each window named by its start in the measured time); `None` if none.
+fn worst_windows(worst_us: &[f64], count: usize) -> Option<String> {
+    let mut windows: Vec<(usize, f64)> =
+        worst_us.iter().copied().enumerate().filter(|&(_, us)| us > 0.0).collect();
+    if windows.is_empty() {
+        return None;
+    }
+    windows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let text: Vec<String> = windows
+        .iter()
+        .take(count)
+        .map(|&(i, us)| {
+            let at_s = (i as u64 * super::generator::WORST_WINDOW_MS) as f64 / 1000.0;
+            format!("at {at_s:.1} s: {}", latency_text(us))
+        })
+        .collect();
+    Some(text.join(", "))
 }
 
 /// The sweep as a table.

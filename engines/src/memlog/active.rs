@@ -9,7 +9,7 @@
 //! its place. An appender does only the part of that which needs no disk: it encodes the seal
 //! record into the old segment's pending bytes, moves the old segment to the *sealed* queue of
 //! [`Active`], and switches to the *spare*, a segment file that the preparer thread made ahead
-//! of time: zero-filled, header written, fsynced, renamed to its final name, directory fsynced.
+//! of time: preallocated, header written, fsynced, renamed to its final name, directory fsynced.
 //! Writing the old segment's last bytes and its seal, and its `fdatasync`, are the flusher's
 //! (`flusher.rs`): it syncs every sealed segment, oldest first, before the active one, so a
 //! `sync` that returns has made durable every segment its records are in, seals included.
@@ -18,9 +18,8 @@
 //! nothing, even when one spare was slow to make.
 //!
 //! Only when the spare is not ready (appends outran the preparer, or it failed) does the roll
-//! wait for it, and the preparer then stops zero-filling and only preallocates the rest of the
-//! file; a record larger than a segment gets a segment of its own, made by the appender. Both
-//! are the exception, and both wait on the disk.
+//! wait for it; a record larger than a segment gets a segment of its own, made by the
+//! appender. Both are the exception, and both wait on the disk.
 //!
 //! ## Why a named spare is safe
 //! The spares for segments `n + 1` and `n + 2` carry their final names while `n` is still
@@ -92,17 +91,18 @@ pub(super) struct Sealed {
     pub(super) pending: Vec<u8>,
 }
 
-/// A segment file made ahead of the roll that will need it: written full of zeros (so its
-/// blocks are allocated *and initialized*), header written, fsynced, renamed to its final
-/// name and the directory fsynced (see "Why a named spare is safe" above).
+/// A segment file made ahead of the roll that will need it: preallocated, header written,
+/// fsynced, renamed to its final name and the directory fsynced (see "Why a named spare is
+/// safe" above).
 ///
-/// Why zeros rather than `posix_fallocate` alone: on ext4 and XFS a preallocated block is
-/// "unwritten", and the first write into it changes extent metadata, so the `fdatasync` that
-/// follows must commit the file system journal, about as slow as appending to a file. Writes
-/// into initialized blocks need no metadata, and their `fdatasync` is a plain data flush,
-/// which is what group commit latency is made of. The cost is writing each segment twice
-/// (zeros, then records), off the write path. A spare finished in a hurry (a roll is waiting
-/// for it) and the segment recovered at open are only preallocated past what was zeroed.
+/// Why not zeros: a spare used to be written full of zeros first, so that its blocks were
+/// initialized and an `fdatasync` after an append need not commit the extent change of a
+/// preallocated ("unwritten") block. Measured on ext4 (docs/BENCHMARKS.md, "Spare segments
+/// and the disk queue"), that saves about 0.1 ms at the p99.9 of one `fdatasync`, while the
+/// 64 MiB of zeros per segment (three spares at once in a 3-node process) queued in front of
+/// every other log's `fdatasync` and stalled them for 4-90 ms. Preallocation alone still
+/// reserves the blocks, so a full disk shows up when a segment is made, never as a fault on
+/// a mapped page.
 #[derive(Debug)]
 pub(super) struct Spare {
     pub(super) segment: Segment,
@@ -138,9 +138,6 @@ const SPARE_START_PERCENT: u64 = 50;
 /// (a slow fsync of the directory under load) does not make a roll wait. Each holds a
 /// segment's worth of disk space.
 const SPARES_AHEAD: u32 = 2;
-/// Bytes of zeros written per `write` call while filling a spare.
-const SPARE_FILL_CHUNK_BYTES: usize = 1 << 20;
-
 impl MemLog {
     /// Append one record and return where it starts. Visible to [`MemLog::read`] at once;
     /// durable after a later [`MemLog::sync`] returns. Waits on the disk only in the
@@ -331,8 +328,7 @@ impl Shared {
         self.spare_wanted.store(state.wanted, Ordering::Relaxed);
     }
 
-    /// The spare of segment `id`, waiting for the preparer (and hurrying it) if it is not
-    /// ready. `Ok(None)` only if the log is closing.
+    /// The spare of segment `id`, waiting for the preparer if it is not ready. `Ok(None)` only if the log is closing.
     fn take_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
         self.want_spare(id);
         let mut state = lock(&self.spare);
@@ -352,8 +348,7 @@ impl Shared {
                 return Ok(None);
             }
             // The preparer may be asleep (after a failure this roll's predecessor took): wake it
-            // to look again, and tell it that a roll waits.
-            self.spare_hurry.store(true, Ordering::Relaxed);
+            // to look again.
             self.spare_changed.notify_all();
             state = self.spare_changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
@@ -376,7 +371,6 @@ impl Shared {
             drop(state);
             let made = self.make_spare(id);
             state = lock(&self.spare);
-            self.spare_hurry.store(false, Ordering::Relaxed);
             state.made = state.made.max(id);
             match made {
                 Ok(Some(spare)) => {
@@ -401,38 +395,20 @@ impl Shared {
     /// Make the spare for segment `id` (see [`Spare`]). `Ok(None)` if the log began closing
     /// first.
     fn make_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
+        if lock(&self.spare).shutdown {
+            return Ok(None);
+        }
         let capacity = segment_capacity(&self.dir, self.options.segment_bytes_max, 0);
         let temp = self.dir.join(format!("{id:010}{SEGMENT_SUFFIX}.spare{TEMP_SUFFIX}"));
         let file = create_temp_file(&temp, "create spare segment")?;
-        let made = match self.fill_zeros(&file, capacity) {
-            Ok(true) => self.finish_spare(id, &temp, file, capacity).map(Some),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e),
-        };
-        if !matches!(made, Ok(Some(_))) {
+        let made = self.finish_spare(id, &temp, file, capacity);
+        if made.is_err() {
             let _ = fs::remove_file(&temp);
         }
-        Ok(made?.map(|segment| Spare { segment, capacity }))
+        Ok(Some(Spare { segment: made?, capacity }))
     }
 
-    /// Write zeros over `[0, capacity)` of `file` in chunks until done or a roll hurries the
-    /// preparer; false if the log began closing.
-    fn fill_zeros(&self, file: &fs::File, capacity: u64) -> Result<bool, EngineError> {
-        let zeros = vec![0u8; SPARE_FILL_CHUNK_BYTES];
-        let mut at = 0;
-        while at < capacity && !self.spare_hurry.load(Ordering::Relaxed) {
-            if lock(&self.spare).shutdown {
-                return Ok(false);
-            }
-            let len = (capacity - at).min(zeros.len() as u64) as usize;
-            file.write_all_at(&zeros[..len], at).map_err(EngineError::io("fill spare segment"))?;
-            at += len as u64;
-        }
-        Ok(true)
-    }
-
-    /// Header, the rest of the blocks allocated (past what was zeroed, if a roll hurried us),
-    /// fsync, rename to the segment's name, directory fsync, map.
+    /// Blocks allocated, header, fsync, rename to the segment's name, directory fsync, map.
     fn finish_spare(
         &self,
         id: u32,

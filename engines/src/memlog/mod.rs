@@ -91,7 +91,7 @@ pub use format::{
 pub use segment::ScanEnd;
 use segment::{
     create_segment, header_is_valid, list_segments, remove_segment_files, resume_segment,
-    scan_bytes, segment_capacity, segment_path, Segment,
+    retire_segments, scan_bytes, segment_capacity, segment_path, Segment,
 };
 
 /// Where a record starts: its segment and its byte offset in that segment.
@@ -182,8 +182,6 @@ struct Shared {
     spare: Mutex<SpareState>,
     /// Signalled when a spare is asked for, made, or failed, and at shutdown.
     spare_changed: Condvar,
-    /// Set by a roll waiting for the spare: the preparer stops zero-filling.
-    spare_hurry: AtomicBool,
     /// How far the log is known durable: (segment id, offset in it). Everything before it,
     /// and every segment with a smaller id, was fdatasynced ([`MemLog::durable_image`]).
     durable: Mutex<(u32, u64)>,
@@ -333,7 +331,6 @@ impl MemLog {
             sync_failed: AtomicBool::new(false),
             spare: Mutex::new(SpareState::new(active_id)),
             spare_changed: Condvar::new(),
-            spare_hurry: AtomicBool::new(false),
             spare_wanted: AtomicU32::new(0),
             syncs: AtomicU64::new(0),
             durable: Mutex::new((active_id, end)),
@@ -453,17 +450,19 @@ impl MemLog {
     }
 
     /// Delete sealed segments. Readers that are copying out of them finish first (their
-    /// mappings live until they let go); the files are unlinked and the directory fsynced.
+    /// mappings live until they let go); the files are renamed away, the directory fsynced,
+    /// and then freed in steps (`segment::retire_segments`).
     pub fn remove_segments(&self, ids: &[u32]) -> Result<(), EngineError> {
         let active = self.active_segment();
         assert!(!ids.contains(&active), "the active segment is never removed");
-        let removed: Vec<u32> = {
+        let removed: Vec<Arc<Segment>> = {
             let mut segments = self.shared.segments.write().unwrap_or_else(|p| p.into_inner());
-            let before: Vec<u32> = segments.iter().map(|s| s.id).collect();
-            segments.retain(|s| !ids.contains(&s.id));
-            before.into_iter().filter(|id| ids.contains(id)).collect()
+            let (removed, kept) =
+                std::mem::take(&mut *segments).into_iter().partition(|s| ids.contains(&s.id));
+            *segments = kept;
+            removed
         };
-        remove_segment_files(&self.shared.dir, &removed)
+        retire_segments(&self.shared.dir, removed)
     }
 
     /// Whether a write or a sync failed: then the log refuses every append and sync (a failed
@@ -692,6 +691,50 @@ mod tests {
         assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
         assert!(!segment_path(copy.path(), 2).exists(), "recovery deleted the spare");
         assert_eq!(log.append(RecordKind::Put, b"k", b"v").unwrap().segment, 1);
+    }
+
+    /// Removed segments leave no file behind once `remove_segments` returns, and the others
+    /// read back. A removal cut short (the renamed file still there, half cut, as a crash in
+    /// the middle of the steps leaves it) is deleted by the next open, which keeps every
+    /// remaining segment: the half-cut file no longer has a segment name, so it cannot end
+    /// the log.
+    #[test]
+    fn removed_segments_go_and_a_cut_short_removal_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 4096);
+        let mut at = Vec::new();
+        for i in 0..300u32 {
+            at.push(log.append(RecordKind::Put, &i.to_be_bytes(), &[i as u8; 50]).unwrap());
+        }
+        log.sync().unwrap();
+        let sealed: Vec<u32> = log.sealed_segments().iter().map(|(id, _)| *id).collect();
+        assert!(sealed.len() >= 4, "several sealed segments: {sealed:?}");
+        let (gone, kept) = (sealed[1], sealed[2]);
+        // A crash during an earlier removal of `kept`'s neighbour: its renamed copy, half cut.
+        let leftover = segment::retired_path(&segment_path(dir.path(), kept));
+        fs::copy(segment_path(dir.path(), kept), &leftover).unwrap();
+        let half = fs::metadata(&leftover).unwrap().len() / 2;
+        fs::OpenOptions::new().write(true).open(&leftover).unwrap().set_len(half).unwrap();
+        log.remove_segments(&[gone]).unwrap();
+        assert!(!segment_path(dir.path(), gone).exists(), "the removed segment is gone");
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().filter(|n| n.contains("retired")).count() == 1,
+            "only the planted leftover is a retired file: {names:?}"
+        );
+        for (i, &loc) in at.iter().enumerate() {
+            if loc.segment != gone {
+                assert_eq!(log.read(loc, |r| r.value.to_vec()).unwrap(), vec![i as u8; 50]);
+            }
+        }
+        drop(log);
+        let (_, collected) = open(dir.path(), 4096);
+        assert!(!leftover.exists(), "open deletes what a cut-short removal left");
+        let expected: Vec<Location> = at.iter().copied().filter(|l| l.segment != gone).collect();
+        assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), expected);
     }
 
     /// An idle log's flusher never wakes: its wake-up count stays 0 over many flush

@@ -2,7 +2,8 @@
 //!
 //! One segment file: its name in the directory, its creation (header written, preallocated
 //! to its capacity under a temporary name, fsynced, renamed into place, directory fsynced),
-//! the cut of a recovered segment at the end of its valid records, its deletion, and the scan
+//! the cut of a recovered segment at the end of its valid records, its deletion (in steps, at
+//! run time), and the scan
 //! of its records up to its seal or first bad record. Every segment is mapped read-only once
 //! (`sys::Map`); bytes below its *readable* mark are written and never change again.
 //!
@@ -15,6 +16,7 @@ use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::format::{
     decode_record, encode_segment_header, Record, RecordKind, SEAL_RECORD_BYTES,
@@ -56,7 +58,8 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<u32>, EngineError> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.ends_with(TEMP_SUFFIX) && name.contains(SEGMENT_SUFFIX) {
-            // A segment whose creation did not finish: never renamed, so never used.
+            // A segment whose creation did not finish (never renamed, so never used), or one
+            // retired by a merge whose removal did not finish (`retire_segments`).
             fs::remove_file(entry.path()).map_err(EngineError::io("remove temporary file"))?;
         } else if let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) {
             if let Ok(id) = stem.parse::<u32>() {
@@ -168,6 +171,67 @@ pub(super) fn remove_segment_files(dir: &Path, ids: &[u32]) -> Result<(), Engine
         }
     }
     sync_dir(dir)
+}
+
+/// Bytes a retired segment file gives back per step (see [`retire_segments`]).
+const RETIRE_STEP_BYTES: u64 = 4 << 20;
+
+/// Delete segments the log no longer lists (a merge or snapshot copied what they held).
+///
+/// Each file is first renamed out of the segment names (to a temporary name, which the next
+/// open deletes) and the directory fsynced: from then on the removal is durable, exactly as an
+/// unlink would be. Then each file whose mapping no reader holds any more is cut a few MiB at
+/// a time, with an fsync after each cut, before it is unlinked. On a file system mounted with
+/// online discard, one unlink of a 64 MiB segment sends the whole discard to the disk at the
+/// next journal commit, and every other log's `fdatasync` queued behind it for 15-30 ms
+/// (docs/BENCHMARKS.md, "Spare segments and the disk queue"); in steps, each commit carries a
+/// few MiB. A segment a reader still maps is only unlinked (cutting it under a mapping would
+/// fault the reader); its blocks go when the reader lets go.
+///
+/// A file is never cut while it carries a segment name: a cut segment without its seal would
+/// end the log there at the next open.
+pub(super) fn retire_segments(dir: &Path, segments: Vec<Arc<Segment>>) -> Result<(), EngineError> {
+    if segments.is_empty() {
+        return Ok(());
+    }
+    let mut retired = Vec::with_capacity(segments.len());
+    for segment in segments {
+        let temp = retired_path(&segment.path);
+        match fs::rename(&segment.path, &temp) {
+            Ok(()) => retired.push((segment, temp)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(EngineError::io("retire segment")(e)),
+        }
+    }
+    sync_dir(dir)?;
+    for (segment, temp) in retired {
+        if let Some(Segment { file, map, .. }) = Arc::into_inner(segment) {
+            drop(map);
+            shrink(&file).map_err(EngineError::io("retire segment"))?;
+        }
+        match fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(EngineError::io("remove segment")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The temporary name a segment file at `path` takes while it is retired.
+pub(super) fn retired_path(path: &Path) -> PathBuf {
+    path.with_extension(format!("log.retired{TEMP_SUFFIX}"))
+}
+
+/// Cut `file` to nothing [`RETIRE_STEP_BYTES`] at a time, fsyncing after each cut.
+fn shrink(file: &File) -> io::Result<()> {
+    let mut len = file.metadata()?.len();
+    while len > 0 {
+        len = len.saturating_sub(RETIRE_STEP_BYTES);
+        file.set_len(len)?;
+        file.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Make a recovered segment the active one: cut it at `end` (everything after is a torn or
