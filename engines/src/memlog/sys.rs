@@ -57,6 +57,9 @@ pub(super) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// Bytes of a mapping [`Map::release`] lets go of per system call.
+const RELEASE_CHUNK_BYTES: u64 = 1 << 20;
+
 /// An io_uring owned by one flusher thread. Each call submits one operation and waits
 /// for its completion before it returns, so at most one operation is ever in flight.
 ///
@@ -216,18 +219,27 @@ impl Map {
         if end <= start {
             return;
         }
-        // SAFETY: MADV_DONTNEED on a read-only shared mapping of a file only drops this
-        // process's page table entries: a later access faults the same bytes back in from
-        // the page cache or the file (it does not zero them, as it would for private or
-        // anonymous memory), and the bytes below the readable mark never change. So slices
-        // other threads hold into the range stay valid and read the same data.
-        let _ = unsafe {
-            map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                start as usize,
-                (end - start) as usize,
-            )
-        };
+        // One call per chunk: each holds the process's memory-map lock while it zaps its page
+        // table entries, and one call over a whole 64 MiB segment held it for 10-13 ms, so
+        // that every other thread's `mmap`, `munmap` (the allocator's) and, behind those,
+        // page faults waited for it (docs/BENCHMARKS.md, "Spare segments and the disk queue").
+        let mut at = start;
+        while at < end {
+            let len = (end - at).min(RELEASE_CHUNK_BYTES);
+            // SAFETY: MADV_DONTNEED on a read-only shared mapping of a file only drops this
+            // process's page table entries: a later access faults the same bytes back in from
+            // the page cache or the file (it does not zero them, as it would for private or
+            // anonymous memory), and the bytes below the readable mark never change. So
+            // slices other threads hold into the range stay valid and read the same data.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    at as usize,
+                    len as usize,
+                )
+            };
+            at += len;
+        }
     }
 
     /// The bytes `[offset, readable)`, or `None` when `offset` is not below `readable`.
