@@ -620,7 +620,12 @@ impl Shared {
         body.extend_from_slice(&id.to_le_bytes());
         body.extend_from_slice(&[0; 4]);
         let mut count = 0u32;
+        let mut pace = Pace::new(self.options.merge_bytes_per_sec);
         let end = self.log.scan_segment(id, &mut |at, record| {
+            pace.done(record_bytes(record.key.len(), record.value.len()) / SCAN_DISCOUNT);
+            if pace.wait(self) {
+                return ControlFlow::Break(());
+            }
             if matches!(record.kind, RecordKind::Put | RecordKind::Tombstone) {
                 body.push(record.kind as u8);
                 body.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
@@ -633,6 +638,7 @@ impl Shared {
         })?;
         if end != ScanEnd::Sealed {
             // A damaged sealed segment gets no hint: it is scanned (and cut) at the next open.
+            // (Nor does one whose scan the engine's stop cut short: it is written next time.)
             return Ok(());
         }
         body[HINT_COUNT_AT..HINT_HEADER_BYTES].copy_from_slice(&count.to_le_bytes());
@@ -655,24 +661,20 @@ impl Shared {
     /// Copy the live records of sealed segment `id` to the end of the log, then delete it.
     /// Returns false if the engine began stopping first (nothing is deleted then).
     fn merge_segment(&self, id: u32, older_exists: bool) -> Result<bool, EngineError> {
-        let rate = self.options.merge_bytes_per_sec.max(1);
-        let started = Instant::now();
-        let mut copied = 0u64;
+        let mut pace = Pace::new(self.options.merge_bytes_per_sec);
         let mut failure = None;
         let end = self.log.scan_segment(id, &mut |at, record| {
+            let scanned = record_bytes(record.key.len(), record.value.len());
             match self.copy_forward(at, record, older_exists) {
-                Ok(bytes) => copied += bytes,
+                // A copied byte counts in full, a byte only read (a dead record) for a
+                // quarter: reading a mostly dead segment is cheap, but not free.
+                Ok(copied) => pace.done(copied + scanned.saturating_sub(copied) / SCAN_DISCOUNT),
                 Err(e) => {
                     failure = Some(e);
                     return ControlFlow::Break(());
                 }
             }
-            let due = Duration::from_secs_f64(copied as f64 / rate as f64);
-            let elapsed = started.elapsed();
-            if due > elapsed + Duration::from_millis(5) && self.sleep(due - elapsed) {
-                return ControlFlow::Break(());
-            }
-            if self.stopped() {
+            if pace.wait(self) || self.stopped() {
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
@@ -720,9 +722,17 @@ impl Shared {
     ) -> Result<u64, EngineError> {
         match record.kind {
             RecordKind::Put => {
+                // Most records of a segment worth merging are dead: tell so under the read
+                // lock, which the foreground's gets share, and take the write lock only to
+                // copy (checking again: a write may have landed in between).
+                let live = |state: &State| {
+                    state.keydir.get(record.key).is_some_and(|s| s.location() == at)
+                };
+                if !live(&self.read()) {
+                    return Ok(0);
+                }
                 let mut state = self.write();
-                let live = state.keydir.get(record.key).is_some_and(|s| s.location() == at);
-                if !live {
+                if !live(&state) {
                     return Ok(0);
                 }
                 let to = self.log.append(RecordKind::Put, record.key, record.value)?;
@@ -741,6 +751,40 @@ impl Shared {
             }
             _ => Ok(0),
         }
+    }
+}
+
+/// How much cheaper the background thread counts a byte it only reads (a dead record in a
+/// merge, any record of a hint's scan) than one it copies, against `merge_bytes_per_sec`.
+const SCAN_DISCOUNT: u64 = 4;
+
+/// Paces the background thread's pass over a sealed segment to a rate of bytes per second,
+/// so that a pass takes the CPU and the keydir lock a little at a time. Unpaced, the three
+/// nodes of one process scanned their first sealed 64 MiB segments at once, right after the
+/// roll, and took about half of the machine's CPU for 100 ms (docs/BENCHMARKS.md, "Spare
+/// segments and the disk queue").
+struct Pace {
+    rate: u64,
+    started: Instant,
+    done: u64,
+}
+
+impl Pace {
+    fn new(bytes_per_sec: u64) -> Self {
+        Self { rate: bytes_per_sec.max(1), started: Instant::now(), done: 0 }
+    }
+
+    /// Count `bytes` of work done.
+    fn done(&mut self, bytes: u64) {
+        self.done += bytes;
+    }
+
+    /// Sleep while the work done is ahead of the rate by more than 5 ms; true if the engine
+    /// began stopping.
+    fn wait(&self, shared: &Shared) -> bool {
+        let due = Duration::from_secs_f64(self.done as f64 / self.rate as f64);
+        let elapsed = self.started.elapsed();
+        due > elapsed + Duration::from_millis(5) && shared.sleep(due - elapsed)
     }
 }
 
