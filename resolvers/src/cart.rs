@@ -429,6 +429,12 @@ impl Resolver for Cart {
     }
 }
 
+/// Whether `state` reads as not found (holds no item): what [`Resolver::read`] would tell
+/// with `value: None`, without building the read (no copies of the items, no context).
+pub fn is_tombstone(state: &[u8]) -> Result<bool, ResolveError> {
+    Ok(decode(state)?.entries().is_empty())
+}
+
 #[cfg(test)]
 #[path = "cart_tests.rs"]
 mod tests;

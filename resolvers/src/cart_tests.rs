@@ -25,8 +25,12 @@ fn remove(item: &str) -> Op {
     Op::CartRemove(item.as_bytes().to_vec())
 }
 
+/// The items `state` reads as; every state a test reads is also checked against
+/// [`is_tombstone`], which must say "not found" exactly when the read does.
 fn cart(state: &[u8]) -> Vec<(String, i64)> {
-    match Cart.read(state).unwrap().value {
+    let value = Cart.read(state).unwrap().value;
+    assert_eq!(is_tombstone(state).unwrap(), value.is_none(), "is_tombstone against read");
+    match value {
         Some(Value::Cart(items)) => {
             items.into_iter().map(|(i, q)| (String::from_utf8(i).unwrap(), q)).collect()
         }

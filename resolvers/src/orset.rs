@@ -200,6 +200,12 @@ impl Resolver for OrSet {
     }
 }
 
+/// Whether `state` reads as not found (holds no member): what [`Resolver::read`] would tell
+/// with `value: None`, without building the read (no copies of the members, no context).
+pub fn is_tombstone(state: &[u8]) -> Result<bool, ResolveError> {
+    Ok(decode(state)?.entries().is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,8 +229,12 @@ mod tests {
         Op::SetRemove(e.as_bytes().to_vec())
     }
 
+    /// The members `state` reads as; every state a test reads is also checked against
+    /// [`is_tombstone`], which must say "not found" exactly when the read does.
     fn set(state: &[u8]) -> Vec<String> {
-        match OrSet.read(state).unwrap().value {
+        let value = OrSet.read(state).unwrap().value;
+        assert_eq!(is_tombstone(state).unwrap(), value.is_none(), "is_tombstone against read");
+        match value {
             Some(Value::Set(v)) => v.into_iter().map(|v| String::from_utf8(v).unwrap()).collect(),
             None => Vec::new(),
             other => panic!("unexpected value {other:?}"),

@@ -10,8 +10,8 @@
 //!
 //! ## What it costs, and what it saves
 //! - Every store write, merge and delete of a key whose partition has a built tree costs one
-//!   MD5 of the key and state (about 2 µs per KiB) and one hash-map update, on the RPC
-//!   thread, with no I/O. A write to a partition whose tree is not built costs nothing.
+//!   XXH3 of the key and state (well under 0.1 µs per KiB) and one hash-map update, on the
+//!   RPC thread, with no I/O. A write to a partition whose tree is not built costs nothing.
 //! - Memory: per key, the key bytes, 8 bytes of hash and the ordered map's overhead (about
 //!   50 bytes plus the key). Bitcask (the `log` engine) already keeps every key in memory;
 //!   this is a second copy, the price of never scanning values to compare.
@@ -48,6 +48,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cartwheel_resolvers::{Resolver, ResolverKind};
 use md5::{Digest, Md5};
+use xxhash_rust::xxh3::Xxh3;
 
 /// Segments per partition tree.
 pub const SEGMENTS: usize = 256;
@@ -71,17 +72,21 @@ pub fn segment_of(key: &[u8]) -> u16 {
     u16::from(Md5::digest(key)[0])
 }
 
-/// The 64-bit hash of a (key, state) pair: the first 8 bytes of the MD5 of the key's length
-/// (u32, big-endian), the key and the state.
+/// The 64-bit hash of a (key, state) pair: XXH3-64 of the key's length (u32, big-endian),
+/// the key and the state.
+///
+/// Not MD5 (as before): every write of a built partition hashes its whole new state on the
+/// RPC thread, and for a 40 KB cart MD5 was 15 % of the node's CPU (docs/BENCHMARKS.md,
+/// "Where a 1 000-item cart's update goes"). Nodes compare these hashes, so all nodes of a
+/// cluster must use the same one: while nodes of a version that used MD5 run beside newer
+/// ones, every anti-entropy round between the two finds every segment different and
+/// exchanges its keys' states (merging equal states changes nothing, but it is traffic).
 pub fn entry_hash(key: &[u8], state: &[u8]) -> u64 {
-    let mut md5 = Md5::new();
-    md5.update((key.len() as u32).to_be_bytes());
-    md5.update(key);
-    md5.update(state);
-    let digest = md5.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+    let mut hasher = Xxh3::new();
+    hasher.update(&(key.len() as u32).to_be_bytes());
+    hasher.update(key);
+    hasher.update(state);
+    hasher.digest()
 }
 
 /// Whether `state` of `resolver` reads as not found (a tombstone).
@@ -92,6 +97,8 @@ pub(super) fn is_tombstone(resolver: &dyn Resolver, state: &[u8]) -> bool {
             cartwheel_resolvers::siblings::is_tombstone(state).unwrap_or(false)
         }
         ResolverKind::Lww => cartwheel_resolvers::lww::is_tombstone(state).unwrap_or(false),
+        ResolverKind::Cart => cartwheel_resolvers::cart::is_tombstone(state).unwrap_or(false),
+        ResolverKind::Orset => cartwheel_resolvers::orset::is_tombstone(state).unwrap_or(false),
         // A counter always reads as a number.
         ResolverKind::Pncounter => false,
         _ => resolver.read(state).is_ok_and(|read| read.value.is_none()),
