@@ -101,7 +101,6 @@ pub(super) fn is_tombstone(resolver: &dyn Resolver, state: &[u8]) -> bool {
         ResolverKind::Orset => cartwheel_resolvers::orset::is_tombstone(state).unwrap_or(false),
         // A counter always reads as a number.
         ResolverKind::Pncounter => false,
-        _ => resolver.read(state).is_ok_and(|read| read.value.is_none()),
     }
 }
 
