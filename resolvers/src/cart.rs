@@ -430,9 +430,15 @@ impl Resolver for Cart {
 }
 
 /// Whether `state` reads as not found (holds no item): what [`Resolver::read`] would tell
-/// with `value: None`, without building the read (no copies of the items, no context).
+/// with `value: None`, from the clock and the item count alone.
 pub fn is_tombstone(state: &[u8]) -> Result<bool, ResolveError> {
-    Ok(decode(state)?.entries().is_empty())
+    let (mut d, version) = Decoder::new(state, Tag::Cart)?;
+    match version {
+        VERSION => DotMap::<Dot>::holds_no_keys(&mut d, false),
+        VERSION_WITH_CLOUD => DotMap::<Dot>::holds_no_keys(&mut d, true),
+        VERSION_ADDS_ONLY => DotMap::<AddsOnly>::holds_no_keys(&mut d, false),
+        _ => Err(ResolveError::Corrupt(format!("cart state version {version} is unknown"))),
+    }
 }
 
 #[cfg(test)]

@@ -634,8 +634,12 @@ fn add_op(item: u8, quantity: i64) -> Op {
     Op::CartAdd { item: vec![item], quantity }
 }
 
+/// The items of `state` by their one-byte names; checks [`is_tombstone`] against the read
+/// too, on every state the model test reads (clouds and deferred removes included).
 fn quantities(state: &[u8]) -> std::collections::BTreeMap<u8, i64> {
-    match Cart.read(state).unwrap().value {
+    let value = Cart.read(state).unwrap().value;
+    assert_eq!(is_tombstone(state).unwrap(), value.is_none(), "is_tombstone against read");
+    match value {
         Some(Value::Cart(items)) => items.into_iter().map(|(i, q)| (i[0], q)).collect(),
         None => std::collections::BTreeMap::new(),
         other => panic!("unexpected {other:?}"),

@@ -201,9 +201,13 @@ impl Resolver for OrSet {
 }
 
 /// Whether `state` reads as not found (holds no member): what [`Resolver::read`] would tell
-/// with `value: None`, without building the read (no copies of the members, no context).
+/// with `value: None`, from the clock and the member count alone.
 pub fn is_tombstone(state: &[u8]) -> Result<bool, ResolveError> {
-    Ok(decode(state)?.entries().is_empty())
+    let (mut d, version) = Decoder::new(state, Tag::Orset)?;
+    if ![VERSION, VERSION_WITH_CLEARS, VERSION_WITH_CLOUD].contains(&version) {
+        return Err(ResolveError::Corrupt(format!("orset state version {version} is unknown")));
+    }
+    DotMap::<()>::holds_no_keys(&mut d, version == VERSION_WITH_CLOUD)
 }
 
 #[cfg(test)]

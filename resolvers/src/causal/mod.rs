@@ -662,6 +662,19 @@ impl<'a, P: Payload> DotMap<'a, P> {
         }
     }
 
+    /// Whether an encoded body holds no key, reading only its clock and its key count: for a
+    /// valid body, what `decode(..)?.entries().is_empty()` tells, without decoding (or
+    /// checking) the entries. For the store's tombstone test, which runs on every write of a
+    /// state the resolver just made or checked; a corrupt body is refused by every read.
+    pub fn holds_no_keys(d: &mut Decoder<'a>, clouds: bool) -> Result<bool, ResolveError> {
+        if clouds {
+            VersionVector::decode_with_cloud(d)?;
+        } else {
+            VersionVector::decode(d)?;
+        }
+        Ok(d.count("keys", 4 + 4)? == 0)
+    }
+
     /// Decode a body and check every invariant (order, coverage, normal form). `clouds`:
     /// the encoding with clouds, which must then hold one ([`DotMap::has_cloud`]), or a
     /// lower format version would hold the map.
