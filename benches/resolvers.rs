@@ -162,6 +162,13 @@ fn bench_cart(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("read", &id), |bench| {
             bench.iter(|| Cart.read(black_box(&base)).unwrap())
         });
+        // What a write's answer costs without a body, and the tree's tombstone test.
+        group.bench_function(BenchmarkId::new("context", &id), |bench| {
+            bench.iter(|| Cart.context(black_box(&base)).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("is_tombstone", &id), |bench| {
+            bench.iter(|| cartwheel_resolvers::cart::is_tombstone(black_box(&base)).unwrap())
+        });
     }
     group.finish();
 

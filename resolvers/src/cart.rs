@@ -100,7 +100,9 @@
 //! read an item higher than the coordinator until it catches up ([`crate::causal`], "Deltas
 //! and dot clouds").
 
-use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap, Payload};
+use crate::causal::{
+    check_actor, decode_dots_context, encode_dots_context, DotMap, Payload, VersionVector,
+};
 use crate::codec::{Decoder, Encoder, Tag};
 use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
 
@@ -426,6 +428,20 @@ impl Resolver for Cart {
         let items = items(&map);
         let value = (!items.is_empty()).then_some(Value::Cart(items));
         Ok(Read { context: encode_dots_context(Tag::Cart, map.clock()), value })
+    }
+
+    fn context(&self, state: &[u8]) -> Result<Vec<u8>, ResolveError> {
+        let (mut d, version) = Decoder::new(state, Tag::Cart)?;
+        let clock = match version {
+            VERSION | VERSION_ADDS_ONLY => VersionVector::decode(&mut d)?,
+            VERSION_WITH_CLOUD => VersionVector::decode_with_cloud(&mut d)?,
+            _ => {
+                return Err(ResolveError::Corrupt(format!(
+                    "cart state version {version} is unknown"
+                )))
+            }
+        };
+        Ok(encode_dots_context(Tag::Cart, &clock))
     }
 }
 

@@ -26,10 +26,12 @@ fn remove(item: &str) -> Op {
 }
 
 /// The items `state` reads as; every state a test reads is also checked against
-/// [`is_tombstone`], which must say "not found" exactly when the read does.
+/// [`is_tombstone`], which must say "not found" exactly when the read does, and against
+/// [`Resolver::context`], which must give the read's context.
 fn cart(state: &[u8]) -> Vec<(String, i64)> {
-    let value = Cart.read(state).unwrap().value;
+    let Read { value, context } = Cart.read(state).unwrap();
     assert_eq!(is_tombstone(state).unwrap(), value.is_none(), "is_tombstone against read");
+    assert_eq!(Cart.context(state).unwrap(), context, "context against read");
     match value {
         Some(Value::Cart(items)) => {
             items.into_iter().map(|(i, q)| (String::from_utf8(i).unwrap(), q)).collect()
@@ -634,11 +636,13 @@ fn add_op(item: u8, quantity: i64) -> Op {
     Op::CartAdd { item: vec![item], quantity }
 }
 
-/// The items of `state` by their one-byte names; checks [`is_tombstone`] against the read
-/// too, on every state the model test reads (clouds and deferred removes included).
+/// The items of `state` by their one-byte names; checks [`is_tombstone`] and
+/// [`Resolver::context`] against the read too, on every state the model test reads (clouds
+/// and deferred removes included).
 fn quantities(state: &[u8]) -> std::collections::BTreeMap<u8, i64> {
-    let value = Cart.read(state).unwrap().value;
+    let Read { value, context } = Cart.read(state).unwrap();
     assert_eq!(is_tombstone(state).unwrap(), value.is_none(), "is_tombstone against read");
+    assert_eq!(Cart.context(state).unwrap(), context, "context against read");
     match value {
         Some(Value::Cart(items)) => items.into_iter().map(|(i, q)| (i[0], q)).collect(),
         None => std::collections::BTreeMap::new(),

@@ -295,6 +295,13 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     /// What a client sees of a state, and the context for its next write.
     fn read(&self, state: &[u8]) -> Result<Read, ResolveError>;
 
+    /// The context [`Resolver::read`] returns for `state`, without the value: what the answer
+    /// to a write carries when the client asked for no body. Resolvers whose read builds a
+    /// large value (carts, sets) answer it from the clock alone.
+    fn context(&self, state: &[u8]) -> Result<Vec<u8>, ResolveError> {
+        Ok(self.read(state)?.context)
+    }
+
     /// How much of `actor`'s history of writes `state` records: the highest counter of its
     /// dots in the clock (`siblings`, `orset`, `cart`), the sum of its totals (`pncounter`),
     /// 0 where it has none, and always 0 for `lww`, which issues no dots. A state that records

@@ -60,7 +60,7 @@
 //! stay readable by nodes that only know version 1). Decoding takes all three and refuses a
 //! state written in a higher version than it needs (it would not be canonical).
 
-use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap};
+use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap, VersionVector};
 use crate::codec::{Decoder, Encoder, Tag};
 use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
 
@@ -198,6 +198,20 @@ impl Resolver for OrSet {
             .then(|| Value::Set(members.into_iter().map(<[u8]>::to_vec).collect()));
         Ok(Read { context: encode_dots_context(Tag::Orset, map.clock()), value })
     }
+
+    fn context(&self, state: &[u8]) -> Result<Vec<u8>, ResolveError> {
+        let (mut d, version) = Decoder::new(state, Tag::Orset)?;
+        let clock = match version {
+            VERSION | VERSION_WITH_CLEARS => VersionVector::decode(&mut d)?,
+            VERSION_WITH_CLOUD => VersionVector::decode_with_cloud(&mut d)?,
+            _ => {
+                return Err(ResolveError::Corrupt(format!(
+                    "orset state version {version} is unknown"
+                )))
+            }
+        };
+        Ok(encode_dots_context(Tag::Orset, &clock))
+    }
 }
 
 /// Whether `state` reads as not found (holds no member): what [`Resolver::read`] would tell
@@ -234,10 +248,12 @@ mod tests {
     }
 
     /// The members `state` reads as; every state a test reads is also checked against
-    /// [`is_tombstone`], which must say "not found" exactly when the read does.
+    /// [`is_tombstone`], which must say "not found" exactly when the read does, and against
+    /// [`Resolver::context`], which must give the read's context.
     fn set(state: &[u8]) -> Vec<String> {
-        let value = OrSet.read(state).unwrap().value;
+        let Read { value, context } = OrSet.read(state).unwrap();
         assert_eq!(is_tombstone(state).unwrap(), value.is_none(), "is_tombstone against read");
+        assert_eq!(OrSet.context(state).unwrap(), context, "context against read");
         match value {
             Some(Value::Set(v)) => v.into_iter().map(|v| String::from_utf8(v).unwrap()).collect(),
             None => Vec::new(),

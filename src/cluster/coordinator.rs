@@ -333,18 +333,20 @@ impl Cluster {
             Here::Coordinate => {
                 let replication = reserve()?;
                 let written = self.store.write(bucket, key, &write).map_err(stored_or_failed)?;
+                let read = written.answer(&*bucket_ref.resolver, options.return_body)?;
                 if dw > 0 {
                     self.sync_then_answer(&engine, &events);
                 } else {
                     quorum.stored(false);
                 }
-                (written.delta.unwrap_or(written.state), written.read, replication)
+                (written.delta.unwrap_or(written.state), read, replication)
             }
             Here::AsHint { owner, counts } => {
                 let replication = reserve()?;
                 let hinted = self.hinted_state(bucket, key)?;
                 let written = self.store.write_as_hint(bucket, key, hinted.as_deref(), &write)?;
                 let resolver = std::sync::Arc::clone(&self.store.bucket(bucket)?.resolver);
+                let read = written.answer(&*resolver, options.return_body)?;
                 self.check_hint_owner(&owner)?;
                 self.hints
                     .add(&owner, bucket, key, &written.state, &*resolver)
@@ -354,7 +356,7 @@ impl Cluster {
                 } else if counts {
                     quorum.stored(false);
                 }
-                (written.delta.unwrap_or(written.state), written.read, replication)
+                (written.delta.unwrap_or(written.state), read, replication)
             }
         };
         // One copy of what is sent for every target's send.

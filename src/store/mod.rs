@@ -82,8 +82,19 @@ pub struct Written {
     /// resolver has one smaller than the state. A delta is a state of its own and peers
     /// merge it as one.
     pub delta: Option<Vec<u8>>,
-    /// What a client reading the new state sees.
-    pub read: Read,
+}
+
+impl Written {
+    /// What the answer to the write carries: the new state's context, and its value only if
+    /// `body` (a read of a whole cart or set is the costly part of the answer, so it is built
+    /// only when the client asked for it).
+    pub fn answer(&self, resolver: &dyn Resolver, body: bool) -> Result<Read, Error> {
+        Ok(if body {
+            resolver.read(&self.state)?
+        } else {
+            Read { context: resolver.context(&self.state)?, value: None }
+        })
+    }
 }
 
 /// A key and its stored state.
@@ -352,8 +363,9 @@ impl Store {
     }
 
     /// Apply a client write at this node as one of the key's primaries, to its state in the
-    /// bucket's engine, with the replica actor; store the new state and return it with what a
-    /// client reading it would see. The write is visible when this returns; durable after a
+    /// bucket's engine, with the replica actor; store the new state and return it
+    /// ([`Written::answer`] gives what the client sees). The write is visible when this
+    /// returns; durable after a
     /// sync of the bucket's engine. With the state comes the delta to replicate in place of
     /// it, when the bucket's resolver has one (see `Resolver::apply_with_delta`).
     pub fn write(&self, bucket_name: &str, key: &[u8], write: &Write) -> Result<Written, Error> {
@@ -420,10 +432,14 @@ impl Store {
                 self.limits.state_bytes_max()
             )));
         }
-        let read = bucket.resolver.read(&state)?;
-        if let Some(Value::Siblings(siblings)) = &read.value {
+        let siblings = if bucket.config.resolver == ResolverKind::Siblings {
+            bucket.resolver.read(&state)?.value
+        } else {
+            None
+        };
+        if let Some(Value::Siblings(siblings)) = &siblings {
             let soft = bucket.config.resolver_config.siblings_soft_max;
-            if siblings.len() >= soft && bucket.config.resolver == ResolverKind::Siblings {
+            if siblings.len() >= soft {
                 bucket.sibling_warnings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     bucket = %bucket.name,
@@ -433,7 +449,7 @@ impl Store {
                 );
             }
         }
-        Ok(Written { state, delta, read })
+        Ok(Written { state, delta })
     }
 
     /// Check a state that came from a peer before it is stored anywhere on this node (see
