@@ -431,30 +431,28 @@ impl Resolver for Cart {
     }
 
     fn context(&self, state: &[u8]) -> Result<Vec<u8>, ResolveError> {
-        let (mut d, version) = Decoder::new(state, Tag::Cart)?;
-        let clock = match version {
-            VERSION | VERSION_ADDS_ONLY => VersionVector::decode(&mut d)?,
-            VERSION_WITH_CLOUD => VersionVector::decode_with_cloud(&mut d)?,
-            _ => {
-                return Err(ResolveError::Corrupt(format!(
-                    "cart state version {version} is unknown"
-                )))
-            }
-        };
-        Ok(encode_dots_context(Tag::Cart, &clock))
+        let (mut d, clouds) = header(state)?;
+        Ok(encode_dots_context(Tag::Cart, &VersionVector::decode_either(&mut d, clouds)?))
     }
 }
 
 /// Whether `state` reads as not found (holds no item): what [`Resolver::read`] would tell
 /// with `value: None`, from the clock and the item count alone.
 pub fn is_tombstone(state: &[u8]) -> Result<bool, ResolveError> {
-    let (mut d, version) = Decoder::new(state, Tag::Cart)?;
-    match version {
-        VERSION => DotMap::<Dot>::holds_no_keys(&mut d, false),
-        VERSION_WITH_CLOUD => DotMap::<Dot>::holds_no_keys(&mut d, true),
-        VERSION_ADDS_ONLY => DotMap::<AddsOnly>::holds_no_keys(&mut d, false),
-        _ => Err(ResolveError::Corrupt(format!("cart state version {version} is unknown"))),
-    }
+    let (mut d, clouds) = header(state)?;
+    DotMap::<Dot>::holds_no_keys(&mut d, clouds)
+}
+
+/// A decoder past a cart state's header, and whether its clock has clouds. Every version's
+/// body starts with its clock and its item count.
+fn header(state: &[u8]) -> Result<(Decoder<'_>, bool), ResolveError> {
+    let (d, version) = Decoder::new(state, Tag::Cart)?;
+    let clouds = match version {
+        VERSION | VERSION_ADDS_ONLY => false,
+        VERSION_WITH_CLOUD => true,
+        _ => return Err(ResolveError::Corrupt(format!("cart state version {version} is unknown"))),
+    };
+    Ok((d, clouds))
 }
 
 #[cfg(test)]

@@ -77,12 +77,18 @@ pub const VERSION_WITH_CLOUD: u8 = 3;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OrSet;
 
-fn decode(bytes: &[u8]) -> Result<DotMap<'_, ()>, ResolveError> {
-    let (mut d, version) = Decoder::new(bytes, Tag::Orset)?;
+/// A decoder past a set state's header, its version, and whether its clock has clouds.
+fn header(bytes: &[u8]) -> Result<(Decoder<'_>, u8, bool), ResolveError> {
+    let (d, version) = Decoder::new(bytes, Tag::Orset)?;
     if ![VERSION, VERSION_WITH_CLEARS, VERSION_WITH_CLOUD].contains(&version) {
         return Err(ResolveError::Corrupt(format!("orset state version {version} is unknown")));
     }
-    let map = DotMap::decode(&mut d, version == VERSION_WITH_CLOUD)?;
+    Ok((d, version, version == VERSION_WITH_CLOUD))
+}
+
+fn decode(bytes: &[u8]) -> Result<DotMap<'_, ()>, ResolveError> {
+    let (mut d, version, clouds) = header(bytes)?;
+    let map = DotMap::decode(&mut d, clouds)?;
     d.finish()?;
     if version != version_of(&map) {
         return Err(ResolveError::Corrupt(format!(
@@ -200,28 +206,16 @@ impl Resolver for OrSet {
     }
 
     fn context(&self, state: &[u8]) -> Result<Vec<u8>, ResolveError> {
-        let (mut d, version) = Decoder::new(state, Tag::Orset)?;
-        let clock = match version {
-            VERSION | VERSION_WITH_CLEARS => VersionVector::decode(&mut d)?,
-            VERSION_WITH_CLOUD => VersionVector::decode_with_cloud(&mut d)?,
-            _ => {
-                return Err(ResolveError::Corrupt(format!(
-                    "orset state version {version} is unknown"
-                )))
-            }
-        };
-        Ok(encode_dots_context(Tag::Orset, &clock))
+        let (mut d, _, clouds) = header(state)?;
+        Ok(encode_dots_context(Tag::Orset, &VersionVector::decode_either(&mut d, clouds)?))
     }
 }
 
 /// Whether `state` reads as not found (holds no member): what [`Resolver::read`] would tell
 /// with `value: None`, from the clock and the member count alone.
 pub fn is_tombstone(state: &[u8]) -> Result<bool, ResolveError> {
-    let (mut d, version) = Decoder::new(state, Tag::Orset)?;
-    if ![VERSION, VERSION_WITH_CLEARS, VERSION_WITH_CLOUD].contains(&version) {
-        return Err(ResolveError::Corrupt(format!("orset state version {version} is unknown")));
-    }
-    DotMap::<()>::holds_no_keys(&mut d, version == VERSION_WITH_CLOUD)
+    let (mut d, _, clouds) = header(state)?;
+    DotMap::<()>::holds_no_keys(&mut d, clouds)
 }
 
 #[cfg(test)]

@@ -255,6 +255,15 @@ impl<'a> VersionVector<'a> {
         }
     }
 
+    /// Decode the encoding with a cloud if `clouds`, else the plain one.
+    pub fn decode_either(d: &mut Decoder<'a>, clouds: bool) -> Result<Self, ResolveError> {
+        if clouds {
+            Self::decode_with_cloud(d)
+        } else {
+            Self::decode(d)
+        }
+    }
+
     /// Decode the plain encoding and check order and counters.
     pub fn decode(d: &mut Decoder<'a>) -> Result<Self, ResolveError> {
         let entries = decode_entries(d, false)?;

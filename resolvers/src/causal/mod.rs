@@ -667,11 +667,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
     /// checking) the entries. For the store's tombstone test, which runs on every write of a
     /// state the resolver just made or checked; a corrupt body is refused by every read.
     pub fn holds_no_keys(d: &mut Decoder<'a>, clouds: bool) -> Result<bool, ResolveError> {
-        if clouds {
-            VersionVector::decode_with_cloud(d)?;
-        } else {
-            VersionVector::decode(d)?;
-        }
+        VersionVector::decode_either(d, clouds)?;
         Ok(d.count("keys", 4 + 4)? == 0)
     }
 
@@ -679,10 +675,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
     /// the encoding with clouds, which must then hold one ([`DotMap::has_cloud`]), or a
     /// lower format version would hold the map.
     pub fn decode(d: &mut Decoder<'a>, clouds: bool) -> Result<Self, ResolveError> {
-        let vector = |d: &mut Decoder<'a>| match clouds {
-            true => VersionVector::decode_with_cloud(d),
-            false => VersionVector::decode(d),
-        };
+        let vector = |d: &mut Decoder<'a>| VersionVector::decode_either(d, clouds);
         let clock = vector(d)?;
         let seen = seen_in(&clock, &clock);
         let key_count = d.count("keys", 4 + 4)?;
