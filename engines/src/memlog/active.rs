@@ -138,6 +138,7 @@ const SPARE_START_PERCENT: u64 = 50;
 /// (a slow fsync of the directory under load) does not make a roll wait. Each holds a
 /// segment's worth of disk space.
 const SPARES_AHEAD: u32 = 2;
+
 impl MemLog {
     /// Append one record and return where it starts. Visible to [`MemLog::read`] at once;
     /// durable after a later [`MemLog::sync`] returns. Waits on the disk only in the
@@ -328,7 +329,8 @@ impl Shared {
         self.spare_wanted.store(state.wanted, Ordering::Relaxed);
     }
 
-    /// The spare of segment `id`, waiting for the preparer if it is not ready. `Ok(None)` only if the log is closing.
+    /// The spare of segment `id`, waiting for the preparer if it is not ready. `Ok(None)` only
+    /// if the log is closing.
     fn take_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
         self.want_spare(id);
         let mut state = lock(&self.spare);

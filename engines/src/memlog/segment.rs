@@ -3,9 +3,9 @@
 //! One segment file: its name in the directory, its creation (header written, preallocated
 //! to its capacity under a temporary name, fsynced, renamed into place, directory fsynced),
 //! the cut of a recovered segment at the end of its valid records, its deletion (in steps, at
-//! run time), and the scan
-//! of its records up to its seal or first bad record. Every segment is mapped read-only once
-//! (`sys::Map`); bytes below its *readable* mark are written and never change again.
+//! run time), and the scan of its records up to its seal or first bad record. Every segment
+//! is mapped read-only once (`sys::Map`); bytes below its *readable* mark are written and
+//! never change again.
 //!
 //! A segment does not know about appends or syncs: the pending buffer, rolls and the flusher
 //! are in `active.rs` and `flusher.rs`.
