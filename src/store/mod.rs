@@ -365,9 +365,9 @@ impl Store {
     /// Apply a client write at this node as one of the key's primaries, to its state in the
     /// bucket's engine, with the replica actor; store the new state and return it
     /// ([`Written::answer`] gives what the client sees). The write is visible when this
-    /// returns; durable after a
-    /// sync of the bucket's engine. With the state comes the delta to replicate in place of
-    /// it, when the bucket's resolver has one (see `Resolver::apply_with_delta`).
+    /// returns; durable after a sync of the bucket's engine. With the state comes the delta
+    /// to replicate in place of it, when the bucket's resolver has one (see
+    /// `Resolver::apply_with_delta`).
     pub fn write(&self, bucket_name: &str, key: &[u8], write: &Write) -> Result<Written, Error> {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
