@@ -88,11 +88,13 @@ pub use format::{
     decode_record, encode_record, record_bytes, Record, RecordKind, FORMAT_VERSION,
     RECORD_HEADER_BYTES, SEAL_RECORD_BYTES, SEGMENT_BYTES_LIMIT, SEGMENT_HEADER_BYTES,
 };
+pub(crate) use segment::remove_in_steps;
 pub use segment::ScanEnd;
 use segment::{
     create_segment, header_is_valid, list_segments, remove_segment_files, resume_segment,
     retire_segments, scan_bytes, segment_capacity, segment_path, Segment,
 };
+pub(crate) use sys::write_out;
 
 /// Where a record starts: its segment and its byte offset in that segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -223,6 +223,20 @@ pub(super) fn retired_path(path: &Path) -> PathBuf {
     path.with_extension(format!("log.retired{TEMP_SUFFIX}"))
 }
 
+/// Delete the file at `path`, which no one maps or names as a segment, in steps (see
+/// [`retire_segments`] for why): cut, fsync and pause, then unlink. Gone already is fine.
+pub(crate) fn remove_in_steps(path: &Path) -> io::Result<()> {
+    match OpenOptions::new().write(true).open(path) {
+        Ok(file) => shrink(&file)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Cut `file` to nothing [`RETIRE_STEP_BYTES`] at a time, fsyncing after each cut and then
 /// pausing twice as long as the step took, so the file system's journal and the disk spend at
 /// most about a third of their time on the retirement and the flushers' `fdatasync`s find
