@@ -18,9 +18,12 @@
 //!    segment is made ahead and the old one is synced by the flusher), so writers wait only
 //!    for the switch.
 //! 2. The map is walked in chunks of [`SNAPSHOT_CHUNK_ENTRIES`], taking its read lock per
-//!    chunk only, into `snapshot-<s>.tmp`; the file is fsynced, renamed to
-//!    `snapshot-<s>.snap`, and the directory fsynced.
-//! 3. Segments before `s` and older snapshots are deleted.
+//!    chunk only, into `snapshot-<s>.tmp`, written out to the device a MiB at a time with
+//!    pauses (`SnapshotPace`); the file is fsynced, renamed to `snapshot-<s>.snap`, and the
+//!    directory fsynced.
+//! 3. Segments before `s` and older snapshots are deleted: renamed away, the directory
+//!    fsynced, then freed a few MiB at a time (a crash midway leaves temporary files that
+//!    the next open deletes).
 //!
 //! The walk is not a point-in-time copy: writes that land during it may or may not be in it.
 //! That is fine because every record is absolute (a put carries the whole value, a delete
