@@ -63,9 +63,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cartwheel_engines::{EngineError, StorageEngine};
-use cartwheel_resolvers::{
-    Applied, HybridClock, Read, Resolver, ResolverKind, Stamp, Value, Write,
-};
+use cartwheel_resolvers::{Applied, HybridClock, Read, Resolver, ResolverKind, Stamp, Write};
 
 use crate::actors::{Actors, Role};
 use crate::config::{BucketConfig, Config, Limits};
@@ -432,18 +430,15 @@ impl Store {
                 self.limits.state_bytes_max()
             )));
         }
-        let siblings = if bucket.config.resolver == ResolverKind::Siblings {
-            bucket.resolver.read(&state)?.value
-        } else {
-            None
-        };
-        if let Some(Value::Siblings(siblings)) = &siblings {
+        if bucket.config.resolver == ResolverKind::Siblings {
+            let count = cartwheel_resolvers::siblings::sibling_count(&state)?;
             let soft = bucket.config.resolver_config.siblings_soft_max;
-            if siblings.len() >= soft {
+            // A tombstone (no sibling) is never "many", whatever the soft limit.
+            if count > 0 && count >= soft {
                 bucket.sibling_warnings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     bucket = %bucket.name,
-                    siblings = siblings.len(),
+                    siblings = count,
                     soft_max = soft,
                     "key has many siblings: clients should read, resolve and write back"
                 );
