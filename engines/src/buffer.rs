@@ -60,7 +60,7 @@ use std::time::Duration;
 use crate::data_dir::{lock_dir, sync_dir};
 use crate::idle::Background;
 use crate::memlog::{
-    decode_record, encode_record, record_bytes, remove_in_steps, write_out, Location, MemLog,
+    decode_record, encode_record, record_bytes, retire_files, write_out, Location, MemLog,
     MemLogOptions, Record, RecordKind, Replay, ReplayMode, RECORD_HEADER_BYTES,
 };
 use crate::memory::MemoryEngine;
@@ -410,22 +410,13 @@ impl Shared {
             .collect();
         self.log.remove_segments(&old)?;
         let dir = self.log.dir();
-        // Renamed out of the snapshot names first (the next open deletes what is left under
-        // the temporary name), then freed in steps, as the log's merged segments are.
-        let mut retired = Vec::new();
-        for (older, path) in list_snapshots(dir, false)? {
-            if older < segment {
-                let temp = path.with_extension("snap.retired.tmp");
-                fs::rename(&path, &temp).map_err(EngineError::io("remove old snapshot"))?;
-                retired.push(temp);
-            }
-        }
-        if !retired.is_empty() {
-            sync_dir(dir)?;
-        }
-        for temp in retired {
-            remove_in_steps(&temp).map_err(EngineError::io("remove old snapshot"))?;
-        }
+        // Freed in steps, as the log's merged segments are (nothing maps a snapshot).
+        let older: Vec<(PathBuf, bool)> = list_snapshots(dir, false)?
+            .into_iter()
+            .filter(|(older, _)| *older < segment)
+            .map(|(_, path)| (path, true))
+            .collect();
+        retire_files(dir, &older)?;
         Ok(())
     }
 }

@@ -88,7 +88,7 @@ pub use format::{
     decode_record, encode_record, record_bytes, Record, RecordKind, FORMAT_VERSION,
     RECORD_HEADER_BYTES, SEAL_RECORD_BYTES, SEGMENT_BYTES_LIMIT, SEGMENT_HEADER_BYTES,
 };
-pub(crate) use segment::remove_in_steps;
+pub(crate) use segment::retire_files;
 pub use segment::ScanEnd;
 use segment::{
     create_segment, header_is_valid, list_segments, remove_segment_files, resume_segment,

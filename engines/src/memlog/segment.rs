@@ -173,68 +173,74 @@ pub(super) fn remove_segment_files(dir: &Path, ids: &[u32]) -> Result<(), Engine
     sync_dir(dir)
 }
 
-/// Bytes a retired segment file gives back per step (see [`retire_segments`]).
+/// Bytes a retired file gives back per step (see [`retire_files`]).
 const RETIRE_STEP_BYTES: u64 = 4 << 20;
 
-/// Delete segments the log no longer lists (a merge or snapshot copied what they held).
-///
-/// Each file is first renamed out of the segment names (to a temporary name, which the next
-/// open deletes) and the directory fsynced: from then on the removal is durable, exactly as an
-/// unlink would be. Then each file whose mapping no reader holds any more is cut a few MiB at
-/// a time, with an fsync after each cut, before it is unlinked. On a file system mounted with
-/// online discard, one unlink of a 64 MiB segment sends the whole discard to the disk at the
-/// next journal commit, and every other log's `fdatasync` queued behind it for 15-30 ms
-/// (docs/BENCHMARKS.md, "Spare segments and the disk queue"); in steps, each commit carries a
-/// few MiB. A segment a reader still maps is only unlinked (cutting it under a mapping would
-/// fault the reader); its blocks go when the reader lets go.
-///
-/// A file is never cut while it carries a segment name: a cut segment without its seal would
-/// end the log there at the next open.
+/// Delete segments the log no longer lists (a merge or snapshot copied what they held), with
+/// [`retire_files`]. Each is dropped here, mapping and all, unless a reader still copies out
+/// of it: that file is only unlinked (cutting it under a mapping would fault the reader), and
+/// its blocks go when the reader lets go.
 pub(super) fn retire_segments(dir: &Path, segments: Vec<Arc<Segment>>) -> Result<(), EngineError> {
-    if segments.is_empty() {
+    let files: Vec<(PathBuf, bool)> = segments
+        .into_iter()
+        .map(|segment| {
+            let path = segment.path.clone();
+            let unmapped = Arc::into_inner(segment).is_some();
+            (path, unmapped)
+        })
+        .collect();
+    retire_files(dir, &files)
+}
+
+/// Delete files of `dir` the engine no longer needs (merged segments, old snapshots): each
+/// `(path, cut)` is renamed to a temporary name (which the next open deletes) and the
+/// directory fsynced, so from then on the removal is durable, exactly as an unlink would be.
+/// Then each file is cut a few MiB at a time, with an fsync and a pause after each cut, before
+/// it is unlinked; one with `cut` false (still mapped by a reader) is only unlinked.
+///
+/// Why in steps: on a file system mounted with online discard, one unlink of a 64 MiB segment
+/// sends the whole discard to the disk at the next journal commit, and every other log's
+/// `fdatasync` queued behind it for 15-30 ms (docs/BENCHMARKS.md, "Spare segments and the
+/// disk queue"); in steps, each commit carries a few MiB. A file is never cut under its own
+/// name: a cut segment without its seal would end the log there at the next open, and a cut
+/// snapshot would fail its checks.
+pub(crate) fn retire_files(dir: &Path, files: &[(PathBuf, bool)]) -> Result<(), EngineError> {
+    if files.is_empty() {
         return Ok(());
     }
-    let mut retired = Vec::with_capacity(segments.len());
-    for segment in segments {
-        let temp = retired_path(&segment.path);
-        match fs::rename(&segment.path, &temp) {
-            Ok(()) => retired.push((segment, temp)),
+    let mut retired = Vec::with_capacity(files.len());
+    for (path, cut) in files {
+        let temp = retired_path(path);
+        match fs::rename(path, &temp) {
+            Ok(()) => retired.push((temp, *cut)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(EngineError::io("retire segment")(e)),
+            Err(e) => return Err(EngineError::io("retire file")(e)),
         }
     }
     sync_dir(dir)?;
-    for (segment, temp) in retired {
-        if let Some(Segment { file, map, .. }) = Arc::into_inner(segment) {
-            drop(map);
-            shrink(&file).map_err(EngineError::io("retire segment"))?;
+    for (temp, cut) in retired {
+        if cut {
+            let file = match OpenOptions::new().write(true).open(&temp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                opened => opened.map_err(EngineError::io("retire file"))?,
+            };
+            shrink(&file).map_err(EngineError::io("retire file"))?;
         }
         match fs::remove_file(&temp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(EngineError::io("remove segment")(e)),
+            Err(e) => return Err(EngineError::io("remove retired file")(e)),
         }
     }
     Ok(())
 }
 
-/// The temporary name a segment file at `path` takes while it is retired.
+/// The temporary name a file at `path` takes while it is retired: its name and
+/// `.retired.tmp`.
 pub(super) fn retired_path(path: &Path) -> PathBuf {
-    path.with_extension(format!("log.retired{TEMP_SUFFIX}"))
-}
-
-/// Delete the file at `path`, which no one maps or names as a segment, in steps (see
-/// [`retire_segments`] for why): cut, fsync and pause, then unlink. Gone already is fine.
-pub(crate) fn remove_in_steps(path: &Path) -> io::Result<()> {
-    match OpenOptions::new().write(true).open(path) {
-        Ok(file) => shrink(&file)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".retired{TEMP_SUFFIX}"));
+    path.with_file_name(name)
 }
 
 /// Cut `file` to nothing [`RETIRE_STEP_BYTES`] at a time, fsyncing after each cut and then
