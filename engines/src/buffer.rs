@@ -516,6 +516,11 @@ impl StorageEngine for BufferEngine {
         self.shared.log.sync()
     }
 
+    fn sync_then(&self, done: crate::SyncDone) -> Result<(), crate::SyncDone> {
+        self.shared.log.sync_then(done);
+        Ok(())
+    }
+
     fn is_durable(&self) -> bool {
         true
     }

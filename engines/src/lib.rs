@@ -129,6 +129,19 @@ pub trait StorageEngine: Send + Sync + fmt::Debug {
     /// callers (group commit).
     fn sync(&self) -> Result<(), EngineError>;
 
+    /// [`StorageEngine::sync`] without blocking: `done` gets the outcome of a sync that covers
+    /// every write that returned before this call, exactly once. It may run on this thread
+    /// before `sync_then` returns, or later on the thread of the engine that made the writes
+    /// durable, so it must be quick and must not block (send a message, wake a task).
+    ///
+    /// An engine that cannot learn of its sync without blocking a thread hands `done` back
+    /// (`Err(done)`, the default): the caller then calls [`StorageEngine::sync`] where it may
+    /// block and gives `done` its outcome. The memory-log engines (`log`, `buffer`) answer from
+    /// their flusher thread, so a durable write costs no thread of the caller's.
+    fn sync_then(&self, done: SyncDone) -> Result<(), SyncDone> {
+        Err(done)
+    }
+
     /// Whether this engine's data survives a restart after a `sync`.
     fn is_durable(&self) -> bool;
 
@@ -150,6 +163,9 @@ pub trait StorageEngine: Send + Sync + fmt::Debug {
 }
 
 pub use recovering::Recovery;
+
+/// What [`StorageEngine::sync_then`] calls with the outcome of a sync.
+pub type SyncDone = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
 /// Counters an engine reports. Cheap to read: engines keep them up to date as they go.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -637,6 +637,11 @@ impl StorageEngine for LogEngine {
         self.shared.log.sync()
     }
 
+    fn sync_then(&self, done: crate::SyncDone) -> Result<(), crate::SyncDone> {
+        self.shared.log.sync_then(done);
+        Ok(())
+    }
+
     fn is_durable(&self) -> bool {
         true
     }

@@ -139,6 +139,16 @@ impl StorageEngine for Recovering {
         self.engine()?.sync()
     }
 
+    fn sync_then(&self, done: crate::SyncDone) -> Result<(), crate::SyncDone> {
+        match self.engine() {
+            Ok(engine) => engine.sync_then(done),
+            Err(e) => {
+                done(Err(e));
+                Ok(())
+            }
+        }
+    }
+
     fn is_durable(&self) -> bool {
         self.kind != EngineKind::Memory
     }

@@ -13,7 +13,10 @@
 //! - Per engine, at most one blocking `sync` runs at a time. Callers that arrive while one
 //!   runs wait for the next, which starts as soon as the running one ends and serves all of
 //!   them at once.
-//! - Runs on the node's thread (`spawn_local`); the blocking call goes to tokio's pool.
+//! - Runs on the node's thread (`spawn_local`). It asks the engine with
+//!   [`StorageEngine::sync_then`], which the memory-log engines answer from their flusher
+//!   thread, so a round costs no thread of the node's; only an engine that hands the answer
+//!   back (the `btree`) has its blocking `sync` run on tokio's pool.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -96,18 +99,32 @@ async fn rounds(
         syncs.set(syncs.get() + 1);
         let engine = Arc::clone(&engine);
         let started = std::time::Instant::now();
-        let synced = tokio::task::spawn_blocking(move || engine.sync()).await;
+        let outcome = sync_engine(engine).await;
         if let Some(observer) = &observer {
             observer.synced(started);
         }
-        let outcome = match synced {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::from(e)),
-            Err(e) => Err(Error::Internal(format!("sync task failed: {e}"))),
-        };
         for reply in batch {
             let _ = reply.send(outcome.clone());
         }
+    }
+}
+
+/// One sync of `engine`: answered by the engine itself where it can
+/// ([`StorageEngine::sync_then`]), else a blocking `sync` on tokio's pool.
+async fn sync_engine(engine: Arc<dyn StorageEngine>) -> Result<(), Error> {
+    let (answer, answered) = oneshot::channel();
+    let done: cartwheel_engines::SyncDone = Box::new(move |outcome| {
+        let _ = answer.send(outcome);
+    });
+    if let Err(done) = engine.sync_then(done) {
+        let blocking = tokio::task::spawn_blocking(move || done(engine.sync()));
+        if let Err(e) = blocking.await {
+            return Err(Error::Internal(format!("sync task failed: {e}")));
+        }
+    }
+    match answered.await {
+        Ok(outcome) => outcome.map_err(Error::from),
+        Err(_) => Err(Error::Internal("the engine dropped a sync unanswered".into())),
     }
 }
 
@@ -119,13 +136,20 @@ mod tests {
     use cartwheel_engines::{EngineKind, EngineOptions};
 
     /// Many concurrent callers all get `Ok`, share one or two syncs, and their writes are in
-    /// the files when the calls return (read back from a copy taken before any close).
+    /// the files when the calls return (read back from a copy taken before any close): for
+    /// the engines that answer a sync themselves (`log`, `buffer`) and for the one whose
+    /// blocking `sync` runs on the pool (`btree`).
     #[test]
     fn concurrent_callers_share_syncs_and_their_writes_survive() {
+        for kind in [EngineKind::Log, EngineKind::Buffer, EngineKind::Btree] {
+            callers_share_syncs_and_their_writes_survive(kind);
+        }
+    }
+
+    fn callers_share_syncs_and_their_writes_survive(kind: EngineKind) {
         let dir = tempfile::tempdir().unwrap();
-        let open = |dir: &Path| {
-            cartwheel_engines::open(EngineKind::Log, dir, &EngineOptions::default()).unwrap()
-        };
+        let open =
+            |dir: &Path| cartwheel_engines::open(kind, dir, &EngineOptions::default()).unwrap();
         let engine = open(dir.path());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let groups = Rc::new(SyncGroups::default());
@@ -139,7 +163,8 @@ mod tests {
             for task in tasks {
                 task.await.unwrap().unwrap();
             }
-            assert!((1..=2).contains(&groups.syncs()), "{} syncs for 200 callers", groups.syncs());
+            let syncs = groups.syncs();
+            assert!((1..=2).contains(&syncs), "{kind:?}: {syncs} syncs for 200 callers");
             let groups = groups.groups.borrow();
             assert!(groups.values().all(|g| !g.running && g.waiting.is_empty()));
         });
@@ -153,7 +178,8 @@ mod tests {
         drop(engine);
         let engine = open(copy.path());
         for i in 0..200u32 {
-            assert_eq!(engine.get(&i.to_be_bytes()).unwrap().as_deref(), Some(&b"durable"[..]));
+            let value = engine.get(&i.to_be_bytes()).unwrap();
+            assert_eq!(value.as_deref(), Some(&b"durable"[..]), "{kind:?}: key {i}");
         }
     }
 }

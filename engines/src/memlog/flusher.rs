@@ -1,10 +1,12 @@
 //! # Group commit: the flusher thread
 //!
-//! One flusher thread per log writes the pending bytes and makes them durable with one
-//! `fdatasync` for every waiting writer at once (after one for each segment a roll sealed
-//! since the last flush: a roll leaves that to the flusher, see `active.rs`): on its own every `flush_interval_ms`, and at
-//! once when a [`MemLog::sync`] caller waits. Each caller sleeps until the append count it
-//! needs is durable and is woken on its own. The thread makes its two calls as plain system
+//! One flusher thread per log writes the pending bytes and makes them durable with one `fdatasync`
+//! for every waiting writer at once (after one for each segment a roll sealed since the last flush:
+//! a roll leaves that to the flusher, see `active.rs`): on its own every `flush_interval_ms`, and
+//! at once when a [`MemLog::sync`] caller waits. Each caller sleeps until the append count it needs
+//! is durable and is woken on its own; a [`MemLog::sync_then`] caller does not sleep at all: the
+//! flusher calls its answer right after the `fdatasync`, so a node waits for a durable write
+//! without a thread of its own blocked in `sync`. The thread makes its two calls as plain system
 //! calls or through an io_uring of its own ([`crate::FlusherBackend`]).
 //!
 //! ## Idle logs cost nothing
@@ -26,6 +28,7 @@ use std::time::Duration;
 use super::active::{failed_error, write_pending_with};
 use super::segment::Segment;
 use super::{lock, sys, EngineError, MemLog, Shared};
+use crate::SyncDone;
 
 #[derive(Debug, Default)]
 pub(super) struct SyncState {
@@ -38,9 +41,26 @@ pub(super) struct SyncState {
     pub(super) shutdown: bool,
     /// Set when a write or fdatasync failed; every later `sync` fails with it.
     failed: Option<(io::ErrorKind, String)>,
-    /// `sync` callers asleep until the append count they wait for is durable. Each is woken
-    /// on its own (`unpark`), so a group commit does not wake them all onto one mutex.
-    waiters: Vec<(u64, std::thread::Thread)>,
+    /// Callers waiting until the append count they name is durable. Each is answered on its
+    /// own (a thread is unparked), so a group commit does not wake them all onto one mutex.
+    pub(super) waiters: Vec<(u64, Waiter)>,
+}
+
+/// Someone waiting for appends to be durable.
+pub(super) enum Waiter {
+    /// A [`MemLog::sync`] caller, asleep in `park`.
+    Thread(std::thread::Thread),
+    /// A [`MemLog::sync_then`] caller's answer, called with the outcome.
+    Call(SyncDone),
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Thread(thread) => write!(f, "Thread({:?})", thread.id()),
+            Self::Call(_) => f.write_str("Call"),
+        }
+    }
 }
 
 impl MemLog {
@@ -48,33 +68,86 @@ impl MemLog {
     /// `fdatasync` (group commit).
     pub fn sync(&self) -> Result<(), EngineError> {
         let target = self.shared.appended.load(Ordering::Acquire);
-        if self.shared.sync_failed.load(Ordering::Acquire) {
-            // Refused even with nothing new to sync: the log acknowledges nothing more.
-            return Err(self.shared.sync_failure());
+        if let Some(outcome) = self.shared.settled(target) {
+            return outcome;
         }
-        if self.shared.synced.load(Ordering::Acquire) >= target {
-            return Ok(());
-        }
-        {
-            let mut state = lock(&self.shared.sync);
-            if state.failed.is_none() && state.synced < target {
-                if state.wanted < target {
-                    state.wanted = target;
-                    self.shared.flush_wanted.notify_one();
-                }
-                state.waiters.push((target, std::thread::current()));
-            }
-        }
+        // Queued or not, the loop below sees the outcome.
+        let _ = self.shared.enqueue(target, Waiter::Thread(std::thread::current()));
         loop {
-            if self.shared.synced.load(Ordering::Acquire) >= target {
-                return Ok(());
-            }
-            if self.shared.sync_failed.load(Ordering::Acquire) {
-                return Err(self.shared.sync_failure());
+            if let Some(outcome) = self.shared.settled(target) {
+                return outcome;
             }
             // Woken by the flusher once `synced` covers `target` or the log failed; a
             // spurious wake-up just goes round again.
             std::thread::park();
+        }
+    }
+
+    /// [`MemLog::sync`] without blocking: `done` is called with the outcome, here when it is
+    /// known at once, else on the flusher thread right after the `fdatasync` that made every
+    /// append before this call durable (or failed). See [`crate::StorageEngine::sync_then`].
+    pub fn sync_then(&self, done: SyncDone) {
+        let target = self.shared.appended.load(Ordering::Acquire);
+        if let Some(outcome) = self.shared.settled(target) {
+            return done(outcome);
+        }
+        if let Some(Waiter::Call(done)) = self.shared.enqueue(target, Waiter::Call(done)) {
+            let outcome = self.shared.settled(target).expect("settled when not queued");
+            done(outcome);
+        }
+    }
+}
+
+impl Shared {
+    /// The outcome of a sync up to append count `target` if it is known without waiting:
+    /// refused once the log failed (even with nothing new to sync: the log acknowledges
+    /// nothing more), done once `synced` covers it.
+    fn settled(&self, target: u64) -> Option<Result<(), EngineError>> {
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Some(Err(self.sync_failure()));
+        }
+        (self.synced.load(Ordering::Acquire) >= target).then_some(Ok(()))
+    }
+
+    /// Queue `waiter` for the flusher to answer once appends up to `target` are durable, and
+    /// ask it to flush them now. Hands `waiter` back when the outcome is already settled
+    /// (looked at under the lock the flusher answers under, so no answer is missed).
+    pub(super) fn enqueue(&self, target: u64, waiter: Waiter) -> Option<Waiter> {
+        let mut state = lock(&self.sync);
+        if state.failed.is_some() || state.synced >= target {
+            return Some(waiter);
+        }
+        if state.wanted < target {
+            state.wanted = target;
+            self.flush_wanted.notify_one();
+        }
+        state.waiters.push((target, waiter));
+        None
+    }
+
+    /// Answer every waiter left when the log closes, after its last flush (`flushed`), which
+    /// covered every append counted before it and so every waiter's: no `sync_then` answer is
+    /// dropped unanswered.
+    pub(super) fn answer_at_close(&self, flushed: Result<u64, EngineError>) {
+        let mut state = lock(&self.sync);
+        if let Err(e) = &flushed {
+            self.record_failure(&mut state, e);
+        }
+        let waiters = std::mem::take(&mut state.waiters).into_iter().map(|(_, w)| w).collect();
+        drop(state);
+        self.answer(waiters, flushed.is_err());
+    }
+
+    /// Answer `waiters` (taken out of the sync state, whose lock is not held): with the
+    /// failure if the log `failed`, else done.
+    fn answer(&self, waiters: Vec<Waiter>, failed: bool) {
+        for waiter in waiters {
+            match waiter {
+                Waiter::Thread(thread) => thread.unpark(),
+                Waiter::Call(done) => {
+                    done(if failed { Err(self.sync_failure()) } else { Ok(()) });
+                }
+            }
         }
     }
 }
@@ -146,11 +219,15 @@ impl Shared {
                 return;
             }
             if state.failed.is_some() {
-                // Nothing more can be made durable; wake waiters so they see the failure.
-                for (_, waiter) in state.waiters.drain(..) {
-                    waiter.unpark();
+                // Nothing more can be made durable; answer waiters so they see the failure.
+                let waiters: Vec<Waiter> = state.waiters.drain(..).map(|(_, w)| w).collect();
+                if waiters.is_empty() {
+                    state = self.flush_wanted.wait(state).unwrap_or_else(|p| p.into_inner());
+                } else {
+                    drop(state);
+                    self.answer(waiters, true);
+                    state = lock(&self.sync);
                 }
-                state = self.flush_wanted.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
             if state.wanted <= state.synced && !state.rolled {
@@ -184,18 +261,12 @@ impl Shared {
             }
             let synced = state.synced;
             let failed = state.failed.is_some();
-            let mut ready = Vec::new();
-            state.waiters.retain(|(target, waiter)| {
-                let done = failed || *target <= synced;
-                if done {
-                    ready.push(waiter.clone());
-                }
-                !done
-            });
+            let (ready, waiting) = std::mem::take(&mut state.waiters)
+                .into_iter()
+                .partition(|(target, _)| failed || *target <= synced);
+            state.waiters = waiting;
             drop(state);
-            for waiter in ready {
-                waiter.unpark();
-            }
+            self.answer(ready.into_iter().map(|(_, waiter)| waiter).collect(), failed);
             state = lock(&self.sync);
         }
     }

@@ -561,7 +561,8 @@ impl Drop for MemLog {
         // A clean close makes every append durable. Errors here have no one to go to; the
         // files stay recoverable by reopening.
         let synced = lock(&self.shared.sync).synced;
-        let _ = self.shared.flush(synced, None);
+        let flushed = self.shared.flush(synced, None);
+        self.shared.answer_at_close(flushed);
     }
 }
 
@@ -794,6 +795,64 @@ mod tests {
                 .unwrap(),
             b"before"
         );
+    }
+
+    /// `sync_then` answers `Ok` only once the appends before it are durable (the durable mark
+    /// covers them), at once when nothing is pending, and with the failure, never `Ok`, for a
+    /// caller queued when a flush fails or arriving after.
+    #[test]
+    fn sync_then_answers_once_durable_or_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 64 << 10);
+        let answer = || {
+            let (send, receive) = std::sync::mpsc::channel();
+            let done: crate::SyncDone = Box::new(move |outcome| send.send(outcome).unwrap());
+            (done, receive)
+        };
+        let at = log.append(RecordKind::Put, b"k", b"v").unwrap();
+        let (done, answered) = answer();
+        log.sync_then(done);
+        answered.recv().unwrap().unwrap();
+        let durable = *lock(&log.shared.durable);
+        assert!(durable > (at.segment, u64::from(at.offset)), "durable to {durable:?}");
+        assert!(answered.recv().is_err(), "answered exactly once");
+        // Nothing appended since: answered before `sync_then` returns.
+        let (done, answered) = answer();
+        log.sync_then(done);
+        assert!(answered.try_recv().unwrap().is_ok());
+        // A caller waiting for more than will ever be durable, then a failed flush.
+        let (done, answered) = answer();
+        log.shared.enqueue(u64::MAX, flusher::Waiter::Call(done));
+        let injected = EngineError::io("fdatasync segment")(std::io::Error::other("injected"));
+        log.shared.record_failure(&mut lock(&log.shared.sync), &injected);
+        log.shared.flush_wanted.notify_one();
+        assert!(matches!(answered.recv().unwrap(), Err(EngineError::Io { .. })));
+        let (done, answered) = answer();
+        log.sync_then(done);
+        assert!(matches!(answered.try_recv().unwrap(), Err(EngineError::Io { .. })));
+    }
+
+    /// A `sync_then` caller still waiting when the log closes is answered by the close's last
+    /// flush, and its append is on disk.
+    #[test]
+    fn sync_then_waiting_at_close_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = MemLogOptions { flush_interval_ms: 60_000, ..MemLogOptions::default() };
+        let log =
+            MemLog::open(dir.path(), lock_dir(dir.path()).unwrap(), options, &mut Collect(vec![]))
+                .unwrap();
+        log.append(RecordKind::Put, b"k", b"v").unwrap();
+        let (send, answered) = std::sync::mpsc::channel();
+        // Queued as `sync_then` queues, without asking the flusher to flush now.
+        let target = log.shared.appended.load(Ordering::Acquire);
+        lock(&log.shared.sync).waiters.push((
+            target,
+            flusher::Waiter::Call(Box::new(move |outcome| send.send(outcome).unwrap())),
+        ));
+        drop(log);
+        answered.recv().unwrap().unwrap();
+        let (_, collected) = open(dir.path(), 64 << 10);
+        assert_eq!(collected.0.len(), 1);
     }
 
     /// With the io_uring flusher (where this kernel allows io_uring), synced appends survive
