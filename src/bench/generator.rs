@@ -199,6 +199,9 @@ pub struct RunResult {
     /// Of those, the generator's own thread's (the sending thread: pacing, issuing, its
     /// connections' I/O).
     pub generator_cpu_s: Option<f64>,
+    /// CPU seconds (user + system) the server under test reported using over the measured
+    /// time, where it reports its own (a Redis server's `INFO cpu`, [`super::redis`]).
+    pub server_cpu_s: Option<f64>,
     /// The worst latency of the successful requests whose intended start fell in each
     /// [`WORST_WINDOW_MS`] of the measured time, in nanoseconds (0 for a window with none):
     /// a timeline that tells one long stall from a tail spread over the run.
@@ -545,6 +548,7 @@ where
             measured_s: 0.0,
             cpu_s: None,
             generator_cpu_s: None,
+            server_cpu_s: None,
             worst_ns: Vec::new(),
         },
         inflight: HashMap::new(),

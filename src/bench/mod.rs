@@ -34,6 +34,7 @@
 pub mod floor;
 pub mod generator;
 pub mod plot;
+pub mod redis;
 pub mod reference;
 pub mod report;
 pub mod target;
@@ -167,6 +168,11 @@ pub struct BenchArgs {
     /// own cost at the tail is the gap between the two. Value workloads, lww buckets.
     #[arg(long, conflicts_with = "sweep")]
     pub reference: bool,
+    /// Also run the same requests against a Redis server at this address (host:port), after
+    /// the store run, over --connections connections: GET and SET of the same keys and value
+    /// size, the server's CPU as it reports it. Value workloads.
+    #[arg(long, conflicts_with = "sweep", value_name = "ADDR")]
+    pub redis: Option<String>,
     /// Raise the rate step by step; report the highest with p99.9 under --p999-target.
     #[arg(long)]
     pub sweep: bool,
@@ -288,6 +294,9 @@ impl Plan {
                     args.workload
                 ))
             }
+        }
+        if args.redis.is_some() && args.workload.is_cart() {
+            return Err("--redis sends GET and SET: use a value workload".into());
         }
         if args.reference && resolver != ResolverKind::Lww {
             return Err("--reference sends blind puts and reads: use a value workload on an lww \
@@ -569,18 +578,19 @@ async fn measure(
     if args.reference {
         progress.set_prefix("reference");
         progress.set_message(format!("offered {:.0}/s, bare client", plan.schedule.rate_per_s));
-        let result = reference::run(reference::ReferencePlan {
-            addresses: addresses.to_vec(),
-            credentials: credentials.clone(),
-            bucket: plan.bucket_name.clone(),
-            prefix: plan.prefix.clone(),
-            workload: args.workload,
-            keys: plan.keys.clone(),
-            seed: args.seed,
-            value_bytes: args.value_bytes,
-            schedule: plan.schedule.clone(),
-        })?;
+        let result = reference::run(reference_plan(args, plan, addresses, credentials))?;
         runs.push(("reference".to_string(), result));
+    }
+    if let Some(address) = &args.redis {
+        progress.set_prefix("redis");
+        progress
+            .set_message(format!("offered {:.0}/s, redis at {address}", plan.schedule.rate_per_s));
+        let result = redis::run(
+            address,
+            args.connections,
+            reference_plan(args, plan, addresses, credentials),
+        )?;
+        runs.push(("redis".to_string(), result));
     }
     if args.floor {
         let frame_bytes = workload::key_name(0).len() + args.value_bytes;
@@ -609,6 +619,26 @@ async fn measure(
         }
     }
     Ok(Measured { runs, sweep, zero_hop: store.zero_hop(), bucket })
+}
+
+/// The requests of the store run, decided up front for the reference client and for Redis.
+fn reference_plan(
+    args: &BenchArgs,
+    plan: &Plan,
+    addresses: &[String],
+    credentials: &crate::client::Credentials,
+) -> reference::ReferencePlan {
+    reference::ReferencePlan {
+        addresses: addresses.to_vec(),
+        credentials: credentials.clone(),
+        bucket: plan.bucket_name.clone(),
+        prefix: plan.prefix.clone(),
+        workload: args.workload,
+        keys: plan.keys.clone(),
+        seed: args.seed,
+        value_bytes: args.value_bytes,
+        schedule: plan.schedule.clone(),
+    }
 }
 
 async fn store_run(

@@ -72,18 +72,21 @@ pub struct ReferencePlan {
 
 /// One request, decided before the run.
 #[derive(Clone, Copy, Debug)]
-struct Planned {
-    node: u16,
-    key: u32,
-    read: bool,
+pub(super) struct Planned {
+    /// Index of the connection (node) it goes to.
+    pub(super) node: u16,
+    /// Index of its key.
+    pub(super) key: u32,
+    /// A read, or else a blind put.
+    pub(super) read: bool,
 }
 
 /// What happened to one request, in nanoseconds of `CLOCK_MONOTONIC` (0: not yet).
 #[derive(Clone, Copy, Debug, Default)]
-struct Slot {
-    sent: u64,
-    done: u64,
-    error: Option<&'static str>,
+pub(super) struct Slot {
+    pub(super) sent: u64,
+    pub(super) done: u64,
+    pub(super) error: Option<&'static str>,
 }
 
 /// Run the reference client on a thread of its own and return what it measured. Blocks the
@@ -111,11 +114,11 @@ pub fn run(plan: ReferencePlan) -> Result<RunResult, String> {
     thread.join().map_err(|_| "the reference thread panicked".to_string())?
 }
 
-async fn measure(plan: ReferencePlan) -> Result<RunResult, String> {
-    let node_of_key = routes(&plan).await;
+/// Every request of the run, decided before it: the workload's seeded sequence (the one the
+/// benchmark's run sends), each to the node `node_of_key` names for its key.
+pub(super) fn planned_requests(plan: &ReferencePlan, node_of_key: &[u16]) -> Vec<Planned> {
     let mut rng = Rng::new(plan.seed);
-    let total = plan.schedule.requests();
-    let requests: Vec<Planned> = (0..total)
+    (0..plan.schedule.requests())
         .map(|_| match plan.workload.next(&plan.keys, &mut rng) {
             Request::Read { key } => {
                 Planned { node: node_of_key[key as usize], key: key as u32, read: true }
@@ -125,11 +128,22 @@ async fn measure(plan: ReferencePlan) -> Result<RunResult, String> {
                 Planned { node: node_of_key[key as usize], key: key as u32, read: false }
             }
         })
-        .collect();
-    let keys: Vec<Vec<u8>> = (0..plan.keys.keys())
+        .collect()
+}
+
+/// The bytes of every key (prefix and name) and the value every write sends.
+pub(super) fn keys_and_value(plan: &ReferencePlan) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let keys = (0..plan.keys.keys())
         .map(|i| [plan.prefix.as_slice(), &super::workload::key_name(i)].concat())
         .collect();
-    let value: Vec<u8> = (0..plan.value_bytes).map(|i| (i as u8).wrapping_mul(151)).collect();
+    let value = (0..plan.value_bytes).map(|i| (i as u8).wrapping_mul(151)).collect();
+    (keys, value)
+}
+
+async fn measure(plan: ReferencePlan) -> Result<RunResult, String> {
+    let node_of_key = routes(&plan).await;
+    let requests = planned_requests(&plan, &node_of_key);
+    let (keys, value) = keys_and_value(&plan);
     let mut nodes = Vec::with_capacity(plan.addresses.len());
     for address in &plan.addresses {
         nodes.push(connect(address, &plan.credentials).await?);
@@ -281,13 +295,13 @@ fn write_error(response: &PutResponse) -> Option<&'static str> {
     }
 }
 
-fn nanos(d: Duration) -> u64 {
+pub(super) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The run's figures from its slots, counted as the benchmark counts them (warm-up
 /// excluded; `unfinished` and `not_issued` among the errors, with the latency they reached).
-fn result(
+pub(super) fn result(
     schedule: &Schedule,
     start: u64,
     end: u64,
@@ -312,6 +326,7 @@ fn result(
         measured_s: 0.0,
         cpu_s: None,
         generator_cpu_s: None,
+        server_cpu_s: None,
         worst_ns: Vec::new(),
     };
     let mut last = measure_from;
@@ -369,7 +384,7 @@ fn result(
 
 /// `CLOCK_MONOTONIC` in nanoseconds and a `timerfd` armed at absolute instants of it.
 #[cfg(target_os = "linux")]
-mod clock {
+pub(super) mod clock {
     use rustix::time::{
         clock_gettime, timerfd_create, timerfd_settime, ClockId, Itimerspec, TimerfdClockId,
         TimerfdFlags, TimerfdTimerFlags, Timespec,
@@ -426,7 +441,7 @@ mod clock {
 
 /// Elsewhere `run` refuses before it gets here; this keeps the module compiling.
 #[cfg(not(target_os = "linux"))]
-mod clock {
+pub(super) mod clock {
     pub fn now_ns() -> u64 {
         0
     }

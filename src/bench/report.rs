@@ -146,6 +146,10 @@ pub struct RunReport {
     /// Of those, the generator's sending thread's (absent in older files).
     #[serde(default)]
     pub generator_cpu_s: Option<f64>,
+    /// CPU seconds (user + system) the server under test reported for itself over the
+    /// measured time: a Redis peer's `INFO cpu` (absent for the store, and in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_s: Option<f64>,
     /// The worst successful latency per 100 ms window of intended starts, in microseconds
     /// (0 for a window with none): when in the run the tail happened (empty in older files).
     #[serde(default)]
@@ -183,6 +187,7 @@ impl RunReport {
             measured_s: r.measured_s,
             cpu_s: r.cpu_s,
             generator_cpu_s: r.generator_cpu_s,
+            server_cpu_s: r.server_cpu_s,
             worst_us_per_100ms: r.worst_ns.iter().map(|&ns| ns as f64 / 1e3).collect(),
             requests: r.requests,
             answered: r.answered,
@@ -495,6 +500,15 @@ pub fn table(runs: &[RunReport]) -> String {
                 "",
                 per(cpu_s),
                 per(cpu_s - generator_s)
+            );
+        }
+        if let Some(server_s) = run.server_cpu_s {
+            let per = server_s * 100_000.0 / run.answered.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "{:<7} cpu (user + system) over the measured time, as the server reports it: \
+                 {server_s:.2} s ({per:.2} s per 100 000 requests)",
+                ""
             );
         }
         if let Some(worst) = worst_windows(&run.worst_us_per_100ms, 3) {
