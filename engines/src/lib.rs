@@ -75,7 +75,8 @@ pub const VALUE_BYTES_MAX: usize = 64 << 20;
 /// A write is durable only after a [`StorageEngine::sync`] call that *started after* the write
 /// returned has returned `Ok`. Engines group commit: many writes share one sync, and concurrent
 /// `sync` callers share one fsync where the engine can. `sync` may block for milliseconds and
-/// must never be called on the RPC thread. An engine whose [`StorageEngine::is_durable`] is
+/// must never be called on the RPC thread; [`StorageEngine::sync_then`] asks for the same
+/// without blocking, where the engine can answer from its own thread. An engine whose [`StorageEngine::is_durable`] is
 /// false keeps nothing across a restart; its `sync` returns at once.
 ///
 /// # What a crash may lose

@@ -168,7 +168,7 @@ pub struct BenchArgs {
     /// own cost at the tail is the gap between the two. Value workloads, lww buckets.
     #[arg(long, conflicts_with = "sweep")]
     pub reference: bool,
-    /// Also run the same requests against a Redis server at this address (host:port), after
+    /// Also run the same requests against a Redis server at this address (host:port), before
     /// the store run, over --connections connections: GET and SET of the same keys and value
     /// size, the server's CPU as it reports it. Value workloads.
     #[arg(long, conflicts_with = "sweep", value_name = "ADDR")]
@@ -551,6 +551,19 @@ async fn measure(
     }
     let mut runs = Vec::new();
     let mut sweep = None;
+    if let Some(address) = &args.redis {
+        // First, while the nodes are quiet: after the store run their engines merge and
+        // flush what it wrote, which would take CPU from Redis's run.
+        progress.set_prefix("redis");
+        progress
+            .set_message(format!("offered {:.0}/s, redis at {address}", plan.schedule.rate_per_s));
+        let result = redis::run(
+            address,
+            args.connections,
+            reference_plan(args, plan, addresses, credentials),
+        )?;
+        runs.push(("redis".to_string(), result));
+    }
     if plan.sweep_rates.is_empty() {
         let result =
             store_run(&plan.schedule, &store, plan, args, &mut pacer, progress, "store").await;
@@ -580,17 +593,6 @@ async fn measure(
         progress.set_message(format!("offered {:.0}/s, bare client", plan.schedule.rate_per_s));
         let result = reference::run(reference_plan(args, plan, addresses, credentials))?;
         runs.push(("reference".to_string(), result));
-    }
-    if let Some(address) = &args.redis {
-        progress.set_prefix("redis");
-        progress
-            .set_message(format!("offered {:.0}/s, redis at {address}", plan.schedule.rate_per_s));
-        let result = redis::run(
-            address,
-            args.connections,
-            reference_plan(args, plan, addresses, credentials),
-        )?;
-        runs.push(("redis".to_string(), result));
     }
     if args.floor {
         let frame_bytes = workload::key_name(0).len() + args.value_bytes;

@@ -1,10 +1,11 @@
 //! # Redis, measured in the same invocation
 //!
-//! `cartwheel bench --redis ADDR` adds a run named `redis` after the store run: the same
-//! schedule and the same seeded sequence of reads and blind puts, as `GET` and `SET` of the
-//! same keys with values of the same size, sent to a Redis server at `ADDR`. The store's line
-//! and Redis's line of one invocation are two measurements on one machine at one time, so a
-//! figure of the store can be read against the peer's from the same run.
+//! `cartwheel bench --redis ADDR` adds a run named `redis` before the store run (while the
+//! nodes are quiet; after it their engines merge what it wrote): the same schedule and the same
+//! seeded sequence of reads and blind puts, as `GET` and `SET` of the same keys with values of
+//! the same size, sent to a Redis server at `ADDR`. The store's line and Redis's line of one
+//! invocation are two measurements on one machine at one time, so a figure of the store can be
+//! read against the peer's from the same run.
 //!
 //! It sends the way the reference client does ([`super::reference`]), and with its parts:
 //! - **Its own thread** and current-thread runtime, nothing else on it; every request decided
