@@ -13,9 +13,10 @@
 //! Writing the old segment's last bytes and its seal, and its `fdatasync`, are the flusher's
 //! (`flusher.rs`): it syncs every sealed segment, oldest first, before the active one, so a
 //! `sync` that returns has made durable every segment its records are in, seals included.
-//! The preparer keeps the next two spares ready once the log rolled (the first one is asked
-//! for when the first segment after open is half full), so in steady state a roll waits for
-//! nothing, even when one spare was slow to make.
+//! The preparer is asked for the next two spares when the active segment is half full, so in
+//! steady state a roll waits for nothing, even when one spare was slow to make; and the roll
+//! wakes no thread (the flusher syncs the seal within its interval, as it does the appends
+//! after it), so the put that crosses a roll costs little more than any other.
 //!
 //! Only when the spare is not ready (appends outran the preparer, or it failed) does the roll
 //! wait for it; a record larger than a segment gets a segment of its own, made by the
@@ -130,13 +131,16 @@ impl SpareState {
     }
 }
 
-/// The first spare after open is asked for once the active segment is this full (in
-/// percent): early enough to be done before the roll, late enough that short-lived logs
-/// (tests, small engines) never pay for it. After a roll the next spare is asked for at once.
+/// Spares are asked for once the active segment is this full (in percent): early enough to
+/// be done before the roll, late enough that short-lived logs (tests, small engines) never
+/// pay for one. A roll itself asks for nothing and wakes no thread: the put that crosses it
+/// pays only for switching segments (docs/BENCHMARKS.md, "Put latency across segment
+/// rolls").
 const SPARE_START_PERCENT: u64 = 50;
-/// Spares kept ready ahead of the active segment once it rolled: two, so that one slow spare
-/// (a slow fsync of the directory under load) does not make a roll wait. Each holds a
-/// segment's worth of disk space.
+/// How far ahead of the active segment spares are asked for when it is half full: the next
+/// segment and the one after, so that a roll finds its spare ready even when the one before
+/// was slow to make (a slow fsync of the directory under load), and each spare has a segment
+/// and a half of appends' time to be made. Each holds a segment's worth of disk space.
 const SPARES_AHEAD: u32 = 2;
 
 impl MemLog {
@@ -171,11 +175,13 @@ impl MemLog {
             self.shared.flush_wanted.notify_one();
         }
         let half_full = active.end * 100 >= active.capacity * SPARE_START_PERCENT;
-        let next = active.segment.id + 1;
+        let ahead = active.segment.id + SPARES_AHEAD;
         drop(active);
+        // Also what makes a seal durable after a roll here: the flusher flushes within its
+        // interval once something is appended, sealed segments first.
         self.shared.wake_idle_flusher();
         if half_full {
-            self.shared.want_spare(next);
+            self.shared.want_spare(ahead);
         }
         Ok(at)
     }
@@ -188,6 +194,10 @@ impl MemLog {
         let mut active = lock(&self.shared.active);
         self.shared.check_writable()?;
         self.shared.roll(&mut active, 0)?;
+        // Nothing may be appended after this roll for a while: the seal's fdatasync now, and
+        // the next spare.
+        self.shared.flush_soon();
+        self.shared.want_spare(active.segment.id + 1);
         Ok(active.segment.id)
     }
 }
@@ -310,9 +320,6 @@ impl Shared {
         if unwritten >= PENDING_BYTES_MAX {
             write_pending(active, &self.write_failed)?;
         }
-        // The seal's fdatasync, soon; and the next spares, at once.
-        self.flush_soon();
-        self.want_spare(id + SPARES_AHEAD);
         Ok(())
     }
 

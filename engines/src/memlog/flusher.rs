@@ -10,12 +10,12 @@
 //! calls or through an io_uring of its own ([`crate::FlusherBackend`]).
 //!
 //! ## Idle logs cost nothing
-//! A flusher with nothing appended since its last flush sleeps without a timeout
-//! ([`crate::idle`]): the first append after that wakes it once, and it then waits the flush
-//! interval before it flushes, exactly as a busy flusher does, so group commit and the window a
-//! crash may lose are unchanged. A `sync` caller, a roll (whose seal is synced at once) and
-//! shutdown wake it too. A node has many logs (one per bucket and the hint store), most of
-//! them idle; without this each would wake every `flush_interval_ms` for nothing.
+//! A flusher with nothing appended since its last flush sleeps without a timeout ([`crate::idle`]):
+//! the first append after that wakes it once, and it then waits the flush interval before it
+//! flushes, exactly as a busy flusher does, so group commit and the window a crash may lose are
+//! unchanged. A `sync` caller, a [`MemLog::roll`] call (whose seal is synced at once) and shutdown
+//! wake it too. A node has many logs (one per bucket and the hint store), most of them idle;
+//! without this each would wake every `flush_interval_ms` for nothing.
 //!
 //! A failed write or `fdatasync` is never retried into success: the failure is recorded, and
 //! every later `sync` and `append` is refused with it until the log is reopened.
