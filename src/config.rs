@@ -75,9 +75,16 @@ pub struct Limits {
     /// stored. Incoming messages are bounded at [`Limits::message_bytes_max`], so a value far
     /// over this limit closes the connection instead.
     pub value_bytes_max: usize,
-    /// Requests one connection may have in flight. More are answered at once with
+    /// Requests one client connection may have in flight. More are answered at once with
     /// `overloaded` and nothing is done for them.
     pub inflight_per_connection_max: usize,
+    /// Requests one member's connection (one that opened the node-to-node API) may have in
+    /// flight. Larger than a client's: one such connection carries all of a peer's
+    /// replication, reads and forwarded writes to this node, so at 10 000 requests a second
+    /// and a 25 ms tail it holds 250 calls where no client holds more than a few; shedding
+    /// them fails writes and reads with `quorumNotMet` (docs/BENCHMARKS.md). The bytes those
+    /// calls carry are bounded by `inflight_bytes_max` all the same.
+    pub inflight_per_peer_connection_max: usize,
     /// Bytes the node may hold for requests in flight, all connections together: client
     /// values being written, states being sent to peers or received from them
     /// ([`crate::cluster::budget`]). A request that would pass it is answered at once with
@@ -115,6 +122,7 @@ impl Default for Limits {
             key_bytes_max: KEY_BYTES_MAX_DEFAULT,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             inflight_per_connection_max: 256,
+            inflight_per_peer_connection_max: 4096,
             inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
             connections_max: 1024,
             request_timeout_ms: 5_000,
@@ -481,6 +489,7 @@ struct RawLimits {
     key_bytes_max: Option<usize>,
     value_bytes_max: Option<usize>,
     inflight_per_connection_max: Option<usize>,
+    inflight_per_peer_connection_max: Option<usize>,
     inflight_bytes_max: Option<usize>,
     connections_max: Option<usize>,
     request_timeout_ms: Option<u64>,
@@ -631,6 +640,9 @@ impl RawLimits {
             inflight_per_connection_max: self
                 .inflight_per_connection_max
                 .unwrap_or(defaults.inflight_per_connection_max),
+            inflight_per_peer_connection_max: self
+                .inflight_per_peer_connection_max
+                .unwrap_or(defaults.inflight_per_peer_connection_max),
             inflight_bytes_max: 0,
             connections_max: self.connections_max.unwrap_or(defaults.connections_max),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
@@ -661,6 +673,9 @@ impl RawLimits {
         }
         if limits.inflight_per_connection_max == 0 {
             return Err(refuse.at("limits.inflight_per_connection_max", "must be at least 1"));
+        }
+        if limits.inflight_per_peer_connection_max == 0 {
+            return Err(refuse.at("limits.inflight_per_peer_connection_max", "must be at least 1"));
         }
         // Unset: the default, or the floor where a larger value limit needs more.
         let budget_floor = 2 * limits.message_bytes_max();

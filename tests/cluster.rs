@@ -59,22 +59,24 @@ impl TestCluster {
     /// Start with anti-entropy comparing `anti_entropy` partitions per round (0: off), for
     /// tests that must see a replica stay stale until something else repairs it.
     fn start_with(size: usize, anti_entropy: usize) -> Self {
+        Self::start_configured(size, anti_entropy, |_| {})
+    }
+
+    /// Start as [`TestCluster::start_with`], each node's configuration changed by `change`
+    /// (nodes restarted or added later get the plain one).
+    fn start_configured(size: usize, anti_entropy: usize, change: impl Fn(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let first =
-            NodeHandle::start(node_config(dir.path(), 0, "127.0.0.1:0", None, anti_entropy))
-                .unwrap();
+        let config = |i: usize, seed: Option<&str>| {
+            let mut config = node_config(dir.path(), i, "127.0.0.1:0", seed, anti_entropy);
+            change(&mut config);
+            config
+        };
+        let first = NodeHandle::start(config(0, None)).unwrap();
         let seed = first.address().to_string();
         let mut nodes = vec![Some(first)];
         let mut addresses = vec![seed.clone()];
         for i in 1..size {
-            let node = NodeHandle::start(node_config(
-                dir.path(),
-                i,
-                "127.0.0.1:0",
-                Some(&seed),
-                anti_entropy,
-            ))
-            .unwrap();
+            let node = NodeHandle::start(config(i, Some(&seed))).unwrap();
             addresses.push(node.address().to_string());
             nodes.push(Some(node));
         }
@@ -561,5 +563,42 @@ fn deleted_keys_storage_is_reclaimed() {
     });
     for key in &keys {
         assert_eq!(get(&cluster.addresses[0], key.as_bytes(), 3).unwrap(), None);
+    }
+}
+
+/// A member's connection carries all of a peer's replication to a node, so it is not held to
+/// the bound of a client's: with clients allowed one request in flight each, eight clients
+/// writing at once through one coordinator with w = dw = 3 (every replica fsyncs before it
+/// answers, so the replication calls of several writes are in flight on each peer connection
+/// together) get every write acknowledged and stored everywhere, none refused for the peer
+/// connection's in-flight count. With the peer bound at 1 too, the cluster does not even form.
+#[test]
+fn peer_connections_are_not_held_to_a_clients_inflight_bound() {
+    let cluster =
+        TestCluster::start_configured(3, 32, |c| c.limits.inflight_per_connection_max = 1);
+    let durable = WriteOptions { w: 3, dw: Some(3), ..WriteOptions::default() };
+    let results = block_on(async {
+        let writers = (0..8).map(|c| {
+            let address = cluster.addresses[0].clone();
+            async move {
+                let client = Client::connect(&address).await.unwrap();
+                let mut results = Vec::new();
+                for k in 0..20 {
+                    let key = format!("w{c}-{k}");
+                    let put = client.put_with("b", key.as_bytes(), b"v", &[], &durable).await;
+                    results.push((key, put.map(|_| ())));
+                }
+                results
+            }
+        });
+        futures::future::join_all(writers).await.concat()
+    });
+    for (key, result) in &results {
+        assert!(result.is_ok(), "{key}: {result:?}");
+    }
+    for address in &cluster.addresses {
+        for (key, _) in &results {
+            assert!(replica(address, key.as_bytes()).is_some(), "{key} stored on {address}");
+        }
     }
 }

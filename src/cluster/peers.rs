@@ -5,8 +5,9 @@
 //! node-to-node call goes through one function (`Cluster::call`), so each has the same shape:
 //! - a **deadline** (the request timeout, or the gossip interval for gossip): a peer that
 //!   accepts TCP and never answers costs one deadline, not a stuck round;
-//! - an **in-flight bound** per connection (`limits.inflight_per_connection_max`, what the
-//!   peer itself admits): a call over it fails at once with `overloaded` and sends nothing;
+//! - an **in-flight bound** per connection (`limits.inflight_per_peer_connection_max`, what
+//!   the peer itself admits on a member's connection): a call over it fails at once with
+//!   `overloaded` and sends nothing;
 //! - **typed errors** ([`Error`]), and each outcome feeds the failure detector: a call that
 //!   failed in transport or missed its deadline marks the peer, one the peer answered (even
 //!   with an error) counts as a sign of life.
@@ -430,7 +431,7 @@ impl Cluster {
                 return T::from_reply(reply);
             }
             let connection = self.connect(address).await?;
-            let max = self.store.limits().inflight_per_connection_max;
+            let max = self.store.limits().inflight_per_peer_connection_max;
             if connection.inflight.get() >= max {
                 return Err(Error::Overloaded(format!("{max} calls in flight to {id}")));
             }

@@ -56,7 +56,11 @@ impl Api {
         }
         let inflight = &self.conn.inflight;
         self.conn.last_call.set(Instant::now());
-        let max = self.shared.store().limits().inflight_per_connection_max;
+        let limits = self.shared.store().limits();
+        let max = match self.conn.peer.get() {
+            true => limits.inflight_per_peer_connection_max,
+            false => limits.inflight_per_connection_max,
+        };
         let admitted = if inflight.get() >= max {
             Err(Error::Overloaded(format!("{max} requests in flight on this connection")))
         } else {
@@ -531,6 +535,7 @@ impl gate::Server for Gate {
         let claimed = text(params.get()?.get_from(), "from").unwrap_or_default();
         tracing::debug!(%claimed, caller = ?self.caller, "peer session opened");
         self.conn.logged_in(&self.shared);
+        self.conn.peer.set(true);
         let api = Api::new(&self.shared, &self.conn, Grants::all());
         let from = match &self.caller {
             Caller::Member(id) => Some(id.clone()),

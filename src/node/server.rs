@@ -12,7 +12,9 @@
 //! - Every connection gets its own `Cartwheel` capability with an in-flight counter; a request
 //!   arriving while `limits.inflight_per_connection_max` are in flight is answered at once
 //!   with `overloaded`, and nothing is done for it. capnp-rpc itself has no back-pressure on
-//!   ordinary calls, so this bound is ours.
+//!   ordinary calls, so this bound is ours. A member's connection (one that opened the
+//!   node-to-node API) carries all of that peer's traffic to this node and has its own,
+//!   larger bound, `limits.inflight_per_peer_connection_max`.
 //! - Incoming messages are read with capnp's traversal limit set from
 //!   `Limits::message_bytes_max`: a larger message (or any bytes that are not Cap'n Proto)
 //!   ends that connection only; the node keeps serving everyone else.
@@ -425,6 +427,7 @@ fn accept(shared: &Rc<Shared>, closing: &Closing, stream: TcpStream, peer: Socke
         logged_in: tokio::sync::Notify::new(),
         last_call: Cell::new(Instant::now()),
         inflight: Rc::new(Cell::new(0)),
+        peer: Cell::new(false),
     });
     let (shared, stop, open) = (Rc::clone(shared), closing.stop.clone(), closing.open.clone());
     tokio::task::spawn_local(async move {
@@ -552,8 +555,11 @@ pub(super) struct Connection {
     pub(super) logged_in: tokio::sync::Notify,
     /// When the last call arrived.
     pub(super) last_call: Cell<Instant>,
-    /// Calls in flight, against `limits.inflight_per_connection_max`.
+    /// Calls in flight, against `limits.inflight_per_connection_max` (a client's) or
+    /// `limits.inflight_per_peer_connection_max` (a member's).
     pub(super) inflight: Rc<Cell<usize>>,
+    /// Opened the node-to-node API: a member's connection.
+    pub(super) peer: Cell<bool>,
 }
 
 impl Connection {
