@@ -36,7 +36,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::generator::RunResult;
-use super::reference::{clock, keys_and_value, nanos, planned_requests, ReferencePlan, Slot};
+use super::reference::{
+    clock, keys_and_value, nanos, planned_requests, wait_for_answers, ReferencePlan, Slot,
+};
 
 /// How long before the first intended start the run finishes its setup.
 const LEAD_MS: u64 = super::reference::LEAD_MS;
@@ -145,16 +147,7 @@ async fn measure(
             connection.waiting.borrow_mut().retain(|&w| w != i);
         }
     }
-    // Wait for the answers still due, up to the run's end, looking every millisecond.
-    loop {
-        let now = clock::now_ns();
-        let waiting = slots.borrow().iter().any(|s| s.sent != 0 && s.done == 0);
-        if !waiting || now >= time_up {
-            break;
-        }
-        timer.sleep_until(now + 1_000_000).await.map_err(|e| format!("timerfd: {e}"))?;
-    }
-    let end = clock::now_ns();
+    let end = wait_for_answers(&timer, &slots, time_up).await?;
     let (mut control, cpu_before) =
         cpu_at_start.await.map_err(|e| format!("redis cpu task: {e}"))?.map_err(|e| failed(&e))?;
     let cpu_after = control.server_cpu_s().await.map_err(|e| failed(&e))?;

@@ -194,18 +194,26 @@ async fn measure(plan: ReferencePlan) -> Result<RunResult, String> {
             });
         }
     }
-    // Wait for the answers still due, up to the run's end, looking every millisecond.
+    let end = wait_for_answers(&timer, &slots, time_up).await?;
+    let slots = slots.borrow();
+    Ok(result(schedule, start, end, &requests, &slots))
+}
+
+/// Wait for the answers still due, up to `time_up`, looking every millisecond; returns when
+/// it stopped waiting (the run's end).
+pub(super) async fn wait_for_answers(
+    timer: &clock::Timer,
+    slots: &RefCell<Vec<Slot>>,
+    time_up: u64,
+) -> Result<u64, String> {
     loop {
         let now = clock::now_ns();
         let waiting = slots.borrow().iter().any(|s| s.sent != 0 && s.done == 0);
         if !waiting || now >= time_up {
-            break;
+            return Ok(now);
         }
         timer.sleep_until(now + 1_000_000).await.map_err(|e| format!("timerfd: {e}"))?;
     }
-    let end = clock::now_ns();
-    let slots = slots.borrow();
-    Ok(result(schedule, start, end, &requests, &slots))
 }
 
 /// The node index of every key: its coordinator by the ring, or its hash modulo the node
