@@ -104,9 +104,15 @@ pub(super) struct Sealed {
 /// every other log's `fdatasync` and stalled them for 4-90 ms. Preallocation alone still
 /// reserves the blocks, so a full disk shows up when a segment is made, never as a fault on
 /// a mapped page.
+///
+/// The preparer also enters each spare in the segment table as soon as it is made, so that
+/// the roll that takes it does not take the table's write lock (which waits for every reader
+/// copying a record out of a mapping). Readers never look for a spare's id: no location
+/// points into it before it is the active segment, and [`MemLog::sealed_segments`] lists
+/// only the segments before the active one.
 #[derive(Debug)]
 pub(super) struct Spare {
-    pub(super) segment: Segment,
+    pub(super) segment: Arc<Segment>,
     capacity: u64,
 }
 
@@ -291,10 +297,13 @@ impl Shared {
         let next = self.take_spare(id).and_then(|spare| match spare {
             Some(spare) if spare.capacity >= needed => Ok((spare.segment, spare.capacity)),
             // A record larger than a segment: a segment of its own size, renamed over the
-            // spare's name (the spare is dropped unused).
+            // spare's name (the spare is dropped unused), and entered in the table in its
+            // place.
             _ => {
                 let capacity = segment_capacity(&self.dir, self.options.segment_bytes_max, needed);
-                Ok((create_segment(&self.dir, id, capacity)?, capacity))
+                let segment = Arc::new(create_segment(&self.dir, id, capacity)?);
+                self.enter_segment(&segment);
+                Ok((segment, capacity))
             }
         });
         let (segment, capacity) = match next {
@@ -308,8 +317,6 @@ impl Shared {
         };
         encode_record(RecordKind::Seal, &[], &[], &mut active.pending);
         active.end += SEAL_RECORD_BYTES as u64;
-        let segment = Arc::new(segment);
-        self.segments.write().unwrap_or_else(|p| p.into_inner()).push(Arc::clone(&segment));
         let old = std::mem::replace(&mut active.segment, segment);
         let pending = std::mem::take(&mut active.pending);
         active.sealed.push(Sealed { segment: old, end: active.end, pending });
@@ -321,6 +328,15 @@ impl Shared {
             write_pending(active, &self.write_failed)?;
         }
         Ok(())
+    }
+
+    /// Enter `segment` in the segment table, in its id's place (replacing a spare of that id).
+    fn enter_segment(&self, segment: &Arc<Segment>) {
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        match segments.binary_search_by_key(&segment.id, |s| s.id) {
+            Ok(at) => segments[at] = Arc::clone(segment),
+            Err(at) => segments.insert(at, Arc::clone(segment)),
+        }
     }
 
     /// Ask the preparer for the spares of the segments up to `id`, unless it was asked already.
@@ -414,7 +430,9 @@ impl Shared {
         if made.is_err() {
             let _ = fs::remove_file(&temp);
         }
-        Ok(Some(Spare { segment: made?, capacity }))
+        let segment = Arc::new(made?);
+        self.enter_segment(&segment);
+        Ok(Some(Spare { segment, capacity }))
     }
 
     /// Blocks allocated, header, fsync, rename to the segment's name, directory fsync, map.

@@ -439,11 +439,13 @@ impl MemLog {
         Ok(end)
     }
 
-    /// Ids and file lengths of the sealed segments, in order (the active one excluded).
+    /// Ids and file lengths of the sealed segments, in order (the active one and the spares
+    /// after it excluded).
     pub fn sealed_segments(&self) -> Vec<(u32, u64)> {
+        // The active lock is let go before the table lock is taken (see `read`).
+        let active = self.active_segment();
         let segments = self.shared.segments.read().unwrap_or_else(|p| p.into_inner());
-        let sealed = &segments[..segments.len() - 1];
-        sealed.iter().map(|s| (s.id, s.map.len())).collect()
+        segments.iter().take_while(|s| s.id < active).map(|s| (s.id, s.map.len())).collect()
     }
 
     /// The id of the segment appends go to.
@@ -795,6 +797,43 @@ mod tests {
                 .unwrap(),
             b"before"
         );
+    }
+
+    /// A record larger than a segment gets a segment of its own, made in place of the spare
+    /// already entered in the segment table under that id: every record reads back, from
+    /// the table and after a reopen, and the sealed segments listed are those before the
+    /// active one, never a spare.
+    #[test]
+    fn a_record_larger_than_a_segment_replaces_its_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), 4096);
+        let mut at = Vec::new();
+        let value = |i: usize| vec![i as u8; if i == 40 { 10_000 } else { 100 }];
+        for i in 0..40 {
+            at.push(log.append(RecordKind::Put, &[i as u8], &value(i)).unwrap());
+        }
+        // Spares are asked for at half full; wait until the next one is in the table.
+        let next = log.active_segment() + 1;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !lock(&log.shared.spare).ready.iter().any(|s| s.segment.id == next) {
+            assert!(std::time::Instant::now() < deadline, "spare {next} never made");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for i in 40..60 {
+            at.push(log.append(RecordKind::Put, &[i as u8], &value(i)).unwrap());
+        }
+        assert_eq!(at[40].segment, next, "the large record took the spare's id");
+        let active = log.active_segment();
+        let sealed = log.sealed_segments();
+        assert!(sealed.iter().all(|(id, _)| *id < active), "{sealed:?} before {active}");
+        assert!(sealed.iter().any(|&(id, len)| id == next && len > 10_000), "{sealed:?}");
+        for (i, &loc) in at.iter().enumerate() {
+            assert_eq!(log.read(loc, |r| r.value.to_vec()).unwrap(), value(i), "record {i}");
+        }
+        log.sync().unwrap();
+        drop(log);
+        let (_, collected) = open(dir.path(), 4096);
+        assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
     }
 
     /// `sync_then` answers `Ok` only once the appends before it are durable (the durable mark
