@@ -127,15 +127,20 @@ impl Shared {
 
     /// Answer every waiter left when the log closes, after its last flush (`flushed`), which
     /// covered every append counted before it and so every waiter's: no `sync_then` answer is
-    /// dropped unanswered.
+    /// dropped unanswered. After an earlier failure the answer is that failure, whatever the
+    /// last flush did: an `fdatasync` that succeeds after one that failed proves nothing about
+    /// the pages the failed one lost.
     pub(super) fn answer_at_close(&self, flushed: Result<u64, EngineError>) {
         let mut state = lock(&self.sync);
         if let Err(e) = &flushed {
-            self.record_failure(&mut state, e);
+            if state.failed.is_none() {
+                self.record_failure(&mut state, e);
+            }
         }
+        let failed = state.failed.is_some();
         let waiters = std::mem::take(&mut state.waiters).into_iter().map(|(_, w)| w).collect();
         drop(state);
-        self.answer(waiters, flushed.is_err());
+        self.answer(waiters, failed);
     }
 
     /// Answer `waiters` (taken out of the sync state, whose lock is not held): with the

@@ -872,7 +872,7 @@ mod tests {
     }
 
     /// A `sync_then` caller still waiting when the log closes is answered by the close's last
-    /// flush, and its append is on disk.
+    /// flush, and its append is on disk; after a failed flush it is answered with the failure.
     #[test]
     fn sync_then_waiting_at_close_is_answered() {
         let dir = tempfile::tempdir().unwrap();
@@ -890,8 +890,21 @@ mod tests {
         ));
         drop(log);
         answered.recv().unwrap().unwrap();
-        let (_, collected) = open(dir.path(), 64 << 10);
+        let (log, collected) = open(dir.path(), 64 << 10);
         assert_eq!(collected.0.len(), 1);
+        // After a failed flush, a waiter left at close gets the failure, even though the
+        // close's own flush may succeed.
+        log.append(RecordKind::Put, b"k2", b"v").unwrap();
+        let injected = EngineError::io("fdatasync segment")(std::io::Error::other("injected"));
+        log.shared.record_failure(&mut lock(&log.shared.sync), &injected);
+        let (send, answered) = std::sync::mpsc::channel();
+        let target = log.shared.appended.load(Ordering::Acquire);
+        lock(&log.shared.sync).waiters.push((
+            target,
+            flusher::Waiter::Call(Box::new(move |outcome| send.send(outcome).unwrap())),
+        ));
+        drop(log);
+        assert!(matches!(answered.recv().unwrap(), Err(EngineError::Io { .. })));
     }
 
     /// With the io_uring flusher (where this kernel allows io_uring), synced appends survive
