@@ -140,8 +140,8 @@ impl SpareState {
 /// Spares are asked for once the active segment is this full (in percent): early enough to
 /// be done before the roll, late enough that short-lived logs (tests, small engines) never
 /// pay for one. A roll itself asks for nothing and wakes no thread: the put that crosses it
-/// pays only for switching segments (docs/BENCHMARKS.md, "Put latency across segment
-/// rolls").
+/// pays only for switching segments (docs/BENCHMARKS.md, the section on "rolls that wake
+/// nobody").
 const SPARE_START_PERCENT: u64 = 50;
 /// How far ahead of the active segment spares are asked for when it is half full: the next
 /// segment and the one after, so that a roll finds its spare ready even when the one before
