@@ -79,6 +79,23 @@ pub(super) struct Active {
     /// Segments sealed by a roll and not yet known durable, oldest first: the flusher writes
     /// their last bytes (seal record included) and fdatasyncs them before the active segment.
     pub(super) sealed: Vec<Sealed>,
+    /// An empty buffer, the pending buffer of a sealed segment the flusher is done with, for
+    /// the next roll to start the new segment's pending buffer with: without it, the appends
+    /// after every roll grow a buffer from nothing again, copying it at each doubling.
+    pub(super) recycled: Vec<u8>,
+}
+
+impl Active {
+    /// Keep the pending buffer of a sealed segment the flusher wrote and synced, for the
+    /// next roll (unless a larger one is kept already, or it grew past the usual size).
+    pub(super) fn recycle(&mut self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        if buffer.capacity() > self.recycled.capacity()
+            && buffer.capacity() <= 4 * PENDING_BYTES_MAX
+        {
+            self.recycled = buffer;
+        }
+    }
 }
 
 /// A segment a roll sealed whose seal is not yet durable (see the module documentation).
@@ -318,7 +335,7 @@ impl Shared {
         encode_record(RecordKind::Seal, &[], &[], &mut active.pending);
         active.end += SEAL_RECORD_BYTES as u64;
         let old = std::mem::replace(&mut active.segment, segment);
-        let pending = std::mem::take(&mut active.pending);
+        let pending = std::mem::replace(&mut active.pending, std::mem::take(&mut active.recycled));
         active.sealed.push(Sealed { segment: old, end: active.end, pending });
         active.capacity = capacity;
         active.end = SEGMENT_HEADER_BYTES as u64;

@@ -206,7 +206,11 @@ impl Shared {
         }
         if !sealed.is_empty() {
             // Rolls only ever add at the end: the first ones are those just synced.
-            lock(&self.active).sealed.drain(..sealed.len());
+            let mut active = lock(&self.active);
+            let done: Vec<_> = active.sealed.drain(..sealed.len()).collect();
+            for old in done {
+                active.recycle(old.pending);
+            }
         }
         if target > synced {
             sync_data(&mut ring, &segment)?;

@@ -322,6 +322,7 @@ impl MemLog {
                 end,
                 pending: Vec::new(),
                 sealed: Vec::new(),
+                recycled: Vec::new(),
             }),
             write_failed: AtomicBool::new(false),
             appended: AtomicU64::new(0),
