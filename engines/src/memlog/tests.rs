@@ -23,6 +23,19 @@ fn open(dir: &Path, segment_bytes_max: u64) -> (MemLog, Collect) {
     (log, collect)
 }
 
+/// Every record at `at` reads back with the value `value(i)` gives its index.
+fn assert_reads_back(log: &MemLog, at: &[Location], value: impl Fn(usize) -> Vec<u8>) {
+    for (i, &loc) in at.iter().enumerate() {
+        let read = log.read(loc, |r| r.value.to_vec()).unwrap();
+        assert_eq!(read, value(i), "record {i} at {loc:?}");
+    }
+}
+
+/// The locations a replay collected, in order.
+fn replayed(collected: &Collect) -> Vec<Location> {
+    collected.0.iter().map(|c| c.0).collect()
+}
+
 /// Appends are readable at once, survive a reopen, and roll over into new segments.
 #[test]
 fn append_read_roll_reopen() {
@@ -33,16 +46,13 @@ fn append_read_roll_reopen() {
         let value = vec![i as u8; 50];
         at.push(log.append(RecordKind::Put, &i.to_be_bytes(), &value).unwrap());
     }
-    for (i, &loc) in at.iter().enumerate() {
-        let value = log.read(loc, |r| r.value.to_vec()).unwrap();
-        assert_eq!(value, vec![i as u8; 50]);
-    }
+    assert_reads_back(&log, &at, |i| vec![i as u8; 50]);
     assert!(log.sealed_segments().len() >= 2, "200 records of 65 bytes roll 4 KiB segments");
     log.sync().unwrap();
     drop(log);
     let (log, collected) = open(dir.path(), 4096);
     assert_eq!(collected.0.len(), 200);
-    assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
+    assert_eq!(replayed(&collected), at);
     let loc = log.append(RecordKind::Tombstone, b"x", b"").unwrap();
     assert!(loc > at[199], "appends resume after the recovered end");
 }
@@ -86,15 +96,12 @@ fn records_of_sealed_unwritten_segments_read_back_and_sync() {
         at.push(log.append(RecordKind::Put, &i.to_be_bytes(), &[i as u8; 50]).unwrap());
     }
     assert!(at.last().unwrap().segment >= 4, "several rolls: {:?}", at.last());
-    for (i, &loc) in at.iter().enumerate() {
-        let value = log.read(loc, |r| r.value.to_vec()).unwrap();
-        assert_eq!(value, vec![i as u8; 50], "record {i} at {loc:?}");
-    }
+    assert_reads_back(&log, &at, |i| vec![i as u8; 50]);
     log.sync().unwrap();
     let image = tempfile::tempdir().unwrap();
     log.durable_image(image.path()).unwrap();
     let (_, collected) = open(image.path(), 4096);
-    assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
+    assert_eq!(replayed(&collected), at);
 }
 
 /// A spare made ahead carries the next segment's name while the active segment has no
@@ -123,7 +130,7 @@ fn a_named_spare_is_dropped_by_recovery_and_by_close() {
     drop(log);
     assert!(!spare.exists(), "a clean close removes the unused spare");
     let (log, collected) = open(copy.path(), 64 << 10);
-    assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
+    assert_eq!(replayed(&collected), at);
     assert!(!segment_path(copy.path(), 2).exists(), "recovery deleted the spare");
     assert_eq!(log.append(RecordKind::Put, b"k", b"v").unwrap().segment, 1);
 }
@@ -169,7 +176,7 @@ fn removed_segments_go_and_a_cut_short_removal_loses_nothing() {
     let (_, collected) = open(dir.path(), 4096);
     assert!(!leftover.exists(), "open deletes what a cut-short removal left");
     let expected: Vec<Location> = at.iter().copied().filter(|l| l.segment != gone).collect();
-    assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), expected);
+    assert_eq!(replayed(&collected), expected);
 }
 
 /// An idle log's flusher never wakes: its wake-up count stays 0 over many flush
@@ -255,13 +262,11 @@ fn a_record_larger_than_a_segment_replaces_its_spare() {
     let sealed = log.sealed_segments();
     assert!(sealed.iter().all(|(id, _)| *id < active), "{sealed:?} before {active}");
     assert!(sealed.iter().any(|&(id, len)| id == next && len > 10_000), "{sealed:?}");
-    for (i, &loc) in at.iter().enumerate() {
-        assert_eq!(log.read(loc, |r| r.value.to_vec()).unwrap(), value(i), "record {i}");
-    }
+    assert_reads_back(&log, &at, value);
     log.sync().unwrap();
     drop(log);
     let (_, collected) = open(dir.path(), 4096);
-    assert_eq!(collected.0.iter().map(|c| c.0).collect::<Vec<_>>(), at);
+    assert_eq!(replayed(&collected), at);
 }
 
 /// `sync_then` answers `Ok` only once the appends before it are durable (the durable mark
