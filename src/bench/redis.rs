@@ -277,18 +277,19 @@ enum Answer {
     Error(String),
 }
 
-/// Read one RESP answer; a bulk string's bytes go to `body`. Anything else (arrays, a
-/// malformed line) is an `InvalidData` error: the benchmark sends no command that gets one.
+/// Read one RESP answer; a bulk string's bytes go to `body`, which also holds the answer's
+/// first line meanwhile (no allocation per answer). Anything else (arrays, a malformed line)
+/// is an `InvalidData` error: the benchmark sends no command that gets one.
 async fn read_answer<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     body: &mut Vec<u8>,
 ) -> io::Result<Answer> {
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let mut line = Vec::with_capacity(32);
-    if reader.read_until(b'\n', &mut line).await? == 0 {
+    body.clear();
+    if reader.read_until(b'\n', body).await? == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    let Some(line) = line.strip_suffix(b"\r\n") else {
+    let Some(line) = body.strip_suffix(b"\r\n") else {
         return Err(invalid("an answer line without CRLF"));
     };
     let (&kind, rest) = line.split_first().ok_or_else(|| invalid("an empty answer line"))?;
