@@ -45,7 +45,7 @@
 //! the bucket's engine, lets the bucket's resolver apply the write with this node's replica
 //! actor ([`actors`]) and a hybrid-logical-clock reading, stores the new state, and sends it
 //! to the other replicas through [`cluster::peers`]; it answers once W stored it (and DW
-//! synced it, on the blocking pool). A `get` asks the replicas, merges R answers, lets the
+//! synced it, answered by the engine's flusher). A `get` asks the replicas, merges R answers, lets the
 //! resolver show the result (siblings or a CRDT value, plus the context for the next write),
 //! and repairs stale replicas afterwards.
 

@@ -3,9 +3,10 @@
 //! A node serves the `Cartwheel` interface of schema/cartwheel.capnp to clients and peers.
 //! capnp-rpc is single-threaded (`!Send`), so each node runs its accept loop, every connection
 //! and every request on one current-thread tokio runtime inside a `LocalSet` (DESIGN §7).
-//! Blocking work leaves that thread: a durable write waits for its engine's `sync`, and a
-//! peer's `treeLeaves` or `segmentEntries` for its partition scan, on tokio's blocking pool,
-//! so other requests go on meanwhile.
+//! Blocking work leaves that thread, so other requests go on meanwhile: a durable write
+//! waits for its engine's flusher to answer its sync (the `btree`'s blocking `sync` runs on
+//! tokio's blocking pool; [`crate::store::sync_group`]), and a peer's `treeLeaves` or
+//! `segmentEntries` waits for its partition scan on that pool.
 //!
 //! ## Limits, and what happens at them
 //! - Connections over `limits.connections_max` are closed on accept (counted as refused).
