@@ -101,7 +101,8 @@
 //! and dot clouds").
 
 use crate::causal::{
-    check_actor, decode_dots_context, encode_dots_context, DotMap, Payload, VersionVector,
+    check_actor, decode_dots_context, encode_dots_context, DotMap, Payload, Sparse,
+    VersionVector,
 };
 use crate::codec::{Decoder, Encoder, Tag};
 use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
@@ -207,10 +208,89 @@ fn decode(bytes: &[u8]) -> Result<DotMap<'_, Dot>, ResolveError> {
 
 /// Encode in the lowest version that holds `map`.
 fn encode(map: &DotMap<'_, Dot>) -> Vec<u8> {
-    let version = if map.has_cloud() { VERSION_WITH_CLOUD } else { VERSION };
-    let mut e = Encoder::new(Tag::Cart, version);
+    let mut e = Encoder::new(Tag::Cart, version_of(map));
     map.encode(&mut e);
     e.finish()
+}
+
+/// The lowest version that holds `map`.
+fn version_of(map: &DotMap<'_, Dot>) -> u8 {
+    if map.has_cloud() {
+        VERSION_WITH_CLOUD
+    } else {
+        VERSION
+    }
+}
+
+/// Encode `map`, made from `body`'s map, with `body`'s untouched items: the bytes
+/// [`encode`] gives for the whole map. `None` when `map` does not fit `body` (a new actor).
+fn encode_sparse(body: &Sparse<'_, Dot>, map: &DotMap<'_, Dot>) -> Option<Vec<u8>> {
+    if !body.fits(map) {
+        return None;
+    }
+    // The untouched items, and about what the touched ones held.
+    let capacity = body.untouched_bytes() + 256 + 64 * map.entries().len();
+    let mut e = Encoder::with_capacity(Tag::Cart, version_of(map), capacity);
+    body.encode(map, &mut e);
+    Some(e.finish())
+}
+
+/// A stored state's body decoded where `keys` (sorted, no duplicates) or the clock
+/// `covered` touch it ([`Sparse`]); `None` when it is of version 1 or holds a deferred
+/// remove, for the whole path.
+fn decode_sparse<'a>(
+    stored: &'a [u8],
+    keys: &[&[u8]],
+    covered: Option<&VersionVector<'_>>,
+) -> Result<Option<Sparse<'a, Dot>>, ResolveError> {
+    let (mut d, version) = Decoder::new(stored, Tag::Cart)?;
+    let clouds = match version {
+        VERSION => false,
+        VERSION_WITH_CLOUD => true,
+        VERSION_ADDS_ONLY => return Ok(None),
+        _ => return Err(ResolveError::Corrupt(format!("cart state version {version} is unknown"))),
+    };
+    let Some(body) = Sparse::decode(&mut d, clouds, keys, covered)? else { return Ok(None) };
+    d.finish()?;
+    Ok(Some(body))
+}
+
+/// A delta's merge into a stored state, decoding only the items it touches: the bytes of
+/// the whole merge, or `None` when this path does not apply (see [`Sparse`]).
+fn merge_sparse(stored: &[u8], delta: &[u8]) -> Result<Option<Vec<u8>>, ResolveError> {
+    let delta = decode(delta)?;
+    if delta.deferred_count() > 0 {
+        return Ok(None);
+    }
+    let mut keys: Vec<&[u8]> = delta.entries().iter().map(|e| e.key).collect();
+    keys.dedup();
+    let Some(body) = decode_sparse(stored, &keys, Some(delta.clock()))? else { return Ok(None) };
+    Ok(encode_sparse(&body, &body.map().join(&delta)))
+}
+
+/// [`Resolver::apply_with_delta`] decoding only the items the write names: `None` when this
+/// path does not apply (a clear, which touches every item; see [`Sparse`]).
+fn apply_sparse(
+    current: &[u8],
+    write: &Write,
+    stamp: &Stamp,
+) -> Result<Option<Applied>, ResolveError> {
+    let Write::Update { ops, .. } = write else { return Ok(None) };
+    let mut keys: Vec<&[u8]> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } | Op::CartRemove(item) => {
+                keys.push(item)
+            }
+            _ => return Ok(None),
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let Some(body) = decode_sparse(current, &keys, None)? else { return Ok(None) };
+    let (old, new) = apply_ops(body.map().clone(), write, stamp)?;
+    let Some(state) = encode_sparse(&body, &new) else { return Ok(None) };
+    Ok(Some(Applied::new(state, new.delta_from(&old).map(|delta| encode(&delta)))))
 }
 
 /// The exact quantity of an item from its dots, in 128 bits: a state holds far fewer than
@@ -347,9 +427,17 @@ fn set<'a>(
     check_quantity(map, item, "setting it")
 }
 
-/// Apply a write to `current`: the map before and after it.
+/// Decode `current` (none: an empty cart).
+fn decode_current(current: Option<&[u8]>) -> Result<DotMap<'_, Dot>, ResolveError> {
+    match current {
+        Some(bytes) => decode(bytes),
+        None => Ok(DotMap::default()),
+    }
+}
+
+/// Apply a write to `old`, the current state's map: the map before and after it.
 fn apply_ops<'a>(
-    current: Option<&'a [u8]>,
+    old: DotMap<'a, Dot>,
     write: &'a Write,
     stamp: &'a Stamp,
 ) -> Result<(DotMap<'a, Dot>, DotMap<'a, Dot>), ResolveError> {
@@ -359,10 +447,6 @@ fn apply_ops<'a>(
     };
     check_ops(ops)?;
     let context = decode_dots_context(Tag::Cart, context)?;
-    let old = match current {
-        Some(bytes) => decode(bytes)?,
-        None => DotMap::default(),
-    };
     let mut map = old.clone();
     let actor = stamp.actor.as_slice();
     for op in ops {
@@ -394,7 +478,7 @@ impl Resolver for Cart {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Vec<u8>, ResolveError> {
-        let (_, new) = apply_ops(current, write, stamp)?;
+        let (_, new) = apply_ops(decode_current(current)?, write, stamp)?;
         Ok(encode(&new))
     }
 
@@ -404,7 +488,12 @@ impl Resolver for Cart {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Applied, ResolveError> {
-        let (old, new) = apply_ops(current, write, stamp)?;
+        if let Some(current) = current {
+            if let Some(applied) = apply_sparse(current, write, stamp)? {
+                return Ok(applied);
+            }
+        }
+        let (old, new) = apply_ops(decode_current(current)?, write, stamp)?;
         let delta = new.delta_from(&old).map(|delta| encode(&delta));
         Ok(Applied::new(encode(&new), delta))
     }
@@ -412,6 +501,17 @@ impl Resolver for Cart {
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {
         let (ma, mb) = (decode(a)?, decode(b)?);
         Ok(encode(&ma.join(&mb)))
+    }
+
+    fn merge_into(&self, stored: &[u8], incoming: &[u8]) -> Result<Vec<u8>, ResolveError> {
+        // A delta (or a small state) into a larger stored cart: only the items it touches
+        // are decoded. A larger incoming state touches most of the cart anyway.
+        if incoming.len() < stored.len() {
+            if let Some(merged) = merge_sparse(stored, incoming)? {
+                return Ok(merged);
+            }
+        }
+        self.merge(stored, incoming)
     }
 
     fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {

@@ -498,7 +498,7 @@ fn check_model(ops: &[ModelOp], deltas: bool) -> Result<(), TestCaseError> {
                 if let Some(&i) = mine.get(k % mine.len().max(1)) {
                     let (_, delta, m) = in_flight.remove(i);
                     replicas[to] = Some(match &replicas[to] {
-                        Some(state) => Cart.merge(state, &delta).unwrap(),
+                        Some(state) => merged_into(state, &delta),
                         None => delta,
                     });
                     models[to].merge(&m);
@@ -517,7 +517,7 @@ fn check_model(ops: &[ModelOp], deltas: bool) -> Result<(), TestCaseError> {
             ModelOp::Sync(f, t) => {
                 if let Some(from) = replicas[f].clone() {
                     replicas[t] = Some(match &replicas[t] {
-                        Some(to) => Cart.merge(to, &from).unwrap(),
+                        Some(to) => merged_into(to, &from),
                         None => from,
                     });
                     let m = models[f].clone();
@@ -541,13 +541,11 @@ fn check_model(ops: &[ModelOp], deltas: bool) -> Result<(), TestCaseError> {
             ModelOp::Clear(..) => Op::CartClear,
             ModelOp::Sync(..) | ModelOp::Deliver(..) => unreachable!(),
         };
-        let applied = Cart
-            .apply_with_delta(
-                replicas[r].as_deref(),
-                &update(vec![write], &context),
-                &stamp(&format!("n{r}")),
-            )
-            .unwrap();
+        let applied = applied_with_delta(
+            replicas[r].as_deref(),
+            &update(vec![write], &context),
+            &stamp(&format!("n{r}")),
+        );
         let whole = applied.delta.is_none();
         let sent = applied.delta.unwrap_or_else(|| applied.state.clone());
         replicas[r] = Some(applied.state);
@@ -647,5 +645,105 @@ fn quantities(state: &[u8]) -> std::collections::BTreeMap<u8, i64> {
         Some(Value::Cart(items)) => items.into_iter().map(|(i, q)| (i[0], q)).collect(),
         None => std::collections::BTreeMap::new(),
         other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// `Cart.merge_into`, checked against the whole merge: it gives the same bytes, and so does
+/// the sparse path ([`merge_sparse`]) taken whatever the sizes, whenever it applies.
+fn merged_into(stored: &[u8], incoming: &[u8]) -> Vec<u8> {
+    let whole = Cart.merge(stored, incoming).unwrap();
+    assert_eq!(Cart.merge_into(stored, incoming).unwrap(), whole, "merge_into is merge");
+    if let Some(sparse) = merge_sparse(stored, incoming).unwrap() {
+        assert_eq!(sparse, whole, "the sparse merge is the whole merge");
+    }
+    whole
+}
+
+/// `Cart.apply_with_delta`, checked against the whole path (decode the whole state, write,
+/// encode it whole): the same state and the same delta, byte for byte.
+fn applied_with_delta(current: Option<&[u8]>, write: &Write, stamp: &Stamp) -> Applied {
+    let applied = Cart.apply_with_delta(current, write, stamp).unwrap();
+    let (old, new) = apply_ops(decode_current(current).unwrap(), write, stamp).unwrap();
+    let whole = Applied::new(encode(&new), new.delta_from(&old).map(|delta| encode(&delta)));
+    assert_eq!(applied.state, whole.state, "the sparse write's state is the whole write's");
+    assert_eq!(applied.delta, whole.delta, "the sparse write's delta is the whole write's");
+    applied
+}
+
+/// One step on a large cart: replica `r` adds to, sets or removes item `i` (of a few more
+/// than the cart holds, so that new items fall between old ones and at either end), with the
+/// context of replica `from`; the delta goes to the replica after `r`.
+#[derive(Clone, Debug)]
+struct LargeStep {
+    r: usize,
+    from: usize,
+    item: usize,
+    kind: u8,
+}
+
+fn large_step() -> impl Strategy<Value = LargeStep> {
+    (0usize..3, 0usize..3, 0usize..90, 0u8..4).prop_map(|(r, from, item, kind)| LargeStep {
+        r,
+        from,
+        item,
+        kind,
+    })
+}
+
+/// The item ids of the large-cart test: the cart starts with the even ones from 2 to 80; the
+/// steps also name the odd ones, which fall between them, and some before and after.
+fn large_item(n: usize) -> Vec<u8> {
+    format!("item-{n:04}").into_bytes()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// On carts of 40 items and more, written through three coordinators, every write and
+    /// every merge of a delta or a whole state gives, by the paths that decode only what
+    /// they touch, the bytes of the paths that decode the whole cart: adds (also of new items,
+    /// which go between untouched ones), sets and removes with contexts from other replicas
+    /// (ahead of the coordinator, too: deferred removes), deltas merged out of turn.
+    #[test]
+    fn sparse_paths_give_the_whole_paths_bytes(steps in proptest::collection::vec(large_step(), 1..40)) {
+        let mut replicas: Vec<Vec<u8>> = Vec::new();
+        let mut base: Option<Vec<u8>> = None;
+        for i in 0..40 {
+            let write = update(vec![Op::CartAdd { item: large_item(2 * i + 2), quantity: 1 }], &[]);
+            let state = Cart.apply(base.as_deref(), &write, &stamp(&format!("n{}", i % 3))).unwrap();
+            base = Some(state);
+        }
+        replicas.extend(std::iter::repeat_n(base.unwrap(), 3));
+        for (n, step) in steps.into_iter().enumerate() {
+            let item = large_item(step.item);
+            let op = match step.kind {
+                0 | 1 => Op::CartAdd { item, quantity: 2 },
+                2 => Op::CartSetQuantity { item, quantity: 5 },
+                _ => Op::CartRemove(item),
+            };
+            let context = ctx(&replicas[step.from]);
+            let write = update(vec![op], &context);
+            let actor = stamp(&format!("n{}", step.r));
+            if n == 0 {
+                // All replicas alike, no deferred remove, no new actor: the sparse paths apply.
+                let sparse = apply_sparse(&replicas[step.r], &write, &actor).unwrap();
+                let sent = sparse.expect("a sparse write").delta.expect("a delta");
+                let to = (step.r + 1) % 3;
+                prop_assert!(merge_sparse(&replicas[to], &sent).unwrap().is_some());
+            }
+            let applied = applied_with_delta(
+                Some(&replicas[step.r]),
+                &write,
+                &actor,
+            );
+            let sent = applied.delta.unwrap_or_else(|| applied.state.clone());
+            replicas[step.r] = applied.state;
+            let to = (step.r + 1) % 3;
+            replicas[to] = merged_into(&replicas[to], &sent);
+        }
+        // And whole states into each other, in two orders: the replicas converge.
+        let forward = replicas[1..].iter().fold(replicas[0].clone(), |acc, s| merged_into(&acc, s));
+        let backward = replicas[..2].iter().rev().fold(replicas[2].clone(), |acc, s| merged_into(s, &acc));
+        prop_assert_eq!(forward, backward);
     }
 }

@@ -50,6 +50,14 @@ impl Encoder {
         Self { out: vec![tag as u8, version] }
     }
 
+    /// Start a state with `tag` and `version`, with room for `capacity` bytes (for a caller
+    /// that knows about how large the state will be: a large one then grows no buffer).
+    pub fn with_capacity(tag: Tag, version: u8, capacity: usize) -> Self {
+        let mut out = Vec::with_capacity(capacity.max(HEADER_BYTES));
+        out.extend_from_slice(&[tag as u8, version]);
+        Self { out }
+    }
+
     /// Append one byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.out.push(v);
@@ -171,6 +179,16 @@ impl<'a> Decoder<'a> {
         let mut b = [0u8; TIMESTAMP_BYTES];
         b.copy_from_slice(self.take(TIMESTAMP_BYTES, what)?);
         Ok(Timestamp::from_bytes(b))
+    }
+
+    /// Where the next field starts, as an offset into the input.
+    pub fn position(&self) -> usize {
+        self.at
+    }
+
+    /// The input from `start` (an earlier [`Decoder::position`]) up to the next field.
+    pub fn read_since(&self, start: usize) -> &'a [u8] {
+        &self.input[start..self.at]
     }
 
     /// Read exactly `n` bytes (a length known from an earlier field).

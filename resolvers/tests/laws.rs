@@ -23,7 +23,8 @@
 //!
 //! - `apply_with_delta` gives the state `apply` gives;
 //! - `old ⊔ δ = new` and `new ⊔ δ = new`;
-//! - for every replica state `y`, `x = old ⊔ y` descends from `old` and `x ⊔ δ = x ⊔ new`;
+//! - for every replica state `y`, `x = old ⊔ y` descends from `old` and `x ⊔ δ = x ⊔ new`,
+//!   and `merge_into(x, δ)`, the replica's merge into its stored state, gives those bytes;
 //! - `δ` is shorter than `new`;
 //! - deltas, and the states with gaps (dot clouds) they leave, obey the merge laws above,
 //!   and merging every replica at the end gives the merge of every state ever written.
@@ -211,6 +212,10 @@ fn check_delta(
             None => y.clone(),
         };
         prop_assert_eq!(merge(&x, delta), merge(&x, new), "x ⊔ δ = x ⊔ new for x ≥ old");
+        // A replica merges a delta into its stored state by `merge_into`, which may decode
+        // only what the delta touches: the same bytes.
+        let into = resolver.merge_into(&x, delta).unwrap();
+        prop_assert_eq!(into, merge(&x, delta), "merge_into(x, δ) = x ⊔ δ");
     }
     Ok(())
 }

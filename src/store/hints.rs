@@ -186,7 +186,7 @@ impl Hints {
     ) -> Result<(), Error> {
         let stored_key = hint_key(owner, bucket, key);
         let merged = match self.engine.get(&stored_key)? {
-            Some(current) => resolver.merge(&current, state)?,
+            Some(current) => resolver.merge_into(&current, state)?,
             None => {
                 let stats = self.engine.stats();
                 let bytes = (stored_key.len() + state.len()) as u64;

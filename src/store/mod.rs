@@ -493,7 +493,7 @@ impl Store {
             None => self.remembered(bucket, key),
         };
         let merged = match (current.as_deref(), remembered) {
-            (Some(current), _) => bucket.resolver.merge(current, incoming)?,
+            (Some(current), _) => bucket.resolver.merge_into(current, incoming)?,
             (None, Some(tombstone)) => {
                 let merged = bucket.resolver.merge(&tombstone, incoming)?;
                 if merged == tombstone {

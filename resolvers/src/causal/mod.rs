@@ -124,7 +124,9 @@ pub const DELTA_ISSUED_DOTS_MAX: u64 = 1 << 16;
 /// Encoded dot inside a dot map: actor index (u32) and counter (u64).
 mod clock;
 mod keys;
+mod sparse;
 pub use clock::*;
+pub use sparse::Sparse;
 use clock::{dot_overflow, DOT_BYTES};
 use keys::{count_keys, key_cmp, key_group_end};
 
@@ -636,16 +638,26 @@ impl<'a, P: Payload> DotMap<'a, P> {
     /// Append the body encoding (see the module table): every version vector plain while
     /// [`DotMap::has_cloud`] is false, every one with its cloud otherwise.
     pub fn encode(&self, e: &mut Encoder) {
+        self.encode_between(&[], e);
+    }
+
+    /// [`DotMap::encode`], with `runs` of key groups already encoded (from another body of
+    /// the same actors, see [`Sparse`]) placed between this map's keys in key order.
+    fn encode_between(&self, runs: &[sparse::Run<'_>], e: &mut Encoder) {
         let clouds = self.has_cloud();
         let clock = |vv: &VersionVector<'_>, e: &mut Encoder| match clouds {
             true => vv.encode_with_cloud(e),
             false => vv.encode(e),
         };
         clock(&self.clock, e);
-        let keys = count_keys(&self.entries);
+        let keys = count_keys(&self.entries) + runs.iter().map(|run| run.keys).sum::<usize>();
         e.u32(keys as u32);
         let mut rest = &self.entries[..];
+        let mut runs = runs.iter().peekable();
         while let Some(first) = rest.first() {
+            while let Some(run) = runs.next_if(|run| key_cmp(run.first_key, first.key).is_lt()) {
+                e.raw(run.bytes);
+            }
             let n = key_group_end(rest, 0);
             e.bytes(first.key).u32(n as u32);
             for entry in &rest[..n] {
@@ -653,6 +665,9 @@ impl<'a, P: Payload> DotMap<'a, P> {
                 entry.payload.encode(e);
             }
             rest = &rest[n..];
+        }
+        for run in runs {
+            e.raw(run.bytes);
         }
         e.u32(self.deferred.len() as u32);
         for (ctx, keys) in &self.deferred {
@@ -692,33 +707,8 @@ impl<'a, P: Payload> DotMap<'a, P> {
                 return Err(ResolveError::Corrupt("keys out of order".into()));
             }
             last_key = Some(key);
-            let n = d.count("dots", DOT_BYTES + P::BYTES)?;
-            if n == 0 {
-                return Err(ResolveError::Corrupt("a key without dots".into()));
-            }
-            let mut last_index = None;
-            for _ in 0..n {
-                // Actor index (u32), counter (u64) and payload, read with one bounds check.
-                let dot = d.take_exact(DOT_BYTES + P::BYTES, "dot")?;
-                let actor = u32::from_be_bytes([dot[0], dot[1], dot[2], dot[3]]);
-                let counter = u64::from_be_bytes([
-                    dot[4], dot[5], dot[6], dot[7], dot[8], dot[9], dot[10], dot[11],
-                ]);
-                let payload = P::parse(&dot[DOT_BYTES..])?;
-                let Some(seen) = seen.get(actor as usize) else {
-                    return Err(ResolveError::Corrupt(format!(
-                        "actor index {actor} outside the clock"
-                    )));
-                };
-                if last_index.is_some_and(|last| last >= (actor, counter)) {
-                    return Err(ResolveError::Corrupt("dots of a key out of order".into()));
-                }
-                last_index = Some((actor, counter));
-                if counter == 0 || !seen.covers(counter) {
-                    return Err(ResolveError::Corrupt("a dot the clock does not cover".into()));
-                }
-                entries.push(DotEntry { key, actor, counter, payload });
-            }
+            let dots = group_dots::<P>(d)?;
+            decode_group(key, dots, &seen, &mut entries)?;
         }
         let deferred_count = d.count("deferred removes", 4 + 4 + 4)?;
         let mut deferred: Vec<Deferred<'a>> = Vec::with_capacity(deferred_count);
@@ -748,6 +738,50 @@ impl<'a, P: Payload> DotMap<'a, P> {
         }
         Ok(map)
     }
+}
+
+/// The dots of one key group, after its key: their count (at least one) and their bytes.
+fn group_dots<'a, P: Payload>(d: &mut Decoder<'a>) -> Result<&'a [u8], ResolveError> {
+    let n = d.count("dots", DOT_BYTES + P::BYTES)?;
+    if n == 0 {
+        return Err(ResolveError::Corrupt("a key without dots".into()));
+    }
+    d.take_exact(n * (DOT_BYTES + P::BYTES), "dots")
+}
+
+/// An encoded dot's actor index and counter.
+fn dot_at(dot: &[u8]) -> (u32, u64) {
+    let actor = u32::from_be_bytes([dot[0], dot[1], dot[2], dot[3]]);
+    let counter =
+        u64::from_be_bytes([dot[4], dot[5], dot[6], dot[7], dot[8], dot[9], dot[10], dot[11]]);
+    (actor, counter)
+}
+
+/// Decode the dots of `key` ([`group_dots`]) into `entries`, checking their order and that
+/// the clock (`seen`: what it has seen of each of its actors) covers each.
+fn decode_group<'a, P: Payload>(
+    key: &'a [u8],
+    dots: &'a [u8],
+    seen: &[Seen],
+    entries: &mut Vec<DotEntry<'a, P>>,
+) -> Result<(), ResolveError> {
+    let mut last_index = None;
+    for dot in dots.chunks_exact(DOT_BYTES + P::BYTES) {
+        let (actor, counter) = dot_at(dot);
+        let payload = P::parse(&dot[DOT_BYTES..])?;
+        let Some(seen) = seen.get(actor as usize) else {
+            return Err(ResolveError::Corrupt(format!("actor index {actor} outside the clock")));
+        };
+        if last_index.is_some_and(|last| last >= (actor, counter)) {
+            return Err(ResolveError::Corrupt("dots of a key out of order".into()));
+        }
+        last_index = Some((actor, counter));
+        if counter == 0 || !seen.covers(counter) {
+            return Err(ResolveError::Corrupt("a dot the clock does not cover".into()));
+        }
+        entries.push(DotEntry { key, actor, counter, payload });
+    }
+    Ok(())
 }
 
 /// Union of two sorted deferred lists; equal contexts get the union of their keys.
