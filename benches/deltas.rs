@@ -4,10 +4,12 @@
 //!
 //! For each cart size and operation it prints the bytes sent per remote replica, state and
 //! delta (the state, marked, where the delta would not be smaller), then measures:
-//! - the coordinator's work: `apply` (before) and `apply_with_delta` (after), both decode
-//!   and encode the whole cart: a delta makes the wire cheaper, not the coordinator;
-//! - a replica's work: merging the whole new state (before) or the delta (after) into its
-//!   copy of the cart, which decodes and encodes its copy either way.
+//! - the coordinator's work: `apply`, which decodes and encodes the whole cart, and
+//!   `apply_with_delta`, which the node calls: it decodes only the items the write names
+//!   and copies the others' bytes (`causal::Sparse`);
+//! - a replica's work: merging the whole new state or the delta into its copy of the cart
+//!   by `merge_into`, as the node does (a delta: only the items it touches are decoded),
+//!   and the delta by `merge`, which decodes both whole.
 //!
 //! Carts are filled by three coordinators (`node-0..2`), a third of the items each, as a
 //! cart written through several nodes is. The update is made at `node-0`.
@@ -96,13 +98,20 @@ fn bench_deltas(c: &mut Criterion) {
                     })
                 },
             );
+            // A replica merges into its stored copy by `merge_into`, which decodes only the
+            // items a small incoming state touches; `merge` decodes both whole.
             group.bench_with_input(
                 BenchmarkId::new(format!("{name}: replica merges state"), n),
                 &n,
-                |b, _| b.iter(|| Cart.merge(black_box(&replica), &applied.state).unwrap()),
+                |b, _| b.iter(|| Cart.merge_into(black_box(&replica), &applied.state).unwrap()),
             );
             group.bench_with_input(
                 BenchmarkId::new(format!("{name}: replica merges delta"), n),
+                &n,
+                |b, _| b.iter(|| Cart.merge_into(black_box(&replica), &delta).unwrap()),
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}: replica merges delta, whole"), n),
                 &n,
                 |b, _| b.iter(|| Cart.merge(black_box(&replica), &delta).unwrap()),
             );

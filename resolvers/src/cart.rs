@@ -127,6 +127,10 @@ pub const CONTEXT_VERSION: u8 = crate::causal::CONTEXT_VERSION;
 /// dot per (item, actor).
 pub const ADD_DOTS_MAX: usize = 3;
 
+/// A state merged into a stored cart is merged by decoding only what it touches
+/// ([`Resolver::merge_into`]) when the stored cart is at least this many times its size.
+const SPARSE_MERGE_RATIO: usize = 4;
+
 // Folding needs two add dots to fold.
 const _: () = assert!(ADD_DOTS_MAX >= 2);
 
@@ -505,8 +509,9 @@ impl Resolver for Cart {
 
     fn merge_into(&self, stored: &[u8], incoming: &[u8]) -> Result<Vec<u8>, ResolveError> {
         // A delta (or a small state) into a larger stored cart: only the items it touches
-        // are decoded. A larger incoming state touches most of the cart anyway.
-        if incoming.len() < stored.len() {
+        // are decoded. An incoming state of about the cart's size (a read repair, a whole
+        // state from anti-entropy) touches most of it: decoding it whole is then cheaper.
+        if incoming.len().saturating_mul(SPARSE_MERGE_RATIO) <= stored.len() {
             if let Some(merged) = merge_sparse(stored, incoming)? {
                 return Ok(merged);
             }
