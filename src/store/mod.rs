@@ -9,7 +9,11 @@
 //! A CRDT write also gives the write's **delta** ([`Store::write`],
 //! [`Written::delta`]): the coordinator stores the whole new state and sends the delta, a
 //! state of its own that peers [`Store::merge`] like any other, so a large cart costs the
-//! change on the wire, not the cart. The write itself still reads and writes the whole state.
+//! change on the wire, not the cart. A peer merges it into its stored state with
+//! `Resolver::merge_into`, and the coordinator applies the write with
+//! `Resolver::apply_with_delta`: both may decode only the part of the stored state that the
+//! delta or the write touches (a cart's untouched items are copied as bytes,
+//! `cartwheel_resolvers::causal::Sparse`). The engine still reads and writes the whole state.
 //!
 //! ## Atomicity of read-modify-write
 //! `write` and `merge` read a state, compute a new one and put it, with no `.await` in between,
