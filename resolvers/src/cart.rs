@@ -100,9 +100,9 @@
 //! read an item higher than the coordinator until it catches up ([`crate::causal`], "Deltas
 //! and dot clouds").
 
+use crate::causal::sparse::{self, DotState};
 use crate::causal::{
-    check_actor, decode_dots_context, encode_dots_context, DotMap, Payload, Sparse,
-    VersionVector,
+    check_actor, decode_dots_context, encode_dots_context, DotMap, Payload, VersionVector,
 };
 use crate::codec::{Decoder, Encoder, Tag};
 use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
@@ -127,10 +127,6 @@ pub const CONTEXT_VERSION: u8 = crate::causal::CONTEXT_VERSION;
 /// dot per (item, actor).
 pub const ADD_DOTS_MAX: usize = 3;
 
-/// A state merged into a stored cart is merged by decoding only what it touches
-/// ([`Resolver::merge_into`]) when the stored cart is at least this many times its size.
-const SPARSE_MERGE_RATIO: usize = 4;
-
 // Folding needs two add dots to fold.
 const _: () = assert!(ADD_DOTS_MAX >= 2);
 
@@ -140,7 +136,7 @@ pub struct Cart;
 
 /// What one dot of an item carries; its number is never 0 in a state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Dot {
+pub(crate) enum Dot {
     /// Adds: this many.
     Add(u64),
     /// A set-quantity to this value.
@@ -210,91 +206,64 @@ fn decode(bytes: &[u8]) -> Result<DotMap<'_, Dot>, ResolveError> {
     Ok(map)
 }
 
+impl DotState for Cart {
+    type Payload = Dot;
+    const TAG: Tag = Tag::Cart;
+
+    fn clouds(version: u8) -> Result<Option<bool>, ResolveError> {
+        match version {
+            VERSION => Ok(Some(false)),
+            VERSION_WITH_CLOUD => Ok(Some(true)),
+            // Version 1 is migrated by the whole decode.
+            VERSION_ADDS_ONLY => Ok(None),
+            _ => Err(ResolveError::Corrupt(format!("cart state version {version} is unknown"))),
+        }
+    }
+
+    /// The lowest version that holds `map`.
+    fn version_of(map: &DotMap<'_, Dot>) -> u8 {
+        if map.has_cloud() {
+            VERSION_WITH_CLOUD
+        } else {
+            VERSION
+        }
+    }
+
+    fn decode(state: &[u8]) -> Result<DotMap<'_, Dot>, ResolveError> {
+        decode(state)
+    }
+}
+
 /// Encode in the lowest version that holds `map`.
 fn encode(map: &DotMap<'_, Dot>) -> Vec<u8> {
-    let mut e = Encoder::new(Tag::Cart, version_of(map));
-    map.encode(&mut e);
-    e.finish()
+    sparse::encode::<Cart>(map)
 }
 
-/// The lowest version that holds `map`.
-fn version_of(map: &DotMap<'_, Dot>) -> u8 {
-    if map.has_cloud() {
-        VERSION_WITH_CLOUD
-    } else {
-        VERSION
-    }
-}
-
-/// Encode `map`, made from `body`'s map, with `body`'s untouched items: the bytes
-/// [`encode`] gives for the whole map. `None` when `map` does not fit `body` (a new actor).
-fn encode_sparse(body: &Sparse<'_, Dot>, map: &DotMap<'_, Dot>) -> Option<Vec<u8>> {
-    if !body.fits(map) {
-        return None;
-    }
-    // The untouched items, and about what the touched ones held.
-    let capacity = body.untouched_bytes() + 256 + 64 * map.entries().len();
-    let mut e = Encoder::with_capacity(Tag::Cart, version_of(map), capacity);
-    body.encode(map, &mut e);
-    Some(e.finish())
-}
-
-/// A stored state's body decoded where `keys` (sorted, no duplicates) or the clock
-/// `covered` touch it ([`Sparse`]); `None` when it is of version 1 or holds a deferred
-/// remove, for the whole path.
-fn decode_sparse<'a>(
-    stored: &'a [u8],
-    keys: &[&[u8]],
-    covered: Option<&VersionVector<'_>>,
-) -> Result<Option<Sparse<'a, Dot>>, ResolveError> {
-    let (mut d, version) = Decoder::new(stored, Tag::Cart)?;
-    let clouds = match version {
-        VERSION => false,
-        VERSION_WITH_CLOUD => true,
-        VERSION_ADDS_ONLY => return Ok(None),
-        _ => return Err(ResolveError::Corrupt(format!("cart state version {version} is unknown"))),
-    };
-    let Some(body) = Sparse::decode(&mut d, clouds, keys, covered)? else { return Ok(None) };
-    d.finish()?;
-    Ok(Some(body))
-}
-
-/// A delta's merge into a stored state, decoding only the items it touches: the bytes of
-/// the whole merge, or `None` when this path does not apply (see [`Sparse`]).
+/// A delta's merge into a stored state, decoding only the items it touches
+/// ([`sparse::merge_into`]).
 fn merge_sparse(stored: &[u8], delta: &[u8]) -> Result<Option<Vec<u8>>, ResolveError> {
-    let delta = decode(delta)?;
-    if delta.deferred_count() > 0 {
-        return Ok(None);
-    }
-    let mut keys: Vec<&[u8]> = delta.entries().iter().map(|e| e.key).collect();
-    keys.dedup();
-    let Some(body) = decode_sparse(stored, &keys, Some(delta.clock()))? else { return Ok(None) };
-    Ok(encode_sparse(&body, &body.map().join(&delta)))
+    sparse::merge_into::<Cart>(stored, delta)
 }
 
-/// [`Resolver::apply_with_delta`] decoding only the items the write names: `None` when this
-/// path does not apply (a clear, which touches every item; see [`Sparse`]).
+/// [`Resolver::apply_with_delta`] decoding only the items the write names
+/// ([`sparse::apply`]); `None` when this path does not apply (a clear, which touches every
+/// item).
 fn apply_sparse(
     current: &[u8],
     write: &Write,
     stamp: &Stamp,
 ) -> Result<Option<Applied>, ResolveError> {
     let Write::Update { ops, .. } = write else { return Ok(None) };
-    let mut keys: Vec<&[u8]> = Vec::with_capacity(ops.len());
+    let mut items: Vec<&[u8]> = Vec::with_capacity(ops.len());
     for op in ops {
         match op {
             Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } | Op::CartRemove(item) => {
-                keys.push(item)
+                items.push(item)
             }
             _ => return Ok(None),
         }
     }
-    keys.sort_unstable();
-    keys.dedup();
-    let Some(body) = decode_sparse(current, &keys, None)? else { return Ok(None) };
-    let (old, new) = apply_ops(body.map().clone(), write, stamp)?;
-    let Some(state) = encode_sparse(&body, &new) else { return Ok(None) };
-    Ok(Some(Applied::new(state, new.delta_from(&old).map(|delta| encode(&delta)))))
+    sparse::apply::<Cart>(current, items, |old| apply_ops(old, write, stamp))
 }
 
 /// The exact quantity of an item from its dots, in 128 bits: a state holds far fewer than
@@ -511,7 +480,7 @@ impl Resolver for Cart {
         // A delta (or a small state) into a larger stored cart: only the items it touches
         // are decoded. An incoming state of about the cart's size (a read repair, a whole
         // state from anti-entropy) touches most of it: decoding it whole is then cheaper.
-        if incoming.len().saturating_mul(SPARSE_MERGE_RATIO) <= stored.len() {
+        if incoming.len().saturating_mul(sparse::MERGE_INTO_RATIO) <= stored.len() {
             if let Some(merged) = merge_sparse(stored, incoming)? {
                 return Ok(merged);
             }
@@ -552,12 +521,8 @@ pub fn is_tombstone(state: &[u8]) -> Result<bool, ResolveError> {
 /// body starts with its clock and its item count.
 fn header(state: &[u8]) -> Result<(Decoder<'_>, bool), ResolveError> {
     let (d, version) = Decoder::new(state, Tag::Cart)?;
-    let clouds = match version {
-        VERSION | VERSION_ADDS_ONLY => false,
-        VERSION_WITH_CLOUD => true,
-        _ => return Err(ResolveError::Corrupt(format!("cart state version {version} is unknown"))),
-    };
-    Ok((d, clouds))
+    // Version 1 has no clouds either.
+    Ok((d, Cart::clouds(version)?.unwrap_or(false)))
 }
 
 #[cfg(test)]

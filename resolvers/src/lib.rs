@@ -281,7 +281,7 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     /// [`Resolver::apply`], and the delta to replicate in place of the new state (see
     /// "Deltas"). The default has no delta. `current` is a state the caller stored or made
     /// (checked whole when it was made or came in), so a resolver may decode only the part
-    /// of it the write touches (`cart`: [`causal::Sparse`]); the state returned is the one
+    /// of it the write touches (`cart`, `orset`: `causal::sparse`); the state returned is the one
     /// `apply` gives, byte for byte.
     fn apply_with_delta(
         &self,
@@ -298,7 +298,7 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     /// [`Resolver::merge`] of `incoming`, any state (a peer's, a delta), into `stored`, a
     /// state the caller stored (checked whole when it was made or came in): the same bytes,
     /// but a resolver may decode only the part of `stored` that `incoming` touches (`cart`:
-    /// a small delta into a large cart, [`causal::Sparse`]). `incoming` is checked whole.
+    /// a small delta into a large cart or set, `causal::sparse`). `incoming` is checked whole.
     fn merge_into(&self, stored: &[u8], incoming: &[u8]) -> Result<Vec<u8>, ResolveError> {
         self.merge(stored, incoming)
     }

@@ -60,8 +60,9 @@
 //! stay readable by nodes that only know version 1). Decoding takes all three and refuses a
 //! state written in a higher version than it needs (it would not be canonical).
 
+use crate::causal::sparse::{self, DotState};
 use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap, VersionVector};
-use crate::codec::{Decoder, Encoder, Tag};
+use crate::codec::{Decoder, Tag};
 use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
 
 /// The version of a state without deferred clears, and of the contexts reads return.
@@ -112,9 +113,47 @@ fn version_of(map: &DotMap<'_, ()>) -> u8 {
 }
 
 fn encode(map: &DotMap<'_, ()>) -> Vec<u8> {
-    let mut e = Encoder::new(Tag::Orset, version_of(map));
-    map.encode(&mut e);
-    e.finish()
+    sparse::encode::<OrSet>(map)
+}
+
+impl DotState for OrSet {
+    type Payload = ();
+    const TAG: Tag = Tag::Orset;
+
+    fn clouds(version: u8) -> Result<Option<bool>, ResolveError> {
+        match version {
+            VERSION | VERSION_WITH_CLEARS => Ok(Some(false)),
+            VERSION_WITH_CLOUD => Ok(Some(true)),
+            _ => Err(ResolveError::Corrupt(format!("orset state version {version} is unknown"))),
+        }
+    }
+
+    fn version_of(map: &DotMap<'_, ()>) -> u8 {
+        version_of(map)
+    }
+
+    fn decode(state: &[u8]) -> Result<DotMap<'_, ()>, ResolveError> {
+        decode(state)
+    }
+}
+
+/// [`Resolver::apply_with_delta`] decoding only the elements the write names
+/// ([`sparse::apply`]); `None` when this path does not apply (a clear, which touches every
+/// element).
+fn apply_sparse(
+    current: &[u8],
+    write: &Write,
+    stamp: &Stamp,
+) -> Result<Option<Applied>, ResolveError> {
+    let Write::Update { ops, .. } = write else { return Ok(None) };
+    let mut elements: Vec<&[u8]> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            Op::SetAdd(element) | Op::SetRemove(element) => elements.push(element),
+            _ => return Ok(None),
+        }
+    }
+    sparse::apply::<OrSet>(current, elements, |old| apply_ops(old, write, stamp))
 }
 
 /// The members of a set, in byte order.
@@ -124,9 +163,17 @@ fn members<'a>(map: &DotMap<'a, ()>) -> Vec<&'a [u8]> {
     out
 }
 
-/// Apply a write to `current`: the map before and after it.
+/// Decode `current` (none: an empty set).
+fn decode_current(current: Option<&[u8]>) -> Result<DotMap<'_, ()>, ResolveError> {
+    match current {
+        Some(bytes) => decode(bytes),
+        None => Ok(DotMap::default()),
+    }
+}
+
+/// Apply a write to `old`, the current state's map: the map before and after it.
 fn apply_ops<'a>(
-    current: Option<&'a [u8]>,
+    old: DotMap<'a, ()>,
     write: &'a Write,
     stamp: &'a Stamp,
 ) -> Result<(DotMap<'a, ()>, DotMap<'a, ()>), ResolveError> {
@@ -140,10 +187,6 @@ fn apply_ops<'a>(
         return Err(wrong(op.name()));
     }
     let context = decode_dots_context(Tag::Orset, context)?;
-    let old = match current {
-        Some(bytes) => decode(bytes)?,
-        None => DotMap::default(),
-    };
     let mut map = old.clone();
     for op in ops {
         match op {
@@ -168,7 +211,7 @@ impl Resolver for OrSet {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Vec<u8>, ResolveError> {
-        let (_, new) = apply_ops(current, write, stamp)?;
+        let (_, new) = apply_ops(decode_current(current)?, write, stamp)?;
         Ok(encode(&new))
     }
 
@@ -178,7 +221,12 @@ impl Resolver for OrSet {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Applied, ResolveError> {
-        let (old, new) = apply_ops(current, write, stamp)?;
+        if let Some(current) = current {
+            if let Some(applied) = apply_sparse(current, write, stamp)? {
+                return Ok(applied);
+            }
+        }
+        let (old, new) = apply_ops(decode_current(current)?, write, stamp)?;
         let delta = new.delta_from(&old).map(|delta| encode(&delta));
         Ok(Applied::new(encode(&new), delta))
     }
@@ -186,6 +234,16 @@ impl Resolver for OrSet {
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {
         let (ma, mb) = (decode(a)?, decode(b)?);
         Ok(encode(&ma.join(&mb)))
+    }
+
+    fn merge_into(&self, stored: &[u8], incoming: &[u8]) -> Result<Vec<u8>, ResolveError> {
+        // A delta into a larger stored set: only the elements it touches are decoded.
+        if incoming.len().saturating_mul(sparse::MERGE_INTO_RATIO) <= stored.len() {
+            if let Some(merged) = sparse::merge_into::<OrSet>(stored, incoming)? {
+                return Ok(merged);
+            }
+        }
+        self.merge(stored, incoming)
     }
 
     fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {
@@ -395,6 +453,12 @@ mod tests {
         ]
     }
 
+    /// A write's new state, by `apply_with_delta` checked against the whole path (and its
+    /// delta merged into `current` by the sparse merge): see `sparse::checked`.
+    fn applied(current: Option<&[u8]>, write: &Write, stamp: &Stamp) -> Vec<u8> {
+        sparse::checked::apply_with_delta(&OrSet, current, write, stamp).state
+    }
+
     proptest! {
         /// Against a model that tracks every add by a unique id: after all replicas merge,
         /// the set is exactly the elements with an add that no remove or clear observed.
@@ -408,7 +472,7 @@ mod tests {
                 match *op {
                     ModelOp::Add(r, e) => {
                         let w = update(vec![Op::SetAdd(vec![e])], b"");
-                        replicas[r] = Some(OrSet.apply(replicas[r].as_deref(), &w, &stamp(&format!("n{r}"))).unwrap());
+                        replicas[r] = Some(applied(replicas[r].as_deref(), &w, &stamp(&format!("n{r}"))));
                         seen[r].insert((e, i));
                     }
                     ModelOp::Remove(r, e, from) => {
@@ -417,7 +481,7 @@ mod tests {
                             continue;
                         }
                         let w = update(vec![Op::SetRemove(vec![e])], &context);
-                        replicas[r] = Some(OrSet.apply(replicas[r].as_deref(), &w, &stamp(&format!("n{r}"))).unwrap());
+                        replicas[r] = Some(applied(replicas[r].as_deref(), &w, &stamp(&format!("n{r}"))));
                         let observed: Vec<_> = seen[from].iter().filter(|(x, _)| *x == e).copied().collect();
                         // The remover's replica does not learn `from`'s adds from the
                         // context: a context ahead of it becomes a deferred remove.
@@ -435,7 +499,7 @@ mod tests {
                     ModelOp::Sync(f, t) => {
                         if let Some(from) = replicas[f].clone() {
                             replicas[t] = Some(match &replicas[t] {
-                                Some(to) => OrSet.merge(to, &from).unwrap(),
+                                Some(to) => sparse::checked::merge_into(&OrSet, to, &from),
                                 None => from,
                             });
                             seen[t] = seen[t].union(&seen[f]).copied().collect();

@@ -124,9 +124,8 @@ pub const DELTA_ISSUED_DOTS_MAX: u64 = 1 << 16;
 /// Encoded dot inside a dot map: actor index (u32) and counter (u64).
 mod clock;
 mod keys;
-mod sparse;
+pub(crate) mod sparse;
 pub use clock::*;
-pub use sparse::Sparse;
 use clock::{dot_overflow, DOT_BYTES};
 use keys::{count_keys, key_cmp, key_group_end};
 
@@ -642,7 +641,7 @@ impl<'a, P: Payload> DotMap<'a, P> {
     }
 
     /// [`DotMap::encode`], with `runs` of key groups already encoded (from another body of
-    /// the same actors, see [`Sparse`]) placed between this map's keys in key order.
+    /// the same actors, see [`sparse::Sparse`]) placed between this map's keys in key order.
     fn encode_between(&self, runs: &[sparse::Run<'_>], e: &mut Encoder) {
         let clouds = self.has_cloud();
         let clock = |vv: &VersionVector<'_>, e: &mut Encoder| match clouds {

@@ -30,13 +30,96 @@
 //! [`crate::Resolver::merge_into`], whose first state is one this node stored, takes this
 //! path, never a merge of two states from elsewhere.
 
-use crate::codec::{Decoder, Encoder};
-use crate::ResolveError;
+use crate::codec::{Decoder, Encoder, Tag};
+use crate::{Applied, ResolveError};
 
 use super::{
     decode_group, dot_at, group_dots, key_cmp, seen_in, DotMap, Payload, Seen, VersionVector,
     DOT_BYTES,
 };
+
+/// A state merged into a stored one takes the sparse path ([`merge_into`]) only when the
+/// stored state is at least this many times its size: a state about as large as the stored
+/// one (a read repair, anti-entropy) touches most of it, and decoding it whole is cheaper.
+pub(crate) const MERGE_INTO_RATIO: usize = 4;
+
+/// A resolver whose states are a header and a [`DotMap`] body (`cart`, `orset`): what the
+/// sparse paths need to know of its states.
+pub(crate) trait DotState {
+    /// The payload of its dots.
+    type Payload: Payload;
+    /// Its states' type tag.
+    const TAG: Tag;
+    /// Whether a body of format `version` is encoded with clouds; `None` for a version the
+    /// sparse paths leave to the whole path (an older format that decoding migrates), and an
+    /// error for a version that does not exist.
+    fn clouds(version: u8) -> Result<Option<bool>, ResolveError>;
+    /// The format version `map` is written in.
+    fn version_of(map: &DotMap<'_, Self::Payload>) -> u8;
+    /// Decode a whole state, checking everything.
+    fn decode(state: &[u8]) -> Result<DotMap<'_, Self::Payload>, ResolveError>;
+}
+
+/// Encode a whole map as a state of `F`.
+pub(crate) fn encode<F: DotState>(map: &DotMap<'_, F::Payload>) -> Vec<u8> {
+    let mut e = Encoder::new(F::TAG, F::version_of(map));
+    map.encode(&mut e);
+    e.finish()
+}
+
+/// `F`'s merge of `incoming` (decoded whole) into `stored`, decoding only the keys
+/// `incoming` touches: the bytes of the whole merge, or `None` when this path does not
+/// apply (see the module documentation). It applies whatever the sizes;
+/// [`crate::Resolver::merge_into`] takes it for a small `incoming` ([`MERGE_INTO_RATIO`]).
+pub(crate) fn merge_into<F: DotState>(
+    stored: &[u8],
+    incoming: &[u8],
+) -> Result<Option<Vec<u8>>, ResolveError> {
+    let delta = F::decode(incoming)?;
+    if delta.deferred_count() > 0 {
+        return Ok(None);
+    }
+    let mut keys: Vec<&[u8]> = delta.entries().iter().map(|e| e.key).collect();
+    keys.dedup();
+    let Some(body) = decode_state::<F>(stored, &keys, Some(delta.clock()))? else {
+        return Ok(None);
+    };
+    Ok(body.encode_state::<F>(&body.map.join(&delta)))
+}
+
+/// `F`'s write to `current` that touches only `keys` (any order), decoding only them:
+/// `write` gets the map of the touched keys and gives it back before and after the write.
+/// The new state and its delta are the whole path's, or `None` when this path does not
+/// apply (see the module documentation).
+pub(crate) fn apply<'a, F: DotState>(
+    current: &'a [u8],
+    mut keys: Vec<&[u8]>,
+    write: impl FnOnce(
+        DotMap<'a, F::Payload>,
+    ) -> Result<(DotMap<'a, F::Payload>, DotMap<'a, F::Payload>), ResolveError>,
+) -> Result<Option<Applied>, ResolveError> {
+    keys.sort_unstable();
+    keys.dedup();
+    let Some(body) = decode_state::<F>(current, &keys, None)? else { return Ok(None) };
+    let (old, new) = write(body.map.clone())?;
+    let Some(state) = body.encode_state::<F>(&new) else { return Ok(None) };
+    Ok(Some(Applied::new(state, new.delta_from(&old).map(|delta| encode::<F>(&delta)))))
+}
+
+/// A stored state of `F`, decoded where `keys` (sorted, no duplicates) or the clock
+/// `covered` touch it; `None` for a version or a body the sparse paths leave to the whole
+/// path.
+fn decode_state<'a, F: DotState>(
+    stored: &'a [u8],
+    keys: &[&[u8]],
+    covered: Option<&VersionVector<'_>>,
+) -> Result<Option<Sparse<'a, F::Payload>>, ResolveError> {
+    let (mut d, version) = Decoder::new(stored, F::TAG)?;
+    let Some(clouds) = F::clouds(version)? else { return Ok(None) };
+    let Some(body) = Sparse::decode(&mut d, clouds, keys, covered)? else { return Ok(None) };
+    d.finish()?;
+    Ok(Some(body))
+}
 
 /// Consecutive key groups of a body that nothing touched, as they are encoded.
 #[derive(Clone, Copy, Debug)]
@@ -98,7 +181,8 @@ impl<'a, P: Payload> Sparse<'a, P> {
                 decode_group(key, dots, &seen, &mut entries)?;
                 continue;
             }
-            let (run_start, run) = open.get_or_insert((start, Run { first_key: key, bytes: &[], keys: 0 }));
+            let (run_start, run) =
+                open.get_or_insert((start, Run { first_key: key, bytes: &[], keys: 0 }));
             run.bytes = d.read_since(*run_start);
             run.keys += 1;
         }
@@ -107,11 +191,6 @@ impl<'a, P: Payload> Sparse<'a, P> {
             return Ok(None);
         }
         Ok(Some(Self { map: DotMap { clock, entries, deferred: Vec::new() }, runs }))
-    }
-
-    /// The body's clock and the dots of its touched keys, as a map to write to or join.
-    pub fn map(&self) -> &DotMap<'a, P> {
-        &self.map
     }
 
     /// Whether `map` (made from [`Sparse::map`] by a write or a join) can be encoded with
@@ -130,9 +209,18 @@ impl<'a, P: Payload> Sparse<'a, P> {
         map.encode_between(&self.runs, e);
     }
 
-    /// How many bytes the untouched groups take.
-    pub fn untouched_bytes(&self) -> usize {
-        self.runs.iter().map(|run| run.bytes.len()).sum()
+    /// `map` as a state of `F`, with this body's untouched groups: what [`encode`] gives for
+    /// the whole map. `None` when `map` does not [fit](Sparse::fits).
+    fn encode_state<F: DotState<Payload = P>>(&self, map: &DotMap<'a, P>) -> Option<Vec<u8>> {
+        if !self.fits(map) {
+            return None;
+        }
+        // The untouched groups, and about what the touched ones hold.
+        let untouched: usize = self.runs.iter().map(|run| run.bytes.len()).sum();
+        let capacity = untouched + 256 + 64 * map.entries.len();
+        let mut e = Encoder::with_capacity(F::TAG, F::version_of(map), capacity);
+        self.encode(map, &mut e);
+        Some(e.finish())
     }
 }
 
@@ -149,4 +237,44 @@ fn covers_any<P: Payload>(covered: &[Seen], dots: &[u8]) -> Result<bool, Resolve
         }
     }
     Ok(false)
+}
+
+/// Checks of the sparse paths against the whole ones, for the resolvers' tests.
+#[cfg(test)]
+pub(crate) mod checked {
+    use super::DotState;
+    use crate::{Applied, Resolver, Stamp, Write};
+
+    /// `resolver.merge_into`, checked against the whole merge: it gives the same bytes, and
+    /// so does the sparse path ([`super::merge_into`]) taken whatever the sizes, whenever it
+    /// applies.
+    pub(crate) fn merge_into<F: DotState + Resolver>(
+        resolver: &F,
+        stored: &[u8],
+        incoming: &[u8],
+    ) -> Vec<u8> {
+        let whole = resolver.merge(stored, incoming).unwrap();
+        assert_eq!(resolver.merge_into(stored, incoming).unwrap(), whole, "merge_into is merge");
+        if let Some(sparse) = super::merge_into::<F>(stored, incoming).unwrap() {
+            assert_eq!(sparse, whole, "the sparse merge is the whole merge");
+        }
+        whole
+    }
+
+    /// `resolver.apply_with_delta`, checked against `apply` (the whole path): the same state,
+    /// and a delta that takes `current` to it (`current ⊔ δ = new`, also by the sparse merge).
+    pub(crate) fn apply_with_delta<F: DotState + Resolver>(
+        resolver: &F,
+        current: Option<&[u8]>,
+        write: &Write,
+        stamp: &Stamp,
+    ) -> Applied {
+        let applied = resolver.apply_with_delta(current, write, stamp).unwrap();
+        let whole = resolver.apply(current, write, stamp).unwrap();
+        assert_eq!(applied.state, whole, "the sparse write's state is the whole write's");
+        if let (Some(current), Some(delta)) = (current, &applied.delta) {
+            assert_eq!(merge_into(resolver, current, delta), whole, "current ⊔ δ = new");
+        }
+        applied
+    }
 }
