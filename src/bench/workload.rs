@@ -10,6 +10,7 @@
 //! | `c`          | 100% read                                                           |
 //! | `write-only` | 100% update                                                         |
 //! | `cart`       | 40% add an item, 20% change a quantity, 10% remove an item, 30% show the cart |
+//! | `cart-updates` | the cart mix without shows: 57% add, 29% change a quantity, 14% remove (what an update costs as carts grow, without the reads of whole carts) |
 //!
 //! Keys are chosen **uniformly** or by a **zipfian** law (YCSB's default, theta 0.99: a few
 //! keys get most requests). The zipfian ranks are scrambled by a hash so the hot keys are not
@@ -155,6 +156,8 @@ pub enum Workload {
     WriteOnly,
     /// Shopping carts: add, change quantity, remove, show.
     Cart,
+    /// Shopping carts, updates only: add, change quantity, remove.
+    CartUpdates,
 }
 
 impl Workload {
@@ -166,12 +169,13 @@ impl Workload {
             Self::C => "c",
             Self::WriteOnly => "write-only",
             Self::Cart => "cart",
+            Self::CartUpdates => "cart-updates",
         }
     }
 
     /// Whether this workload writes cart operations (and needs a `cart` bucket).
     pub fn is_cart(self) -> bool {
-        self == Self::Cart
+        matches!(self, Self::Cart | Self::CartUpdates)
     }
 
     /// The next request: an operation and its key index.
@@ -192,8 +196,13 @@ impl Workload {
                     Request::Update { key }
                 }
             }
-            Self::Cart => {
+            Self::Cart | Self::CartUpdates => {
                 let item = rng.below(CART_ITEMS);
+                // The updates-only mix keeps the cart mix's proportions of updates (4:2:1).
+                let dice = match self {
+                    Self::CartUpdates => dice * 70 / 100,
+                    _ => dice,
+                };
                 match dice {
                     0..40 => {
                         Request::CartAdd { cart: key, item, quantity: 1 + rng.below(3) as i64 }
@@ -325,6 +334,19 @@ mod tests {
             .filter(|_| matches!(Workload::Cart.next(&keys, &mut rng), Request::CartShow { .. }))
             .count();
         assert!((shows as f64 / 200.0 - 30.0).abs() < 2.0, "{shows} shows");
+        // The updates-only cart mix: no show, adds, set-quantities and removes as 4:2:1.
+        let mut counts = [0usize; 3];
+        for _ in 0..21_000 {
+            match Workload::CartUpdates.next(&keys, &mut rng) {
+                Request::CartAdd { .. } => counts[0] += 1,
+                Request::CartSetQuantity { .. } => counts[1] += 1,
+                Request::CartRemove { .. } => counts[2] += 1,
+                other => panic!("cart-updates made {other:?}"),
+            }
+        }
+        for (count, expected) in counts.iter().zip([12_000.0, 6_000.0, 3_000.0]) {
+            assert!((*count as f64 - expected).abs() < 420.0, "{counts:?}");
+        }
     }
 
     /// Uniform keys cover the key space evenly; zipfian keys stay in range and concentrate
