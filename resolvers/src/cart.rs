@@ -232,6 +232,15 @@ impl DotState for Cart {
     fn decode(state: &[u8]) -> Result<DotMap<'_, Dot>, ResolveError> {
         decode(state)
     }
+
+    fn key_of(op: &Op) -> Option<&[u8]> {
+        match op {
+            Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } | Op::CartRemove(item) => {
+                Some(item)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Encode in the lowest version that holds `map`.
@@ -243,27 +252,6 @@ fn encode(map: &DotMap<'_, Dot>) -> Vec<u8> {
 /// ([`sparse::merge_into`]).
 fn merge_sparse(stored: &[u8], delta: &[u8]) -> Result<Option<Vec<u8>>, ResolveError> {
     sparse::merge_into::<Cart>(stored, delta)
-}
-
-/// [`Resolver::apply_with_delta`] decoding only the items the write names
-/// ([`sparse::apply`]); `None` when this path does not apply (a clear, which touches every
-/// item).
-fn apply_sparse(
-    current: &[u8],
-    write: &Write,
-    stamp: &Stamp,
-) -> Result<Option<Applied>, ResolveError> {
-    let Write::Update { ops, .. } = write else { return Ok(None) };
-    let mut items: Vec<&[u8]> = Vec::with_capacity(ops.len());
-    for op in ops {
-        match op {
-            Op::CartAdd { item, .. } | Op::CartSetQuantity { item, .. } | Op::CartRemove(item) => {
-                items.push(item)
-            }
-            _ => return Ok(None),
-        }
-    }
-    sparse::apply::<Cart>(current, items, |old| apply_ops(old, write, stamp))
 }
 
 /// The exact quantity of an item from its dots, in 128 bits: a state holds far fewer than
@@ -462,7 +450,8 @@ impl Resolver for Cart {
         stamp: &Stamp,
     ) -> Result<Applied, ResolveError> {
         if let Some(current) = current {
-            if let Some(applied) = apply_sparse(current, write, stamp)? {
+            let sparse = sparse::apply::<Cart>(current, write, |old| apply_ops(old, write, stamp));
+            if let Some(applied) = sparse? {
                 return Ok(applied);
             }
         }

@@ -719,7 +719,8 @@ proptest! {
             let actor = stamp(&format!("n{}", step.r));
             if n == 0 {
                 // All replicas alike, no deferred remove, no new actor: the sparse paths apply.
-                let sparse = apply_sparse(&replicas[step.r], &write, &actor).unwrap();
+                let current = &replicas[step.r];
+                let sparse = sparse::apply::<Cart>(current, &write, |old| apply_ops(old, &write, &actor)).unwrap();
                 let sent = sparse.expect("a sparse write").delta.expect("a delta");
                 let to = (step.r + 1) % 3;
                 prop_assert!(merge_sparse(&replicas[to], &sent).unwrap().is_some());

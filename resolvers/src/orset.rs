@@ -135,25 +135,13 @@ impl DotState for OrSet {
     fn decode(state: &[u8]) -> Result<DotMap<'_, ()>, ResolveError> {
         decode(state)
     }
-}
 
-/// [`Resolver::apply_with_delta`] decoding only the elements the write names
-/// ([`sparse::apply`]); `None` when this path does not apply (a clear, which touches every
-/// element).
-fn apply_sparse(
-    current: &[u8],
-    write: &Write,
-    stamp: &Stamp,
-) -> Result<Option<Applied>, ResolveError> {
-    let Write::Update { ops, .. } = write else { return Ok(None) };
-    let mut elements: Vec<&[u8]> = Vec::with_capacity(ops.len());
-    for op in ops {
+    fn key_of(op: &Op) -> Option<&[u8]> {
         match op {
-            Op::SetAdd(element) | Op::SetRemove(element) => elements.push(element),
-            _ => return Ok(None),
+            Op::SetAdd(element) | Op::SetRemove(element) => Some(element),
+            _ => None,
         }
     }
-    sparse::apply::<OrSet>(current, elements, |old| apply_ops(old, write, stamp))
 }
 
 /// The members of a set, in byte order.
@@ -222,7 +210,8 @@ impl Resolver for OrSet {
         stamp: &Stamp,
     ) -> Result<Applied, ResolveError> {
         if let Some(current) = current {
-            if let Some(applied) = apply_sparse(current, write, stamp)? {
+            let sparse = sparse::apply::<OrSet>(current, write, |old| apply_ops(old, write, stamp));
+            if let Some(applied) = sparse? {
                 return Ok(applied);
             }
         }

@@ -31,7 +31,7 @@
 //! path, never a merge of two states from elsewhere.
 
 use crate::codec::{Decoder, Encoder, Tag};
-use crate::{Applied, ResolveError};
+use crate::{Applied, Op, ResolveError, Write};
 
 use super::{
     decode_group, dot_at, group_dots, key_cmp, seen_in, DotMap, Payload, Seen, VersionVector,
@@ -58,6 +58,9 @@ pub(crate) trait DotState {
     fn version_of(map: &DotMap<'_, Self::Payload>) -> u8;
     /// Decode a whole state, checking everything.
     fn decode(state: &[u8]) -> Result<DotMap<'_, Self::Payload>, ResolveError>;
+    /// The one key an operation touches; `None` for one that may touch any (a clear), or
+    /// that is not this resolver's (the whole path then refuses it).
+    fn key_of(op: &Op) -> Option<&[u8]>;
 }
 
 /// Encode a whole map as a state of `F`.
@@ -87,21 +90,25 @@ pub(crate) fn merge_into<F: DotState>(
     Ok(body.encode_state::<F>(&body.map.join(&delta)))
 }
 
-/// `F`'s write to `current` that touches only `keys` (any order), decoding only them:
-/// `write` gets the map of the touched keys and gives it back before and after the write.
-/// The new state and its delta are the whole path's, or `None` when this path does not
-/// apply (see the module documentation).
+/// `F`'s `write` to `current`, decoding only the keys its operations name ([`DotState::key_of`]):
+/// `apply` gets the map of those keys and gives it back before and after the write. The new
+/// state and its delta are the whole path's, or `None` when this path does not apply (an
+/// operation that may touch any key, and see the module documentation).
 pub(crate) fn apply<'a, F: DotState>(
     current: &'a [u8],
-    mut keys: Vec<&[u8]>,
-    write: impl FnOnce(
+    write: &Write,
+    apply: impl FnOnce(
         DotMap<'a, F::Payload>,
     ) -> Result<(DotMap<'a, F::Payload>, DotMap<'a, F::Payload>), ResolveError>,
 ) -> Result<Option<Applied>, ResolveError> {
+    let Write::Update { ops, .. } = write else { return Ok(None) };
+    let Some(mut keys) = ops.iter().map(F::key_of).collect::<Option<Vec<&[u8]>>>() else {
+        return Ok(None);
+    };
     keys.sort_unstable();
     keys.dedup();
     let Some(body) = decode_state::<F>(current, &keys, None)? else { return Ok(None) };
-    let (old, new) = write(body.map.clone())?;
+    let (old, new) = apply(body.map.clone())?;
     let Some(state) = body.encode_state::<F>(&new) else { return Ok(None) };
     Ok(Some(Applied::new(state, new.delta_from(&old).map(|delta| encode::<F>(&delta)))))
 }
