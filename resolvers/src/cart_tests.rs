@@ -741,3 +741,32 @@ proptest! {
         prop_assert_eq!(forward, backward);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A stored cart with a flipped byte or cut short never panics the sparse paths, which
+    /// skip the checks of the untouched items: they give a state or a typed error.
+    #[test]
+    fn damaged_stored_carts_never_panic_the_sparse_paths(
+        flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..8),
+    ) {
+        let actor = stamp("n0");
+        let mut state: Option<Vec<u8>> = None;
+        for i in 0..12 {
+            let write = update(vec![Op::CartAdd { item: large_item(i * 3), quantity: 1 }], &[]);
+            state = Some(Cart.apply(state.as_deref(), &write, &stamp(&format!("n{}", i % 3))).unwrap());
+        }
+        let state = state.unwrap();
+        let write = update(vec![add("item-0007", 1)], &ctx(&state));
+        let delta = Cart.apply_with_delta(Some(&state), &write, &actor).unwrap().delta.unwrap();
+        for (at, mask) in flips {
+            let mut damaged = state.clone();
+            damaged[at % state.len()] ^= mask;
+            for bad in [damaged.as_slice(), &state[..at % state.len()]] {
+                let _ = sparse::merge_into::<Cart>(bad, &delta);
+                let _ = sparse::apply::<Cart>(bad, &write, |old| apply_ops(old, &write, &actor));
+            }
+        }
+    }
+}

@@ -330,8 +330,9 @@ macro_rules! law_suite {
                     check_stamps(&*resolver, &states)?;
                 }
 
-                /// Real states with a flipped byte or cut short never panic `read`, `merge`
-                /// or `apply`: they decode to a state or fail with a typed error.
+                /// Real states with a flipped byte or cut short never panic `read`, `merge`,
+                /// `merge_into`, `apply` or `apply_with_delta`: they decode to a state or fail
+                /// with a typed error.
                 #[test]
                 fn damaged_states_never_panic(
                     steps in steps($writes.boxed()),
@@ -349,6 +350,8 @@ macro_rules! law_suite {
                                 let _ = resolver.read(bad);
                                 let _ = resolver.merge(state, bad);
                                 let _ = resolver.merge(bad, state);
+                                let _ = resolver.merge_into(state, bad);
+                                let _ = resolver.merge_into(bad, state);
                                 if let Some(Step::Write { write, .. }) = steps.first() {
                                     let stamp = Stamp {
                                         actor: b"n0".to_vec(),
@@ -357,6 +360,7 @@ macro_rules! law_suite {
                                             .unwrap(),
                                     };
                                     let _ = resolver.apply(Some(bad), write, &stamp);
+                                    let _ = resolver.apply_with_delta(Some(bad), write, &stamp);
                                 }
                             }
                         }
