@@ -200,10 +200,10 @@ impl<'a, P: Payload> Sparse<'a, P> {
         Ok(Some(Self { map: DotMap { clock, entries, deferred: Vec::new() }, runs }))
     }
 
-    /// Whether `map` (made from [`Sparse::map`] by a write or a join) can be encoded with
+    /// Whether `map` (made from this body's map by a write or a join) can be encoded with
     /// this body's untouched groups: its clock names the same actors, so their dots' actor
     /// indexes still hold.
-    pub fn fits(&self, map: &DotMap<'_, P>) -> bool {
+    fn fits(&self, map: &DotMap<'_, P>) -> bool {
         let (mine, theirs) = (&self.map.clock.entries, &map.clock.entries);
         mine.len() == theirs.len() && mine.iter().zip(theirs).all(|(a, b)| a.0 == b.0)
     }
@@ -211,7 +211,7 @@ impl<'a, P: Payload> Sparse<'a, P> {
     /// Append `map`'s body encoding ([`DotMap::encode`]) with this body's untouched groups
     /// between its keys: the state the whole path would encode. `map` must
     /// [fit](Sparse::fits).
-    pub fn encode(&self, map: &DotMap<'a, P>, e: &mut Encoder) {
+    fn encode(&self, map: &DotMap<'a, P>, e: &mut Encoder) {
         debug_assert!(self.fits(map), "the runs' actor indexes name the body's actors");
         map.encode_between(&self.runs, e);
     }
