@@ -100,7 +100,7 @@
 //! read an item higher than the coordinator until it catches up ([`crate::causal`], "Deltas
 //! and dot clouds").
 
-use crate::causal::sparse::{self, DotState};
+use crate::causal::sparse::{self, BeforeAfter, DotState};
 use crate::causal::{
     check_actor, decode_dots_context, encode_dots_context, DotMap, Payload, VersionVector,
 };
@@ -241,17 +241,19 @@ impl DotState for Cart {
             _ => None,
         }
     }
+
+    fn apply_ops<'a>(
+        old: DotMap<'a, Dot>,
+        write: &'a Write,
+        stamp: &'a Stamp,
+    ) -> Result<BeforeAfter<'a, Dot>, ResolveError> {
+        apply_ops(old, write, stamp)
+    }
 }
 
 /// Encode in the lowest version that holds `map`.
 fn encode(map: &DotMap<'_, Dot>) -> Vec<u8> {
     sparse::encode::<Cart>(map)
-}
-
-/// A delta's merge into a stored state, decoding only the items it touches
-/// ([`sparse::merge_into`]).
-fn merge_sparse(stored: &[u8], delta: &[u8]) -> Result<Option<Vec<u8>>, ResolveError> {
-    sparse::merge_into::<Cart>(stored, delta)
 }
 
 /// The exact quantity of an item from its dots, in 128 bits: a state holds far fewer than
@@ -388,20 +390,12 @@ fn set<'a>(
     check_quantity(map, item, "setting it")
 }
 
-/// Decode `current` (none: an empty cart).
-fn decode_current(current: Option<&[u8]>) -> Result<DotMap<'_, Dot>, ResolveError> {
-    match current {
-        Some(bytes) => decode(bytes),
-        None => Ok(DotMap::default()),
-    }
-}
-
 /// Apply a write to `old`, the current state's map: the map before and after it.
 fn apply_ops<'a>(
     old: DotMap<'a, Dot>,
     write: &'a Write,
     stamp: &'a Stamp,
-) -> Result<(DotMap<'a, Dot>, DotMap<'a, Dot>), ResolveError> {
+) -> Result<BeforeAfter<'a, Dot>, ResolveError> {
     check_actor(&stamp.actor)?;
     let Write::Update { ops, context } = write else {
         return Err(ResolveError::WrongOperation { resolver: "cart", operation: write.name() });
@@ -439,7 +433,7 @@ impl Resolver for Cart {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Vec<u8>, ResolveError> {
-        let (_, new) = apply_ops(decode_current(current)?, write, stamp)?;
+        let (_, new) = apply_ops(sparse::decode_or_empty::<Cart>(current)?, write, stamp)?;
         Ok(encode(&new))
     }
 
@@ -449,32 +443,16 @@ impl Resolver for Cart {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Applied, ResolveError> {
-        if let Some(current) = current {
-            let sparse = sparse::apply::<Cart>(current, write, |old| apply_ops(old, write, stamp));
-            if let Some(applied) = sparse? {
-                return Ok(applied);
-            }
-        }
-        let (old, new) = apply_ops(decode_current(current)?, write, stamp)?;
-        let delta = new.delta_from(&old).map(|delta| encode(&delta));
-        Ok(Applied::new(encode(&new), delta))
+        sparse::apply_with_delta::<Cart>(current, write, stamp)
     }
 
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {
-        let (ma, mb) = (decode(a)?, decode(b)?);
-        Ok(encode(&ma.join(&mb)))
+        sparse::merge::<Cart>(a, b)
     }
 
     fn merge_into(&self, stored: &[u8], incoming: &[u8]) -> Result<Vec<u8>, ResolveError> {
-        // A delta (or a small state) into a larger stored cart: only the items it touches
-        // are decoded. An incoming state of about the cart's size (a read repair, a whole
-        // state from anti-entropy) touches most of it: decoding it whole is then cheaper.
-        if incoming.len().saturating_mul(sparse::MERGE_INTO_RATIO) <= stored.len() {
-            if let Some(merged) = merge_sparse(stored, incoming)? {
-                return Ok(merged);
-            }
-        }
-        self.merge(stored, incoming)
+        // A delta into a larger stored state: only what it touches is decoded.
+        sparse::merge_into_stored::<Cart>(stored, incoming)
     }
 
     fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {

@@ -60,7 +60,7 @@
 //! stay readable by nodes that only know version 1). Decoding takes all three and refuses a
 //! state written in a higher version than it needs (it would not be canonical).
 
-use crate::causal::sparse::{self, DotState};
+use crate::causal::sparse::{self, BeforeAfter, DotState};
 use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap, VersionVector};
 use crate::codec::{Decoder, Tag};
 use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
@@ -81,10 +81,9 @@ pub struct OrSet;
 /// A decoder past a set state's header, its version, and whether its clock has clouds.
 fn header(bytes: &[u8]) -> Result<(Decoder<'_>, u8, bool), ResolveError> {
     let (d, version) = Decoder::new(bytes, Tag::Orset)?;
-    if ![VERSION, VERSION_WITH_CLEARS, VERSION_WITH_CLOUD].contains(&version) {
-        return Err(ResolveError::Corrupt(format!("orset state version {version} is unknown")));
-    }
-    Ok((d, version, version == VERSION_WITH_CLOUD))
+    // Every known version is one the sparse paths take: `clouds` is `Some` for each.
+    let clouds = OrSet::clouds(version)?.unwrap_or(false);
+    Ok((d, version, clouds))
 }
 
 fn decode(bytes: &[u8]) -> Result<DotMap<'_, ()>, ResolveError> {
@@ -142,6 +141,14 @@ impl DotState for OrSet {
             _ => None,
         }
     }
+
+    fn apply_ops<'a>(
+        old: DotMap<'a, ()>,
+        write: &'a Write,
+        stamp: &'a Stamp,
+    ) -> Result<BeforeAfter<'a, ()>, ResolveError> {
+        apply_ops(old, write, stamp)
+    }
 }
 
 /// The members of a set, in byte order.
@@ -151,20 +158,12 @@ fn members<'a>(map: &DotMap<'a, ()>) -> Vec<&'a [u8]> {
     out
 }
 
-/// Decode `current` (none: an empty set).
-fn decode_current(current: Option<&[u8]>) -> Result<DotMap<'_, ()>, ResolveError> {
-    match current {
-        Some(bytes) => decode(bytes),
-        None => Ok(DotMap::default()),
-    }
-}
-
 /// Apply a write to `old`, the current state's map: the map before and after it.
 fn apply_ops<'a>(
     old: DotMap<'a, ()>,
     write: &'a Write,
     stamp: &'a Stamp,
-) -> Result<(DotMap<'a, ()>, DotMap<'a, ()>), ResolveError> {
+) -> Result<BeforeAfter<'a, ()>, ResolveError> {
     check_actor(&stamp.actor)?;
     let wrong = |operation| ResolveError::WrongOperation { resolver: "orset", operation };
     let Write::Update { ops, context } = write else {
@@ -199,7 +198,7 @@ impl Resolver for OrSet {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Vec<u8>, ResolveError> {
-        let (_, new) = apply_ops(decode_current(current)?, write, stamp)?;
+        let (_, new) = apply_ops(sparse::decode_or_empty::<OrSet>(current)?, write, stamp)?;
         Ok(encode(&new))
     }
 
@@ -209,30 +208,16 @@ impl Resolver for OrSet {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Applied, ResolveError> {
-        if let Some(current) = current {
-            let sparse = sparse::apply::<OrSet>(current, write, |old| apply_ops(old, write, stamp));
-            if let Some(applied) = sparse? {
-                return Ok(applied);
-            }
-        }
-        let (old, new) = apply_ops(decode_current(current)?, write, stamp)?;
-        let delta = new.delta_from(&old).map(|delta| encode(&delta));
-        Ok(Applied::new(encode(&new), delta))
+        sparse::apply_with_delta::<OrSet>(current, write, stamp)
     }
 
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {
-        let (ma, mb) = (decode(a)?, decode(b)?);
-        Ok(encode(&ma.join(&mb)))
+        sparse::merge::<OrSet>(a, b)
     }
 
     fn merge_into(&self, stored: &[u8], incoming: &[u8]) -> Result<Vec<u8>, ResolveError> {
-        // A delta into a larger stored set: only the elements it touches are decoded.
-        if incoming.len().saturating_mul(sparse::MERGE_INTO_RATIO) <= stored.len() {
-            if let Some(merged) = sparse::merge_into::<OrSet>(stored, incoming)? {
-                return Ok(merged);
-            }
-        }
-        self.merge(stored, incoming)
+        // A delta into a larger stored state: only what it touches is decoded.
+        sparse::merge_into_stored::<OrSet>(stored, incoming)
     }
 
     fn issued(&self, state: &[u8], actor: &[u8]) -> Result<u64, ResolveError> {

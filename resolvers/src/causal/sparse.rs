@@ -31,16 +31,15 @@
 //! path, never a merge of two states from elsewhere.
 
 use crate::codec::{Decoder, Encoder, Tag};
-use crate::{Applied, Op, ResolveError, Write};
+use crate::{Applied, Op, ResolveError, Stamp, Write};
 
 use super::{
     decode_group, dot_at, group_dots, key_cmp, seen_in, DotMap, Payload, Seen, VersionVector,
     DOT_BYTES,
 };
 
-/// A state merged into a stored one takes the sparse path ([`merge_into`]) only when the
-/// stored state is at least this many times its size: a state about as large as the stored
-/// one (a read repair, anti-entropy) touches most of it, and decoding it whole is cheaper.
+/// A state merged into a stored one takes the sparse path ([`merge_into_stored`]) only when
+/// the stored state is at least this many times its size.
 pub(crate) const MERGE_INTO_RATIO: usize = 4;
 
 /// A resolver whose states are a header and a [`DotMap`] body (`cart`, `orset`): what the
@@ -61,6 +60,61 @@ pub(crate) trait DotState {
     /// The one key an operation touches; `None` for one that may touch any (a clear), or
     /// that is not this resolver's (the whole path then refuses it).
     fn key_of(op: &Op) -> Option<&[u8]>;
+    /// Apply a client write to `old`, the map of the current state (whole, or only the
+    /// keys the write touches): the map before and after the write.
+    fn apply_ops<'a>(
+        old: DotMap<'a, Self::Payload>,
+        write: &'a Write,
+        stamp: &'a Stamp,
+    ) -> Result<BeforeAfter<'a, Self::Payload>, ResolveError>;
+}
+
+/// A map before and after a write.
+pub(crate) type BeforeAfter<'a, P> = (DotMap<'a, P>, DotMap<'a, P>);
+
+/// Decode a whole state of `F` (none: the empty map).
+pub(crate) fn decode_or_empty<F: DotState>(
+    state: Option<&[u8]>,
+) -> Result<DotMap<'_, F::Payload>, ResolveError> {
+    state.map_or_else(|| Ok(DotMap::default()), F::decode)
+}
+
+/// `Resolver::apply_with_delta` for `F`: the sparse write ([`apply`]) when it applies, else
+/// the whole one (decode the whole state, write, encode it and the delta).
+pub(crate) fn apply_with_delta<F: DotState>(
+    current: Option<&[u8]>,
+    write: &Write,
+    stamp: &Stamp,
+) -> Result<Applied, ResolveError> {
+    if let Some(current) = current {
+        if let Some(applied) = apply::<F>(current, write, stamp)? {
+            return Ok(applied);
+        }
+    }
+    let (old, new) = F::apply_ops(decode_or_empty::<F>(current)?, write, stamp)?;
+    let delta = new.delta_from(&old).map(|delta| encode::<F>(&delta));
+    Ok(Applied::new(encode::<F>(&new), delta))
+}
+
+/// `Resolver::merge` for `F`: both states decoded whole, joined, encoded.
+pub(crate) fn merge<F: DotState>(a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {
+    Ok(encode::<F>(&F::decode(a)?.join(&F::decode(b)?)))
+}
+
+/// `Resolver::merge_into` for `F`: a state at most `1 / MERGE_INTO_RATIO` of the stored
+/// one's size (a delta) by the sparse merge ([`merge_into`]) when it applies, else
+/// [`merge`]. A state of about the stored one's size (a read repair, a whole state from
+/// anti-entropy) touches most of it: decoding it whole is then cheaper.
+pub(crate) fn merge_into_stored<F: DotState>(
+    stored: &[u8],
+    incoming: &[u8],
+) -> Result<Vec<u8>, ResolveError> {
+    if incoming.len().saturating_mul(MERGE_INTO_RATIO) <= stored.len() {
+        if let Some(merged) = merge_into::<F>(stored, incoming)? {
+            return Ok(merged);
+        }
+    }
+    merge::<F>(stored, incoming)
 }
 
 /// Encode a whole map as a state of `F`.
@@ -73,7 +127,7 @@ pub(crate) fn encode<F: DotState>(map: &DotMap<'_, F::Payload>) -> Vec<u8> {
 /// `F`'s merge of `incoming` (decoded whole) into `stored`, decoding only the keys
 /// `incoming` touches: the bytes of the whole merge, or `None` when this path does not
 /// apply (see the module documentation). It applies whatever the sizes;
-/// [`crate::Resolver::merge_into`] takes it for a small `incoming` ([`MERGE_INTO_RATIO`]).
+/// [`merge_into_stored`] takes it for a small `incoming`.
 pub(crate) fn merge_into<F: DotState>(
     stored: &[u8],
     incoming: &[u8],
@@ -90,16 +144,14 @@ pub(crate) fn merge_into<F: DotState>(
     Ok(body.encode_state::<F>(&body.map.join(&delta)))
 }
 
-/// `F`'s `write` to `current`, decoding only the keys its operations name ([`DotState::key_of`]):
-/// `apply` gets the map of those keys and gives it back before and after the write. The new
-/// state and its delta are the whole path's, or `None` when this path does not apply (an
+/// `F`'s `write` to `current`, decoding only the keys its operations name
+/// ([`DotState::key_of`]) and applying it to them ([`DotState::apply_ops`]). The new state
+/// and its delta are the whole path's, or `None` when this path does not apply (an
 /// operation that may touch any key, and see the module documentation).
-pub(crate) fn apply<'a, F: DotState>(
-    current: &'a [u8],
+pub(crate) fn apply<F: DotState>(
+    current: &[u8],
     write: &Write,
-    apply: impl FnOnce(
-        DotMap<'a, F::Payload>,
-    ) -> Result<(DotMap<'a, F::Payload>, DotMap<'a, F::Payload>), ResolveError>,
+    stamp: &Stamp,
 ) -> Result<Option<Applied>, ResolveError> {
     let Write::Update { ops, .. } = write else { return Ok(None) };
     let Some(mut keys) = ops.iter().map(F::key_of).collect::<Option<Vec<&[u8]>>>() else {
@@ -108,7 +160,7 @@ pub(crate) fn apply<'a, F: DotState>(
     keys.sort_unstable();
     keys.dedup();
     let Some(body) = decode_state::<F>(current, &keys, None)? else { return Ok(None) };
-    let (old, new) = apply(body.map.clone())?;
+    let (old, new) = F::apply_ops(body.map.clone(), write, stamp)?;
     let Some(state) = body.encode_state::<F>(&new) else { return Ok(None) };
     Ok(Some(Applied::new(state, new.delta_from(&old).map(|delta| encode::<F>(&delta)))))
 }
