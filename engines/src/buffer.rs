@@ -15,12 +15,12 @@
 //!
 //! 1. Under `write_order`, the log is rolled: every record in a segment before the new
 //!    active segment `s` has been applied to the map. A roll waits for no disk (the next
-//!    segment is made ahead and the old one is synced by the flusher), so writers wait only
-//!    for the switch.
-//! 2. The map is walked in chunks of [`SNAPSHOT_CHUNK_ENTRIES`], taking its read lock per
-//!    chunk only, into `snapshot-<s>.tmp`, written out to the device a MiB at a time with
-//!    pauses (`SnapshotPace`); the file is fsynced, renamed to `snapshot-<s>.snap`, and the
-//!    directory fsynced.
+//!    segment is made before `write_order` is taken, and the old one is synced by the
+//!    flusher), so writers wait only for the switch.
+//! 2. The map is walked in chunks of [`SNAPSHOT_CHUNK_BYTES`], taking its read lock per
+//!    chunk only (a chunk is copied out under it, encoded and written after), into `snapshot-<s>.tmp`,
+//!    written out to the device a MiB at a time with pauses (`SnapshotPace`); the file is
+//!    fsynced, renamed to `snapshot-<s>.snap`, and the directory fsynced.
 //! 3. Segments before `s` and older snapshots are deleted: renamed away, the directory
 //!    fsynced, then freed a few MiB at a time (a crash midway leaves temporary files that
 //!    the next open deletes).
@@ -68,9 +68,11 @@ use crate::{check_sizes, EngineError, EngineKind, EngineOptions, EngineStats, St
 
 /// Version byte of snapshot files.
 pub const SNAPSHOT_VERSION: u8 = 1;
-/// Entries copied per hold of the map's read lock while writing a snapshot: writers wait at
-/// most for one chunk.
-pub const SNAPSHOT_CHUNK_ENTRIES: usize = 1024;
+/// Bytes of entries copied out per hold of the map's read lock while writing a snapshot (at
+/// least one entry): writers wait at most for one chunk's copy. Chunks of 1 024
+/// entries (1 MiB of 1 KiB values) stalled puts for 1.3-2 ms each while a snapshot ran
+/// (docs/BENCHMARKS.md, "Writes off the appenders' lock").
+pub const SNAPSHOT_CHUNK_BYTES: usize = 64 << 10;
 
 const SNAPSHOT_MAGIC: &[u8; 6] = b"CWSNAP";
 const SNAPSHOT_VERSION_AT: usize = SNAPSHOT_MAGIC.len();
@@ -339,6 +341,8 @@ impl Shared {
     /// Take a snapshot (see the module documentation for the steps and why they are safe).
     fn snapshot(&self) -> Result<(), EngineError> {
         let _snapshotting = self.snapshotting.lock().unwrap_or_else(|p| p.into_inner());
+        // The roll below happens under the write order: its spare is made before, without it.
+        self.log.prepare_roll();
         let segment = {
             let _order = self.write_order();
             let segment = self.log.roll()?;
@@ -359,20 +363,38 @@ impl Shared {
         out.write_all(&snapshot_header(segment)).map_err(write)?;
         let mut count = 0u64;
         let mut record = Vec::new();
+        let mut copied = Vec::with_capacity(2 * SNAPSHOT_CHUNK_BYTES);
+        let mut chunk = Vec::with_capacity(2 * SNAPSHOT_CHUNK_BYTES);
         let mut after: Option<Vec<u8>> = None;
         let mut failure = None;
         let mut pace = SnapshotPace::new(SNAPSHOT_HEADER_BYTES as u64);
         loop {
-            after = self.map.visit_chunk(after.as_deref(), SNAPSHOT_CHUNK_ENTRIES, &mut |k, v| {
-                record.clear();
-                encode_record(RecordKind::Put, k, v, &mut record);
-                if failure.is_none() {
-                    failure = out.write_all(&record).err();
+            // Copied out under the map's read lock; encoded (CRCs) and written after it is
+            // let go.
+            copied.clear();
+            after = self.map.visit_chunk(after.as_deref(), &mut |k, v| {
+                copied.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                copied.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                copied.extend_from_slice(k);
+                copied.extend_from_slice(v);
+                match copied.len() >= SNAPSHOT_CHUNK_BYTES {
+                    true => ControlFlow::Break(()),
+                    false => ControlFlow::Continue(()),
                 }
-                pace.bytes += record.len() as u64;
-                count += 1;
             });
-            if after.is_none() || failure.is_some() {
+            chunk.clear();
+            let mut rest = &copied[..];
+            while let Some((k, v, after)) = split_entry(rest) {
+                encode_record(RecordKind::Put, k, v, &mut chunk);
+                count += 1;
+                rest = after;
+            }
+            if let Err(e) = out.write_all(&chunk) {
+                failure = Some(e);
+                break;
+            }
+            pace.bytes += chunk.len() as u64;
+            if after.is_none() {
                 break;
             }
             if let Err(e) = pace.write_out(&mut out) {
@@ -419,6 +441,17 @@ impl Shared {
         retire_files(dir, &older)?;
         Ok(())
     }
+}
+
+/// The first entry of a snapshot chunk as copied out of the map (key length and value
+/// length, u32 LE each, key, value), and the bytes after it.
+fn split_entry(bytes: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (lengths, rest) = bytes.split_first_chunk::<8>()?;
+    let key_len = u32::from_le_bytes(lengths[..4].try_into().ok()?) as usize;
+    let value_len = u32::from_le_bytes(lengths[4..].try_into().ok()?) as usize;
+    let (key, rest) = rest.split_at_checked(key_len)?;
+    let (value, rest) = rest.split_at_checked(value_len)?;
+    Some((key, value, rest))
 }
 
 /// Bytes of snapshot written out to the device at a time.

@@ -72,22 +72,25 @@ impl MemoryEngine {
         self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Visit up to `max` entries in key order, starting just after `after` (at the first key
-    /// when `None`), holding the read lock for this chunk only. Returns the last key visited,
-    /// or `None` when the map has no more entries. The `buffer` engine walks the map this way
-    /// to write a snapshot without stalling writers for the whole walk.
+    /// Visit entries in key order, starting just after `after` (at the first key when
+    /// `None`), holding the read lock for this chunk only: up to and including the first entry
+    /// for which `visit` breaks. Returns the last key visited, or `None` when the map has no
+    /// more entries. The `buffer` engine walks the map this way to write a snapshot without
+    /// stalling writers for the whole walk.
+    #[allow(clippy::type_complexity)] // the visitor type of `StorageEngine::scan_prefix`
     pub(crate) fn visit_chunk(
         &self,
         after: Option<&[u8]>,
-        max: usize,
-        visit: &mut dyn FnMut(&[u8], &[u8]),
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>,
     ) -> Option<Vec<u8>> {
         let inner = self.read();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut last = None;
-        for key in inner.keys.range::<[u8], _>((start, Bound::Unbounded)).take(max) {
-            visit(key, &inner.values[&**key]);
+        for key in inner.keys.range::<[u8], _>((start, Bound::Unbounded)) {
             last = Some(key);
+            if visit(key, &inner.values[&**key]).is_break() {
+                break;
+            }
         }
         last.map(|key| key.to_vec())
     }

@@ -4,6 +4,19 @@
 //! readable from it at once; the flusher (or the appender itself, past
 //! [`PENDING_BYTES_MAX`]) writes the buffer to the file and moves the segment's readable mark.
 //!
+//! ## Writes off the appenders' lock
+//! The flusher takes the pending buffers (the sealed segments', then the active one's) out
+//! under the active lock, into [`Active::in_flight`], gives the active segment an empty
+//! recycled buffer, and lets the lock go before it calls `write`; the readable marks move
+//! once the bytes are in the files, and then the buffers are recycled. A read that finds
+//! its record past the readable mark looks in the bytes in flight, then in the pending
+//! buffer, all under the active lock, so a record is always found in one of the three.
+//! Appends never wait for the flusher's `write`: holding the lock through it stalled every
+//! put for the 40-500 µs a write of a few hundred KiB takes (docs/BENCHMARKS.md, "Writes
+//! off the appenders' lock"). One write is in flight at a time, so readable marks move in
+//! order; an appender that must write itself (past [`PENDING_BYTES_MAX`]) first waits for
+//! the one in flight.
+//!
 //! ## Rolls, off the appender's path
 //! When the next record would not fit, the active segment is *sealed* and the next one takes
 //! its place. An appender does only the part of that which needs no disk: it encodes the seal
@@ -13,8 +26,9 @@
 //! Writing the old segment's last bytes and its seal, and its `fdatasync`, are the flusher's
 //! (`flusher.rs`): it syncs every sealed segment, oldest first, before the active one, so a
 //! `sync` that returns has made durable every segment its records are in, seals included.
-//! The preparer is asked for the next two spares when the active segment is half full, so in
-//! steady state a roll waits for nothing, even when one spare was slow to make; and the roll
+//! The preparer is asked for the next two spares when the active segment is half full (one
+//! more for every roll that found its spare not ready, up to four), so in steady state a
+//! roll waits for nothing, even when one spare was slow to make; and the roll
 //! wakes no thread (the flusher syncs the seal within its interval, as it does the appends
 //! after it), so the put that crosses a roll costs little more than any other.
 //!
@@ -41,8 +55,8 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard};
 
 use super::format::{
     encode_record, encode_segment_header, record_bytes, RecordKind, SEAL_RECORD_BYTES,
@@ -79,22 +93,101 @@ pub(super) struct Active {
     /// Segments sealed by a roll and not yet known durable, oldest first: the flusher writes
     /// their last bytes (seal record included) and fdatasyncs them before the active segment.
     pub(super) sealed: Vec<Sealed>,
-    /// An empty buffer, the pending buffer of a sealed segment the flusher is done with, for
-    /// the next roll to start the new segment's pending buffer with: without it, the appends
-    /// after every roll grow a buffer from nothing again, copying it at each doubling.
-    pub(super) recycled: Vec<u8>,
+    /// Empty buffers, pending buffers the flusher has written, for the next pending buffer
+    /// to start with (after a roll, or when the flusher takes the pending bytes to write):
+    /// without them, every new pending buffer grows from nothing again, copying itself at
+    /// each doubling.
+    pub(super) recycled: Vec<Vec<u8>>,
+    /// Bytes the flusher took out of pending buffers and is writing to their files without
+    /// the active lock, oldest first; empty when no such write is under way (see "Writes
+    /// off the appenders' lock" above).
+    pub(super) in_flight: Vec<InFlight>,
 }
 
+/// Pending bytes of one segment that the flusher is writing without the active lock. Reads
+/// find them here until the segment's readable mark covers them.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    pub(super) segment: Arc<Segment>,
+    /// Offset of the first byte in the segment.
+    pub(super) at: u64,
+    /// Shared with the writer; nothing changes them.
+    pub(super) bytes: Arc<Vec<u8>>,
+}
+
+/// Empty buffers [`Active`] keeps for new pending buffers.
+const RECYCLED_BUFFERS_MAX: usize = 4;
+
 impl Active {
-    /// Keep the pending buffer of a sealed segment the flusher wrote and synced, for the
-    /// next roll (unless a larger one is kept already, or it grew past the usual size).
+    /// Keep a written pending buffer for a later one (unless enough are kept already, or it
+    /// grew past the usual size).
     pub(super) fn recycle(&mut self, mut buffer: Vec<u8>) {
         buffer.clear();
-        if buffer.capacity() > self.recycled.capacity()
+        if buffer.capacity() > 0
             && buffer.capacity() <= 4 * PENDING_BYTES_MAX
+            && self.recycled.len() < RECYCLED_BUFFERS_MAX
         {
-            self.recycled = buffer;
+            self.recycled.push(buffer);
         }
+    }
+
+    /// An empty buffer to start a pending buffer with: a recycled one when there is one.
+    fn fresh_buffer(&mut self) -> Vec<u8> {
+        self.recycled.pop().unwrap_or_default()
+    }
+
+    /// Offset in `segment` of the first byte of its pending buffer: just past the bytes in
+    /// flight for it, else its readable mark.
+    pub(super) fn pending_start(&self, segment: &Segment) -> u64 {
+        let in_flight = self.in_flight.iter().rev().find(|w| w.segment.id == segment.id);
+        in_flight.map_or_else(
+            || segment.readable.load(Ordering::Acquire),
+            |w| w.at + w.bytes.len() as u64,
+        )
+    }
+
+    /// The bytes of `segment` from `offset` on that are not in its file yet (in flight or
+    /// pending), if `offset` lies in them.
+    pub(super) fn unwritten(&self, segment: u32, offset: u64) -> Option<&[u8]> {
+        let in_flight = self.in_flight.iter().find(|w| {
+            w.segment.id == segment && (w.at..w.at + w.bytes.len() as u64).contains(&offset)
+        });
+        if let Some(w) = in_flight {
+            return w.bytes.get((offset - w.at) as usize..);
+        }
+        let pending = std::iter::once((&self.segment, &self.pending))
+            .chain(self.sealed.iter().map(|s| (&s.segment, &s.pending)))
+            .find(|(s, _)| s.id == segment);
+        let (segment, pending) = pending?;
+        let start = self.pending_start(segment);
+        (offset >= start).then(|| pending.get((offset - start) as usize..)).flatten()
+    }
+
+    /// Move every non-empty pending buffer (the sealed segments', oldest first, then the
+    /// active one's) into `in_flight`, for the flusher to write without the lock; the parts
+    /// to write. Called with no write in flight.
+    fn take_for_write(&mut self) -> Vec<(Arc<Segment>, u64, Arc<Vec<u8>>)> {
+        debug_assert!(self.in_flight.is_empty(), "one write in flight at a time");
+        let mut parts = Vec::new();
+        for i in 0..=self.sealed.len() {
+            let (segment, empty) = match self.sealed.get(i) {
+                Some(sealed) => (Arc::clone(&sealed.segment), sealed.pending.is_empty()),
+                None => (Arc::clone(&self.segment), self.pending.is_empty()),
+            };
+            if empty {
+                continue;
+            }
+            let at = self.pending_start(&segment);
+            let fresh = if i < self.sealed.len() { Vec::new() } else { self.fresh_buffer() };
+            let taken = match self.sealed.get_mut(i) {
+                Some(sealed) => std::mem::replace(&mut sealed.pending, fresh),
+                None => std::mem::replace(&mut self.pending, fresh),
+            };
+            let bytes = Arc::new(taken);
+            parts.push((Arc::clone(&segment), at, Arc::clone(&bytes)));
+            self.in_flight.push(InFlight { segment, at, bytes });
+        }
+        parts
     }
 }
 
@@ -164,7 +257,11 @@ const SPARE_START_PERCENT: u64 = 50;
 /// segment and the one after, so that a roll finds its spare ready even when the one before
 /// was slow to make (a slow fsync of the directory under load), and each spare has a segment
 /// and a half of appends' time to be made. Each holds a segment's worth of disk space.
-const SPARES_AHEAD: u32 = 2;
+pub(super) const SPARES_AHEAD: u32 = 2;
+/// How far ahead spares are asked for at most: each roll that had to wait for its spare
+/// (segments filled faster than the preparer made them, as small segments under merges'
+/// copies do) asks for one more ahead from then on, up to this many.
+const SPARES_AHEAD_MAX: u32 = 4;
 
 impl MemLog {
     /// Append one record and return where it starts. Visible to [`MemLog::read`] at once;
@@ -191,14 +288,16 @@ impl MemLog {
         // Counted under the lock, so that a flush that reads the count has the bytes too;
         // sequentially consistent for the flusher's idle handshake (`crate::idle`).
         self.shared.appended.fetch_add(1, Ordering::SeqCst);
-        if active.pending.len() >= PENDING_BYTES_MAX {
-            write_pending(&mut active, &self.shared.write_failed)?;
+        let unwritten =
+            active.pending.len() + active.sealed.iter().map(|s| s.pending.len()).sum::<usize>();
+        if unwritten >= PENDING_BYTES_MAX {
+            active = self.shared.write_here(active)?;
         } else if pending_before < PENDING_WAKE_BYTES && active.pending.len() >= PENDING_WAKE_BYTES
         {
             self.shared.flush_wanted.notify_one();
         }
         let half_full = active.end * 100 >= active.capacity * SPARE_START_PERCENT;
-        let ahead = active.segment.id + SPARES_AHEAD;
+        let ahead = active.segment.id + self.shared.spares_ahead.load(Ordering::Relaxed);
         drop(active);
         // Also what makes a seal durable after a roll here: the flusher flushes within its
         // interval once something is appended, sealed segments first.
@@ -207,6 +306,14 @@ impl MemLog {
             self.shared.want_spare(ahead);
         }
         Ok(at)
+    }
+
+    /// Wait until the spare the next roll takes is made (or failed, or the log closes), so
+    /// that a [`MemLog::roll`] called soon after, under a lock of the caller's, waits for no
+    /// disk. Appends may roll in between; then the next roll may wait after all.
+    pub fn prepare_roll(&self) {
+        let next = lock(&self.shared.active).segment.id + 1;
+        drop(self.shared.wait_for_spare(next, false));
     }
 
     /// Seal the active segment now and start a new one; returns the new active segment's id.
@@ -246,57 +353,85 @@ pub(super) fn failed_error() -> EngineError {
     }
 }
 
-/// Write the pending buffers (the sealed segments', then the active one's) to their files
-/// and move their readable marks. A failed write sets `failed` (the log's `write_failed`).
-fn write_pending(active: &mut Active, failed: &AtomicBool) -> Result<(), EngineError> {
-    write_pending_with(active, failed, None)
-}
-
-/// [`write_pending`], through `ring` when there is one (the flusher's io_uring). A failed
-/// write makes the log failed. Called with the active lock held.
-pub(super) fn write_pending_with(
-    active: &mut Active,
-    failed: &AtomicBool,
-    mut ring: Option<&mut sys::Uring>,
-) -> Result<(), EngineError> {
-    let Active { segment, end, pending, sealed, .. } = active;
-    for old in sealed.iter_mut() {
-        if let Err(e) = write_bytes(&old.segment, &mut old.pending, old.end, ring.as_deref_mut()) {
-            failed.store(true, Ordering::Release);
-            return Err(e);
+impl Shared {
+    /// Write the pending buffers (the sealed segments', then the active one's) to their files
+    /// under the active lock, which the appender holds: memory held for unwritten records
+    /// stays bounded when the flusher falls behind. Waits first for a write the flusher has
+    /// in flight, so that readable marks move in order. A failed write makes the log failed.
+    fn write_here<'a>(
+        &self,
+        mut active: MutexGuard<'a, Active>,
+    ) -> Result<MutexGuard<'a, Active>, EngineError> {
+        while !active.in_flight.is_empty() {
+            if self.write_failed.load(Ordering::Acquire) {
+                return Err(failed_error());
+            }
+            active = self.written.wait(active).unwrap_or_else(|p| p.into_inner());
         }
+        let Active { segment, end, pending, sealed, .. } = &mut *active;
+        let pending = sealed
+            .iter_mut()
+            .map(|old| (&old.segment, &mut old.pending, old.end))
+            .chain(std::iter::once((&*segment, pending, *end)));
+        for (segment, pending, end) in pending {
+            if let Err(e) = write_bytes(segment, pending, end) {
+                self.write_failed.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        if active.pending.capacity() > 4 * PENDING_BYTES_MAX {
+            active.pending.shrink_to(PENDING_BYTES_MAX);
+        }
+        Ok(active)
     }
-    if let Err(e) = write_bytes(segment, pending, *end, ring) {
-        failed.store(true, Ordering::Release);
-        return Err(e);
+
+    /// The flusher's write: take every pending buffer under the active lock (into
+    /// [`Active::in_flight`], where reads find them), write them to their files without it,
+    /// through `ring` when there is one, move the readable marks, and recycle the buffers.
+    /// A failed write makes the log failed, and its bytes stay in flight for reads.
+    pub(super) fn write_unlocked(
+        &self,
+        active: MutexGuard<'_, Active>,
+        mut ring: Option<&mut sys::Uring>,
+    ) -> Result<(), EngineError> {
+        let mut active = active;
+        let parts = active.take_for_write();
+        drop(active);
+        for (segment, at, bytes) in parts {
+            let outcome = match ring.as_deref_mut() {
+                None => segment.file.write_all_at(&bytes, at),
+                Some(ring) => ring.write_all_at(&segment.file, &bytes, at),
+            };
+            if let Err(e) = outcome {
+                // Under the lock, so that an appender waiting in `write_here` sees it.
+                let _active = lock(&self.active);
+                self.write_failed.store(true, Ordering::Release);
+                self.written.notify_all();
+                return Err(EngineError::io("write segment")(e));
+            }
+            segment.readable.store(at + bytes.len() as u64, Ordering::Release);
+        }
+        let mut active = lock(&self.active);
+        for written in std::mem::take(&mut active.in_flight) {
+            // Reads only look at in-flight bytes under the lock: nothing else holds them.
+            if let Ok(buffer) = Arc::try_unwrap(written.bytes) {
+                active.recycle(buffer);
+            }
+        }
+        drop(active);
+        self.written.notify_all();
+        Ok(())
     }
-    if pending.capacity() > 4 * PENDING_BYTES_MAX {
-        pending.shrink_to(PENDING_BYTES_MAX);
-    }
-    Ok(())
 }
 
 /// Write `pending` at `segment`'s readable mark, which it brings to `end`, and empty it.
-fn write_bytes(
-    segment: &Segment,
-    pending: &mut Vec<u8>,
-    end: u64,
-    ring: Option<&mut sys::Uring>,
-) -> Result<(), EngineError> {
+fn write_bytes(segment: &Segment, pending: &mut Vec<u8>, end: u64) -> Result<(), EngineError> {
     if pending.is_empty() {
         return Ok(());
     }
     let at = segment.readable.load(Ordering::Relaxed);
     let written = at + pending.len() as u64;
-    let outcome = match ring {
-        None => segment.file.write_all_at(pending, at),
-        Some(ring) => {
-            let (result, buffer) = ring.write_all_at(&segment.file, std::mem::take(pending), at);
-            *pending = buffer;
-            result
-        }
-    };
-    outcome.map_err(EngineError::io("write segment"))?;
+    segment.file.write_all_at(pending, at).map_err(EngineError::io("write segment"))?;
     debug_assert_eq!(written, end, "pending ends at the segment's end");
     segment.readable.store(written, Ordering::Release);
     pending.clear();
@@ -335,15 +470,11 @@ impl Shared {
         encode_record(RecordKind::Seal, &[], &[], &mut active.pending);
         active.end += SEAL_RECORD_BYTES as u64;
         let old = std::mem::replace(&mut active.segment, segment);
-        let pending = std::mem::replace(&mut active.pending, std::mem::take(&mut active.recycled));
+        let fresh = active.fresh_buffer();
+        let pending = std::mem::replace(&mut active.pending, fresh);
         active.sealed.push(Sealed { segment: old, end: active.end, pending });
         active.capacity = capacity;
         active.end = SEGMENT_HEADER_BYTES as u64;
-        // Memory held by unwritten sealed bytes stays bounded like the pending buffer's.
-        let unwritten: usize = active.sealed.iter().map(|s| s.pending.len()).sum();
-        if unwritten >= PENDING_BYTES_MAX {
-            write_pending(active, &self.write_failed)?;
-        }
         Ok(())
     }
 
@@ -372,28 +503,44 @@ impl Shared {
     /// The spare of segment `id`, waiting for the preparer if it is not ready. `Ok(None)` only
     /// if the log is closing.
     fn take_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
+        let mut state = self.wait_for_spare(id, true);
+        if let Some(at) = state.ready.iter().position(|spare| spare.segment.id == id) {
+            return Ok(Some(state.ready.remove(at)));
+        }
+        if let Some((_, kind, message)) = state.failure.take_if(|(failed, ..)| *failed == id) {
+            // Made again at the next roll's request (the disk may have room by then).
+            state.made = id - 1;
+            return Err(EngineError::Io {
+                during: "prepare segment",
+                source: io::Error::new(kind, message),
+            });
+        }
+        debug_assert!(state.shutdown, "the wait ends with the spare, its failure, or shutdown");
+        Ok(None)
+    }
+
+    /// Ask for the spare of segment `id` and wait until it is ready, failed, or the log
+    /// closes; the spare state, locked. A roll that had to wait (`rolling`) asks for spares
+    /// one further ahead from then on (up to [`SPARES_AHEAD_MAX`]).
+    fn wait_for_spare(&self, id: u32, rolling: bool) -> MutexGuard<'_, SpareState> {
         self.want_spare(id);
         let mut state = lock(&self.spare);
-        loop {
-            if let Some(at) = state.ready.iter().position(|spare| spare.segment.id == id) {
-                return Ok(Some(state.ready.remove(at)));
-            }
-            if let Some((_, kind, message)) = state.failure.take_if(|(failed, ..)| *failed == id) {
-                // Made again at the next roll's request (the disk may have room by then).
-                state.made = id - 1;
-                return Err(EngineError::Io {
-                    during: "prepare segment",
-                    source: io::Error::new(kind, message),
-                });
-            }
-            if state.shutdown {
-                return Ok(None);
-            }
+        let settled = |state: &SpareState| {
+            state.shutdown
+                || state.ready.iter().any(|spare| spare.segment.id == id)
+                || state.failure.as_ref().is_some_and(|(failed, ..)| *failed == id)
+        };
+        if rolling && !settled(&state) {
+            let ahead = self.spares_ahead.load(Ordering::Relaxed);
+            self.spares_ahead.store((ahead + 1).min(SPARES_AHEAD_MAX), Ordering::Relaxed);
+        }
+        while !settled(&state) {
             // The preparer may be asleep (after a failure this roll's predecessor took): wake it
             // to look again.
             self.spare_changed.notify_all();
             state = self.spare_changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+        state
     }
 
     /// The preparer thread: make the spare of every segment asked for, one at a time.

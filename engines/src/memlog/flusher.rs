@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::active::{failed_error, write_pending_with};
+use super::active::failed_error;
 use super::segment::Segment;
 use super::{lock, sys, EngineError, MemLog, Shared};
 use crate::SyncDone;
@@ -187,17 +187,16 @@ impl Shared {
         synced: u64,
         mut ring: Option<&mut sys::Uring>,
     ) -> Result<u64, EngineError> {
-        let (sealed, target, segment, written) = {
-            let mut active = lock(&self.active);
-            if self.write_failed.load(Ordering::Acquire) {
-                return Err(failed_error());
-            }
-            write_pending_with(&mut active, &self.write_failed, ring.as_deref_mut())?;
-            let sealed: Vec<(Arc<Segment>, u64)> =
-                active.sealed.iter().map(|s| (Arc::clone(&s.segment), s.end)).collect();
-            let target = self.appended.load(Ordering::Acquire);
-            (sealed, target, Arc::clone(&active.segment), active.end)
-        };
+        let active = lock(&self.active);
+        if self.write_failed.load(Ordering::Acquire) {
+            return Err(failed_error());
+        }
+        let sealed: Vec<(Arc<Segment>, u64)> =
+            active.sealed.iter().map(|s| (Arc::clone(&s.segment), s.end)).collect();
+        let target = self.appended.load(Ordering::Acquire);
+        let (segment, written) = (Arc::clone(&active.segment), active.end);
+        // Everything appended up to `target` is in the buffers this writes.
+        self.write_unlocked(active, ring.as_deref_mut())?;
         // Oldest first: a later segment's records are durable only once every segment before
         // it is, seal included (recovery reads nothing past a segment that lacks its seal).
         for (old, end) in &sealed {

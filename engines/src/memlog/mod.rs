@@ -16,9 +16,9 @@
 //! `append` encodes a record into an in-memory *pending* buffer of the active segment and
 //! returns its [`Location`] at once: the record is visible to [`MemLog::read`] immediately
 //! (from the pending buffer until it is written). A flusher thread, one per log, does the
-//! `write` of the pending bytes and then one `fdatasync` for every writer at once: on its
-//! own every `flush_interval_ms` while there are appends to flush, and at once when a caller
-//! of [`MemLog::sync`] waits. A log with nothing to flush keeps its flusher asleep, without a
+//! `write` of the pending bytes, without the appenders' lock (`active.rs`), and then one
+//! `fdatasync` for every writer at once: on its own every `flush_interval_ms` while there
+//! are appends to flush, and at once when a caller of [`MemLog::sync`] waits. A log with nothing to flush keeps its flusher asleep, without a
 //! timer, until the next append (`flusher.rs`), so idle logs cost no CPU.
 //! The flusher makes those two calls as plain system calls, or through an io_uring of its
 //! own ([`crate::FlusherBackend`]).
@@ -166,6 +166,8 @@ struct Shared {
     appended: AtomicU64,
     sync: Mutex<SyncState>,
     flush_wanted: Condvar,
+    /// Signalled (with the active lock) when the flusher's write in flight is done or failed.
+    written: Condvar,
     /// Up while the flusher sleeps until the next append (nothing appended since its last
     /// flush); the first append after that wakes it.
     flusher_idle: Idle,
@@ -189,6 +191,8 @@ struct Shared {
     durable: Mutex<(u32, u64)>,
     /// The highest segment id a spare was asked for, so appends check it without a lock.
     spare_wanted: AtomicU32,
+    /// How far ahead of the active segment spares are asked for (`active.rs`).
+    spares_ahead: AtomicU32,
     /// `fdatasync`s of the active segment done by flushes, since open.
     syncs: AtomicU64,
 }
@@ -323,11 +327,13 @@ impl MemLog {
                 pending: Vec::new(),
                 sealed: Vec::new(),
                 recycled: Vec::new(),
+                in_flight: Vec::new(),
             }),
             write_failed: AtomicBool::new(false),
             appended: AtomicU64::new(0),
             sync: Mutex::new(SyncState::default()),
             flush_wanted: Condvar::new(),
+            written: Condvar::new(),
             flusher_idle: Idle::default(),
             flusher_wakes: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -335,6 +341,7 @@ impl MemLog {
             spare: Mutex::new(SpareState::new(active_id)),
             spare_changed: Condvar::new(),
             spare_wanted: AtomicU32::new(0),
+            spares_ahead: AtomicU32::new(active::SPARES_AHEAD),
             syncs: AtomicU64::new(0),
             durable: Mutex::new((active_id, end)),
         });
@@ -397,21 +404,14 @@ impl MemLog {
             // other way round).
             Arc::clone(segment)
         };
-        // Not written yet: it is in the pending buffer of the active segment, or of a segment
-        // a roll sealed since the last flush.
+        // Not written yet: it is in flight to the file, or in the pending buffer of the
+        // active segment or of a segment a roll sealed since the last flush.
         let active = lock(&self.shared.active);
-        let unwritten = std::iter::once((&active.segment, &active.pending))
-            .chain(active.sealed.iter().map(|s| (&s.segment, &s.pending)))
-            .find(|(s, _)| s.id == at.segment);
-        if let Some((segment, pending)) = unwritten {
-            let start = segment.readable.load(Ordering::Acquire);
-            if u64::from(at.offset) >= start {
-                let from = (u64::from(at.offset) - start) as usize;
-                return match pending.get(from..).and_then(decode_record) {
-                    Some((record, _)) => Ok(f(record)),
-                    None => Err(corrupt(&segment.path, format!("no record at {}", at.offset))),
-                };
-            }
+        if let Some(unwritten) = active.unwritten(at.segment, u64::from(at.offset)) {
+            return match decode_record(unwritten) {
+                Some((record, _)) => Ok(f(record)),
+                None => Err(corrupt(&segment.path, format!("no record at {}", at.offset))),
+            };
         }
         // The flusher wrote it between the two checks; the mapping has it now.
         match segment.readable_from(at.offset).and_then(decode_record) {

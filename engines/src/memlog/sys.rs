@@ -33,6 +33,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 /// Allocate disk blocks for `[0, len)` of `file`, extending it to `len` if shorter; new
 /// bytes read as zero.
@@ -92,9 +93,9 @@ const RELEASE_CHUNK_BYTES: u64 = 1 << 20;
 /// An io_uring owned by one flusher thread. Each call submits one operation and waits
 /// for its completion before it returns, so at most one operation is ever in flight.
 ///
-/// Soundness: a write hands the kernel a pointer into a buffer. The buffer is moved
-/// into the call and handed back only once the write's completion has been reaped, so
-/// nothing else can touch or free it while the kernel may read it. If waiting fails in a
+/// Soundness: a write hands the kernel a pointer into a buffer. The call holds a clone of
+/// the buffer's `Arc` until the write's completion has been reaped, so nothing can free it
+/// while the kernel may read it, and nothing writes to it (an `Arc` only shares). If waiting fails in a
 /// way that leaves the write's fate unknown, the buffer is leaked (never freed) and the
 /// ring is marked broken: every later call fails without submitting anything.
 pub(super) struct Uring {
@@ -114,14 +115,16 @@ impl Uring {
         Ok(Uring { ring: io_uring::IoUring::new(4)?, broken: false })
     }
 
-    /// Write all of `buffer` at `offset` of `file`; hands the buffer back (emptied on
-    /// success) so its allocation is reused.
+    /// Write all of `buffer` at `offset` of `file`.
     pub(super) fn write_all_at(
         &mut self,
         file: &File,
-        mut buffer: Vec<u8>,
+        buffer: &Arc<Vec<u8>>,
         offset: u64,
-    ) -> (io::Result<()>, Vec<u8>) {
+    ) -> io::Result<()> {
+        // The kernel reads from this clone's allocation: nothing frees it while this one lives,
+        // and nothing writes to what an `Arc` shares.
+        let buffer = Arc::clone(buffer);
         let mut done = 0usize;
         while done < buffer.len() {
             let len = u32::try_from(buffer.len() - done).unwrap_or(1 << 30);
@@ -133,23 +136,20 @@ impl Uring {
             )
             .offset(offset + done as u64)
             .build();
-            // SAFETY: the entry points into `buffer`, which this function owns and
-            // neither moves nor frees until `run` returns with the completion reaped
-            // (`Ok`/`Err(Completed)`); on `Err(Unknown)` the buffer is leaked below.
+            // SAFETY: the entry points into `buffer`, which this function holds (an `Arc`
+            // clone: shared, never written) and does not drop until `run` returns with the
+            // completion reaped (`Ok`/`Err(Completed)`); on `Err(Unknown)` it is leaked below.
             match unsafe { self.run(&entry) } {
-                Ok(0) => {
-                    return (Err(io::ErrorKind::WriteZero.into()), buffer);
-                }
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => done += n,
-                Err(Failure::Completed(e)) => return (Err(e), buffer),
+                Err(Failure::Completed(e)) => return Err(e),
                 Err(Failure::Unknown(e)) => {
                     std::mem::forget(buffer);
-                    return (Err(e), Vec::new());
+                    return Err(e);
                 }
             }
         }
-        buffer.clear();
-        (Ok(()), buffer)
+        Ok(())
     }
 
     /// `fdatasync` of `file`.

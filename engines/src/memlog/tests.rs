@@ -368,3 +368,62 @@ fn io_uring_flusher_syncs() {
     let (_, collected) = open(copy.path(), 4096);
     assert_eq!(collected.0.len(), 100);
 }
+
+/// While the flusher writes without the appenders' lock, every record reads back whole,
+/// wherever it is at that moment: pending, in flight to its file, or in the file. Two
+/// appenders, a syncer and a reader run at once over small segments; the reader reads the
+/// newest records, which are the ones the flusher is writing.
+#[test]
+fn records_read_back_while_the_flusher_writes_them() {
+    use std::sync::atomic::AtomicUsize;
+    let dir = tempfile::tempdir().unwrap();
+    let mut collect = Collect(Vec::new());
+    let options =
+        MemLogOptions { segment_bytes_max: 64 << 10, flush_interval_ms: 1, ..Default::default() };
+    let log =
+        MemLog::open(dir.path(), lock_dir(dir.path()).unwrap(), options, &mut collect).unwrap();
+    let value = |writer: usize, i: usize| vec![(writer * 31 + i) as u8; 700 + i % 300];
+    let written: Mutex<Vec<(usize, usize, Location)>> = Mutex::new(Vec::new());
+    let done = AtomicUsize::new(0);
+    let reads = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for writer in 0..2usize {
+            let (log, written, done) = (&log, &written, &done);
+            s.spawn(move || {
+                for i in 0..4_000usize {
+                    let key = (writer * 100_000 + i).to_be_bytes();
+                    let at = log.append(RecordKind::Put, &key, &value(writer, i)).unwrap();
+                    written.lock().unwrap().push((writer, i, at));
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        s.spawn(|| {
+            while done.load(Ordering::SeqCst) < 2 {
+                log.sync().unwrap();
+            }
+        });
+        s.spawn(|| {
+            while done.load(Ordering::SeqCst) < 2 {
+                let newest: Vec<_> = {
+                    let written = written.lock().unwrap();
+                    written.iter().rev().take(8).copied().collect()
+                };
+                for (writer, i, at) in newest {
+                    let read = log.read(at, |r| r.value.to_vec()).unwrap();
+                    assert_eq!(read, value(writer, i), "writer {writer}'s record {i} at {at:?}");
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    });
+    assert!(reads.load(Ordering::Relaxed) > 0, "the reader read while the writers wrote");
+    let written = written.into_inner().unwrap();
+    for &(writer, i, at) in &written {
+        assert_eq!(log.read(at, |r| r.value.to_vec()).unwrap(), value(writer, i));
+    }
+    log.sync().unwrap();
+    drop(log);
+    let (_, collected) = open(dir.path(), 64 << 10);
+    assert_eq!(collected.0.len(), written.len(), "every record is in the files");
+}
