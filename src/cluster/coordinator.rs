@@ -128,6 +128,10 @@ pub fn plan_write(
     Some(WritePlan::CoordinateAsHint { owner, counts: false })
 }
 
+/// A replica's answer to a write: `Ok(durable)` when it stored it (and whether it synced
+/// it), else why not, naming the replica.
+pub(super) type ReplicaAnswer = Result<bool, String>;
+
 /// Bytes a read holds against the budget for each remote answer before it has arrived; the
 /// answer's real size is charged when it does.
 pub const READ_ANSWER_FLOOR_BYTES: usize = 1024;
@@ -308,9 +312,9 @@ impl Cluster {
         let stored_or_failed = |e: Error| if storage.failed() { cannot_store() } else { e };
         let timeout = self.timeout(options.timeout_ms);
         let mut quorum = WriteQuorum::new(targets.len().max(1), w, dw);
-        // Each replica's answer: `Some(durable)` when it stored the write (and whether it
-        // synced it), `None` when it failed or refused.
-        let (events, mut answers) = futures::channel::mpsc::unbounded::<Option<bool>>();
+        // Each replica's answer: `Ok(durable)` when it stored the write (and whether it
+        // synced it), else why it did not (named, for the error that fails the quorum).
+        let (events, mut answers) = futures::channel::mpsc::unbounded::<ReplicaAnswer>();
         // DW counts synced copies, this node's own sync included: with dw = 1 this node syncs
         // its copy and the others only store (none of them delays the answer with an fsync);
         // only a DW this node's copy cannot cover asks the others to sync.
@@ -371,7 +375,7 @@ impl Cluster {
                 Err(e) => {
                     tracing::debug!(replica = %target.id, error = %e, "write not replicated");
                     not_sent += 1;
-                    let _ = events.unbounded_send(None);
+                    let _ = events.unbounded_send(Err(format!("{}: not sent", target.id)));
                     continue;
                 }
             };
@@ -382,7 +386,9 @@ impl Cluster {
                 let stored = cluster
                     .replicate_charged(&target, &bucket, &key, &sent, remote_sync, charge)
                     .await;
-                let _ = events.unbounded_send(stored.then_some(remote_sync));
+                let answer =
+                    stored.map(|()| remote_sync).map_err(|e| format!("{}: {e}", target.id));
+                let _ = events.unbounded_send(answer);
             });
         }
         // While the key's partition moves, its receivers store the write too, each of
@@ -407,7 +413,7 @@ impl Cluster {
                 let stored = cluster
                     .replicate_charged(&target, &bucket, &key, &sent, remote_sync, charge)
                     .await;
-                let _ = events.unbounded_send(stored);
+                let _ = events.unbounded_send(stored.is_ok());
             });
         }
         drop((events, receiver_events, replication));
@@ -416,6 +422,8 @@ impl Cluster {
             n => format!("; {n} not sent, over this node's in-flight budget"),
         };
         let deadline = tokio::time::Instant::now() + timeout;
+        // Why each replica that did not store the write did not, for the error.
+        let mut why_not: Vec<String> = Vec::new();
         let answer = 'answer: loop {
             while receivers_waiting > 0 {
                 match tokio::time::timeout_at(deadline, receiver_answers.next()).await {
@@ -434,23 +442,31 @@ impl Cluster {
                 Outcome::Succeeded => break Ok(read),
                 Outcome::Failed => {
                     break Err(Error::QuorumNotMet(format!(
-                        "{} of w = {w} (dw = {dw}) replicas stored the write{not_sent}",
-                        quorum.stored_count()
+                        "{} of w = {w} (dw = {dw}) replicas stored the write{not_sent} ({})",
+                        quorum.stored_count(),
+                        why_not.join("; ")
                     )))
                 }
                 Outcome::Pending => {}
             }
             match tokio::time::timeout_at(deadline, answers.next()).await {
-                Err(_) => break Err(Error::Timeout(format!("no quorum within {timeout:?}"))),
+                Err(_) => {
+                    let why = match why_not.is_empty() {
+                        true => String::new(),
+                        false => format!(" ({})", why_not.join("; ")),
+                    };
+                    break Err(Error::Timeout(format!("no quorum within {timeout:?}{why}")));
+                }
                 Ok(None) => {
                     break Err(Error::QuorumNotMet(format!(
                         "every replica answered; too few stored{not_sent}"
                     )))
                 }
-                Ok(Some(Some(durable))) => {
+                Ok(Some(Ok(durable))) => {
                     quorum.stored(durable);
                 }
-                Ok(Some(None)) => {
+                Ok(Some(Err(why))) => {
+                    why_not.push(why);
                     quorum.failed();
                 }
             }
@@ -479,13 +495,14 @@ impl Cluster {
     pub(super) fn sync_then_answer(
         self: &Rc<Self>,
         engine: &std::sync::Arc<dyn cartwheel_engines::StorageEngine>,
-        events: &futures::channel::mpsc::UnboundedSender<Option<bool>>,
+        events: &futures::channel::mpsc::UnboundedSender<ReplicaAnswer>,
     ) {
         let (cluster, engine, events) =
             (Rc::clone(self), std::sync::Arc::clone(engine), events.clone());
         tokio::task::spawn_local(async move {
             let synced = cluster.syncs.sync(&engine).await;
-            let _ = events.unbounded_send(synced.is_ok().then_some(true));
+            let me = cluster.me();
+            let _ = events.unbounded_send(synced.map(|()| true).map_err(|e| format!("{me}: {e}")));
         });
     }
 

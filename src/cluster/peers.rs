@@ -472,11 +472,11 @@ impl Cluster {
             tracing::debug!(replica = %target.id, "state not sent: over the in-flight budget");
             return false;
         };
-        self.replicate_charged(target, bucket, key, state, sync, charge).await
+        self.replicate_charged(target, bucket, key, state, sync, charge).await.is_ok()
     }
 
     /// [`Cluster::replicate`] with the bytes charged already; `charge` is held until the
-    /// target answered or the deadline passed.
+    /// target answered or the deadline passed. Why the target did not store it, if not.
     pub(super) async fn replicate_charged(
         &self,
         target: &Target,
@@ -485,9 +485,9 @@ impl Cluster {
         state: &[u8],
         sync: bool,
         charge: Charge,
-    ) -> bool {
+    ) -> Result<(), Error> {
         let _charge = charge;
-        let Ok(address) = self.address(&target.id) else { return false };
+        let address = self.address(&target.id)?;
         let value = || PeerRequest::Replicate {
             bucket: bucket.to_string(),
             key: key.to_vec(),
@@ -499,8 +499,10 @@ impl Cluster {
         let request = |connection: PeerConnection| async move {
             bool::from_reply(connection.batched(value(), deadline).await?)
         };
-        let outcome = self.call(&target.id, &address, deadline, request, value).await;
-        matches!(outcome, Ok(true))
+        match self.call(&target.id, &address, deadline, request, value).await? {
+            true => Ok(()),
+            false => Err(Error::Unavailable(format!("{} did not store it", target.id))),
+        }
     }
 
     /// Forward a write to `primary`, marked so it is not forwarded again.
