@@ -219,6 +219,10 @@ impl Shared {
                 if !live(&self.read()) {
                     return Ok(0);
                 }
+                // The copy's append may roll: its spare is made first, so that the append does
+                // not wait for the disk while holding the keydir's write lock, which every put
+                // waits for.
+                self.log.prepare_roll();
                 let mut state = self.write();
                 if !live(&state) {
                     return Ok(0);
