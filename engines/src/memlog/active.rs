@@ -22,7 +22,7 @@
 //! its place. An appender does only the part of that which needs no disk: it encodes the seal
 //! record into the old segment's pending bytes, moves the old segment to the *sealed* queue of
 //! [`Active`], and switches to the *spare*, a segment file that the preparer thread made ahead
-//! of time: preallocated, header written, fsynced, renamed to its final name, directory fsynced.
+//! of time: preallocated, header written, renamed to its final name, directory fsynced.
 //! Writing the old segment's last bytes and its seal, and its `fdatasync`, are the flusher's
 //! (`flusher.rs`): it syncs every sealed segment, oldest first, before the active one, so a
 //! `sync` that returns has made durable every segment its records are in, seals included.
@@ -43,6 +43,14 @@
 //! the segment before it is on disk, and that seal is written only after the roll switched to
 //! the spare. Only the preparer makes segment files ahead of the active one, in id order and
 //! each id once (the roll waits for it rather than racing it), so two files never claim one id.
+//!
+//! The spare's own file is not fsynced before it is named: the directory's fsync makes its
+//! name and its blocks durable, and its header becomes durable with the first `fdatasync` of
+//! its records, before any of them is acknowledged. A crash before that may leave a named
+//! spare without a valid header, and recovery ends the log before such a segment (and
+//! deletes it), which loses nothing acknowledged. One fsync a spare rather than two: with
+//! small segments under load the preparer could not keep up, and rolls waited for it
+//! (docs/BENCHMARKS.md, "Writes off the appenders' lock").
 //!
 //! ## After a failure
 //! After a failed write the tail of the file is unknown, so the active segment refuses every
@@ -203,8 +211,8 @@ pub(super) struct Sealed {
 }
 
 /// A segment file made ahead of the roll that will need it: preallocated, header written,
-/// fsynced, renamed to its final name and the directory fsynced (see "Why a named spare is
-/// safe" above).
+/// renamed to its final name and the directory fsynced (see "Why a named spare is safe"
+/// above).
 ///
 /// Why not zeros: a spare used to be written full of zeros first, so that its blocks were
 /// initialized and an `fdatasync` after an append need not commit the extent change of a
@@ -599,7 +607,9 @@ impl Shared {
         Ok(Some(Spare { segment, capacity }))
     }
 
-    /// Blocks allocated, header, fsync, rename to the segment's name, directory fsync, map.
+    /// Blocks allocated, header, rename to the segment's name, directory fsync, map (the
+    /// header is made durable by the first `fdatasync` of the segment's records: see "Why a
+    /// named spare is safe").
     fn finish_spare(
         &self,
         id: u32,
@@ -610,7 +620,6 @@ impl Shared {
         sys::preallocate(&file, capacity).map_err(EngineError::io("preallocate segment"))?;
         file.write_all_at(&encode_segment_header(id), 0)
             .map_err(EngineError::io("write segment"))?;
-        file.sync_all().map_err(EngineError::io("fsync spare segment"))?;
         let path = segment_path(&self.dir, id);
         fs::rename(temp, &path).map_err(EngineError::io("rename spare segment"))?;
         sync_dir(&self.dir)?;

@@ -482,7 +482,8 @@ impl MemLog {
     /// segment as never written: zeros). Files that are not segments (snapshots written with
     /// fsync and rename) are copied whole. For fault-injection tests of the durability
     /// contract; it does not model torn sectors inside the synced part, nor lost directory
-    /// entries (each segment's creation and rename are fsynced with their directory).
+    /// entries (each segment's creation and rename are fsynced with their directory). A
+    /// segment past the last one synced keeps nothing, not even its header.
     pub fn durable_image(&self, dest: &Path) -> std::io::Result<()> {
         // Background work (a merge, a snapshot, a spare) may add and remove files while they
         // are copied: the copy counts only when the directory listed the same before and after.
@@ -522,8 +523,9 @@ impl MemLog {
                     let keep = match id.cmp(&durable_segment) {
                         std::cmp::Ordering::Less => bytes.len(),
                         std::cmp::Ordering::Equal => durable_offset as usize,
-                        // Made (header synced) but nothing in it synced yet.
-                        std::cmp::Ordering::Greater => format::SEGMENT_HEADER_BYTES,
+                        // Named, but nothing in it synced yet, its header included (a
+                        // spare's header is synced with its first records, `active.rs`).
+                        std::cmp::Ordering::Greater => 0,
                     };
                     let keep = keep.min(bytes.len());
                     bytes[keep..].fill(0);
