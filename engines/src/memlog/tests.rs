@@ -375,14 +375,26 @@ fn io_uring_flusher_syncs() {
 /// newest records, which are the ones the flusher is writing.
 #[test]
 fn records_read_back_while_the_flusher_writes_them() {
+    read_back_while_flushing(64 << 10, 4_000, |i| 700 + i % 300);
+}
+
+/// The same with records of 100-300 KiB: an appender past [`PENDING_BYTES_MAX`] writes
+/// the pending bytes itself, after waiting for the flusher's write in flight.
+#[test]
+fn large_records_read_back_while_appenders_write_them_too() {
+    read_back_while_flushing(8 << 20, 300, |i| (100 << 10) + (i % 3) * (100 << 10));
+}
+
+/// Two appenders of `records` records each (of `len(i)` bytes), a syncer and a reader of
+/// the newest records, at once; then every record reads back, and again after a reopen.
+fn read_back_while_flushing(segment_bytes_max: u64, records: usize, len: fn(usize) -> usize) {
     use std::sync::atomic::AtomicUsize;
     let dir = tempfile::tempdir().unwrap();
     let mut collect = Collect(Vec::new());
-    let options =
-        MemLogOptions { segment_bytes_max: 64 << 10, flush_interval_ms: 1, ..Default::default() };
+    let options = MemLogOptions { segment_bytes_max, flush_interval_ms: 1, ..Default::default() };
     let log =
         MemLog::open(dir.path(), lock_dir(dir.path()).unwrap(), options, &mut collect).unwrap();
-    let value = |writer: usize, i: usize| vec![(writer * 31 + i) as u8; 700 + i % 300];
+    let value = |writer: usize, i: usize| vec![(writer * 31 + i) as u8; len(i)];
     let written: Mutex<Vec<(usize, usize, Location)>> = Mutex::new(Vec::new());
     let done = AtomicUsize::new(0);
     let reads = AtomicUsize::new(0);
@@ -390,7 +402,7 @@ fn records_read_back_while_the_flusher_writes_them() {
         for writer in 0..2usize {
             let (log, written, done) = (&log, &written, &done);
             s.spawn(move || {
-                for i in 0..4_000usize {
+                for i in 0..records {
                     let key = (writer * 100_000 + i).to_be_bytes();
                     let at = log.append(RecordKind::Put, &key, &value(writer, i)).unwrap();
                     written.lock().unwrap().push((writer, i, at));
@@ -424,7 +436,7 @@ fn records_read_back_while_the_flusher_writes_them() {
     }
     log.sync().unwrap();
     drop(log);
-    let (_, collected) = open(dir.path(), 64 << 10);
+    let (_, collected) = open(dir.path(), segment_bytes_max);
     assert_eq!(collected.0.len(), written.len(), "every record is in the files");
 }
 
