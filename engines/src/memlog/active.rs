@@ -173,29 +173,19 @@ impl Active {
 
     /// Move every non-empty pending buffer (the sealed segments', oldest first, then the
     /// active one's) into `in_flight`, for the flusher to write without the lock; the parts
-    /// to write. Called with no write in flight.
+    /// to write. Called with no write in flight, so each buffer starts at its segment's
+    /// readable mark.
     fn take_for_write(&mut self) -> Vec<(Arc<Segment>, u64, Arc<Vec<u8>>)> {
         debug_assert!(self.in_flight.is_empty(), "one write in flight at a time");
-        let mut parts = Vec::new();
-        for i in 0..=self.sealed.len() {
-            let (segment, empty) = match self.sealed.get(i) {
-                Some(sealed) => (Arc::clone(&sealed.segment), sealed.pending.is_empty()),
-                None => (Arc::clone(&self.segment), self.pending.is_empty()),
-            };
-            if empty {
-                continue;
-            }
-            let at = self.pending_start(&segment);
-            let fresh = if i < self.sealed.len() { Vec::new() } else { self.fresh_buffer() };
-            let taken = match self.sealed.get_mut(i) {
-                Some(sealed) => std::mem::replace(&mut sealed.pending, fresh),
-                None => std::mem::replace(&mut self.pending, fresh),
-            };
-            let bytes = Arc::new(taken);
-            parts.push((Arc::clone(&segment), at, Arc::clone(&bytes)));
-            self.in_flight.push(InFlight { segment, at, bytes });
+        let fresh = (!self.pending.is_empty()).then(|| self.fresh_buffer());
+        let Active { segment, pending, sealed, in_flight, .. } = self;
+        let active = fresh.map(|fresh| (&*segment, std::mem::replace(pending, fresh)));
+        let taken = sealed.iter_mut().map(|s| (&s.segment, std::mem::take(&mut s.pending)));
+        for (segment, bytes) in taken.chain(active).filter(|(_, bytes)| !bytes.is_empty()) {
+            let at = segment.readable.load(Ordering::Acquire);
+            in_flight.push(InFlight { segment: Arc::clone(segment), at, bytes: Arc::new(bytes) });
         }
-        parts
+        in_flight.iter().map(|w| (Arc::clone(&w.segment), w.at, Arc::clone(&w.bytes))).collect()
     }
 }
 
