@@ -18,9 +18,10 @@
 //!    segment is made before `write_order` is taken, and the old one is synced by the
 //!    flusher), so writers wait only for the switch.
 //! 2. The map is walked in chunks of [`SNAPSHOT_CHUNK_BYTES`], taking its read lock per
-//!    chunk only (a chunk is copied out under it, encoded and written after), into `snapshot-<s>.tmp`,
-//!    written out to the device a MiB at a time with pauses (`SnapshotPace`); the file is
-//!    fsynced, renamed to `snapshot-<s>.snap`, and the directory fsynced.
+//!    chunk only (a chunk is copied out under it, encoded and written after), into
+//!    `snapshot-<s>.tmp`, written out to the device a MiB at a time with pauses
+//!    (`SnapshotPace`); the file is fsynced, renamed to `snapshot-<s>.snap`, and the
+//!    directory fsynced.
 //! 3. Segments before `s` and older snapshots are deleted: renamed away, the directory
 //!    fsynced, then freed a few MiB at a time (a crash midway leaves temporary files that
 //!    the next open deletes).
@@ -69,9 +70,9 @@ use crate::{check_sizes, EngineError, EngineKind, EngineOptions, EngineStats, St
 /// Version byte of snapshot files.
 pub const SNAPSHOT_VERSION: u8 = 1;
 /// Bytes of entries copied out per hold of the map's read lock while writing a snapshot (at
-/// least one entry): writers wait at most for one chunk's copy. Chunks of 1 024
-/// entries (1 MiB of 1 KiB values) stalled puts for 1.3-2 ms each while a snapshot ran
-/// (docs/BENCHMARKS.md, "Writes off the appenders' lock").
+/// least one entry): writers wait at most for one chunk's copy. Chunks of 1 024 entries
+/// (1 MiB of 1 KiB values), encoded under the lock, stalled puts for 1.3-2 ms each while a
+/// snapshot ran (docs/BENCHMARKS.md, "Writes off the appenders' lock").
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64 << 10;
 
 const SNAPSHOT_MAGIC: &[u8; 6] = b"CWSNAP";
@@ -384,10 +385,10 @@ impl Shared {
             });
             chunk.clear();
             let mut rest = &copied[..];
-            while let Some((k, v, after)) = split_entry(rest) {
+            while let Some((k, v, next)) = split_entry(rest) {
                 encode_record(RecordKind::Put, k, v, &mut chunk);
                 count += 1;
-                rest = after;
+                rest = next;
             }
             if let Err(e) = out.write_all(&chunk) {
                 failure = Some(e);

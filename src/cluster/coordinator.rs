@@ -132,6 +132,14 @@ pub fn plan_write(
 /// it), else why not, naming the replica.
 pub(super) type ReplicaAnswer = Result<bool, String>;
 
+/// The replicas' reasons for an error message: ` (n3: …; n4: …)`, or nothing.
+fn because(why_not: &[String]) -> String {
+    match why_not.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", why_not.join("; ")),
+    }
+}
+
 /// Bytes a read holds against the budget for each remote answer before it has arrived; the
 /// answer's real size is charged when it does.
 pub const READ_ANSWER_FLOOR_BYTES: usize = 1024;
@@ -442,19 +450,16 @@ impl Cluster {
                 Outcome::Succeeded => break Ok(read),
                 Outcome::Failed => {
                     break Err(Error::QuorumNotMet(format!(
-                        "{} of w = {w} (dw = {dw}) replicas stored the write{not_sent} ({})",
+                        "{} of w = {w} (dw = {dw}) replicas stored the write{not_sent}{}",
                         quorum.stored_count(),
-                        why_not.join("; ")
+                        because(&why_not)
                     )))
                 }
                 Outcome::Pending => {}
             }
             match tokio::time::timeout_at(deadline, answers.next()).await {
                 Err(_) => {
-                    let why = match why_not.is_empty() {
-                        true => String::new(),
-                        false => format!(" ({})", why_not.join("; ")),
-                    };
+                    let why = because(&why_not);
                     break Err(Error::Timeout(format!("no quorum within {timeout:?}{why}")));
                 }
                 Ok(None) => {
