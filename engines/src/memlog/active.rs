@@ -26,8 +26,8 @@
 //! Writing the old segment's last bytes and its seal, and its `fdatasync`, are the flusher's
 //! (`flusher.rs`): it syncs every sealed segment, oldest first, before the active one, so a
 //! `sync` that returns has made durable every segment its records are in, seals included.
-//! The preparer is asked for the next two spares when the active segment is half full (one
-//! more for every roll that found its spare not ready, up to four), so in steady state a
+//! The preparer is asked for the next two spares when the active segment is half full (more
+//! for small segments: as many as hold 16 MiB, up to 16), so in steady state a
 //! roll waits for nothing, even when one spare was slow to make; and the roll
 //! wakes no thread (the flusher syncs the seal within its interval, as it does the appends
 //! after it), so the put that crosses a roll costs little more than any other.
@@ -251,15 +251,25 @@ impl SpareState {
 /// pays only for switching segments (docs/BENCHMARKS.md, the section on "rolls that wake
 /// nobody").
 const SPARE_START_PERCENT: u64 = 50;
-/// How far ahead of the active segment spares are asked for when it is half full: the next
-/// segment and the one after, so that a roll finds its spare ready even when the one before
-/// was slow to make (a slow fsync of the directory under load), and each spare has a segment
-/// and a half of appends' time to be made. Each holds a segment's worth of disk space.
-pub(super) const SPARES_AHEAD: u32 = 2;
-/// How far ahead spares are asked for at most: each roll that had to wait for its spare
-/// (segments filled faster than the preparer made them, as small segments under merges'
-/// copies do) asks for one more ahead from then on, up to this many.
-const SPARES_AHEAD_MAX: u32 = 4;
+/// How far ahead of the active segment spares are asked for at least, when it is half full:
+/// the next segment and the one after, so that a roll finds its spare ready even when the
+/// one before was slow to make (a slow fsync of the directory under load). Each holds a
+/// segment's worth of disk space.
+const SPARES_AHEAD: u32 = 2;
+/// Small segments get more spares ahead, as many as hold this many bytes (up to
+/// [`SPARES_AHEAD_LIMIT`]): a spare now and then takes 60-80 ms to make under load, and
+/// 512 KiB segments filled 40 times a second under merges' copies ran through two or four
+/// spares in that time, so rolls waited 19-27 ms for theirs. Default 64 MiB segments keep
+/// two.
+const SPARE_BYTES_AHEAD: u64 = 16 << 20;
+/// The most spares asked for ahead, whatever their size.
+const SPARES_AHEAD_LIMIT: u32 = 16;
+
+/// How far ahead spares are asked for in a log of `segment_bytes_max` segments.
+pub(super) fn spares_ahead(segment_bytes_max: u64) -> u32 {
+    let fit = SPARE_BYTES_AHEAD / segment_bytes_max.max(1);
+    u32::try_from(fit).unwrap_or(u32::MAX).clamp(SPARES_AHEAD, SPARES_AHEAD_LIMIT)
+}
 
 impl MemLog {
     /// Append one record and return where it starts. Visible to [`MemLog::read`] at once;
@@ -295,7 +305,7 @@ impl MemLog {
             self.shared.flush_wanted.notify_one();
         }
         let half_full = active.end * 100 >= active.capacity * SPARE_START_PERCENT;
-        let ahead = active.segment.id + self.shared.spares_ahead.load(Ordering::Relaxed);
+        let ahead = active.segment.id + self.shared.spares_ahead;
         drop(active);
         // Also what makes a seal durable after a roll here: the flusher flushes within its
         // interval once something is appended, sealed segments first.
@@ -311,7 +321,7 @@ impl MemLog {
     /// disk. Appends may roll in between; then the next roll may wait after all.
     pub fn prepare_roll(&self) {
         let next = lock(&self.shared.active).segment.id + 1;
-        drop(self.shared.wait_for_spare(next, false));
+        drop(self.shared.wait_for_spare(next));
     }
 
     /// Seal the active segment now and start a new one; returns the new active segment's id.
@@ -501,7 +511,7 @@ impl Shared {
     /// The spare of segment `id`, waiting for the preparer if it is not ready. `Ok(None)` only
     /// if the log is closing.
     fn take_spare(&self, id: u32) -> Result<Option<Spare>, EngineError> {
-        let mut state = self.wait_for_spare(id, true);
+        let mut state = self.wait_for_spare(id);
         if let Some(at) = state.ready.iter().position(|spare| spare.segment.id == id) {
             return Ok(Some(state.ready.remove(at)));
         }
@@ -518,9 +528,8 @@ impl Shared {
     }
 
     /// Ask for the spare of segment `id` and wait until it is ready, failed, or the log
-    /// closes; the spare state, locked. A roll that had to wait (`rolling`) asks for spares
-    /// one further ahead from then on (up to [`SPARES_AHEAD_MAX`]).
-    fn wait_for_spare(&self, id: u32, rolling: bool) -> MutexGuard<'_, SpareState> {
+    /// closes; the spare state, locked.
+    fn wait_for_spare(&self, id: u32) -> MutexGuard<'_, SpareState> {
         self.want_spare(id);
         let mut state = lock(&self.spare);
         let settled = |state: &SpareState| {
@@ -528,10 +537,6 @@ impl Shared {
                 || state.ready.iter().any(|spare| spare.segment.id == id)
                 || state.failure.as_ref().is_some_and(|(failed, ..)| *failed == id)
         };
-        if rolling && !settled(&state) {
-            let ahead = self.spares_ahead.load(Ordering::Relaxed);
-            self.spares_ahead.store((ahead + 1).min(SPARES_AHEAD_MAX), Ordering::Relaxed);
-        }
         while !settled(&state) {
             // The preparer may be asleep (after a failure this roll's predecessor took): wake it
             // to look again.

@@ -192,7 +192,7 @@ struct Shared {
     /// The highest segment id a spare was asked for, so appends check it without a lock.
     spare_wanted: AtomicU32,
     /// How far ahead of the active segment spares are asked for (`active.rs`).
-    spares_ahead: AtomicU32,
+    spares_ahead: u32,
     /// `fdatasync`s of the active segment done by flushes, since open.
     syncs: AtomicU64,
 }
@@ -315,6 +315,7 @@ impl MemLog {
         segments.push(Arc::clone(&active));
         let end = active.readable.load(Ordering::Relaxed);
         let active_id = active.id;
+        let spares_ahead = active::spares_ahead(options.segment_bytes_max);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             options,
@@ -341,7 +342,7 @@ impl MemLog {
             spare: Mutex::new(SpareState::new(active_id)),
             spare_changed: Condvar::new(),
             spare_wanted: AtomicU32::new(0),
-            spares_ahead: AtomicU32::new(active::SPARES_AHEAD),
+            spares_ahead,
             syncs: AtomicU64::new(0),
             durable: Mutex::new((active_id, end)),
         });

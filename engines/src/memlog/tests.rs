@@ -474,3 +474,14 @@ fn a_spare_whose_header_never_reached_the_disk_loses_nothing() {
     let (_, collected) = open(copy.path(), 64 << 10);
     assert_eq!(collected.0.len(), 101);
 }
+
+/// Spares asked for ahead hold 16 MiB at most beyond the first two: default 64 MiB segments
+/// keep two, small segments get up to sixteen.
+#[test]
+fn spares_ahead_are_bounded_by_their_bytes() {
+    use super::active::spares_ahead;
+    assert_eq!(spares_ahead(64 << 20), 2);
+    assert_eq!(spares_ahead(4 << 20), 4);
+    assert_eq!(spares_ahead(512 << 10), 16);
+    assert_eq!(spares_ahead(4 << 10), 16);
+}
