@@ -363,7 +363,6 @@ impl Shared {
         let write = EngineError::io("write snapshot");
         out.write_all(&snapshot_header(segment)).map_err(write)?;
         let mut count = 0u64;
-        let mut record = Vec::new();
         let mut copied = Vec::with_capacity(2 * SNAPSHOT_CHUNK_BYTES);
         let mut chunk = Vec::with_capacity(2 * SNAPSHOT_CHUNK_BYTES);
         let mut after: Option<Vec<u8>> = None;
@@ -410,9 +409,9 @@ impl Shared {
         if let Some(e) = failure {
             return Err(EngineError::io("write snapshot")(e));
         }
-        record.clear();
-        encode_record(RecordKind::End, &[], &count.to_le_bytes(), &mut record);
-        out.write_all(&record).map_err(EngineError::io("write snapshot"))?;
+        chunk.clear();
+        encode_record(RecordKind::End, &[], &count.to_le_bytes(), &mut chunk);
+        out.write_all(&chunk).map_err(EngineError::io("write snapshot"))?;
         let file =
             out.into_inner().map_err(|e| EngineError::io("write snapshot")(e.into_error()))?;
         file.sync_all().map_err(EngineError::io("fsync snapshot"))?;

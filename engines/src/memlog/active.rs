@@ -145,9 +145,9 @@ impl Active {
     }
 
     /// Offset in `segment` of the first byte of its pending buffer: just past the bytes in
-    /// flight for it, else its readable mark.
-    pub(super) fn pending_start(&self, segment: &Segment) -> u64 {
-        let in_flight = self.in_flight.iter().rev().find(|w| w.segment.id == segment.id);
+    /// flight for it (one part a segment at most), else its readable mark.
+    fn pending_start(&self, segment: &Segment) -> u64 {
+        let in_flight = self.in_flight.iter().find(|w| w.segment.id == segment.id);
         in_flight.map_or_else(
             || segment.readable.load(Ordering::Acquire),
             |w| w.at + w.bytes.len() as u64,

@@ -385,6 +385,15 @@ fn large_records_read_back_while_appenders_write_them_too() {
     read_back_while_flushing(8 << 20, 300, |i| (100 << 10) + (i % 3) * (100 << 10));
 }
 
+/// Counts one writer thread as done when dropped.
+struct Done<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Two appenders of `records` records each (of `len(i)` bytes), a syncer and a reader of
 /// the newest records, at once; then every record reads back, and again after a reopen.
 fn read_back_while_flushing(segment_bytes_max: u64, records: usize, len: fn(usize) -> usize) {
@@ -402,12 +411,13 @@ fn read_back_while_flushing(segment_bytes_max: u64, records: usize, len: fn(usiz
         for writer in 0..2usize {
             let (log, written, done) = (&log, &written, &done);
             s.spawn(move || {
+                // Counted when the thread ends, panicking or not, so the others stop then.
+                let _done = Done(done);
                 for i in 0..records {
                     let key = (writer * 100_000 + i).to_be_bytes();
                     let at = log.append(RecordKind::Put, &key, &value(writer, i)).unwrap();
                     written.lock().unwrap().push((writer, i, at));
                 }
-                done.fetch_add(1, Ordering::SeqCst);
             });
         }
         s.spawn(|| {
