@@ -27,7 +27,9 @@
 //!
 //! ## Merge
 //! The background thread (`log_background.rs`) merges a sealed segment once
-//! `merge_dead_percent` of its bytes are dead (overwritten, deleted, or tombstones). It looks every `background_interval_ms` while
+//! `merge_dead_percent` of its bytes are dead (overwritten, deleted, or tombstones) and it
+//! has waited some rounds for more of them to die; one in which nothing is left to copy is
+//! deleted without being read (see "Candidates settle before they are read" there). It looks every `background_interval_ms` while
 //! the engine takes writes, and sleeps without a timer once a look began after the last write
 //! (only writes seal segments or kill records), so an idle engine costs no wake-ups. Merging copies each record of the segment
 //! that the keydir still points at to the end of the log, as an ordinary append under the
@@ -63,6 +65,7 @@ use crate::memlog::{
     record_bytes, Location, MemLog, MemLogOptions, Record, RecordKind, Replay, ReplayMode,
 };
 use crate::{check_sizes, EngineError, EngineKind, EngineOptions, EngineStats, StorageEngine};
+use background::Settling;
 
 // Hint file layout:
 //
@@ -230,11 +233,13 @@ impl Keydir {
     }
 }
 
-/// Bytes of records a segment holds, and how many of them are live.
+/// Bytes of records a segment holds, how many of them are live, and how many tombstones it
+/// holds (live or not: a merge copies one only while an older segment exists).
 #[derive(Clone, Copy, Debug, Default)]
 struct Usage {
     bytes: u64,
     live: u64,
+    tombstones: u64,
 }
 
 /// Everything behind the keydir lock.
@@ -266,7 +271,9 @@ impl State {
 
     fn apply_tombstone(&mut self, key: &[u8], at: Location) {
         let bytes = record_bytes(key.len(), 0);
-        self.usage.entry(at.segment).or_default().bytes += bytes;
+        let usage = self.usage.entry(at.segment).or_default();
+        usage.bytes += bytes;
+        usage.tombstones += 1;
         self.log_bytes += bytes;
         if let Some(old) = self.keydir.remove(key) {
             self.forget(key.len(), &old);
@@ -391,10 +398,12 @@ struct Shared {
     /// The background thread's stop flag and sleeps.
     background: Background,
     /// Held for a round of background work, so that rounds (the thread's and a test's) never
-    /// overlap.
-    round: Mutex<()>,
+    /// overlap; with the merge candidates that wait to settle.
+    round: Mutex<Settling>,
     /// Segments merged since open.
     merges: AtomicU64,
+    /// Of those, the ones deleted without being read: nothing in them was live.
+    unread_merges: AtomicU64,
     /// Rounds of background work the thread ran since open.
     rounds: AtomicU64,
 }
@@ -440,8 +449,9 @@ impl LogEngine {
             state: RwLock::new(state),
             options: options.clone(),
             background: Background::default(),
-            round: Mutex::new(()),
+            round: Mutex::new(Settling::default()),
             merges: AtomicU64::new(0),
+            unread_merges: AtomicU64::new(0),
             rounds: AtomicU64::new(0),
         });
         let began_at = (!shared.work_at_open(&hinted)).then(|| shared.log.appended());
@@ -463,7 +473,13 @@ impl LogEngine {
     /// Run one round of background work now (hints, then merges) and wait for it; for tests
     /// that need a merge at a known moment.
     pub fn for_testing_background_round(&self) -> Result<(), EngineError> {
-        self.shared.background_round(&mut HashSet::new())
+        self.shared.background_round(&mut HashSet::new(), 0).map(drop)
+    }
+
+    /// Merges since open that deleted a segment without reading it (nothing in it to copy).
+    /// For tests.
+    pub fn for_testing_unread_merges(&self) -> u64 {
+        self.shared.unread_merges.load(Ordering::Relaxed)
     }
 
     /// The id of the memory-log segment appends go to now; a put that returns with another

@@ -4,8 +4,24 @@
 //! whose bytes are mostly dead (see "Restart and hint files" and "Merge" in the engine's
 //! documentation, `log.rs`). Its passes over a segment are paced ([`Pace`]) so that they take
 //! the CPU, the disk and the keydir lock a little at a time.
+//!
+//! ## Candidates settle before they are read
+//! A segment becomes a merge candidate once `merge_dead_percent` of its bytes are dead. Under
+//! overwrites that is soon after its roll, while the keys it holds are still being written:
+//! merged then, its live records are copied forward only to die a moment later, and every one
+//! of its bytes is read and CRC-checked to find them. So a candidate that still holds live
+//! records waits [`MERGE_SETTLE_ROUNDS`] rounds (a few seconds) before it is merged, and one
+//! whose records have all died by then (nothing live, and no tombstone that an older segment
+//! needs) is deleted without being read at all: the keydir's count of live bytes per segment
+//! says so. Waiting costs disk space, so at most [`MERGE_WAITING_SEGMENTS`] candidates wait;
+//! past that the oldest are merged at once. Measured with 40 KB carts rewritten once a
+//! second, merges read every byte the log took and copied a tenth of it again before this;
+//! see docs/BENCHMARKS.md, "Merges that wait for dead segments".
+//!
+//! A candidate that waits gets no hint file either: it is about to go, and a hint is a full
+//! read of the segment. (A restart in between scans it instead.)
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::ops::ControlFlow;
@@ -16,6 +32,57 @@ use super::{hint_path, Shared, State, HINT_COUNT_AT, HINT_HEADER_BYTES, HINT_MAG
 use crate::data_dir::sync_dir;
 use crate::memlog::{record_bytes, Location, Record, RecordKind, ScanEnd};
 use crate::EngineError;
+
+/// Rounds a merge candidate that still holds live records waits before it is merged (see
+/// "Candidates settle before they are read").
+pub(super) const MERGE_SETTLE_ROUNDS: u32 = 8;
+/// The most merge candidates that wait at once; past this, the oldest are merged at once.
+pub(super) const MERGE_WAITING_SEGMENTS: usize = 8;
+
+/// Merge candidates waiting to settle, and the rounds each has waited.
+#[derive(Debug, Default)]
+pub(super) struct Settling {
+    waited: HashMap<u32, u32>,
+}
+
+impl Settling {
+    /// Of `candidates` (oldest first), those to merge this round when a candidate waits
+    /// `settle_rounds` rounds and at most [`MERGE_WAITING_SEGMENTS`] wait; `ready(id)` says
+    /// whether one may go now anyway (nothing in it to copy). Returns them and whether any
+    /// candidate is left waiting.
+    fn due(
+        &mut self,
+        candidates: &[u32],
+        settle_rounds: u32,
+        ready: impl Fn(u32) -> bool,
+    ) -> (Vec<u32>, bool) {
+        self.waited.retain(|id, _| candidates.contains(id));
+        let waiting = candidates.iter().filter(|id| !ready(**id)).count();
+        let mut over = waiting.saturating_sub(MERGE_WAITING_SEGMENTS);
+        let mut due = Vec::new();
+        for &id in candidates {
+            let waited = self.waited.entry(id).or_insert(0);
+            *waited += 1;
+            let go = if ready(id) {
+                true
+            } else if over > 0 {
+                over -= 1;
+                true
+            } else {
+                *waited > settle_rounds
+            };
+            if go {
+                due.push(id);
+            }
+        }
+        let left = candidates.len() > due.len();
+        (due, left)
+    }
+
+    fn waits(&self, id: u32) -> bool {
+        self.waited.contains_key(&id)
+    }
+}
 
 impl Shared {
     /// The background thread: a round of work (merges, then hints) every
@@ -42,8 +109,11 @@ impl Shared {
             self.rounds.fetch_add(1, Ordering::Relaxed);
             // A failed round leaves everything as it was (a merge deletes its segment only
             // after its copies are durable); the next round, one interval on, tries again.
-            if self.background_round(&mut hinted).is_err() {
-                began_at = None;
+            // So does a round that left candidates waiting to settle, with or without
+            // appends.
+            match self.background_round(&mut hinted, MERGE_SETTLE_ROUNDS) {
+                Ok(false) => {}
+                Ok(true) | Err(_) => began_at = None,
             }
         }
     }
@@ -73,13 +143,23 @@ impl Shared {
             .collect()
     }
 
-    pub(super) fn background_round(&self, hinted: &mut HashSet<u32>) -> Result<(), EngineError> {
-        let _round = self.round.lock().unwrap_or_else(|p| p.into_inner());
+    /// One round: merge the candidates that are due (see "Candidates settle before they are
+    /// read"; `settle_rounds` 0 merges every candidate now), then write the hints of sealed
+    /// segments that have none and wait for no merge. Returns whether candidates are left
+    /// waiting, so that another round is due.
+    pub(super) fn background_round(
+        &self,
+        hinted: &mut HashSet<u32>,
+        settle_rounds: u32,
+    ) -> Result<bool, EngineError> {
+        let mut settling = self.round.lock().unwrap_or_else(|p| p.into_inner());
         let sealed = self.log.sealed_segments();
         let candidates = self.merge_candidates(&sealed);
-        for id in candidates {
+        let (due, waiting) =
+            settling.due(&candidates, settle_rounds, |id| self.nothing_to_copy(id, &sealed));
+        for id in due {
             if self.stopped() {
-                return Ok(());
+                return Ok(waiting);
             }
             let older_exists = self.log.sealed_segments().iter().any(|&(other, _)| other < id);
             if self.merge_segment(id, older_exists)? {
@@ -89,14 +169,24 @@ impl Shared {
         // Hints last, so that segments sealed by the merges' own copies get theirs too.
         for (id, _) in self.log.sealed_segments() {
             if self.stopped() {
-                return Ok(());
+                return Ok(waiting);
             }
-            if !hinted.contains(&id) {
+            if !hinted.contains(&id) && !settling.waits(id) {
                 self.write_hint(id)?;
                 hinted.insert(id);
             }
         }
-        Ok(())
+        Ok(waiting)
+    }
+
+    /// Whether merging sealed segment `id` would copy nothing: no live record, and no
+    /// tombstone unless it is the oldest of `sealed` (a tombstone hides values only in older
+    /// segments). Such a segment is deleted without being read. Records in a sealed segment
+    /// only ever die, so the answer holds until it is merged.
+    fn nothing_to_copy(&self, id: u32, sealed: &[(u32, u64)]) -> bool {
+        let usage = self.read().usage.get(&id).copied().unwrap_or_default();
+        let older_exists = sealed.iter().any(|&(other, _)| other < id);
+        usage.live == 0 && (usage.tombstones == 0 || !older_exists)
     }
 
     /// Write the hint file of sealed segment `id` (temp file, fsync, rename, dir fsync).
@@ -149,27 +239,9 @@ impl Shared {
     /// Copy the live records of sealed segment `id` to the end of the log, then delete it.
     /// Returns false if the engine began stopping first (nothing is deleted then).
     fn merge_segment(&self, id: u32, older_exists: bool) -> Result<bool, EngineError> {
-        let mut pace = Pace::new(self.options.merge_bytes_per_sec);
-        let mut failure = None;
-        let end = self.log.scan_segment(id, &mut |at, record| {
-            let scanned = record_bytes(record.key.len(), record.value.len());
-            match self.copy_forward(at, record, older_exists) {
-                // A copied byte counts in full, a byte only read (a dead record) for a
-                // quarter: reading a mostly dead segment is cheap, but not free.
-                Ok(copied) => pace.done(copied + scanned.saturating_sub(copied) / SCAN_DISCOUNT),
-                Err(e) => {
-                    failure = Some(e);
-                    return ControlFlow::Break(());
-                }
-            }
-            if pace.wait(self) || self.stopped() {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        // Nothing to copy (see "Candidates settle before they are read"): not even read.
+        let unread = self.nothing_to_copy(id, &self.log.sealed_segments());
+        let end = if unread { ScanEnd::Sealed } else { self.copy_live(id, older_exists)? };
         match end {
             ScanEnd::Stopped => return Ok(false),
             ScanEnd::Sealed => {}
@@ -197,7 +269,37 @@ impl Shared {
             state.live_record_bytes -= usage.live;
         }
         self.merges.fetch_add(1, Ordering::Relaxed);
+        if unread {
+            self.unread_merges.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(true)
+    }
+
+    /// Read sealed segment `id` and copy what is live in it to the end of the log (paced);
+    /// how its scan ended.
+    fn copy_live(&self, id: u32, older_exists: bool) -> Result<ScanEnd, EngineError> {
+        let mut pace = Pace::new(self.options.merge_bytes_per_sec);
+        let mut failure = None;
+        let end = self.log.scan_segment(id, &mut |at, record| {
+            let scanned = record_bytes(record.key.len(), record.value.len());
+            match self.copy_forward(at, record, older_exists) {
+                // A copied byte counts in full, a byte only read (a dead record) for a
+                // quarter: reading a mostly dead segment is cheap, but not free.
+                Ok(copied) => pace.done(copied + scanned.saturating_sub(copied) / SCAN_DISCOUNT),
+                Err(e) => {
+                    failure = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            if pace.wait(self) || self.stopped() {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        })?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(end),
+        }
     }
 
     /// Copy one record of a segment being merged to the end of the log if it still matters.
@@ -277,5 +379,42 @@ impl Pace {
         let due = Duration::from_secs_f64(self.done as f64 / self.rate as f64);
         let elapsed = self.started.elapsed();
         due > elapsed + Duration::from_millis(5) && shared.sleep(due - elapsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A candidate with nothing to copy goes at once; the others wait their rounds, and
+    /// another round is asked for while any waits.
+    #[test]
+    fn candidates_settle_unless_nothing_in_them_is_live() {
+        let mut settling = Settling::default();
+        let ready = |id: u32| id == 2;
+        assert_eq!(settling.due(&[1, 2, 3], 2, ready), (vec![2], true));
+        assert!(settling.waits(1) && settling.waits(3));
+        assert_eq!(settling.due(&[1, 3], 2, ready), (vec![], true));
+        // Segment 4 is new: it waits its own rounds.
+        assert_eq!(settling.due(&[1, 3, 4], 2, ready), (vec![1, 3], true));
+        assert_eq!(settling.due(&[4], 2, ready), (vec![], true));
+        assert_eq!(settling.due(&[4], 2, ready), (vec![4], false));
+        // No settling: every candidate now.
+        assert_eq!(Settling::default().due(&[5, 6], 0, |_| false), (vec![5, 6], false));
+    }
+
+    /// Past [`MERGE_WAITING_SEGMENTS`] waiting candidates, the oldest go at once.
+    #[test]
+    fn at_most_so_many_candidates_wait() {
+        let mut settling = Settling::default();
+        let candidates: Vec<u32> = (1..=MERGE_WAITING_SEGMENTS as u32 + 3).collect();
+        let (due, waiting) = settling.due(&candidates, 100, |_| false);
+        assert_eq!(due, vec![1, 2, 3]);
+        assert!(waiting);
+        // A candidate that is free to go does not count against the bound.
+        let mut settling = Settling::default();
+        let mut candidates: Vec<u32> = (1..=MERGE_WAITING_SEGMENTS as u32).collect();
+        candidates.push(99);
+        assert_eq!(settling.due(&candidates, 100, |id| id == 99), (vec![99], true));
     }
 }

@@ -170,6 +170,107 @@ fn log_damaged_hint_falls_back_to_scan() {
     assert_eq!(contents(&engine), model, "reopen with damaged hints");
 }
 
+/// A sealed segment in which every record died is deleted without being read: a byte
+/// damaged in it (which a read would find, failing the merge) changes nothing, and the data
+/// are whole before and after a reopen.
+#[test]
+fn log_merge_deletes_a_dead_segment_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = small_options();
+    options.background_interval_ms = 3_600_000;
+    options.merge_dead_percent = 50;
+    let engine = LogEngine::open(dir.path(), &options).unwrap();
+    let mut model = BTreeMap::new();
+    for round in 0..2u32 {
+        for i in 0..100u32 {
+            let value = round.to_le_bytes().repeat(100);
+            engine.put(&i.to_be_bytes(), &value).unwrap();
+            model.insert(i.to_be_bytes().to_vec(), value);
+        }
+    }
+    engine.sync().unwrap();
+    let first = dir.path().join("0000000001.log");
+    assert!(engine.for_testing_sealed_segments().contains(&1));
+    // Damage a value in segment 1 (the first round's, all overwritten since).
+    let mut file = fs::OpenOptions::new().read(true).write(true).open(&first).unwrap();
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(200)).unwrap();
+    file.write_all(&[0xAA; 8]).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    engine.for_testing_background_round().unwrap();
+    assert!(!first.exists(), "the dead segment was deleted");
+    assert!(engine.for_testing_unread_merges() >= 1);
+    assert_eq!(contents(&engine), model);
+    drop(engine);
+    let reopened = LogEngine::open(dir.path(), &options).unwrap();
+    assert_eq!(contents(&reopened), model);
+}
+
+/// A segment whose only record left is a tombstone is read and merged, the tombstone copied,
+/// while an older segment still holds the value it hides: the key stays deleted after a
+/// reopen.
+#[test]
+fn log_merge_keeps_a_tombstone_an_older_segment_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = small_options();
+    options.background_interval_ms = 3_600_000;
+    options.merge_dead_percent = 50;
+    let engine = LogEngine::open(dir.path(), &options).unwrap();
+    // Segment 1: the key to delete, then values that stay live (so it is no candidate).
+    engine.put(b"gone", &[1; 100]).unwrap();
+    let mut i = 0u32;
+    while engine.for_testing_sealed_segments().is_empty() {
+        engine.put(format!("keep{i}").as_bytes(), &[2; 100]).unwrap();
+        i += 1;
+    }
+    // Segment 2: the tombstone, then filler that is overwritten in later segments.
+    engine.delete(b"gone").unwrap();
+    let mut j = 0u32;
+    while engine.for_testing_sealed_segments().len() < 2 {
+        engine.put(format!("fill{j}").as_bytes(), &[3; 100]).unwrap();
+        j += 1;
+    }
+    // The put that rolled segment 1 landed in segment 2: overwrite it too.
+    engine.put(format!("keep{}", i - 1).as_bytes(), &[2; 100]).unwrap();
+    for k in 0..j {
+        engine.put(format!("fill{k}").as_bytes(), &[4; 100]).unwrap();
+    }
+    engine.sync().unwrap();
+    engine.for_testing_background_round().unwrap();
+    assert!(!dir.path().join("0000000002.log").exists(), "segment 2 was merged");
+    assert!(dir.path().join("0000000001.log").exists(), "segment 1 is mostly live");
+    assert_eq!(engine.for_testing_unread_merges(), 0, "segment 2 had a tombstone to copy");
+    assert_eq!(engine.get(b"gone").unwrap(), None);
+    drop(engine);
+    let reopened = LogEngine::open(dir.path(), &options).unwrap();
+    assert_eq!(reopened.get(b"gone").unwrap(), None, "the delete survives the merge");
+    assert_eq!(reopened.stats().entries, u64::from(i + j));
+}
+
+/// A merge candidate that still holds a live record waits some rounds, and the thread keeps
+/// running rounds for it with no further write, until it is merged.
+#[test]
+fn log_merge_candidates_are_merged_after_they_settle_without_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = small_options();
+    options.background_interval_ms = 2;
+    options.merge_dead_percent = 50;
+    let engine = LogEngine::open(dir.path(), &options).unwrap();
+    engine.put(b"stays", &[9; 100]).unwrap();
+    for round in 0..2u32 {
+        for i in 0..100u32 {
+            engine.put(&i.to_be_bytes(), &round.to_le_bytes().repeat(100)).unwrap();
+        }
+    }
+    engine.sync().unwrap();
+    // The thread ran one round for the last write; the candidate waits more rounds than
+    // that, which the thread runs without any write.
+    let first = dir.path().join("0000000001.log");
+    wait_for("the candidate's merge", || !first.exists());
+    assert_eq!(engine.get(b"stays").unwrap(), Some(vec![9; 100]));
+}
+
 /// Snapshots taken while writers write lose nothing; they delete the log they replace, and a
 /// restart (latest snapshot plus log replay) gives back the same data.
 #[test]
