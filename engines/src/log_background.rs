@@ -13,8 +13,10 @@
 //! records waits [`MERGE_SETTLE_ROUNDS`] rounds (a few seconds) before it is merged, and one
 //! whose records have all died by then (nothing live, and no tombstone that an older segment
 //! needs) is deleted without being read at all: the keydir's count of live bytes per segment
-//! says so. Waiting costs disk space, so at most [`MERGE_WAITING_SEGMENTS`] candidates wait;
-//! past that the oldest are merged at once. Measured with 40 KB carts rewritten once a
+//! says so. Waiting costs disk space, so at most [`MERGE_WAITING_SEGMENTS`] candidates wait,
+//! holding at most a quarter of the file system's free space ([`MERGE_WAITING_FREE_SHARE`]);
+//! past that the oldest are merged at once, and on a disk short of space none waits (a node
+//! that filled its disk needs every byte a merge gives back). Measured with 40 KB carts rewritten once a
 //! second, merges read every byte the log took and copied a tenth of it again before this;
 //! see docs/BENCHMARKS.md, "Merges that wait for dead segments".
 //!
@@ -38,6 +40,9 @@ use crate::EngineError;
 pub(super) const MERGE_SETTLE_ROUNDS: u32 = 8;
 /// The most merge candidates that wait at once; past this, the oldest are merged at once.
 pub(super) const MERGE_WAITING_SEGMENTS: usize = 8;
+/// The waiting candidates' bytes are at most the file system's free space divided by this:
+/// on a disk short of space nothing waits, and merges give space back as soon as before.
+pub(super) const MERGE_WAITING_FREE_SHARE: u64 = 4;
 
 /// Merge candidates waiting to settle, and the rounds each has waited.
 #[derive(Debug, Default)]
@@ -46,32 +51,35 @@ pub(super) struct Settling {
 }
 
 impl Settling {
-    /// Of `candidates` (oldest first), those to merge this round when a candidate waits
-    /// `settle_rounds` rounds and at most [`MERGE_WAITING_SEGMENTS`] wait; `ready(id)` says
-    /// whether one may go now anyway (nothing in it to copy). Returns them and whether any
-    /// candidate is left waiting.
+    /// Of `candidates` (ids and bytes, oldest first), those to merge this round: the ones
+    /// `ready` (nothing in them to copy), the ones that waited `settle_rounds` rounds, and
+    /// the oldest of the others past the bounds on waiting ([`MERGE_WAITING_SEGMENTS`], and
+    /// `room` bytes). Returns them and whether any candidate is left waiting.
     fn due(
         &mut self,
-        candidates: &[u32],
+        candidates: &[(u32, u64)],
         settle_rounds: u32,
+        room: u64,
         ready: impl Fn(u32) -> bool,
     ) -> (Vec<u32>, bool) {
-        self.waited.retain(|id, _| candidates.contains(id));
-        let waiting = candidates.iter().filter(|id| !ready(**id)).count();
-        let mut over = waiting.saturating_sub(MERGE_WAITING_SEGMENTS);
+        self.waited.retain(|id, _| candidates.iter().any(|(c, _)| c == id));
+        let ready: HashSet<u32> =
+            candidates.iter().map(|&(id, _)| id).filter(|&id| ready(id)).collect();
+        // The newest candidates may wait, as many as the bounds allow; older ones go now.
+        let mut may_wait = HashSet::new();
+        let mut bytes = 0u64;
+        for &(id, size) in candidates.iter().rev().filter(|(id, _)| !ready.contains(id)) {
+            bytes = bytes.saturating_add(size);
+            if may_wait.len() == MERGE_WAITING_SEGMENTS || bytes > room {
+                break;
+            }
+            may_wait.insert(id);
+        }
         let mut due = Vec::new();
-        for &id in candidates {
+        for &(id, _) in candidates {
             let waited = self.waited.entry(id).or_insert(0);
             *waited += 1;
-            let go = if ready(id) {
-                true
-            } else if over > 0 {
-                over -= 1;
-                true
-            } else {
-                *waited > settle_rounds
-            };
-            if go {
+            if ready.contains(&id) || !may_wait.contains(&id) || *waited > settle_rounds {
                 due.push(id);
             }
         }
@@ -154,9 +162,14 @@ impl Shared {
     ) -> Result<bool, EngineError> {
         let mut settling = self.round.lock().unwrap_or_else(|p| p.into_inner());
         let sealed = self.log.sealed_segments();
-        let candidates = self.merge_candidates(&sealed);
+        let candidates: Vec<(u32, u64)> = {
+            let ids = self.merge_candidates(&sealed);
+            sealed.iter().copied().filter(|(id, _)| ids.contains(id)).collect()
+        };
+        let room = fs4::available_space(self.log.dir())
+            .map_or(u64::MAX, |free| free / MERGE_WAITING_FREE_SHARE);
         let (due, waiting) =
-            settling.due(&candidates, settle_rounds, |id| self.nothing_to_copy(id, &sealed));
+            settling.due(&candidates, settle_rounds, room, |id| self.nothing_to_copy(id, &sealed));
         for id in due {
             if self.stopped() {
                 return Ok(waiting);
@@ -392,29 +405,44 @@ mod tests {
     fn candidates_settle_unless_nothing_in_them_is_live() {
         let mut settling = Settling::default();
         let ready = |id: u32| id == 2;
-        assert_eq!(settling.due(&[1, 2, 3], 2, ready), (vec![2], true));
+        let of = |ids: &[u32]| ids.iter().map(|&id| (id, 100)).collect::<Vec<_>>();
+        assert_eq!(settling.due(&of(&[1, 2, 3]), 2, u64::MAX, ready), (vec![2], true));
         assert!(settling.waits(1) && settling.waits(3));
-        assert_eq!(settling.due(&[1, 3], 2, ready), (vec![], true));
+        assert_eq!(settling.due(&of(&[1, 3]), 2, u64::MAX, ready), (vec![], true));
         // Segment 4 is new: it waits its own rounds.
-        assert_eq!(settling.due(&[1, 3, 4], 2, ready), (vec![1, 3], true));
-        assert_eq!(settling.due(&[4], 2, ready), (vec![], true));
-        assert_eq!(settling.due(&[4], 2, ready), (vec![4], false));
+        assert_eq!(settling.due(&of(&[1, 3, 4]), 2, u64::MAX, ready), (vec![1, 3], true));
+        assert_eq!(settling.due(&of(&[4]), 2, u64::MAX, ready), (vec![], true));
+        assert_eq!(settling.due(&of(&[4]), 2, u64::MAX, ready), (vec![4], false));
         // No settling: every candidate now.
-        assert_eq!(Settling::default().due(&[5, 6], 0, |_| false), (vec![5, 6], false));
+        let every = Settling::default().due(&of(&[5, 6]), 0, u64::MAX, |_| false);
+        assert_eq!(every, (vec![5, 6], false));
     }
 
     /// Past [`MERGE_WAITING_SEGMENTS`] waiting candidates, the oldest go at once.
     #[test]
     fn at_most_so_many_candidates_wait() {
         let mut settling = Settling::default();
-        let candidates: Vec<u32> = (1..=MERGE_WAITING_SEGMENTS as u32 + 3).collect();
-        let (due, waiting) = settling.due(&candidates, 100, |_| false);
+        let candidates: Vec<(u32, u64)> =
+            (1..=MERGE_WAITING_SEGMENTS as u32 + 3).map(|id| (id, 100)).collect();
+        let (due, waiting) = settling.due(&candidates, 100, u64::MAX, |_| false);
         assert_eq!(due, vec![1, 2, 3]);
         assert!(waiting);
         // A candidate that is free to go does not count against the bound.
         let mut settling = Settling::default();
-        let mut candidates: Vec<u32> = (1..=MERGE_WAITING_SEGMENTS as u32).collect();
-        candidates.push(99);
-        assert_eq!(settling.due(&candidates, 100, |id| id == 99), (vec![99], true));
+        let mut candidates: Vec<(u32, u64)> =
+            (1..=MERGE_WAITING_SEGMENTS as u32).map(|id| (id, 100)).collect();
+        candidates.push((99, 100));
+        assert_eq!(settling.due(&candidates, 100, u64::MAX, |id| id == 99), (vec![99], true));
+    }
+
+    /// The waiting candidates hold at most `room` bytes: the newest wait, the oldest go;
+    /// with no room, none waits.
+    #[test]
+    fn candidates_wait_only_while_the_disk_has_room() {
+        let candidates = [(1, 300), (2, 300), (3, 300), (4, 300)];
+        let mut settling = Settling::default();
+        assert_eq!(settling.due(&candidates, 100, 700, |_| false), (vec![1, 2], true));
+        let mut settling = Settling::default();
+        assert_eq!(settling.due(&candidates, 100, 0, |_| false), (vec![1, 2, 3, 4], false));
     }
 }
