@@ -24,6 +24,15 @@ fn small_options() -> EngineOptions {
     options
 }
 
+/// [`small_options`] with merges of half-dead segments, and background rounds every
+/// `interval_ms` (an hour: only the test's own rounds run).
+fn merge_options(interval_ms: u64) -> EngineOptions {
+    let mut options = small_options();
+    options.background_interval_ms = interval_ms;
+    options.merge_dead_percent = 50;
+    options
+}
+
 fn contents(engine: &dyn StorageEngine) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut out = BTreeMap::new();
     engine
@@ -176,9 +185,7 @@ fn log_damaged_hint_falls_back_to_scan() {
 #[test]
 fn log_merge_deletes_a_dead_segment_without_reading_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = small_options();
-    options.background_interval_ms = 3_600_000;
-    options.merge_dead_percent = 50;
+    let options = merge_options(3_600_000);
     let engine = LogEngine::open(dir.path(), &options).unwrap();
     let mut model = BTreeMap::new();
     for round in 0..2u32 {
@@ -213,9 +220,7 @@ fn log_merge_deletes_a_dead_segment_without_reading_it() {
 #[test]
 fn log_merge_keeps_a_tombstone_an_older_segment_needs() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = small_options();
-    options.background_interval_ms = 3_600_000;
-    options.merge_dead_percent = 50;
+    let options = merge_options(3_600_000);
     let engine = LogEngine::open(dir.path(), &options).unwrap();
     // Segment 1: the key to delete, then values that stay live (so it is no candidate).
     engine.put(b"gone", &[1; 100]).unwrap();
@@ -253,9 +258,7 @@ fn log_merge_keeps_a_tombstone_an_older_segment_needs() {
 #[test]
 fn log_merge_candidates_are_merged_after_they_settle_without_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = small_options();
-    options.background_interval_ms = 2;
-    options.merge_dead_percent = 50;
+    let options = merge_options(2);
     let engine = LogEngine::open(dir.path(), &options).unwrap();
     engine.put(b"stays", &[9; 100]).unwrap();
     for round in 0..2u32 {
