@@ -29,9 +29,10 @@
 //! The background thread (`log_background.rs`) merges a sealed segment once
 //! `merge_dead_percent` of its bytes are dead (overwritten, deleted, or tombstones) and it
 //! has waited some rounds for more of them to die; one in which nothing is left to copy is
-//! deleted without being read (see "Candidates settle before they are read" there). It looks every `background_interval_ms` while
-//! the engine takes writes, and sleeps without a timer once a look began after the last write
-//! (only writes seal segments or kill records), so an idle engine costs no wake-ups. Merging copies each record of the segment
+//! deleted without being read (see "Candidates settle before they are read" there). It
+//! looks every `background_interval_ms` while the engine takes writes, and sleeps without a
+//! timer once a look began after the last write (only writes seal segments or kill records),
+//! so an idle engine costs no wake-ups. Merging copies each record of the segment
 //! that the keydir still points at to the end of the log, as an ordinary append under the
 //! keydir lock that checks the keydir still points there, so a concurrent write of the same
 //! key always wins. Tombstones are copied too while an older segment may still hold a value

@@ -16,9 +16,9 @@
 //! says so. Waiting costs disk space, so at most [`MERGE_WAITING_SEGMENTS`] candidates wait,
 //! holding at most a quarter of the file system's free space ([`MERGE_WAITING_FREE_SHARE`]);
 //! past that the oldest are merged at once, and on a disk short of space none waits (a node
-//! that filled its disk needs every byte a merge gives back). Measured with 40 KB carts rewritten once a
-//! second, merges read every byte the log took and copied a tenth of it again before this;
-//! see docs/BENCHMARKS.md, "Merges that wait for dead segments".
+//! that filled its disk needs every byte a merge gives back). Measured with 40 KB carts
+//! rewritten once a second, merges read every byte the log took and copied a tenth of it
+//! again before this; see docs/BENCHMARKS.md, "Merges that wait for dead segments".
 //!
 //! A candidate that waits gets no hint file either: it is about to go, and a hint is a full
 //! read of the segment. (A restart in between scans it instead.)
@@ -135,19 +135,19 @@ impl Shared {
     }
 
     /// The sealed segments with `merge_dead_percent` of their bytes dead.
-    fn merge_candidates(&self, sealed: &[(u32, u64)]) -> Vec<u32> {
+    fn merge_candidates(&self, sealed: &[(u32, u64)]) -> Vec<(u32, u64)> {
         if self.options.merge_dead_percent >= 100 {
             return Vec::new();
         }
         let state = self.read();
         sealed
             .iter()
+            .copied()
             .filter(|(id, _)| {
                 let usage = state.usage.get(id).copied().unwrap_or_default();
                 let dead = usage.bytes - usage.live;
                 dead * 100 >= usage.bytes * u64::from(self.options.merge_dead_percent)
             })
-            .map(|(id, _)| *id)
             .collect()
     }
 
@@ -162,10 +162,7 @@ impl Shared {
     ) -> Result<bool, EngineError> {
         let mut settling = self.round.lock().unwrap_or_else(|p| p.into_inner());
         let sealed = self.log.sealed_segments();
-        let candidates: Vec<(u32, u64)> = {
-            let ids = self.merge_candidates(&sealed);
-            sealed.iter().copied().filter(|(id, _)| ids.contains(id)).collect()
-        };
+        let candidates = self.merge_candidates(&sealed);
         let room = fs4::available_space(self.log.dir())
             .map_or(u64::MAX, |free| free / MERGE_WAITING_FREE_SHARE);
         let (due, waiting) =
