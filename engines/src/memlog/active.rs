@@ -321,7 +321,9 @@ impl MemLog {
     /// disk. Appends may roll in between; then the next roll may wait after all.
     pub fn prepare_roll(&self) {
         let next = lock(&self.shared.active).segment.id + 1;
-        drop(self.shared.wait_for_spare(next));
+        // Made, not ready: an append may have rolled to `next` since, taking its spare, and
+        // then nothing would ever make it ready again.
+        drop(self.shared.wait_for_spare_state(next, |state| state.made >= next));
     }
 
     /// Seal the active segment now and start a new one; returns the new active segment's id.
@@ -528,16 +530,25 @@ impl Shared {
     }
 
     /// Ask for the spare of segment `id` and wait until it is ready, failed, or the log
-    /// closes; the spare state, locked.
+    /// closes; the spare state, locked. Only a roll, under the active lock, may wait so: no
+    /// other roll can take the spare meanwhile.
     fn wait_for_spare(&self, id: u32) -> MutexGuard<'_, SpareState> {
+        self.wait_for_spare_state(id, |state| {
+            state.ready.iter().any(|spare| spare.segment.id == id)
+                || state.failure.as_ref().is_some_and(|(failed, ..)| *failed == id)
+        })
+    }
+
+    /// Ask for the spare of segment `id` and wait until `settled` holds of the spare state,
+    /// or the log closes; the spare state, locked.
+    fn wait_for_spare_state(
+        &self,
+        id: u32,
+        settled: impl Fn(&SpareState) -> bool,
+    ) -> MutexGuard<'_, SpareState> {
         self.want_spare(id);
         let mut state = lock(&self.spare);
-        let settled = |state: &SpareState| {
-            state.shutdown
-                || state.ready.iter().any(|spare| spare.segment.id == id)
-                || state.failure.as_ref().is_some_and(|(failed, ..)| *failed == id)
-        };
-        while !settled(&state) {
+        while !(state.shutdown || settled(&state)) {
             // The preparer may be asleep (after a failure this roll's predecessor took): wake it
             // to look again.
             self.spare_changed.notify_all();

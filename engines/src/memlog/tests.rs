@@ -495,3 +495,41 @@ fn spares_ahead_are_bounded_by_their_bytes() {
     assert_eq!(spares_ahead(512 << 10), 16);
     assert_eq!(spares_ahead(4 << 10), 16);
 }
+
+/// `prepare_roll` returns however appends roll around it: when an append rolls to the
+/// segment it waits for between its look at the active segment and its wait, that spare is
+/// taken, never to be ready again, and the wait must still end. Appends of 4 KiB roll 64 KiB
+/// segments every 16 calls here, so that race comes up many times a run (and the run makes
+/// a few hundred segments at most: each is a file held open).
+#[test]
+fn prepare_roll_returns_while_appends_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), 64 << 10);
+    let log = Arc::new(log);
+    let appending = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let appender = {
+        let (log, appending) = (Arc::clone(&log), Arc::clone(&appending));
+        std::thread::spawn(move || {
+            for _ in 0..4_000 {
+                log.append(RecordKind::Put, b"key", &[7; 4096]).unwrap();
+            }
+            appending.store(false, Ordering::Relaxed);
+        })
+    };
+    let (finished, watch) = std::sync::mpsc::channel();
+    let preparer = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut calls = 0u64;
+            while appending.load(Ordering::Relaxed) {
+                log.prepare_roll();
+                calls += 1;
+            }
+            finished.send(calls).unwrap();
+        })
+    };
+    let outcome = watch.recv_timeout(std::time::Duration::from_secs(30));
+    appender.join().unwrap();
+    assert!(outcome.is_ok(), "prepare_roll waited for a spare that a roll had taken");
+    preparer.join().unwrap();
+}
