@@ -187,6 +187,17 @@ impl Active {
         }
         in_flight.iter().map(|w| (Arc::clone(&w.segment), w.at, Arc::clone(&w.bytes))).collect()
     }
+
+    /// After the parts [`Active::take_for_write`] took are in their files (and the writer
+    /// dropped them): nothing is in flight, and the buffers are kept for later.
+    fn finish_write(&mut self) {
+        for written in std::mem::take(&mut self.in_flight) {
+            // Reads only look at in-flight bytes under the lock: nothing else holds them.
+            if let Ok(buffer) = Arc::try_unwrap(written.bytes) {
+                self.recycle(buffer);
+            }
+        }
+    }
 }
 
 /// A segment a roll sealed whose seal is not yet durable (see the module documentation).
@@ -367,7 +378,8 @@ impl Shared {
     /// Write the pending buffers (the sealed segments', then the active one's) to their files
     /// under the active lock, which the appender holds: memory held for unwritten records
     /// stays bounded when the flusher falls behind. Waits first for a write the flusher has
-    /// in flight, so that readable marks move in order. A failed write makes the log failed.
+    /// in flight, so that readable marks move in order; then writes as the flusher does,
+    /// without letting the lock go. A failed write makes the log failed.
     fn write_here<'a>(
         &self,
         mut active: MutexGuard<'a, Active>,
@@ -378,20 +390,14 @@ impl Shared {
             }
             active = self.written.wait(active).unwrap_or_else(|p| p.into_inner());
         }
-        let Active { segment, end, pending, sealed, .. } = &mut *active;
-        let pending = sealed
-            .iter_mut()
-            .map(|old| (&old.segment, &mut old.pending, old.end))
-            .chain(std::iter::once((&*segment, pending, *end)));
-        for (segment, pending, end) in pending {
-            if let Err(e) = write_bytes(segment, pending, end) {
+        for (segment, at, bytes) in active.take_for_write() {
+            if let Err(e) = segment.file.write_all_at(&bytes, at) {
                 self.write_failed.store(true, Ordering::Release);
-                return Err(e);
+                return Err(EngineError::io("write segment")(e));
             }
+            segment.readable.store(at + bytes.len() as u64, Ordering::Release);
         }
-        if active.pending.capacity() > 4 * PENDING_BYTES_MAX {
-            active.pending.shrink_to(PENDING_BYTES_MAX);
-        }
+        active.finish_write();
         Ok(active)
     }
 
@@ -421,31 +427,10 @@ impl Shared {
             }
             segment.readable.store(at + bytes.len() as u64, Ordering::Release);
         }
-        let mut active = lock(&self.active);
-        for written in std::mem::take(&mut active.in_flight) {
-            // Reads only look at in-flight bytes under the lock: nothing else holds them.
-            if let Ok(buffer) = Arc::try_unwrap(written.bytes) {
-                active.recycle(buffer);
-            }
-        }
-        drop(active);
+        lock(&self.active).finish_write();
         self.written.notify_all();
         Ok(())
     }
-}
-
-/// Write `pending` at `segment`'s readable mark, which it brings to `end`, and empty it.
-fn write_bytes(segment: &Segment, pending: &mut Vec<u8>, end: u64) -> Result<(), EngineError> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let at = segment.readable.load(Ordering::Relaxed);
-    let written = at + pending.len() as u64;
-    segment.file.write_all_at(pending, at).map_err(EngineError::io("write segment"))?;
-    debug_assert_eq!(written, end, "pending ends at the segment's end");
-    segment.readable.store(written, Ordering::Release);
-    pending.clear();
-    Ok(())
 }
 
 impl Shared {

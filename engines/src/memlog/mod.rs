@@ -18,8 +18,9 @@
 //! (from the pending buffer until it is written). A flusher thread, one per log, does the
 //! `write` of the pending bytes, without the appenders' lock (`active.rs`), and then one
 //! `fdatasync` for every writer at once: on its own every `flush_interval_ms` while there
-//! are appends to flush, and at once when a caller of [`MemLog::sync`] waits. A log with nothing to flush keeps its flusher asleep, without a
-//! timer, until the next append (`flusher.rs`), so idle logs cost no CPU.
+//! are appends to flush, and at once when a caller of [`MemLog::sync`] waits. A log with
+//! nothing to flush keeps its flusher asleep, without a timer, until the next append
+//! (`flusher.rs`), so idle logs cost no CPU.
 //! The flusher makes those two calls as plain system calls, or through an io_uring of its
 //! own ([`crate::FlusherBackend`]).
 //! Concurrent `sync` callers share one `fdatasync`; a caller that arrives while one is in

@@ -95,9 +95,10 @@ const RELEASE_CHUNK_BYTES: u64 = 1 << 20;
 ///
 /// Soundness: a write hands the kernel a pointer into a buffer. The call holds a clone of
 /// the buffer's `Arc` until the write's completion has been reaped, so nothing can free it
-/// while the kernel may read it, and nothing writes to it (an `Arc` only shares). If waiting fails in a
-/// way that leaves the write's fate unknown, the buffer is leaked (never freed) and the
-/// ring is marked broken: every later call fails without submitting anything.
+/// while the kernel may read it, and nothing writes to it (an `Arc` only shares). If
+/// waiting fails in a way that leaves the write's fate unknown, the buffer is leaked (never
+/// freed) and the ring is marked broken: every later call fails without submitting
+/// anything.
 pub(super) struct Uring {
     ring: io_uring::IoUring,
     broken: bool,
