@@ -377,9 +377,10 @@ impl Shared {
                 copied.extend_from_slice(&(v.len() as u32).to_le_bytes());
                 copied.extend_from_slice(k);
                 copied.extend_from_slice(v);
-                match copied.len() >= SNAPSHOT_CHUNK_BYTES {
-                    true => ControlFlow::Break(()),
-                    false => ControlFlow::Continue(()),
+                if copied.len() >= SNAPSHOT_CHUNK_BYTES {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
             });
             chunk.clear();

@@ -134,9 +134,10 @@ pub(super) type ReplicaAnswer = Result<bool, String>;
 
 /// The replicas' reasons for an error message: ` (n3: …; n4: …)`, or nothing.
 fn because(why_not: &[String]) -> String {
-    match why_not.is_empty() {
-        true => String::new(),
-        false => format!(" ({})", why_not.join("; ")),
+    if why_not.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", why_not.join("; "))
     }
 }
 
