@@ -160,7 +160,7 @@ fn load_snapshot(path: &Path, segment: u32, map: &MemoryEngine) -> Result<bool, 
                 let at_eof = !read_exact_or_eof(&mut reader, &mut trailing)?;
                 return Ok(stated.ok() == Some(count) && at_eof);
             }
-            RecordKind::Tombstone | RecordKind::Seal => return Ok(false),
+            RecordKind::Tombstone | RecordKind::Seal | RecordKind::Append => return Ok(false),
         }
     }
 }
@@ -195,6 +195,8 @@ impl Replay for BufferReplay<'_> {
         match record.kind {
             RecordKind::Put => self.map.put(record.key, record.value),
             RecordKind::Tombstone => self.map.delete(record.key),
+            // An append always follows a value of its key in the log, so the map has one.
+            RecordKind::Append => self.map.append(record.key, record.value).map(drop),
             RecordKind::Seal | RecordKind::End => Ok(()),
         }
     }
@@ -524,10 +526,26 @@ impl StorageEngine for BufferEngine {
         Ok(())
     }
 
+    fn append(&self, key: &[u8], part: &[u8]) -> Result<Option<u32>, EngineError> {
+        check_sizes(key, part)?;
+        let parts = {
+            let _order = self.shared.write_order();
+            if !self.shared.map.contains(key) {
+                return Ok(None);
+            }
+            self.shared.log.append(RecordKind::Append, key, part)?;
+            let bytes = record_bytes(key.len(), part.len());
+            self.shared.log_bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.shared.map.append(key, part)?
+        };
+        self.shared.background.wake_if_idle();
+        Ok(parts)
+    }
+
     fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
         {
             let _order = self.shared.write_order();
-            if self.shared.map.get(key)?.is_none() {
+            if !self.shared.map.contains(key) {
                 return Ok(());
             }
             self.shared.log.append(RecordKind::Tombstone, key, &[])?;

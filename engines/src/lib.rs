@@ -45,6 +45,7 @@
 
 pub mod btree;
 pub mod buffer;
+pub mod chain;
 pub mod data_dir;
 mod idle;
 pub mod log;
@@ -113,6 +114,23 @@ pub trait StorageEngine: Send + Sync + fmt::Debug {
 
     /// Store `value` under `key`, replacing any value. Visible when this returns.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError>;
+
+    /// Append `part` to the value of `key`, if it has one, without rewriting the value (see
+    /// [`chain`]): `get` then returns the value and its parts in the chain encoding. Returns
+    /// how many parts the value holds beside its base, this one included, by the engine's
+    /// count (an engine's compaction may fold parts into one record and count from there), so
+    /// the caller knows when to fold them and put the result; `None`, with nothing written, when the key has no value.
+    /// Visible, durable and lost in a crash like a `put`, in the same order as the other
+    /// writes.
+    ///
+    /// The default reads the value and puts it back with the part: every engine appends,
+    /// and the ones that can (`memory`, `log`, `buffer`) write only the part.
+    fn append(&self, key: &[u8], part: &[u8]) -> Result<Option<u32>, EngineError> {
+        let Some(value) = self.get(key)? else { return Ok(None) };
+        let chained = chain::push(&value, part);
+        self.put(key, &chained)?;
+        Ok(Some(chain::parts(&chained)))
+    }
 
     /// Remove `key`. Removing an absent key is not an error.
     fn delete(&self, key: &[u8]) -> Result<(), EngineError>;

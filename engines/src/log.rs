@@ -84,7 +84,7 @@ use background::Settling;
 //
 // | offset | size | field                                   |
 // |-------:|-----:|-----------------------------------------|
-// |      0 |    1 | record kind (put or tombstone)          |
+// |      0 |    1 | record kind (put, tombstone or append)  |
 // |      1 |    2 | key length `k`, u16 LE                  |
 // |      3 |    4 | value length, u32 LE                    |
 // |      7 |    4 | record offset in the segment, u32 LE    |
@@ -247,6 +247,10 @@ struct Usage {
 #[derive(Default)]
 struct State {
     keydir: Keydir,
+    /// The parts appended to a key since its latest put (`StorageEngine::append`), in order:
+    /// where each record is and its value's length. Only keys with parts are here; a put, a
+    /// delete or a merge's copy of the key ends its chain.
+    parts: HashMap<Box<[u8]>, Vec<(Location, u32)>>,
     usage: HashMap<u32, Usage>,
     /// Key and value bytes of live entries.
     live_bytes: u64,
@@ -266,7 +270,7 @@ impl State {
         self.live_record_bytes += bytes;
         self.live_bytes += (key.len() + value_len as usize) as u64;
         if let Some(old) = self.keydir.insert(key, at, value_len) {
-            self.forget(key.len(), &old);
+            self.forget(key, &old);
         }
     }
 
@@ -277,12 +281,44 @@ impl State {
         usage.tombstones += 1;
         self.log_bytes += bytes;
         if let Some(old) = self.keydir.remove(key) {
-            self.forget(key.len(), &old);
+            self.forget(key, &old);
         }
     }
 
-    /// Account for the record `old` no longer being live.
-    fn forget(&mut self, key_len: usize, old: &Slot) {
+    /// A part appended to `key` at `at`: returns how many parts its chain holds now, or
+    /// `None` when the key has no value (at recovery, a part whose value a merge moved past
+    /// it: the move comes later in the log, so the part is dead).
+    fn apply_append(&mut self, key: &[u8], at: Location, value_len: u32) -> Option<u32> {
+        let bytes = record_bytes(key.len(), value_len as usize);
+        let usage = self.usage.entry(at.segment).or_default();
+        usage.bytes += bytes;
+        self.log_bytes += bytes;
+        self.keydir.get(key)?;
+        let usage = self.usage.get_mut(&at.segment).expect("entered above");
+        usage.live += bytes;
+        self.live_record_bytes += bytes;
+        self.live_bytes += u64::from(value_len);
+        let chain = self.parts.entry(key.into()).or_default();
+        chain.push((at, value_len));
+        Some(chain.len() as u32)
+    }
+
+    /// Account for the parts of `key` no longer being live (its value was replaced).
+    fn forget_parts(&mut self, key: &[u8]) {
+        let Some(chain) = self.parts.remove(key) else { return };
+        for (at, value_len) in chain {
+            let bytes = record_bytes(key.len(), value_len as usize);
+            let usage = self.usage.get_mut(&at.segment).expect("live part's segment");
+            usage.live -= bytes;
+            self.live_record_bytes -= bytes;
+            self.live_bytes -= u64::from(value_len);
+        }
+    }
+
+    /// Account for the record `old` of a key no longer being live, with its parts.
+    fn forget(&mut self, key: &[u8], old: &Slot) {
+        self.forget_parts(key);
+        let key_len = key.len();
         let bytes = record_bytes(key_len, old.value_len as usize);
         let usage = self.usage.get_mut(&old.location().segment).expect("live record's segment");
         usage.live -= bytes;
@@ -294,6 +330,9 @@ impl State {
         match record.kind {
             RecordKind::Put => self.apply_put(record.key, at, record.value.len() as u32),
             RecordKind::Tombstone => self.apply_tombstone(record.key, at),
+            RecordKind::Append => {
+                self.apply_append(record.key, at, record.value.len() as u32);
+            }
             RecordKind::Seal | RecordKind::End => {}
         }
     }
@@ -367,6 +406,7 @@ fn hint_entries(body: &[u8]) -> Option<Vec<HintEntry<'_>>> {
         let kind = match header[0] {
             k if k == RecordKind::Put as u8 => RecordKind::Put,
             k if k == RecordKind::Tombstone as u8 => RecordKind::Tombstone,
+            k if k == RecordKind::Append as u8 => RecordKind::Append,
             _ => return None,
         };
         let key_len = u16::from_le_bytes(header[1..3].try_into().ok()?) as usize;
@@ -386,6 +426,9 @@ fn apply_hint(state: &mut State, segment: u32, body: &[u8]) {
         let at = Location { segment, offset };
         match kind {
             RecordKind::Put => state.apply_put(key, at, value_len),
+            RecordKind::Append => {
+                state.apply_append(key, at, value_len);
+            }
             _ => state.apply_tombstone(key, at),
         }
     }
@@ -528,6 +571,37 @@ fn remove_stale_hints(log: &MemLog) -> Result<(), EngineError> {
 }
 
 impl Shared {
+    /// The value of `key` as `state` (held locked) has it: its latest put, with the parts
+    /// appended since in the chain encoding. `base` is the put's value when the caller has
+    /// read it already.
+    fn value(
+        &self,
+        state: &State,
+        key: &[u8],
+        base: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let Some(slot) = state.keydir.get(key) else { return Ok(None) };
+        let read = |at: Location, kind: RecordKind| {
+            let value = self.log.read(at, |record| {
+                (record.kind == kind && record.key == key).then(|| record.value.to_vec())
+            })?;
+            value.ok_or_else(|| EngineError::Corrupt {
+                path: self.log.dir().display().to_string(),
+                reason: format!("keydir points at another record ({at:?})"),
+            })
+        };
+        let base = match base {
+            Some(base) => base.to_vec(),
+            None => read(slot.location(), RecordKind::Put)?,
+        };
+        let Some(chain) = state.parts.get(key) else { return Ok(Some(base)) };
+        let parts = chain
+            .iter()
+            .map(|&(at, _)| read(at, RecordKind::Append))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(crate::chain::join(&base, parts.iter().map(Vec::as_slice))))
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // Every update of `State` completes before the lock is released or panics before
         // touching it (assertions run first), so a poisoned lock is still consistent.
@@ -566,15 +640,21 @@ impl StorageEngine for LogEngine {
         // The read lock is held across the copy: a merge moves a key only under the write
         // lock, so the segment the slot names cannot be deleted under us.
         let state = self.shared.read();
-        let Some(slot) = state.keydir.get(key) else { return Ok(None) };
-        let at = slot.location();
-        let value = self.shared.log.read(at, |record| {
-            (record.kind == RecordKind::Put && record.key == key).then(|| record.value.to_vec())
-        })?;
-        value.map(Some).ok_or_else(|| EngineError::Corrupt {
-            path: self.shared.log.dir().display().to_string(),
-            reason: format!("keydir points at another record ({at:?})"),
-        })
+        self.shared.value(&state, key, None)
+    }
+
+    fn append(&self, key: &[u8], part: &[u8]) -> Result<Option<u32>, EngineError> {
+        check_sizes(key, part)?;
+        let parts = {
+            let mut state = self.shared.write();
+            if state.keydir.get(key).is_none() {
+                return Ok(None);
+            }
+            let at = self.shared.log.append(RecordKind::Append, key, part)?;
+            state.apply_append(key, at, part.len() as u32)
+        };
+        self.shared.background.wake_if_idle();
+        Ok(parts)
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {
@@ -616,14 +696,17 @@ impl StorageEngine for LogEngine {
             for slot in state.keydir.table.iter() {
                 let key = arena_key(arena, slot);
                 if key.starts_with(prefix) {
-                    entries.push((slot.location(), keys.len(), key.len()));
+                    // A key with parts is read whole by `get` below: its base alone is not
+                    // its value.
+                    let chained = state.parts.contains_key(key);
+                    entries.push((slot.location(), keys.len(), key.len(), chained));
                     keys.extend_from_slice(key);
                 }
             }
         }
-        entries.sort_unstable_by_key(|&(at, _, _)| at);
+        entries.sort_unstable_by_key(|&(at, _, _, _)| at);
         let mut value = Vec::new();
-        for (at, key_at, key_len) in entries {
+        for (at, key_at, key_len, chained) in entries {
             let key = &keys[key_at..key_at + key_len];
             // Records never change once written, so a location read later still holds this
             // key's value as of the pass above (a write racing with the scan may or may not
@@ -634,7 +717,7 @@ impl StorageEngine for LogEngine {
                 record.kind == RecordKind::Put && record.key == key
             });
             let found = match read {
-                Ok(true) => true,
+                Ok(true) if !chained => true,
                 _ => match self.get(key)? {
                     Some(latest) => {
                         value = latest;

@@ -214,7 +214,7 @@ impl Shared {
             if pace.wait(self) {
                 return ControlFlow::Break(());
             }
-            if matches!(record.kind, RecordKind::Put | RecordKind::Tombstone) {
+            if matches!(record.kind, RecordKind::Put | RecordKind::Tombstone | RecordKind::Append) {
                 body.push(record.kind as u8);
                 body.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
                 body.extend_from_slice(&(record.value.len() as u32).to_le_bytes());
@@ -321,12 +321,19 @@ impl Shared {
         older_exists: bool,
     ) -> Result<u64, EngineError> {
         match record.kind {
-            RecordKind::Put => {
+            RecordKind::Put | RecordKind::Append => {
                 // Most records of a segment worth merging are dead: tell so under the read
                 // lock, which the foreground's gets share, and take the write lock only to
-                // copy (checking again: a write may have landed in between).
-                let live = |state: &State| {
-                    state.keydir.get(record.key).is_some_and(|s| s.location() == at)
+                // copy (checking again: a write may have landed in between). A put is live
+                // while the keydir points at it, a part while its key's chain holds it.
+                let live = |state: &State| match record.kind {
+                    RecordKind::Put => {
+                        state.keydir.get(record.key).is_some_and(|s| s.location() == at)
+                    }
+                    _ => state
+                        .parts
+                        .get(record.key)
+                        .is_some_and(|chain| chain.iter().any(|&(part, _)| part == at)),
                 };
                 if !live(&self.read()) {
                     return Ok(0);
@@ -339,9 +346,19 @@ impl Shared {
                 if !live(&state) {
                     return Ok(0);
                 }
-                let to = self.log.append(RecordKind::Put, record.key, record.value)?;
-                state.apply_put(record.key, to, record.value.len() as u32);
-                Ok(record_bytes(record.key.len(), record.value.len()))
+                // A key with parts is copied whole, its chain folded into one put: the
+                // records it replaces (here and in other segments) all die.
+                let folded;
+                let value = if state.parts.contains_key(record.key) {
+                    let base = (record.kind == RecordKind::Put).then_some(record.value);
+                    folded = self.value(&state, record.key, base)?.expect("a live key");
+                    &folded[..]
+                } else {
+                    record.value
+                };
+                let to = self.log.append(RecordKind::Put, record.key, value)?;
+                state.apply_put(record.key, to, value.len() as u32);
+                Ok(record_bytes(record.key.len(), value.len()))
             }
             RecordKind::Tombstone if older_exists => {
                 let mut state = self.write();

@@ -72,6 +72,11 @@ impl MemoryEngine {
         self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether `key` has a value.
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.read().values.contains_key(key)
+    }
+
     /// Visit entries in key order, starting just after `after` (at the first key when
     /// `None`), holding the read lock for this chunk only: up to and including the first entry
     /// for which `visit` breaks. Returns the last key visited, or `None` when the map has no
@@ -121,6 +126,19 @@ impl StorageEngine for MemoryEngine {
         }
         inner.live_bytes += added;
         Ok(())
+    }
+
+    fn append(&self, key: &[u8], part: &[u8]) -> Result<Option<u32>, EngineError> {
+        check_sizes(key, part)?;
+        let mut inner = self.write();
+        let inner = &mut *inner;
+        let Some(value) = inner.values.get_mut(key) else { return Ok(None) };
+        let chained: Box<[u8]> = crate::chain::push(value, part).into();
+        check_sizes(key, &chained)?;
+        inner.live_bytes += (chained.len() - value.len()) as u64;
+        let parts = crate::chain::parts(&chained);
+        *value = chained;
+        Ok(Some(parts))
     }
 
     fn delete(&self, key: &[u8]) -> Result<(), EngineError> {

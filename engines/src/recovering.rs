@@ -123,6 +123,10 @@ impl StorageEngine for Recovering {
         self.engine()?.put(key, value)
     }
 
+    fn append(&self, key: &[u8], part: &[u8]) -> Result<Option<u32>, EngineError> {
+        self.engine()?.append(key, part)
+    }
+
     fn delete(&self, key: &[u8]) -> Result<(), EngineError> {
         self.engine()?.delete(key)
     }

@@ -469,3 +469,77 @@ fn btree_committer_sleeps_while_nothing_is_written() {
     assert_eq!(engine.for_testing_committer_wakes(), 1, "one write, one wake-up");
     assert_eq!(engine.for_testing_commits(), 1);
 }
+
+/// Parts appended to values survive merges (which fold a chain into one record, wherever
+/// its parts lie) and restarts through hint files, while writers keep putting and appending;
+/// dead parts are merged away.
+#[test]
+fn log_merge_and_hints_keep_appended_parts() {
+    use cartwheel_engines::chain;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(LogEngine::open(dir.path(), &small_options()).unwrap());
+    let engine: Arc<dyn StorageEngine> = log.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers = spawn_readers(&engine, &stop);
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    // Ten steady keys gather parts all along (never put again), spread over every
+    // segment; the other keys are put over and over, so the segments die around the parts.
+    // Their values stay in the first segments with cold keys that are never written again,
+    // so those are never merged, and a merge meets parts whose value lies elsewhere.
+    for k in 0..10u32 {
+        let (key, value) = (format!("steady{k}").into_bytes(), vec![5u8; 30]);
+        engine.put(&key, &value).unwrap();
+        model.insert(key, value);
+    }
+    for k in 0..1000u32 {
+        let (key, value) = (format!("cold{k}").into_bytes(), vec![6u8; 40]);
+        engine.put(&key, &value).unwrap();
+        model.insert(key, value);
+    }
+    for i in 0..6000u32 {
+        if i % 10 == 0 {
+            let key = format!("steady{}", (i / 10) % 10).into_bytes();
+            let part = i.to_le_bytes().repeat(3);
+            let parts = engine.append(&key, &part).unwrap().expect("the key has a value");
+            assert!(parts >= 1);
+            let stored = model.get_mut(&key).unwrap();
+            *stored = chain::push(stored, &part);
+        } else if i % 7 == 0 && model.contains_key(&format!("k{}", i % 150).into_bytes()) {
+            let key = format!("k{}", i % 150).into_bytes();
+            let part = i.to_le_bytes().to_vec();
+            engine.append(&key, &part).unwrap().expect("the key has a value");
+            let stored = model.get_mut(&key).unwrap();
+            *stored = chain::push(stored, &part);
+        } else {
+            let key = format!("k{}", i % 150).into_bytes();
+            let value = [&[5u8][..], &i.to_le_bytes().repeat(6)].concat();
+            engine.put(&key, &value).unwrap();
+            model.insert(key, value);
+        }
+        if i % 500 == 0 {
+            // A merge reads sealed segments as written to their files.
+            engine.sync().unwrap();
+            log.for_testing_background_round().unwrap();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    assert_eq!(contents(&*engine), model);
+    engine.sync().unwrap();
+    log.for_testing_background_round().unwrap();
+    assert_eq!(contents(&*engine), model, "after a merge");
+    let sealed = log.for_testing_sealed_segments();
+    assert!(sealed.len() < 20, "merge kept {} sealed segments", sealed.len());
+    assert!(engine.stats().merges > 0);
+    assert_eq!(engine.stats().entries, model.len() as u64);
+    engine.sync().unwrap();
+    drop(engine);
+    drop(log);
+    let reopened = LogEngine::open(dir.path(), &small_options()).unwrap();
+    assert_eq!(contents(&reopened), model, "after a restart through hints");
+    for (key, value) in &model {
+        assert_eq!(reopened.get(key).unwrap().as_ref(), Some(value));
+    }
+}

@@ -199,13 +199,53 @@ macro_rules! conformance_suite {
                 }
             }
 
+            /// An append adds a part to a value without replacing it: reads give the chain
+            /// encoding, the count says how many parts since the last put, an absent key takes
+            /// nothing, and a put starts again. Durable engines keep parts across a reopen.
+            #[test]
+            fn append_adds_parts() {
+                use cartwheel_engines::chain;
+                let dir = tempfile::tempdir().unwrap();
+                let engine = open(dir.path());
+                assert_eq!(engine.append(b"absent", b"p").unwrap(), None);
+                assert_eq!(engine.get(b"absent").unwrap(), None);
+                engine.put(b"k", b"\x05base").unwrap();
+                engine.put(b"other", b"o").unwrap();
+                assert_eq!(engine.append(b"k", b"p1").unwrap(), Some(1));
+                assert_eq!(engine.append(b"k", b"p2").unwrap(), Some(2));
+                let chained = chain::join(b"\x05base", [&b"p1"[..], b"p2"]);
+                assert_eq!(engine.get(b"k").unwrap(), Some(chained.clone()));
+                let scanned = collect(&*engine, b"k");
+                assert_eq!(scanned, vec![(b"k".to_vec(), chained.clone())]);
+                assert_eq!(engine.stats().entries, 2);
+                assert_eq!(engine.get(b"other").unwrap(), Some(b"o".to_vec()));
+                engine.sync().unwrap();
+                let engine = if engine.is_durable() {
+                    drop(engine);
+                    let engine = open(dir.path());
+                    assert_eq!(engine.get(b"k").unwrap(), Some(chained));
+                    engine
+                } else {
+                    engine
+                };
+                engine.put(b"k", b"\x05new").unwrap();
+                assert_eq!(engine.get(b"k").unwrap(), Some(b"\x05new".to_vec()));
+                assert_eq!(engine.append(b"k", b"p3").unwrap(), Some(1));
+                engine.delete(b"k").unwrap();
+                assert_eq!(engine.append(b"k", b"p4").unwrap(), None);
+                assert_eq!(engine.get(b"k").unwrap(), None);
+                let big = vec![7u8; VALUE_BYTES_MAX + 1];
+                assert!(matches!(engine.append(b"other", &big), Err(EngineError::TooLarge { .. })));
+                assert_eq!(engine.get(b"other").unwrap(), Some(b"o".to_vec()));
+            }
+
             proptest::proptest! {
                 #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
-                /// Random puts, deletes, syncs and reopens agree with a `BTreeMap` model.
+                /// Random puts, appends, deletes, syncs and reopens agree with a `BTreeMap` model.
                 #[test]
                 fn model(ops in proptest::collection::vec(
-                    (0u8..6, proptest::collection::vec(0u8..4, 0..3), proptest::collection::vec(proptest::num::u8::ANY, 0..40)),
+                    (0u8..8, proptest::collection::vec(0u8..4, 0..3), proptest::collection::vec(proptest::num::u8::ANY, 0..40)),
                     1..120,
                 )) {
                     let dir = tempfile::tempdir().unwrap();
@@ -220,6 +260,13 @@ macro_rules! conformance_suite {
                             3 => {
                                 engine.delete(&key).unwrap();
                                 model.remove(&key);
+                            }
+                            6 | 7 => {
+                                let appended = engine.append(&key, &value).unwrap();
+                                proptest::prop_assert_eq!(appended.is_some(), model.contains_key(&key));
+                                if let Some(stored) = model.get_mut(&key) {
+                                    *stored = cartwheel_engines::chain::push(stored, &value);
+                                }
                             }
                             4 => {
                                 let got = engine.get(&key).unwrap();

@@ -83,6 +83,8 @@ pub enum RecordKind {
     /// The end marker of a file written in record format (a snapshot); the value is engine
     /// defined.
     End = 4,
+    /// A part appended to a key's value (`StorageEngine::append`); the value is the part.
+    Append = 5,
 }
 
 impl RecordKind {
@@ -92,6 +94,7 @@ impl RecordKind {
             2 => Some(Self::Tombstone),
             3 => Some(Self::Seal),
             4 => Some(Self::End),
+            5 => Some(Self::Append),
             _ => None,
         }
     }
