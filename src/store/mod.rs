@@ -13,7 +13,23 @@
 //! `Resolver::merge_into`, and the coordinator applies the write with
 //! `Resolver::apply_with_delta`: both may decode only the part of the stored state that the
 //! delta or the write touches (a cart's untouched items are copied as bytes,
-//! `cartwheel_resolvers::causal::Sparse`). The engine still reads and writes the whole state.
+//! `cartwheel_resolvers::causal::Sparse`).
+//!
+//! ## Deltas appended
+//! A replica does not even merge a small delta (up to [`CHAIN_PART_BYTES_MAX`]) of a CRDT
+//! bucket (`cart`, `orset`, `pncounter`): it checks that it decodes and appends it to the
+//! key's stored value ([`StorageEngine::append`]), which writes the delta, not the state
+//! (the `log` and `buffer` engines write one record of the delta's size). The coordinator
+//! does the same with its own write's delta. Every read of the key folds the parts in
+//! ([`fold_chain`]: the parts merged together, then into the stored state once), and once a
+//! key has [`CHAIN_PARTS_MAX`] parts the store folds them and puts the state. So an update
+//! of a 1 000-item cart writes a few hundred bytes on each replica, and every
+//! [`CHAIN_PARTS_MAX`]th rewrites the cart. A state merged this way is never compared with
+//! the stored one, so the anti-entropy tree marks the key dirty ([`trees`], "Keys marked
+//! dirty") rather than hash a state nobody computed. Larger states (read repair,
+//! anti-entropy, handoff) and other resolvers are merged and put as before. A key this node
+//! holds nothing for is merged as before too (the checks for a state with no local copy
+//! below need the stored state).
 //!
 //! ## Atomicity of read-modify-write
 //! `write` and `merge` read a state, compute a new one and put it, with no `.await` in between,
@@ -66,7 +82,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use cartwheel_engines::{EngineError, StorageEngine};
+use cartwheel_engines::{chain, EngineError, StorageEngine};
 use cartwheel_resolvers::{Applied, HybridClock, Read, Resolver, ResolverKind, Stamp, Write};
 
 use crate::actors::{Actors, Role};
@@ -101,6 +117,15 @@ impl Written {
 
 /// A key and its stored state.
 pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Parts a key's stored value gathers ("Deltas appended") before the store folds them
+/// into its state and puts that: a read folds up to this many, and a large state is
+/// rewritten once per this many updates.
+pub const CHAIN_PARTS_MAX: u32 = 16;
+
+/// The largest state appended as a part rather than merged and put: deltas of single
+/// updates are a few hundred bytes; whole states sent by repair or handoff are merged.
+pub const CHAIN_PART_BYTES_MAX: usize = 4096;
 
 /// Partition scans that run at a time on the blocking pool, per store. One more waits for a
 /// running one to end (the caller's deadline bounds the wait); a scan holds a pool thread
@@ -361,7 +386,17 @@ impl Store {
     pub fn fetch(&self, bucket: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let bucket = self.bucket(bucket)?;
         self.check_key(key)?;
-        Ok(bucket.engine.get(&self.storage_key(&bucket.name, key))?)
+        self.stored(bucket, &self.storage_key(&bucket.name, key))
+    }
+
+    /// The state `bucket` holds under `storage_key`: what its engine holds, with any parts
+    /// appended to it folded in ([`fold_chain`]).
+    fn stored(&self, bucket: &Bucket, storage_key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        bucket
+            .engine
+            .get(storage_key)?
+            .map(|value| fold_chain(&*bucket.resolver, value))
+            .transpose()
     }
 
     /// Apply a client write at this node as one of the key's primaries, to its state in the
@@ -374,15 +409,50 @@ impl Store {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
         let storage_key = self.storage_key(bucket_name, key);
-        let mut current = bucket.engine.get(&storage_key)?;
-        if current.is_none() {
+        let stored = self.stored(bucket, &storage_key)?;
+        let current = match stored {
+            Some(_) => stored,
             // A tombstone collected moments ago still stands for the key's history.
-            current = self.remembered(bucket, key);
-        }
+            None => self.remembered(bucket, key),
+        };
         let written = self.apply(bucket, current.as_deref(), write, Role::Replica)?;
-        bucket.engine.put(&storage_key, &written.state)?;
-        self.noted(bucket, key, Some(&written.state));
+        // A small delta of a stored state is appended to it, as the replicas do: the state
+        // it gives is `written.state` (a delta merged into the state it came from).
+        let appended = match &written.delta {
+            Some(delta) if current.is_some() => self.append(bucket, key, &storage_key, delta)?,
+            _ => false,
+        };
+        if !appended {
+            bucket.engine.put(&storage_key, &written.state)?;
+            self.noted(bucket, key, Some(&written.state));
+        }
         Ok(written)
+    }
+
+    /// Append `part`, a state to merge into `key`'s, to its stored value when that is worth
+    /// it (see "Deltas appended"): true when done, false when the caller must merge and put
+    /// (the key holds nothing, the part is large, or the resolver has no deltas). Folds the
+    /// key's parts into one state once they are [`CHAIN_PARTS_MAX`].
+    fn append(
+        &self,
+        bucket: &Bucket,
+        key: &[u8],
+        storage_key: &[u8],
+        part: &[u8],
+    ) -> Result<bool, Error> {
+        if !has_deltas(bucket.resolver.kind()) || part.len() > CHAIN_PART_BYTES_MAX {
+            return Ok(false);
+        }
+        let Some(parts) = bucket.engine.append(storage_key, part)? else { return Ok(false) };
+        if parts < CHAIN_PARTS_MAX {
+            let partition = partition_of(key_hash(&bucket.name, key), self.partitions);
+            bucket.trees().note_dirty(partition, key);
+            return Ok(true);
+        }
+        let folded = self.stored(bucket, storage_key)?.expect("a value just appended to");
+        bucket.engine.put(storage_key, &folded)?;
+        self.noted(bucket, key, Some(&folded));
+        Ok(true)
     }
 
     /// The tombstone this node collected for `key` and still remembers, if any.
@@ -486,12 +556,20 @@ impl Store {
     /// Merge a state received from a peer into this node's state for the key, and store it.
     /// Never refused for a resolver limit: replicas must always take in each other's states.
     /// Refused, and nothing stored, when [`Store::check_incoming`] refuses it.
-    pub fn merge(&self, bucket_name: &str, key: &[u8], incoming: &[u8]) -> Result<Vec<u8>, Error> {
+    pub fn merge(&self, bucket_name: &str, key: &[u8], incoming: &[u8]) -> Result<(), Error> {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
         self.check_incoming(bucket_name, incoming)?;
         let storage_key = self.storage_key(bucket_name, key);
-        let current = bucket.engine.get(&storage_key)?;
+        if has_deltas(bucket.resolver.kind()) && incoming.len() <= CHAIN_PART_BYTES_MAX {
+            // Decoding checks the part before it joins the stored value: every later read
+            // folds it.
+            bucket.resolver.read(incoming)?;
+            if self.append(bucket, key, &storage_key, incoming)? {
+                return Ok(());
+            }
+        }
+        let current = self.stored(bucket, &storage_key)?;
         let remembered = match current {
             Some(_) => None,
             None => self.remembered(bucket, key),
@@ -504,7 +582,7 @@ impl Store {
                     // An older state, in flight while its tombstone was collected: it stays
                     // deleted (see crate::cluster::anti_entropy, "Deletes that end").
                     self.states_fenced.fetch_add(1, Ordering::Relaxed);
-                    return Ok(merged);
+                    return Ok(());
                 }
                 bucket.collected().forget(key);
                 merged
@@ -525,11 +603,11 @@ impl Store {
         };
         if current.as_deref() == Some(merged.as_slice()) {
             // Nothing new: nothing to write, and the tree is right.
-            return Ok(merged);
+            return Ok(());
         }
         bucket.engine.put(&storage_key, &merged)?;
         self.noted(bucket, key, Some(&merged));
-        Ok(merged)
+        Ok(())
     }
 
     /// States from peers dropped since the start because a tombstone this node collected
@@ -566,8 +644,9 @@ impl Store {
         F: FnMut(&mut T, &[u8], &[u8]) + Send + 'static,
     {
         let engine = Arc::clone(&self.bucket(bucket)?.engine);
+        let resolver = Arc::clone(&self.bucket(bucket)?.resolver);
         let Some(scans) = &self.scans else {
-            return fold_prefix(&*engine, partition, init, visit);
+            return fold_prefix(&*engine, &*resolver, partition, init, visit);
         };
         let admitted = Arc::clone(scans)
             .acquire_owned()
@@ -577,7 +656,7 @@ impl Store {
         // until it ends.
         let scan = move || {
             let _admitted = admitted;
-            fold_prefix(&*engine, partition, init, visit)
+            fold_prefix(&*engine, &*resolver, partition, init, visit)
         };
         tokio::task::spawn_blocking(scan)
             .await
@@ -593,8 +672,11 @@ impl Store {
         partition: u16,
     ) -> Result<trees::Leaves, Error> {
         let bucket = self.bucket(bucket_name)?;
-        if let Some(tree) = bucket.trees().built(partition) {
-            return Ok(tree.leaves().clone());
+        if bucket.trees().built(partition).is_some() {
+            self.settle_tree(bucket, partition).await?;
+            if let Some(tree) = bucket.trees().built(partition) {
+                return Ok(tree.leaves().clone());
+            }
         }
         let _builder = self.tree_builder.lock().await;
         if let Some(tree) = bucket.trees().built(partition) {
@@ -635,7 +717,7 @@ impl Store {
             .fold_partition(&bucket.name, partition, trees::PartitionTree::default(), visit)
             .await?;
         let mut failed = None;
-        let reread = |key: &[u8]| match bucket.engine.get(&self.storage_key(&bucket.name, key)) {
+        let reread = |key: &[u8]| match self.stored(bucket, &self.storage_key(&bucket.name, key)) {
             Ok(state) => state.map(|state| trees::summary(&*bucket.resolver, key, &state)),
             Err(e) => {
                 failed = Some(e);
@@ -682,13 +764,15 @@ impl Store {
         budget: usize,
     ) -> Result<Vec<Entry>, Error> {
         let engine = Arc::clone(&self.bucket(bucket)?.engine);
+        let resolver = Arc::clone(&self.bucket(bucket)?.resolver);
         let stored: Vec<(Vec<u8>, Vec<u8>)> =
             keys.into_iter().map(|key| (self.storage_key(bucket, &key), key)).collect();
         let read = move || -> Result<Vec<Entry>, Error> {
             let mut out = Vec::new();
             let mut used = 0;
             for (stored, key) in stored {
-                if let Some(state) = engine.get(&stored)? {
+                if let Some(value) = engine.get(&stored)? {
+                    let state = fold_chain(&*resolver, value)?;
                     used += key.len() + state.len();
                     out.push((key, state));
                     if used > budget {
@@ -698,6 +782,15 @@ impl Store {
             }
             Ok(out)
         };
+        self.off_thread(read).await
+    }
+
+    /// Run `read` (reads of states) on the blocking pool as a scan is, one of the
+    /// [`PARTITION_SCANS_MAX`]; on the calling thread in the simulation.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
         let Some(scans) = &self.scans else { return read() };
         let _admitted = Arc::clone(scans)
             .acquire_owned()
@@ -706,6 +799,38 @@ impl Store {
         tokio::task::spawn_blocking(read)
             .await
             .map_err(|e| Error::Internal(format!("a read of keys failed: {e}")))?
+    }
+
+    /// Give the keys of a built tree marked dirty their hashes ([`trees`], "Keys marked
+    /// dirty"): their states are read and folded off the RPC thread.
+    async fn settle_tree(&self, bucket: &Bucket, partition: u16) -> Result<(), Error> {
+        let dirty = match bucket.trees().built(partition) {
+            Some(tree) => tree.dirty(),
+            None => return Ok(()),
+        };
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let engine = Arc::clone(&bucket.engine);
+        let resolver = Arc::clone(&bucket.resolver);
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = dirty
+            .iter()
+            .map(|(key, _)| (self.storage_key(&bucket.name, key), key.clone()))
+            .collect();
+        let read = move || -> Result<Vec<Option<trees::Summary>>, Error> {
+            let mut out = Vec::with_capacity(keys.len());
+            for (stored, key) in keys {
+                let state = engine.get(&stored)?.map(|v| fold_chain(&*resolver, v)).transpose()?;
+                out.push(state.map(|state| trees::summary(&*resolver, &key, &state)));
+            }
+            Ok(out)
+        };
+        let summaries = self.off_thread(read).await?;
+        let mut trees = bucket.trees();
+        for ((key, mark), summary) in dirty.into_iter().zip(summaries) {
+            trees.settle(partition, &key, mark, summary);
+        }
+        Ok(())
     }
 
     /// Up to `max` tombstones of built trees of a bucket, as (partition, key), starting at
@@ -745,7 +870,7 @@ impl Store {
             return Ok((false, 0));
         }
         let storage_key = self.storage_key(bucket_name, key);
-        if bucket.engine.get(&storage_key)?.as_deref() != Some(tombstone) {
+        if self.stored(bucket, &storage_key)?.as_deref() != Some(tombstone) {
             return Ok((false, 0));
         }
         bucket.engine.delete(&storage_key)?;
@@ -771,7 +896,7 @@ impl Store {
     ) -> Result<bool, Error> {
         let bucket = self.bucket(bucket_name)?;
         let storage_key = self.storage_key(bucket_name, key);
-        if bucket.engine.get(&storage_key)?.as_deref() != Some(state) {
+        if self.stored(bucket, &storage_key)?.as_deref() != Some(state) {
             return Ok(false);
         }
         bucket.engine.delete(&storage_key)?;
@@ -826,16 +951,54 @@ impl Pace {
 /// Fold `visit` over one partition of `engine` (keys without the partition prefix).
 fn fold_prefix<T>(
     engine: &dyn StorageEngine,
+    resolver: &dyn Resolver,
     partition: u16,
     init: T,
     mut visit: impl FnMut(&mut T, &[u8], &[u8]),
 ) -> Result<T, Error> {
     let mut folded = init;
-    engine.scan_prefix(&partition.to_be_bytes(), &mut |stored, state| {
-        visit(&mut folded, &stored[crate::ring::PARTITION_PREFIX_BYTES..], state);
-        std::ops::ControlFlow::Continue(())
+    let mut failed = None;
+    engine.scan_prefix(&partition.to_be_bytes(), &mut |stored, value| {
+        let key = &stored[crate::ring::PARTITION_PREFIX_BYTES..];
+        if !chain::is_chain(value) {
+            visit(&mut folded, key, value);
+            return std::ops::ControlFlow::Continue(());
+        }
+        match fold_chain(resolver, value.to_vec()) {
+            Ok(state) => {
+                visit(&mut folded, key, &state);
+                std::ops::ControlFlow::Continue(())
+            }
+            Err(e) => {
+                failed = Some(e);
+                std::ops::ControlFlow::Break(())
+            }
+        }
     })?;
-    Ok(folded)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(folded),
+    }
+}
+
+/// Whether a resolver's writes come with deltas (`Resolver::apply_with_delta`), which
+/// replicas append rather than merge ("Deltas appended"): the CRDTs.
+fn has_deltas(kind: ResolverKind) -> bool {
+    matches!(kind, ResolverKind::Cart | ResolverKind::Orset | ResolverKind::Pncounter)
+}
+
+/// The state a stored value stands for: itself, or, for a value with parts appended
+/// ([`chain`]), the merge of its base and every part. The parts are merged together first
+/// (they are small), then into the base once, so a fold walks the large base once.
+pub fn fold_chain(resolver: &dyn Resolver, value: Vec<u8>) -> Result<Vec<u8>, Error> {
+    let Some(pieces) = chain::pieces(&value)? else { return Ok(value) };
+    let (base, parts) = pieces.split_first().expect("a chain has a base");
+    let Some((first, rest)) = parts.split_first() else { return Ok(base.to_vec()) };
+    let mut delta = first.to_vec();
+    for part in rest {
+        delta = resolver.merge(&delta, part)?;
+    }
+    Ok(resolver.merge_into(base, &delta)?)
 }
 
 fn check_write_sizes(store: &Store, write: &Write) -> Result<(), Error> {

@@ -136,7 +136,8 @@ fn states_stamped_too_far_ahead_are_refused() {
     assert_eq!(store.states_refused(), 2);
     assert_eq!(store.fetch("b", b"k").unwrap(), None, "nothing stored");
     let honest = stamped(1_000_500, 7);
-    assert_eq!(store.merge("b", b"k", &honest).unwrap(), honest);
+    store.merge("b", b"k", &honest).unwrap();
+    assert_eq!(store.fetch("b", b"k").unwrap(), Some(honest.clone()));
     assert_eq!(store.states_refused(), 2);
     // A client write after it is stamped past it, and wins.
     let write = Write::Put { value: b"mine".to_vec(), context: Vec::new() };
@@ -225,4 +226,113 @@ fn scans_leave_the_thread_and_are_bounded() {
     });
     let most = engine.most.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(most, PARTITION_SCANS_MAX, "scans at once");
+}
+
+/// A store of one `cart` bucket "c" on the memory engine, 8 partitions, with node id `id`.
+fn cart_store(id: &str) -> Store {
+    let mut config = Config::embedded();
+    config.partitions = 8;
+    config.buckets.clear();
+    config.buckets.insert("c".into(), BucketConfig::new(EngineKind::Memory, ResolverKind::Cart));
+    let open = |_: &str, _: &BucketConfig| {
+        Ok(Arc::new(cartwheel_engines::memory::MemoryEngine::default()) as _)
+    };
+    Store::with_engines(&config, Actors::new(id), HybridClock::new(), open).unwrap()
+}
+
+fn cart_add(item: &str) -> Write {
+    let op = cartwheel_resolvers::Op::CartAdd { item: item.as_bytes().to_vec(), quantity: 1 };
+    Write::Update { ops: vec![op], context: Vec::new() }
+}
+
+/// What the bucket's engine holds for `key`, unfolded.
+fn raw(store: &Store, key: &[u8]) -> Option<Vec<u8>> {
+    let bucket = store.bucket("c").unwrap();
+    bucket.engine.get(&store.storage_key("c", key)).unwrap()
+}
+
+/// A CRDT write's delta is appended to the stored state, on the coordinator and on a
+/// replica that merges it, and a read folds the parts: both read the state the
+/// coordinator computed, and a replica that took the whole states reads the same. After
+/// CHAIN_PARTS_MAX parts the store folds them and stores the state alone.
+#[test]
+fn deltas_are_appended_and_folded_on_read() {
+    let coordinator = cart_store("n1");
+    let replica = cart_store("n2");
+    let whole = cart_store("n3");
+    let key = b"cart";
+    // A first write has no delta smaller than its state.
+    let first = coordinator.write("c", key, &cart_add("item-0")).unwrap();
+    replica.merge("c", key, &first.state).unwrap();
+    whole.merge("c", key, &first.state).unwrap();
+    assert!(!chain::is_chain(&raw(&coordinator, key).unwrap()), "a new key is put");
+    for i in 1..CHAIN_PARTS_MAX {
+        let written = coordinator.write("c", key, &cart_add(&format!("item-{i}"))).unwrap();
+        let delta = written.delta.clone().unwrap();
+        assert!(delta.len() < written.state.len());
+        replica.merge("c", key, &delta).unwrap();
+        whole.merge("c", key, &written.state).unwrap();
+        for store in [&coordinator, &replica] {
+            let stored = raw(store, key).unwrap();
+            assert_eq!(chain::parts(&stored), i, "a part per update");
+            assert_eq!(store.fetch("c", key).unwrap().unwrap(), written.state);
+        }
+        assert_eq!(whole.fetch("c", key).unwrap().unwrap(), written.state);
+    }
+    let last = coordinator.write("c", key, &cart_add("last")).unwrap();
+    replica.merge("c", key, last.delta.as_deref().unwrap()).unwrap();
+    for store in [&coordinator, &replica] {
+        let stored = raw(store, key).unwrap();
+        assert!(!chain::is_chain(&stored), "folded after {CHAIN_PARTS_MAX} parts");
+        assert_eq!(stored, last.state);
+    }
+}
+
+/// A small state from a peer that does not decode is refused, and nothing is appended.
+#[test]
+fn an_undecodable_delta_is_refused_and_not_appended() {
+    let store = cart_store("n1");
+    store.write("c", b"k", &cart_add("a")).unwrap();
+    let written = store.write("c", b"k", &cart_add("b")).unwrap();
+    let before = raw(&store, b"k").unwrap();
+    let mut bad = written.delta.unwrap();
+    let last = bad.len() - 1;
+    bad.truncate(last);
+    assert!(store.merge("c", b"k", &bad).is_err());
+    assert!(store.merge("c", b"k", b"\x05\x01junk").is_err());
+    assert_eq!(raw(&store, b"k").unwrap(), before);
+    assert_eq!(store.fetch("c", b"k").unwrap().unwrap(), written.state);
+}
+
+/// A built anti-entropy tree whose keys took appended deltas gives, once settled, the
+/// leaves of a store that merged the whole states, so replicas that store differently
+/// still compare equal. Method: a replica appends deltas, another merges whole states;
+/// their leaves for the key's partition must match after each update.
+#[test]
+fn trees_settle_keys_written_by_appending() {
+    let coordinator = cart_store("n1");
+    let appending = cart_store("n2");
+    let whole = cart_store("n3");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let key = b"cart";
+    let partition = partition_of(key_hash("c", key), 8);
+    let first = coordinator.write("c", key, &cart_add("a")).unwrap();
+    appending.merge("c", key, &first.state).unwrap();
+    whole.merge("c", key, &first.state).unwrap();
+    for store in [&appending, &whole] {
+        runtime.block_on(store.tree_leaves("c", partition)).unwrap();
+    }
+    for i in 0..5 {
+        let written = coordinator.write("c", key, &cart_add(&format!("b{i}"))).unwrap();
+        appending.merge("c", key, written.delta.as_deref().unwrap()).unwrap();
+        whole.merge("c", key, &written.state).unwrap();
+        assert!(chain::is_chain(&raw(&appending, key).unwrap()));
+        let dirty = appending.bucket("c").unwrap().trees().built(partition).unwrap().dirty();
+        assert_eq!(dirty.len(), 1, "the key is marked dirty");
+        let settled = runtime.block_on(appending.tree_leaves("c", partition)).unwrap();
+        let expected = runtime.block_on(whole.tree_leaves("c", partition)).unwrap();
+        assert_eq!(settled, expected, "after update {i}");
+        let tree = appending.bucket("c").unwrap().trees().built(partition).unwrap().dirty();
+        assert!(tree.is_empty(), "settled");
+    }
 }

@@ -34,6 +34,17 @@
 //! After an engine was reopened from its files (crash recovery may have dropped unsynced
 //! writes) every tree of its bucket is dropped and built again when next asked for.
 //!
+//! ## Keys marked dirty
+//! A CRDT update reaches a replica as a small delta, which the store appends to the key's
+//! stored value without reading it ([`crate::store`], "Deltas appended"), so the key's new
+//! state, and its hash, are not at hand. The tree marks the key dirty instead
+//! ([`Trees::note_dirty`]); before its leaves are given out, the store reads and folds the
+//! dirty keys' states off the RPC thread and sets their hashes ([`Trees::settle`]), unless a
+//! key was written again meanwhile (each mark has a number). A key written while its hash is
+//! being settled keeps its mark for the next time: leaves may lag the latest writes by that
+//! much, which costs an exchange at most a few extra states, as a write racing with an
+//! exchange always could.
+//!
 //! ## Tombstones
 //! A tree also knows which of its keys hold a **tombstone**: a state that reads as not found
 //! (a `siblings` delete's clock, an `lww` delete), whose only job is to make older writes
@@ -118,12 +129,15 @@ pub struct Summary {
     pub tombstone: bool,
 }
 
-/// One partition's tree: per segment, each key's hash; the leaves; the tombstones.
+/// One partition's tree: per segment, each key's hash; the leaves; the tombstones; the keys
+/// whose hash is out of date.
 #[derive(Debug, Clone)]
 pub struct PartitionTree {
     leaves: Leaves,
     segments: Vec<BTreeMap<Box<[u8]>, u64>>,
     tombstones: BTreeSet<Box<[u8]>>,
+    /// Keys written by appending a part ("Keys marked dirty"), each with the mark's number.
+    dirty: BTreeMap<Box<[u8]>, u64>,
 }
 
 impl Default for PartitionTree {
@@ -132,13 +146,17 @@ impl Default for PartitionTree {
             leaves: vec![0; SEGMENTS],
             segments: vec![BTreeMap::new(); SEGMENTS],
             tombstones: BTreeSet::new(),
+            dirty: BTreeMap::new(),
         }
     }
 }
 
 impl PartitionTree {
-    /// Set `key`'s summary (`None`: the key has no state).
+    /// Set `key`'s summary (`None`: the key has no state). The key's hash is up to date.
     pub fn set(&mut self, key: &[u8], summary: Option<Summary>) {
+        if !self.dirty.is_empty() {
+            self.dirty.remove(key);
+        }
         let segment = segment_of(key) as usize;
         let old = match summary {
             Some(Summary { hash, tombstone }) => {
@@ -201,6 +219,11 @@ impl PartitionTree {
     pub fn tombstone_count(&self) -> usize {
         self.tombstones.len()
     }
+
+    /// The keys whose hash is out of date, with their marks' numbers.
+    pub fn dirty(&self) -> Vec<(Vec<u8>, u64)> {
+        self.dirty.iter().map(|(key, mark)| (key.to_vec(), *mark)).collect()
+    }
 }
 
 /// Where one partition's tree is.
@@ -217,9 +240,34 @@ pub enum Slot {
 #[derive(Debug, Default)]
 pub struct Trees {
     slots: BTreeMap<u16, Slot>,
+    /// The number of the latest dirty mark.
+    marks: u64,
 }
 
 impl Trees {
+    /// A key of `partition` was written without its new state at hand (a part appended to
+    /// it): its hash is out of date until [`Trees::settle`] gives it.
+    pub fn note_dirty(&mut self, partition: u16, key: &[u8]) {
+        if let Some(Slot::Built(tree)) = self.slots.get_mut(&partition) {
+            self.marks += 1;
+            tree.dirty.insert(key.into(), self.marks);
+        } else {
+            // A building tree re-reads the key at its end; no tree, nothing to do.
+            self.note(partition, key, || None);
+        }
+    }
+
+    /// The summary of a key marked dirty, computed from its state as read after mark
+    /// `mark`: kept unless the key was written again since (its hash then waits for the
+    /// next settle, or was set by that write).
+    pub fn settle(&mut self, partition: u16, key: &[u8], mark: u64, summary: Option<Summary>) {
+        if let Some(Slot::Built(tree)) = self.slots.get_mut(&partition) {
+            if tree.dirty.get(key) == Some(&mark) {
+                tree.set(key, summary);
+            }
+        }
+    }
+
     /// A key of `partition` was written: `summary` computes what the tree keeps of its new
     /// state (called only when the tree is built).
     pub fn note(&mut self, partition: u16, key: &[u8], summary: impl FnOnce() -> Option<Summary>) {
