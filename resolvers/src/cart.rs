@@ -105,7 +105,9 @@ use crate::causal::{
     check_actor, decode_dots_context, encode_dots_context, DotMap, Payload, VersionVector,
 };
 use crate::codec::{Decoder, Encoder, Tag};
-use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
+use crate::{
+    Applied, DeltaApplied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write,
+};
 
 /// Current body format version of a state without dot clouds.
 pub const VERSION: u8 = 2;
@@ -444,6 +446,17 @@ impl Resolver for Cart {
         stamp: &Stamp,
     ) -> Result<Applied, ResolveError> {
         sparse::apply_with_delta::<Cart>(current, write, stamp)
+    }
+
+    fn apply_for_delta(
+        &self,
+        stored: &[u8],
+        parts: Option<&[u8]>,
+        write: &Write,
+        stamp: &Stamp,
+    ) -> Result<Option<DeltaApplied>, ResolveError> {
+        let applied = sparse::apply_delta::<Cart>(stored, parts, write, stamp)?;
+        Ok(applied.map(|(delta, context)| DeltaApplied { delta, context }))
     }
 
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {

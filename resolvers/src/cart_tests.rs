@@ -708,6 +708,10 @@ proptest! {
             base = Some(state);
         }
         replicas.extend(std::iter::repeat_n(base.unwrap(), 3));
+        // Each replica's state as a store keeps it: a stored state and the deltas appended
+        // to it since, folded every fifth.
+        let mut chains: Vec<(Vec<u8>, Vec<Vec<u8>>)> =
+            replicas.iter().map(|state| (state.clone(), Vec::new())).collect();
         for (n, step) in steps.into_iter().enumerate() {
             let item = large_item(step.item);
             let op = match step.kind {
@@ -731,10 +735,30 @@ proptest! {
                 &write,
                 &actor,
             );
+            // The write applied to the chain, without its state: the same delta and context.
+            let (stored, parts) = &chains[step.r];
+            let folded = parts.iter().skip(1).fold(parts.first().cloned(), |acc, part| {
+                acc.map(|acc| Cart.merge(&acc, part).unwrap())
+            });
+            let fast = Cart.apply_for_delta(stored, folded.as_deref(), &write, &actor).unwrap();
+            if let (Some(fast), Some(delta)) = (&fast, &applied.delta) {
+                prop_assert_eq!(&fast.delta, delta, "apply_for_delta's delta");
+                prop_assert_eq!(&fast.context, &Cart.context(&applied.state).unwrap());
+            }
             let sent = applied.delta.unwrap_or_else(|| applied.state.clone());
             replicas[step.r] = applied.state;
             let to = (step.r + 1) % 3;
             replicas[to] = merged_into(&replicas[to], &sent);
+            for (r, part) in [(step.r, &sent), (to, &sent)] {
+                let chain = &mut chains[r];
+                chain.1.push(part.clone());
+                if chain.1.len() == 5 {
+                    let folded = chain.1.drain(..).fold(chain.0.clone(), |acc, p| Cart.merge(&acc, &p).unwrap());
+                    chain.0 = folded;
+                }
+                let whole = chain.1.iter().fold(chain.0.clone(), |acc, p| Cart.merge(&acc, p).unwrap());
+                prop_assert_eq!(&whole, &replicas[r], "the chain folds to the replica's state");
+            }
         }
         // And whole states into each other, in two orders: the replicas converge.
         let forward = replicas[1..].iter().fold(replicas[0].clone(), |acc, s| merged_into(&acc, s));

@@ -63,7 +63,9 @@
 use crate::causal::sparse::{self, BeforeAfter, DotState};
 use crate::causal::{check_actor, decode_dots_context, encode_dots_context, DotMap, VersionVector};
 use crate::codec::{Decoder, Tag};
-use crate::{Applied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write};
+use crate::{
+    Applied, DeltaApplied, Op, Read, ResolveError, Resolver, ResolverKind, Stamp, Value, Write,
+};
 
 /// The version of a state without deferred clears, and of the contexts reads return.
 pub const VERSION: u8 = 1;
@@ -209,6 +211,17 @@ impl Resolver for OrSet {
         stamp: &Stamp,
     ) -> Result<Applied, ResolveError> {
         sparse::apply_with_delta::<OrSet>(current, write, stamp)
+    }
+
+    fn apply_for_delta(
+        &self,
+        stored: &[u8],
+        parts: Option<&[u8]>,
+        write: &Write,
+        stamp: &Stamp,
+    ) -> Result<Option<DeltaApplied>, ResolveError> {
+        let applied = sparse::apply_delta::<OrSet>(stored, parts, write, stamp)?;
+        Ok(applied.map(|(delta, context)| DeltaApplied { delta, context }))
     }
 
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {

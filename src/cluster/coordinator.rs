@@ -345,14 +345,16 @@ impl Cluster {
         let (sent, read, mut replication) = match here {
             Here::Coordinate => {
                 let replication = reserve()?;
-                let written = self.store.write(bucket, key, &write).map_err(stored_or_failed)?;
-                let read = written.answer(&*bucket_ref.resolver, options.return_body)?;
+                let (sent, read) = self
+                    .store
+                    .coordinate(bucket, key, &write, options.return_body)
+                    .map_err(stored_or_failed)?;
                 if dw > 0 {
                     self.sync_then_answer(&engine, &events);
                 } else {
                     quorum.stored(false);
                 }
-                (written.delta.unwrap_or(written.state), read, replication)
+                (sent, read, replication)
             }
             Here::AsHint { owner, counts } => {
                 let replication = reserve()?;

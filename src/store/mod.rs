@@ -455,6 +455,69 @@ impl Store {
         Ok(true)
     }
 
+    /// [`Store::write`] as the coordinator of a client write needs it: what to send the
+    /// other replicas (the delta, else the new state) and the answer ([`Written::answer`]).
+    /// A CRDT write to a key this node holds, whose answer needs no body, takes the short
+    /// way: the resolver gives the delta and the new context from the stored state and its
+    /// parts ([`Resolver::apply_for_delta`]), and the delta is appended; the new state is
+    /// never made ("Deltas appended").
+    pub fn coordinate(
+        &self,
+        bucket_name: &str,
+        key: &[u8],
+        write: &Write,
+        body: bool,
+    ) -> Result<(Vec<u8>, Read), Error> {
+        let bucket = self.bucket(bucket_name)?;
+        if !body && has_deltas(bucket.resolver.kind()) {
+            self.check_key(key)?;
+            check_write_sizes(self, write)?;
+            let storage_key = self.storage_key(bucket_name, key);
+            if let Some(value) = bucket.engine.get(&storage_key)? {
+                if let Some((delta, context)) = self.delta_of(bucket, &value, write)? {
+                    if self.append(bucket, key, &storage_key, &delta)? {
+                        return Ok((delta, Read { context, value: None }));
+                    }
+                }
+            }
+        }
+        let written = self.write(bucket_name, key, write)?;
+        let read = written.answer(&*bucket.resolver, body)?;
+        Ok((written.delta.unwrap_or(written.state), read))
+    }
+
+    /// The delta and new context of `write` to the state `value` (as stored: a chain or
+    /// not) stands for, when the short way of [`Store::coordinate`] applies: the resolver
+    /// has one, the delta is small, and the new state cannot pass the state size limit
+    /// (the stored value and the delta together are under it).
+    fn delta_of(
+        &self,
+        bucket: &Bucket,
+        value: &[u8],
+        write: &Write,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+        let resolver = &*bucket.resolver;
+        let pieces = chain::pieces(value)?;
+        let (stored, parts) = match &pieces {
+            Some(pieces) => pieces.split_first().expect("a chain has a base"),
+            None => (&value, &[][..]),
+        };
+        let parts = match parts.split_first() {
+            Some((first, rest)) => {
+                Some(rest.iter().try_fold(first.to_vec(), |acc, part| resolver.merge(&acc, part))?)
+            }
+            None => None,
+        };
+        let stamp = Stamp { actor: self.actors.actor(Role::Replica), time: self.clock.now()? };
+        let Some(applied) = resolver.apply_for_delta(stored, parts.as_deref(), write, &stamp)?
+        else {
+            return Ok(None);
+        };
+        let small = applied.delta.len() <= CHAIN_PART_BYTES_MAX
+            && value.len() + applied.delta.len() <= self.limits.state_bytes_max();
+        Ok(small.then_some((applied.delta, applied.context)))
+    }
+
     /// The tombstone this node collected for `key` and still remembers, if any.
     fn remembered(&self, bucket: &Bucket, key: &[u8]) -> Option<Vec<u8>> {
         bucket.collected().get(key, self.clock.wall_ms()).map(<[u8]>::to_vec)

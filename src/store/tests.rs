@@ -228,8 +228,13 @@ fn scans_leave_the_thread_and_are_bounded() {
     assert_eq!(most, PARTITION_SCANS_MAX, "scans at once");
 }
 
-/// A store of one `cart` bucket "c" on the memory engine, 8 partitions, with node id `id`.
+/// A store of one `cart` bucket "c" on the memory engine, 8 partitions, with node id `id`
+/// (and replica actors of its own).
 fn cart_store(id: &str) -> Store {
+    cart_store_with(Actors::new(id))
+}
+
+fn cart_store_with(actors: Actors) -> Store {
     let mut config = Config::embedded();
     config.partitions = 8;
     config.buckets.clear();
@@ -237,7 +242,7 @@ fn cart_store(id: &str) -> Store {
     let open = |_: &str, _: &BucketConfig| {
         Ok(Arc::new(cartwheel_engines::memory::MemoryEngine::default()) as _)
     };
-    Store::with_engines(&config, Actors::new(id), HybridClock::new(), open).unwrap()
+    Store::with_engines(&config, actors, HybridClock::new(), open).unwrap()
 }
 
 fn cart_add(item: &str) -> Write {
@@ -335,4 +340,36 @@ fn trees_settle_keys_written_by_appending() {
         let tree = appending.bucket("c").unwrap().trees().built(partition).unwrap().dirty();
         assert!(tree.is_empty(), "settled");
     }
+}
+
+/// The coordinator's short way (`Store::coordinate` without a body) sends, answers and
+/// stores what the whole way (`Store::write`, then the answer) does: the same delta, the
+/// same context, and a stored chain that folds to the same state. Method: two stores of the
+/// same node id take the same adds, sets and removes, one each way.
+#[test]
+fn the_coordinators_short_way_gives_the_whole_ways_delta_and_context() {
+    let short = cart_store_with(Actors::with_seed("n1", 7));
+    let whole = cart_store_with(Actors::with_seed("n1", 7));
+    let key = b"cart";
+    let mut context = Vec::new();
+    for i in 0..40u32 {
+        let item = format!("item-{}", i % 7).into_bytes();
+        let op = match i % 4 {
+            0 | 1 => cartwheel_resolvers::Op::CartAdd { item, quantity: 2 },
+            2 => cartwheel_resolvers::Op::CartSetQuantity { item, quantity: 5 },
+            _ => cartwheel_resolvers::Op::CartRemove(item),
+        };
+        let write = Write::Update { ops: vec![op], context: context.clone() };
+        let (sent, read) = short.coordinate("c", key, &write, false).unwrap();
+        let written = whole.write("c", key, &write).unwrap();
+        let resolver = &*whole.bucket("c").unwrap().resolver;
+        let answer = written.answer(resolver, false).unwrap();
+        assert_eq!(read, answer, "write {i}");
+        assert_eq!(sent, written.delta.clone().unwrap_or(written.state.clone()), "write {i}");
+        assert_eq!(short.fetch("c", key).unwrap().unwrap(), written.state, "write {i}");
+        context = read.context;
+    }
+    assert!(chain::is_chain(&raw(&short, key).unwrap()), "the short way appended");
+    let (_, with_body) = short.coordinate("c", key, &cart_add("x"), true).unwrap();
+    assert!(with_body.value.is_some(), "a body makes the state");
 }

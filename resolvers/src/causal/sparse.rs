@@ -165,6 +165,39 @@ pub(crate) fn apply<F: DotState>(
     Ok(Some(Applied::new(state, new.delta_from(&old).map(|delta| encode::<F>(&delta)))))
 }
 
+/// `F`'s `write` to `stored ⊔ parts`, decoding of `stored` only the keys its operations
+/// name: the write's delta and the new clock, without encoding the new state; `None` when
+/// this path does not apply (as [`apply`], and when the write has no delta).
+///
+/// Why the delta is the whole path's: the map written to holds the stored state's clock
+/// and the named keys' dots, joined with `parts`; the named keys' dots and the clock are
+/// then those of `stored ⊔ parts` (a join decides each dot by the two clocks and that key's
+/// dots on both sides), and the other keys, which the write leaves as they are, give
+/// nothing to [`DotMap::delta_from`].
+pub(crate) fn apply_delta<F: DotState>(
+    stored: &[u8],
+    parts: Option<&[u8]>,
+    write: &Write,
+    stamp: &Stamp,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, ResolveError> {
+    let Write::Update { ops, .. } = write else { return Ok(None) };
+    let Some(mut keys) = ops.iter().map(F::key_of).collect::<Option<Vec<&[u8]>>>() else {
+        return Ok(None);
+    };
+    keys.sort_unstable();
+    keys.dedup();
+    let Some(body) = decode_state::<F>(stored, &keys, None)? else { return Ok(None) };
+    let parts = parts.map(F::decode).transpose()?;
+    let map = match &parts {
+        Some(parts) if parts.deferred_count() > 0 => return Ok(None),
+        Some(parts) => body.map.join(parts),
+        None => body.map,
+    };
+    let (old, new) = F::apply_ops(map, write, stamp)?;
+    let Some(delta) = new.delta_from(&old) else { return Ok(None) };
+    Ok(Some((encode::<F>(&delta), super::encode_dots_context(F::TAG, new.clock()))))
+}
+
 /// A stored state of `F`, decoded where `keys` (sorted, no duplicates) or the clock
 /// `covered` touch it; `None` for a version or a body the sparse paths leave to the whole
 /// path.
