@@ -737,10 +737,8 @@ proptest! {
             );
             // The write applied to the chain, without its state: the same delta and context.
             let (stored, parts) = &chains[step.r];
-            let folded = parts.iter().skip(1).fold(parts.first().cloned(), |acc, part| {
-                acc.map(|acc| Cart.merge(&acc, part).unwrap())
-            });
-            let fast = Cart.apply_for_delta(stored, folded.as_deref(), &write, &actor).unwrap();
+            let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            let fast = Cart.apply_for_delta(stored, &parts, &write, &actor).unwrap();
             if let (Some(fast), Some(delta)) = (&fast, &applied.delta) {
                 prop_assert_eq!(&fast.delta, delta, "apply_for_delta's delta");
                 prop_assert_eq!(&fast.context, &Cart.context(&applied.state).unwrap());

@@ -302,10 +302,10 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     }
 
     /// What [`Resolver::apply_with_delta`] and [`Resolver::context`] give for `write` to
-    /// the state `stored ⊔ parts`, without making that state or the new one: the write's
-    /// delta and the new state's context. `stored` is a state the caller stored, `parts` a
-    /// small state to merge into it first (the deltas appended to it since), both checked
-    /// when they came in. `None` when the resolver cannot tell the delta without making the
+    /// the state `stored ⊔ parts[0] ⊔ parts[1] …`, without making that state or the new
+    /// one: the write's delta and the new state's context. `stored` is a state the caller
+    /// stored, `parts` small states to merge into it first (the deltas appended to it
+    /// since), all checked when they came in. `None` when the resolver cannot tell the delta without making the
     /// state (the default; a write that may touch any key, a write with no delta smaller
     /// than the state): the caller then folds, applies and stores the state.
     ///
@@ -315,7 +315,7 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     fn apply_for_delta(
         &self,
         stored: &[u8],
-        parts: Option<&[u8]>,
+        parts: &[&[u8]],
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Option<DeltaApplied>, ResolveError> {

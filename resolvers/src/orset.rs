@@ -216,7 +216,7 @@ impl Resolver for OrSet {
     fn apply_for_delta(
         &self,
         stored: &[u8],
-        parts: Option<&[u8]>,
+        parts: &[&[u8]],
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Option<DeltaApplied>, ResolveError> {

@@ -502,15 +502,8 @@ impl Store {
             Some(pieces) => pieces.split_first().expect("a chain has a base"),
             None => (&value, &[][..]),
         };
-        let parts = match parts.split_first() {
-            Some((first, rest)) => {
-                Some(rest.iter().try_fold(first.to_vec(), |acc, part| resolver.merge(&acc, part))?)
-            }
-            None => None,
-        };
         let stamp = Stamp { actor: self.actors.actor(Role::Replica), time: self.clock.now()? };
-        let Some(applied) = resolver.apply_for_delta(stored, parts.as_deref(), write, &stamp)?
-        else {
+        let Some(applied) = resolver.apply_for_delta(stored, parts, write, &stamp)? else {
             return Ok(None);
         };
         let small = applied.delta.len() <= CHAIN_PART_BYTES_MAX

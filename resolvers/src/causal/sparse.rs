@@ -165,7 +165,7 @@ pub(crate) fn apply<F: DotState>(
     Ok(Some(Applied::new(state, new.delta_from(&old).map(|delta| encode::<F>(&delta)))))
 }
 
-/// `F`'s `write` to `stored ⊔ parts`, decoding of `stored` only the keys its operations
+/// `F`'s `write` to `stored ⊔ parts…`, decoding of `stored` only the keys its operations
 /// name: the write's delta and the new clock, without encoding the new state; `None` when
 /// this path does not apply (as [`apply`], and when the write has no delta).
 ///
@@ -176,7 +176,7 @@ pub(crate) fn apply<F: DotState>(
 /// nothing to [`DotMap::delta_from`].
 pub(crate) fn apply_delta<F: DotState>(
     stored: &[u8],
-    parts: Option<&[u8]>,
+    parts: &[&[u8]],
     write: &Write,
     stamp: &Stamp,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>, ResolveError> {
@@ -187,12 +187,15 @@ pub(crate) fn apply_delta<F: DotState>(
     keys.sort_unstable();
     keys.dedup();
     let Some(body) = decode_state::<F>(stored, &keys, None)? else { return Ok(None) };
-    let parts = parts.map(F::decode).transpose()?;
-    let map = match &parts {
-        Some(parts) if parts.deferred_count() > 0 => return Ok(None),
-        Some(parts) => body.map.join(parts),
-        None => body.map,
-    };
+    // The parts are joined decoded: never encoded in between.
+    let mut map = body.map;
+    for part in parts {
+        let part = F::decode(part)?;
+        if part.deferred_count() > 0 {
+            return Ok(None);
+        }
+        map = map.join(&part);
+    }
     let (old, new) = F::apply_ops(map, write, stamp)?;
     let Some(delta) = new.delta_from(&old) else { return Ok(None) };
     Ok(Some((encode::<F>(&delta), super::encode_dots_context(F::TAG, new.clock()))))
