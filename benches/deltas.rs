@@ -7,9 +7,13 @@
 //! - the coordinator's work: `apply`, which decodes and encodes the whole cart, and
 //!   `apply_with_delta`, which the node calls: it decodes only the items the write names
 //!   and copies the others' bytes (`causal::Sparse`);
+//! - `apply_for_delta`, which the node's coordinator calls now: the delta and the new
+//!   context from the stored state, without making the new state (the node appends the
+//!   delta to the stored value, `src/store`, "Deltas appended");
 //! - a replica's work: merging the whole new state or the delta into its copy of the cart
-//!   by `merge_into`, as the node does (a delta: only the items it touches are decoded),
-//!   and the delta by `merge`, which decodes both whole.
+//!   by `merge_into` (a delta: only the items it touches are decoded), and the delta by
+//!   `merge`, which decodes both whole; and what the node's replica does now, check that
+//!   the delta decodes (`read`) before it appends it.
 //!
 //! Carts are filled by three coordinators (`node-0..2`), a third of the items each, as a
 //! cart written through several nodes is. The update is made at `node-0`.
@@ -97,6 +101,23 @@ fn bench_deltas(c: &mut Criterion) {
                         Cart.apply_with_delta(Some(black_box(&state)), &write, &stamp(0)).unwrap()
                     })
                 },
+            );
+            // The node's coordinator now: the delta and context only, from the stored
+            // state, which it never makes new (`Resolver::apply_for_delta`).
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}: apply_for_delta"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        Cart.apply_for_delta(black_box(&state), &[], &write, &stamp(0)).unwrap()
+                    })
+                },
+            );
+            // The node's replica now: it checks that the delta decodes, then appends it.
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}: replica checks delta"), n),
+                &n,
+                |b, _| b.iter(|| Cart.read(black_box(&delta)).unwrap()),
             );
             // A replica merges into its stored copy by `merge_into`, which decodes only the
             // items a small incoming state touches; `merge` decodes both whole.

@@ -24,17 +24,20 @@ const TAIL_BYTES: usize = 160;
 #[derive(Clone, Debug)]
 enum Op {
     Put(Vec<u8>, Vec<u8>),
+    Append(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
 }
 
 /// Puts of 12 keys with values that name the step (so every overwrite is distinguishable),
-/// and a delete every seventh step.
+/// a part appended every fifth step, and a delete every seventh step.
 fn workload() -> Vec<Op> {
     (0..60u32)
         .map(|i| {
             let key = format!("key-{:02}", i % 12).into_bytes();
             if i % 7 == 6 {
                 Op::Delete(key)
+            } else if i % 5 == 4 {
+                Op::Append(key, format!("part of step {i}").into_bytes())
             } else {
                 Op::Put(key, format!("value of step {i}").repeat(1 + (i % 3) as usize).into_bytes())
             }
@@ -50,6 +53,11 @@ fn prefix_states(ops: &[Op]) -> Vec<BTreeMap<Vec<u8>, Vec<u8>>> {
         match op {
             Op::Put(k, v) => {
                 state.insert(k.clone(), v.clone());
+            }
+            Op::Append(k, part) => {
+                if let Some(value) = state.get_mut(k) {
+                    *value = cartwheel_engines::chain::push(value, part);
+                }
             }
             Op::Delete(k) => {
                 state.remove(k);
@@ -82,6 +90,9 @@ fn write_workload(open: fn(&Path) -> Result<Arc<dyn StorageEngine>, EngineError>
     for op in workload() {
         match op {
             Op::Put(k, v) => engine.put(&k, &v).unwrap(),
+            Op::Append(k, part) => {
+                engine.append(&k, &part).unwrap();
+            }
             Op::Delete(k) => engine.delete(&k).unwrap(),
         }
     }
