@@ -455,8 +455,7 @@ impl Resolver for Cart {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Option<DeltaApplied>, ResolveError> {
-        let applied = sparse::apply_delta::<Cart>(stored, parts, write, stamp)?;
-        Ok(applied.map(|(delta, context)| DeltaApplied { delta, context }))
+        sparse::apply_delta::<Cart>(stored, parts, write, stamp)
     }
 
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {

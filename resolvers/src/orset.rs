@@ -220,8 +220,7 @@ impl Resolver for OrSet {
         write: &Write,
         stamp: &Stamp,
     ) -> Result<Option<DeltaApplied>, ResolveError> {
-        let applied = sparse::apply_delta::<OrSet>(stored, parts, write, stamp)?;
-        Ok(applied.map(|(delta, context)| DeltaApplied { delta, context }))
+        sparse::apply_delta::<OrSet>(stored, parts, write, stamp)
     }
 
     fn merge(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>, ResolveError> {

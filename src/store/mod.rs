@@ -83,7 +83,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cartwheel_engines::{chain, EngineError, StorageEngine};
-use cartwheel_resolvers::{Applied, HybridClock, Read, Resolver, ResolverKind, Stamp, Write};
+use cartwheel_resolvers::{
+    Applied, DeltaApplied, HybridClock, Read, Resolver, ResolverKind, Stamp, Write,
+};
 
 use crate::actors::{Actors, Role};
 use crate::config::{BucketConfig, Config, Limits};
@@ -474,7 +476,9 @@ impl Store {
             check_write_sizes(self, write)?;
             let storage_key = self.storage_key(bucket_name, key);
             if let Some(value) = bucket.engine.get(&storage_key)? {
-                if let Some((delta, context)) = self.delta_of(bucket, &value, write)? {
+                if let Some(DeltaApplied { delta, context }) =
+                    self.delta_of(bucket, &value, write)?
+                {
                     if self.append(bucket, key, &storage_key, &delta)? {
                         return Ok((delta, Read { context, value: None }));
                     }
@@ -495,7 +499,7 @@ impl Store {
         bucket: &Bucket,
         value: &[u8],
         write: &Write,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<Option<DeltaApplied>, Error> {
         let resolver = &*bucket.resolver;
         let pieces = chain::pieces(value)?;
         let (stored, parts) = match &pieces {
@@ -508,7 +512,7 @@ impl Store {
         };
         let small = applied.delta.len() <= CHAIN_PART_BYTES_MAX
             && value.len() + applied.delta.len() <= self.limits.state_bytes_max();
-        Ok(small.then_some((applied.delta, applied.context)))
+        Ok(small.then_some(applied))
     }
 
     /// The tombstone this node collected for `key` and still remembers, if any.
@@ -787,7 +791,7 @@ impl Store {
             if built {
                 bucket.trees().clear();
             }
-            return Err(e.into());
+            return Err(e);
         }
         if built {
             tracing::debug!(bucket = %bucket.name, partition, "anti-entropy tree built");

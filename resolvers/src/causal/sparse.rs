@@ -31,7 +31,7 @@
 //! path, never a merge of two states from elsewhere.
 
 use crate::codec::{Decoder, Encoder, Tag};
-use crate::{Applied, Op, ResolveError, Stamp, Write};
+use crate::{Applied, DeltaApplied, Op, ResolveError, Stamp, Write};
 
 use super::{
     decode_group, dot_at, group_dots, key_cmp, seen_in, DotMap, Payload, Seen, VersionVector,
@@ -166,7 +166,7 @@ pub(crate) fn apply<F: DotState>(
 }
 
 /// `F`'s `write` to `stored ⊔ parts…`, decoding of `stored` only the keys its operations
-/// name: the write's delta and the new clock, without encoding the new state; `None` when
+/// name: the write's delta and the new context, without encoding the new state; `None` when
 /// this path does not apply (as [`apply`], and when the write has no delta).
 ///
 /// Why the delta is the whole path's: the map written to holds the stored state's clock
@@ -179,7 +179,7 @@ pub(crate) fn apply_delta<F: DotState>(
     parts: &[&[u8]],
     write: &Write,
     stamp: &Stamp,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, ResolveError> {
+) -> Result<Option<DeltaApplied>, ResolveError> {
     let Write::Update { ops, .. } = write else { return Ok(None) };
     let Some(mut keys) = ops.iter().map(F::key_of).collect::<Option<Vec<&[u8]>>>() else {
         return Ok(None);
@@ -198,7 +198,8 @@ pub(crate) fn apply_delta<F: DotState>(
     }
     let (old, new) = F::apply_ops(map, write, stamp)?;
     let Some(delta) = new.delta_from(&old) else { return Ok(None) };
-    Ok(Some((encode::<F>(&delta), super::encode_dots_context(F::TAG, new.clock()))))
+    let context = super::encode_dots_context(F::TAG, new.clock());
+    Ok(Some(DeltaApplied { delta: encode::<F>(&delta), context }))
 }
 
 /// A stored state of `F`, decoded where `keys` (sorted, no duplicates) or the clock
