@@ -124,7 +124,9 @@ pub trait StorageEngine: Send + Sync + fmt::Debug {
     /// writes.
     ///
     /// The default reads the value and puts it back with the part: every engine appends,
-    /// and the ones that can (`memory`, `log`, `buffer`) write only the part.
+    /// and the ones that can (`memory`, `log`, `buffer`) write only the part, atomically for
+    /// the key. The default's read and put are two calls: a caller that may race another
+    /// writer of the same key must not rely on it (the node writes each key from one thread).
     fn append(&self, key: &[u8], part: &[u8]) -> Result<Option<u32>, EngineError> {
         let Some(value) = self.get(key)? else { return Ok(None) };
         let chained = chain::push(&value, part);
