@@ -153,13 +153,7 @@ pub(crate) fn apply<F: DotState>(
     write: &Write,
     stamp: &Stamp,
 ) -> Result<Option<Applied>, ResolveError> {
-    let Write::Update { ops, .. } = write else { return Ok(None) };
-    let Some(mut keys) = ops.iter().map(F::key_of).collect::<Option<Vec<&[u8]>>>() else {
-        return Ok(None);
-    };
-    keys.sort_unstable();
-    keys.dedup();
-    let Some(body) = decode_state::<F>(current, &keys, None)? else { return Ok(None) };
+    let Some(body) = decode_named::<F>(current, write)? else { return Ok(None) };
     let (old, new) = F::apply_ops(body.map.clone(), write, stamp)?;
     let Some(state) = body.encode_state::<F>(&new) else { return Ok(None) };
     Ok(Some(Applied::new(state, new.delta_from(&old).map(|delta| encode::<F>(&delta)))))
@@ -180,13 +174,7 @@ pub(crate) fn apply_delta<F: DotState>(
     write: &Write,
     stamp: &Stamp,
 ) -> Result<Option<DeltaApplied>, ResolveError> {
-    let Write::Update { ops, .. } = write else { return Ok(None) };
-    let Some(mut keys) = ops.iter().map(F::key_of).collect::<Option<Vec<&[u8]>>>() else {
-        return Ok(None);
-    };
-    keys.sort_unstable();
-    keys.dedup();
-    let Some(body) = decode_state::<F>(stored, &keys, None)? else { return Ok(None) };
+    let Some(body) = decode_named::<F>(stored, write)? else { return Ok(None) };
     // The parts are joined decoded: never encoded in between.
     let mut map = body.map;
     for part in parts {
@@ -200,6 +188,21 @@ pub(crate) fn apply_delta<F: DotState>(
     let Some(delta) = new.delta_from(&old) else { return Ok(None) };
     let context = super::encode_dots_context(F::TAG, new.clock());
     Ok(Some(DeltaApplied { delta: encode::<F>(&delta), context }))
+}
+
+/// A stored state of `F`, decoded at the keys the operations of `write` name; `None` for a
+/// write whose operations may touch any key, and where [`decode_state`] gives none.
+fn decode_named<'a, F: DotState>(
+    stored: &'a [u8],
+    write: &Write,
+) -> Result<Option<Sparse<'a, F::Payload>>, ResolveError> {
+    let Write::Update { ops, .. } = write else { return Ok(None) };
+    let Some(mut keys) = ops.iter().map(F::key_of).collect::<Option<Vec<&[u8]>>>() else {
+        return Ok(None);
+    };
+    keys.sort_unstable();
+    keys.dedup();
+    decode_state::<F>(stored, &keys, None)
 }
 
 /// A stored state of `F`, decoded where `keys` (sorted, no duplicates) or the clock
