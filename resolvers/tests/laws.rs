@@ -21,7 +21,8 @@
 //! with whole-state merges in between (anti-entropy), and for every write, with `old` its
 //! input, `new` its state and `δ` its delta:
 //!
-//! - `apply_with_delta` gives the state `apply` gives;
+//! - `apply_with_delta` gives the state `apply` gives, and `apply_for_delta`, where it
+//!   answers, the same delta and the new state's context;
 //! - `old ⊔ δ = new` and `new ⊔ δ = new`;
 //! - for every replica state `y`, `x = old ⊔ y` descends from `old` and `x ⊔ δ = x ⊔ new`,
 //!   and `merge_into(x, δ)`, the replica's merge into its stored state, gives those bytes;
@@ -143,6 +144,17 @@ fn simulate_deltas(
                 };
                 let plain = resolver.apply(old.as_deref(), &write, &stamp).unwrap();
                 prop_assert_eq!(&plain, &new, "apply_with_delta's state is apply's");
+                if let (Some(old), Some(delta)) = (&old, &delta) {
+                    // The store's chain: the state alone, or with parts it already holds.
+                    for parts in [&[][..], &[old.as_slice()][..]] {
+                        let fast = resolver.apply_for_delta(old, parts, &write, &stamp).unwrap();
+                        if let Some(fast) = fast {
+                            prop_assert_eq!(&fast.delta, delta, "apply_for_delta's delta");
+                            let context = resolver.context(&new).unwrap();
+                            prop_assert_eq!(fast.context, context, "apply_for_delta's context");
+                        }
+                    }
+                }
                 if let Some(delta) = &delta {
                     prop_assert!(delta.len() < new.len(), "a delta is shorter than the state");
                     check_delta(resolver, old.as_deref(), &new, delta, &replicas)?;
