@@ -602,6 +602,8 @@ impl Cluster {
         let merge = |a: &[u8], b: &[u8]| resolver.merge(a, b);
         let mut held = Vec::new();
         let mut over_budget = false;
+        // Why each failed answer failed, for the error a failed read gives.
+        let mut why_not = Vec::new();
         while !quorum.complete() {
             let Ok(Some((target, answer))) =
                 tokio::time::timeout_at(deadline, pending.next()).await
@@ -623,9 +625,18 @@ impl Cluster {
                 }
             };
             match answer {
-                Ok(state) if fits => quorum.answered(target, state),
-                _ => quorum.failed(),
-            };
+                Ok(state) if fits => {
+                    quorum.answered(target, state);
+                }
+                Ok(_) => {
+                    why_not.push(format!("{}: its answer is over the budget", target.id));
+                    quorum.failed();
+                }
+                Err(e) => {
+                    why_not.push(format!("{}: {e}", target.id));
+                    quorum.failed();
+                }
+            }
             if reply.is_some() {
                 let decided = match quorum.outcome() {
                     Outcome::Pending => None,
@@ -635,7 +646,8 @@ impl Cluster {
                          budget now: retry later"
                     )))),
                     Outcome::Failed => Some(Err(Error::QuorumNotMet(format!(
-                        "fewer than r = {r} replicas answered"
+                        "fewer than r = {r} replicas answered{}",
+                        because(&why_not)
                     )))),
                 };
                 if let Some(result) = decided {
