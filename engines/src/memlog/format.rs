@@ -29,9 +29,15 @@
 
 use crate::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
-/// The version byte written into every segment header. Opening a segment with another version
-/// fails with [`EngineError::Corrupt`](crate::EngineError::Corrupt) rather than guessing.
-pub const FORMAT_VERSION: u8 = 1;
+/// The version byte written into every segment header. Version 2 added
+/// [`RecordKind::Append`]; version 1 segments (which never hold one) are read as they are.
+/// Opening a segment with a version this build does not know (one written by a later
+/// version) fails with [`EngineError::Corrupt`](crate::EngineError::Corrupt), touching
+/// nothing, rather than guessing.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The segment format versions this build reads.
+pub const READABLE_VERSIONS: [u8; 2] = [1, FORMAT_VERSION];
 
 const SEGMENT_MAGIC: &[u8; 6] = b"CWMLOG";
 const SEGMENT_MAGIC_AT: usize = 0;
@@ -157,13 +163,40 @@ pub fn decode_record(bytes: &[u8]) -> Option<(Record<'_>, usize)> {
 }
 
 pub(super) fn encode_segment_header(id: u32) -> [u8; SEGMENT_HEADER_BYTES] {
+    segment_header(id, FORMAT_VERSION)
+}
+
+pub(super) fn segment_header(id: u32, version: u8) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     header[SEGMENT_MAGIC_AT..SEGMENT_VERSION_AT].copy_from_slice(SEGMENT_MAGIC);
-    header[SEGMENT_VERSION_AT] = FORMAT_VERSION;
+    header[SEGMENT_VERSION_AT] = version;
     header[SEGMENT_ID_AT..SEGMENT_CRC_AT].copy_from_slice(&id.to_le_bytes());
     let crc = crc32fast::hash(&header[..SEGMENT_CRC_AT]);
     header[SEGMENT_CRC_AT..].copy_from_slice(&crc.to_le_bytes());
     header
+}
+
+/// What the first bytes of segment `id`'s file say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SegmentHeader {
+    /// A whole header of a version this build reads.
+    Readable,
+    /// A whole header (magic, id and CRC check out) of a version this build does not read.
+    Unknown(u8),
+    /// No whole header: never written, torn, or damaged. The log ends before the segment.
+    Missing,
+}
+
+/// Tell what `header`, the first bytes of segment `id`'s file, is.
+pub(super) fn decode_segment_header(header: &[u8; SEGMENT_HEADER_BYTES], id: u32) -> SegmentHeader {
+    let version = header[SEGMENT_VERSION_AT];
+    if *header != segment_header(id, version) {
+        SegmentHeader::Missing
+    } else if READABLE_VERSIONS.contains(&version) {
+        SegmentHeader::Readable
+    } else {
+        SegmentHeader::Unknown(version)
+    }
 }
 
 #[cfg(test)]

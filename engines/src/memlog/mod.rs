@@ -85,14 +85,16 @@ use crate::{EngineError, FlusherBackend};
 pub use active::PENDING_BYTES_MAX;
 use active::{Active, SpareState};
 use flusher::SyncState;
+use format::SegmentHeader;
 pub use format::{
     decode_record, encode_record, record_bytes, Record, RecordKind, FORMAT_VERSION,
-    RECORD_HEADER_BYTES, SEAL_RECORD_BYTES, SEGMENT_BYTES_LIMIT, SEGMENT_HEADER_BYTES,
+    READABLE_VERSIONS, RECORD_HEADER_BYTES, SEAL_RECORD_BYTES, SEGMENT_BYTES_LIMIT,
+    SEGMENT_HEADER_BYTES,
 };
 pub(crate) use segment::retire_files;
 pub use segment::ScanEnd;
 use segment::{
-    create_segment, header_is_valid, list_segments, remove_segment_files, resume_segment,
+    create_segment, list_segments, read_header, remove_segment_files, resume_segment,
     retire_segments, scan_bytes, segment_capacity, segment_path, Segment,
 };
 pub(crate) use sys::write_out;
@@ -255,11 +257,23 @@ impl MemLog {
                 .write(true)
                 .open(&path)
                 .map_err(EngineError::io("open segment"))?;
-            if !header_is_valid(&file, id)? {
-                // A segment that never got its header (or lost it) holds nothing usable: the
-                // log ends before it.
-                remove_segment_files(dir, &ids[i..])?;
-                break;
+            match read_header(&file, id)? {
+                SegmentHeader::Readable => {}
+                SegmentHeader::Unknown(version) => {
+                    // Written by a later version: refuse, and leave every file as it is.
+                    return Err(corrupt(
+                        &path,
+                        format!(
+                            "segment format version {version}, which this build does not read                              (it reads {READABLE_VERSIONS:?}): it was written by a later                              version of cartwheel"
+                        ),
+                    ));
+                }
+                SegmentHeader::Missing => {
+                    // A segment that never got its header (or lost it) holds nothing usable:
+                    // the log ends before it.
+                    remove_segment_files(dir, &ids[i..])?;
+                    break;
+                }
             }
             let len = file.metadata().map_err(EngineError::io("stat segment"))?.len();
             if len > SEGMENT_BYTES_LIMIT {

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::format::{
-    decode_record, encode_segment_header, Record, RecordKind, SEAL_RECORD_BYTES,
-    SEGMENT_HEADER_BYTES,
+    decode_record, decode_segment_header, encode_segment_header, Record, RecordKind, SegmentHeader,
+    SEAL_RECORD_BYTES, SEGMENT_HEADER_BYTES,
 };
 use super::{sync_dir, sys, EngineError, Location, MemLogOptions};
 
@@ -112,13 +112,13 @@ pub(super) fn create_segment(dir: &Path, id: u32, capacity: u64) -> Result<Segme
     Ok(Segment { id, path, file, map, readable: AtomicU64::new(SEGMENT_HEADER_BYTES as u64) })
 }
 
-/// Whether the file starts with a valid header for segment `id`.
-pub(super) fn header_is_valid(file: &File, id: u32) -> Result<bool, EngineError> {
+/// What the header the file starts with says, for segment `id`.
+pub(super) fn read_header(file: &File, id: u32) -> Result<SegmentHeader, EngineError> {
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     let mut reader = file;
     match reader.read_exact(&mut header) {
-        Ok(()) => Ok(header == encode_segment_header(id)),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Ok(()) => Ok(decode_segment_header(&header, id)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(SegmentHeader::Missing),
         Err(e) => Err(EngineError::io("read segment header")(e)),
     }
 }
