@@ -7,6 +7,9 @@
 //! `sync` is the log's group commit (one `fdatasync` for every waiting writer, and one on its
 //! own every `flush_interval_ms`).
 //!
+//! An `append` ([`crate::chain`]) writes an `Append` record holding only the part and
+//! extends the value in the map; replay does the same, and a snapshot holds whole values.
+//!
 //! ## Snapshots
 //! The log would grow without end, so a background thread takes a *snapshot* once the log
 //! since the last one holds `snapshot_log_bytes` and more than the live data (so snapshots

@@ -16,6 +16,16 @@
 //! holds it across its append, so the order of records in the log is the order of updates in
 //! the keydir, which is what makes replay and merge agree with the live state.
 //!
+//! ## Appended parts
+//! An `append` ([`crate::chain`]) writes one record of kind `Append` holding the part, and
+//! the keydir keeps, beside the key's slot, where each part since its latest put is (a
+//! side table of only the keys that have parts; its memory is not in `memory_bytes`). A get
+//! reads the put and the parts and joins them. A put, a delete or a merge's copy ends the
+//! chain: a merge that meets the put or any part of a chained key copies the whole value,
+//! parts joined, as one put. At recovery a part follows its key's put in the log, unless a
+//! merge copied that key forward since, in which case the copy, later in the log, replaces
+//! it and the part counts as dead.
+//!
 //! ## Restart and hint files
 //! Recovery walks the segments in order and applies every record to a fresh keydir. For a
 //! sealed segment the background thread writes a *hint file* (`<segment>.hint`): the key,
