@@ -27,6 +27,8 @@
 //!   `commit`, `recovery` and `check`.
 //! - `idle`: the handshake that lets every background thread (flusher, merge, snapshot,
 //!   committer) of an engine nobody writes to sleep without a timer, woken by the next write.
+//! - [`chain`]: the encoding in which a value read back carries the parts
+//!   [`StorageEngine::append`] added to it, the same for every engine.
 //! - [`data_dir`]: the exclusive lock every durable engine takes on its data directory (a
 //!   second opener gets [`EngineError::Locked`] and touches nothing), and the directory fsync.
 //! - [`EngineError`]: one error type for every engine, classified by what the caller does next.
