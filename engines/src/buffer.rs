@@ -7,8 +7,10 @@
 //! `sync` is the log's group commit (one `fdatasync` for every waiting writer, and one on its
 //! own every `flush_interval_ms`).
 //!
-//! An `append` ([`crate::chain`]) writes an `Append` record holding only the part and
-//! extends the value in the map; replay does the same, and a snapshot holds whole values.
+//! An `append` ([`crate::chain`]) writes an `Append` record holding the part (and the
+//! value's piece count before it, which makes replaying it twice harmless: see
+//! `APPEND_PIECES_BYTES`) and extends the value in the map; replay does the same, and a
+//! snapshot holds whole values.
 //!
 //! ## Snapshots
 //! The log would grow without end, so a background thread takes a *snapshot* once the log
@@ -198,11 +200,33 @@ impl Replay for BufferReplay<'_> {
         match record.kind {
             RecordKind::Put => self.map.put(record.key, record.value),
             RecordKind::Tombstone => self.map.delete(record.key),
-            // An append always follows a value of its key in the log, so the map has one.
-            RecordKind::Append => self.map.append(record.key, record.value).map(drop),
+            RecordKind::Append => replay_append(self.map, record),
             RecordKind::Seal | RecordKind::End => Ok(()),
         }
     }
+}
+
+/// An append record's value: how many pieces the key's value had before the append (u32
+/// LE), then the part. Replay may meet an append that the snapshot already holds (the
+/// snapshot walks the map while writes go on, so it holds some writes logged after its
+/// roll): replaying a put or a delete again changes nothing, but an append would add its
+/// part twice. The count tells: the part is appended only onto a value of exactly that many
+/// pieces. A value the snapshot took after the append has more; a put replayed before the
+/// append gives the count again, since the pieces since a put are counted from it.
+const APPEND_PIECES_BYTES: usize = 4;
+
+fn replay_append(map: &MemoryEngine, record: Record<'_>) -> Result<(), EngineError> {
+    let Some((before, part)) = record.value.split_at_checked(APPEND_PIECES_BYTES) else {
+        return Err(EngineError::Corrupt {
+            path: "(buffer log)".into(),
+            reason: "an append record shorter than its piece count".into(),
+        });
+    };
+    let before = u32::from_le_bytes(before.try_into().expect("4 bytes"));
+    if map.pieces(record.key) == Some(before) {
+        map.append(record.key, part)?;
+    }
+    Ok(())
 }
 
 struct Shared {
@@ -533,11 +557,12 @@ impl StorageEngine for BufferEngine {
         check_sizes(key, part)?;
         let parts = {
             let _order = self.shared.write_order();
-            if !self.shared.map.contains(key) {
-                return Ok(None);
-            }
-            self.shared.log.append(RecordKind::Append, key, part)?;
-            let bytes = record_bytes(key.len(), part.len());
+            let Some(before) = self.shared.map.pieces(key) else { return Ok(None) };
+            let mut record = Vec::with_capacity(APPEND_PIECES_BYTES + part.len());
+            record.extend_from_slice(&before.to_le_bytes());
+            record.extend_from_slice(part);
+            self.shared.log.append(RecordKind::Append, key, &record)?;
+            let bytes = record_bytes(key.len(), record.len());
             self.shared.log_bytes.fetch_add(bytes, Ordering::Relaxed);
             self.shared.map.append(key, part)?
         };

@@ -77,6 +77,12 @@ impl MemoryEngine {
         self.read().values.contains_key(key)
     }
 
+    /// How many pieces `key`'s value has in the chain encoding (1 for a value with no
+    /// part), or `None` when it has no value.
+    pub(crate) fn pieces(&self, key: &[u8]) -> Option<u32> {
+        self.read().values.get(key).map(|value| crate::chain::parts(value) + 1)
+    }
+
     /// Visit entries in key order, starting just after `after` (at the first key when
     /// `None`), holding the read lock for this chunk only: up to and including the first entry
     /// for which `visit` breaks. Returns the last key visited, or `None` when the map has no

@@ -59,6 +59,11 @@ fn value(seq: u64) -> Vec<u8> {
     value
 }
 
+/// The part appended after the put of sequence number `seq`.
+fn part(seq: u64) -> Vec<u8> {
+    format!("part {seq}").into_bytes()
+}
+
 fn key(seq: u64) -> Vec<u8> {
     format!("key-{:04}", seq % KEYS).into_bytes()
 }
@@ -77,6 +82,7 @@ fn kill_child() {
     loop {
         for _ in 0..batch {
             engine.put(&key(seq), &value(seq)).unwrap();
+            engine.append(&key(seq), &part(seq)).unwrap().expect("just put");
             seq += 1;
         }
         engine.sync().unwrap();
@@ -146,9 +152,21 @@ fn kill_cycles(engine_name: &str) {
             let got = engine.get(key).unwrap().unwrap_or_else(|| {
                 panic!("{engine_name}: cycle {cycle}: acknowledged {key:?} (seq {seq}) is gone")
             });
-            let got_seq = u64::from_le_bytes(got[..8].try_into().unwrap());
+            // A put and its part, or, for a put after the last acknowledged one, possibly
+            // the put alone (its part was not synced).
+            let pieces = cartwheel_engines::chain::pieces(&got).unwrap();
+            let (put, appended) = match pieces.as_deref() {
+                Some([put, appended]) => (put.to_vec(), Some(appended.to_vec())),
+                Some(other) => panic!("{engine_name}: {key:?} holds {} pieces", other.len()),
+                None => (got.clone(), None),
+            };
+            let got_seq = u64::from_le_bytes(put[..8].try_into().unwrap());
             assert!(got_seq >= seq, "{engine_name}: {key:?} went back from {seq} to {got_seq}");
-            assert_eq!(got, value(got_seq), "{engine_name}: {key:?} holds a damaged value");
+            assert_eq!(put, value(got_seq), "{engine_name}: {key:?} holds a damaged value");
+            match appended {
+                Some(appended) => assert_eq!(appended, part(got_seq), "{engine_name}: {key:?}"),
+                None => assert!(got_seq > seq, "{engine_name}: {key:?} lost its acked part"),
+            }
         }
         drop(engine);
     }
