@@ -16,20 +16,8 @@
 //! `cartwheel_resolvers::causal::Sparse`).
 //!
 //! ## Deltas appended
-//! A replica does not even merge a small delta (up to [`CHAIN_PART_BYTES_MAX`]) of a CRDT
-//! bucket (`cart`, `orset`, `pncounter`): it checks that it decodes and appends it to the
-//! key's stored value ([`StorageEngine::append`]), which writes the delta, not the state
-//! (the `log` and `buffer` engines write one record of the delta's size). The coordinator
-//! does the same with its own write's delta. Every read of the key folds the parts in
-//! ([`fold_chain`]: the parts merged together, then into the stored state once), and once a
-//! key has [`CHAIN_PARTS_MAX`] parts the store folds them and puts the state. So an update
-//! of a 1 000-item cart writes a few hundred bytes on each replica, and every
-//! [`CHAIN_PARTS_MAX`]th rewrites the cart. A state merged this way is never compared with
-//! the stored one, so the anti-entropy tree marks the key dirty ([`trees`], "Keys marked
-//! dirty") rather than hash a state nobody computed. Larger states (read repair,
-//! anti-entropy, handoff) and other resolvers are merged and put as before. A key this node
-//! holds nothing for is merged as before too (the checks for a state with no local copy
-//! below need the stored state).
+//! A CRDT delta is appended to the stored value rather than merged into it, and folded
+//! on read: see [`deltas`].
 //!
 //! ## Atomicity of read-modify-write
 //! `write` and `merge` read a state, compute a new one and put it, with no `.await` in between,
@@ -37,15 +25,9 @@
 //! of a key interleave on a node, and no concurrent update is lost between the read and the
 //! put. Durability waits (`sync`) happen after the put, off that thread.
 //!
-//! ## Partition scans
-//! Anti-entropy and handoff read whole partitions. A scan runs on tokio's blocking pool with
-//! the engine's `Arc` ([`Store::fold_partition`]), at most [`PARTITION_SCANS_MAX`] at a time
-//! per store, so the RPC thread goes on serving meanwhile. Writes go on too, so a scan may or
-//! may not see a write that races with it (the engines' iteration contract); both users
-//! cope: anti-entropy compares again next time, and handoff deletes a copy only if it is
-//! still the state it sent ([`Store::delete_if_unchanged`]). The seeded simulation, whose
-//! runs must not depend on thread timing, scans on the calling thread instead
-//! ([`Store::scan_on_calling_thread`]).
+//! ## Partition scans and trees
+//! Scans, the anti-entropy trees built from them, and reads of many keys run off the RPC
+//! thread: see [`scans`].
 //!
 //! ## Which actor writes
 //! [`Store::write`] applies a write as one of the key's primaries, to the state in the
@@ -74,7 +56,9 @@
 //! cluster smaller than N as storing `min(N, nodes)` replicas, with R and W clamped to that:
 //! a single development node accepts writes to N=3 buckets.
 
+pub mod deltas;
 pub mod hints;
+pub mod scans;
 pub mod sync_group;
 pub mod trees;
 
@@ -82,10 +66,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use cartwheel_engines::{chain, EngineError, StorageEngine};
-use cartwheel_resolvers::{
-    Applied, DeltaApplied, HybridClock, Read, Resolver, ResolverKind, Stamp, Write,
-};
+use cartwheel_engines::{EngineError, StorageEngine};
+use cartwheel_resolvers::{Applied, HybridClock, Read, Resolver, ResolverKind, Stamp, Write};
 
 use crate::actors::{Actors, Role};
 use crate::config::{BucketConfig, Config, Limits};
@@ -120,14 +102,8 @@ impl Written {
 /// A key and its stored state.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
-/// Parts a key's stored value gathers ("Deltas appended") before the store folds them
-/// into its state and puts that: a read folds up to this many, and a large state is
-/// rewritten once per this many updates.
-pub const CHAIN_PARTS_MAX: u32 = 16;
-
-/// The largest state appended as a part rather than merged and put: deltas of single
-/// updates are a few hundred bytes; whole states sent by repair or handoff are merged.
-pub const CHAIN_PART_BYTES_MAX: usize = 4096;
+use deltas::has_deltas;
+pub use deltas::{fold_chain, CHAIN_PARTS_MAX, CHAIN_PART_BYTES_MAX};
 
 /// Partition scans that run at a time on the blocking pool, per store. One more waits for a
 /// running one to end (the caller's deadline bounds the wait); a scan holds a pool thread
@@ -431,90 +407,6 @@ impl Store {
         Ok(written)
     }
 
-    /// Append `part`, a state to merge into `key`'s, to its stored value when that is worth
-    /// it (see "Deltas appended"): true when done, false when the caller must merge and put
-    /// (the key holds nothing, the part is large, or the resolver has no deltas). Folds the
-    /// key's parts into one state once they are [`CHAIN_PARTS_MAX`].
-    fn append(
-        &self,
-        bucket: &Bucket,
-        key: &[u8],
-        storage_key: &[u8],
-        part: &[u8],
-    ) -> Result<bool, Error> {
-        if !has_deltas(bucket.resolver.kind()) || part.len() > CHAIN_PART_BYTES_MAX {
-            return Ok(false);
-        }
-        let Some(parts) = bucket.engine.append(storage_key, part)? else { return Ok(false) };
-        if parts < CHAIN_PARTS_MAX {
-            let partition = partition_of(key_hash(&bucket.name, key), self.partitions);
-            bucket.trees().note_dirty(partition, key);
-            return Ok(true);
-        }
-        let folded = self.stored(bucket, storage_key)?.expect("a value just appended to");
-        bucket.engine.put(storage_key, &folded)?;
-        self.noted(bucket, key, Some(&folded));
-        Ok(true)
-    }
-
-    /// [`Store::write`] as the coordinator of a client write needs it: what to send the
-    /// other replicas (the delta, else the new state) and the answer ([`Written::answer`]).
-    /// A CRDT write to a key this node holds, whose answer needs no body, takes the short
-    /// way: the resolver gives the delta and the new context from the stored state and its
-    /// parts ([`Resolver::apply_for_delta`]), and the delta is appended; the new state is
-    /// never made ("Deltas appended").
-    pub fn coordinate(
-        &self,
-        bucket_name: &str,
-        key: &[u8],
-        write: &Write,
-        body: bool,
-    ) -> Result<(Vec<u8>, Read), Error> {
-        let bucket = self.bucket(bucket_name)?;
-        if !body && has_deltas(bucket.resolver.kind()) {
-            self.check_key(key)?;
-            check_write_sizes(self, write)?;
-            let storage_key = self.storage_key(bucket_name, key);
-            if let Some(value) = bucket.engine.get(&storage_key)? {
-                if let Some(DeltaApplied { delta, context }) =
-                    self.delta_of(bucket, &value, write)?
-                {
-                    if self.append(bucket, key, &storage_key, &delta)? {
-                        return Ok((delta, Read { context, value: None }));
-                    }
-                }
-            }
-        }
-        let written = self.write(bucket_name, key, write)?;
-        let read = written.answer(&*bucket.resolver, body)?;
-        Ok((written.delta.unwrap_or(written.state), read))
-    }
-
-    /// The delta and new context of `write` to the state `value` (as stored: a chain or
-    /// not) stands for, when the short way of [`Store::coordinate`] applies: the resolver
-    /// has one, the delta is small, and the new state cannot pass the state size limit
-    /// (the stored value and the delta together are under it).
-    fn delta_of(
-        &self,
-        bucket: &Bucket,
-        value: &[u8],
-        write: &Write,
-    ) -> Result<Option<DeltaApplied>, Error> {
-        let resolver = &*bucket.resolver;
-        let pieces = chain::pieces(value)?;
-        let (stored, parts) = match &pieces {
-            Some(pieces) => pieces.split_first().expect("a chain has a base"),
-            None => (&value, &[][..]),
-        };
-        let stamp = Stamp { actor: self.actors.actor(Role::Replica), time: self.clock.now()? };
-        let Some(applied) = resolver.apply_for_delta(stored, parts, write, &stamp)? else {
-            return Ok(None);
-        };
-        let small = applied.delta.len() <= CHAIN_PART_BYTES_MAX
-            && value.len() + applied.delta.len() <= self.limits.state_bytes_max();
-        Ok(small.then_some(applied))
-    }
-
     /// The tombstone this node collected for `key` and still remembers, if any.
     fn remembered(&self, bucket: &Bucket, key: &[u8]) -> Option<Vec<u8>> {
         bucket.collected().get(key, self.clock.wall_ms()).map(<[u8]>::to_vec)
@@ -676,243 +568,6 @@ impl Store {
         self.states_fenced.load(Ordering::Relaxed)
     }
 
-    /// Every (key, state) of one partition of a bucket: a prefix scan that reads no other
-    /// partition's values, off the RPC thread ([`Store::fold_partition`]).
-    pub async fn partition_entries(
-        &self,
-        bucket: &str,
-        partition: u16,
-    ) -> Result<Vec<Entry>, Error> {
-        let collect = |out: &mut Vec<Entry>, key: &[u8], state: &[u8]| {
-            out.push((key.to_vec(), state.to_vec()));
-        };
-        self.fold_partition(bucket, partition, Vec::new(), collect).await
-    }
-
-    /// Fold `visit` over every (key, state) of one partition of a bucket, starting from
-    /// `init`, on tokio's blocking pool (see "Partition scans" in the module doc). Keys come
-    /// without their partition prefix, in the engine's order.
-    pub async fn fold_partition<T, F>(
-        &self,
-        bucket: &str,
-        partition: u16,
-        init: T,
-        visit: F,
-    ) -> Result<T, Error>
-    where
-        T: Send + 'static,
-        F: FnMut(&mut T, &[u8], &[u8]) + Send + 'static,
-    {
-        let engine = Arc::clone(&self.bucket(bucket)?.engine);
-        let resolver = Arc::clone(&self.bucket(bucket)?.resolver);
-        let Some(scans) = &self.scans else {
-            return fold_prefix(&*engine, &*resolver, partition, init, visit);
-        };
-        let admitted = Arc::clone(scans)
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Internal("the partition scan queue is closed".into()))?;
-        // The permit goes with the scan: one the caller stopped waiting for still counts
-        // until it ends.
-        let scan = move || {
-            let _admitted = admitted;
-            fold_prefix(&*engine, &*resolver, partition, init, visit)
-        };
-        tokio::task::spawn_blocking(scan)
-            .await
-            .map_err(|e| Error::Internal(format!("a partition scan failed: {e}")))?
-    }
-
-    /// The anti-entropy leaves of one partition of a bucket, from its tree ([`trees`]): at
-    /// once when the tree is built; else the tree is built first, one build at a time per
-    /// node, by a paced scan of the partition off the RPC thread.
-    pub async fn tree_leaves(
-        &self,
-        bucket_name: &str,
-        partition: u16,
-    ) -> Result<trees::Leaves, Error> {
-        let bucket = self.bucket(bucket_name)?;
-        if bucket.trees().built(partition).is_some() {
-            self.settle_tree(bucket, partition).await?;
-            if let Some(tree) = bucket.trees().built(partition) {
-                return Ok(tree.leaves().clone());
-            }
-        }
-        let _builder = self.tree_builder.lock().await;
-        if let Some(tree) = bucket.trees().built(partition) {
-            return Ok(tree.leaves().clone());
-        }
-        self.build_tree(bucket, partition).await?;
-        match bucket.trees().built(partition) {
-            Some(tree) => Ok(tree.leaves().clone()),
-            None => Err(Error::Overloaded(format!(
-                "the anti-entropy tree of partition {partition} of {bucket_name} was written \
-                 to too much while it was built: try again later"
-            ))),
-        }
-    }
-
-    /// Build one partition's tree (the caller holds the builder lock): scan, then re-read
-    /// the keys written meanwhile on this thread ([`trees`], "Building, once").
-    async fn build_tree(&self, bucket: &Bucket, partition: u16) -> Result<(), Error> {
-        if !bucket.trees().begin_build(partition) {
-            return Ok(());
-        }
-        /// Abandons the build unless it finished: a scan that failed, or a caller that
-        /// stopped waiting, leaves no half-built slot behind.
-        struct Abandon<'a>(&'a Bucket, u16);
-        impl Drop for Abandon<'_> {
-            fn drop(&mut self) {
-                self.0.trees().abandon_build(self.1);
-            }
-        }
-        let abandon = Abandon(bucket, partition);
-        let resolver = Arc::clone(&bucket.resolver);
-        let mut pace = Pace::new(self.scans.is_some(), trees::TREE_BUILD_KEYS_PER_SECOND);
-        let visit = move |tree: &mut trees::PartitionTree, key: &[u8], state: &[u8]| {
-            tree.set(key, Some(trees::summary(&*resolver, key, state)));
-            pace.tick();
-        };
-        let scanned = self
-            .fold_partition(&bucket.name, partition, trees::PartitionTree::default(), visit)
-            .await?;
-        let mut failed = None;
-        let reread = |key: &[u8]| match self.stored(bucket, &self.storage_key(&bucket.name, key)) {
-            Ok(state) => state.map(|state| trees::summary(&*bucket.resolver, key, &state)),
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        };
-        let built = bucket.trees().finish_build(partition, scanned, reread);
-        drop(abandon);
-        if let Some(e) = failed {
-            bucket.trees().abandon_build(partition);
-            if built {
-                bucket.trees().clear();
-            }
-            return Err(e);
-        }
-        if built {
-            tracing::debug!(bucket = %bucket.name, partition, "anti-entropy tree built");
-        }
-        Ok(())
-    }
-
-    /// Whether one partition's tree is built.
-    pub fn tree_built(&self, bucket: &str, partition: u16) -> Result<bool, Error> {
-        Ok(self.bucket(bucket)?.trees().built(partition).is_some())
-    }
-
-    /// The keys of some segments of a partition with their entry hashes, from its tree (no
-    /// value is read); `None` when the tree is not built.
-    pub fn tree_hashes(
-        &self,
-        bucket: &str,
-        partition: u16,
-        segments: &[u16],
-    ) -> Result<Option<trees::KeyHashes>, Error> {
-        Ok(self.bucket(bucket)?.trees().built(partition).map(|tree| tree.hashes(segments)))
-    }
-
-    /// The states of `keys` (those that have one), read in that order off the RPC thread
-    /// like a scan, until they pass `budget` bytes (the first is always read).
-    pub async fn fetch_many(
-        &self,
-        bucket: &str,
-        keys: Vec<Vec<u8>>,
-        budget: usize,
-    ) -> Result<Vec<Entry>, Error> {
-        let engine = Arc::clone(&self.bucket(bucket)?.engine);
-        let resolver = Arc::clone(&self.bucket(bucket)?.resolver);
-        let stored: Vec<(Vec<u8>, Vec<u8>)> =
-            keys.into_iter().map(|key| (self.storage_key(bucket, &key), key)).collect();
-        let read = move || -> Result<Vec<Entry>, Error> {
-            let mut out = Vec::new();
-            let mut used = 0;
-            for (stored, key) in stored {
-                if let Some(value) = engine.get(&stored)? {
-                    let state = fold_chain(&*resolver, value)?;
-                    used += key.len() + state.len();
-                    out.push((key, state));
-                    if used > budget {
-                        break;
-                    }
-                }
-            }
-            Ok(out)
-        };
-        self.off_thread(read).await
-    }
-
-    /// Run `read` (reads of states) on the blocking pool as a scan is, one of the
-    /// [`PARTITION_SCANS_MAX`]; on the calling thread in the simulation.
-    async fn off_thread<T: Send + 'static>(
-        &self,
-        read: impl FnOnce() -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        let Some(scans) = &self.scans else { return read() };
-        let _admitted = Arc::clone(scans)
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Internal("the partition scan queue is closed".into()))?;
-        tokio::task::spawn_blocking(read)
-            .await
-            .map_err(|e| Error::Internal(format!("a read of keys failed: {e}")))?
-    }
-
-    /// Give the keys of a built tree marked dirty their hashes ([`trees`], "Keys marked
-    /// dirty"): their states are read and folded off the RPC thread.
-    async fn settle_tree(&self, bucket: &Bucket, partition: u16) -> Result<(), Error> {
-        let dirty = match bucket.trees().built(partition) {
-            Some(tree) => tree.dirty(),
-            None => return Ok(()),
-        };
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        let engine = Arc::clone(&bucket.engine);
-        let resolver = Arc::clone(&bucket.resolver);
-        let keys: Vec<(Vec<u8>, Vec<u8>)> = dirty
-            .iter()
-            .map(|(key, _)| (self.storage_key(&bucket.name, key), key.clone()))
-            .collect();
-        let read = move || -> Result<Vec<Option<trees::Summary>>, Error> {
-            let mut out = Vec::with_capacity(keys.len());
-            for (stored, key) in keys {
-                let state = engine.get(&stored)?.map(|v| fold_chain(&*resolver, v)).transpose()?;
-                out.push(state.map(|state| trees::summary(&*resolver, &key, &state)));
-            }
-            Ok(out)
-        };
-        let summaries = self.off_thread(read).await?;
-        let mut trees = bucket.trees();
-        for ((key, mark), summary) in dirty.into_iter().zip(summaries) {
-            trees.settle(partition, &key, mark, summary);
-        }
-        Ok(())
-    }
-
-    /// Up to `max` tombstones of built trees of a bucket, as (partition, key), starting at
-    /// the `skip`-th (mod their number) so that successive calls go round them all.
-    pub fn tombstones(
-        &self,
-        bucket: &str,
-        max: usize,
-        skip: usize,
-    ) -> Result<Vec<(u16, Vec<u8>)>, Error> {
-        let bucket = self.bucket(bucket)?;
-        let trees = bucket.trees();
-        let total: usize = trees.all_built().map(|(_, tree)| tree.tombstone_count()).sum();
-        if total == 0 {
-            return Ok(Vec::new());
-        }
-        let all =
-            || trees.all_built().flat_map(|(p, tree)| tree.tombstones().map(move |key| (p, key)));
-        let picked = all().chain(all()).skip(skip % total).take(max.min(total));
-        Ok(picked.map(|(p, key)| (p, key.to_vec())).collect())
-    }
-
     /// Collect a tombstone: delete `key` if it still holds `tombstone`, and remember it until
     /// `until_ms` (this node's wall clock) against older states in flight. Returns whether
     /// it was deleted, and what the deleted state recorded of the replica actor (the caller
@@ -980,85 +635,6 @@ impl Store {
     fn storage_key(&self, bucket: &str, key: &[u8]) -> Vec<u8> {
         storage_key(partition_of(key_hash(bucket, key), self.partitions), key)
     }
-}
-
-/// Paces a scan on the blocking pool at `per_second` keys: every 1 024 keys it sleeps for
-/// what it ran ahead. A scan on the calling thread (the simulation) is not paced.
-struct Pace {
-    on: bool,
-    per_second: u64,
-    started: std::time::Instant,
-    keys: u64,
-}
-
-impl Pace {
-    fn new(on: bool, per_second: u64) -> Self {
-        Self { on, per_second: per_second.max(1), started: std::time::Instant::now(), keys: 0 }
-    }
-
-    fn tick(&mut self) {
-        self.keys += 1;
-        if !self.on || self.keys % 1_024 != 0 {
-            return;
-        }
-        let due = std::time::Duration::from_micros(self.keys * 1_000_000 / self.per_second);
-        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(ahead);
-        }
-    }
-}
-
-/// Fold `visit` over one partition of `engine` (keys without the partition prefix).
-fn fold_prefix<T>(
-    engine: &dyn StorageEngine,
-    resolver: &dyn Resolver,
-    partition: u16,
-    init: T,
-    mut visit: impl FnMut(&mut T, &[u8], &[u8]),
-) -> Result<T, Error> {
-    let mut folded = init;
-    let mut failed = None;
-    engine.scan_prefix(&partition.to_be_bytes(), &mut |stored, value| {
-        let key = &stored[crate::ring::PARTITION_PREFIX_BYTES..];
-        if !chain::is_chain(value) {
-            visit(&mut folded, key, value);
-            return std::ops::ControlFlow::Continue(());
-        }
-        match fold_chain(resolver, value.to_vec()) {
-            Ok(state) => {
-                visit(&mut folded, key, &state);
-                std::ops::ControlFlow::Continue(())
-            }
-            Err(e) => {
-                failed = Some(e);
-                std::ops::ControlFlow::Break(())
-            }
-        }
-    })?;
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(folded),
-    }
-}
-
-/// Whether a resolver's writes come with deltas (`Resolver::apply_with_delta`), which
-/// replicas append rather than merge ("Deltas appended"): the CRDTs.
-fn has_deltas(kind: ResolverKind) -> bool {
-    matches!(kind, ResolverKind::Cart | ResolverKind::Orset | ResolverKind::Pncounter)
-}
-
-/// The state a stored value stands for: itself, or, for a value with parts appended
-/// ([`chain`]), the merge of its base and every part. The parts are merged together first
-/// (they are small), then into the base once, so a fold walks the large base once.
-pub fn fold_chain(resolver: &dyn Resolver, value: Vec<u8>) -> Result<Vec<u8>, Error> {
-    let Some(pieces) = chain::pieces(&value)? else { return Ok(value) };
-    let (base, parts) = pieces.split_first().expect("a chain has a base");
-    let Some((first, rest)) = parts.split_first() else { return Ok(base.to_vec()) };
-    let mut delta = first.to_vec();
-    for part in rest {
-        delta = resolver.merge(&delta, part)?;
-    }
-    Ok(resolver.merge_into(base, &delta)?)
 }
 
 fn check_write_sizes(store: &Store, write: &Write) -> Result<(), Error> {

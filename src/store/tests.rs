@@ -1,7 +1,7 @@
 //! The store's unit tests (a file of their own: src/store/mod.rs holds the store).
 
 use super::*;
-use cartwheel_engines::EngineKind;
+use cartwheel_engines::{chain, EngineKind};
 
 /// A partition scan finds exactly the keys of its partition, without their prefix, and
 /// the same on the blocking pool as on the calling thread. Method: 200 keys in a store of
