@@ -16,7 +16,7 @@
 //! ([`Store::merge`]). So is a state for a key this node holds nothing for: the checks of a
 //! state with no local copy need the stored state.
 
-use cartwheel_engines::chain;
+use cartwheel_engines::{chain, StorageEngine};
 use cartwheel_resolvers::{DeltaApplied, Read, Resolver, ResolverKind, Stamp, Write};
 
 use super::{check_write_sizes, Bucket, Store};
@@ -34,10 +34,9 @@ pub const CHAIN_PARTS_MAX: u32 = 16;
 pub const CHAIN_PART_BYTES_MAX: usize = 4096;
 
 impl Store {
-    /// Append `part`, a state to merge into `key`'s, to its stored value when that is worth
-    /// it (see "Deltas appended"): true when done, false when the caller must merge and put
-    /// (the key holds nothing, the part is large, or the resolver has no deltas). Folds the
-    /// key's parts into one state once they are [`CHAIN_PARTS_MAX`].
+    /// Append `part`, a state to merge into `key`'s and [`appendable`], to its stored value:
+    /// true when done, false when the key holds nothing (the caller then merges and puts).
+    /// Folds the key's parts into one state once they are [`CHAIN_PARTS_MAX`].
     pub(super) fn append(
         &self,
         bucket: &Bucket,
@@ -45,9 +44,6 @@ impl Store {
         storage_key: &[u8],
         part: &[u8],
     ) -> Result<bool, Error> {
-        if !has_deltas(bucket.resolver.kind()) || part.len() > CHAIN_PART_BYTES_MAX {
-            return Ok(false);
-        }
         let Some(parts) = bucket.engine.append(storage_key, part)? else { return Ok(false) };
         if parts < CHAIN_PARTS_MAX {
             let partition = partition_of(key_hash(&bucket.name, key), self.partitions);
@@ -74,35 +70,35 @@ impl Store {
         body: bool,
     ) -> Result<(Vec<u8>, Read), Error> {
         let bucket = self.bucket(bucket_name)?;
-        if !body && has_deltas(bucket.resolver.kind()) {
-            self.check_key(key)?;
+        self.check_key(key)?;
+        let storage_key = self.storage_key(bucket_name, key);
+        let value = bucket.engine.get(&storage_key)?;
+        if let (false, Some(value)) = (body, &value) {
             check_write_sizes(self, write)?;
-            let storage_key = self.storage_key(bucket_name, key);
-            if let Some(value) = bucket.engine.get(&storage_key)? {
-                if let Some(DeltaApplied { delta, context }) =
-                    self.delta_of(bucket, &value, write)?
-                {
-                    if self.append(bucket, key, &storage_key, &delta)? {
-                        return Ok((delta, Read { context, value: None }));
-                    }
+            if let Some(DeltaApplied { delta, context }) = self.delta_of(bucket, value, write)? {
+                if self.append(bucket, key, &storage_key, &delta)? {
+                    return Ok((delta, Read { context, value: None }));
                 }
             }
         }
-        let written = self.write(bucket_name, key, write)?;
+        let written = self.write_to(bucket, key, &storage_key, value, write)?;
         let read = written.answer(&*bucket.resolver, body)?;
         Ok((written.delta.unwrap_or(written.state), read))
     }
 
     /// The delta and new context of `write` to the state `value` (as stored: a chain or
     /// not) stands for, when the short way of [`Store::coordinate`] applies: the resolver
-    /// has one, the delta is small, and the new state cannot pass the state size limit
-    /// (the stored value and the delta together are under it).
+    /// has one, the delta is [`appendable`], and the new state cannot pass the state size
+    /// limit (the stored value and the delta together are under it).
     fn delta_of(
         &self,
         bucket: &Bucket,
         value: &[u8],
         write: &Write,
     ) -> Result<Option<DeltaApplied>, Error> {
+        if !has_deltas(bucket.resolver.kind()) {
+            return Ok(None);
+        }
         let resolver = &*bucket.resolver;
         let pieces = chain::pieces(value)?;
         let (stored, parts) = match &pieces {
@@ -113,7 +109,7 @@ impl Store {
         let Some(applied) = resolver.apply_for_delta(stored, parts, write, &stamp)? else {
             return Ok(None);
         };
-        let small = applied.delta.len() <= CHAIN_PART_BYTES_MAX
+        let small = appendable(bucket, &applied.delta)
             && value.len() + applied.delta.len() <= self.limits.state_bytes_max();
         Ok(small.then_some(applied))
     }
@@ -121,8 +117,24 @@ impl Store {
 
 /// Whether a resolver's writes come with deltas (`Resolver::apply_with_delta`), which
 /// replicas append rather than merge ("Deltas appended"): the CRDTs.
-pub(super) fn has_deltas(kind: ResolverKind) -> bool {
+fn has_deltas(kind: ResolverKind) -> bool {
     matches!(kind, ResolverKind::Cart | ResolverKind::Orset | ResolverKind::Pncounter)
+}
+
+/// Whether `part`, a state of `bucket`, is appended to a stored value rather than merged
+/// into it: a state of a resolver with deltas, of at most [`CHAIN_PART_BYTES_MAX`].
+pub(super) fn appendable(bucket: &Bucket, part: &[u8]) -> bool {
+    has_deltas(bucket.resolver.kind()) && part.len() <= CHAIN_PART_BYTES_MAX
+}
+
+/// The state stored under `storage_key` in `engine`, its parts folded in ([`fold_chain`]).
+/// The one way the store reads a state, on the RPC thread or off it.
+pub(super) fn read_state(
+    engine: &dyn StorageEngine,
+    resolver: &dyn Resolver,
+    storage_key: &[u8],
+) -> Result<Option<Vec<u8>>, Error> {
+    engine.get(storage_key)?.map(|value| fold_chain(resolver, value)).transpose()
 }
 
 /// The state a stored value stands for: itself, or, for a value with parts appended

@@ -102,7 +102,7 @@ impl Written {
 /// A key and its stored state.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
-use deltas::has_deltas;
+use deltas::{appendable, read_state};
 pub use deltas::{fold_chain, CHAIN_PARTS_MAX, CHAIN_PART_BYTES_MAX};
 
 /// Partition scans that run at a time on the blocking pool, per store. One more waits for a
@@ -370,11 +370,7 @@ impl Store {
     /// The state `bucket` holds under `storage_key`: what its engine holds, with any parts
     /// appended to it folded in ([`fold_chain`]).
     fn stored(&self, bucket: &Bucket, storage_key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        bucket
-            .engine
-            .get(storage_key)?
-            .map(|value| fold_chain(&*bucket.resolver, value))
-            .transpose()
+        read_state(&*bucket.engine, &*bucket.resolver, storage_key)
     }
 
     /// Apply a client write at this node as one of the key's primaries, to its state in the
@@ -387,7 +383,20 @@ impl Store {
         let bucket = self.bucket(bucket_name)?;
         self.check_key(key)?;
         let storage_key = self.storage_key(bucket_name, key);
-        let stored = self.stored(bucket, &storage_key)?;
+        let value = bucket.engine.get(&storage_key)?;
+        self.write_to(bucket, key, &storage_key, value, write)
+    }
+
+    /// [`Store::write`] once the key's stored `value` (as the engine holds it) was read.
+    fn write_to(
+        &self,
+        bucket: &Bucket,
+        key: &[u8],
+        storage_key: &[u8],
+        value: Option<Vec<u8>>,
+        write: &Write,
+    ) -> Result<Written, Error> {
+        let stored = value.map(|value| fold_chain(&*bucket.resolver, value)).transpose()?;
         let current = match stored {
             Some(_) => stored,
             // A tombstone collected moments ago still stands for the key's history.
@@ -397,11 +406,13 @@ impl Store {
         // A small delta of a stored state is appended to it, as the replicas do: the state
         // it gives is `written.state` (a delta merged into the state it came from).
         let appended = match &written.delta {
-            Some(delta) if current.is_some() => self.append(bucket, key, &storage_key, delta)?,
+            Some(delta) if current.is_some() && appendable(bucket, delta) => {
+                self.append(bucket, key, storage_key, delta)?
+            }
             _ => false,
         };
         if !appended {
-            bucket.engine.put(&storage_key, &written.state)?;
+            bucket.engine.put(storage_key, &written.state)?;
             self.noted(bucket, key, Some(&written.state));
         }
         Ok(written)
@@ -513,7 +524,7 @@ impl Store {
         self.check_key(key)?;
         self.check_incoming(bucket_name, incoming)?;
         let storage_key = self.storage_key(bucket_name, key);
-        if has_deltas(bucket.resolver.kind()) && incoming.len() <= CHAIN_PART_BYTES_MAX {
+        if appendable(bucket, incoming) {
             // Decoding checks the part before it joins the stored value: every later read
             // folds it.
             bucket.resolver.read(incoming)?;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use cartwheel_engines::{chain, StorageEngine};
 use cartwheel_resolvers::Resolver;
 
-use super::deltas::fold_chain;
+use super::deltas::{fold_chain, read_state};
 use super::{trees, Bucket, Entry, Store};
 use crate::error::Error;
 
@@ -179,8 +179,7 @@ impl Store {
             let mut out = Vec::new();
             let mut used = 0;
             for (stored, key) in stored {
-                if let Some(value) = engine.get(&stored)? {
-                    let state = fold_chain(&*resolver, value)?;
+                if let Some(state) = read_state(&*engine, &*resolver, &stored)? {
                     used += key.len() + state.len();
                     out.push((key, state));
                     if used > budget {
@@ -228,7 +227,7 @@ impl Store {
         let read = move || -> Result<Vec<Option<trees::Summary>>, Error> {
             let mut out = Vec::with_capacity(keys.len());
             for (stored, key) in keys {
-                let state = engine.get(&stored)?.map(|v| fold_chain(&*resolver, v)).transpose()?;
+                let state = read_state(&*engine, &*resolver, &stored)?;
                 out.push(state.map(|state| trees::summary(&*resolver, &key, &state)));
             }
             Ok(out)
