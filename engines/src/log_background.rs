@@ -153,8 +153,9 @@ impl Shared {
 
     /// One round: merge the candidates that are due (see "Candidates settle before they are
     /// read"; `settle_rounds` 0 merges every candidate now), then write the hints of sealed
-    /// segments that have none and wait for no merge. Returns whether candidates are left
-    /// waiting, so that another round is due.
+    /// segments that have none and wait for no merge. Returns whether work is left waiting
+    /// (candidates settling, or segments not all written to their files yet), so that
+    /// another round is due.
     pub(super) fn background_round(
         &self,
         hinted: &mut HashSet<u32>,
@@ -165,7 +166,7 @@ impl Shared {
         let candidates = self.merge_candidates(&sealed);
         let room = fs4::available_space(self.log.dir())
             .map_or(u64::MAX, |free| free / MERGE_WAITING_FREE_SHARE);
-        let (due, waiting) =
+        let (due, mut waiting) =
             settling.due(&candidates, settle_rounds, room, |id| self.nothing_to_copy(id, &sealed));
         for id in due {
             if self.stopped() {
@@ -174,6 +175,9 @@ impl Shared {
             let older_exists = self.log.sealed_segments().iter().any(|&(other, _)| other < id);
             if self.merge_segment(id, older_exists)? {
                 hinted.remove(&id);
+            } else {
+                // Not all written yet: the next round merges it.
+                waiting = true;
             }
         }
         // Hints last, so that segments sealed by the merges' own copies get theirs too.
@@ -182,8 +186,11 @@ impl Shared {
                 return Ok(waiting);
             }
             if !hinted.contains(&id) && !settling.waits(id) {
-                self.write_hint(id)?;
-                hinted.insert(id);
+                if self.write_hint(id)? {
+                    hinted.insert(id);
+                } else {
+                    waiting = true;
+                }
             }
         }
         Ok(waiting)
@@ -200,7 +207,8 @@ impl Shared {
     }
 
     /// Write the hint file of sealed segment `id` (temp file, fsync, rename, dir fsync).
-    fn write_hint(&self, id: u32) -> Result<(), EngineError> {
+    /// False when the segment is not all written to its file yet: try again later.
+    fn write_hint(&self, id: u32) -> Result<bool, EngineError> {
         let mut body = Vec::with_capacity(HINT_HEADER_BYTES);
         body.extend_from_slice(HINT_MAGIC);
         body.push(HINT_VERSION);
@@ -224,10 +232,12 @@ impl Shared {
             }
             ControlFlow::Continue(())
         })?;
-        if end != ScanEnd::Sealed {
-            // A damaged sealed segment gets no hint: it is scanned (and cut) at the next open.
-            // (Nor does one whose scan the engine's stop cut short: it is written next time.)
-            return Ok(());
+        match end {
+            ScanEnd::Sealed => {}
+            ScanEnd::Pending => return Ok(false),
+            // A damaged sealed segment gets no hint: it is scanned (and cut) at the next
+            // open. (Nor does one whose scan the engine's stop cut short.)
+            ScanEnd::EndsAt(_) | ScanEnd::Stopped => return Ok(true),
         }
         body[HINT_COUNT_AT..HINT_HEADER_BYTES].copy_from_slice(&count.to_le_bytes());
         let crc = crc32fast::hash(&body);
@@ -243,17 +253,19 @@ impl Shared {
         file.write_all(&body).map_err(EngineError::io("write hint"))?;
         file.sync_all().map_err(EngineError::io("fsync hint"))?;
         fs::rename(&temp, &path).map_err(EngineError::io("rename hint"))?;
-        sync_dir(self.log.dir())
+        sync_dir(self.log.dir())?;
+        Ok(true)
     }
 
     /// Copy the live records of sealed segment `id` to the end of the log, then delete it.
-    /// Returns false if the engine began stopping first (nothing is deleted then).
+    /// Returns false, with nothing deleted, if the engine began stopping first or the
+    /// segment is not all written to its file yet (a later round merges it).
     fn merge_segment(&self, id: u32, older_exists: bool) -> Result<bool, EngineError> {
         // Nothing to copy (see "Candidates settle before they are read"): not even read.
         let unread = self.nothing_to_copy(id, &self.log.sealed_segments());
         let end = if unread { ScanEnd::Sealed } else { self.copy_live(id, older_exists)? };
         match end {
-            ScanEnd::Stopped => return Ok(false),
+            ScanEnd::Stopped | ScanEnd::Pending => return Ok(false),
             ScanEnd::Sealed => {}
             ScanEnd::EndsAt(offset) => {
                 // Records past a bad one cannot be copied; keep the segment so that the next

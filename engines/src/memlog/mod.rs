@@ -310,7 +310,9 @@ impl MemLog {
                     resume = Some((segment, offset));
                     break;
                 }
-                ScanEnd::Stopped => unreachable!("recovery never stops a scan early"),
+                ScanEnd::Stopped | ScanEnd::Pending => {
+                    unreachable!("recovery never stops a scan early, and reads whole files")
+                }
             }
         }
         if let Some((segment, _)) = resume.take_if(|(s, _)| s.id < options.segment_id_min) {
@@ -450,10 +452,21 @@ impl MemLog {
         let Some(found) = found else {
             return Err(corrupt(&self.shared.dir, format!("no segment {segment}")));
         };
-        let end = scan_bytes(&found, visit);
+        let end = match scan_bytes(&found, visit) {
+            ScanEnd::EndsAt(offset) if self.unwritten_at(&found, offset) => ScanEnd::Pending,
+            end => end,
+        };
         // A whole segment was read (a merge, a snapshot): its pages need not stay resident.
         found.map.release(0, found.map.len());
         Ok(end)
+    }
+
+    /// Whether a scan of `segment` that ended at `offset` ended there because the bytes
+    /// after it were not yet written to the file (they are in the flusher's hands, or were
+    /// written since the scan looked), not because of a bad record.
+    fn unwritten_at(&self, segment: &Segment, offset: u64) -> bool {
+        lock(&self.shared.active).unwritten(segment.id, offset).is_some()
+            || u32::try_from(offset).is_ok_and(|at| segment.readable_from(at).is_some())
     }
 
     /// Ids and file lengths of the sealed segments, in order (the active one and the spares

@@ -132,6 +132,9 @@ pub enum ScanEnd {
     EndsAt(u64),
     /// The visitor stopped the scan.
     Stopped,
+    /// The scan reached bytes the flusher has not written to the file yet (a segment sealed
+    /// moments ago): scan it again later. Never at recovery.
+    Pending,
 }
 
 /// Visit the valid records of a segment's bytes in order, up to its seal or first invalid
