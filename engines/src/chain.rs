@@ -73,14 +73,6 @@ pub fn parts(value: &[u8]) -> u32 {
     }
 }
 
-/// The bytes the chain encoding of `base` (plain) and parts of these lengths takes.
-pub fn encoded_len(base_len: usize, part_lens: impl IntoIterator<Item = usize>) -> usize {
-    HEADER_BYTES
-        + LEN_BYTES
-        + base_len
-        + part_lens.into_iter().map(|l| LEN_BYTES + l).sum::<usize>()
-}
-
 /// The pieces of a chain (the base first), or `None` for a plain value; an error for a value
 /// that starts like a chain but does not decode as one.
 pub fn pieces(value: &[u8]) -> Result<Option<Vec<&[u8]>>, EngineError> {
@@ -129,7 +121,8 @@ mod tests {
         let one = push(b"\x05base", b"p1");
         let two = push(&one, b"p2");
         assert_eq!(pieces(&two).unwrap().unwrap(), vec![&b"\x05base"[..], b"p1", b"p2"]);
-        assert_eq!(two.len(), encoded_len(5, [2, 2]));
+        // Header, then a length and the bytes of each piece.
+        assert_eq!(two.len(), 1 + 4 + (4 + 5) + (4 + 2) + (4 + 2));
         assert_eq!(join(b"\x05base", [&b"p1"[..], b"p2"]), two);
     }
 

@@ -300,11 +300,13 @@ impl State {
     /// it: the move comes later in the log, so the part is dead).
     fn apply_append(&mut self, key: &[u8], at: Location, value_len: u32) -> Option<u32> {
         let bytes = record_bytes(key.len(), value_len as usize);
+        let live = self.keydir.get(key).is_some();
         let usage = self.usage.entry(at.segment).or_default();
         usage.bytes += bytes;
         self.log_bytes += bytes;
-        self.keydir.get(key)?;
-        let usage = self.usage.get_mut(&at.segment).expect("entered above");
+        if !live {
+            return None;
+        }
         usage.live += bytes;
         self.live_record_bytes += bytes;
         self.live_bytes += u64::from(value_len);
@@ -591,25 +593,35 @@ impl Shared {
         base: Option<&[u8]>,
     ) -> Result<Option<Vec<u8>>, EngineError> {
         let Some(slot) = state.keydir.get(key) else { return Ok(None) };
-        let read = |at: Location, kind: RecordKind| {
+        // Reads the record at `at`, which must be `kind` for `key`, through `f`.
+        let read = |at: Location, kind: RecordKind, f: &dyn Fn(&[u8]) -> Vec<u8>| {
             let value = self.log.read(at, |record| {
-                (record.kind == kind && record.key == key).then(|| record.value.to_vec())
+                (record.kind == kind && record.key == key).then(|| f(record.value))
             })?;
             value.ok_or_else(|| EngineError::Corrupt {
                 path: self.log.dir().display().to_string(),
                 reason: format!("keydir points at another record ({at:?})"),
             })
         };
-        let base = match base {
-            Some(base) => base.to_vec(),
-            None => read(slot.location(), RecordKind::Put)?,
+        // The parts first (small), so that the base is copied once, into the value.
+        let parts = match state.parts.get(key) {
+            Some(chain) => chain
+                .iter()
+                .map(|&(at, _)| read(at, RecordKind::Append, &<[u8]>::to_vec))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
         };
-        let Some(chain) = state.parts.get(key) else { return Ok(Some(base)) };
-        let parts = chain
-            .iter()
-            .map(|&(at, _)| read(at, RecordKind::Append))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(crate::chain::join(&base, parts.iter().map(Vec::as_slice))))
+        let value = |base: &[u8]| {
+            if parts.is_empty() {
+                base.to_vec()
+            } else {
+                crate::chain::join(base, parts.iter().map(Vec::as_slice))
+            }
+        };
+        Ok(Some(match base {
+            Some(base) => value(base),
+            None => read(slot.location(), RecordKind::Put, &value)?,
+        }))
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {

@@ -248,12 +248,23 @@ impl Trees {
     /// A key of `partition` was written without its new state at hand (a part appended to
     /// it): its hash is out of date until [`Trees::settle`] gives it.
     pub fn note_dirty(&mut self, partition: u16, key: &[u8]) {
-        if let Some(Slot::Built(tree)) = self.slots.get_mut(&partition) {
-            self.marks += 1;
-            tree.dirty.insert(key.into(), self.marks);
-        } else {
-            // A building tree re-reads the key at its end; no tree, nothing to do.
-            self.note(partition, key, || None);
+        match self.slots.get_mut(&partition) {
+            Some(Slot::Built(tree)) => {
+                self.marks += 1;
+                tree.dirty.insert(key.into(), self.marks);
+            }
+            _ => self.touched(partition, key),
+        }
+    }
+
+    /// A key of `partition` was written while its tree is being built: the build re-reads
+    /// it at its end. Nothing for a partition with no tree, or a built one.
+    fn touched(&mut self, partition: u16, key: &[u8]) {
+        if let Some(Slot::Building(Some(touched))) = self.slots.get_mut(&partition) {
+            touched.insert(key.to_vec());
+            if touched.len() > TOUCHED_KEYS_MAX {
+                self.slots.insert(partition, Slot::Building(None));
+            }
         }
     }
 
@@ -273,13 +284,7 @@ impl Trees {
     pub fn note(&mut self, partition: u16, key: &[u8], summary: impl FnOnce() -> Option<Summary>) {
         match self.slots.get_mut(&partition) {
             Some(Slot::Built(tree)) => tree.set(key, summary()),
-            Some(Slot::Building(Some(touched))) => {
-                touched.insert(key.to_vec());
-                if touched.len() > TOUCHED_KEYS_MAX {
-                    self.slots.insert(partition, Slot::Building(None));
-                }
-            }
-            Some(Slot::Building(None)) | None => {}
+            _ => self.touched(partition, key),
         }
     }
 
